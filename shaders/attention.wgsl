@@ -1,0 +1,78 @@
+// Causal multi-head self-attention, flash style: keys are visited in blocks of 64 with an online
+// softmax (running max m, running sum l, rescaled accumulator), so no T x T score matrix exists.
+// One workgroup per (head, query); query t sits at position pos0 + t and sees keys 0 ..= pos0 + t
+// from the KV cache. Each invocation scores one key of a block and owns up to 4 output dims
+// (head size <= 256).
+
+struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
+struct Params { C: u32, NH: u32, HS: u32, scale: f32 }
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> qkv: array<f32>;        // (T, 3C)
+@group(0) @binding(3) var<storage, read> k_cache: array<f32>;    // (n_ctx, C)
+@group(0) @binding(4) var<storage, read> v_cache: array<f32>;    // (n_ctx, C)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (T, C)
+
+const BLOCK: u32 = 64u;
+const DIMS_PER_INVOCATION: u32 = 4u;
+// Below any real score, yet finite: exp(NEG - x) is a clean 0 where -inf could give NaN.
+const NEG: f32 = -3.0e38;
+
+var<workgroup> q: array<f32, 256>;     // (HS) this head's query, pre-scaled by 1/sqrt(HS)
+var<workgroup> probs: array<f32, BLOCK>;
+
+@compute @workgroup_size(BLOCK)
+fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let h = wg.x;
+    let t = wg.y;
+    if (t >= step.rows) { return; }
+    let lid = lid3.x;
+    let C = p.C;
+    let HS = p.HS;
+    let hoff = h * HS;
+
+    for (var d = lid; d < HS; d += BLOCK) { q[d] = qkv[t * 3u * C + hoff + d] * p.scale; }
+    workgroupBarrier();
+
+    let n_keys = step.pos0 + t + 1u;
+    var m = NEG;
+    var l = 0.0;
+    var acc = array<f32, DIMS_PER_INVOCATION>(0.0, 0.0, 0.0, 0.0);
+    for (var j0 = 0u; j0 < n_keys; j0 += BLOCK) {
+        let j = j0 + lid;
+        var s = NEG;
+        if (j < n_keys) {
+            s = 0.0;
+            let krow = j * C + hoff;
+            for (var d = 0u; d < HS; d++) { s += q[d] * k_cache[krow + d]; }
+        }
+        probs[lid] = s;
+        workgroupBarrier();
+        let nb = min(BLOCK, n_keys - j0);
+        var block_max = NEG;
+        for (var i = 0u; i < nb; i++) { block_max = max(block_max, probs[i]); }
+        let m_new = max(m, block_max);
+        let corr = exp(m - m_new);
+        workgroupBarrier();
+        probs[lid] = exp(s - m_new);
+        workgroupBarrier();
+        l *= corr;
+        for (var di = 0u; di < DIMS_PER_INVOCATION; di++) { acc[di] *= corr; }
+        for (var i = 0u; i < nb; i++) {
+            let pr = probs[i];
+            l += pr;
+            let vrow = (j0 + i) * C + hoff;
+            for (var di = 0u; di < DIMS_PER_INVOCATION; di++) {
+                let d = lid + di * BLOCK;
+                if (d < HS) { acc[di] += pr * v_cache[vrow + d]; }
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    for (var di = 0u; di < DIMS_PER_INVOCATION; di++) {
+        let d = lid + di * BLOCK;
+        if (d < HS) { out[t * C + hoff + d] = acc[di] / l; }
+    }
+}

@@ -1,0 +1,313 @@
+//! `wgpt`: generate text, dump logits, and list adapters, from the command line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use npyz::WriterBuilder;
+use wgpt::{GenerateOptions, Gpu, LoadOptions, Model, Session, Tokenizer};
+
+#[derive(Parser)]
+#[command(
+    name = "wgpt",
+    version,
+    about = "GPT-2 inference on any GPU, through wgpu and hand-written WGSL kernels"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate(GenerateArgs),
+    /// Write the logits of every position of a sequence to a .npy file (f32, [T, V]).
+    Logits(LogitsArgs),
+    /// List the adapters wgpu sees, with their limits and features.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// A Hugging Face GPT-2 folder: config.json, model.safetensors, tokenizer.json.
+    /// Default: the small model that ships in assets/default.
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// Adapter index or part of its name (see `wgpt info`). Default: the high-performance one.
+    #[arg(long, env = "WGPT_ADAPTER")]
+    adapter: Option<String>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, short)]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 64)]
+    max_tokens: usize,
+    /// 0 picks the most likely token (greedy); above 0, samples from softmax(logits / T).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Seed of the sampler (same seed, same adapter: same tokens).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep going past the end-of-text token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print a JSON summary as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text to run (tokenized with the folder's tokenizer.json).
+    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+    prompt: Option<String>,
+    /// Token ids, comma-separated (no tokenizer needed).
+    #[arg(long, value_delimiter = ',')]
+    ids: Option<Vec<u32>>,
+    /// Output .npy file.
+    #[arg(long, short)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// Only this adapter (index or part of its name).
+    #[arg(long, env = "WGPT_ADAPTER")]
+    adapter: Option<String>,
+}
+
+fn main() {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,wgpu_hal=off,wgpu_core=error"),
+    )
+    .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Logits(a) => logits(a),
+        Command::Info(a) => info(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The model folder: --model, or the one that ships with the repo.
+fn model_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(dir) = arg {
+        return Ok(dir.clone());
+    }
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/default");
+    if default.join("config.json").exists() {
+        Ok(default)
+    } else {
+        bail!(
+            "no --model given and the default model is not at {}; pass --model DIR",
+            default.display()
+        )
+    }
+}
+
+fn load(args: &ModelArgs) -> Result<(Model, PathBuf)> {
+    let dir = model_dir(&args.model)?;
+    let gpu = Gpu::new(args.adapter.as_deref())?;
+    let model = Model::load(gpu, &dir, &LoadOptions::default())?;
+    Ok((model, dir))
+}
+
+fn tokenizer(dir: &Path) -> Result<Tokenizer> {
+    Ok(Tokenizer::from_file(
+        &dir.join(wgpt::loader::TOKENIZER_FILE),
+    )?)
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    if a.prompt.is_empty() {
+        bail!("the prompt is empty: pass some text with --prompt");
+    }
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        bail!("--temperature must be a finite number >= 0 (0 = greedy)");
+    }
+    let dir = model_dir(&a.model.model)?;
+    // Tokenize and check the context before paying for the GPU upload.
+    let tok = tokenizer(&dir)?;
+    let prompt_ids = tok.encode(&a.prompt)?;
+    let config = wgpt::Config::from_file(&dir.join(wgpt::loader::CONFIG_FILE))?;
+    wgpt::generate::check_context(prompt_ids.len(), a.max_tokens, config.n_positions)?;
+    let (model, _) = load(&a.model)?;
+    let mut session = Session::new(&model)?;
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        seed: a.seed,
+        stop_at_eos: !a.ignore_eos,
+    };
+    let stdout = std::io::stdout();
+    print!("{}", a.prompt);
+    stdout.lock().flush().ok();
+    let out = wgpt::generate_ids(
+        &mut session,
+        Some(&tok),
+        &prompt_ids,
+        &opts,
+        model.config.eos_token_id,
+        |_, piece| {
+            let mut s = stdout.lock();
+            let _ = s.write_all(piece.as_bytes());
+            let _ = s.flush();
+        },
+    )?;
+    println!();
+    eprintln!(
+        "prompt {} tokens, generated {} tokens | prefill {:.1} tok/s, decode {:.1} tok/s | {} on {} ({:?})",
+        out.prompt_ids.len(),
+        out.ids.len(),
+        out.prefill_tok_s(),
+        out.decode_tok_s(),
+        if a.temperature > 0.0 {
+            format!("T={} seed={}", a.temperature, a.seed)
+        } else {
+            "greedy".into()
+        },
+        model.gpu.info.name,
+        model.gpu.info.backend,
+    );
+    if a.json {
+        let summary = serde_json::json!({
+            "prompt": a.prompt,
+            "prompt_ids": out.prompt_ids,
+            "ids": out.ids,
+            "text": out.text,
+            "prompt_tokens": out.prompt_ids.len(),
+            "generated_tokens": out.ids.len(),
+            "prefill_tok_s": out.prefill_tok_s(),
+            "decode_tok_s": out.decode_tok_s(),
+            "time_to_first_token_s": out.prefill_s,
+            "temperature": a.temperature,
+            "seed": a.seed,
+            "adapter": model.gpu.info.name,
+            "backend": format!("{:?}", model.gpu.info.backend),
+        });
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+fn logits(a: LogitsArgs) -> Result<()> {
+    let dir = model_dir(&a.model.model)?;
+    let ids = match (&a.ids, &a.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(p)) => tokenizer(&dir)?.encode(p)?,
+        (None, None) => bail!("give --prompt TEXT or --ids 1,2,3"),
+    };
+    if ids.is_empty() {
+        bail!("the input is empty: give at least one token");
+    }
+    let (model, _) = load(&a.model)?;
+    let mut session = Session::new(&model)?;
+    let logits = session.logits(&ids)?;
+    let v = model.config.vocab_size;
+    let file = std::fs::File::create(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[ids.len() as u64, v as u64])
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    w.extend(logits.iter().copied())
+        .and_then(|_| w.finish())
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    eprintln!("wrote {} ([{}, {v}] f32)", a.out.display(), ids.len());
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let all = wgpt::gpu::adapters();
+    if all.is_empty() {
+        return Err(wgpt::Error::NoAdapter {
+            detail: String::new(),
+        }
+        .into());
+    }
+    let wanted = a.adapter.as_deref().map(str::to_lowercase);
+    let mut shown = 0;
+    for ad in &all {
+        if let Some(w) = &wanted {
+            let by_index = w.parse::<usize>().ok() == Some(ad.index);
+            if !by_index && !ad.info.name.to_lowercase().contains(w.as_str()) {
+                continue;
+            }
+        }
+        shown += 1;
+        let i = &ad.info;
+        let l = &ad.limits;
+        println!("[{}] {}", ad.index, i.name);
+        println!(
+            "    vendor      0x{:04x} ({})",
+            i.vendor,
+            vendor_name(i.vendor)
+        );
+        println!("    backend     {:?}", i.backend);
+        println!("    device type {:?}", i.device_type);
+        println!("    driver      {} {}", i.driver, i.driver_info);
+        println!(
+            "    limits      max_buffer_size {} MiB, max_storage_buffer_binding_size {} MiB,",
+            l.max_buffer_size >> 20,
+            l.max_storage_buffer_binding_size >> 20
+        );
+        println!(
+            "                max_compute_workgroup_storage_size {} KiB, max_compute_invocations_per_workgroup {},",
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_compute_invocations_per_workgroup
+        );
+        println!(
+            "                max_compute_workgroups_per_dimension {}, max_storage_buffers_per_shader_stage {}",
+            l.max_compute_workgroups_per_dimension, l.max_storage_buffers_per_shader_stage
+        );
+        let f = ad.features;
+        let has = |x: wgpu::Features| if f.contains(x) { "yes" } else { "no" };
+        println!(
+            "    features    shader-f16 {}, subgroup {}, timestamp-query {}",
+            has(wgpu::Features::SHADER_F16),
+            has(wgpu::Features::SUBGROUP),
+            has(wgpu::Features::TIMESTAMP_QUERY)
+        );
+    }
+    if shown == 0 {
+        let names: Vec<String> = all
+            .iter()
+            .map(|a| format!("{}: {}", a.index, a.info.name))
+            .collect();
+        return Err(wgpt::Error::AdapterNotFound {
+            wanted: a.adapter.unwrap_or_default(),
+            available: names.join("; "),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn vendor_name(id: u32) -> &'static str {
+    match id {
+        0x1002 => "AMD",
+        0x10de => "NVIDIA",
+        0x8086 => "Intel",
+        0x106b => "Apple",
+        0x13b5 => "ARM",
+        0x5143 => "Qualcomm",
+        0x1010 => "Imagination",
+        0x10005 => "Mesa",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,161 @@
+//! Model configuration, read from a Hugging Face `config.json`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Families wgpt can run. Listed in the error for any other `model_type`.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2"];
+
+/// GPT-2 hyper-parameters. Letters used across the crate: C = `n_embd`, NH = `n_head`,
+/// HS = C / NH, L = `n_layer`, V = `vocab_size`, n_ctx = `n_positions`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// Width of the MLP hidden layer (4C unless config.json says otherwise).
+    pub n_inner: usize,
+    pub layer_norm_epsilon: f32,
+    pub tie_word_embeddings: bool,
+    pub eos_token_id: Option<u32>,
+}
+
+/// The fields of config.json we read; everything else is ignored, as transformers does.
+#[derive(Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    vocab_size: Option<usize>,
+    n_positions: Option<usize>,
+    n_embd: Option<usize>,
+    n_layer: Option<usize>,
+    n_head: Option<usize>,
+    n_inner: Option<usize>,
+    layer_norm_epsilon: Option<f64>,
+    activation_function: Option<String>,
+    tie_word_embeddings: Option<bool>,
+    eos_token_id: Option<serde_json::Value>,
+    scale_attn_weights: Option<bool>,
+    scale_attn_by_inverse_layer_idx: Option<bool>,
+    reorder_and_upcast_attn: Option<bool>,
+}
+
+/// The largest head size the attention kernel holds in registers (4 dims per invocation × 64).
+pub const MAX_HEAD_SIZE: usize = 256;
+
+impl Config {
+    /// GPT-2 small (124M): the shape most figures in this repo refer to.
+    pub fn gpt2() -> Self {
+        Config {
+            vocab_size: 50257,
+            n_positions: 1024,
+            n_embd: 768,
+            n_layer: 12,
+            n_head: 12,
+            n_inner: 3072,
+            layer_norm_epsilon: 1e-5,
+            tie_word_embeddings: true,
+            eos_token_id: Some(50256),
+        }
+    }
+
+    pub fn head_size(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+
+    /// Reads and checks `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text, path)
+    }
+
+    /// Parses config.json text; `path` only names the file in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |msg: String| Error::Config {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let model_type = raw.model_type.ok_or_else(|| {
+            bad("no \"model_type\" field; is this a Hugging Face config.json?".into())
+        })?;
+        if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
+            return Err(Error::UnsupportedModel {
+                path: path.to_path_buf(),
+                found: model_type,
+                supported: SUPPORTED_MODEL_TYPES.join(", "),
+            });
+        }
+        let need = |v: Option<usize>, name: &str| {
+            v.filter(|&n| n > 0)
+                .ok_or_else(|| bad(format!("\"{name}\" is missing or zero")))
+        };
+        let n_embd = need(raw.n_embd, "n_embd")?;
+        let n_head = need(raw.n_head, "n_head")?;
+        let cfg = Config {
+            vocab_size: need(raw.vocab_size, "vocab_size")?,
+            n_positions: need(raw.n_positions, "n_positions")?,
+            n_embd,
+            n_layer: need(raw.n_layer, "n_layer")?,
+            n_head,
+            n_inner: match raw.n_inner {
+                Some(n) => need(Some(n), "n_inner")?,
+                None => 4 * n_embd,
+            },
+            layer_norm_epsilon: raw.layer_norm_epsilon.unwrap_or(1e-5) as f32,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
+            eos_token_id: match raw.eos_token_id {
+                Some(serde_json::Value::Number(n)) => {
+                    n.as_u64().and_then(|n| u32::try_from(n).ok())
+                }
+                Some(serde_json::Value::Array(a)) => a
+                    .first()
+                    .and_then(|n| n.as_u64())
+                    .and_then(|n| u32::try_from(n).ok()),
+                _ => None,
+            },
+        };
+        if n_embd % n_head != 0 {
+            return Err(bad(format!(
+                "n_embd = {n_embd} is not divisible by n_head = {n_head}"
+            )));
+        }
+        if cfg.head_size() > MAX_HEAD_SIZE {
+            return Err(bad(format!(
+                "head size {} (n_embd / n_head) is above the {MAX_HEAD_SIZE} wgpt supports",
+                cfg.head_size()
+            )));
+        }
+        // Sizes beyond u32 cannot be indexed by the kernels; real GPT-2s are far below.
+        let largest =
+            cfg.vocab_size.max(cfg.n_positions) as u64 * cfg.n_inner.max(3 * n_embd) as u64;
+        if largest > u32::MAX as u64 {
+            return Err(bad("a weight matrix has more than 2^32 elements".into()));
+        }
+        if let Some(act) = raw.activation_function.as_deref() {
+            if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
+                return Err(bad(format!(
+                    "activation_function {act:?} is not supported for gpt2; wgpt computes gelu_new (tanh form)"
+                )));
+            }
+        }
+        if raw.scale_attn_weights == Some(false)
+            || raw.scale_attn_by_inverse_layer_idx == Some(true)
+            || raw.reorder_and_upcast_attn == Some(true)
+        {
+            return Err(bad(
+                "non-default attention scaling (scale_attn_weights / scale_attn_by_inverse_layer_idx / \
+                 reorder_and_upcast_attn) is not supported"
+                    .into(),
+            ));
+        }
+        Ok(cfg)
+    }
+}

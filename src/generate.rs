@@ -1,0 +1,165 @@
+//! Text generation: prefill the prompt in one forward pass, then decode one token per step, each
+//! chosen on the GPU; text streams out as it decodes cleanly.
+
+use std::time::Instant;
+
+use crate::model::{Pick, Session};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// How to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub seed: u64,
+    /// Stop when the model emits its end-of-sequence token.
+    pub stop_at_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 64,
+            temperature: 0.0,
+            seed: 0,
+            stop_at_eos: true,
+        }
+    }
+}
+
+/// What a generation produced, with its timings.
+#[derive(Clone, Debug, Default)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    /// Generated token ids (the prompt excluded).
+    pub ids: Vec<u32>,
+    pub text: String,
+    /// Seconds for the prompt's forward pass (time to first token).
+    pub prefill_s: f64,
+    /// Seconds for the remaining tokens, one forward pass each.
+    pub decode_s: f64,
+}
+
+impl Generation {
+    pub fn prefill_tok_s(&self) -> f64 {
+        rate(self.prompt_ids.len(), self.prefill_s)
+    }
+
+    /// Decode rate over the tokens after the first (the first one comes out of prefill).
+    pub fn decode_tok_s(&self) -> f64 {
+        rate(self.ids.len().saturating_sub(1), self.decode_s)
+    }
+}
+
+fn rate(n: usize, s: f64) -> f64 {
+    if n == 0 || s <= 0.0 {
+        0.0
+    } else {
+        n as f64 / s
+    }
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, fixed generator, so a seed means the same
+/// stream of u values on every platform and version.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 24 bits, exact in f32.
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Checks that `prompt_len + max_tokens` fits the context before any work is done.
+pub fn check_context(prompt_len: usize, max_tokens: usize, n_ctx: usize) -> Result<()> {
+    if prompt_len == 0 {
+        return Err(Error::Input(
+            "the prompt is empty: give at least one token of text".into(),
+        ));
+    }
+    // The last generated token is never fed back, so it needs no position.
+    let needed = prompt_len + max_tokens.saturating_sub(1);
+    if needed > n_ctx {
+        return Err(Error::Input(format!(
+            "the prompt ({prompt_len} tokens) plus --max-tokens {max_tokens} needs {needed} positions, \
+             the model has n_positions = {n_ctx}; use at most --max-tokens {}",
+            (n_ctx + 1).saturating_sub(prompt_len)
+        )));
+    }
+    Ok(())
+}
+
+/// Generates from `prompt_ids`, calling `on_token(id, piece)` as each token arrives (`piece` is
+/// the text it completes; empty while a multi-byte character is still partial).
+pub fn generate_ids(
+    session: &mut Session,
+    tokenizer: Option<&Tokenizer>,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    eos: Option<u32>,
+    mut on_token: impl FnMut(u32, &str),
+) -> Result<Generation> {
+    check_context(
+        session.position() + prompt_ids.len(),
+        opts.max_tokens,
+        session_n_ctx(session),
+    )?;
+    let mut rng = SplitMix64(opts.seed);
+    let mut pick = || {
+        if opts.temperature > 0.0 {
+            Pick::Sample {
+                temperature: opts.temperature,
+                u: rng.next_f32(),
+            }
+        } else {
+            Pick::Greedy
+        }
+    };
+    let mut stream = tokenizer.map(Tokenizer::stream);
+    let mut out = Generation {
+        prompt_ids: prompt_ids.to_vec(),
+        ..Default::default()
+    };
+    let mut emit = |id: u32, out: &mut Generation| -> Result<()> {
+        let piece = match stream.as_mut() {
+            Some(s) => s.push(id)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        out.ids.push(id);
+        out.text.push_str(&piece);
+        on_token(id, &piece);
+        Ok(())
+    };
+    if opts.max_tokens == 0 {
+        return Ok(out);
+    }
+    let t0 = Instant::now();
+    let mut next = session.next_token(prompt_ids, pick())?;
+    out.prefill_s = t0.elapsed().as_secs_f64();
+    emit(next, &mut out)?;
+    let t1 = Instant::now();
+    while out.ids.len() < opts.max_tokens && !(opts.stop_at_eos && Some(next) == eos) {
+        next = session.next_token(&[next], pick())?;
+        emit(next, &mut out)?;
+    }
+    out.decode_s = t1.elapsed().as_secs_f64();
+    if let Some(rest) = stream.as_mut().map(|s| s.finish()).transpose()?.flatten() {
+        out.text.push_str(&rest);
+        on_token(u32::MAX, &rest);
+    }
+    Ok(out)
+}
+
+fn session_n_ctx(session: &Session) -> usize {
+    session.n_ctx()
+}

@@ -1,0 +1,184 @@
+//! The kernel registry: every WGSL source, embedded with `include_str!`, its compute pipeline, and
+//! the uniform structs each one reads. File, entry point and Rust names match.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::Gpu;
+
+/// A WGSL kernel family: `shaders/{name}.wgsl` with entry point `{name}`.
+pub struct KernelSource {
+    pub name: &'static str,
+    pub wgsl: &'static str,
+}
+
+macro_rules! kernel {
+    ($name:literal) => {
+        KernelSource {
+            name: $name,
+            wgsl: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+        }
+    };
+}
+
+/// Every kernel wgpt ships, in forward-pass order.
+pub const KERNELS: &[KernelSource] = &[
+    kernel!("embed"),
+    kernel!("layernorm"),
+    kernel!("matmul"),
+    kernel!("kv_append"),
+    kernel!("attention"),
+    kernel!("gelu"),
+    kernel!("residual"),
+    kernel!("argmax"),
+    kernel!("sample"),
+];
+
+/// Per-step values shared by every kernel of a step; two live per session (the body's and the
+/// head's), rewritten in place each step. Mirrors `struct Step` in the shaders.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct Step {
+    /// Rows (tokens) this dispatch works on: T for the body, the head's rows for the head.
+    pub rows: u32,
+    /// First row of the input the head reads (the body starts at 0).
+    pub row0: u32,
+    /// Position of the step's first token in the sequence.
+    pub pos0: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct EmbedParams {
+    pub c: u32,
+    pub tok0: u32,
+    pub tok_rows: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct LayerNormParams {
+    pub c: u32,
+    pub eps: f32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct MatmulParams {
+    pub k: u32,
+    pub n: u32,
+    /// Row stride of the output (N, or V for a chunk of the head).
+    pub ldo: u32,
+    /// First output column this weight chunk writes.
+    pub col0: u32,
+    pub has_bias: u32,
+    pub _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct AttentionParams {
+    pub c: u32,
+    pub nh: u32,
+    pub hs: u32,
+    pub scale: f32,
+}
+
+/// One width, for kv_append, gelu, residual and argmax.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct WidthParams {
+    pub width: u32,
+    pub _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct SampleParams {
+    pub v: u32,
+    pub temperature: f32,
+    pub u: f32,
+    pub _pad: u32,
+}
+
+/// Workgroup sizes, as declared in the shaders; dispatch counts are computed from them.
+pub mod wg {
+    pub const EMBED: u32 = 64;
+    pub const MATMUL_TILE: u32 = 16;
+    pub const KV_APPEND: u32 = 64;
+    pub const ELEMENTWISE: u32 = 256;
+}
+
+/// Every compute pipeline, built once per model.
+pub struct Pipelines {
+    pub embed: wgpu::ComputePipeline,
+    pub layernorm: wgpu::ComputePipeline,
+    pub matmul: wgpu::ComputePipeline,
+    pub kv_append: wgpu::ComputePipeline,
+    pub attention: wgpu::ComputePipeline,
+    pub gelu: wgpu::ComputePipeline,
+    pub residual: wgpu::ComputePipeline,
+    pub argmax: wgpu::ComputePipeline,
+    pub sample: wgpu::ComputePipeline,
+}
+
+impl Pipelines {
+    pub fn new(gpu: &Gpu) -> Self {
+        let build = |name: &str| {
+            let src = KERNELS
+                .iter()
+                .find(|k| k.name == name)
+                .expect("kernel registry names every pipeline");
+            let module = gpu
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(src.name),
+                    source: wgpu::ShaderSource::Wgsl(src.wgsl.into()),
+                });
+            gpu.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(src.name),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(src.name),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+        };
+        Pipelines {
+            embed: build("embed"),
+            layernorm: build("layernorm"),
+            matmul: build("matmul"),
+            kv_append: build("kv_append"),
+            attention: build("attention"),
+            gelu: build("gelu"),
+            residual: build("residual"),
+            argmax: build("argmax"),
+            sample: build("sample"),
+        }
+    }
+}
+
+/// A bind group for `pipeline` binding `buffers` (whole) at 0, 1, 2, ...
+pub fn bind(
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    label: &str,
+    buffers: &[&wgpu::Buffer],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}

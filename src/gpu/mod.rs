@@ -1,0 +1,218 @@
+//! The GPU: adapter choice, device, limits, error capture, and small buffer helpers.
+
+pub mod kernels;
+pub mod tensor;
+
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::{Error, Result};
+
+/// One adapter as `wgpt info` shows it.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+/// A device and queue plus what the model code needs to know about them.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    /// The first uncaptured wgpu error since the last [`Gpu::check`]; wgpu's default handler would panic.
+    error: Arc<Mutex<Option<String>>>,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Every adapter wgpu can see, in the order `--adapter N` counts them.
+pub fn adapters() -> Vec<AdapterSummary> {
+    let list = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    list.into_iter()
+        .enumerate()
+        .map(|(index, a)| AdapterSummary {
+            index,
+            info: a.get_info(),
+            limits: a.limits(),
+            features: a.features(),
+        })
+        .collect()
+}
+
+impl Gpu {
+    /// Opens a device. `adapter` is an index from `wgpt info` or a case-insensitive part of an
+    /// adapter's name; `None` takes the high-performance adapter.
+    pub fn new(adapter: Option<&str>) -> Result<Arc<Gpu>> {
+        let instance = instance();
+        let adapter = match adapter.map(str::trim).filter(|s| !s.is_empty()) {
+            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::NoAdapter {
+                detail: format!(" ({e})"),
+            })?,
+            Some(wanted) => {
+                let all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+                if all.is_empty() {
+                    return Err(Error::NoAdapter {
+                        detail: String::new(),
+                    });
+                }
+                let names: Vec<String> = all
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        format!("{i}: {} ({:?})", a.get_info().name, a.get_info().backend)
+                    })
+                    .collect();
+                let pick = match wanted.parse::<usize>() {
+                    Ok(i) => all.into_iter().nth(i),
+                    Err(_) => {
+                        let w = wanted.to_lowercase();
+                        all.into_iter()
+                            .find(|a| a.get_info().name.to_lowercase().contains(&w))
+                    }
+                };
+                pick.ok_or_else(|| Error::AdapterNotFound {
+                    wanted: wanted.to_string(),
+                    available: names.join("; "),
+                })?
+            }
+        };
+        Self::from_adapter(&adapter)
+    }
+
+    /// Opens a device on `adapter`, asking for all the limits it offers (big buffers matter here).
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Arc<Gpu>> {
+        let info = adapter.get_info();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgpt"),
+            required_features: wgpu::Features::empty(),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+        let error = Arc::new(Mutex::new(None));
+        let sink = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            log::debug!("wgpu: {e}");
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }));
+        let limits = device.limits();
+        log::info!(
+            "adapter: {} ({:?}, {:?}), max storage binding {} MiB",
+            info.name,
+            info.backend,
+            info.device_type,
+            limits.max_storage_buffer_binding_size >> 20
+        );
+        Ok(Arc::new(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            error,
+        }))
+    }
+
+    /// The largest buffer one binding may see: weights and activations are split below it.
+    pub fn max_binding_bytes(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// Returns the first wgpu error raised since the last call, as the library's error.
+    pub fn check(&self) -> Result<()> {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some(msg) => Err(Error::Gpu(msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// Blocks until the queue is idle.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        self.check()
+    }
+
+    pub(crate) fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    pub(crate) fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: data,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    pub(crate) fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    pub(crate) fn readback(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Maps `buf` (a MAP_READ buffer), copies `bytes` out of it and unmaps it.
+    pub(crate) fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let slice = buf.slice(..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("buffer map callback never ran".into()))?
+            .map_err(|e| Error::Gpu(format!("cannot map readback buffer: {e}")))?;
+        let out = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("cannot read mapped buffer: {e:?}")))?
+            .to_vec();
+        buf.unmap();
+        Ok(out)
+    }
+
+    /// Reads a whole storage buffer back (tests and debugging; the forward pass never does this).
+    pub fn download_f32(&self, buf: &wgpu::Buffer) -> Result<Vec<f32>> {
+        let size = buf.size();
+        let staging = self.readback("download", size);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        let bytes = self.read(&staging, size)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}

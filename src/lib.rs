@@ -1,0 +1,46 @@
+//! # wgpt: GPT-2 inference on the GPU through wgpu
+//!
+//! The whole forward pass runs as hand-written WGSL compute kernels (`shaders/`), on Vulkan,
+//! Metal, DirectX 12 or OpenGL, on any vendor's GPU. Data flow for one step of T tokens:
+//!
+//! ```text
+//! tokens (T) ─ embed ─> x (T, C) ─┬─ for each of L blocks ─────────────────────────────┐
+//!   wte + wpe                     │ x += c_proj(attention(kv_append(c_attn(ln_1(x)))))  │
+//!                                 │ x += mlp_proj(gelu(c_fc(ln_2(x))))                  │
+//!                                 └─────────────────────────────────────────────────────┘
+//!                                   ln_f(x[last]) @ wteᵀ ─> logits (V) ─ argmax / sample ─> id
+//! ```
+//!
+//! Weights ([`Model`]) are uploaded once; a [`Session`] owns the KV cache (in VRAM) and scratch
+//! buffers, and records each step into one command encoder; only the chosen token id (4 bytes)
+//! comes back in generation.
+//!
+//! ```no_run
+//! # fn main() -> wgpt::Result<()> {
+//! let gpu = wgpt::Gpu::new(None)?;
+//! let dir = std::path::Path::new("assets/default");
+//! let model = wgpt::Model::load(gpu, dir, &Default::default())?;
+//! let tokenizer = wgpt::Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+//! let mut session = wgpt::Session::new(&model)?;
+//! let ids = tokenizer.encode("The borrow checker")?;
+//! let opts = wgpt::GenerateOptions { max_tokens: 20, ..Default::default() };
+//! let out = wgpt::generate_ids(&mut session, Some(&tokenizer), &ids, &opts, None, |_, piece| print!("{piece}"))?;
+//! println!("\n{:.1} tokens/s", out.decode_tok_s());
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod gpu;
+pub mod loader;
+pub mod model;
+pub mod reference;
+pub mod tokenizer;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use generate::{GenerateOptions, Generation, generate_ids};
+pub use gpu::Gpu;
+pub use model::{LoadOptions, Model, Pick, Session};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,384 @@
+//! Reading a Hugging Face GPT-2 folder: `config.json`, `model.safetensors` (or shards listed in
+//! `model.safetensors.index.json`), memory-mapped. Every checkpoint quirk lives here and nowhere
+//! else: the `transformer.` prefix, the `attn.bias` / `attn.masked_bias` buffers, Conv1D weights
+//! stored [in, out], a tied or explicit `lm_head.weight`, and f32 / f16 / bf16 storage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::Config;
+use crate::{Error, Result};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Where one tensor's bytes are.
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Byte range inside the shard's mapping.
+    start: usize,
+    end: usize,
+}
+
+/// Memory-mapped safetensors shards and the tensors in them, by canonical name (no `transformer.`).
+pub struct Checkpoint {
+    shards: Vec<(PathBuf, Mmap)>,
+    tensors: HashMap<String, Entry>,
+}
+
+/// Maps a checkpoint key to wgpt's name, or `None` for tensors the model does not use.
+fn canonical_name(key: &str) -> Option<&str> {
+    let name = key.strip_prefix("transformer.").unwrap_or(key);
+    // Causal-mask buffers older transformers versions saved; the kernels apply the mask themselves.
+    if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
+        return None;
+    }
+    Some(name)
+}
+
+impl Checkpoint {
+    /// Opens `model.safetensors`, or the shards named by `model.safetensors.index.json`, in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join(WEIGHTS_FILE);
+        let index = dir.join(INDEX_FILE);
+        let files: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index.exists() {
+            shard_files(&index)?
+        } else {
+            let hint = if dir.join("pytorch_model.bin").exists() {
+                " (only pytorch_model.bin is there: wgpt reads safetensors; convert it with \
+                 `model.save_pretrained(dir, safe_serialization=True)`)"
+            } else {
+                ""
+            };
+            return Err(Error::io(
+                &single,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no {WEIGHTS_FILE} or {INDEX_FILE} in the model folder{hint}"),
+                ),
+            ));
+        };
+        let mut ckpt = Checkpoint {
+            shards: Vec::new(),
+            tensors: HashMap::new(),
+        };
+        for path in files {
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // SAFETY: the mapping is read-only; a file changed underneath us can give wrong
+            // numbers but not unsafety in our code, which only copies bytes out of it.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            let (header_len, meta) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+                    path: path.clone(),
+                    msg: e.to_string(),
+                })?;
+            let data_start = 8 + header_len;
+            let shard = ckpt.shards.len();
+            for (key, info) in meta.tensors() {
+                let Some(name) = canonical_name(&key) else {
+                    continue;
+                };
+                let (s, e) = info.data_offsets;
+                let entry = Entry {
+                    shard,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: data_start + s,
+                    end: data_start + e,
+                };
+                if ckpt.tensors.insert(name.to_string(), entry).is_some() {
+                    return Err(Error::tensor(
+                        name,
+                        format!("appears twice (in {})", path.display()),
+                    ));
+                }
+            }
+            ckpt.shards.push((path, mmap));
+        }
+        Ok(ckpt)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Canonical names of every tensor, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.tensors.get(name).ok_or_else(|| {
+            Error::tensor(
+                name,
+                "is missing from the checkpoint; is this a GPT-2 model saved by transformers?",
+            )
+        })
+    }
+
+    /// Checks that `name` exists with `shape` and a supported dtype.
+    pub fn check(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let e = self.entry(name)?;
+        if e.shape != shape {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "has shape {:?}, config.json implies {shape:?}; the weights do not belong to this config.json",
+                    e.shape
+                ),
+            ));
+        }
+        match e.dtype {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(()),
+            other => Err(Error::tensor(
+                name,
+                format!("has dtype {other:?}; wgpt reads F32, F16 and BF16 weights"),
+            )),
+        }
+    }
+
+    /// The tensor as f32, row-major in its stored shape. Call [`Checkpoint::check`] first.
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let e = self.entry(name)?;
+        let bytes = &self.shards[e.shard].1[e.start..e.end];
+        Ok(match e.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::tensor(
+                    name,
+                    format!("has dtype {other:?}; wgpt reads F32, F16 and BF16 weights"),
+                ));
+            }
+        })
+    }
+
+    /// A GPT-2 Conv1D weight stored [in, out], returned as [out, in] (the matmul kernel's layout).
+    pub fn read_f32_transposed(
+        &self,
+        name: &str,
+        rows_in: usize,
+        cols_out: usize,
+    ) -> Result<Vec<f32>> {
+        let src = self.read_f32(name)?;
+        let mut dst = vec![0.0f32; src.len()];
+        for i in 0..rows_in {
+            for o in 0..cols_out {
+                dst[o * rows_in + i] = src[i * cols_out + o];
+            }
+        }
+        Ok(dst)
+    }
+
+    /// Whether two tensors hold the same bytes (an explicit `lm_head.weight` equal to `wte`).
+    pub fn same_bytes(&self, a: &str, b: &str) -> bool {
+        match (self.tensors.get(a), self.tensors.get(b)) {
+            (Some(x), Some(y)) => {
+                x.dtype == y.dtype
+                    && x.shape == y.shape
+                    && self.shards[x.shard].1[x.start..x.end]
+                        == self.shards[y.shard].1[y.start..y.end]
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The shard files listed in a sharded checkpoint's index, in a stable order.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let idx: Index = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for file in idx.weight_map.values() {
+        // Shard names are plain file names; anything else could escape the model folder.
+        if file.contains('/') || file.contains('\\') || file == ".." || file.is_empty() {
+            return Err(Error::Config {
+                path: index.to_path_buf(),
+                msg: format!("shard name {file:?} is not a plain file name"),
+            });
+        }
+        let p = dir.join(file);
+        if !files.contains(&p) {
+            files.push(p);
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::Config {
+            path: index.to_path_buf(),
+            msg: "weight_map is empty".into(),
+        });
+    }
+    Ok(files)
+}
+
+/// One block's weights. Linear weights are (out, in); shapes use C, NH, HS, L as in the config.
+pub struct LayerWeights<T> {
+    pub ln_1_w: T,      // (C)
+    pub ln_1_b: T,      // (C)
+    pub c_attn_w: T,    // (3C, C)
+    pub c_attn_b: T,    // (3C)
+    pub attn_proj_w: T, // (C, C)
+    pub attn_proj_b: T, // (C)
+    pub ln_2_w: T,      // (C)
+    pub ln_2_b: T,      // (C)
+    pub c_fc_w: T,      // (4C, C)
+    pub c_fc_b: T,      // (4C)
+    pub mlp_proj_w: T,  // (C, 4C)
+    pub mlp_proj_b: T,  // (C)
+}
+
+/// A GPT-2's weights, stored as `T` (host vectors or GPU tensors).
+pub struct Weights<T> {
+    pub wte: T, // (V, C)
+    pub wpe: T, // (n_ctx, C)
+    pub layers: Vec<LayerWeights<T>>,
+    pub ln_f_w: T, // (C)
+    pub ln_f_b: T, // (C)
+    /// (V, C); `None` when the head is tied to `wte`.
+    pub lm_head: Option<T>,
+}
+
+/// Checks every tensor against `cfg`, then reads them one at a time, each as an f32 matrix
+/// (rows, cols) in the kernels' layout, and hands it to `make` (which uploads it), so at most one
+/// converted tensor is in host memory at once.
+pub fn load_weights<T>(
+    ckpt: &Checkpoint,
+    cfg: &Config,
+    mut make: impl FnMut(&str, Vec<f32>, usize, usize) -> Result<T>,
+) -> Result<Weights<T>> {
+    let (c, v, n_ctx, inner) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
+    // Shape checks for everything first: fail before any upload.
+    ckpt.check("wte.weight", &[v, c])?;
+    ckpt.check("wpe.weight", &[n_ctx, c])?;
+    for i in 0..cfg.n_layer {
+        let p = format!("h.{i}.");
+        for (n, s) in [
+            ("ln_1.weight", vec![c]),
+            ("ln_1.bias", vec![c]),
+            ("attn.c_attn.weight", vec![c, 3 * c]),
+            ("attn.c_attn.bias", vec![3 * c]),
+            ("attn.c_proj.weight", vec![c, c]),
+            ("attn.c_proj.bias", vec![c]),
+            ("ln_2.weight", vec![c]),
+            ("ln_2.bias", vec![c]),
+            ("mlp.c_fc.weight", vec![c, inner]),
+            ("mlp.c_fc.bias", vec![inner]),
+            ("mlp.c_proj.weight", vec![inner, c]),
+            ("mlp.c_proj.bias", vec![c]),
+        ] {
+            ckpt.check(&format!("{p}{n}"), &s)?;
+        }
+    }
+    if ckpt.contains(&format!("h.{}.ln_1.weight", cfg.n_layer)) {
+        return Err(Error::tensor(
+            &format!("h.{}.ln_1.weight", cfg.n_layer),
+            format!("exists but config.json says n_layer = {}", cfg.n_layer),
+        ));
+    }
+    ckpt.check("ln_f.weight", &[c])?;
+    ckpt.check("ln_f.bias", &[c])?;
+    let explicit_head =
+        ckpt.contains("lm_head.weight") && !ckpt.same_bytes("lm_head.weight", "wte.weight");
+    if explicit_head {
+        ckpt.check("lm_head.weight", &[v, c])?;
+    } else if !cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
+        return Err(Error::tensor(
+            "lm_head.weight",
+            "is missing and config.json has tie_word_embeddings = false",
+        ));
+    }
+
+    let make = &mut make;
+    let ln_f_w = vector(ckpt, make, "ln_f.weight")?;
+    let ln_f_b = vector(ckpt, make, "ln_f.bias")?;
+    let mut layers = Vec::with_capacity(cfg.n_layer);
+    for i in 0..cfg.n_layer {
+        let p = format!("h.{i}.");
+        let mut vec_ = |n: &str| vector(ckpt, make, &format!("{p}{n}"));
+        let (ln_1_w, ln_1_b) = (vec_("ln_1.weight")?, vec_("ln_1.bias")?);
+        let (c_attn_b, attn_proj_b) = (vec_("attn.c_attn.bias")?, vec_("attn.c_proj.bias")?);
+        let (ln_2_w, ln_2_b) = (vec_("ln_2.weight")?, vec_("ln_2.bias")?);
+        let (c_fc_b, mlp_proj_b) = (vec_("mlp.c_fc.bias")?, vec_("mlp.c_proj.bias")?);
+        // GPT-2's Conv1D stores [in, out]; the kernels want [out, in].
+        let mut conv1d = |n: &str, k_in: usize, n_out: usize| -> Result<T> {
+            let name = format!("{p}{n}");
+            let d = ckpt.read_f32_transposed(&name, k_in, n_out)?;
+            make(&name, d, n_out, k_in)
+        };
+        layers.push(LayerWeights {
+            ln_1_w,
+            ln_1_b,
+            c_attn_w: conv1d("attn.c_attn.weight", c, 3 * c)?,
+            c_attn_b,
+            attn_proj_w: conv1d("attn.c_proj.weight", c, c)?,
+            attn_proj_b,
+            ln_2_w,
+            ln_2_b,
+            c_fc_w: conv1d("mlp.c_fc.weight", c, inner)?,
+            c_fc_b,
+            mlp_proj_w: conv1d("mlp.c_proj.weight", inner, c)?,
+            mlp_proj_b,
+        });
+    }
+    let wpe = make("wpe.weight", ckpt.read_f32("wpe.weight")?, n_ctx, c)?;
+    let wte = make("wte.weight", ckpt.read_f32("wte.weight")?, v, c)?;
+    let lm_head = if explicit_head {
+        Some(make(
+            "lm_head.weight",
+            ckpt.read_f32("lm_head.weight")?,
+            v,
+            c,
+        )?)
+    } else {
+        None
+    };
+    Ok(Weights {
+        wte,
+        wpe,
+        layers,
+        ln_f_w,
+        ln_f_b,
+        lm_head,
+    })
+}
+
+/// Reads a 1-D tensor and hands it to `make` as one row.
+fn vector<T>(
+    ckpt: &Checkpoint,
+    make: &mut impl FnMut(&str, Vec<f32>, usize, usize) -> Result<T>,
+    name: &str,
+) -> Result<T> {
+    let d = ckpt.read_f32(name)?;
+    let n = d.len();
+    make(name, d, 1, n)
+}

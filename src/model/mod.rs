@@ -1,0 +1,145 @@
+//! GPT-2 on the GPU: [`Model`] holds the weights and pipelines (built once at load); a
+//! [`Session`] holds one sequence's KV cache, scratch activations and bind groups, and runs steps.
+
+mod session;
+
+pub use session::{Pick, Session};
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::gpu::Gpu;
+use crate::gpu::kernels::Pipelines;
+use crate::gpu::tensor::GpuTensor;
+use crate::loader::{self, Checkpoint, Weights};
+use crate::{Error, Result};
+
+/// Load-time choices.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Split weights into buffers of at most this many bytes. `None`: the adapter's largest
+    /// storage binding. Tests set it low to exercise the split path on small models.
+    pub max_chunk_bytes: Option<u64>,
+}
+
+/// A GPT-2 whose weights live in GPU buffers.
+pub struct Model {
+    pub gpu: Arc<Gpu>,
+    pub config: Config,
+    pub(crate) weights: Weights<GpuTensor>,
+    pub(crate) pipelines: Pipelines,
+    /// Bound in place of a bias the head does not have.
+    pub(crate) zero: wgpu::Buffer,
+    /// Largest buffer one binding may see (weights, activations and cache are sized below it).
+    pub(crate) max_chunk_bytes: u64,
+}
+
+impl Model {
+    /// Loads a Hugging Face GPT-2 folder (config.json + model.safetensors or its shards).
+    pub fn load(gpu: Arc<Gpu>, dir: &Path, opts: &LoadOptions) -> Result<Model> {
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+            ));
+        }
+        let config = Config::from_file(&dir.join(loader::CONFIG_FILE))?;
+        let ckpt = Checkpoint::open(dir)?;
+        Self::from_checkpoint(gpu, config, &ckpt, opts)
+    }
+
+    pub fn from_checkpoint(
+        gpu: Arc<Gpu>,
+        config: Config,
+        ckpt: &Checkpoint,
+        opts: &LoadOptions,
+    ) -> Result<Model> {
+        let max_chunk_bytes = opts
+            .max_chunk_bytes
+            .unwrap_or(u64::MAX)
+            .min(gpu.max_binding_bytes());
+        // Fail before allocating if the per-layer buffers cannot be bound on this adapter.
+        let widest = config.n_inner.max(3 * config.n_embd) as u64 * 4;
+        let kv_layer = (config.n_positions * config.n_embd * 4) as u64;
+        if kv_layer > max_chunk_bytes || widest > max_chunk_bytes {
+            return Err(Error::Limits(format!(
+                "one layer's KV cache needs {kv_layer} bytes in one binding, the adapter allows {max_chunk_bytes}; \
+                 try another adapter"
+            )));
+        }
+        let t0 = std::time::Instant::now();
+        let weights = loader::load_weights(ckpt, &config, |name, data, rows, cols| {
+            GpuTensor::upload(&gpu, name, &data, rows, cols, max_chunk_bytes)
+        })?;
+        if weights.wpe.chunks.len() != 1 {
+            return Err(Error::Limits(
+                "the position table does not fit one binding on this adapter".into(),
+            ));
+        }
+        let pipelines = Pipelines::new(&gpu);
+        let zero = gpu.storage("zero", 4);
+        gpu.wait()?;
+        let model = Model {
+            gpu,
+            config,
+            weights,
+            pipelines,
+            zero,
+            max_chunk_bytes,
+        };
+        log::info!(
+            "loaded {} layers, C = {}, V = {}: {:.1} MB of weights in {:.2} s",
+            model.config.n_layer,
+            model.config.n_embd,
+            model.config.vocab_size,
+            model.weight_bytes() as f64 / 1e6,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(model)
+    }
+
+    /// The output projection: an explicit `lm_head` or the tied token embedding. (V, C)
+    pub(crate) fn head(&self) -> &GpuTensor {
+        self.weights.lm_head.as_ref().unwrap_or(&self.weights.wte)
+    }
+
+    /// Bytes of weights on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        let w = &self.weights;
+        let layers: u64 = w
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    &l.ln_1_w,
+                    &l.ln_1_b,
+                    &l.c_attn_w,
+                    &l.c_attn_b,
+                    &l.attn_proj_w,
+                    &l.attn_proj_b,
+                    &l.ln_2_w,
+                    &l.ln_2_b,
+                    &l.c_fc_w,
+                    &l.c_fc_b,
+                    &l.mlp_proj_w,
+                    &l.mlp_proj_b,
+                ]
+                .iter()
+                .map(|t| t.bytes())
+                .sum::<u64>()
+            })
+            .sum();
+        layers
+            + w.wte.bytes()
+            + w.wpe.bytes()
+            + w.ln_f_w.bytes()
+            + w.ln_f_b.bytes()
+            + w.lm_head.as_ref().map_or(0, |t| t.bytes())
+    }
+
+    /// Number of buffers the token embedding was split into (1 unless it exceeds one binding).
+    pub fn wte_chunks(&self) -> usize {
+        self.weights.wte.chunks.len()
+    }
+}

@@ -1,0 +1,588 @@
+//! One sequence being generated: its KV cache (VRAM), scratch activations, the bind groups that
+//! tie them to the model's weights (built once, here), and the forward pass recorded into one
+//! command encoder per step.
+
+use crate::gpu::kernels::{
+    self, AttentionParams, EmbedParams, LayerNormParams, MatmulParams, SampleParams, Step,
+    WidthParams, wg,
+};
+use crate::gpu::tensor::GpuTensor;
+use crate::model::Model;
+use crate::{Error, Result};
+
+/// How the next token is chosen from the last position's logits, on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pick {
+    /// The most likely token.
+    Greedy,
+    /// Sample from softmax(logits / temperature); `u` in [0, 1) picks the point on the CDF.
+    Sample { temperature: f32, u: f32 },
+}
+
+/// Per-layer key and value caches, (n_ctx, C) each, allocated once per session.
+struct KvCache {
+    k: Vec<wgpu::Buffer>,
+    v: Vec<wgpu::Buffer>,
+}
+
+/// Scratch buffers for one step of up to `t_max` tokens. Shapes use T = t_max.
+struct Activations {
+    tokens: wgpu::Buffer,              // (T) u32
+    x: wgpu::Buffer,                   // (T, C) residual stream
+    ln: wgpu::Buffer,                  // (T, C) layernorm output
+    qkv: wgpu::Buffer,                 // (T, 3C)
+    att_y: wgpu::Buffer,               // (T, C) attention output, heads side by side
+    proj: wgpu::Buffer,                // (T, C) output of a projection, before the residual add
+    fc_h: wgpu::Buffer,                // (T, n_inner) MLP hidden
+    lnf: wgpu::Buffer,                 // (head_rows, C) final layernorm of the rows the head sees
+    logits: wgpu::Buffer,              // (head_rows, V)
+    token: wgpu::Buffer,               // (1) u32 chosen token
+    token_read: wgpu::Buffer,          // (1) u32, mappable
+    logits_read: Option<wgpu::Buffer>, // (head_rows, V), mappable, made on first use
+    body_step: wgpu::Buffer,           // Step uniform for embed and blocks
+    head_step: wgpu::Buffer,           // Step uniform for ln_f and the head
+    sample: wgpu::Buffer,              // SampleParams uniform
+}
+
+/// Which pipeline an op runs.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Embed,
+    LayerNorm,
+    Matmul,
+    KvAppend,
+    Attention,
+    Gelu,
+    Residual,
+    Argmax,
+    Sample,
+}
+
+/// How many workgroups an op needs for a step of `rows` rows.
+#[derive(Clone, Copy)]
+enum Grid {
+    /// (ceil(width / wg), rows): one invocation per element.
+    Elements { width: u32, wg: u32 },
+    /// (rows): one workgroup per row.
+    Rows,
+    /// (ceil(n / tile), ceil(rows / tile)).
+    Tiles { n: u32 },
+    /// (heads, rows): one workgroup per head and query.
+    Heads { nh: u32 },
+    /// A single workgroup.
+    One,
+}
+
+/// One recorded dispatch: pipeline, bind group (built once) and its grid.
+struct Op {
+    kernel: Kernel,
+    bind: wgpu::BindGroup,
+    grid: Grid,
+}
+
+pub struct Session<'m> {
+    model: &'m Model,
+    kv: KvCache,
+    act: Activations,
+    /// embed and the blocks, run on the step's T tokens.
+    body: Vec<Op>,
+    /// ln_f and the output projection, run on the head's rows.
+    head: Vec<Op>,
+    argmax: Op,
+    sample: Op,
+    /// Tokens already in the KV cache.
+    pos: usize,
+    /// Most tokens one forward pass takes (longer inputs run in chunks).
+    t_max: usize,
+    /// Most logits rows one head pass writes.
+    head_rows: usize,
+}
+
+impl<'m> Session<'m> {
+    pub fn new(model: &'m Model) -> Result<Self> {
+        let gpu = &model.gpu;
+        let cfg = &model.config;
+        let (c, v, n_ctx, inner) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
+        let maxb = model.max_chunk_bytes as usize;
+        let t_max = n_ctx.min(maxb / (4 * inner.max(3 * c)));
+        let head_rows = t_max.min(maxb / (4 * v));
+        if head_rows == 0 {
+            return Err(Error::Limits(format!(
+                "one row of logits ({v} floats) does not fit the adapter's largest binding ({maxb} bytes)"
+            )));
+        }
+        let f = |n: usize| (n * 4) as u64;
+        let kv = KvCache {
+            k: (0..cfg.n_layer)
+                .map(|l| gpu.storage(&format!("k_cache.{l}"), f(n_ctx * c)))
+                .collect(),
+            v: (0..cfg.n_layer)
+                .map(|l| gpu.storage(&format!("v_cache.{l}"), f(n_ctx * c)))
+                .collect(),
+        };
+        let act = Activations {
+            tokens: gpu.storage("tokens", f(t_max)),
+            x: gpu.storage("x", f(t_max * c)),
+            ln: gpu.storage("ln", f(t_max * c)),
+            qkv: gpu.storage("qkv", f(t_max * 3 * c)),
+            att_y: gpu.storage("att_y", f(t_max * c)),
+            proj: gpu.storage("proj", f(t_max * c)),
+            fc_h: gpu.storage("fc_h", f(t_max * inner)),
+            lnf: gpu.storage("lnf", f(head_rows * c)),
+            logits: gpu.storage("logits", f(head_rows * v)),
+            token: gpu.storage("token", 4),
+            token_read: gpu.readback("token_read", 4),
+            logits_read: None,
+            body_step: gpu.uniform("body_step", &Step::default()),
+            head_step: gpu.uniform("head_step", &Step::default()),
+            sample: gpu.uniform(
+                "sample",
+                &SampleParams {
+                    v: v as u32,
+                    temperature: 1.0,
+                    u: 0.0,
+                    _pad: 0,
+                },
+            ),
+        };
+        let (body, head, argmax, sample) = build_ops(model, &kv, &act);
+        gpu.check()?;
+        Ok(Session {
+            model,
+            kv,
+            act,
+            body,
+            head,
+            argmax,
+            sample,
+            pos: 0,
+            t_max,
+            head_rows,
+        })
+    }
+
+    /// The context length (n_positions).
+    pub fn n_ctx(&self) -> usize {
+        self.model.config.n_positions
+    }
+
+    /// Tokens in the KV cache: the position the next token will take.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Forgets the sequence; the cache is reused, not reallocated.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Dispatches per forward step with one token (body + head + pick).
+    pub fn dispatches_per_token(&self) -> usize {
+        self.body.len() + self.head.len() + 1
+    }
+
+    /// Bytes of GPU memory this session allocated (KV cache and scratch).
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.kv.k.iter().chain(&self.kv.v).map(|b| b.size()).sum()
+    }
+
+    /// Runs `tokens` through the model (appending them to the cache) and returns the next token,
+    /// chosen on the GPU: only its 4-byte id is read back.
+    pub fn next_token(&mut self, tokens: &[u32], pick: Pick) -> Result<u32> {
+        let last = self.run_body_chunks(tokens)?;
+        let gpu = &self.model.gpu;
+        self.write_head_step(1, last - 1);
+        let op = match pick {
+            Pick::Greedy => &self.argmax,
+            Pick::Sample { temperature, u } => {
+                let p = SampleParams {
+                    v: self.model.config.vocab_size as u32,
+                    temperature: temperature.max(1e-6),
+                    u: u.clamp(0.0, 1.0 - f32::EPSILON),
+                    _pad: 0,
+                };
+                gpu.queue
+                    .write_buffer(&self.act.sample, 0, bytemuck::bytes_of(&p));
+                &self.sample
+            }
+        };
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            self.record(&mut pass, &self.body, last as u32);
+            self.record(&mut pass, &self.head, 1);
+            self.record(&mut pass, std::slice::from_ref(op), 1);
+        }
+        enc.copy_buffer_to_buffer(&self.act.token, 0, &self.act.token_read, 0, 4);
+        gpu.queue.submit([enc.finish()]);
+        let bytes = gpu.read(&self.act.token_read, 4)?;
+        self.pos += last;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// Runs `tokens` through the model (appending them to the cache) and returns the logits of
+    /// every one of them, (T, V) row-major.
+    pub fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let v = self.model.config.vocab_size;
+        let mut out = Vec::with_capacity(tokens.len() * v);
+        self.validate(tokens)?;
+        for chunk in tokens.chunks(self.t_max) {
+            let t = self.run_body_chunks(chunk)?;
+            {
+                let gpu = &self.model.gpu;
+                let mut enc = gpu.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    self.record(&mut pass, &self.body, t as u32);
+                }
+                gpu.queue.submit([enc.finish()]);
+            }
+            self.pos += t;
+            // The head may see fewer rows per pass than the body (V-wide rows are big).
+            let mut row0 = 0;
+            while row0 < t {
+                let rows = self.head_rows.min(t - row0);
+                out.extend(self.head_logits(rows, row0)?);
+                row0 += rows;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs ln_f and the head on rows `row0 .. row0 + rows` of the residual stream, reads them back.
+    fn head_logits(&mut self, rows: usize, row0: usize) -> Result<Vec<f32>> {
+        let gpu = self.model.gpu.clone();
+        let bytes = (self.head_rows * self.model.config.vocab_size * 4) as u64;
+        let read = self
+            .act
+            .logits_read
+            .get_or_insert_with(|| gpu.readback("logits_read", bytes))
+            .clone();
+        self.write_head_step(rows, row0);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            self.record(&mut pass, &self.head, rows as u32);
+        }
+        let n = (rows * self.model.config.vocab_size * 4) as u64;
+        enc.copy_buffer_to_buffer(&self.act.logits, 0, &read, 0, n);
+        gpu.queue.submit([enc.finish()]);
+        let data = gpu.read(&read, n)?;
+        Ok(bytemuck::pod_collect_to_vec(&data))
+    }
+
+    fn validate(&self, tokens: &[u32]) -> Result<()> {
+        let cfg = &self.model.config;
+        if tokens.is_empty() {
+            return Err(Error::Input(
+                "empty input: a step needs at least one token".into(),
+            ));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary (vocab_size = {})",
+                cfg.vocab_size
+            )));
+        }
+        let needed = self.pos + tokens.len();
+        if needed > cfg.n_positions {
+            return Err(Error::ContextFull {
+                needed,
+                n_ctx: cfg.n_positions,
+            });
+        }
+        Ok(())
+    }
+
+    /// Submits every chunk of `tokens` but the last through the body; uploads the last chunk's
+    /// tokens and step and returns its length, for the caller to record with what follows.
+    fn run_body_chunks(&mut self, tokens: &[u32]) -> Result<usize> {
+        self.validate(tokens)?;
+        let gpu = self.model.gpu.clone();
+        let mut chunks = tokens.chunks(self.t_max).peekable();
+        loop {
+            let chunk = chunks.next().unwrap_or_default();
+            gpu.queue
+                .write_buffer(&self.act.tokens, 0, bytemuck::cast_slice(chunk));
+            let step = Step {
+                rows: chunk.len() as u32,
+                row0: 0,
+                pos0: self.pos as u32,
+                _pad: 0,
+            };
+            gpu.queue
+                .write_buffer(&self.act.body_step, 0, bytemuck::bytes_of(&step));
+            if chunks.peek().is_none() {
+                return Ok(chunk.len());
+            }
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                self.record(&mut pass, &self.body, chunk.len() as u32);
+            }
+            gpu.queue.submit([enc.finish()]);
+            self.pos += chunk.len();
+        }
+    }
+
+    fn write_head_step(&self, rows: usize, row0: usize) {
+        let step = Step {
+            rows: rows as u32,
+            row0: row0 as u32,
+            pos0: self.pos as u32,
+            _pad: 0,
+        };
+        self.model
+            .gpu
+            .queue
+            .write_buffer(&self.act.head_step, 0, bytemuck::bytes_of(&step));
+    }
+
+    fn record(&self, pass: &mut wgpu::ComputePass, ops: &[Op], rows: u32) {
+        let p = &self.model.pipelines;
+        for op in ops {
+            pass.set_pipeline(match op.kernel {
+                Kernel::Embed => &p.embed,
+                Kernel::LayerNorm => &p.layernorm,
+                Kernel::Matmul => &p.matmul,
+                Kernel::KvAppend => &p.kv_append,
+                Kernel::Attention => &p.attention,
+                Kernel::Gelu => &p.gelu,
+                Kernel::Residual => &p.residual,
+                Kernel::Argmax => &p.argmax,
+                Kernel::Sample => &p.sample,
+            });
+            pass.set_bind_group(0, &op.bind, &[]);
+            let (x, y) = match op.grid {
+                Grid::Elements { width, wg } => (width.div_ceil(wg), rows),
+                Grid::Rows => (rows, 1),
+                Grid::Tiles { n } => (n.div_ceil(wg::MATMUL_TILE), rows.div_ceil(wg::MATMUL_TILE)),
+                Grid::Heads { nh } => (nh, rows),
+                Grid::One => (1, 1),
+            };
+            pass.dispatch_workgroups(x, y, 1);
+        }
+    }
+}
+
+/// Builds every dispatch of the forward pass, in order, with its bind group. Reads like the
+/// model: embed; per block `x = x + attn(ln_1(x))`, `x = x + mlp(ln_2(x))`; then ln_f and head.
+fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op>, Op, Op) {
+    let gpu = &*model.gpu;
+    let cfg = &model.config;
+    let w = &model.weights;
+    let p = &model.pipelines;
+    let (c, v) = (cfg.n_embd as u32, cfg.vocab_size as u32);
+    let (nh, hs, inner) = (
+        cfg.n_head as u32,
+        cfg.head_size() as u32,
+        cfg.n_inner as u32,
+    );
+    let bind = |pipe, label: &str, bufs: &[&wgpu::Buffer]| kernels::bind(gpu, pipe, label, bufs);
+    let width = |width: u32| {
+        gpu.uniform(
+            "width",
+            &WidthParams {
+                width,
+                _pad: [0; 3],
+            },
+        )
+    };
+
+    let layernorm = |step: &wgpu::Buffer, inp, weight: &GpuTensor, bias: &GpuTensor, out| Op {
+        kernel: Kernel::LayerNorm,
+        bind: bind(
+            &p.layernorm,
+            "layernorm",
+            &[
+                step,
+                &gpu.uniform(
+                    "ln",
+                    &LayerNormParams {
+                        c,
+                        eps: cfg.layer_norm_epsilon,
+                        _pad: [0; 2],
+                    },
+                ),
+                inp,
+                weight.single(),
+                bias.single(),
+                out,
+            ],
+        ),
+        grid: Grid::Rows,
+    };
+    // out = inp @ weight^T + bias, one dispatch per row chunk of the weight.
+    let matmul =
+        |step: &wgpu::Buffer, inp, weight: &GpuTensor, bias: Option<&GpuTensor>, out| -> Vec<Op> {
+            weight
+                .chunks
+                .iter()
+                .map(|ch| {
+                    let params = MatmulParams {
+                        k: weight.cols as u32,
+                        n: ch.rows as u32,
+                        ldo: weight.rows as u32,
+                        col0: ch.row0 as u32,
+                        has_bias: bias.is_some() as u32,
+                        _pad: [0; 3],
+                    };
+                    let bias_buf = bias.map_or(&model.zero, |b| b.single());
+                    Op {
+                        kernel: Kernel::Matmul,
+                        bind: bind(
+                            &p.matmul,
+                            "matmul",
+                            &[
+                                step,
+                                &gpu.uniform("matmul", &params),
+                                inp,
+                                &ch.buffer,
+                                bias_buf,
+                                out,
+                            ],
+                        ),
+                        grid: Grid::Tiles { n: ch.rows as u32 },
+                    }
+                })
+                .collect()
+        };
+    let residual = || Op {
+        kernel: Kernel::Residual,
+        bind: bind(
+            &p.residual,
+            "residual",
+            &[&act.body_step, &width(c), &act.x, &act.proj],
+        ),
+        grid: Grid::Elements {
+            width: c,
+            wg: wg::ELEMENTWISE,
+        },
+    };
+    let step = &act.body_step;
+
+    let mut body = Vec::new();
+    // x = wte[tokens] + wpe[positions]
+    for ch in &w.wte.chunks {
+        let params = EmbedParams {
+            c,
+            tok0: ch.row0 as u32,
+            tok_rows: ch.rows as u32,
+            _pad: 0,
+        };
+        body.push(Op {
+            kernel: Kernel::Embed,
+            bind: bind(
+                &p.embed,
+                "embed",
+                &[
+                    step,
+                    &gpu.uniform("embed", &params),
+                    &act.tokens,
+                    &ch.buffer,
+                    w.wpe.single(),
+                    &act.x,
+                ],
+            ),
+            grid: Grid::Elements {
+                width: c,
+                wg: wg::EMBED,
+            },
+        });
+    }
+    for (l, lw) in w.layers.iter().enumerate() {
+        // x = x + attn(ln_1(x))
+        body.push(layernorm(step, &act.x, &lw.ln_1_w, &lw.ln_1_b, &act.ln));
+        body.extend(matmul(
+            step,
+            &act.ln,
+            &lw.c_attn_w,
+            Some(&lw.c_attn_b),
+            &act.qkv,
+        ));
+        body.push(Op {
+            kernel: Kernel::KvAppend,
+            bind: bind(
+                &p.kv_append,
+                "kv_append",
+                &[step, &width(c), &act.qkv, &kv.k[l], &kv.v[l]],
+            ),
+            grid: Grid::Elements {
+                width: c,
+                wg: wg::KV_APPEND,
+            },
+        });
+        let att = AttentionParams {
+            c,
+            nh,
+            hs,
+            scale: 1.0 / (hs as f32).sqrt(),
+        };
+        body.push(Op {
+            kernel: Kernel::Attention,
+            bind: bind(
+                &p.attention,
+                "attention",
+                &[
+                    step,
+                    &gpu.uniform("attention", &att),
+                    &act.qkv,
+                    &kv.k[l],
+                    &kv.v[l],
+                    &act.att_y,
+                ],
+            ),
+            grid: Grid::Heads { nh },
+        });
+        body.extend(matmul(
+            step,
+            &act.att_y,
+            &lw.attn_proj_w,
+            Some(&lw.attn_proj_b),
+            &act.proj,
+        ));
+        body.push(residual());
+        // x = x + mlp(ln_2(x))
+        body.push(layernorm(step, &act.x, &lw.ln_2_w, &lw.ln_2_b, &act.ln));
+        body.extend(matmul(
+            step,
+            &act.ln,
+            &lw.c_fc_w,
+            Some(&lw.c_fc_b),
+            &act.fc_h,
+        ));
+        body.push(Op {
+            kernel: Kernel::Gelu,
+            bind: bind(&p.gelu, "gelu", &[step, &width(inner), &act.fc_h]),
+            grid: Grid::Elements {
+                width: inner,
+                wg: wg::ELEMENTWISE,
+            },
+        });
+        body.extend(matmul(
+            step,
+            &act.fc_h,
+            &lw.mlp_proj_w,
+            Some(&lw.mlp_proj_b),
+            &act.proj,
+        ));
+        body.push(residual());
+    }
+
+    // logits = ln_f(x[row0 .. row0 + rows]) @ head^T
+    let hstep = &act.head_step;
+    let mut head = vec![layernorm(hstep, &act.x, &w.ln_f_w, &w.ln_f_b, &act.lnf)];
+    head.extend(matmul(hstep, &act.lnf, model.head(), None, &act.logits));
+
+    let argmax = Op {
+        kernel: Kernel::Argmax,
+        bind: bind(&p.argmax, "argmax", &[&width(v), &act.logits, &act.token]),
+        grid: Grid::One,
+    };
+    let sample = Op {
+        kernel: Kernel::Sample,
+        bind: bind(&p.sample, "sample", &[&act.sample, &act.logits, &act.token]),
+        grid: Grid::One,
+    };
+    (body, head, argmax, sample)
+}

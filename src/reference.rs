@@ -1,0 +1,178 @@
+//! Plain-Rust CPU twins of every WGSL kernel, and a whole GPT-2 forward built from them. Tests
+//! compare the GPU against these; they favour clarity over speed (f64 accumulation where a sum
+//! runs long, so the twin is the more accurate side).
+
+use crate::config::Config;
+use crate::loader::Weights;
+
+/// embed.wgsl: x[t] = wte[tokens[t]] + wpe[pos0 + t]. wte (V, C), wpe (n_ctx, C) → (T, C)
+pub fn embed(tokens: &[u32], wte: &[f32], wpe: &[f32], c: usize, pos0: usize) -> Vec<f32> {
+    let mut x = vec![0.0; tokens.len() * c];
+    for (t, &tok) in tokens.iter().enumerate() {
+        for i in 0..c {
+            x[t * c + i] = wte[tok as usize * c + i] + wpe[(pos0 + t) * c + i];
+        }
+    }
+    x
+}
+
+/// layernorm.wgsl over rows of width C.
+pub fn layernorm(x: &[f32], weight: &[f32], bias: &[f32], c: usize, eps: f32) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (row, o) in x.chunks(c).zip(out.chunks_mut(c)) {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+        let rstd = 1.0 / (var + eps as f64).sqrt();
+        for i in 0..c {
+            o[i] = ((row[i] as f64 - mean) * rstd * weight[i] as f64 + bias[i] as f64) as f32;
+        }
+    }
+    out
+}
+
+/// matmul.wgsl: out (M, N) = a (M, K) @ w (N, K)^T + bias (N).
+pub fn matmul(a: &[f32], w: &[f32], bias: Option<&[f32]>, k: usize, n: usize) -> Vec<f32> {
+    let m = a.len() / k;
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        let ar = &a[i * k..(i + 1) * k];
+        for j in 0..n {
+            let wr = &w[j * k..(j + 1) * k];
+            let dot: f64 = ar.iter().zip(wr).map(|(&x, &y)| x as f64 * y as f64).sum();
+            out[i * n + j] = (dot + bias.map_or(0.0, |b| b[j] as f64)) as f32;
+        }
+    }
+    out
+}
+
+/// kv_append.wgsl: writes the k and v thirds of qkv (T, 3C) into the caches (n_ctx, C) at pos0.
+pub fn kv_append(qkv: &[f32], k_cache: &mut [f32], v_cache: &mut [f32], c: usize, pos0: usize) {
+    for (t, row) in qkv.chunks(3 * c).enumerate() {
+        let dst = (pos0 + t) * c;
+        k_cache[dst..dst + c].copy_from_slice(&row[c..2 * c]);
+        v_cache[dst..dst + c].copy_from_slice(&row[2 * c..3 * c]);
+    }
+}
+
+/// attention.wgsl: causal softmax attention of the queries in qkv (T, 3C) at positions pos0 + t
+/// over the caches (n_ctx, C). Plain softmax over the materialised scores, no online tricks.
+pub fn attention(
+    qkv: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    c: usize,
+    nh: usize,
+    pos0: usize,
+) -> Vec<f32> {
+    let hs = c / nh;
+    let t_len = qkv.len() / (3 * c);
+    let scale = 1.0 / (hs as f64).sqrt();
+    let mut out = vec![0.0; t_len * c];
+    for t in 0..t_len {
+        let n_keys = pos0 + t + 1;
+        for h in 0..nh {
+            let q = &qkv[t * 3 * c + h * hs..t * 3 * c + (h + 1) * hs];
+            let scores: Vec<f64> = (0..n_keys)
+                .map(|j| {
+                    let k = &k_cache[j * c + h * hs..j * c + (h + 1) * hs];
+                    q.iter()
+                        .zip(k)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            for d in 0..hs {
+                let y: f64 = (0..n_keys)
+                    .map(|j| exps[j] * v_cache[j * c + h * hs + d] as f64)
+                    .sum();
+                out[t * c + h * hs + d] = (y / sum) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// gelu.wgsl: transformers' gelu_new.
+pub fn gelu(x: &mut [f32]) {
+    for v in x {
+        let z = *v as f64;
+        let u = (2.0 / std::f64::consts::PI).sqrt() * (z + 0.044715 * z * z * z);
+        *v = (0.5 * z * (1.0 + u.tanh())) as f32;
+    }
+}
+
+/// residual.wgsl: x += y.
+pub fn residual(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// argmax.wgsl: first index of the largest value (NaN never wins).
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] || x[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// sample.wgsl: inverse-CDF sampling from softmax(logits / temperature) at u in [0, 1).
+pub fn sample(logits: &[f32], temperature: f32, u: f32) -> u32 {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = logits
+        .iter()
+        .map(|&l| ((l as f64 - max) / temperature as f64).exp())
+        .collect();
+    let total: f64 = e.iter().sum();
+    let mut target = u as f64 * total;
+    for (i, &p) in e.iter().enumerate() {
+        if target < p {
+            return i as u32;
+        }
+        target -= p;
+    }
+    (logits.len() - 1) as u32
+}
+
+/// A GPT-2 forward pass on the CPU from host weights (as [`crate::loader::load_weights`] makes
+/// them): logits (T, V) for `tokens` at positions 0..T.
+pub fn forward(cfg: &Config, w: &Weights<Vec<f32>>, tokens: &[u32]) -> Vec<f32> {
+    let (c, nh, inner) = (cfg.n_embd, cfg.n_head, cfg.n_inner);
+    let eps = cfg.layer_norm_epsilon;
+    let t_len = tokens.len();
+    let mut x = embed(tokens, &w.wte, &w.wpe, c, 0);
+    for lw in &w.layers {
+        let mut k_cache = vec![0.0; t_len * c];
+        let mut v_cache = vec![0.0; t_len * c];
+        let ln = layernorm(&x, &lw.ln_1_w, &lw.ln_1_b, c, eps);
+        let qkv = matmul(&ln, &lw.c_attn_w, Some(&lw.c_attn_b), c, 3 * c);
+        kv_append(&qkv, &mut k_cache, &mut v_cache, c, 0);
+        let att_y = attention(&qkv, &k_cache, &v_cache, c, nh, 0);
+        residual(
+            &mut x,
+            &matmul(&att_y, &lw.attn_proj_w, Some(&lw.attn_proj_b), c, c),
+        );
+        let ln = layernorm(&x, &lw.ln_2_w, &lw.ln_2_b, c, eps);
+        let mut fc_h = matmul(&ln, &lw.c_fc_w, Some(&lw.c_fc_b), c, inner);
+        gelu(&mut fc_h);
+        residual(
+            &mut x,
+            &matmul(&fc_h, &lw.mlp_proj_w, Some(&lw.mlp_proj_b), inner, c),
+        );
+    }
+    let lnf = layernorm(&x, &w.ln_f_w, &w.ln_f_b, c, eps);
+    matmul(
+        &lnf,
+        w.lm_head.as_ref().unwrap_or(&w.wte),
+        None,
+        c,
+        cfg.vocab_size,
+    )
+}
