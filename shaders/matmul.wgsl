@@ -1,4 +1,4 @@
-// out[m, col0 + n] = sum_k a[m, k] * w[n, k] + bias[n]
+// out[m, col0 + n] = sum_k a[m, k] * w[n, k] + bias[col0 + n]
 // w is (N, K), output-major like torch.nn.Linear (the loader transposes GPT-2's Conv1D), so both
 // operands are read along K. Tiled: each workgroup computes a 16x16 output tile, staging 16x16
 // tiles of a and w in workgroup memory.
@@ -10,7 +10,7 @@ struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, _a: u32, _b:
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> a: array<f32>;          // (M, K), M = step.rows
 @group(0) @binding(3) var<storage, read> w: array<f32>;          // (N, K)
-@group(0) @binding(4) var<storage, read> bias: array<f32>;       // (N)
+@group(0) @binding(4) var<storage, read> bias: array<f32>;       // (col0 + N)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (M, ldo)
 
 const TS: u32 = 16u;
@@ -42,7 +42,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     let m = m0 + lid.y;
     let n = n0 + lid.x;
     if (m < M && n < p.N) {
-        if (p.has_bias != 0u) { acc += bias[n]; }
+        if (p.has_bias != 0u) { acc += bias[p.col0 + n]; }
         out[m * p.ldo + p.col0 + n] = acc;
     }
 }

@@ -146,7 +146,8 @@ impl Gpu {
         self.check()
     }
 
-    pub(crate) fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+    /// A zeroed storage buffer.
+    pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4),
@@ -157,7 +158,8 @@ impl Gpu {
         })
     }
 
-    pub(crate) fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+    /// A storage buffer holding `data`.
+    pub fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -168,7 +170,8 @@ impl Gpu {
             })
     }
 
-    pub(crate) fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+    /// A uniform buffer holding `value`.
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),

@@ -1,0 +1,317 @@
+//! Every WGSL kernel against its CPU twin in `wgpt::reference`, on awkward shapes: T = 1, 7, 33;
+//! C not a multiple of the tile or workgroup; n_head not a power of two; head sizes above 64.
+//! Each test prints the largest difference it saw.
+
+mod common;
+
+use common::*;
+use wgpt::gpu::kernels::{
+    AttentionParams, EmbedParams, LayerNormParams, MatmulParams, Pipelines, SampleParams, Step,
+    WidthParams, bind,
+};
+use wgpt::reference;
+
+struct Harness {
+    gpu: std::sync::Arc<wgpt::Gpu>,
+    p: Pipelines,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let gpu = gpu();
+        let p = Pipelines::new(&gpu);
+        gpu.check().expect("pipelines compile");
+        Harness { gpu, p }
+    }
+    fn f32s(&self, data: &[f32]) -> wgpu::Buffer {
+        self.gpu.storage_init("test", bytemuck::cast_slice(data))
+    }
+    fn u32s(&self, data: &[u32]) -> wgpu::Buffer {
+        self.gpu.storage_init("test", bytemuck::cast_slice(data))
+    }
+    fn step(&self, rows: usize, row0: usize, pos0: usize) -> wgpu::Buffer {
+        let s = Step {
+            rows: rows as u32,
+            row0: row0 as u32,
+            pos0: pos0 as u32,
+            _pad: 0,
+        };
+        self.gpu.uniform("step", &s)
+    }
+    fn width(&self, w: usize) -> wgpu::Buffer {
+        self.gpu.uniform(
+            "width",
+            &WidthParams {
+                width: w as u32,
+                _pad: [0; 3],
+            },
+        )
+    }
+    fn run(&self, pipe: &wgpu::ComputePipeline, bufs: &[&wgpu::Buffer], x: u32, y: u32) {
+        let bg = bind(&self.gpu, pipe, "test", bufs);
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(pipe);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        self.gpu.queue.submit([enc.finish()]);
+        self.gpu.check().expect("no wgpu error");
+    }
+    fn read(&self, b: &wgpu::Buffer) -> Vec<f32> {
+        self.gpu.download_f32(b).unwrap()
+    }
+}
+
+/// Relative-to-magnitude error bound: f32 sums of n terms of size ~|x| err by ~n * 2^-24 * |x|;
+/// the twin sums in f64. `slack` covers the terms' spread.
+fn close(got: &[f32], want: &[f32], slack: f32) -> f32 {
+    let diff = max_abs_diff(got, want);
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    assert!(diff <= slack * scale, "max diff {diff} > {slack} * {scale}");
+    diff
+}
+
+#[test]
+fn embed_matches_cpu_including_split_table() {
+    let h = Harness::new();
+    for (t, c, pos0) in [(1, 33, 0), (7, 60, 5), (33, 65, 20)] {
+        let v = 37;
+        let wte = random(v * c, 1, 1.0);
+        let wpe = random(64 * c, 2, 1.0);
+        let tokens: Vec<u32> = (0..t).map(|i| ((i * 11 + 3) % v) as u32).collect();
+        let want = reference::embed(&tokens, &wte, &wpe, c, pos0);
+        let x = h.f32s(&vec![f32::NAN; t * c]);
+        // Two chunks of the token table, rows [0, 20) and [20, 37), one dispatch each.
+        for (r0, r1) in [(0, 20), (20, v)] {
+            let params = EmbedParams {
+                c: c as u32,
+                tok0: r0 as u32,
+                tok_rows: (r1 - r0) as u32,
+                _pad: 0,
+            };
+            let chunk = h.f32s(&wte[r0 * c..r1 * c]);
+            let bufs = [
+                &h.step(t, 0, pos0),
+                &h.gpu.uniform("p", &params),
+                &h.u32s(&tokens),
+                &chunk,
+                &h.f32s(&wpe),
+                &x,
+            ];
+            h.run(&h.p.embed, &bufs, (c as u32).div_ceil(64), t as u32);
+        }
+        // Pure copies and one add: exact.
+        let d = close(&h.read(&x), &want, 0.0);
+        println!("embed T={t} C={c} pos0={pos0}: max diff {d:e}");
+    }
+}
+
+#[test]
+fn layernorm_matches_cpu() {
+    let h = Harness::new();
+    for (t, c, row0) in [(1, 33, 0), (7, 60, 2), (33, 769, 1)] {
+        // An offset mean makes the two-pass variance matter.
+        let x: Vec<f32> = random((row0 + t) * c, 3, 2.0)
+            .iter()
+            .map(|v| v + 5.0)
+            .collect();
+        let w = random(c, 4, 1.0);
+        let b = random(c, 5, 1.0);
+        let want = reference::layernorm(&x[row0 * c..], &w, &b, c, 1e-5);
+        let out = h.f32s(&vec![0.0; t * c]);
+        let params = LayerNormParams {
+            c: c as u32,
+            eps: 1e-5,
+            _pad: [0; 2],
+        };
+        let bufs = [
+            &h.step(t, row0, 0),
+            &h.gpu.uniform("p", &params),
+            &h.f32s(&x),
+            &h.f32s(&w),
+            &h.f32s(&b),
+            &out,
+        ];
+        h.run(&h.p.layernorm, &bufs, t as u32, 1);
+        // Normalised values are O(1); f32 mean/variance over C <= 769 terms: ~1e-6 relative.
+        let d = close(&h.read(&out), &want, 1e-5);
+        println!("layernorm T={t} C={c}: max diff {d:e}");
+    }
+}
+
+#[test]
+fn matmul_matches_cpu_including_column_chunks() {
+    let h = Harness::new();
+    for (m, k, n) in [(1, 33, 17), (7, 60, 45), (33, 65, 100)] {
+        let a = random(m * k, 6, 1.0);
+        let w = random(n * k, 7, 1.0);
+        let b = random(n, 8, 1.0);
+        let want = reference::matmul(&a, &w, Some(&b), k, n);
+        let out = h.f32s(&vec![f32::NAN; m * n]);
+        // The weight as two row chunks writing columns [0, n1) and [n1, n), like a split head.
+        let n1 = n / 3 + 1;
+        for (c0, c1) in [(0, n1), (n1, n)] {
+            let params = MatmulParams {
+                k: k as u32,
+                n: (c1 - c0) as u32,
+                ldo: n as u32,
+                col0: c0 as u32,
+                has_bias: 1,
+                _pad: [0; 3],
+            };
+            let chunk = h.f32s(&w[c0 * k..c1 * k]);
+            let bufs = [
+                &h.step(m, 0, 0),
+                &h.gpu.uniform("p", &params),
+                &h.f32s(&a),
+                &chunk,
+                &h.f32s(&b),
+                &out,
+            ];
+            h.run(
+                &h.p.matmul,
+                &bufs,
+                ((c1 - c0) as u32).div_ceil(16),
+                (m as u32).div_ceil(16),
+            );
+        }
+        // Dot products of K <= 65 terms of size <= 1 in f32 against f64: ~K * 6e-8.
+        let d = close(&h.read(&out), &want, 1e-5);
+        println!("matmul M={m} K={k} N={n}: max diff {d:e}");
+    }
+}
+
+#[test]
+fn kv_append_and_attention_match_cpu() {
+    let h = Harness::new();
+    // (T, C, NH, pos0): HS = 11, 12, 20, 130 (two dims per invocation), keys across 64-blocks.
+    for (t, c, nh, pos0) in [
+        (1, 33, 3, 0),
+        (7, 60, 5, 3),
+        (33, 60, 3, 40),
+        (1, 390, 3, 70),
+        (7, 130, 1, 0),
+    ] {
+        let n_ctx = pos0 + t + 2;
+        let hs = c / nh;
+        // Earlier positions already in the cache; this step's k and v come from qkv.
+        let mut k_cache = random(n_ctx * c, 9, 1.0);
+        let mut v_cache = random(n_ctx * c, 10, 1.0);
+        let qkv = random(t * 3 * c, 11, 2.0);
+        let (kb, vb) = (h.f32s(&k_cache), h.f32s(&v_cache));
+        let qkvb = h.f32s(&qkv);
+        let step = h.step(t, 0, pos0);
+        h.run(
+            &h.p.kv_append,
+            &[&step, &h.width(c), &qkvb, &kb, &vb],
+            (c as u32).div_ceil(64),
+            t as u32,
+        );
+        reference::kv_append(&qkv, &mut k_cache, &mut v_cache, c, pos0);
+        assert_eq!(h.read(&kb), k_cache, "kv_append k");
+        assert_eq!(h.read(&vb), v_cache, "kv_append v");
+
+        let out = h.f32s(&vec![f32::NAN; t * c]);
+        let params = AttentionParams {
+            c: c as u32,
+            nh: nh as u32,
+            hs: hs as u32,
+            scale: 1.0 / (hs as f32).sqrt(),
+        };
+        h.run(
+            &h.p.attention,
+            &[&step, &h.gpu.uniform("p", &params), &qkvb, &kb, &vb, &out],
+            nh as u32,
+            t as u32,
+        );
+        let want = reference::attention(&qkv, &k_cache, &v_cache, c, nh, pos0);
+        // Outputs are convex combinations of values in [-1, 1]; online softmax in f32 over
+        // <= 73 keys with scores up to ~|2 * sqrt(HS)|: ~1e-6.
+        let d = close(&h.read(&out), &want, 1e-5);
+        println!("attention T={t} C={c} NH={nh} HS={hs} pos0={pos0}: max diff {d:e}");
+    }
+}
+
+#[test]
+fn gelu_and_residual_match_cpu() {
+    let h = Harness::new();
+    for (t, w) in [(1, 33), (7, 240), (33, 257)] {
+        let mut x = random(t * w, 12, 8.0);
+        x[0] = 30.0; // far in the tails: must stay finite
+        x[1] = -30.0;
+        let xb = h.f32s(&x);
+        h.run(
+            &h.p.gelu,
+            &[&h.step(t, 0, 0), &h.width(w), &xb],
+            (w as u32).div_ceil(256),
+            t as u32,
+        );
+        reference::gelu(&mut x);
+        // tanh in f32 on the GPU vs f64 on the CPU, times |x| <= 30.
+        let d = close(&h.read(&xb), &x, 1e-6);
+        println!("gelu T={t} W={w}: max diff {d:e}");
+
+        let y = random(t * w, 13, 1.0);
+        let yb = h.f32s(&y);
+        let mut want = h.read(&xb);
+        h.run(
+            &h.p.residual,
+            &[&h.step(t, 0, 0), &h.width(w), &xb, &yb],
+            (w as u32).div_ceil(256),
+            t as u32,
+        );
+        reference::residual(&mut want, &y);
+        let got = h.read(&xb);
+        assert_eq!(got, want, "residual: one f32 add, exact");
+    }
+}
+
+#[test]
+fn argmax_matches_cpu_with_ties() {
+    let h = Harness::new();
+    for v in [1usize, 7, 257, 50257] {
+        let mut logits = random(v, 14, 10.0);
+        if v > 7 {
+            // A tie between two maxima: the lower index wins, as in torch.argmax.
+            logits[v - 2] = 20.0;
+            logits[5] = 20.0;
+            logits[3] = f32::NAN;
+        }
+        let tok = h.u32s(&[u32::MAX]);
+        h.run(&h.p.argmax, &[&h.width(v), &h.f32s(&logits), &tok], 1, 1);
+        let got = bytemuck::cast_slice::<f32, u32>(&h.read(&tok))[0];
+        assert_eq!(got, reference::argmax(&logits), "V={v}");
+        println!("argmax V={v}: {got}");
+    }
+}
+
+#[test]
+fn sample_matches_cpu_inverse_cdf() {
+    let h = Harness::new();
+    let v = 1000;
+    let logits = random(v, 15, 4.0);
+    let lb = h.f32s(&logits);
+    let mut agree = 0;
+    let us = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.999];
+    for temperature in [0.5f32, 1.0, 2.0] {
+        for u in us {
+            let p = SampleParams {
+                v: v as u32,
+                temperature,
+                u,
+                _pad: 0,
+            };
+            let tok = h.u32s(&[u32::MAX]);
+            h.run(&h.p.sample, &[&h.gpu.uniform("p", &p), &lb, &tok], 1, 1);
+            let got = bytemuck::cast_slice::<f32, u32>(&h.read(&tok))[0];
+            let want = reference::sample(&logits, temperature, u);
+            // f32 partial sums vs f64 can move a u that sits within ~1e-6 of a CDF step by one
+            // index; these u are not that close, so all must agree.
+            assert_eq!(got, want, "T={temperature} u={u}");
+            agree += 1;
+        }
+    }
+    println!("sample: {agree} of {agree} picks equal the CPU inverse CDF");
+}
