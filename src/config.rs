@@ -159,3 +159,59 @@ impl Config {
         Ok(cfg)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Config> {
+        Config::from_json(json, Path::new("config.json"))
+    }
+
+    #[test]
+    fn reads_the_official_gpt2_config() {
+        let cfg = parse(
+            r#"{"activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "bos_token_id": 50256,
+            "eos_token_id": 50256, "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "n_ctx": 1024,
+            "n_embd": 768, "n_head": 12, "n_layer": 12, "n_positions": 1024, "vocab_size": 50257,
+            "task_specific_params": {"text-generation": {"do_sample": true, "max_length": 50}}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg, Config::gpt2());
+    }
+
+    #[test]
+    fn defaults_and_variants() {
+        let base = r#""model_type": "gpt2", "n_embd": 60, "n_head": 5, "n_layer": 1, "n_positions": 8, "vocab_size": 10"#;
+        let cfg = parse(&format!(
+            "{{{base}, \"n_inner\": null, \"eos_token_id\": [3, 4]}}"
+        ))
+        .unwrap();
+        assert_eq!(cfg.n_inner, 240);
+        assert_eq!(cfg.head_size(), 12);
+        assert_eq!(cfg.eos_token_id, Some(3));
+        assert!(cfg.tie_word_embeddings);
+        let cfg = parse(&format!(
+            "{{{base}, \"n_inner\": 100, \"tie_word_embeddings\": false}}"
+        ))
+        .unwrap();
+        assert_eq!(cfg.n_inner, 100);
+        assert!(!cfg.tie_word_embeddings);
+    }
+
+    #[test]
+    fn rejects_what_the_kernels_cannot_run() {
+        let err = |json: &str| parse(json).unwrap_err().to_string();
+        assert!(err(r#"{"model_type": "llama"}"#).contains("supports: gpt2"));
+        assert!(err(r#"{"n_embd": 4}"#).contains("model_type"));
+        assert!(err(r#"{"model_type": "gpt2", "n_embd": 10, "n_head": 3, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
+            .contains("not divisible"));
+        assert!(err(r#"{"model_type": "gpt2", "n_embd": 0, "n_head": 1, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
+            .contains("n_embd"));
+        assert!(err(r#"{"model_type": "gpt2", "n_embd": 8, "n_head": 1, "n_layer": 1, "n_positions": 8, "vocab_size": 9, "activation_function": "relu"}"#)
+            .contains("relu"));
+        assert!(err(r#"{"model_type": "gpt2", "n_embd": 600, "n_head": 1, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
+            .contains("head size 600"));
+        assert!(err("[1, 2").contains("malformed JSON"));
+    }
+}

@@ -105,6 +105,12 @@ fn main() {
 /// The model folder: --model, or the one that ships with the repo.
 fn model_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = arg {
+        if !dir.is_dir() {
+            bail!(
+                "{}: model folder not found; --model must name a Hugging Face model folder",
+                dir.display()
+            );
+        }
         return Ok(dir.clone());
     }
     let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/default");

@@ -126,7 +126,9 @@ impl Gpu {
 
     /// The largest buffer one binding may see: weights and activations are split below it.
     pub fn max_binding_bytes(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Returns the first wgpu error raised since the last call, as the library's error.

@@ -79,3 +79,117 @@ pub fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .map(|_| (rng.next_f32() * 2.0 - 1.0) * scale)
         .collect()
 }
+
+/// A tensor to write into a test checkpoint: (name, dtype, shape, little-endian bytes).
+pub type RawTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+pub fn f32_tensor(name: &str, shape: &[usize], data: &[f32]) -> RawTensor {
+    (
+        name.to_string(),
+        safetensors::Dtype::F32,
+        shape.to_vec(),
+        bytemuck::cast_slice(data).to_vec(),
+    )
+}
+
+/// Writes `model.safetensors` with `tensors` into `dir`.
+pub fn write_safetensors(dir: &Path, tensors: &[RawTensor]) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+/// A random GPT-2 checkpoint in transformers' layout (Conv1D [in, out], `transformer.` prefix,
+/// tied head) for a config; returns the tensors so tests can alter them.
+pub fn random_gpt2(
+    v: usize,
+    n_ctx: usize,
+    c: usize,
+    l: usize,
+    inner: usize,
+    seed: u64,
+) -> Vec<RawTensor> {
+    let mut s = seed;
+    let mut r = |n: usize, scale: f32| {
+        s += 1;
+        random(n, s, scale)
+    };
+    let mut t = vec![
+        f32_tensor("transformer.wte.weight", &[v, c], &r(v * c, 0.1)),
+        f32_tensor("transformer.wpe.weight", &[n_ctx, c], &r(n_ctx * c, 0.1)),
+        f32_tensor(
+            "transformer.ln_f.weight",
+            &[c],
+            &r(c, 0.2).iter().map(|x| 1.0 + x).collect::<Vec<_>>(),
+        ),
+        f32_tensor("transformer.ln_f.bias", &[c], &r(c, 0.1)),
+    ];
+    for i in 0..l {
+        let p = format!("transformer.h.{i}.");
+        let ln: Vec<f32> = r(c, 0.2).iter().map(|x| 1.0 + x).collect();
+        t.push(f32_tensor(&format!("{p}ln_1.weight"), &[c], &ln));
+        t.push(f32_tensor(&format!("{p}ln_1.bias"), &[c], &r(c, 0.1)));
+        t.push(f32_tensor(
+            &format!("{p}attn.c_attn.weight"),
+            &[c, 3 * c],
+            &r(c * 3 * c, 0.1),
+        ));
+        t.push(f32_tensor(
+            &format!("{p}attn.c_attn.bias"),
+            &[3 * c],
+            &r(3 * c, 0.1),
+        ));
+        t.push(f32_tensor(
+            &format!("{p}attn.c_proj.weight"),
+            &[c, c],
+            &r(c * c, 0.1),
+        ));
+        t.push(f32_tensor(
+            &format!("{p}attn.c_proj.bias"),
+            &[c],
+            &r(c, 0.1),
+        ));
+        t.push(f32_tensor(&format!("{p}ln_2.weight"), &[c], &ln));
+        t.push(f32_tensor(&format!("{p}ln_2.bias"), &[c], &r(c, 0.1)));
+        t.push(f32_tensor(
+            &format!("{p}mlp.c_fc.weight"),
+            &[c, inner],
+            &r(c * inner, 0.1),
+        ));
+        t.push(f32_tensor(
+            &format!("{p}mlp.c_fc.bias"),
+            &[inner],
+            &r(inner, 0.1),
+        ));
+        t.push(f32_tensor(
+            &format!("{p}mlp.c_proj.weight"),
+            &[inner, c],
+            &r(inner * c, 0.1),
+        ));
+        t.push(f32_tensor(&format!("{p}mlp.c_proj.bias"), &[c], &r(c, 0.1)));
+    }
+    t
+}
+
+pub fn gpt2_config_json(
+    v: usize,
+    n_ctx: usize,
+    c: usize,
+    l: usize,
+    nh: usize,
+    inner: usize,
+) -> String {
+    serde_json::json!({
+        "model_type": "gpt2", "vocab_size": v, "n_positions": n_ctx, "n_embd": c,
+        "n_layer": l, "n_head": nh, "n_inner": inner, "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5
+    })
+    .to_string()
+}
