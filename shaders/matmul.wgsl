@@ -1,48 +1,71 @@
-// out[m, col0 + n] = sum_k a[m, k] * w[n, k] + bias[col0 + n]
+// out[m, col0 + n] = sum_k a[m, k] * w[n, k] + bias[col0 + n], for prefill (many rows).
 // w is (N, K), output-major like torch.nn.Linear (the loader transposes GPT-2's Conv1D), so both
-// operands are read along K. Tiled: each workgroup computes a 16x16 output tile, staging 16x16
-// tiles of a and w in workgroup memory.
+// operands are read along K, as vec4 (K % 4 == 0, checked at load).
+// Register-blocked and tiled: a workgroup of 8 x 8 invocations computes a 32 x 32 output tile,
+// each invocation a 4 x 4 block; 32-wide slices of K of both operands are staged in workgroup
+// memory, so each loaded value is used 4 times from registers and 8 times from the tile.
 
 struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
 struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, _a: u32, _b: u32, _c: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> a: array<f32>;          // (M, K), M = step.rows
-@group(0) @binding(3) var<storage, read> w: array<f32>;          // (N, K)
-@group(0) @binding(4) var<storage, read> bias: array<f32>;       // (col0 + N)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (M, ldo)
+@group(0) @binding(2) var<storage, read> a: array<vec4<f32>>;     // (M, K), M = step.rows
+@group(0) @binding(3) var<storage, read> w: array<vec4<f32>>;     // (N, K)
+@group(0) @binding(4) var<storage, read> bias: array<f32>;        // (col0 + N)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;   // (M, ldo)
 
-const TS: u32 = 16u;
-var<workgroup> a_tile: array<array<f32, TS>, TS>;  // [m][k]
-var<workgroup> w_tile: array<array<f32, TS>, TS>;  // [n][k]
+const TILE: u32 = 32u;   // output rows and columns per workgroup
+const BK4: u32 = 8u;     // vec4s of K per stage (32 floats)
+var<workgroup> a_tile: array<array<vec4<f32>, BK4>, TILE>;  // [m][k4]
+var<workgroup> w_tile: array<array<vec4<f32>, BK4>, TILE>;  // [n][k4]
 
-@compute @workgroup_size(TS, TS)
-fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+@compute @workgroup_size(8, 8)
+fn matmul(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
     let M = step.rows;
-    let m0 = wg.y * TS;
-    let n0 = wg.x * TS;
-    var acc = 0.0;
-    for (var k0 = 0u; k0 < p.K; k0 += TS) {
-        let k = k0 + lid.x;
-        let am = m0 + lid.y;
-        var av = 0.0;
-        if (am < M && k < p.K) { av = a[am * p.K + k]; }
-        a_tile[lid.y][lid.x] = av;
-        let wn = n0 + lid.y;
-        var wv = 0.0;
-        if (wn < p.N && k < p.K) { wv = w[wn * p.K + k]; }
-        w_tile[lid.y][lid.x] = wv;
+    let K4 = p.K / 4u;
+    let m_base = wg.y * TILE;
+    let n_base = wg.x * TILE;
+    var acc: array<vec4<f32>, 4>;  // acc[i][j]: row 4*lid.y + i, column 4*lid.x + j
+    for (var k0 = 0u; k0 < K4; k0 += BK4) {
+        // 64 invocations stage 32 rows x 8 vec4 of each operand, 4 each; zeros past the edges.
+        for (var i = 0u; i < 4u; i++) {
+            let e = li + i * 64u;
+            let r = e / BK4;
+            let k = k0 + e % BK4;
+            var av = vec4(0.0);
+            if (m_base + r < M && k < K4) { av = a[(m_base + r) * K4 + k]; }
+            a_tile[r][e % BK4] = av;
+            var wv = vec4(0.0);
+            if (n_base + r < p.N && k < K4) { wv = w[(n_base + r) * K4 + k]; }
+            w_tile[r][e % BK4] = wv;
+        }
         workgroupBarrier();
-        for (var kk = 0u; kk < TS; kk++) {
-            acc += a_tile[lid.y][kk] * w_tile[lid.x][kk];
+        for (var c = 0u; c < BK4; c++) {
+            let w0 = w_tile[lid.x * 4u][c];
+            let w1 = w_tile[lid.x * 4u + 1u][c];
+            let w2 = w_tile[lid.x * 4u + 2u][c];
+            let w3 = w_tile[lid.x * 4u + 3u][c];
+            for (var i = 0u; i < 4u; i++) {
+                let x = a_tile[lid.y * 4u + i][c];
+                acc[i] += vec4(dot(x, w0), dot(x, w1), dot(x, w2), dot(x, w3));
+            }
         }
         workgroupBarrier();
     }
-    let m = m0 + lid.y;
-    let n = n0 + lid.x;
-    if (m < M && n < p.N) {
-        if (p.has_bias != 0u) { acc += bias[p.col0 + n]; }
-        out[m * p.ldo + p.col0 + n] = acc;
+    for (var i = 0u; i < 4u; i++) {
+        let m = m_base + lid.y * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let n = n_base + lid.x * 4u + j;
+            if (m < M && n < p.N) {
+                var v = acc[i][j];
+                if (p.has_bias != 0u) { v += bias[p.col0 + n]; }
+                out[m * p.ldo + p.col0 + n] = v;
+            }
+        }
     }
 }

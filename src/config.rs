@@ -127,6 +127,13 @@ impl Config {
                 "n_embd = {n_embd} is not divisible by n_head = {n_head}"
             )));
         }
+        // The linear kernels read rows as vec4. Every published GPT-2 size satisfies this.
+        if n_embd % 4 != 0 || cfg.n_inner % 4 != 0 {
+            return Err(bad(format!(
+                "n_embd = {n_embd} and n_inner = {} must be multiples of 4 for wgpt's kernels",
+                cfg.n_inner
+            )));
+        }
         if cfg.head_size() > MAX_HEAD_SIZE {
             return Err(bad(format!(
                 "head size {} (n_embd / n_head) is above the {MAX_HEAD_SIZE} wgpt supports",
@@ -204,14 +211,16 @@ mod tests {
         let err = |json: &str| parse(json).unwrap_err().to_string();
         assert!(err(r#"{"model_type": "llama"}"#).contains("supports: gpt2"));
         assert!(err(r#"{"n_embd": 4}"#).contains("model_type"));
-        assert!(err(r#"{"model_type": "gpt2", "n_embd": 10, "n_head": 3, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
+        assert!(err(r#"{"model_type": "gpt2", "n_embd": 10, "n_head": 5, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
+            .contains("multiples of 4"));
+        assert!(err(r#"{"model_type": "gpt2", "n_embd": 12, "n_head": 5, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
             .contains("not divisible"));
         assert!(err(r#"{"model_type": "gpt2", "n_embd": 0, "n_head": 1, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
             .contains("n_embd"));
         assert!(err(r#"{"model_type": "gpt2", "n_embd": 8, "n_head": 1, "n_layer": 1, "n_positions": 8, "vocab_size": 9, "activation_function": "relu"}"#)
             .contains("relu"));
-        assert!(err(r#"{"model_type": "gpt2", "n_embd": 600, "n_head": 1, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
-            .contains("head size 600"));
+        assert!(err(r#"{"model_type": "gpt2", "n_embd": 600, "n_head": 2, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
+            .contains("head size 300"));
         assert!(err("[1, 2").contains("malformed JSON"));
     }
 }

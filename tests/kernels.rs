@@ -141,45 +141,57 @@ fn layernorm_matches_cpu() {
     }
 }
 
+/// Both linear kernels (the tiled matmul and the gemv used for few rows), with the weight split
+/// into two row chunks writing columns [0, n1) and [n1, n) as a split head does.
 #[test]
-fn matmul_matches_cpu_including_column_chunks() {
+fn matmul_and_gemv_match_cpu_including_column_chunks() {
     let h = Harness::new();
-    for (m, k, n) in [(1, 33, 17), (7, 60, 45), (33, 65, 100)] {
+    // K: multiples of 4 (vec4 rows) but not of the 32-wide K stage; N and M not of the tile.
+    for (m, k, n) in [
+        (1, 36, 17),
+        (2, 60, 45),
+        (4, 68, 9),
+        (7, 60, 45),
+        (33, 68, 100),
+        (70, 100, 33),
+    ] {
         let a = random(m * k, 6, 1.0);
         let w = random(n * k, 7, 1.0);
         let b = random(n, 8, 1.0);
         let want = reference::matmul(&a, &w, Some(&b), k, n);
-        let out = h.f32s(&vec![f32::NAN; m * n]);
-        // The weight as two row chunks writing columns [0, n1) and [n1, n), like a split head.
-        let n1 = n / 3 + 1;
-        for (c0, c1) in [(0, n1), (n1, n)] {
-            let params = MatmulParams {
-                k: k as u32,
-                n: (c1 - c0) as u32,
-                ldo: n as u32,
-                col0: c0 as u32,
-                has_bias: 1,
-                _pad: [0; 3],
-            };
-            let chunk = h.f32s(&w[c0 * k..c1 * k]);
-            let bufs = [
-                &h.step(m, 0, 0),
-                &h.gpu.uniform("p", &params),
-                &h.f32s(&a),
-                &chunk,
-                &h.f32s(&b),
-                &out,
-            ];
-            h.run(
-                &h.p.matmul,
-                &bufs,
-                ((c1 - c0) as u32).div_ceil(16),
-                (m as u32).div_ceil(16),
-            );
+        for (name, pipe) in [("matmul", &h.p.matmul), ("gemv", &h.p.gemv)] {
+            let out = h.f32s(&vec![f32::NAN; m * n]);
+            let n1 = n / 3 + 1;
+            for (c0, c1) in [(0, n1), (n1, n)] {
+                let params = MatmulParams {
+                    k: k as u32,
+                    n: (c1 - c0) as u32,
+                    ldo: n as u32,
+                    col0: c0 as u32,
+                    has_bias: 1,
+                    _pad: [0; 3],
+                };
+                let chunk = h.f32s(&w[c0 * k..c1 * k]);
+                let bufs = [
+                    &h.step(m, 0, 0),
+                    &h.gpu.uniform("p", &params),
+                    &h.f32s(&a),
+                    &chunk,
+                    &h.f32s(&b),
+                    &out,
+                ];
+                let cols = (c1 - c0) as u32;
+                let (x, y) = if name == "gemv" {
+                    (cols.div_ceil(4).div_ceil(64), m as u32)
+                } else {
+                    (cols.div_ceil(32), (m as u32).div_ceil(32))
+                };
+                h.run(pipe, &bufs, x, y);
+            }
+            // Dot products of K <= 100 terms of size <= 1 in f32 against f64: ~K * 6e-8.
+            let d = close(&h.read(&out), &want, 1e-5);
+            println!("{name} M={m} K={k} N={n}: max diff {d:e}");
         }
-        // Dot products of K <= 65 terms of size <= 1 in f32 against f64: ~K * 6e-8.
-        let d = close(&h.read(&out), &want, 1e-5);
-        println!("matmul M={m} K={k} N={n}: max diff {d:e}");
     }
 }
 

@@ -527,6 +527,7 @@ def main():
     tok.save(str(out / "tokenizer.json"))
     model.float()
     for f in sorted(out.iterdir()):
+        os.chmod(f, 0o644)  # safetensors may write 0600 files
         log(f"saved {f} ({f.stat().st_size} bytes)")
 
     # ---- 6. reload and sample ---------------------------------------------
@@ -537,13 +538,9 @@ def main():
     t3 = Tokenizer.from_file(str(out / "tokenizer.json"))
     probe = "The Rust programming language"
     assert t2(probe)["input_ids"] == t3.encode(probe).ids == tok.encode(probe).ids
-    reload_val = 0.0
-    with torch.no_grad():
-        w = val_windows[:B]
-        lg = m2(input_ids=w[:, :-1]).logits
-        reload_val = torch.nn.functional.cross_entropy(
-            lg.reshape(-1, lg.size(-1)), w[:, 1:].reshape(-1)).item()
-    log(f"reloaded ({dtype}): val loss on first {len(w)} windows {reload_val:.4f}")
+    model = m2  # evaluate() uses `model`: check the reloaded weights
+    reload_val = evaluate(val_windows)
+    log(f"reloaded ({dtype}): val loss {reload_val:.4f} (before saving: {final_val:.4f})")
     samples = []
     for prompt, kw in [
         (probe, dict(do_sample=False, repetition_penalty=1.3)),

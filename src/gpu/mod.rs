@@ -95,7 +95,11 @@ impl Gpu {
         let info = adapter.get_info();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpt"),
-            required_features: wgpu::Features::empty(),
+            // Optional features the kernels can use where the adapter has them.
+            required_features: adapter.features()
+                & (wgpu::Features::SUBGROUP
+                    | wgpu::Features::SHADER_F16
+                    | wgpu::Features::TIMESTAMP_QUERY),
             required_limits: adapter.limits(),
             ..Default::default()
         }))

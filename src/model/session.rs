@@ -65,8 +65,8 @@ enum Grid {
     Elements { width: u32, wg: u32 },
     /// (rows): one workgroup per row.
     Rows,
-    /// (ceil(n / tile), ceil(rows / tile)).
-    Tiles { n: u32 },
+    /// A linear layer with n outputs: gemv for a few rows, the tiled matmul for more.
+    Linear { n: u32 },
     /// (heads, rows): one workgroup per head and query.
     Heads { nh: u32 },
     /// A single workgroup.
@@ -344,6 +344,7 @@ impl<'m> Session<'m> {
             pass.set_pipeline(match op.kernel {
                 Kernel::Embed => &p.embed,
                 Kernel::LayerNorm => &p.layernorm,
+                Kernel::Matmul if rows <= wg::GEMV_MAX_ROWS => &p.gemv,
                 Kernel::Matmul => &p.matmul,
                 Kernel::KvAppend => &p.kv_append,
                 Kernel::Attention => &p.attention,
@@ -356,7 +357,10 @@ impl<'m> Session<'m> {
             let (x, y) = match op.grid {
                 Grid::Elements { width, wg } => (width.div_ceil(wg), rows),
                 Grid::Rows => (rows, 1),
-                Grid::Tiles { n } => (n.div_ceil(wg::MATMUL_TILE), rows.div_ceil(wg::MATMUL_TILE)),
+                Grid::Linear { n } if rows <= wg::GEMV_MAX_ROWS => {
+                    (n.div_ceil(4).div_ceil(wg::GEMV), rows)
+                }
+                Grid::Linear { n } => (n.div_ceil(wg::MATMUL_TILE), rows.div_ceil(wg::MATMUL_TILE)),
                 Grid::Heads { nh } => (nh, rows),
                 Grid::One => (1, 1),
             };
@@ -442,7 +446,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                                 out,
                             ],
                         ),
-                        grid: Grid::Tiles { n: ch.rows as u32 },
+                        grid: Grid::Linear { n: ch.rows as u32 },
                     }
                 })
                 .collect()
