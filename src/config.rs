@@ -128,7 +128,7 @@ impl Config {
             )));
         }
         // The linear kernels read rows as vec4. Every published GPT-2 size satisfies this.
-        if n_embd % 4 != 0 || cfg.n_inner % 4 != 0 {
+        if !n_embd.is_multiple_of(4) || !cfg.n_inner.is_multiple_of(4) {
             return Err(bad(format!(
                 "n_embd = {n_embd} and n_inner = {} must be multiples of 4 for wgpt's kernels",
                 cfg.n_inner
