@@ -181,3 +181,63 @@ fn sampling_is_seeded() {
     assert_ne!(a, run(8.0, 2), "different seeds should differ");
     assert_eq!(run(1e-4, 3)[..24], e.greedy_ids[..24], "T -> 0 is greedy");
 }
+
+/// A checkpoint split into shards with a `model.safetensors.index.json`, as transformers writes
+/// big models, loads to the same logits.
+#[test]
+fn sharded_checkpoint_loads() {
+    let src = fixture("gpt2-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|n| (n.to_string(), st.tensor(n).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.path().join(file)).unwrap();
+        for n in part {
+            weight_map.insert(n.to_string(), file.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let e = expected(&src);
+    let (_, want) = read_npy(&src.join("logits.npy"));
+    let model = Model::load(gpu(), dir.path(), &LoadOptions::default()).unwrap();
+    let got = Session::new(&model)
+        .unwrap()
+        .logits(&full_sequence(&e))
+        .unwrap();
+    let diff = max_abs_diff(&got, &want);
+    println!("sharded (2 files): max diff vs transformers {diff:.2e}");
+    assert!(diff < LOGIT_TOL);
+
+    // A shard name that tries to leave the folder is refused.
+    let bad = serde_json::json!({"weight_map": {"wte.weight": "../x.safetensors"}});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        bad.to_string(),
+    )
+    .unwrap();
+    let err = Model::load(gpu(), dir.path(), &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a plain file name"), "{err}");
+}
