@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod generate;

@@ -276,109 +276,80 @@ pub fn load_weights<T>(
     cfg: &Config,
     mut make: impl FnMut(&str, Vec<f32>, usize, usize) -> Result<T>,
 ) -> Result<Weights<T>> {
-    let (c, v, n_ctx, inner) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
-    // Shape checks for everything first: fail before any upload.
-    ckpt.check("wte.weight", &[v, c])?;
-    ckpt.check("wpe.weight", &[n_ctx, c])?;
-    for i in 0..cfg.n_layer {
-        let p = format!("h.{i}.");
-        for (n, s) in [
-            ("ln_1.weight", vec![c]),
-            ("ln_1.bias", vec![c]),
-            ("attn.c_attn.weight", vec![c, 3 * c]),
-            ("attn.c_attn.bias", vec![3 * c]),
-            ("attn.c_proj.weight", vec![c, c]),
-            ("attn.c_proj.bias", vec![c]),
-            ("ln_2.weight", vec![c]),
-            ("ln_2.bias", vec![c]),
-            ("mlp.c_fc.weight", vec![c, inner]),
-            ("mlp.c_fc.bias", vec![inner]),
-            ("mlp.c_proj.weight", vec![inner, c]),
-            ("mlp.c_proj.bias", vec![c]),
-        ] {
-            ckpt.check(&format!("{p}{n}"), &s)?;
-        }
-    }
-    if ckpt.contains(&format!("h.{}.ln_1.weight", cfg.n_layer)) {
-        return Err(Error::tensor(
-            &format!("h.{}.ln_1.weight", cfg.n_layer),
-            format!("exists but config.json says n_layer = {}", cfg.n_layer),
-        ));
-    }
-    ckpt.check("ln_f.weight", &[c])?;
-    ckpt.check("ln_f.bias", &[c])?;
     let explicit_head =
         ckpt.contains("lm_head.weight") && !ckpt.same_bytes("lm_head.weight", "wte.weight");
-    if explicit_head {
-        ckpt.check("lm_head.weight", &[v, c])?;
-    } else if !cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
+    if !explicit_head && !cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
         return Err(Error::tensor(
             "lm_head.weight",
             "is missing and config.json has tie_word_embeddings = false",
         ));
     }
-
-    let make = &mut make;
-    let ln_f_w = vector(ckpt, make, "ln_f.weight")?;
-    let ln_f_b = vector(ckpt, make, "ln_f.bias")?;
-    let mut layers = Vec::with_capacity(cfg.n_layer);
-    for i in 0..cfg.n_layer {
-        let p = format!("h.{i}.");
-        let mut vec_ = |n: &str| vector(ckpt, make, &format!("{p}{n}"));
-        let (ln_1_w, ln_1_b) = (vec_("ln_1.weight")?, vec_("ln_1.bias")?);
-        let (c_attn_b, attn_proj_b) = (vec_("attn.c_attn.bias")?, vec_("attn.c_proj.bias")?);
-        let (ln_2_w, ln_2_b) = (vec_("ln_2.weight")?, vec_("ln_2.bias")?);
-        let (c_fc_b, mlp_proj_b) = (vec_("mlp.c_fc.bias")?, vec_("mlp.c_proj.bias")?);
-        // GPT-2's Conv1D stores [in, out]; the kernels want [out, in].
-        let mut conv1d = |n: &str, k_in: usize, n_out: usize| -> Result<T> {
-            let name = format!("{p}{n}");
-            let d = ckpt.read_f32_transposed(&name, k_in, n_out)?;
-            make(&name, d, n_out, k_in)
+    // Every shape and dtype first: fail before any upload.
+    build_weights(cfg, explicit_head, |name, rows, cols, conv1d| {
+        let stored = match (rows, conv1d) {
+            (1, _) => vec![cols],
+            (_, true) => vec![cols, rows],
+            _ => vec![rows, cols],
         };
-        layers.push(LayerWeights {
-            ln_1_w,
-            ln_1_b,
-            c_attn_w: conv1d("attn.c_attn.weight", c, 3 * c)?,
-            c_attn_b,
-            attn_proj_w: conv1d("attn.c_proj.weight", c, c)?,
-            attn_proj_b,
-            ln_2_w,
-            ln_2_b,
-            c_fc_w: conv1d("mlp.c_fc.weight", c, inner)?,
-            c_fc_b,
-            mlp_proj_w: conv1d("mlp.c_proj.weight", inner, c)?,
-            mlp_proj_b,
-        });
+        ckpt.check(name, &stored)
+    })?;
+    let extra = format!("h.{}.ln_1.weight", cfg.n_layer);
+    if ckpt.contains(&extra) {
+        return Err(Error::tensor(
+            &extra,
+            format!("exists but config.json says n_layer = {}", cfg.n_layer),
+        ));
     }
-    let wpe = make("wpe.weight", ckpt.read_f32("wpe.weight")?, n_ctx, c)?;
-    let wte = make("wte.weight", ckpt.read_f32("wte.weight")?, v, c)?;
-    let lm_head = if explicit_head {
-        Some(make(
-            "lm_head.weight",
-            ckpt.read_f32("lm_head.weight")?,
-            v,
-            c,
-        )?)
-    } else {
-        None
-    };
-    Ok(Weights {
-        wte,
-        wpe,
-        layers,
-        ln_f_w,
-        ln_f_b,
-        lm_head,
+    build_weights(cfg, explicit_head, |name, rows, cols, conv1d| {
+        // GPT-2's Conv1D stores [in, out] = [cols, rows]; the kernels want [out, in].
+        let data = if conv1d {
+            ckpt.read_f32_transposed(name, cols, rows)?
+        } else {
+            ckpt.read_f32(name)?
+        };
+        make(name, data, rows, cols)
     })
 }
 
-/// Reads a 1-D tensor and hands it to `make` as one row.
-fn vector<T>(
-    ckpt: &Checkpoint,
-    make: &mut impl FnMut(&str, Vec<f32>, usize, usize) -> Result<T>,
-    name: &str,
-) -> Result<T> {
-    let d = ckpt.read_f32(name)?;
-    let n = d.len();
-    make(name, d, 1, n)
+/// Builds [`Weights`] in the kernels' layout by asking `make(name, rows, cols, conv1d)` for each
+/// tensor, in checkpoint naming (no `transformer.`); vectors are one row. `conv1d` marks the
+/// weights GPT-2 checkpoints store transposed.
+pub fn build_weights<T>(
+    cfg: &Config,
+    explicit_head: bool,
+    mut make: impl FnMut(&str, usize, usize, bool) -> Result<T>,
+) -> Result<Weights<T>> {
+    let (c, v, n_ctx, inner) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
+    let mut layers = Vec::with_capacity(cfg.n_layer);
+    for i in 0..cfg.n_layer {
+        let mut t = |n: &str, rows: usize, cols: usize, conv1d: bool| {
+            make(&format!("h.{i}.{n}"), rows, cols, conv1d)
+        };
+        layers.push(LayerWeights {
+            ln_1_w: t("ln_1.weight", 1, c, false)?,
+            ln_1_b: t("ln_1.bias", 1, c, false)?,
+            c_attn_w: t("attn.c_attn.weight", 3 * c, c, true)?,
+            c_attn_b: t("attn.c_attn.bias", 1, 3 * c, false)?,
+            attn_proj_w: t("attn.c_proj.weight", c, c, true)?,
+            attn_proj_b: t("attn.c_proj.bias", 1, c, false)?,
+            ln_2_w: t("ln_2.weight", 1, c, false)?,
+            ln_2_b: t("ln_2.bias", 1, c, false)?,
+            c_fc_w: t("mlp.c_fc.weight", inner, c, true)?,
+            c_fc_b: t("mlp.c_fc.bias", 1, inner, false)?,
+            mlp_proj_w: t("mlp.c_proj.weight", c, inner, true)?,
+            mlp_proj_b: t("mlp.c_proj.bias", 1, c, false)?,
+        });
+    }
+    Ok(Weights {
+        wte: make("wte.weight", v, c, false)?,
+        wpe: make("wpe.weight", n_ctx, c, false)?,
+        layers,
+        ln_f_w: make("ln_f.weight", 1, c, false)?,
+        ln_f_b: make("ln_f.bias", 1, c, false)?,
+        lm_head: if explicit_head {
+            Some(make("lm_head.weight", v, c, false)?)
+        } else {
+            None
+        },
+    })
 }

@@ -27,6 +27,41 @@ enum Command {
     Logits(LogitsArgs),
     /// List the adapters wgpu sees, with their limits and features.
     Info(InfoArgs),
+    /// Prefill and decode figures for an adapter: a model folder or a GPT-2 shape with random weights.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A model folder to benchmark.
+    #[arg(long, short, conflicts_with = "shape")]
+    model: Option<PathBuf>,
+    /// A GPT-2 shape with random weights generated on the GPU: gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+    #[arg(long)]
+    shape: Option<String>,
+    /// Weight storage on the GPU. Only f32 exists so far.
+    #[arg(long, default_value = "f32", value_parser = ["f32"])]
+    dtype: String,
+    /// Prompt lengths to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    prompt_len: Vec<usize>,
+    /// Tokens generated per run.
+    #[arg(long = "gen", default_value_t = 128)]
+    gen_tokens: usize,
+    /// Runs per configuration (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Print the report as JSON (schema wgpt-bench/1).
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print a side-by-side table of these JSON reports instead of running.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["model", "shape"])]
+    compare: Vec<PathBuf>,
+    #[arg(long, env = "WGPT_ADAPTER")]
+    adapter: Option<String>,
 }
 
 #[derive(Args)]
@@ -95,6 +130,7 @@ fn main() {
         Command::Generate(a) => generate(a),
         Command::Logits(a) => logits(a),
         Command::Info(a) => info(a),
+        Command::Bench(a) => bench(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -300,6 +336,131 @@ fn info(a: InfoArgs) -> Result<()> {
             available: names.join("; "),
         }
         .into());
+    }
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    if !a.compare.is_empty() {
+        let mut reports = Vec::new();
+        for f in &a.compare {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            let r: wgpt::bench::Report = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a wgpt bench report", f.display()))?;
+            if r.schema != wgpt::bench::SCHEMA {
+                bail!(
+                    "{}: schema {:?}, this wgpt reads {:?}",
+                    f.display(),
+                    r.schema,
+                    wgpt::bench::SCHEMA
+                );
+            }
+            reports.push((f.display().to_string(), r));
+        }
+        print!("{}", wgpt::bench::compare(&reports));
+        return Ok(());
+    }
+    let gpu = Gpu::new(a.adapter.as_deref())?;
+    let t0 = std::time::Instant::now();
+    let (model, source) = match (&a.model, &a.shape) {
+        (_, Some(name)) => {
+            let cfg = wgpt::bench::shape(name).with_context(|| {
+                format!("unknown --shape {name:?}; use gpt2, gpt2-medium, gpt2-large or gpt2-xl")
+            })?;
+            (
+                Model::random(gpu, cfg, &LoadOptions::default(), 1)?,
+                format!("random:{name}"),
+            )
+        }
+        (m, None) => {
+            let dir = model_dir(m)?;
+            (
+                Model::load(gpu, &dir, &LoadOptions::default())?,
+                dir.display().to_string(),
+            )
+        }
+    };
+    let opts = wgpt::bench::Options {
+        prompt_lens: a.prompt_len.clone(),
+        gen_tokens: a.gen_tokens,
+        repeat: a.repeat,
+        source,
+        load_s: t0.elapsed().as_secs_f64(),
+    };
+    let r = wgpt::bench::run(&model, &opts)?;
+    let json = serde_json::to_string_pretty(&r)?;
+    if let Some(out) = &a.out {
+        std::fs::write(out, &json).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let m = &r.model;
+    println!(
+        "adapter  {} ({}, {}, {} {})",
+        r.adapter.name,
+        r.adapter.backend,
+        r.adapter.device_type,
+        r.adapter.driver,
+        r.adapter.driver_info
+    );
+    println!(
+        "model    {}: L={} C={} NH={} V={} n_ctx={}, {:.1} M params, {}",
+        m.source,
+        m.n_layer,
+        m.n_embd,
+        m.n_head,
+        m.vocab_size,
+        m.n_positions,
+        m.params as f64 / 1e6,
+        m.dtype
+    );
+    println!(
+        "load     {:.2} s, VRAM {:.1} MB",
+        r.load_s,
+        r.vram_bytes as f64 / 1e6
+    );
+    println!(
+        "{:>6} {:>5} {:>12} {:>9} {:>11} {:>8} {:>8} {:>10} {:>8} {:>9}",
+        "prompt",
+        "gen",
+        "prefill t/s",
+        "TTFT ms",
+        "decode t/s",
+        "p50 ms",
+        "p90 ms",
+        "dispatch/t",
+        "GB/s",
+        "GFLOP/s"
+    );
+    for run in &r.runs {
+        println!(
+            "{:>6} {:>5} {:>12.1} {:>9.1} {:>11.2} {:>8.2} {:>8.2} {:>10} {:>8.2} {:>9.2}",
+            run.prompt_len,
+            run.gen_tokens,
+            run.prefill_tok_s,
+            run.ttft_ms,
+            run.decode_tok_s,
+            run.ms_per_token_p50,
+            run.ms_per_token_p90,
+            run.dispatches_per_token,
+            run.decode_weight_gb_s,
+            run.prefill_gflop_s
+        );
+    }
+    println!("GPU time per kernel ({}):", r.kernel_timing);
+    for (label, list) in [
+        ("prefill", &r.kernels_prefill_ms),
+        ("decode", &r.kernels_decode_ms),
+    ] {
+        let total: f64 = list.iter().map(|k| k.ms).sum();
+        let parts: Vec<String> = list
+            .iter()
+            .map(|k| format!("{} {:.2}", k.kernel, k.ms))
+            .collect();
+        println!("  {label:<8} {total:.2} ms: {}", parts.join(", "));
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("residual"),
     kernel!("argmax"),
     kernel!("sample"),
+    kernel!("fill_random"),
 ];
 
 /// Per-step values shared by every kernel of a step; two live per session (the body's and the
@@ -104,6 +105,15 @@ pub struct SampleParams {
     pub _pad: u32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct FillParams {
+    pub n: u32,
+    pub seed: u32,
+    pub scale: f32,
+    pub center: f32,
+}
+
 /// Workgroup sizes, as declared in the shaders; dispatch counts are computed from them.
 pub mod wg {
     pub const EMBED: u32 = 64;
@@ -130,6 +140,7 @@ pub struct Pipelines {
     pub residual: wgpu::ComputePipeline,
     pub argmax: wgpu::ComputePipeline,
     pub sample: wgpu::ComputePipeline,
+    pub fill_random: wgpu::ComputePipeline,
 }
 
 impl Pipelines {
@@ -169,6 +180,7 @@ impl Pipelines {
             residual: build("residual", None),
             argmax: build("argmax", None),
             sample: build("sample", None),
+            fill_random: build("fill_random", None),
         }
     }
 }

@@ -34,6 +34,23 @@ impl GpuTensor {
         max_bytes: u64,
     ) -> Result<Self> {
         debug_assert_eq!(data.len(), rows * cols);
+        Self::with_chunks(label, rows, cols, max_bytes, |name, row0, n| {
+            gpu.storage_init(
+                name,
+                bytemuck::cast_slice(&data[row0 * cols..(row0 + n) * cols]),
+            )
+        })
+    }
+
+    /// Splits (rows, cols) into row ranges of at most `max_bytes` and asks `make(label, row0, n)`
+    /// for each range's buffer.
+    pub fn with_chunks(
+        label: &str,
+        rows: usize,
+        cols: usize,
+        max_bytes: u64,
+        mut make: impl FnMut(&str, usize, usize) -> wgpu::Buffer,
+    ) -> Result<Self> {
         let row_bytes = (cols * 4) as u64;
         let rows_per_chunk = (max_bytes / row_bytes) as usize;
         if rows_per_chunk == 0 {
@@ -45,14 +62,13 @@ impl GpuTensor {
         let mut row0 = 0;
         while row0 < rows {
             let n = rows_per_chunk.min(rows - row0);
-            let bytes = bytemuck::cast_slice(&data[row0 * cols..(row0 + n) * cols]);
             let name = if n == rows {
                 label.to_string()
             } else {
                 format!("{label}[{row0}..{}]", row0 + n)
             };
             chunks.push(Chunk {
-                buffer: gpu.storage_init(&name, bytes),
+                buffer: make(&name, row0, n),
                 row0,
                 rows: n,
             });

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::gpu::Gpu;
-use crate::gpu::kernels::Pipelines;
+use crate::gpu::kernels::{self, FillParams, Pipelines};
 use crate::gpu::tensor::GpuTensor;
 use crate::loader::{self, Checkpoint, Weights};
 use crate::{Error, Result};
@@ -55,19 +55,7 @@ impl Model {
         ckpt: &Checkpoint,
         opts: &LoadOptions,
     ) -> Result<Model> {
-        let max_chunk_bytes = opts
-            .max_chunk_bytes
-            .unwrap_or(u64::MAX)
-            .min(gpu.max_binding_bytes());
-        // Fail before allocating if the per-layer buffers cannot be bound on this adapter.
-        let widest = config.n_inner.max(3 * config.n_embd) as u64 * 4;
-        let kv_layer = (config.n_positions * config.n_embd * 4) as u64;
-        if kv_layer > max_chunk_bytes || widest > max_chunk_bytes {
-            return Err(Error::Limits(format!(
-                "one layer's KV cache needs {kv_layer} bytes in one binding, the adapter allows {max_chunk_bytes}; \
-                 try another adapter"
-            )));
-        }
+        let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let t0 = std::time::Instant::now();
         let weights = loader::load_weights(ckpt, &config, |name, data, rows, cols| {
             GpuTensor::upload(&gpu, name, &data, rows, cols, max_chunk_bytes)
@@ -97,6 +85,74 @@ impl Model {
             t0.elapsed().as_secs_f64()
         );
         Ok(model)
+    }
+
+    /// A model of shape `config` with pseudo-random weights generated on the GPU (for `wgpt
+    /// bench`: no checkpoint, nothing crosses the bus). Matrices are uniform in +-0.02 as GPT-2's
+    /// init, layernorm gains 1 +- 0.02.
+    pub fn random(gpu: Arc<Gpu>, config: Config, opts: &LoadOptions, seed: u32) -> Result<Model> {
+        let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
+        let pipelines = Pipelines::new(&gpu);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        let mut salt = seed;
+        let weights = loader::build_weights(&config, false, |name, rows, cols, _| {
+            let center = if name.contains("ln_") && name.ends_with(".weight") {
+                1.0
+            } else {
+                0.0
+            };
+            GpuTensor::with_chunks(name, rows, cols, max_chunk_bytes, |label, _, n| {
+                let len = (n * cols) as u32;
+                let buf = gpu.storage(label, len as u64 * 4);
+                salt = salt.wrapping_add(0x9E37_79B9);
+                let params = FillParams {
+                    n: len,
+                    seed: salt,
+                    scale: 0.02,
+                    center,
+                };
+                let bind = kernels::bind(
+                    &gpu,
+                    &pipelines.fill_random,
+                    "fill_random",
+                    &[&gpu.uniform("fill", &params), &buf],
+                );
+                let groups = len.div_ceil(256);
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipelines.fill_random);
+                pass.set_bind_group(0, &bind, &[]);
+                pass.dispatch_workgroups(groups.min(65535), groups.div_ceil(65535), 1);
+                buf
+            })
+        })?;
+        gpu.queue.submit([enc.finish()]);
+        let zero = gpu.storage("zero", 4);
+        gpu.wait()?;
+        Ok(Model {
+            gpu,
+            config,
+            weights,
+            pipelines,
+            zero,
+            max_chunk_bytes,
+        })
+    }
+
+    /// The binding size weights are split below; errors if a layer cannot fit at all.
+    fn check_fits(gpu: &Gpu, config: &Config, opts: &LoadOptions) -> Result<u64> {
+        let max_chunk_bytes = opts
+            .max_chunk_bytes
+            .unwrap_or(u64::MAX)
+            .min(gpu.max_binding_bytes());
+        let widest = config.n_inner.max(3 * config.n_embd) as u64 * 4;
+        let kv_layer = (config.n_positions * config.n_embd * 4) as u64;
+        if kv_layer > max_chunk_bytes || widest > max_chunk_bytes {
+            return Err(Error::Limits(format!(
+                "one layer's KV cache needs {kv_layer} bytes in one binding, the adapter allows {max_chunk_bytes}; \
+                 try another adapter"
+            )));
+        }
+        Ok(max_chunk_bytes)
     }
 
     /// The output projection: an explicit `lm_head` or the tied token embedding. (V, C)
@@ -136,6 +192,32 @@ impl Model {
             + w.ln_f_w.bytes()
             + w.ln_f_b.bytes()
             + w.lm_head.as_ref().map_or(0, |t| t.bytes())
+    }
+
+    /// Weight bytes one decode step reads: every block's matrices and vectors, the final
+    /// layernorm and the head (the embedding rows it gathers are negligible).
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let w = &self.weights;
+        self.weight_bytes()
+            - w.wte.bytes()
+            - w.wpe.bytes()
+            - w.lm_head.as_ref().map_or(0, |t| t.bytes())
+            + self.head().bytes()
+    }
+
+    /// FLOPs of a prefill of `t` tokens: 2 per multiply-add of the block matmuls, causal attention
+    /// (QK^T and AV over on average t/2 keys) and the head for the last row.
+    pub fn prefill_flops(&self, t: usize) -> f64 {
+        let c = &self.config;
+        let (l, ce, inner, t) = (
+            c.n_layer as f64,
+            c.n_embd as f64,
+            c.n_inner as f64,
+            t as f64,
+        );
+        let matmul = 2.0 * t * l * (4.0 * ce * ce + 2.0 * ce * inner);
+        let attention = 2.0 * l * t * t * ce;
+        matmul + attention + 2.0 * c.vocab_size as f64 * ce
     }
 
     /// Number of buffers the token embedding was split into (1 unless it exceeds one binding).

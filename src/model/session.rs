@@ -58,6 +58,24 @@ enum Kernel {
     Sample,
 }
 
+impl Kernel {
+    /// The kernel family's name, for per-kernel timings (`rows` picks matmul or gemv).
+    fn name(self, rows: u32) -> &'static str {
+        match self {
+            Kernel::Embed => "embed",
+            Kernel::LayerNorm => "layernorm",
+            Kernel::Matmul if rows <= wg::GEMV_MAX_ROWS => "gemv",
+            Kernel::Matmul => "matmul",
+            Kernel::KvAppend => "kv_append",
+            Kernel::Attention => "attention",
+            Kernel::Gelu => "gelu",
+            Kernel::Residual => "residual",
+            Kernel::Argmax => "argmax",
+            Kernel::Sample => "sample",
+        }
+    }
+}
+
 /// How many workgroups an op needs for a step of `rows` rows.
 #[derive(Clone, Copy)]
 enum Grid {
@@ -181,9 +199,85 @@ impl<'m> Session<'m> {
         self.body.len() + self.head.len() + 1
     }
 
-    /// Bytes of GPU memory this session allocated (KV cache and scratch).
-    pub fn kv_cache_bytes(&self) -> u64 {
-        self.kv.k.iter().chain(&self.kv.v).map(|b| b.size()).sum()
+    /// Bytes of GPU memory this session allocated: KV cache and scratch buffers.
+    pub fn gpu_bytes(&self) -> u64 {
+        let a = &self.act;
+        let scratch = [
+            &a.tokens, &a.x, &a.ln, &a.qkv, &a.att_y, &a.proj, &a.fc_h, &a.lnf, &a.logits, &a.token,
+        ]
+        .iter()
+        .map(|b| b.size())
+        .sum::<u64>()
+            + a.logits_read.as_ref().map_or(0, |b| b.size());
+        scratch
+            + self
+                .kv
+                .k
+                .iter()
+                .chain(&self.kv.v)
+                .map(|b| b.size())
+                .sum::<u64>()
+    }
+
+    /// Runs one greedy step of `tokens` with each dispatch in its own timed compute pass and
+    /// returns GPU seconds per kernel family, summed, in first-use order. `None` when the device
+    /// has no timestamp queries. The step counts like any other (the tokens enter the cache).
+    pub fn profile_step(&mut self, tokens: &[u32]) -> Result<Option<Vec<(&'static str, f64)>>> {
+        let gpu = self.model.gpu.clone();
+        if !gpu
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Ok(None);
+        }
+        let rows = self.run_body_chunks(tokens)? as u32;
+        self.write_head_step(1, rows as usize - 1);
+        let ops: Vec<(&Op, u32)> = (self.body.iter().map(|o| (o, rows)))
+            .chain(self.head.iter().map(|o| (o, 1)))
+            .chain(std::iter::once((&self.argmax, 1)))
+            .collect();
+        let n = (2 * ops.len()) as u32;
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: n,
+        });
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile"),
+            size: n as u64 * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = gpu.readback("profile_read", n as u64 * 8);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for (i, (op, r)) in ops.iter().enumerate() {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &set,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            });
+            self.record(&mut pass, std::slice::from_ref(*op), *r);
+        }
+        enc.resolve_query_set(&set, 0..n, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, n as u64 * 8);
+        gpu.queue.submit([enc.finish()]);
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.read(&read, n as u64 * 8)?);
+        self.pos += rows as usize;
+        let period_s = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+        let mut out: Vec<(&'static str, f64)> = Vec::new();
+        for (i, (op, r)) in ops.iter().enumerate() {
+            let s = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_s;
+            let name = op.kernel.name(*r);
+            match out.iter_mut().find(|(k, _)| *k == name) {
+                Some(e) => e.1 += s,
+                None => out.push((name, s)),
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Runs `tokens` through the model (appending them to the cache) and returns the next token,

@@ -1,0 +1,23 @@
+// Fills a buffer with pseudo-random values in [center - scale, center + scale), for benchmark
+// weights generated on the GPU: any adapter can be benchmarked without a checkpoint, and no
+// gigabytes cross the bus.
+
+struct Params { n: u32, seed: u32, scale: f32, center: f32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;  // (n)
+
+// PCG hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020).
+fn pcg(v: u32) -> u32 {
+    let state = v * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+@compute @workgroup_size(256)
+fn fill_random(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if (i >= p.n) { return; }
+    let r = pcg(i ^ pcg(p.seed));
+    out[i] = p.center + p.scale * (f32(r >> 8u) / 16777216.0 * 2.0 - 1.0);
+}

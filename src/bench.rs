@@ -1,0 +1,291 @@
+//! `wgpt bench`: prefill and decode figures for one adapter and model, comparable across machines
+//! and vendors. The report is JSON with a versioned schema ([`SCHEMA`]); fields are documented on
+//! the structs below and in README.md.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Model, Pick, Session};
+use crate::{Error, Result};
+
+/// Bumped whenever a field changes meaning or disappears (adding fields keeps the version).
+pub const SCHEMA: &str = "wgpt-bench/1";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    pub wgpt_version: String,
+    pub adapter: AdapterReport,
+    pub model: ModelReport,
+    /// Seconds to load (or generate) the weights and build the pipelines.
+    pub load_s: f64,
+    /// Bytes of GPU buffers: weights plus one session's KV cache and scratch.
+    pub vram_bytes: u64,
+    pub runs: Vec<Run>,
+    /// "gpu-timestamps" when per-kernel times come from timestamp queries, else "unavailable".
+    pub kernel_timing: String,
+    /// GPU milliseconds per kernel family for one decode step at the end of the first run.
+    pub kernels_decode_ms: Vec<KernelTime>,
+    /// The same for the prefill of the first run's prompt.
+    pub kernels_prefill_ms: Vec<KernelTime>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdapterReport {
+    pub name: String,
+    pub vendor: u32,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelReport {
+    /// The folder, or "random:<shape>" for weights generated on the GPU.
+    pub source: String,
+    /// Weight storage on the GPU.
+    pub dtype: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub params: u64,
+}
+
+/// One (prompt length, generated tokens) configuration, medians over the repeats.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Run {
+    pub prompt_len: usize,
+    pub gen_tokens: usize,
+    pub repeats: usize,
+    /// Prompt tokens per second of the prefill pass (which also yields the first new token).
+    pub prefill_tok_s: f64,
+    /// Time to first token, ms (= the prefill pass).
+    pub ttft_ms: f64,
+    /// Generated tokens per second after the first.
+    pub decode_tok_s: f64,
+    pub ms_per_token_p50: f64,
+    pub ms_per_token_p90: f64,
+    pub dispatches_per_token: usize,
+    /// Weight bytes a decode step reads divided by its median time.
+    pub decode_weight_gb_s: f64,
+    /// Matmul and attention FLOPs of the prefill divided by its time.
+    pub prefill_gflop_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KernelTime {
+    pub kernel: String,
+    pub ms: f64,
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub prompt_lens: Vec<usize>,
+    pub gen_tokens: usize,
+    pub repeat: usize,
+    pub source: String,
+    pub load_s: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    percentile(v, 0.5)
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Deterministic token ids spread over the vocabulary (the timing does not depend on them).
+fn prompt(len: usize, vocab: usize) -> Vec<u32> {
+    (0..len).map(|i| ((i * 7919 + 13) % vocab) as u32).collect()
+}
+
+/// Runs the benchmark on `model`.
+pub fn run(model: &Model, opts: &Options) -> Result<Report> {
+    let cfg = &model.config;
+    if opts.gen_tokens == 0 || opts.repeat == 0 || opts.prompt_lens.contains(&0) {
+        return Err(Error::Input(
+            "bench needs --gen, --repeat and every --prompt-len above 0".into(),
+        ));
+    }
+    if let Some(&p) = opts
+        .prompt_lens
+        .iter()
+        .find(|&&p| p + opts.gen_tokens > cfg.n_positions)
+    {
+        return Err(Error::Input(format!(
+            "--prompt-len {p} plus --gen {} exceeds the model's n_positions = {}",
+            opts.gen_tokens, cfg.n_positions
+        )));
+    }
+    let mut session = Session::new(model)?;
+    let weight_bytes = model.decode_weight_bytes() as f64;
+    let mut runs = Vec::new();
+    // One untimed pass first: drivers compile pipelines lazily on first use (lavapipe's JIT
+    // takes over a second), which is load time, not inference time.
+    session.next_token(&prompt(opts.prompt_lens[0], cfg.vocab_size), Pick::Greedy)?;
+    session.reset();
+    session.next_token(&[1], Pick::Greedy)?;
+    for &p in &opts.prompt_lens {
+        let ids = prompt(p, cfg.vocab_size);
+        let (mut prefill, mut decode, mut steps) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..opts.repeat {
+            session.reset();
+            let t0 = Instant::now();
+            let mut next = session.next_token(&ids, Pick::Greedy)?;
+            prefill.push(t0.elapsed().as_secs_f64());
+            let t1 = Instant::now();
+            for _ in 1..opts.gen_tokens {
+                let ts = Instant::now();
+                next = session.next_token(&[next], Pick::Greedy)?;
+                steps.push(ts.elapsed().as_secs_f64());
+            }
+            decode.push(t1.elapsed().as_secs_f64());
+        }
+        let prefill_s = median(&mut prefill);
+        let decode_s = median(&mut decode);
+        let p50 = percentile(&mut steps, 0.5);
+        let flops = model.prefill_flops(p);
+        runs.push(Run {
+            prompt_len: p,
+            gen_tokens: opts.gen_tokens,
+            repeats: opts.repeat,
+            prefill_tok_s: p as f64 / prefill_s,
+            ttft_ms: prefill_s * 1e3,
+            decode_tok_s: if opts.gen_tokens > 1 {
+                (opts.gen_tokens - 1) as f64 / decode_s
+            } else {
+                0.0
+            },
+            ms_per_token_p50: p50 * 1e3,
+            ms_per_token_p90: percentile(&mut steps, 0.9) * 1e3,
+            dispatches_per_token: session.dispatches_per_token(),
+            decode_weight_gb_s: if p50 > 0.0 {
+                weight_bytes / p50 / 1e9
+            } else {
+                0.0
+            },
+            prefill_gflop_s: flops / prefill_s / 1e9,
+        });
+    }
+
+    // Per-kernel GPU time: the first prompt's prefill, then one decode step after it.
+    session.reset();
+    let ids = prompt(opts.prompt_lens[0], cfg.vocab_size);
+    let to_ms = |v: Vec<(&str, f64)>| {
+        v.into_iter()
+            .map(|(k, s)| KernelTime {
+                kernel: k.to_string(),
+                ms: s * 1e3,
+            })
+            .collect::<Vec<_>>()
+    };
+    let (timing, prefill_k, decode_k) = match session.profile_step(&ids)? {
+        Some(pre) => {
+            let dec = session.profile_step(&[1])?.unwrap_or_default();
+            ("gpu-timestamps", to_ms(pre), to_ms(dec))
+        }
+        None => ("unavailable", Vec::new(), Vec::new()),
+    };
+
+    let info = &model.gpu.info;
+    Ok(Report {
+        schema: SCHEMA.into(),
+        wgpt_version: env!("CARGO_PKG_VERSION").into(),
+        adapter: AdapterReport {
+            name: info.name.clone(),
+            vendor: info.vendor,
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+        },
+        model: ModelReport {
+            source: opts.source.clone(),
+            dtype: "f32".into(),
+            n_layer: cfg.n_layer,
+            n_embd: cfg.n_embd,
+            n_head: cfg.n_head,
+            vocab_size: cfg.vocab_size,
+            n_positions: cfg.n_positions,
+            params: model.weight_bytes() / 4,
+        },
+        load_s: opts.load_s,
+        vram_bytes: model.weight_bytes() + session.gpu_bytes(),
+        runs,
+        kernel_timing: timing.into(),
+        kernels_decode_ms: decode_k,
+        kernels_prefill_ms: prefill_k,
+    })
+}
+
+/// A side-by-side table of several reports (`wgpt bench --compare`).
+pub fn compare(reports: &[(String, Report)]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<28} {:<34} {:<9} {:<14} {:>6} {:>12} {:>11} {:>10} {:>9}",
+        "file",
+        "adapter",
+        "backend",
+        "model",
+        "prompt",
+        "prefill t/s",
+        "decode t/s",
+        "p90 ms/t",
+        "GB/s"
+    );
+    for (file, r) in reports {
+        for run in &r.runs {
+            let shape = format!("L{} C{} {}", r.model.n_layer, r.model.n_embd, r.model.dtype);
+            let _ = writeln!(
+                s,
+                "{:<28} {:<34} {:<9} {:<14} {:>6} {:>12.1} {:>11.1} {:>10.2} {:>9.2}",
+                truncate(file, 28),
+                truncate(&r.adapter.name, 34),
+                r.adapter.backend,
+                shape,
+                run.prompt_len,
+                run.prefill_tok_s,
+                run.decode_tok_s,
+                run.ms_per_token_p90,
+                run.decode_weight_gb_s
+            );
+        }
+    }
+    s
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Named GPT-2 shapes for `--shape`.
+pub fn shape(name: &str) -> Option<crate::Config> {
+    let base = crate::Config::gpt2();
+    let (n_layer, n_embd, n_head) = match name {
+        "gpt2" => (12, 768, 12),
+        "gpt2-medium" => (24, 1024, 16),
+        "gpt2-large" => (36, 1280, 20),
+        "gpt2-xl" => (48, 1600, 25),
+        _ => return None,
+    };
+    Some(crate::Config {
+        n_layer,
+        n_embd,
+        n_head,
+        n_inner: 4 * n_embd,
+        ..base
+    })
+}

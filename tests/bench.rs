@@ -1,0 +1,132 @@
+//! `wgpt bench`: the JSON report follows its schema, on a model folder and on a random shape, and
+//! `--compare` lines reports up.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn wgpt(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wgpt"))
+        .args(args)
+        .output()
+        .expect("run wgpt")
+}
+
+#[test]
+fn bench_json_follows_schema_and_compares() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.json");
+    let dir = fixture("gpt2-tiny");
+    let o = wgpt(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-len",
+        "7,20",
+        "--gen",
+        "5",
+        "--repeat",
+        "2",
+        "--json",
+        "--out",
+        a.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let r: wgpt::bench::Report = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(r.schema, wgpt::bench::SCHEMA);
+    assert_eq!(r.model.n_layer, 2);
+    assert_eq!(r.runs.len(), 2);
+    for run in &r.runs {
+        assert!(run.prefill_tok_s > 0.0 && run.decode_tok_s > 0.0 && run.ttft_ms > 0.0);
+        assert!(run.ms_per_token_p90 >= run.ms_per_token_p50);
+        // embed + 11 per block x 2 + ln_f + head + argmax
+        assert_eq!(run.dispatches_per_token, 1 + 11 * 2 + 2 + 1);
+    }
+    assert!(r.vram_bytes > 0 && r.model.params > 0);
+    if r.kernel_timing == "gpu-timestamps" {
+        let names: Vec<&str> = r
+            .kernels_decode_ms
+            .iter()
+            .map(|k| k.kernel.as_str())
+            .collect();
+        for k in ["embed", "layernorm", "gemv", "attention", "argmax"] {
+            assert!(names.contains(&k), "{k} missing from {names:?}");
+        }
+    }
+    // The file holds the same report, and the raw JSON has every documented top-level field.
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&a).unwrap()).unwrap();
+    for f in [
+        "schema",
+        "adapter",
+        "model",
+        "load_s",
+        "vram_bytes",
+        "runs",
+        "kernel_timing",
+        "kernels_decode_ms",
+    ] {
+        assert!(v.get(f).is_some(), "{f} missing");
+    }
+
+    // A random shape needs no folder.
+    let b = tmp.path().join("b.json");
+    let o = wgpt(&[
+        "bench",
+        "--shape",
+        "gpt2",
+        "--prompt-len",
+        "4",
+        "--gen",
+        "2",
+        "--repeat",
+        "1",
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.contains("random:gpt2") && out.contains("L=12 C=768"),
+        "{out}"
+    );
+
+    let o = wgpt(&[
+        "bench",
+        "--compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(table.lines().count(), 1 + 2 + 1, "{table}");
+    assert!(
+        table.contains("L12 C768 f32") && table.contains("L2 C64 f32"),
+        "{table}"
+    );
+
+    // Bad input: unknown shape, a prompt longer than the context, a file that is not a report.
+    let o = wgpt(&["bench", "--shape", "gpt5"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unknown --shape"));
+    let o = wgpt(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-len",
+        "60",
+        "--gen",
+        "10",
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("n_positions = 64"));
+    let o = wgpt(&[
+        "bench",
+        "--compare",
+        dir.join("config.json").to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("not a wgpt bench report")
+    );
+}
