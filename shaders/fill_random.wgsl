@@ -5,7 +5,10 @@
 struct Params { n: u32, seed: u32, scale: f32, center: f32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;  // (n)
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;  // (n) words
+
+// Two halves per word (f16 weights) instead of one f32.
+override PACK_F16: bool = false;
 
 // PCG hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020).
 fn pcg(v: u32) -> u32 {
@@ -19,5 +22,11 @@ fn fill_random(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let i = gid.x + gid.y * nwg.x * 256u;
     if (i >= p.n) { return; }
     let r = pcg(i ^ pcg(p.seed));
-    out[i] = p.center + p.scale * (f32(r >> 8u) / 16777216.0 * 2.0 - 1.0);
+    let v = p.center + p.scale * (f32(r >> 8u) / 16777216.0 * 2.0 - 1.0);
+    if (PACK_F16) {
+        let v2 = p.center + p.scale * (f32(pcg(r) >> 8u) / 16777216.0 * 2.0 - 1.0);
+        out[i] = pack2x16float(vec2(v, v2));
+    } else {
+        out[i] = bitcast<u32>(v);
+    }
 }

@@ -11,9 +11,22 @@ struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, _a: u32, _b:
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> a: array<vec4<f32>>;     // (M, K), M = step.rows
-@group(0) @binding(3) var<storage, read> w: array<vec4<f32>>;     // (N, K)
+@group(0) @binding(3) var<storage, read> w: array<u32>;           // (N, K) f32 or f16 words
 @group(0) @binding(4) var<storage, read> bias: array<f32>;        // (col0 + N)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;   // (M, ldo)
+
+// Weights are raw words: f32 bits, or two IEEE halves per word when WEIGHT_F16 (set per model
+// at pipeline creation). Either way they are computed in f32.
+override WEIGHT_F16: bool = false;
+
+// Weights i .. i + 4 (i a multiple of 4) as f32.
+fn w4(i: u32) -> vec4<f32> {
+    if (WEIGHT_F16) {
+        let j = i / 2u;
+        return vec4(unpack2x16float(w[j]), unpack2x16float(w[j + 1u]));
+    }
+    return bitcast<vec4<f32>>(vec4(w[i], w[i + 1u], w[i + 2u], w[i + 3u]));
+}
 
 const TILE: u32 = 32u;   // output rows and columns per workgroup
 const BK4: u32 = 8u;     // vec4s of K per stage (32 floats)
@@ -41,7 +54,7 @@ fn matmul(
             if (m_base + r < M && k < K4) { av = a[(m_base + r) * K4 + k]; }
             a_tile[r][e % BK4] = av;
             var wv = vec4(0.0);
-            if (n_base + r < p.N && k < K4) { wv = w[(n_base + r) * K4 + k]; }
+            if (n_base + r < p.N && k < K4) { wv = w4(((n_base + r) * K4 + k) * 4u); }
             w_tile[r][e % BK4] = wv;
         }
         workgroupBarrier();

@@ -9,6 +9,7 @@ use wgpt::gpu::kernels::{
     AttentionParams, EmbedParams, LayerNormParams, MatmulParams, Pipelines, SampleParams, Step,
     WidthParams, bind,
 };
+use wgpt::gpu::tensor::WeightDtype;
 use wgpt::reference;
 
 struct Harness {
@@ -19,7 +20,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let gpu = gpu();
-        let p = Pipelines::new(&gpu);
+        let p = Pipelines::new(&gpu, WeightDtype::F32);
         gpu.check().expect("pipelines compile");
         Harness { gpu, p }
     }
@@ -326,4 +327,79 @@ fn sample_matches_cpu_inverse_cdf() {
         }
     }
     println!("sample: {agree} of {agree} picks equal the CPU inverse CDF");
+}
+
+/// f16 weight storage: the linear kernels and the embedding decode two halves per word and
+/// compute in f32, so against the CPU twin run on the same f16-rounded weights they agree as
+/// closely as the f32 path does.
+#[test]
+fn f16_weights_match_cpu_on_rounded_weights() {
+    let h = Harness::new();
+    let p16 = Pipelines::new(&h.gpu, WeightDtype::F16);
+    let halves = |v: &[f32]| -> (Vec<f32>, wgpu::Buffer) {
+        let hv: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+        (
+            hv.iter().map(|x| x.to_f32()).collect(),
+            h.gpu.storage_init("w16", bytemuck::cast_slice(&hv)),
+        )
+    };
+    for (m, k, n) in [(1, 36, 17), (7, 60, 45), (33, 68, 100)] {
+        let a = random(m * k, 16, 1.0);
+        let (w, wb) = halves(&random(n * k, 17, 1.0));
+        let b = random(n, 18, 1.0);
+        let want = reference::matmul(&a, &w, Some(&b), k, n);
+        let params = MatmulParams {
+            k: k as u32,
+            n: n as u32,
+            ldo: n as u32,
+            col0: 0,
+            has_bias: 1,
+            _pad: [0; 3],
+        };
+        for (name, pipe) in [("matmul", &p16.matmul), ("gemv", &p16.gemv)] {
+            let out = h.f32s(&vec![f32::NAN; m * n]);
+            let bufs = [
+                &h.step(m, 0, 0),
+                &h.gpu.uniform("p", &params),
+                &h.f32s(&a),
+                &wb,
+                &h.f32s(&b),
+                &out,
+            ];
+            let (x, y) = if name == "gemv" {
+                ((n as u32).div_ceil(4).div_ceil(64), m as u32)
+            } else {
+                ((n as u32).div_ceil(32), (m as u32).div_ceil(32))
+            };
+            h.run(pipe, &bufs, x, y);
+            // As the f32 test: the weights are exact halves, sums in f32 vs f64.
+            let d = close(&h.read(&out), &want, 1e-5);
+            println!("{name} f16 M={m} K={k} N={n}: max diff {d:e}");
+        }
+    }
+    let (t, c, v) = (7, 60, 37);
+    let (wte, wteb) = halves(&random(v * c, 19, 1.0));
+    let wpe = random(16 * c, 20, 1.0);
+    let tokens: Vec<u32> = (0..t).map(|i| ((i * 5 + 1) % v) as u32).collect();
+    let x = h.f32s(&vec![f32::NAN; t * c]);
+    let params = EmbedParams {
+        c: c as u32,
+        tok0: 0,
+        tok_rows: v as u32,
+        _pad: 0,
+    };
+    let bufs = [
+        &h.step(t, 0, 2),
+        &h.gpu.uniform("p", &params),
+        &h.u32s(&tokens),
+        &wteb,
+        &h.f32s(&wpe),
+        &x,
+    ];
+    h.run(&p16.embed, &bufs, (c as u32).div_ceil(64), t as u32);
+    assert_eq!(
+        h.read(&x),
+        reference::embed(&tokens, &wte, &wpe, c, 2),
+        "f16 embed is exact"
+    );
 }

@@ -27,6 +27,7 @@ fn embedding_above_max_binding_is_split_and_correct() {
 
     let opts = LoadOptions {
         max_chunk_bytes: (cap < max).then_some(cap),
+        ..Default::default()
     };
     let model = Model::load(gpu.clone(), dir.path(), &opts).unwrap();
     assert!(

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use npyz::WriterBuilder;
+use wgpt::gpu::tensor::WeightDtype;
 use wgpt::{GenerateOptions, Gpu, LoadOptions, Model, Session, Tokenizer};
 
 #[derive(Parser)]
@@ -39,9 +40,9 @@ struct BenchArgs {
     /// A GPT-2 shape with random weights generated on the GPU: gpt2, gpt2-medium, gpt2-large, gpt2-xl.
     #[arg(long)]
     shape: Option<String>,
-    /// Weight storage on the GPU. Only f32 exists so far.
-    #[arg(long, default_value = "f32", value_parser = ["f32"])]
-    dtype: String,
+    /// How weight matrices are stored on the GPU: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDtype,
     /// Prompt lengths to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "128")]
     prompt_len: Vec<usize>,
@@ -73,6 +74,10 @@ struct ModelArgs {
     /// Adapter index or part of its name (see `wgpt info`). Default: the high-performance one.
     #[arg(long, env = "WGPT_ADAPTER")]
     adapter: Option<String>,
+    /// How weight matrices are stored on the GPU: f32, or f16 (half the memory and bandwidth;
+    /// computation stays f32).
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDtype,
 }
 
 #[derive(Args)]
@@ -163,7 +168,11 @@ fn model_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
 fn load(args: &ModelArgs) -> Result<(Model, PathBuf)> {
     let dir = model_dir(&args.model)?;
     let gpu = Gpu::new(args.adapter.as_deref())?;
-    let model = Model::load(gpu, &dir, &LoadOptions::default())?;
+    let opts = LoadOptions {
+        dtype: args.dtype,
+        ..Default::default()
+    };
+    let model = Model::load(gpu, &dir, &opts)?;
     Ok((model, dir))
 }
 
@@ -363,15 +372,16 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     let gpu = Gpu::new(a.adapter.as_deref())?;
     let t0 = std::time::Instant::now();
+    let load = LoadOptions {
+        dtype: a.dtype,
+        ..Default::default()
+    };
     let (model, source) = match (&a.model, &a.shape) {
         (_, Some(name)) => {
             let cfg = wgpt::bench::shape(name).with_context(|| {
                 format!("unknown --shape {name:?}; use gpt2, gpt2-medium, gpt2-large or gpt2-xl")
             })?;
-            (
-                Model::random(gpu, cfg, &LoadOptions::default(), 1)?,
-                format!("random:{name}"),
-            )
+            (Model::random(gpu, cfg, &load, 1)?, format!("random:{name}"))
         }
         (m, None) => {
             let dir = model_dir(m)?;

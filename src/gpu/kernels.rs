@@ -4,6 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::Gpu;
+use crate::gpu::tensor::WeightDtype;
 
 /// A WGSL kernel family: `shaders/{name}.wgsl` with entry point `{name}`.
 pub struct KernelSource {
@@ -140,47 +141,57 @@ pub struct Pipelines {
     pub residual: wgpu::ComputePipeline,
     pub argmax: wgpu::ComputePipeline,
     pub sample: wgpu::ComputePipeline,
-    pub fill_random: wgpu::ComputePipeline,
+}
+
+/// Compiles kernel `name` (entry point of the same name) with its override `constants`.
+pub fn pipeline(
+    gpu: &Gpu,
+    name: &str,
+    layout: Option<&wgpu::PipelineLayout>,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    let src = KERNELS
+        .iter()
+        .find(|k| k.name == name)
+        .expect("kernel registry names every pipeline");
+    let module = gpu
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(src.name),
+            source: wgpu::ShaderSource::Wgsl(src.wgsl.into()),
+        });
+    gpu.device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(src.name),
+            layout,
+            module: &module,
+            entry_point: Some(src.name),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                ..Default::default()
+            },
+            cache: None,
+        })
 }
 
 impl Pipelines {
-    pub fn new(gpu: &Gpu) -> Self {
-        let build = |name: &str, layout: Option<&wgpu::PipelineLayout>| {
-            let src = KERNELS
-                .iter()
-                .find(|k| k.name == name)
-                .expect("kernel registry names every pipeline");
-            let module = gpu
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(src.name),
-                    source: wgpu::ShaderSource::Wgsl(src.wgsl.into()),
-                });
-            gpu.device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(src.name),
-                    layout,
-                    module: &module,
-                    entry_point: Some(src.name),
-                    compilation_options: Default::default(),
-                    cache: None,
-                })
-        };
+    /// Every pipeline of the forward pass, for weights stored as `dtype`.
+    pub fn new(gpu: &Gpu, dtype: WeightDtype) -> Self {
+        let weights: &[(&str, f64)] = &[("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64)];
         // matmul and gemv share one explicit layout, so one bind group serves both and the
         // choice between them can be made per step.
         let linear = linear_layout(gpu);
         Pipelines {
-            embed: build("embed", None),
-            layernorm: build("layernorm", None),
-            matmul: build("matmul", Some(&linear)),
-            gemv: build("gemv", Some(&linear)),
-            kv_append: build("kv_append", None),
-            attention: build("attention", None),
-            gelu: build("gelu", None),
-            residual: build("residual", None),
-            argmax: build("argmax", None),
-            sample: build("sample", None),
-            fill_random: build("fill_random", None),
+            embed: pipeline(gpu, "embed", None, weights),
+            layernorm: pipeline(gpu, "layernorm", None, &[]),
+            matmul: pipeline(gpu, "matmul", Some(&linear), weights),
+            gemv: pipeline(gpu, "gemv", Some(&linear), weights),
+            kv_append: pipeline(gpu, "kv_append", None, &[]),
+            attention: pipeline(gpu, "attention", None, &[]),
+            gelu: pipeline(gpu, "gelu", None, &[]),
+            residual: pipeline(gpu, "residual", None, &[]),
+            argmax: pipeline(gpu, "argmax", None, &[]),
+            sample: pipeline(gpu, "sample", None, &[]),
         }
     }
 }

@@ -7,6 +7,44 @@
 use crate::gpu::Gpu;
 use crate::{Error, Result};
 
+/// How a weight matrix is stored on the GPU. Kernels always compute in f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    /// IEEE half, two per u32 word (`unpack2x16float` in WGSL: no shader-f16 feature needed).
+    F16,
+}
+
+impl WeightDtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            WeightDtype::F16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for WeightDtype {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(WeightDtype::F32),
+            "f16" => Ok(WeightDtype::F16),
+            other => Err(Error::Input(format!(
+                "unknown weight dtype {other:?}; use f32 or f16"
+            ))),
+        }
+    }
+}
+
 /// One row range of a [`GpuTensor`].
 pub struct Chunk {
     pub buffer: wgpu::Buffer,
@@ -15,10 +53,11 @@ pub struct Chunk {
     pub rows: usize,
 }
 
-/// A (rows, cols) f32 matrix (a vector is one row) in one or more GPU buffers.
+/// A (rows, cols) matrix (a vector is one row) in one or more GPU buffers.
 pub struct GpuTensor {
     pub rows: usize,
     pub cols: usize,
+    pub dtype: WeightDtype,
     pub chunks: Vec<Chunk>,
 }
 
@@ -31,14 +70,20 @@ impl GpuTensor {
         data: &[f32],
         rows: usize,
         cols: usize,
+        dtype: WeightDtype,
         max_bytes: u64,
     ) -> Result<Self> {
         debug_assert_eq!(data.len(), rows * cols);
-        Self::with_chunks(label, rows, cols, max_bytes, |name, row0, n| {
-            gpu.storage_init(
-                name,
-                bytemuck::cast_slice(&data[row0 * cols..(row0 + n) * cols]),
-            )
+        Self::with_chunks(label, rows, cols, dtype, max_bytes, |name, row0, n| {
+            let part = &data[row0 * cols..(row0 + n) * cols];
+            match dtype {
+                WeightDtype::F32 => gpu.storage_init(name, bytemuck::cast_slice(part)),
+                WeightDtype::F16 => {
+                    let halves: Vec<half::f16> =
+                        part.iter().map(|&v| half::f16::from_f32(v)).collect();
+                    gpu.storage_init(name, bytemuck::cast_slice(&halves))
+                }
+            }
         })
     }
 
@@ -48,10 +93,11 @@ impl GpuTensor {
         label: &str,
         rows: usize,
         cols: usize,
+        dtype: WeightDtype,
         max_bytes: u64,
         mut make: impl FnMut(&str, usize, usize) -> wgpu::Buffer,
     ) -> Result<Self> {
-        let row_bytes = (cols * 4) as u64;
+        let row_bytes = (cols * dtype.bytes()) as u64;
         let rows_per_chunk = (max_bytes / row_bytes) as usize;
         if rows_per_chunk == 0 {
             return Err(Error::Limits(format!(
@@ -74,7 +120,12 @@ impl GpuTensor {
             });
             row0 += n;
         }
-        Ok(GpuTensor { rows, cols, chunks })
+        Ok(GpuTensor {
+            rows,
+            cols,
+            dtype,
+            chunks,
+        })
     }
 
     /// The buffer of a tensor that is known to be in one piece (vectors, per-layer matrices).
@@ -83,6 +134,6 @@ impl GpuTensor {
     }
 
     pub fn bytes(&self) -> u64 {
-        (self.rows * self.cols * 4) as u64
+        (self.rows * self.cols * self.dtype.bytes()) as u64
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::gpu::Gpu;
 use crate::gpu::kernels::{self, FillParams, Pipelines};
-use crate::gpu::tensor::GpuTensor;
+use crate::gpu::tensor::{GpuTensor, WeightDtype};
 use crate::loader::{self, Checkpoint, Weights};
 use crate::{Error, Result};
 
@@ -21,6 +21,8 @@ pub struct LoadOptions {
     /// Split weights into buffers of at most this many bytes. `None`: the adapter's largest
     /// storage binding. Tests set it low to exercise the split path on small models.
     pub max_chunk_bytes: Option<u64>,
+    /// How weight matrices are stored on the GPU (computation is f32 either way).
+    pub dtype: WeightDtype,
 }
 
 /// A GPT-2 whose weights live in GPU buffers.
@@ -58,14 +60,22 @@ impl Model {
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let t0 = std::time::Instant::now();
         let weights = loader::load_weights(ckpt, &config, |name, data, rows, cols| {
-            GpuTensor::upload(&gpu, name, &data, rows, cols, max_chunk_bytes)
+            GpuTensor::upload(
+                &gpu,
+                name,
+                &data,
+                rows,
+                cols,
+                stored_as(name, rows, opts.dtype),
+                max_chunk_bytes,
+            )
         })?;
         if weights.wpe.chunks.len() != 1 {
             return Err(Error::Limits(
                 "the position table does not fit one binding on this adapter".into(),
             ));
         }
-        let pipelines = Pipelines::new(&gpu);
+        let pipelines = Pipelines::new(&gpu, opts.dtype);
         let zero = gpu.storage("zero", 4);
         gpu.wait()?;
         let model = Model {
@@ -92,7 +102,9 @@ impl Model {
     /// init, layernorm gains 1 +- 0.02.
     pub fn random(gpu: Arc<Gpu>, config: Config, opts: &LoadOptions, seed: u32) -> Result<Model> {
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
-        let pipelines = Pipelines::new(&gpu);
+        let pipelines = Pipelines::new(&gpu, opts.dtype);
+        let fill_f32 = kernels::pipeline(&gpu, "fill_random", None, &[("PACK_F16", 0.0)]);
+        let fill_f16 = kernels::pipeline(&gpu, "fill_random", None, &[("PACK_F16", 1.0)]);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         let mut salt = seed;
         let weights = loader::build_weights(&config, false, |name, rows, cols, _| {
@@ -101,25 +113,31 @@ impl Model {
             } else {
                 0.0
             };
-            GpuTensor::with_chunks(name, rows, cols, max_chunk_bytes, |label, _, n| {
-                let len = (n * cols) as u32;
-                let buf = gpu.storage(label, len as u64 * 4);
+            let dtype = stored_as(name, rows, opts.dtype);
+            let fill = if dtype == WeightDtype::F16 {
+                &fill_f16
+            } else {
+                &fill_f32
+            };
+            GpuTensor::with_chunks(name, rows, cols, dtype, max_chunk_bytes, |label, _, n| {
+                let words = (n * cols * dtype.bytes() / 4) as u32;
+                let buf = gpu.storage(label, words as u64 * 4);
                 salt = salt.wrapping_add(0x9E37_79B9);
                 let params = FillParams {
-                    n: len,
+                    n: words,
                     seed: salt,
                     scale: 0.02,
                     center,
                 };
                 let bind = kernels::bind(
                     &gpu,
-                    &pipelines.fill_random,
+                    fill,
                     "fill_random",
                     &[&gpu.uniform("fill", &params), &buf],
                 );
-                let groups = len.div_ceil(256);
+                let groups = words.div_ceil(256);
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&pipelines.fill_random);
+                pass.set_pipeline(fill);
                 pass.set_bind_group(0, &bind, &[]);
                 pass.dispatch_workgroups(groups.min(65535), groups.div_ceil(65535), 1);
                 buf
@@ -220,8 +238,58 @@ impl Model {
         matmul + attention + 2.0 * c.vocab_size as f64 * ce
     }
 
+    /// Number of weights (elements, whatever their storage).
+    pub fn params(&self) -> u64 {
+        let w = &self.weights;
+        let n = |t: &GpuTensor| (t.rows * t.cols) as u64;
+        let layers: u64 = w
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    &l.ln_1_w,
+                    &l.ln_1_b,
+                    &l.c_attn_w,
+                    &l.c_attn_b,
+                    &l.attn_proj_w,
+                    &l.attn_proj_b,
+                    &l.ln_2_w,
+                    &l.ln_2_b,
+                    &l.c_fc_w,
+                    &l.c_fc_b,
+                    &l.mlp_proj_w,
+                    &l.mlp_proj_b,
+                ]
+                .iter()
+                .map(|t| n(t))
+                .sum::<u64>()
+            })
+            .sum();
+        layers
+            + n(&w.wte)
+            + n(&w.wpe)
+            + n(&w.ln_f_w)
+            + n(&w.ln_f_b)
+            + w.lm_head.as_ref().map_or(0, n)
+    }
+
+    /// How the weight matrices are stored.
+    pub fn dtype(&self) -> WeightDtype {
+        self.weights.wte.dtype
+    }
+
     /// Number of buffers the token embedding was split into (1 unless it exceeds one binding).
     pub fn wte_chunks(&self) -> usize {
         self.weights.wte.chunks.len()
+    }
+}
+
+/// The storage of tensor `name`: the matrices the linear kernels and the embedding read take the
+/// model's weight dtype; vectors and the position table stay f32.
+fn stored_as(name: &str, rows: usize, dtype: WeightDtype) -> WeightDtype {
+    if rows > 1 && name != "wpe.weight" {
+        dtype
+    } else {
+        WeightDtype::F32
     }
 }
