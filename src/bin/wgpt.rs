@@ -386,7 +386,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         (m, None) => {
             let dir = model_dir(m)?;
             (
-                Model::load(gpu, &dir, &LoadOptions::default())?,
+                Model::load(gpu, &dir, &load)?,
                 dir.display().to_string(),
             )
         }
