@@ -1,12 +1,17 @@
-// out[m, col0 + n] = sum_k a[m, k] * w[n, k] + bias[col0 + n], for prefill (many rows).
+// The linear-layer family: out[m, col0 + n] = epilogue(sum_k a[m, k] * w[n, k] + bias[col0 + n]).
 // w is (N, K), output-major like torch.nn.Linear (the loader transposes GPT-2's Conv1D), so both
-// operands are read along K, as vec4 (K % 4 == 0, checked at load).
-// Register-blocked and tiled: a workgroup of 8 x 8 invocations computes a 32 x 32 output tile,
-// each invocation a 4 x 4 block; 32-wide slices of K of both operands are staged in workgroup
-// memory, so each loaded value is used 4 times from registers and 8 times from the tile.
+// operands are read along K, four at a time (K % 4 == 0, checked at load).
+//   matmul: prefill (many rows). Register-blocked and tiled: a workgroup of 8 x 8 invocations
+//           computes a 32 x 32 output tile, each invocation a 4 x 4 block; 32-wide slices of K
+//           of both operands are staged in workgroup memory.
+//   gemv:   decode (a few rows). No workgroup memory or barriers: each invocation computes four
+//           adjacent outputs of one row, streaming four weight rows along K. At one row the
+//           tiled matmul wastes 31/32 of its work; this does none.
+// Epilogues fuse what follows a projection in GPT-2, saving a dispatch and a round trip through
+// memory each: GELU after the MLP's up-projection, the residual add after the down-projections.
 
 struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
-struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, _a: u32, _b: u32, _c: u32 }
+struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, epilogue: u32, _b: u32, _c: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
@@ -26,6 +31,32 @@ fn w4(i: u32) -> vec4<f32> {
         return vec4(unpack2x16float(w[j]), unpack2x16float(w[j + 1u]));
     }
     return bitcast<vec4<f32>>(vec4(w[i], w[i + 1u], w[i + 2u], w[i + 3u]));
+}
+
+const EPILOGUE_STORE: u32 = 0u;
+const EPILOGUE_GELU: u32 = 1u;
+const EPILOGUE_RESIDUAL: u32 = 2u;
+const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+
+// GELU as GPT-2 computes it (transformers' gelu_new, the tanh approximation).
+fn gelu(x: f32) -> f32 {
+    // tanh saturates to +-1 in f32 beyond |u| = 9; clamping keeps drivers that build tanh from
+    // exp() away from inf/inf = NaN.
+    let u = clamp(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x), -10.0, 10.0);
+    return 0.5 * x * (1.0 + tanh(u));
+}
+
+// Writes one output: bias, then the epilogue. RESIDUAL adds into what `out` holds (the residual
+// stream x).
+fn store(m: u32, n: u32, acc: f32) {
+    var v = acc;
+    if (p.has_bias != 0u) { v += bias[p.col0 + n]; }
+    let i = m * p.ldo + p.col0 + n;
+    switch p.epilogue {
+        case EPILOGUE_GELU: { out[i] = gelu(v); }
+        case EPILOGUE_RESIDUAL: { out[i] = out[i] + v; }
+        default: { out[i] = v; }
+    }
 }
 
 const TILE: u32 = 32u;   // output rows and columns per workgroup
@@ -74,11 +105,37 @@ fn matmul(
         let m = m_base + lid.y * 4u + i;
         for (var j = 0u; j < 4u; j++) {
             let n = n_base + lid.x * 4u + j;
-            if (m < M && n < p.N) {
-                var v = acc[i][j];
-                if (p.has_bias != 0u) { v += bias[p.col0 + n]; }
-                out[m * p.ldo + p.col0 + n] = v;
-            }
+            if (m < M && n < p.N) { store(m, n, acc[i][j]); }
         }
+    }
+}
+
+@compute @workgroup_size(64)
+fn gemv(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n0 = gid.x * 4u;
+    let m = gid.y;
+    if (n0 >= p.N || m >= step.rows) { return; }
+    let K4 = p.K / 4u;
+    let ar = m * K4;
+    // Rows past N repeat the last one; their results are not stored.
+    let r0 = n0 * p.K;
+    let r1 = min(n0 + 1u, p.N - 1u) * p.K;
+    let r2 = min(n0 + 2u, p.N - 1u) * p.K;
+    let r3 = min(n0 + 3u, p.N - 1u) * p.K;
+    var c0 = vec4(0.0);
+    var c1 = vec4(0.0);
+    var c2 = vec4(0.0);
+    var c3 = vec4(0.0);
+    for (var k = 0u; k < K4; k++) {
+        let x = a[ar + k];
+        c0 += x * w4(r0 + 4u * k);
+        c1 += x * w4(r1 + 4u * k);
+        c2 += x * w4(r2 + 4u * k);
+        c3 += x * w4(r3 + 4u * k);
+    }
+    let one = vec4(1.0);
+    let s = vec4(dot(c0, one), dot(c1, one), dot(c2, one), dot(c3, one));
+    for (var j = 0u; j < 4u; j++) {
+        if (n0 + j < p.N) { store(m, n0 + j, s[j]); }
     }
 }

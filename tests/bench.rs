@@ -42,8 +42,9 @@ fn bench_json_follows_schema_and_compares() {
     for run in &r.runs {
         assert!(run.prefill_tok_s > 0.0 && run.decode_tok_s > 0.0 && run.ttft_ms > 0.0);
         assert!(run.ms_per_token_p90 >= run.ms_per_token_p50);
-        // embed + 11 per block x 2 + ln_f + head + argmax
-        assert_eq!(run.dispatches_per_token, 1 + 11 * 2 + 2 + 1);
+        // embed + 8 per block (ln_1, c_attn, kv_append, attention, c_proj + residual, ln_2,
+        // c_fc + gelu, c_proj + residual) x 2 + ln_f + head + argmax
+        assert_eq!(run.dispatches_per_token, 1 + 8 * 2 + 2 + 1);
     }
     assert!(r.vram_bytes > 0 && r.model.params > 0);
     if r.kernel_timing == "gpu-timestamps" {

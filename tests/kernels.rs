@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use wgpt::gpu::kernels::{
-    AttentionParams, EmbedParams, LayerNormParams, MatmulParams, Pipelines, SampleParams, Step,
-    WidthParams, bind,
+    AttentionParams, EmbedParams, Epilogue, LayerNormParams, MatmulParams, Pipelines, SampleParams,
+    Step, WidthParams, bind,
 };
 use wgpt::gpu::tensor::WeightDtype;
 use wgpt::reference;
@@ -170,7 +170,8 @@ fn matmul_and_gemv_match_cpu_including_column_chunks() {
                     ldo: n as u32,
                     col0: c0 as u32,
                     has_bias: 1,
-                    _pad: [0; 3],
+                    epilogue: Epilogue::Store as u32,
+                    _pad: [0; 2],
                 };
                 let chunk = h.f32s(&w[c0 * k..c1 * k]);
                 let bufs = [
@@ -247,37 +248,52 @@ fn kv_append_and_attention_match_cpu() {
     }
 }
 
+/// The fused epilogues: GELU after the up-projection, the residual add after the down-projection,
+/// against the CPU twins applied to the CPU matmul. Values reach |x| ~ 30, far into GELU's tails.
 #[test]
-fn gelu_and_residual_match_cpu() {
+fn linear_epilogues_match_cpu() {
     let h = Harness::new();
-    for (t, w) in [(1, 33), (7, 240), (33, 257)] {
-        let mut x = random(t * w, 12, 8.0);
-        x[0] = 30.0; // far in the tails: must stay finite
-        x[1] = -30.0;
-        let xb = h.f32s(&x);
-        h.run(
-            &h.p.gelu,
-            &[&h.step(t, 0, 0), &h.width(w), &xb],
-            (w as u32).div_ceil(256),
-            t as u32,
-        );
-        reference::gelu(&mut x);
-        // tanh in f32 on the GPU vs f64 on the CPU, times |x| <= 30.
-        let d = close(&h.read(&xb), &x, 1e-6);
-        println!("gelu T={t} W={w}: max diff {d:e}");
-
-        let y = random(t * w, 13, 1.0);
-        let yb = h.f32s(&y);
-        let mut want = h.read(&xb);
-        h.run(
-            &h.p.residual,
-            &[&h.step(t, 0, 0), &h.width(w), &xb, &yb],
-            (w as u32).div_ceil(256),
-            t as u32,
-        );
-        reference::residual(&mut want, &y);
-        let got = h.read(&xb);
-        assert_eq!(got, want, "residual: one f32 add, exact");
+    for (m, k, n) in [(1, 36, 17), (7, 60, 45), (33, 68, 100)] {
+        let a = random(m * k, 21, 3.0);
+        let w = random(n * k, 22, 1.0);
+        let b = random(n, 23, 1.0);
+        let x0 = random(m * n, 24, 1.0);
+        let plain = reference::matmul(&a, &w, Some(&b), k, n);
+        let mut gelu = plain.clone();
+        reference::gelu(&mut gelu);
+        let mut resid = x0.clone();
+        reference::residual(&mut resid, &plain);
+        for (epi, want) in [(Epilogue::Gelu, &gelu), (Epilogue::Residual, &resid)] {
+            for (name, pipe) in [("matmul", &h.p.matmul), ("gemv", &h.p.gemv)] {
+                let params = MatmulParams {
+                    k: k as u32,
+                    n: n as u32,
+                    ldo: n as u32,
+                    col0: 0,
+                    has_bias: 1,
+                    epilogue: epi as u32,
+                    _pad: [0; 2],
+                };
+                let out = h.f32s(&x0);
+                let bufs = [
+                    &h.step(m, 0, 0),
+                    &h.gpu.uniform("p", &params),
+                    &h.f32s(&a),
+                    &h.f32s(&w),
+                    &h.f32s(&b),
+                    &out,
+                ];
+                let (x, y) = if name == "gemv" {
+                    ((n as u32).div_ceil(4).div_ceil(64), m as u32)
+                } else {
+                    ((n as u32).div_ceil(32), (m as u32).div_ceil(32))
+                };
+                h.run(pipe, &bufs, x, y);
+                // Sums of K <= 68 terms of size <= 3 in f32 vs f64, then tanh in f32.
+                let d = close(&h.read(&out), want, 1e-5);
+                println!("{name} {epi:?} M={m} K={k} N={n}: max diff {d:e}");
+            }
+        }
     }
 }
 
@@ -354,7 +370,8 @@ fn f16_weights_match_cpu_on_rounded_weights() {
             ldo: n as u32,
             col0: 0,
             has_bias: 1,
-            _pad: [0; 3],
+            epilogue: 0,
+            _pad: [0; 2],
         };
         for (name, pipe) in [("matmul", &p16.matmul), ("gemv", &p16.gemv)] {
             let out = h.f32s(&vec![f32::NAN; m * n]);

@@ -385,10 +385,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         }
         (m, None) => {
             let dir = model_dir(m)?;
-            (
-                Model::load(gpu, &dir, &load)?,
-                dir.display().to_string(),
-            )
+            (Model::load(gpu, &dir, &load)?, dir.display().to_string())
         }
     };
     let opts = wgpt::bench::Options {

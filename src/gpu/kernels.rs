@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::gpu::Gpu;
 use crate::gpu::tensor::WeightDtype;
 
-/// A WGSL kernel family: `shaders/{name}.wgsl` with entry point `{name}`.
+/// A WGSL kernel family: `shaders/{name}.wgsl`, whose main entry point is also `{name}`.
 pub struct KernelSource {
     pub name: &'static str,
     pub wgsl: &'static str,
@@ -26,11 +26,8 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("embed"),
     kernel!("layernorm"),
     kernel!("matmul"),
-    kernel!("gemv"),
     kernel!("kv_append"),
     kernel!("attention"),
-    kernel!("gelu"),
-    kernel!("residual"),
     kernel!("argmax"),
     kernel!("sample"),
     kernel!("fill_random"),
@@ -77,7 +74,20 @@ pub struct MatmulParams {
     /// First output column this weight chunk writes.
     pub col0: u32,
     pub has_bias: u32,
-    pub _pad: [u32; 3],
+    /// An [`Epilogue`] as u32.
+    pub epilogue: u32,
+    pub _pad: [u32; 2],
+}
+
+/// What the linear kernels do with a result after the bias (matmul.wgsl's EPILOGUE_*).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    Store = 0,
+    /// GPT-2's gelu_new, fused into the MLP's up-projection.
+    Gelu = 1,
+    /// out += result: the residual add, fused into the down-projections.
+    Residual = 2,
 }
 
 #[repr(C)]
@@ -89,7 +99,7 @@ pub struct AttentionParams {
     pub scale: f32,
 }
 
-/// One width, for kv_append, gelu, residual and argmax.
+/// One width, for kv_append and argmax.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct WidthParams {
@@ -126,7 +136,6 @@ pub mod wg {
     /// lavapipe (K = 768, N = 2304): at 1 row gemv is ~9x faster than the 32 x 32 tile.
     pub const GEMV_MAX_ROWS: u32 = 4;
     pub const KV_APPEND: u32 = 64;
-    pub const ELEMENTWISE: u32 = 256;
 }
 
 /// Every compute pipeline, built once per model.
@@ -137,8 +146,6 @@ pub struct Pipelines {
     pub gemv: wgpu::ComputePipeline,
     pub kv_append: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
-    pub gelu: wgpu::ComputePipeline,
-    pub residual: wgpu::ComputePipeline,
     pub argmax: wgpu::ComputePipeline,
     pub sample: wgpu::ComputePipeline,
 }
@@ -150,9 +157,20 @@ pub fn pipeline(
     layout: Option<&wgpu::PipelineLayout>,
     constants: &[(&str, f64)],
 ) -> wgpu::ComputePipeline {
+    entry_pipeline(gpu, name, name, layout, constants)
+}
+
+/// Compiles entry point `entry` of kernel family `family` (e.g. `gemv` in `matmul.wgsl`).
+pub fn entry_pipeline(
+    gpu: &Gpu,
+    family: &str,
+    entry: &str,
+    layout: Option<&wgpu::PipelineLayout>,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
     let src = KERNELS
         .iter()
-        .find(|k| k.name == name)
+        .find(|k| k.name == family)
         .expect("kernel registry names every pipeline");
     let module = gpu
         .device
@@ -162,10 +180,10 @@ pub fn pipeline(
         });
     gpu.device
         .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(src.name),
+            label: Some(entry),
             layout,
             module: &module,
-            entry_point: Some(src.name),
+            entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants,
                 ..Default::default()
@@ -185,11 +203,9 @@ impl Pipelines {
             embed: pipeline(gpu, "embed", None, weights),
             layernorm: pipeline(gpu, "layernorm", None, &[]),
             matmul: pipeline(gpu, "matmul", Some(&linear), weights),
-            gemv: pipeline(gpu, "gemv", Some(&linear), weights),
+            gemv: entry_pipeline(gpu, "matmul", "gemv", Some(&linear), weights),
             kv_append: pipeline(gpu, "kv_append", None, &[]),
             attention: pipeline(gpu, "attention", None, &[]),
-            gelu: pipeline(gpu, "gelu", None, &[]),
-            residual: pipeline(gpu, "residual", None, &[]),
             argmax: pipeline(gpu, "argmax", None, &[]),
             sample: pipeline(gpu, "sample", None, &[]),
         }

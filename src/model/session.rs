@@ -3,8 +3,8 @@
 //! command encoder per step.
 
 use crate::gpu::kernels::{
-    self, AttentionParams, EmbedParams, LayerNormParams, MatmulParams, SampleParams, Step,
-    WidthParams, wg,
+    self, AttentionParams, EmbedParams, Epilogue, LayerNormParams, MatmulParams, SampleParams,
+    Step, WidthParams, wg,
 };
 use crate::gpu::tensor::GpuTensor;
 use crate::model::Model;
@@ -32,7 +32,6 @@ struct Activations {
     ln: wgpu::Buffer,                  // (T, C) layernorm output
     qkv: wgpu::Buffer,                 // (T, 3C)
     att_y: wgpu::Buffer,               // (T, C) attention output, heads side by side
-    proj: wgpu::Buffer,                // (T, C) output of a projection, before the residual add
     fc_h: wgpu::Buffer,                // (T, n_inner) MLP hidden
     lnf: wgpu::Buffer,                 // (head_rows, C) final layernorm of the rows the head sees
     logits: wgpu::Buffer,              // (head_rows, V)
@@ -52,8 +51,6 @@ enum Kernel {
     Matmul,
     KvAppend,
     Attention,
-    Gelu,
-    Residual,
     Argmax,
     Sample,
 }
@@ -68,8 +65,6 @@ impl Kernel {
             Kernel::Matmul => "matmul",
             Kernel::KvAppend => "kv_append",
             Kernel::Attention => "attention",
-            Kernel::Gelu => "gelu",
-            Kernel::Residual => "residual",
             Kernel::Argmax => "argmax",
             Kernel::Sample => "sample",
         }
@@ -144,7 +139,6 @@ impl<'m> Session<'m> {
             ln: gpu.storage("ln", f(t_max * c)),
             qkv: gpu.storage("qkv", f(t_max * 3 * c)),
             att_y: gpu.storage("att_y", f(t_max * c)),
-            proj: gpu.storage("proj", f(t_max * c)),
             fc_h: gpu.storage("fc_h", f(t_max * inner)),
             lnf: gpu.storage("lnf", f(head_rows * c)),
             logits: gpu.storage("logits", f(head_rows * v)),
@@ -203,7 +197,7 @@ impl<'m> Session<'m> {
     pub fn gpu_bytes(&self) -> u64 {
         let a = &self.act;
         let scratch = [
-            &a.tokens, &a.x, &a.ln, &a.qkv, &a.att_y, &a.proj, &a.fc_h, &a.lnf, &a.logits, &a.token,
+            &a.tokens, &a.x, &a.ln, &a.qkv, &a.att_y, &a.fc_h, &a.lnf, &a.logits, &a.token,
         ]
         .iter()
         .map(|b| b.size())
@@ -442,8 +436,6 @@ impl<'m> Session<'m> {
                 Kernel::Matmul => &p.matmul,
                 Kernel::KvAppend => &p.kv_append,
                 Kernel::Attention => &p.attention,
-                Kernel::Gelu => &p.gelu,
-                Kernel::Residual => &p.residual,
                 Kernel::Argmax => &p.argmax,
                 Kernel::Sample => &p.sample,
             });
@@ -471,11 +463,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
     let w = &model.weights;
     let p = &model.pipelines;
     let (c, v) = (cfg.n_embd as u32, cfg.vocab_size as u32);
-    let (nh, hs, inner) = (
-        cfg.n_head as u32,
-        cfg.head_size() as u32,
-        cfg.n_inner as u32,
-    );
+    let (nh, hs) = (cfg.n_head as u32, cfg.head_size() as u32);
     let bind = |pipe, label: &str, bufs: &[&wgpu::Buffer]| kernels::bind(gpu, pipe, label, bufs);
     let width = |width: u32| {
         gpu.uniform(
@@ -510,52 +498,46 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         ),
         grid: Grid::Rows,
     };
-    // out = inp @ weight^T + bias, one dispatch per row chunk of the weight.
-    let matmul =
-        |step: &wgpu::Buffer, inp, weight: &GpuTensor, bias: Option<&GpuTensor>, out| -> Vec<Op> {
-            weight
-                .chunks
-                .iter()
-                .map(|ch| {
-                    let params = MatmulParams {
-                        k: weight.cols as u32,
-                        n: ch.rows as u32,
-                        ldo: weight.rows as u32,
-                        col0: ch.row0 as u32,
-                        has_bias: bias.is_some() as u32,
-                        _pad: [0; 3],
-                    };
-                    let bias_buf = bias.map_or(&model.zero, |b| b.single());
-                    Op {
-                        kernel: Kernel::Matmul,
-                        bind: bind(
-                            &p.matmul,
-                            "matmul",
-                            &[
-                                step,
-                                &gpu.uniform("matmul", &params),
-                                inp,
-                                &ch.buffer,
-                                bias_buf,
-                                out,
-                            ],
-                        ),
-                        grid: Grid::Linear { n: ch.rows as u32 },
-                    }
-                })
-                .collect()
-        };
-    let residual = || Op {
-        kernel: Kernel::Residual,
-        bind: bind(
-            &p.residual,
-            "residual",
-            &[&act.body_step, &width(c), &act.x, &act.proj],
-        ),
-        grid: Grid::Elements {
-            width: c,
-            wg: wg::ELEMENTWISE,
-        },
+    // out = epilogue(inp @ weight^T + bias), one dispatch per row chunk of the weight.
+    let matmul = |step: &wgpu::Buffer,
+                  inp,
+                  weight: &GpuTensor,
+                  bias: Option<&GpuTensor>,
+                  epilogue: Epilogue,
+                  out|
+     -> Vec<Op> {
+        weight
+            .chunks
+            .iter()
+            .map(|ch| {
+                let params = MatmulParams {
+                    k: weight.cols as u32,
+                    n: ch.rows as u32,
+                    ldo: weight.rows as u32,
+                    col0: ch.row0 as u32,
+                    has_bias: bias.is_some() as u32,
+                    epilogue: epilogue as u32,
+                    _pad: [0; 2],
+                };
+                let bias_buf = bias.map_or(&model.zero, |b| b.single());
+                Op {
+                    kernel: Kernel::Matmul,
+                    bind: bind(
+                        &p.matmul,
+                        "matmul",
+                        &[
+                            step,
+                            &gpu.uniform("matmul", &params),
+                            inp,
+                            &ch.buffer,
+                            bias_buf,
+                            out,
+                        ],
+                    ),
+                    grid: Grid::Linear { n: ch.rows as u32 },
+                }
+            })
+            .collect()
     };
     let step = &act.body_step;
 
@@ -596,6 +578,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             &act.ln,
             &lw.c_attn_w,
             Some(&lw.c_attn_b),
+            Epilogue::Store,
             &act.qkv,
         ));
         body.push(Op {
@@ -637,9 +620,9 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             &act.att_y,
             &lw.attn_proj_w,
             Some(&lw.attn_proj_b),
-            &act.proj,
+            Epilogue::Residual,
+            &act.x,
         ));
-        body.push(residual());
         // x = x + mlp(ln_2(x))
         body.push(layernorm(step, &act.x, &lw.ln_2_w, &lw.ln_2_b, &act.ln));
         body.extend(matmul(
@@ -647,30 +630,30 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             &act.ln,
             &lw.c_fc_w,
             Some(&lw.c_fc_b),
+            Epilogue::Gelu,
             &act.fc_h,
         ));
-        body.push(Op {
-            kernel: Kernel::Gelu,
-            bind: bind(&p.gelu, "gelu", &[step, &width(inner), &act.fc_h]),
-            grid: Grid::Elements {
-                width: inner,
-                wg: wg::ELEMENTWISE,
-            },
-        });
         body.extend(matmul(
             step,
             &act.fc_h,
             &lw.mlp_proj_w,
             Some(&lw.mlp_proj_b),
-            &act.proj,
+            Epilogue::Residual,
+            &act.x,
         ));
-        body.push(residual());
     }
 
     // logits = ln_f(x[row0 .. row0 + rows]) @ head^T
     let hstep = &act.head_step;
     let mut head = vec![layernorm(hstep, &act.x, &w.ln_f_w, &w.ln_f_b, &act.lnf)];
-    head.extend(matmul(hstep, &act.lnf, model.head(), None, &act.logits));
+    head.extend(matmul(
+        hstep,
+        &act.lnf,
+        model.head(),
+        None,
+        Epilogue::Store,
+        &act.logits,
+    ));
 
     let argmax = Op {
         kernel: Kernel::Argmax,
