@@ -30,6 +30,12 @@ pub struct Report {
     pub kernels_decode_ms: Vec<KernelTime>,
     /// The same for the prefill of the first run's prompt.
     pub kernels_prefill_ms: Vec<KernelTime>,
+    /// Measured buffer-copy bandwidth, GB/s (with `--kernels`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_gb_s: Option<f64>,
+    /// Kernel microbenchmarks on GPT-2 shapes (with `--kernels`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_bench: Vec<KernelBench>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -226,6 +232,8 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
         kernel_timing: timing.into(),
         kernels_decode_ms: decode_k,
         kernels_prefill_ms: prefill_k,
+        copy_gb_s: None,
+        kernel_bench: Vec::new(),
     })
 }
 
@@ -288,4 +296,203 @@ pub fn shape(name: &str) -> Option<crate::Config> {
         n_inner: 4 * n_embd,
         ..base
     })
+}
+
+/// One microbenchmark of `wgpt bench --kernels`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KernelBench {
+    pub kernel: String,
+    /// Shape in the crate's letters, e.g. "T=1 K=768 N=2304".
+    pub shape: String,
+    pub ms: f64,
+    /// Bytes the kernel must move (weights, activations, cache) per ms.
+    pub gb_s: f64,
+    pub gflop_s: f64,
+    /// gb_s as a share of the measured buffer-copy bandwidth: the kernel's place on the roofline.
+    pub of_copy_bandwidth: f64,
+}
+
+/// Times `reps` dispatches of one bind group, recorded in one pass, after one warm-up.
+fn time_dispatch(
+    gpu: &crate::Gpu,
+    pipe: &wgpu::ComputePipeline,
+    bufs: &[&wgpu::Buffer],
+    groups: (u32, u32),
+    reps: u32,
+) -> Result<f64> {
+    let bind = crate::gpu::kernels::bind(gpu, pipe, "bench", bufs);
+    let mut best = f64::MAX;
+    for round in 0..3 {
+        let n = if round == 0 { 1 } else { reps };
+        let t0 = Instant::now();
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..n {
+                pass.set_pipeline(pipe);
+                pass.set_bind_group(0, &bind, &[]);
+                pass.dispatch_workgroups(groups.0, groups.1, 1);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.wait()?;
+        if round > 0 {
+            best = best.min(t0.elapsed().as_secs_f64() / n as f64);
+        }
+    }
+    Ok(best)
+}
+
+/// Buffer-to-buffer copy bandwidth in GB/s (bytes read + written), the adapter's practical roof.
+pub fn copy_bandwidth(gpu: &crate::Gpu) -> Result<f64> {
+    let bytes = (64u64 << 20).min(gpu.max_binding_bytes());
+    let (src, dst) = (
+        gpu.storage("copy_src", bytes),
+        gpu.storage("copy_dst", bytes),
+    );
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+        gpu.queue.submit([enc.finish()]);
+        gpu.wait()?;
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * bytes as f64 / best / 1e9)
+}
+
+/// Microbenchmarks of each kernel family on GPT-2 shapes of width `c` (768 for GPT-2 small; NH =
+/// c / 64), wall-clock over repeated dispatches; returns the copy bandwidth and one row per
+/// kernel and shape.
+pub fn kernels(
+    gpu: &crate::Gpu,
+    dtype: crate::gpu::tensor::WeightDtype,
+    c: u32,
+) -> Result<(f64, Vec<KernelBench>)> {
+    use crate::gpu::kernels::{AttentionParams, LayerNormParams, MatmulParams, Pipelines, Step};
+    let p = Pipelines::new(gpu, dtype);
+    let copy = copy_bandwidth(gpu)?;
+    if c == 0 || !c.is_multiple_of(64) {
+        return Err(Error::Input(format!(
+            "kernel benchmarks need a width that is a multiple of 64, not {c}"
+        )));
+    }
+    let nh = c / 64;
+    let step = |rows: u32, pos0: u32| {
+        gpu.uniform(
+            "step",
+            &Step {
+                rows,
+                row0: 0,
+                pos0,
+                _pad: 0,
+            },
+        )
+    };
+    let f32s = |n: u32| gpu.storage("bench", n as u64 * 4);
+    let mut rows = Vec::new();
+    let mut push = |kernel: &str, shape: String, s: f64, bytes: f64, flops: f64| {
+        let gb_s = bytes / s / 1e9;
+        rows.push(KernelBench {
+            kernel: kernel.into(),
+            shape,
+            ms: s * 1e3,
+            gb_s,
+            gflop_s: flops / s / 1e9,
+            of_copy_bandwidth: gb_s / copy,
+        });
+    };
+    let wbytes = dtype.bytes() as f64;
+    // Linear layers: c_attn, c_fc, the MLP's c_proj; gemv at T = 1, the tiled matmul at 128, 512.
+    for (k, n) in [(c, 3 * c), (c, 4 * c), (4 * c, c)] {
+        let w = gpu.storage("w", (k * n) as u64 * wbytes as u64);
+        let (bias, x) = (f32s(n), f32s(512 * k));
+        for t in [1u32, 128, 512] {
+            let out = f32s(t * n);
+            let params = MatmulParams {
+                k,
+                n,
+                ldo: n,
+                col0: 0,
+                has_bias: 1,
+                epilogue: 0,
+                _pad: [0; 2],
+            };
+            let bufs = [&step(t, 0), &gpu.uniform("p", &params), &x, &w, &bias, &out];
+            let (name, pipe, groups) = if t == 1 {
+                ("gemv", &p.gemv, (n.div_ceil(4).div_ceil(64), t))
+            } else {
+                ("matmul", &p.matmul, (n.div_ceil(32), t.div_ceil(32)))
+            };
+            let s = time_dispatch(gpu, pipe, &bufs, groups, if t == 1 { 20 } else { 2 })?;
+            let bytes = k as f64 * n as f64 * wbytes + 4.0 * t as f64 * (k + n) as f64;
+            push(
+                name,
+                format!("T={t} K={k} N={n}"),
+                s,
+                bytes,
+                2.0 * t as f64 * k as f64 * n as f64,
+            );
+        }
+    }
+    // Attention: one decode query over contexts of 128..1024 keys, and a 128-token prefill.
+    let att = gpu.uniform(
+        "att",
+        &AttentionParams {
+            c,
+            nh,
+            hs: 64,
+            scale: 0.125,
+        },
+    );
+    let (k_cache, v_cache) = (f32s(1024 * c), f32s(1024 * c));
+    for (t, ctx) in [(1u32, 128u32), (1, 512), (1, 1024), (128, 128)] {
+        let (qkv, out) = (f32s(t * 3 * c), f32s(t * c));
+        let bufs = [&step(t, ctx - t), &att, &qkv, &k_cache, &v_cache, &out];
+        let s = time_dispatch(
+            gpu,
+            &p.attention,
+            &bufs,
+            (nh, t),
+            if t == 1 { 20 } else { 2 },
+        )?;
+        let keys = if t == 1 { ctx as f64 } else { ctx as f64 / 2.0 };
+        let bytes = 2.0 * ctx as f64 * c as f64 * 4.0;
+        push(
+            "attention",
+            format!("T={t} context={ctx}"),
+            s,
+            bytes,
+            4.0 * t as f64 * keys * c as f64,
+        );
+    }
+    // Layernorm over a 128-token prefill.
+    let t = 128u32;
+    let ln = gpu.uniform(
+        "ln",
+        &LayerNormParams {
+            c,
+            eps: 1e-5,
+            _pad: [0; 2],
+        },
+    );
+    let bufs = [
+        &step(t, 0),
+        &ln,
+        &f32s(t * c),
+        &f32s(c),
+        &f32s(c),
+        &f32s(t * c),
+    ];
+    let s = time_dispatch(gpu, &p.layernorm, &bufs, (t, 1), 10)?;
+    push(
+        "layernorm",
+        format!("T={t} C={c}"),
+        s,
+        2.0 * 4.0 * (t * c) as f64,
+        8.0 * (t * c) as f64,
+    );
+    gpu.check()?;
+    Ok((copy, rows))
 }

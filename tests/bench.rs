@@ -131,3 +131,26 @@ fn bench_json_follows_schema_and_compares() {
             && String::from_utf8_lossy(&o.stderr).contains("not a wgpt bench report")
     );
 }
+
+/// The kernel microbenchmarks run every family, on a narrow width so the test stays quick.
+#[test]
+fn kernel_microbenchmarks_cover_every_family() {
+    let gpu = gpu();
+    let (copy, rows) = wgpt::bench::kernels(&gpu, wgpt::gpu::tensor::WeightDtype::F16, 64).unwrap();
+    assert!(copy > 0.0);
+    for k in ["gemv", "matmul", "attention", "layernorm"] {
+        assert!(rows.iter().any(|r| r.kernel == k), "{k} missing");
+    }
+    for r in &rows {
+        assert!(r.ms > 0.0 && r.gb_s > 0.0 && r.gflop_s > 0.0, "{r:?}");
+        println!(
+            "{} {}: {:.3} ms, {:.2} GB/s ({:.0}% of copy)",
+            r.kernel,
+            r.shape,
+            r.ms,
+            r.gb_s,
+            100.0 * r.of_copy_bandwidth
+        );
+    }
+    assert!(wgpt::bench::kernels(&gpu, wgpt::gpu::tensor::WeightDtype::F32, 60).is_err());
+}

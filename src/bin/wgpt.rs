@@ -58,6 +58,9 @@ struct BenchArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also run microbenchmarks of each kernel on GPT-2 shapes, next to the copy bandwidth.
+    #[arg(long)]
+    kernels: bool,
     /// Print a side-by-side table of these JSON reports instead of running.
     #[arg(long, num_args = 1.., conflicts_with_all = ["model", "shape"])]
     compare: Vec<PathBuf>,
@@ -395,7 +398,12 @@ fn bench(a: BenchArgs) -> Result<()> {
         source,
         load_s: t0.elapsed().as_secs_f64(),
     };
-    let r = wgpt::bench::run(&model, &opts)?;
+    let mut r = wgpt::bench::run(&model, &opts)?;
+    if a.kernels {
+        let (copy, rows) = wgpt::bench::kernels(&model.gpu, a.dtype, 768)?;
+        r.copy_gb_s = Some(copy);
+        r.kernel_bench = rows;
+    }
     let json = serde_json::to_string_pretty(&r)?;
     if let Some(out) = &a.out {
         std::fs::write(out, &json).with_context(|| format!("cannot write {}", out.display()))?;
@@ -468,6 +476,27 @@ fn bench(a: BenchArgs) -> Result<()> {
             .map(|k| format!("{} {:.2}", k.kernel, k.ms))
             .collect();
         println!("  {label:<8} {total:.2} ms: {}", parts.join(", "));
+    }
+    if let Some(copy) = r.copy_gb_s {
+        println!(
+            "kernels on GPT-2 shapes ({} weights), buffer copy {copy:.2} GB/s:",
+            a.dtype.name()
+        );
+        println!(
+            "  {:<10} {:<22} {:>9} {:>8} {:>9} {:>8}",
+            "kernel", "shape", "ms", "GB/s", "GFLOP/s", "of copy"
+        );
+        for k in &r.kernel_bench {
+            println!(
+                "  {:<10} {:<22} {:>9.3} {:>8.2} {:>9.2} {:>7.0}%",
+                k.kernel,
+                k.shape,
+                k.ms,
+                k.gb_s,
+                k.gflop_s,
+                100.0 * k.of_copy_bandwidth
+            );
+        }
     }
     Ok(())
 }
