@@ -1,24 +1,14 @@
-// The linear-layer family: out[m, col0 + n] = epilogue(sum_k a[m, k] * w[n, k] + bias[col0 + n]).
-// w is (N, K), output-major like torch.nn.Linear (the loader transposes GPT-2's Conv1D), so both
-// operands are read along K, four at a time (K % 4 == 0, checked at load).
+// Linear layers with operands in storage buffers (linear.wgsl is prepended: uniforms, bias,
+// output, epilogues).
 //   matmul: prefill (many rows). Register-blocked and tiled: a workgroup of 8 x 8 invocations
 //           computes a 32 x 32 output tile, each invocation a 4 x 4 block; 32-wide slices of K
 //           of both operands are staged in workgroup memory.
 //   gemv:   decode (a few rows). No workgroup memory or barriers: each invocation computes four
 //           adjacent outputs of one row, streaming four weight rows along K. At one row the
 //           tiled matmul wastes 31/32 of its work; this does none.
-// Epilogues fuse what follows a projection in GPT-2, saving a dispatch and a round trip through
-// memory each: GELU after the MLP's up-projection, the residual add after the down-projections.
 
-struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
-struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, epilogue: u32, _b: u32, _c: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> a: array<vec4<f32>>;     // (M, K), M = step.rows
 @group(0) @binding(3) var<storage, read> w: array<u32>;           // (N, K) f32 or f16 words
-@group(0) @binding(4) var<storage, read> bias: array<f32>;        // (col0 + N)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;   // (M, ldo)
 
 // Weights are raw words: f32 bits, or two IEEE halves per word when WEIGHT_F16 (set per model
 // at pipeline creation). Either way they are computed in f32.
@@ -31,32 +21,6 @@ fn w4(i: u32) -> vec4<f32> {
         return vec4(unpack2x16float(w[j]), unpack2x16float(w[j + 1u]));
     }
     return bitcast<vec4<f32>>(vec4(w[i], w[i + 1u], w[i + 2u], w[i + 3u]));
-}
-
-const EPILOGUE_STORE: u32 = 0u;
-const EPILOGUE_GELU: u32 = 1u;
-const EPILOGUE_RESIDUAL: u32 = 2u;
-const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
-
-// GELU as GPT-2 computes it (transformers' gelu_new, the tanh approximation).
-fn gelu(x: f32) -> f32 {
-    // tanh saturates to +-1 in f32 beyond |u| = 9; clamping keeps drivers that build tanh from
-    // exp() away from inf/inf = NaN.
-    let u = clamp(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x), -10.0, 10.0);
-    return 0.5 * x * (1.0 + tanh(u));
-}
-
-// Writes one output: bias, then the epilogue. RESIDUAL adds into what `out` holds (the residual
-// stream x).
-fn store(m: u32, n: u32, acc: f32) {
-    var v = acc;
-    if (p.has_bias != 0u) { v += bias[p.col0 + n]; }
-    let i = m * p.ldo + p.col0 + n;
-    switch p.epilogue {
-        case EPILOGUE_GELU: { out[i] = gelu(v); }
-        case EPILOGUE_RESIDUAL: { out[i] = out[i] + v; }
-        default: { out[i] = v; }
-    }
 }
 
 const TILE: u32 = 32u;   // output rows and columns per workgroup

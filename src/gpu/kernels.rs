@@ -6,16 +6,32 @@ use bytemuck::{Pod, Zeroable};
 use crate::gpu::Gpu;
 use crate::gpu::tensor::WeightDtype;
 
-/// A WGSL kernel family: `shaders/{name}.wgsl`, whose main entry point is also `{name}`.
+/// A WGSL kernel family: `shaders/{name}.wgsl`, whose main entry point is also `{name}`,
+/// compiled after an optional shared `prelude` file (plain concatenation, no templating).
 pub struct KernelSource {
     pub name: &'static str,
+    pub prelude: &'static str,
     pub wgsl: &'static str,
+}
+
+impl KernelSource {
+    pub fn source(&self) -> String {
+        format!("{}\n{}", self.prelude, self.wgsl)
+    }
 }
 
 macro_rules! kernel {
     ($name:literal) => {
         KernelSource {
             name: $name,
+            prelude: "",
+            wgsl: include_str!(concat!("../../shaders/", $name, ".wgsl")),
+        }
+    };
+    ($name:literal after $prelude:literal) => {
+        KernelSource {
+            name: $name,
+            prelude: include_str!(concat!("../../shaders/", $prelude, ".wgsl")),
             wgsl: include_str!(concat!("../../shaders/", $name, ".wgsl")),
         }
     };
@@ -25,7 +41,8 @@ macro_rules! kernel {
 pub const KERNELS: &[KernelSource] = &[
     kernel!("embed"),
     kernel!("layernorm"),
-    kernel!("matmul"),
+    kernel!("matmul" after "linear"),
+    kernel!("matmul_texture" after "linear"),
     kernel!("kv_append"),
     kernel!("attention"),
     kernel!("argmax"),
@@ -135,6 +152,9 @@ pub mod wg {
     /// Steps of at most this many rows use gemv, longer ones the tiled matmul. Measured on
     /// lavapipe (K = 768, N = 2304): at 1 row gemv is ~9x faster than the 32 x 32 tile.
     pub const GEMV_MAX_ROWS: u32 = 4;
+    /// matmul_texture.wgsl: invocations per workgroup; each computes 4 columns (x 4 rows for
+    /// matmul_texture).
+    pub const LINEAR_TEXTURE: u32 = 8;
     pub const KV_APPEND: u32 = 64;
 }
 
@@ -144,6 +164,8 @@ pub struct Pipelines {
     pub layernorm: wgpu::ComputePipeline,
     pub matmul: wgpu::ComputePipeline,
     pub gemv: wgpu::ComputePipeline,
+    pub matmul_texture: wgpu::ComputePipeline,
+    pub gemv_texture: wgpu::ComputePipeline,
     pub kv_append: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
     pub argmax: wgpu::ComputePipeline,
@@ -176,7 +198,7 @@ pub fn entry_pipeline(
         .device
         .create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(src.name),
-            source: wgpu::ShaderSource::Wgsl(src.wgsl.into()),
+            source: wgpu::ShaderSource::Wgsl(src.source().into()),
         });
     gpu.device
         .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -198,12 +220,21 @@ impl Pipelines {
         let weights: &[(&str, f64)] = &[("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64)];
         // matmul and gemv share one explicit layout, so one bind group serves both and the
         // choice between them can be made per step.
-        let linear = linear_layout(gpu);
+        let linear = linear_layout(gpu, false);
+        let linear_texture = linear_layout(gpu, true);
         Pipelines {
             embed: pipeline(gpu, "embed", None, weights),
             layernorm: pipeline(gpu, "layernorm", None, &[]),
             matmul: pipeline(gpu, "matmul", Some(&linear), weights),
             gemv: entry_pipeline(gpu, "matmul", "gemv", Some(&linear), weights),
+            matmul_texture: pipeline(gpu, "matmul_texture", Some(&linear_texture), &[]),
+            gemv_texture: entry_pipeline(
+                gpu,
+                "matmul_texture",
+                "gemv_texture",
+                Some(&linear_texture),
+                &[],
+            ),
             kv_append: pipeline(gpu, "kv_append", None, &[]),
             attention: pipeline(gpu, "attention", None, &[]),
             argmax: pipeline(gpu, "argmax", None, &[]),
@@ -212,8 +243,27 @@ impl Pipelines {
     }
 }
 
-/// step, params (uniform); a, w, bias (read); out (read-write).
-fn linear_layout(gpu: &Gpu) -> wgpu::PipelineLayout {
+/// step, params (uniform); a, w (read: buffers, or rgba32float storage textures); bias (read);
+/// out (read-write).
+fn linear_layout(gpu: &Gpu, textures: bool) -> wgpu::PipelineLayout {
+    let operand = |binding: u32| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: if textures {
+            wgpu::BindingType::StorageTexture {
+                access: wgpu::StorageTextureAccess::ReadOnly,
+                format: wgpu::TextureFormat::Rgba32Float,
+                view_dimension: wgpu::TextureViewDimension::D2,
+            }
+        } else {
+            wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only: true },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            }
+        },
+        count: None,
+    };
     let entry = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
@@ -232,8 +282,8 @@ fn linear_layout(gpu: &Gpu) -> wgpu::PipelineLayout {
             entries: &[
                 entry(0, wgpu::BufferBindingType::Uniform),
                 entry(1, wgpu::BufferBindingType::Uniform),
-                entry(2, read),
-                entry(3, read),
+                operand(2),
+                operand(3),
                 entry(4, read),
                 entry(5, wgpu::BufferBindingType::Storage { read_only: false }),
             ],
@@ -253,12 +303,23 @@ pub fn bind(
     label: &str,
     buffers: &[&wgpu::Buffer],
 ) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
+    let resources = buffers.iter().map(|b| b.as_entire_binding()).collect();
+    bind_resources(gpu, pipeline, label, resources)
+}
+
+/// A bind group for `pipeline` binding `resources` at 0, 1, 2, ...
+pub fn bind_resources(
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    label: &str,
+    resources: Vec<wgpu::BindingResource>,
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = resources
+        .into_iter()
         .enumerate()
-        .map(|(i, b)| wgpu::BindGroupEntry {
+        .map(|(i, resource)| wgpu::BindGroupEntry {
             binding: i as u32,
-            resource: b.as_entire_binding(),
+            resource,
         })
         .collect();
     gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -186,6 +186,47 @@ impl Gpu {
             })
     }
 
+    /// A (rows, cols) f32 matrix as an rgba32float texture: four values along a row per texel,
+    /// usable as a read-only storage texture (matmul_texture.wgsl). `cols % 4 == 0`.
+    pub fn texture(&self, label: &str, rows: usize, cols: usize) -> wgpu::Texture {
+        self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size: wgpu::Extent3d {
+                width: (cols / 4) as u32,
+                height: rows as u32,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        })
+    }
+
+    /// [`Gpu::texture`] holding `data` (row-major, rows x cols).
+    pub fn texture_init(
+        &self,
+        label: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> wgpu::Texture {
+        let tex = self.texture(label, rows, cols);
+        self.queue.write_texture(
+            tex.as_image_copy(),
+            bytemuck::cast_slice(data),
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some((cols * 4) as u32),
+                rows_per_image: None,
+            },
+            tex.size(),
+        );
+        tex
+    }
+
     pub(crate) fn readback(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

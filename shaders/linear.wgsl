@@ -1,0 +1,41 @@
+// Shared by the linear-layer kernels (matmul.wgsl, matmul_texture.wgsl), prepended to each by the
+// kernel registry: uniforms, bias and output bindings, and the fused epilogues.
+// out[m, col0 + n] = epilogue(sum_k a[m, k] * w[n, k] + bias[col0 + n]); w is (N, K),
+// output-major like torch.nn.Linear (the loader transposes GPT-2's Conv1D), so both operands are
+// read along K, four at a time (K % 4 == 0, checked at load).
+// Epilogues fuse what follows a projection in GPT-2, saving a dispatch and a round trip through
+// memory each: GELU after the MLP's up-projection, the residual add after the down-projections.
+
+struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
+struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, epilogue: u32, _b: u32, _c: u32 }
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;        // (col0 + N)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;   // (M, ldo)
+
+const EPILOGUE_STORE: u32 = 0u;
+const EPILOGUE_GELU: u32 = 1u;
+const EPILOGUE_RESIDUAL: u32 = 2u;
+const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+
+// GELU as GPT-2 computes it (transformers' gelu_new, the tanh approximation).
+fn gelu(x: f32) -> f32 {
+    // tanh saturates to +-1 in f32 beyond |u| = 9; clamping keeps drivers that build tanh from
+    // exp() away from inf/inf = NaN.
+    let u = clamp(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x), -10.0, 10.0);
+    return 0.5 * x * (1.0 + tanh(u));
+}
+
+// Writes one output: bias, then the epilogue. RESIDUAL adds into what `out` holds (the residual
+// stream x).
+fn store(m: u32, n: u32, acc: f32) {
+    var v = acc;
+    if (p.has_bias != 0u) { v += bias[p.col0 + n]; }
+    let i = m * p.ldo + p.col0 + n;
+    switch p.epilogue {
+        case EPILOGUE_GELU: { out[i] = gelu(v); }
+        case EPILOGUE_RESIDUAL: { out[i] = out[i] + v; }
+        default: { out[i] = v; }
+    }
+}
