@@ -54,6 +54,9 @@ pub struct ModelReport {
     pub source: String,
     /// Weight storage on the GPU.
     pub dtype: String,
+    /// "buffer" or "texture": where the linear layers' operands live.
+    #[serde(default)]
+    pub layout: String,
     pub n_layer: usize,
     pub n_embd: usize,
     pub n_head: usize,
@@ -219,6 +222,12 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
         model: ModelReport {
             source: opts.source.clone(),
             dtype: model.dtype().name().into(),
+            layout: if model.uses_textures() {
+                "texture"
+            } else {
+                "buffer"
+            }
+            .into(),
             n_layer: cfg.n_layer,
             n_embd: cfg.n_embd,
             n_head: cfg.n_head,

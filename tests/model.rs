@@ -282,3 +282,49 @@ fn f16_weights_stay_close_to_transformers() {
         assert!(agree >= 24, "{name}: greedy agreed for only {agree} tokens");
     }
 }
+
+/// Both operand layouts of the linear layers, forced, against transformers: storage buffers (what
+/// GPUs use) and textures (what CPU adapters use), on the fixture whose widths allow both.
+#[test]
+fn buffer_and_texture_layouts_match_transformers() {
+    use wgpt::WeightLayout;
+    let name = "gpt2-tiny";
+    let e = expected(&fixture(name));
+    let (_, want) = read_npy(&fixture(name).join("logits.npy"));
+    for layout in [WeightLayout::Buffer, WeightLayout::Texture] {
+        let model = load(
+            name,
+            &LoadOptions {
+                layout,
+                ..Default::default()
+            },
+        );
+        assert_eq!(model.uses_textures(), layout == WeightLayout::Texture);
+        let got = Session::new(&model)
+            .unwrap()
+            .logits(&full_sequence(&e))
+            .unwrap();
+        let diff = max_abs_diff(&got, &want);
+        let mut s = Session::new(&model).unwrap();
+        let mut greedy = vec![s.next_token(&e.prompt_ids, Pick::Greedy).unwrap()];
+        while greedy.len() < e.greedy_ids.len() {
+            greedy.push(
+                s.next_token(&[*greedy.last().unwrap()], Pick::Greedy)
+                    .unwrap(),
+            );
+        }
+        println!("{layout:?}: max diff vs transformers {diff:.2e}");
+        assert!(diff < LOGIT_TOL, "{layout:?}: {diff}");
+        assert_eq!(greedy, e.greedy_ids, "{layout:?}");
+    }
+    // Widths that are not multiples of 64 cannot use textures: a clear error when asked for.
+    let opts = LoadOptions {
+        layout: WeightLayout::Texture,
+        ..Default::default()
+    };
+    let err = Model::load(gpu(), &fixture("gpt2-odd"), &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("multiples of 64"), "{err}");
+}

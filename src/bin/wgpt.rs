@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use npyz::WriterBuilder;
 use wgpt::gpu::tensor::WeightDtype;
-use wgpt::{GenerateOptions, Gpu, LoadOptions, Model, Session, Tokenizer};
+use wgpt::{GenerateOptions, Gpu, LoadOptions, Model, Session, Tokenizer, WeightLayout};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,9 @@ struct BenchArgs {
     /// How weight matrices are stored on the GPU: f32 or f16.
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
+    /// Where the linear layers' operands live: auto, buffer or texture.
+    #[arg(long, default_value = "auto")]
+    layout: WeightLayout,
     /// Prompt lengths to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "128")]
     prompt_len: Vec<usize>,
@@ -81,6 +84,10 @@ struct ModelArgs {
     /// computation stays f32).
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
+    /// Where the linear layers' operands live: auto (textures on CPU adapters such as lavapipe,
+    /// where they are ~10x faster; buffers elsewhere), buffer or texture.
+    #[arg(long, default_value = "auto")]
+    layout: WeightLayout,
 }
 
 #[derive(Args)]
@@ -173,6 +180,7 @@ fn load(args: &ModelArgs) -> Result<(Model, PathBuf)> {
     let gpu = Gpu::new(args.adapter.as_deref())?;
     let opts = LoadOptions {
         dtype: args.dtype,
+        layout: args.layout,
         ..Default::default()
     };
     let model = Model::load(gpu, &dir, &opts)?;
@@ -377,6 +385,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let load = LoadOptions {
         dtype: a.dtype,
+        layout: a.layout,
         ..Default::default()
     };
     let (model, source) = match (&a.model, &a.shape) {

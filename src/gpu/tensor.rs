@@ -53,11 +53,21 @@ pub struct Chunk {
     pub rows: usize,
 }
 
-/// A (rows, cols) matrix (a vector is one row) in one or more GPU buffers.
+/// One row range of a [`GpuTensor`] held as an rgba32float texture (see [`Gpu::texture`]).
+pub struct TextureChunk {
+    pub view: wgpu::TextureView,
+    pub row0: usize,
+    pub rows: usize,
+}
+
+/// A (rows, cols) matrix (a vector is one row) in one or more GPU buffers, or textures, or both
+/// (the token table feeds the embedding from buffers and a tied head from textures).
 pub struct GpuTensor {
     pub rows: usize,
     pub cols: usize,
     pub dtype: WeightDtype,
+    /// Texture copies of the matrix, in row ranges, when the linear kernels read textures.
+    pub textures: Vec<TextureChunk>,
     pub chunks: Vec<Chunk>,
 }
 
@@ -124,8 +134,50 @@ impl GpuTensor {
             rows,
             cols,
             dtype,
+            textures: Vec::new(),
             chunks,
         })
+    }
+
+    /// An f32 matrix held only as textures of at most `max_rows` rows each.
+    pub fn upload_texture(
+        gpu: &Gpu,
+        label: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        max_rows: usize,
+    ) -> Self {
+        GpuTensor {
+            rows,
+            cols,
+            dtype: WeightDtype::F32,
+            textures: Self::texture_chunks(label, rows, max_rows, |name, row0, n| {
+                gpu.texture_init(name, &data[row0 * cols..(row0 + n) * cols], n, cols)
+            }),
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Row ranges of at most `max_rows`, each made into a texture by `make(label, row0, n)`.
+    pub fn texture_chunks(
+        label: &str,
+        rows: usize,
+        max_rows: usize,
+        mut make: impl FnMut(&str, usize, usize) -> wgpu::Texture,
+    ) -> Vec<TextureChunk> {
+        (0..rows)
+            .step_by(max_rows.max(1))
+            .map(|row0| {
+                let n = max_rows.min(rows - row0);
+                let name = format!("{label}[{row0}..{}] texture", row0 + n);
+                TextureChunk {
+                    view: make(&name, row0, n).create_view(&Default::default()),
+                    row0,
+                    rows: n,
+                }
+            })
+            .collect()
     }
 
     /// The buffer of a tensor that is known to be in one piece (vectors, per-layer matrices).

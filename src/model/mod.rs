@@ -23,6 +23,34 @@ pub struct LoadOptions {
     pub max_chunk_bytes: Option<u64>,
     /// How weight matrices are stored on the GPU (computation is f32 either way).
     pub dtype: WeightDtype,
+    /// Buffers or textures for the linear layers' operands.
+    pub layout: WeightLayout,
+}
+
+/// Where the linear layers' operands live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// Textures on CPU adapters (lavapipe, SwiftShader, WARP), where texel loads are vectorised
+    /// and buffer loads are not, when the shapes allow it; buffers elsewhere.
+    #[default]
+    Auto,
+    Buffer,
+    /// Needs f32 weights and n_embd, n_inner multiples of 64.
+    Texture,
+}
+
+impl std::str::FromStr for WeightLayout {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(WeightLayout::Auto),
+            "buffer" => Ok(WeightLayout::Buffer),
+            "texture" => Ok(WeightLayout::Texture),
+            other => Err(Error::Input(format!(
+                "unknown weight layout {other:?}; use auto, buffer or texture"
+            ))),
+        }
+    }
 }
 
 /// A GPT-2 whose weights live in GPU buffers.
@@ -35,6 +63,8 @@ pub struct Model {
     pub(crate) zero: wgpu::Buffer,
     /// Largest buffer one binding may see (weights, activations and cache are sized below it).
     pub(crate) max_chunk_bytes: u64,
+    /// Linear layers read weights and activations as textures (see matmul_texture.wgsl).
+    pub(crate) texture_linear: bool,
 }
 
 impl Model {
@@ -58,23 +88,39 @@ impl Model {
         opts: &LoadOptions,
     ) -> Result<Model> {
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
+        let textures = texture_linear(&gpu, &config, opts)?;
+        let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         let t0 = std::time::Instant::now();
-        let weights = loader::load_weights(ckpt, &config, |name, data, rows, cols| {
-            GpuTensor::upload(
-                &gpu,
-                name,
-                &data,
-                rows,
-                cols,
-                stored_as(name, rows, opts.dtype),
-                max_chunk_bytes,
-            )
+        let mut weights = loader::load_weights(ckpt, &config, |name, data, rows, cols| {
+            if textures && is_linear(name) {
+                return Ok(GpuTensor::upload_texture(
+                    &gpu, name, &data, rows, cols, max_rows,
+                ));
+            }
+            let dtype = stored_as(name, rows, opts.dtype);
+            let mut t = GpuTensor::upload(&gpu, name, &data, rows, cols, dtype, max_chunk_bytes)?;
+            if textures && name == "wte.weight" {
+                // The embedding reads buffers; a tied head reads the same matrix as textures.
+                t.textures =
+                    GpuTensor::upload_texture(&gpu, name, &data, rows, cols, max_rows).textures;
+            }
+            Ok(t)
         })?;
-        if weights.wpe.chunks.len() != 1 {
-            return Err(Error::Limits(
-                "the position table does not fit one binding on this adapter".into(),
-            ));
+        if weights.lm_head.is_some() {
+            weights.wte.textures.clear();
         }
+        Self::finish(gpu, config, weights, opts, max_chunk_bytes, textures, t0)
+    }
+
+    fn finish(
+        gpu: Arc<Gpu>,
+        config: Config,
+        weights: Weights<GpuTensor>,
+        opts: &LoadOptions,
+        max_chunk_bytes: u64,
+        texture_linear: bool,
+        t0: std::time::Instant,
+    ) -> Result<Model> {
         let pipelines = Pipelines::new(&gpu, opts.dtype);
         let zero = gpu.storage("zero", 4);
         gpu.wait()?;
@@ -85,13 +131,20 @@ impl Model {
             pipelines,
             zero,
             max_chunk_bytes,
+            texture_linear,
         };
         log::info!(
-            "loaded {} layers, C = {}, V = {}: {:.1} MB of weights in {:.2} s",
+            "loaded {} layers, C = {}, V = {}: {:.1} MB of weights ({}, linear layers in {}) in {:.2} s",
             model.config.n_layer,
             model.config.n_embd,
             model.config.vocab_size,
             model.weight_bytes() as f64 / 1e6,
+            model.dtype().name(),
+            if texture_linear {
+                "textures"
+            } else {
+                "buffers"
+            },
             t0.elapsed().as_secs_f64()
         );
         Ok(model)
@@ -101,59 +154,89 @@ impl Model {
     /// bench`: no checkpoint, nothing crosses the bus). Matrices are uniform in +-0.02 as GPT-2's
     /// init, layernorm gains 1 +- 0.02.
     pub fn random(gpu: Arc<Gpu>, config: Config, opts: &LoadOptions, seed: u32) -> Result<Model> {
+        let t0 = std::time::Instant::now();
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
-        let pipelines = Pipelines::new(&gpu, opts.dtype);
-        let fill_f32 = kernels::pipeline(&gpu, "fill_random", None, &[("PACK_F16", 0.0)]);
-        let fill_f16 = kernels::pipeline(&gpu, "fill_random", None, &[("PACK_F16", 1.0)]);
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        let textures = texture_linear(&gpu, &config, opts)?;
+        let max_rows = gpu.limits.max_texture_dimension_2d as usize;
+        // Buffers to fill, and buffers to copy into textures once filled.
+        let mut fills: Vec<(wgpu::Buffer, FillParams, bool)> = Vec::new();
+        let mut copies: Vec<(wgpu::Buffer, wgpu::Texture)> = Vec::new();
         let mut salt = seed;
+        let mut fill = |label: &str, words: usize, center: f32, f16: bool| {
+            let buf = gpu.storage(label, words as u64 * 4);
+            salt = salt.wrapping_add(0x9E37_79B9);
+            let params = FillParams {
+                n: words as u32,
+                seed: salt,
+                scale: 0.02,
+                center,
+            };
+            fills.push((buf.clone(), params, f16));
+            buf
+        };
         let weights = loader::build_weights(&config, false, |name, rows, cols, _| {
             let center = if name.contains("ln_") && name.ends_with(".weight") {
                 1.0
             } else {
                 0.0
             };
-            let dtype = stored_as(name, rows, opts.dtype);
-            let fill = if dtype == WeightDtype::F16 {
-                &fill_f16
-            } else {
-                &fill_f32
+            // A texture copy: filled as a buffer, copied in once the fills have run.
+            let mut textured = |fill: &mut dyn FnMut(&str, usize, f32, bool) -> wgpu::Buffer| {
+                GpuTensor::texture_chunks(name, rows, max_rows, |label, _, n| {
+                    let tex = gpu.texture(label, n, cols);
+                    copies.push((fill(label, n * cols, center, false), tex.clone()));
+                    tex
+                })
             };
-            GpuTensor::with_chunks(name, rows, cols, dtype, max_chunk_bytes, |label, _, n| {
-                let words = (n * cols * dtype.bytes() / 4) as u32;
-                let buf = gpu.storage(label, words as u64 * 4);
-                salt = salt.wrapping_add(0x9E37_79B9);
-                let params = FillParams {
-                    n: words,
-                    seed: salt,
-                    scale: 0.02,
-                    center,
-                };
+            if textures && is_linear(name) {
+                let textures = textured(&mut fill);
+                return Ok(GpuTensor {
+                    rows,
+                    cols,
+                    dtype: WeightDtype::F32,
+                    textures,
+                    chunks: Vec::new(),
+                });
+            }
+            let dtype = stored_as(name, rows, opts.dtype);
+            let mut t =
+                GpuTensor::with_chunks(name, rows, cols, dtype, max_chunk_bytes, |label, _, n| {
+                    fill(
+                        label,
+                        n * cols * dtype.bytes() / 4,
+                        center,
+                        dtype == WeightDtype::F16,
+                    )
+                })?;
+            if textures && name == "wte.weight" {
+                t.textures = textured(&mut fill);
+            }
+            Ok(t)
+        })?;
+        let fill_f32 = kernels::pipeline(&gpu, "fill_random", None, &[("PACK_F16", 0.0)]);
+        let fill_f16 = kernels::pipeline(&gpu, "fill_random", None, &[("PACK_F16", 1.0)]);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for (buf, params, f16) in &fills {
+                let pipe = if *f16 { &fill_f16 } else { &fill_f32 };
                 let bind = kernels::bind(
                     &gpu,
-                    fill,
+                    pipe,
                     "fill_random",
-                    &[&gpu.uniform("fill", &params), &buf],
+                    &[&gpu.uniform("fill", params), buf],
                 );
-                let groups = words.div_ceil(256);
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                pass.set_pipeline(fill);
+                let groups = params.n.div_ceil(256);
+                pass.set_pipeline(pipe);
                 pass.set_bind_group(0, &bind, &[]);
                 pass.dispatch_workgroups(groups.min(65535), groups.div_ceil(65535), 1);
-                buf
-            })
-        })?;
+            }
+        }
+        for (buf, tex) in &copies {
+            copy_rows_to_texture(&mut enc, buf, tex, tex.height());
+        }
         gpu.queue.submit([enc.finish()]);
-        let zero = gpu.storage("zero", 4);
-        gpu.wait()?;
-        Ok(Model {
-            gpu,
-            config,
-            weights,
-            pipelines,
-            zero,
-            max_chunk_bytes,
-        })
+        Self::finish(gpu, config, weights, opts, max_chunk_bytes, textures, t0)
     }
 
     /// The binding size weights are split below; errors if a layer cannot fit at all.
@@ -204,8 +287,15 @@ impl Model {
                 .sum::<u64>()
             })
             .sum();
+        // The token table is held twice when the embedding reads buffers and a tied head textures.
+        let wte_textures = if w.wte.chunks.is_empty() || w.wte.textures.is_empty() {
+            0
+        } else {
+            (w.wte.rows * w.wte.cols * 4) as u64
+        };
         layers
             + w.wte.bytes()
+            + wte_textures
             + w.wpe.bytes()
             + w.ln_f_w.bytes()
             + w.ln_f_b.bytes()
@@ -273,6 +363,11 @@ impl Model {
             + w.lm_head.as_ref().map_or(0, n)
     }
 
+    /// Whether the linear layers read textures (see [`WeightLayout`]).
+    pub fn uses_textures(&self) -> bool {
+        self.texture_linear
+    }
+
     /// How the weight matrices are stored.
     pub fn dtype(&self) -> WeightDtype {
         self.weights.wte.dtype
@@ -292,4 +387,58 @@ fn stored_as(name: &str, rows: usize, dtype: WeightDtype) -> WeightDtype {
     } else {
         WeightDtype::F32
     }
+}
+
+/// The linear layers' weight matrices (the token table when tied is handled apart).
+fn is_linear(name: &str) -> bool {
+    name == "lm_head.weight"
+        || [".c_attn.weight", ".c_proj.weight", ".c_fc.weight"]
+            .iter()
+            .any(|s| name.ends_with(s))
+}
+
+/// Whether the linear layers use textures, from the requested layout, the shapes and the adapter.
+fn texture_linear(gpu: &Gpu, cfg: &Config, opts: &LoadOptions) -> Result<bool> {
+    let max_texels = gpu.limits.max_texture_dimension_2d as usize;
+    // Activations are copied into textures row by row: rows of K floats must be 256-byte aligned.
+    let fits = cfg.n_embd.is_multiple_of(64)
+        && cfg.n_inner.is_multiple_of(64)
+        && cfg.n_inner.max(cfg.n_embd) / 4 <= max_texels
+        && opts.dtype == WeightDtype::F32;
+    match opts.layout {
+        WeightLayout::Buffer => Ok(false),
+        WeightLayout::Auto => Ok(fits && gpu.info.device_type == wgpu::DeviceType::Cpu),
+        WeightLayout::Texture if fits => Ok(true),
+        WeightLayout::Texture => Err(Error::Input(format!(
+            "the texture weight layout needs f32 weights and n_embd ({}) and n_inner ({}) multiples of 64; \
+             use the buffer layout",
+            cfg.n_embd, cfg.n_inner
+        ))),
+    }
+}
+
+/// Copies the first `rows` rows of a row-major f32 matrix buffer into a texture of the same width.
+pub(crate) fn copy_rows_to_texture(
+    enc: &mut wgpu::CommandEncoder,
+    buf: &wgpu::Buffer,
+    tex: &wgpu::Texture,
+    rows: u32,
+) {
+    let width = tex.width();
+    enc.copy_buffer_to_texture(
+        wgpu::TexelCopyBufferInfo {
+            buffer: buf,
+            layout: wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(width * 16),
+                rows_per_image: None,
+            },
+        },
+        tex.as_image_copy(),
+        wgpu::Extent3d {
+            width,
+            height: rows,
+            depth_or_array_layers: 1,
+        },
+    );
 }

@@ -41,6 +41,15 @@ struct Activations {
     body_step: wgpu::Buffer,           // Step uniform for embed and blocks
     head_step: wgpu::Buffer,           // Step uniform for ln_f and the head
     sample: wgpu::Buffer,              // SampleParams uniform
+    /// Input textures of the linear layers, when they read textures (see matmul_texture.wgsl).
+    textures: Option<InputTextures>,
+}
+
+/// The linear layers' inputs as textures, filled by a copy before each layer.
+struct InputTextures {
+    c: wgpu::Texture,     // (T, C): ln and att_y
+    inner: wgpu::Texture, // (T, n_inner): fc_h
+    head: wgpu::Texture,  // (head_rows, C): lnf
 }
 
 /// Which pipeline an op runs.
@@ -49,6 +58,7 @@ enum Kernel {
     Embed,
     LayerNorm,
     Matmul,
+    MatmulTexture,
     KvAppend,
     Attention,
     Argmax,
@@ -63,6 +73,8 @@ impl Kernel {
             Kernel::LayerNorm => "layernorm",
             Kernel::Matmul if rows <= wg::GEMV_MAX_ROWS => "gemv",
             Kernel::Matmul => "matmul",
+            Kernel::MatmulTexture if rows <= wg::GEMV_MAX_ROWS => "gemv_texture",
+            Kernel::MatmulTexture => "matmul_texture",
             Kernel::KvAppend => "kv_append",
             Kernel::Attention => "attention",
             Kernel::Argmax => "argmax",
@@ -86,11 +98,13 @@ enum Grid {
     One,
 }
 
-/// One recorded dispatch: pipeline, bind group (built once) and its grid.
+/// One recorded dispatch: pipeline, bind group (built once) and its grid; for a linear layer
+/// reading textures, the activation buffer to copy into its input texture first.
 struct Op {
     kernel: Kernel,
     bind: wgpu::BindGroup,
     grid: Grid,
+    copy: Option<(wgpu::Buffer, wgpu::Texture)>,
 }
 
 pub struct Session<'m> {
@@ -145,6 +159,11 @@ impl<'m> Session<'m> {
             token: gpu.storage("token", 4),
             token_read: gpu.readback("token_read", 4),
             logits_read: None,
+            textures: model.texture_linear.then(|| InputTextures {
+                c: gpu.texture("ln_texture", t_max, c),
+                inner: gpu.texture("fc_h_texture", t_max, inner),
+                head: gpu.texture("lnf_texture", head_rows, c),
+            }),
             body_step: gpu.uniform("body_step", &Step::default()),
             head_step: gpu.uniform("head_step", &Step::default()),
             sample: gpu.uniform(
@@ -246,6 +265,9 @@ impl<'m> Session<'m> {
         let read = gpu.readback("profile_read", n as u64 * 8);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for (i, (op, r)) in ops.iter().enumerate() {
+            if let Some((buf, tex)) = &op.copy {
+                crate::model::copy_rows_to_texture(&mut enc, buf, tex, *r);
+            }
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
@@ -254,7 +276,7 @@ impl<'m> Session<'m> {
                     end_of_pass_write_index: Some(2 * i as u32 + 1),
                 }),
             });
-            self.record(&mut pass, std::slice::from_ref(*op), *r);
+            self.dispatch(&mut pass, op, *r);
         }
         enc.resolve_query_set(&set, 0..n, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, n as u64 * 8);
@@ -295,12 +317,9 @@ impl<'m> Session<'m> {
             }
         };
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            self.record(&mut pass, &self.body, last as u32);
-            self.record(&mut pass, &self.head, 1);
-            self.record(&mut pass, std::slice::from_ref(op), 1);
-        }
+        self.record(&mut enc, &self.body, last as u32);
+        self.record(&mut enc, &self.head, 1);
+        self.record(&mut enc, std::slice::from_ref(op), 1);
         enc.copy_buffer_to_buffer(&self.act.token, 0, &self.act.token_read, 0, 4);
         gpu.queue.submit([enc.finish()]);
         let bytes = gpu.read(&self.act.token_read, 4)?;
@@ -319,10 +338,7 @@ impl<'m> Session<'m> {
             {
                 let gpu = &self.model.gpu;
                 let mut enc = gpu.device.create_command_encoder(&Default::default());
-                {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    self.record(&mut pass, &self.body, t as u32);
-                }
+                self.record(&mut enc, &self.body, t as u32);
                 gpu.queue.submit([enc.finish()]);
             }
             self.pos += t;
@@ -348,10 +364,7 @@ impl<'m> Session<'m> {
             .clone();
         self.write_head_step(rows, row0);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            self.record(&mut pass, &self.head, rows as u32);
-        }
+        self.record(&mut enc, &self.head, rows as u32);
         let n = (rows * self.model.config.vocab_size * 4) as u64;
         enc.copy_buffer_to_buffer(&self.act.logits, 0, &read, 0, n);
         gpu.queue.submit([enc.finish()]);
@@ -404,10 +417,7 @@ impl<'m> Session<'m> {
                 return Ok(chunk.len());
             }
             let mut enc = gpu.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                self.record(&mut pass, &self.body, chunk.len() as u32);
-            }
+            self.record(&mut enc, &self.body, chunk.len() as u32);
             gpu.queue.submit([enc.finish()]);
             self.pos += chunk.len();
         }
@@ -426,32 +436,55 @@ impl<'m> Session<'m> {
             .write_buffer(&self.act.head_step, 0, bytemuck::bytes_of(&step));
     }
 
-    fn record(&self, pass: &mut wgpu::ComputePass, ops: &[Op], rows: u32) {
-        let p = &self.model.pipelines;
+    /// Records `ops` for a step of `rows` rows into `enc`: one compute pass, broken only where a
+    /// linear layer reading textures needs its input copied in first.
+    fn record(&self, enc: &mut wgpu::CommandEncoder, ops: &[Op], rows: u32) {
+        let mut pass = enc
+            .begin_compute_pass(&Default::default())
+            .forget_lifetime();
         for op in ops {
-            pass.set_pipeline(match op.kernel {
-                Kernel::Embed => &p.embed,
-                Kernel::LayerNorm => &p.layernorm,
-                Kernel::Matmul if rows <= wg::GEMV_MAX_ROWS => &p.gemv,
-                Kernel::Matmul => &p.matmul,
-                Kernel::KvAppend => &p.kv_append,
-                Kernel::Attention => &p.attention,
-                Kernel::Argmax => &p.argmax,
-                Kernel::Sample => &p.sample,
-            });
-            pass.set_bind_group(0, &op.bind, &[]);
-            let (x, y) = match op.grid {
-                Grid::Elements { width, wg } => (width.div_ceil(wg), rows),
-                Grid::Rows => (rows, 1),
-                Grid::Linear { n } if rows <= wg::GEMV_MAX_ROWS => {
-                    (n.div_ceil(4).div_ceil(wg::GEMV), rows)
-                }
-                Grid::Linear { n } => (n.div_ceil(wg::MATMUL_TILE), rows.div_ceil(wg::MATMUL_TILE)),
-                Grid::Heads { nh } => (nh, rows),
-                Grid::One => (1, 1),
-            };
-            pass.dispatch_workgroups(x, y, 1);
+            if let Some((buf, tex)) = &op.copy {
+                drop(pass);
+                crate::model::copy_rows_to_texture(enc, buf, tex, rows);
+                pass = enc
+                    .begin_compute_pass(&Default::default())
+                    .forget_lifetime();
+            }
+            self.dispatch(&mut pass, op, rows);
         }
+    }
+
+    fn dispatch(&self, pass: &mut wgpu::ComputePass, op: &Op, rows: u32) {
+        let p = &self.model.pipelines;
+        let few = rows <= wg::GEMV_MAX_ROWS;
+        pass.set_pipeline(match op.kernel {
+            Kernel::Embed => &p.embed,
+            Kernel::LayerNorm => &p.layernorm,
+            Kernel::Matmul if few => &p.gemv,
+            Kernel::Matmul => &p.matmul,
+            Kernel::MatmulTexture if few => &p.gemv_texture,
+            Kernel::MatmulTexture => &p.matmul_texture,
+            Kernel::KvAppend => &p.kv_append,
+            Kernel::Attention => &p.attention,
+            Kernel::Argmax => &p.argmax,
+            Kernel::Sample => &p.sample,
+        });
+        pass.set_bind_group(0, &op.bind, &[]);
+        let (x, y) = match (op.grid, op.kernel) {
+            (Grid::Elements { width, wg }, _) => (width.div_ceil(wg), rows),
+            (Grid::Rows, _) => (rows, 1),
+            (Grid::Linear { n }, Kernel::MatmulTexture) => (
+                n.div_ceil(4).div_ceil(wg::LINEAR_TEXTURE),
+                if few { rows } else { rows.div_ceil(4) },
+            ),
+            (Grid::Linear { n }, _) if few => (n.div_ceil(4).div_ceil(wg::GEMV), rows),
+            (Grid::Linear { n }, _) => {
+                (n.div_ceil(wg::MATMUL_TILE), rows.div_ceil(wg::MATMUL_TILE))
+            }
+            (Grid::Heads { nh }, _) => (nh, rows),
+            (Grid::One, _) => (1, 1),
+        };
+        pass.dispatch_workgroups(x, y, 1);
     }
 }
 
@@ -497,44 +530,73 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             ],
         ),
         grid: Grid::Rows,
+        copy: None,
     };
-    // out = epilogue(inp @ weight^T + bias), one dispatch per row chunk of the weight.
+    // out = epilogue(inp @ weight^T + bias), one dispatch per row chunk of the weight. With
+    // textures, the first dispatch copies `inp` into the input texture of its width.
     let matmul = |step: &wgpu::Buffer,
-                  inp,
+                  inp: &wgpu::Buffer,
+                  inp_texture: fn(&InputTextures) -> &wgpu::Texture,
                   weight: &GpuTensor,
                   bias: Option<&GpuTensor>,
                   epilogue: Epilogue,
-                  out|
+                  out: &wgpu::Buffer|
      -> Vec<Op> {
+        let params = |row0: usize, rows: usize| MatmulParams {
+            k: weight.cols as u32,
+            n: rows as u32,
+            ldo: weight.rows as u32,
+            col0: row0 as u32,
+            has_bias: bias.is_some() as u32,
+            epilogue: epilogue as u32,
+            _pad: [0; 2],
+        };
+        let bias_buf = bias.map_or(&model.zero, |b| b.single());
+        if let Some(tex) = &act.textures {
+            let input = inp_texture(tex);
+            let view = input.create_view(&Default::default());
+            return weight
+                .textures
+                .iter()
+                .enumerate()
+                .map(|(i, ch)| {
+                    let u = gpu.uniform("matmul", &params(ch.row0, ch.rows));
+                    let resources = vec![
+                        step.as_entire_binding(),
+                        u.as_entire_binding(),
+                        wgpu::BindingResource::TextureView(&view),
+                        wgpu::BindingResource::TextureView(&ch.view),
+                        bias_buf.as_entire_binding(),
+                        out.as_entire_binding(),
+                    ];
+                    Op {
+                        kernel: Kernel::MatmulTexture,
+                        bind: kernels::bind_resources(
+                            gpu,
+                            &p.matmul_texture,
+                            "matmul_texture",
+                            resources,
+                        ),
+                        grid: Grid::Linear { n: ch.rows as u32 },
+                        copy: (i == 0).then(|| (inp.clone(), input.clone())),
+                    }
+                })
+                .collect();
+        }
         weight
             .chunks
             .iter()
             .map(|ch| {
-                let params = MatmulParams {
-                    k: weight.cols as u32,
-                    n: ch.rows as u32,
-                    ldo: weight.rows as u32,
-                    col0: ch.row0 as u32,
-                    has_bias: bias.is_some() as u32,
-                    epilogue: epilogue as u32,
-                    _pad: [0; 2],
-                };
-                let bias_buf = bias.map_or(&model.zero, |b| b.single());
+                let u = gpu.uniform("matmul", &params(ch.row0, ch.rows));
                 Op {
                     kernel: Kernel::Matmul,
                     bind: bind(
                         &p.matmul,
                         "matmul",
-                        &[
-                            step,
-                            &gpu.uniform("matmul", &params),
-                            inp,
-                            &ch.buffer,
-                            bias_buf,
-                            out,
-                        ],
+                        &[step, &u, inp, &ch.buffer, bias_buf, out],
                     ),
                     grid: Grid::Linear { n: ch.rows as u32 },
+                    copy: None,
                 }
             })
             .collect()
@@ -568,6 +630,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 width: c,
                 wg: wg::EMBED,
             },
+            copy: None,
         });
     }
     for (l, lw) in w.layers.iter().enumerate() {
@@ -576,6 +639,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         body.extend(matmul(
             step,
             &act.ln,
+            |t| &t.c,
             &lw.c_attn_w,
             Some(&lw.c_attn_b),
             Epilogue::Store,
@@ -592,6 +656,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 width: c,
                 wg: wg::KV_APPEND,
             },
+            copy: None,
         });
         let att = AttentionParams {
             c,
@@ -614,10 +679,12 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 ],
             ),
             grid: Grid::Heads { nh },
+            copy: None,
         });
         body.extend(matmul(
             step,
             &act.att_y,
+            |t| &t.c,
             &lw.attn_proj_w,
             Some(&lw.attn_proj_b),
             Epilogue::Residual,
@@ -628,6 +695,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         body.extend(matmul(
             step,
             &act.ln,
+            |t| &t.c,
             &lw.c_fc_w,
             Some(&lw.c_fc_b),
             Epilogue::Gelu,
@@ -636,6 +704,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         body.extend(matmul(
             step,
             &act.fc_h,
+            |t| &t.inner,
             &lw.mlp_proj_w,
             Some(&lw.mlp_proj_b),
             Epilogue::Residual,
@@ -649,6 +718,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
     head.extend(matmul(
         hstep,
         &act.lnf,
+        |t| &t.head,
         model.head(),
         None,
         Epilogue::Store,
@@ -659,11 +729,13 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         kernel: Kernel::Argmax,
         bind: bind(&p.argmax, "argmax", &[&width(v), &act.logits, &act.token]),
         grid: Grid::One,
+        copy: None,
     };
     let sample = Op {
         kernel: Kernel::Sample,
         bind: bind(&p.sample, "sample", &[&act.sample, &act.logits, &act.token]),
         grid: Grid::One,
+        copy: None,
     };
     (body, head, argmax, sample)
 }
