@@ -20,3 +20,4 @@ fn kv_append(@builtin(global_invocation_id) gid: vec3<u32>) {
     k_cache[dst] = qkv[src + p.C + c];
     v_cache[dst] = qkv[src + 2u * p.C + c];
 }
+

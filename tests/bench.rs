@@ -54,8 +54,26 @@ fn bench_json_follows_schema_and_compares() {
             .map(|k| k.kernel.as_str())
             .collect();
         // gpt2-tiny's widths allow textures, which auto picks on CPU adapters.
-        let gemv = if r.model.layout == "texture" { "gemv_texture" } else { "gemv" };
-        for k in ["embed", "layernorm", gemv, "attention", "argmax"] {
+        let want = if r.model.layout == "texture" {
+            [
+                "embed",
+                "layernorm",
+                "gemv_texture",
+                "kv_append_texture",
+                "attention_texture",
+                "argmax",
+            ]
+        } else {
+            [
+                "embed",
+                "layernorm",
+                "gemv",
+                "kv_append",
+                "attention",
+                "argmax",
+            ]
+        };
+        for k in want {
             assert!(names.contains(&k), "{k} missing from {names:?}");
         }
     }

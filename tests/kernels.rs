@@ -487,3 +487,101 @@ fn texture_linear_kernels_match_cpu() {
         }
     }
 }
+
+/// The texture layout's KV cache and attention (CPU adapters): kv_append_texture then
+/// attention_texture against the CPU twins; the cache is pre-filled through the same kernel.
+#[test]
+fn texture_kv_append_and_attention_match_cpu() {
+    let h = Harness::new();
+    // (T, C, NH, pos0): HS = 16, 64, 16, 256 (the largest supported); keys up to 73.
+    for (t, c, nh, pos0) in [
+        (1, 64, 4, 0),
+        (7, 192, 3, 3),
+        (33, 128, 8, 40),
+        (1, 768, 3, 70),
+    ] {
+        let n_ctx = pos0 + t + 2;
+        let hs = c / nh;
+        let k_tex = h
+            .gpu
+            .texture("k", n_ctx, c)
+            .create_view(&Default::default());
+        let v_tex = h
+            .gpu
+            .texture("v", n_ctx, c)
+            .create_view(&Default::default());
+        let (mut k_cache, mut v_cache) = (vec![0.0; n_ctx * c], vec![0.0; n_ctx * c]);
+        // Earlier positions, then this step, both through kv_append_texture.
+        let history = random(pos0.max(1) * 3 * c, 29, 1.0);
+        let qkv = random(t * 3 * c, 30, 2.0);
+        let steps: Vec<(&[f32], usize, usize)> = if pos0 > 0 {
+            vec![(&history, pos0, 0), (&qkv, t, pos0)]
+        } else {
+            vec![(&qkv, t, 0)]
+        };
+        for (rows, n, at) in steps {
+            let b = h.f32s(rows);
+            let (step, w) = (h.step(n, 0, at), h.width(c));
+            let res = vec![
+                step.as_entire_binding(),
+                w.as_entire_binding(),
+                b.as_entire_binding(),
+                wgpu::BindingResource::TextureView(&k_tex),
+                wgpu::BindingResource::TextureView(&v_tex),
+            ];
+            let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, &h.p.kv_append_texture, "t", res);
+            dispatch(
+                &h,
+                &h.p.kv_append_texture,
+                &bg,
+                ((c / 4) as u32).div_ceil(64),
+                n as u32,
+            );
+            reference::kv_append(&rows[..n * 3 * c], &mut k_cache, &mut v_cache, c, at);
+        }
+        let out = h.f32s(&vec![f32::NAN; t * c]);
+        let params = AttentionParams {
+            c: c as u32,
+            nh: nh as u32,
+            hs: hs as u32,
+            scale: 1.0 / (hs as f32).sqrt(),
+        };
+        let (step, pu, qb) = (
+            h.step(t, 0, pos0),
+            h.gpu.uniform("p", &params),
+            h.f32s(&qkv),
+        );
+        let res = vec![
+            step.as_entire_binding(),
+            pu.as_entire_binding(),
+            qb.as_entire_binding(),
+            wgpu::BindingResource::TextureView(&k_tex),
+            wgpu::BindingResource::TextureView(&v_tex),
+            out.as_entire_binding(),
+        ];
+        let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, &h.p.attention_texture, "t", res);
+        dispatch(
+            &h,
+            &h.p.attention_texture,
+            &bg,
+            (nh as u32).div_ceil(8),
+            t as u32,
+        );
+        let want = reference::attention(&qkv, &k_cache, &v_cache, c, nh, pos0);
+        // As the buffer attention: convex combinations of values in [-1, 1], f32 online softmax.
+        let d = close(&h.read(&out), &want, 1e-5);
+        println!("attention_texture T={t} C={c} NH={nh} HS={hs} pos0={pos0}: max diff {d:e}");
+    }
+}
+
+fn dispatch(h: &Harness, pipe: &wgpu::ComputePipeline, bg: &wgpu::BindGroup, x: u32, y: u32) {
+    let mut enc = h.gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipe);
+        pass.set_bind_group(0, bg, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+    h.gpu.queue.submit([enc.finish()]);
+    h.gpu.check().unwrap();
+}

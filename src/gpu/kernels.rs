@@ -44,7 +44,9 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("matmul" after "linear"),
     kernel!("matmul_texture" after "linear"),
     kernel!("kv_append"),
+    kernel!("kv_append_texture"),
     kernel!("attention"),
+    kernel!("attention_texture"),
     kernel!("argmax"),
     kernel!("sample"),
     kernel!("fill_random"),
@@ -155,6 +157,8 @@ pub mod wg {
     /// matmul_texture.wgsl: invocations per workgroup; each computes 4 columns (x 4 rows for
     /// matmul_texture).
     pub const LINEAR_TEXTURE: u32 = 8;
+    /// attention_texture.wgsl: invocations per workgroup, one per head.
+    pub const ATTENTION_TEXTURE: u32 = 8;
     pub const KV_APPEND: u32 = 64;
 }
 
@@ -167,7 +171,9 @@ pub struct Pipelines {
     pub matmul_texture: wgpu::ComputePipeline,
     pub gemv_texture: wgpu::ComputePipeline,
     pub kv_append: wgpu::ComputePipeline,
+    pub kv_append_texture: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
+    pub attention_texture: wgpu::ComputePipeline,
     pub argmax: wgpu::ComputePipeline,
     pub sample: wgpu::ComputePipeline,
 }
@@ -236,7 +242,9 @@ impl Pipelines {
                 &[],
             ),
             kv_append: pipeline(gpu, "kv_append", None, &[]),
+            kv_append_texture: pipeline(gpu, "kv_append_texture", None, &[]),
             attention: pipeline(gpu, "attention", None, &[]),
+            attention_texture: pipeline(gpu, "attention_texture", None, &[]),
             argmax: pipeline(gpu, "argmax", None, &[]),
             sample: pipeline(gpu, "sample", None, &[]),
         }

@@ -403,16 +403,20 @@ fn texture_linear(gpu: &Gpu, cfg: &Config, opts: &LoadOptions) -> Result<bool> {
     // Activations are copied into textures row by row: rows of K floats must be 256-byte aligned.
     let fits = cfg.n_embd.is_multiple_of(64)
         && cfg.n_inner.is_multiple_of(64)
+        && cfg.head_size().is_multiple_of(4)
         && cfg.n_inner.max(cfg.n_embd) / 4 <= max_texels
+        && cfg.n_positions <= max_texels
         && opts.dtype == WeightDtype::F32;
     match opts.layout {
         WeightLayout::Buffer => Ok(false),
         WeightLayout::Auto => Ok(fits && gpu.info.device_type == wgpu::DeviceType::Cpu),
         WeightLayout::Texture if fits => Ok(true),
         WeightLayout::Texture => Err(Error::Input(format!(
-            "the texture weight layout needs f32 weights and n_embd ({}) and n_inner ({}) multiples of 64; \
-             use the buffer layout",
-            cfg.n_embd, cfg.n_inner
+            "the texture layout needs f32 weights, n_embd ({}) and n_inner ({}) multiples of 64 and a head \
+             size ({}) that is a multiple of 4; use the buffer layout",
+            cfg.n_embd,
+            cfg.n_inner,
+            cfg.head_size()
         ))),
     }
 }

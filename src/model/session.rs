@@ -19,10 +19,17 @@ pub enum Pick {
     Sample { temperature: f32, u: f32 },
 }
 
-/// Per-layer key and value caches, (n_ctx, C) each, allocated once per session.
-struct KvCache {
-    k: Vec<wgpu::Buffer>,
-    v: Vec<wgpu::Buffer>,
+/// Per-layer key and value caches, (n_ctx, C) each, allocated once per session: buffers, or in
+/// the texture layout rgba32float textures (n_ctx rows, C / 4 texels).
+enum KvCache {
+    Buffers {
+        k: Vec<wgpu::Buffer>,
+        v: Vec<wgpu::Buffer>,
+    },
+    Textures {
+        k: Vec<wgpu::TextureView>,
+        v: Vec<wgpu::TextureView>,
+    },
 }
 
 /// Scratch buffers for one step of up to `t_max` tokens. Shapes use T = t_max.
@@ -60,7 +67,9 @@ enum Kernel {
     Matmul,
     MatmulTexture,
     KvAppend,
+    KvAppendTexture,
     Attention,
+    AttentionTexture,
     Argmax,
     Sample,
 }
@@ -76,7 +85,9 @@ impl Kernel {
             Kernel::MatmulTexture if rows <= wg::GEMV_MAX_ROWS => "gemv_texture",
             Kernel::MatmulTexture => "matmul_texture",
             Kernel::KvAppend => "kv_append",
+            Kernel::KvAppendTexture => "kv_append_texture",
             Kernel::Attention => "attention",
+            Kernel::AttentionTexture => "attention_texture",
             Kernel::Argmax => "argmax",
             Kernel::Sample => "sample",
         }
@@ -109,7 +120,8 @@ struct Op {
 
 pub struct Session<'m> {
     model: &'m Model,
-    kv: KvCache,
+    /// Owned here; the bind groups reference it.
+    _kv: KvCache,
     act: Activations,
     /// embed and the blocks, run on the step's T tokens.
     body: Vec<Op>,
@@ -139,13 +151,21 @@ impl<'m> Session<'m> {
             )));
         }
         let f = |n: usize| (n * 4) as u64;
-        let kv = KvCache {
-            k: (0..cfg.n_layer)
-                .map(|l| gpu.storage(&format!("k_cache.{l}"), f(n_ctx * c)))
-                .collect(),
-            v: (0..cfg.n_layer)
-                .map(|l| gpu.storage(&format!("v_cache.{l}"), f(n_ctx * c)))
-                .collect(),
+        let kv = if model.texture_linear {
+            let tex = |name: &str, l: usize| {
+                gpu.texture(&format!("{name}.{l}"), n_ctx, c)
+                    .create_view(&Default::default())
+            };
+            KvCache::Textures {
+                k: (0..cfg.n_layer).map(|l| tex("k_cache", l)).collect(),
+                v: (0..cfg.n_layer).map(|l| tex("v_cache", l)).collect(),
+            }
+        } else {
+            let buf = |name: &str, l: usize| gpu.storage(&format!("{name}.{l}"), f(n_ctx * c));
+            KvCache::Buffers {
+                k: (0..cfg.n_layer).map(|l| buf("k_cache", l)).collect(),
+                v: (0..cfg.n_layer).map(|l| buf("v_cache", l)).collect(),
+            }
         };
         let act = Activations {
             tokens: gpu.storage("tokens", f(t_max)),
@@ -180,7 +200,7 @@ impl<'m> Session<'m> {
         gpu.check()?;
         Ok(Session {
             model,
-            kv,
+            _kv: kv,
             act,
             body,
             head,
@@ -222,14 +242,8 @@ impl<'m> Session<'m> {
         .map(|b| b.size())
         .sum::<u64>()
             + a.logits_read.as_ref().map_or(0, |b| b.size());
-        scratch
-            + self
-                .kv
-                .k
-                .iter()
-                .chain(&self.kv.v)
-                .map(|b| b.size())
-                .sum::<u64>()
+        let cfg = &self.model.config;
+        scratch + (2 * cfg.n_layer * cfg.n_positions * cfg.n_embd * 4) as u64
     }
 
     /// Runs one greedy step of `tokens` with each dispatch in its own timed compute pass and
@@ -465,7 +479,9 @@ impl<'m> Session<'m> {
             Kernel::MatmulTexture if few => &p.gemv_texture,
             Kernel::MatmulTexture => &p.matmul_texture,
             Kernel::KvAppend => &p.kv_append,
+            Kernel::KvAppendTexture => &p.kv_append_texture,
             Kernel::Attention => &p.attention,
+            Kernel::AttentionTexture => &p.attention_texture,
             Kernel::Argmax => &p.argmax,
             Kernel::Sample => &p.sample,
         });
@@ -645,42 +661,81 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Epilogue::Store,
             &act.qkv,
         ));
-        body.push(Op {
-            kernel: Kernel::KvAppend,
-            bind: bind(
-                &p.kv_append,
-                "kv_append",
-                &[step, &width(c), &act.qkv, &kv.k[l], &kv.v[l]],
-            ),
-            grid: Grid::Elements {
-                width: c,
-                wg: wg::KV_APPEND,
-            },
-            copy: None,
-        });
         let att = AttentionParams {
             c,
             nh,
             hs,
             scale: 1.0 / (hs as f32).sqrt(),
         };
-        body.push(Op {
-            kernel: Kernel::Attention,
-            bind: bind(
-                &p.attention,
-                "attention",
-                &[
-                    step,
-                    &gpu.uniform("attention", &att),
-                    &act.qkv,
-                    &kv.k[l],
-                    &kv.v[l],
-                    &act.att_y,
-                ],
+        let att = gpu.uniform("attention", &att);
+        let (append, attention) = match kv {
+            KvCache::Buffers { k, v } => (
+                Op {
+                    kernel: Kernel::KvAppend,
+                    bind: bind(
+                        &p.kv_append,
+                        "kv_append",
+                        &[step, &width(c), &act.qkv, &k[l], &v[l]],
+                    ),
+                    grid: Grid::Elements {
+                        width: c,
+                        wg: wg::KV_APPEND,
+                    },
+                    copy: None,
+                },
+                Op {
+                    kernel: Kernel::Attention,
+                    bind: bind(
+                        &p.attention,
+                        "attention",
+                        &[step, &att, &act.qkv, &k[l], &v[l], &act.att_y],
+                    ),
+                    grid: Grid::Heads { nh },
+                    copy: None,
+                },
             ),
-            grid: Grid::Heads { nh },
-            copy: None,
-        });
+            KvCache::Textures { k, v } => {
+                let w = width(c);
+                (
+                    Op {
+                        kernel: Kernel::KvAppendTexture,
+                        bind: kernels::bind_resources(
+                            gpu,
+                            &p.kv_append_texture,
+                            "kv_append_texture",
+                            kv_texture_resources(step, &w, &act.qkv, [&k[l], &v[l]], None),
+                        ),
+                        grid: Grid::Elements {
+                            width: c / 4,
+                            wg: wg::KV_APPEND,
+                        },
+                        copy: None,
+                    },
+                    Op {
+                        kernel: Kernel::AttentionTexture,
+                        bind: kernels::bind_resources(
+                            gpu,
+                            &p.attention_texture,
+                            "attention_texture",
+                            kv_texture_resources(
+                                step,
+                                &att,
+                                &act.qkv,
+                                [&k[l], &v[l]],
+                                Some(&act.att_y),
+                            ),
+                        ),
+                        grid: Grid::Elements {
+                            width: nh,
+                            wg: wg::ATTENTION_TEXTURE,
+                        },
+                        copy: None,
+                    },
+                )
+            }
+        };
+        body.push(append);
+        body.push(attention);
         body.extend(matmul(
             step,
             &act.att_y,
@@ -738,4 +793,23 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         copy: None,
     };
     (body, head, argmax, sample)
+}
+
+/// Bindings of kv_append_texture (no output buffer) and attention_texture (`out` = att_y).
+fn kv_texture_resources<'a>(
+    step: &'a wgpu::Buffer,
+    uni: &'a wgpu::Buffer,
+    qkv: &'a wgpu::Buffer,
+    views: [&'a wgpu::TextureView; 2],
+    out: Option<&'a wgpu::Buffer>,
+) -> Vec<wgpu::BindingResource<'a>> {
+    let mut r = vec![
+        step.as_entire_binding(),
+        uni.as_entire_binding(),
+        qkv.as_entire_binding(),
+        wgpu::BindingResource::TextureView(views[0]),
+        wgpu::BindingResource::TextureView(views[1]),
+    ];
+    r.extend(out.map(|o| o.as_entire_binding()));
+    r
 }

@@ -1,0 +1,59 @@
+// Attention for the texture layout (CPU adapters): the KV cache lives in rgba32float textures
+// (n_ctx rows, C / 4 texels; texel = four consecutive dims), written by kv_append_texture and
+// read by attention_texture. On lavapipe a texel load is one vectorised fetch where a buffer load
+// is a per-lane scalar loop, and barriers are costly; so here there are neither buffers for K, V
+// nor barriers: each invocation owns one (head, query) and runs the online softmax over its keys
+// alone, with its query and accumulator in registers (HS % 4 == 0, HS <= 256).
+
+struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
+struct Params { C: u32, NH: u32, HS: u32, scale: f32 }
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> qkv: array<f32>;                       // (T, 3C)
+@group(0) @binding(3) var k_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, C/4)
+@group(0) @binding(4) var v_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, C/4)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;                 // (T, C)
+
+const MAX_HS4: u32 = 64u;
+const NEG: f32 = -3.0e38;
+
+@compute @workgroup_size(8)
+fn attention_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let h = gid.x;
+    let t = gid.y;
+    if (h >= p.NH || t >= step.rows) { return; }
+    let hs4 = p.HS / 4u;
+    let x0 = h * hs4;  // this head's first texel column
+    let qrow = t * 3u * p.C + h * p.HS;
+    var q: array<vec4<f32>, MAX_HS4>;
+    var acc: array<vec4<f32>, MAX_HS4>;
+    for (var d = 0u; d < hs4; d++) {
+        let i = qrow + 4u * d;
+        q[d] = vec4(qkv[i], qkv[i + 1u], qkv[i + 2u], qkv[i + 3u]) * p.scale;
+        acc[d] = vec4(0.0);
+    }
+    var m = NEG;
+    var l = 0.0;
+    let n_keys = step.pos0 + t + 1u;
+    for (var j = 0u; j < n_keys; j++) {
+        var s = 0.0;
+        for (var d = 0u; d < hs4; d++) { s += dot(q[d], textureLoad(k_cache, vec2(x0 + d, j))); }
+        let m_new = max(m, s);
+        let corr = exp(m - m_new);
+        let pj = exp(s - m_new);
+        l = l * corr + pj;
+        for (var d = 0u; d < hs4; d++) {
+            acc[d] = acc[d] * corr + pj * textureLoad(v_cache, vec2(x0 + d, j));
+        }
+        m = m_new;
+    }
+    let orow = t * p.C + h * p.HS;
+    for (var d = 0u; d < hs4; d++) {
+        let y = acc[d] / l;
+        out[orow + 4u * d] = y.x;
+        out[orow + 4u * d + 1u] = y.y;
+        out[orow + 4u * d + 2u] = y.z;
+        out[orow + 4u * d + 3u] = y.w;
+    }
+}
