@@ -1,5 +1,6 @@
-// Linear layers with operands in read-only storage textures (linear.wgsl is prepended): each
-// texel holds four consecutive values along K, a row of the texture is a row of the matrix.
+// Linear layers with operands in read-only storage textures (linear.wgsl is prepended): a row of
+// a texture is a row of the matrix; an input texel holds four consecutive values along K, a
+// weight texel four f32 or, with WEIGHT_F16, eight halves (raw bits in rgba32uint).
 // On CPU adapters (lavapipe) a storage-buffer load costs a bounds-checked scalar load per lane
 // and component, while a texel load is one vectorised fetch: measured on lavapipe at GPT-2's
 // shapes, these kernels are ~10x (GEMV) to ~15x (GEMM) faster than the buffer ones. The
@@ -9,7 +10,23 @@
 //   gemv_texture:   each invocation four outputs of one row.
 
 @group(0) @binding(2) var a: texture_storage_2d<rgba32float, read>;  // (M rows, K / 4 texels)
-@group(0) @binding(3) var w: texture_storage_2d<rgba32float, read>;  // (N rows, K / 4 texels)
+@group(0) @binding(3) var w: texture_storage_2d<rgba32uint, read>;   // (N rows, K / 4 or K / 8 texels)
+
+override WEIGHT_F16: bool = false;
+
+// Four f32 weights of row n, texel k4.
+fn w4(k4: u32, n: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(textureLoad(w, vec2(k4, n)));
+}
+
+// Eight f16 weights of row n, texel k8, as two vec4 (columns 0 and 1).
+fn w8(k8: u32, n: u32) -> mat2x4<f32> {
+    let t = textureLoad(w, vec2(k8, n));
+    return mat2x4(
+        vec4(unpack2x16float(t.x), unpack2x16float(t.y)),
+        vec4(unpack2x16float(t.z), unpack2x16float(t.w)),
+    );
+}
 
 fn dot4(x: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
     return vec4(dot(x, w0), dot(x, w1), dot(x, w2), dot(x, w3));
@@ -34,15 +51,32 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     var r1 = vec4(0.0);
     var r2 = vec4(0.0);
     var r3 = vec4(0.0);
-    for (var k = 0u; k < p.K / 4u; k++) {
-        let w0 = textureLoad(w, vec2(k, n0));
-        let w1 = textureLoad(w, vec2(k, n1));
-        let w2 = textureLoad(w, vec2(k, n2));
-        let w3 = textureLoad(w, vec2(k, n3));
-        r0 += dot4(textureLoad(a, vec2(k, m0)), w0, w1, w2, w3);
-        r1 += dot4(textureLoad(a, vec2(k, m1)), w0, w1, w2, w3);
-        r2 += dot4(textureLoad(a, vec2(k, m2)), w0, w1, w2, w3);
-        r3 += dot4(textureLoad(a, vec2(k, m3)), w0, w1, w2, w3);
+    if (WEIGHT_F16) {
+        // One weight texel covers two input texels.
+        for (var k = 0u; k < p.K / 8u; k++) {
+            let w0 = w8(k, n0);
+            let w1 = w8(k, n1);
+            let w2 = w8(k, n2);
+            let w3 = w8(k, n3);
+            for (var h = 0u; h < 2u; h++) {
+                let ka = 2u * k + h;
+                r0 += dot4(textureLoad(a, vec2(ka, m0)), w0[h], w1[h], w2[h], w3[h]);
+                r1 += dot4(textureLoad(a, vec2(ka, m1)), w0[h], w1[h], w2[h], w3[h]);
+                r2 += dot4(textureLoad(a, vec2(ka, m2)), w0[h], w1[h], w2[h], w3[h]);
+                r3 += dot4(textureLoad(a, vec2(ka, m3)), w0[h], w1[h], w2[h], w3[h]);
+            }
+        }
+    } else {
+        for (var k = 0u; k < p.K / 4u; k++) {
+            let w0 = w4(k, n0);
+            let w1 = w4(k, n1);
+            let w2 = w4(k, n2);
+            let w3 = w4(k, n3);
+            r0 += dot4(textureLoad(a, vec2(k, m0)), w0, w1, w2, w3);
+            r1 += dot4(textureLoad(a, vec2(k, m1)), w0, w1, w2, w3);
+            r2 += dot4(textureLoad(a, vec2(k, m2)), w0, w1, w2, w3);
+            r3 += dot4(textureLoad(a, vec2(k, m3)), w0, w1, w2, w3);
+        }
     }
     let r = array<vec4<f32>, 4>(r0, r1, r2, r3);
     for (var i = 0u; i < 4u; i++) {
@@ -65,12 +99,26 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     var c1 = vec4(0.0);
     var c2 = vec4(0.0);
     var c3 = vec4(0.0);
-    for (var k = 0u; k < p.K / 4u; k++) {
-        let x = textureLoad(a, vec2(k, m));
-        c0 += x * textureLoad(w, vec2(k, n0));
-        c1 += x * textureLoad(w, vec2(k, n1));
-        c2 += x * textureLoad(w, vec2(k, n2));
-        c3 += x * textureLoad(w, vec2(k, n3));
+    if (WEIGHT_F16) {
+        for (var k = 0u; k < p.K / 8u; k++) {
+            let x = mat2x4(textureLoad(a, vec2(2u * k, m)), textureLoad(a, vec2(2u * k + 1u, m)));
+            let w0 = w8(k, n0);
+            let w1 = w8(k, n1);
+            let w2 = w8(k, n2);
+            let w3 = w8(k, n3);
+            c0 += x[0] * w0[0] + x[1] * w0[1];
+            c1 += x[0] * w1[0] + x[1] * w1[1];
+            c2 += x[0] * w2[0] + x[1] * w2[1];
+            c3 += x[0] * w3[0] + x[1] * w3[1];
+        }
+    } else {
+        for (var k = 0u; k < p.K / 4u; k++) {
+            let x = textureLoad(a, vec2(k, m));
+            c0 += x * w4(k, n0);
+            c1 += x * w4(k, n1);
+            c2 += x * w4(k, n2);
+            c3 += x * w4(k, n3);
+        }
     }
     let one = vec4(1.0);
     let s = vec4(dot(c0, one), dot(c1, one), dot(c2, one), dot(c3, one));

@@ -422,68 +422,67 @@ fn f16_weights_match_cpu_on_rounded_weights() {
 }
 
 /// The texture-operand linear kernels (used on CPU adapters) against the CPU twin, epilogues
-/// included. K is a multiple of 64 as the texture path requires; N and M are ragged.
+/// included, with f32 weights and with f16 weights (eight halves per texel; the twin gets the
+/// same rounded weights). K is a multiple of 64 as the texture layout requires; N and M ragged.
 #[test]
 fn texture_linear_kernels_match_cpu() {
     let h = Harness::new();
-    for (m, k, n) in [(1, 64, 17), (3, 128, 45), (33, 64, 100), (70, 192, 33)] {
-        let a = random(m * k, 25, 1.0);
-        let w = random(n * k, 26, 1.0);
-        let b = random(n, 27, 1.0);
-        let x0 = random(m * n, 28, 1.0);
-        let plain = reference::matmul(&a, &w, Some(&b), k, n);
-        let mut resid = x0.clone();
-        reference::residual(&mut resid, &plain);
-        let at = h
-            .gpu
-            .texture_init("a", &a, m, k)
-            .create_view(&Default::default());
-        let wt = h
-            .gpu
-            .texture_init("w", &w, n, k)
-            .create_view(&Default::default());
-        for (name, pipe) in [
-            ("matmul_texture", &h.p.matmul_texture),
-            ("gemv_texture", &h.p.gemv_texture),
-        ] {
-            let params = MatmulParams {
-                k: k as u32,
-                n: n as u32,
-                ldo: n as u32,
-                col0: 0,
-                has_bias: 1,
-                epilogue: Epilogue::Residual as u32,
-                _pad: [0; 2],
-            };
-            let out = h.f32s(&x0);
-            let (step, pu, bb) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&b));
-            let res = vec![
-                step.as_entire_binding(),
-                pu.as_entire_binding(),
-                wgpu::BindingResource::TextureView(&at),
-                wgpu::BindingResource::TextureView(&wt),
-                bb.as_entire_binding(),
-                out.as_entire_binding(),
-            ];
-            let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, pipe, "t", res);
-            let groups = (n as u32).div_ceil(4).div_ceil(8);
-            let y = if name == "gemv_texture" {
-                m as u32
-            } else {
-                (m as u32).div_ceil(4)
-            };
-            let mut enc = h.gpu.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                pass.set_pipeline(pipe);
-                pass.set_bind_group(0, &bg, &[]);
-                pass.dispatch_workgroups(groups, y, 1);
+    for dtype in [WeightDtype::F32, WeightDtype::F16] {
+        let p = Pipelines::new(&h.gpu, dtype);
+        for (m, k, n) in [(1, 64, 17), (3, 128, 45), (33, 64, 100), (70, 192, 33)] {
+            let a = random(m * k, 25, 1.0);
+            let mut w = random(n * k, 26, 1.0);
+            if dtype == WeightDtype::F16 {
+                w.iter_mut()
+                    .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
             }
-            h.gpu.queue.submit([enc.finish()]);
-            h.gpu.check().unwrap();
-            // As the buffer kernels: K <= 192 terms of size <= 1 in f32 vs f64.
-            let d = close(&h.read(&out), &resid, 1e-5);
-            println!("{name} M={m} K={k} N={n}: max diff {d:e}");
+            let b = random(n, 27, 1.0);
+            let x0 = random(m * n, 28, 1.0);
+            let plain = reference::matmul(&a, &w, Some(&b), k, n);
+            let mut resid = x0.clone();
+            reference::residual(&mut resid, &plain);
+            let at = h
+                .gpu
+                .texture_init("a", &a, m, k)
+                .create_view(&Default::default());
+            let wt = h
+                .gpu
+                .weight_texture_init("w", &w, n, k, dtype)
+                .create_view(&Default::default());
+            for (name, pipe) in [
+                ("matmul_texture", &p.matmul_texture),
+                ("gemv_texture", &p.gemv_texture),
+            ] {
+                let params = MatmulParams {
+                    k: k as u32,
+                    n: n as u32,
+                    ldo: n as u32,
+                    col0: 0,
+                    has_bias: 1,
+                    epilogue: Epilogue::Residual as u32,
+                    _pad: [0; 2],
+                };
+                let out = h.f32s(&x0);
+                let (step, pu, bb) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&b));
+                let res = vec![
+                    step.as_entire_binding(),
+                    pu.as_entire_binding(),
+                    wgpu::BindingResource::TextureView(&at),
+                    wgpu::BindingResource::TextureView(&wt),
+                    bb.as_entire_binding(),
+                    out.as_entire_binding(),
+                ];
+                let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, pipe, "t", res);
+                let y = if name == "gemv_texture" {
+                    m as u32
+                } else {
+                    (m as u32).div_ceil(4)
+                };
+                dispatch(&h, pipe, &bg, (n as u32).div_ceil(4).div_ceil(8), y);
+                // As the buffer kernels: K <= 192 terms of size <= 1 in f32 vs f64.
+                let d = close(&h.read(&out), &resid, 1e-5);
+                println!("{name} {dtype:?} M={m} K={k} N={n}: max diff {d:e}");
+            }
         }
     }
 }

@@ -252,11 +252,24 @@ fn f16_weights_stay_close_to_transformers() {
         dtype: wgpt::gpu::tensor::WeightDtype::F16,
         ..Default::default()
     };
-    for name in FIXTURES {
+    // Every fixture in the layout auto picks, and gpt2-tiny (whose widths allow it) in both.
+    let texture = LoadOptions {
+        layout: wgpt::WeightLayout::Texture,
+        ..opts.clone()
+    };
+    let buffer = LoadOptions {
+        layout: wgpt::WeightLayout::Buffer,
+        ..opts.clone()
+    };
+    let runs = FIXTURES
+        .iter()
+        .map(|n| (*n, &opts))
+        .chain([("gpt2-tiny", &texture), ("gpt2-tiny", &buffer)]);
+    for (name, opts) in runs {
         let dir = fixture(name);
         let e = expected(&dir);
         let (_, want) = read_npy(&dir.join("logits.npy"));
-        let model = load(name, &opts);
+        let model = load(name, opts);
         let ids = full_sequence(&e);
         let got = Session::new(&model).unwrap().logits(&ids).unwrap();
         let diff = max_abs_diff(&got, &want);

@@ -233,13 +233,13 @@ impl Pipelines {
             layernorm: pipeline(gpu, "layernorm", None, &[]),
             matmul: pipeline(gpu, "matmul", Some(&linear), weights),
             gemv: entry_pipeline(gpu, "matmul", "gemv", Some(&linear), weights),
-            matmul_texture: pipeline(gpu, "matmul_texture", Some(&linear_texture), &[]),
+            matmul_texture: pipeline(gpu, "matmul_texture", Some(&linear_texture), weights),
             gemv_texture: entry_pipeline(
                 gpu,
                 "matmul_texture",
                 "gemv_texture",
                 Some(&linear_texture),
-                &[],
+                weights,
             ),
             kv_append: pipeline(gpu, "kv_append", None, &[]),
             kv_append_texture: pipeline(gpu, "kv_append_texture", None, &[]),
@@ -254,13 +254,18 @@ impl Pipelines {
 /// step, params (uniform); a, w (read: buffers, or rgba32float storage textures); bias (read);
 /// out (read-write).
 fn linear_layout(gpu: &Gpu, textures: bool) -> wgpu::PipelineLayout {
+    // Inputs are rgba32float; weights raw bits (f32 or f16) in rgba32uint.
     let operand = |binding: u32| wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: if textures {
             wgpu::BindingType::StorageTexture {
                 access: wgpu::StorageTextureAccess::ReadOnly,
-                format: wgpu::TextureFormat::Rgba32Float,
+                format: if binding == 3 {
+                    wgpu::TextureFormat::Rgba32Uint
+                } else {
+                    wgpu::TextureFormat::Rgba32Float
+                },
                 view_dimension: wgpu::TextureViewDimension::D2,
             }
         } else {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
+use crate::gpu::tensor::WeightDtype;
 use crate::{Error, Result};
 
 /// One adapter as `wgpt info` shows it.
@@ -187,19 +188,42 @@ impl Gpu {
     }
 
     /// A (rows, cols) f32 matrix as an rgba32float texture: four values along a row per texel,
-    /// usable as a read-only storage texture (matmul_texture.wgsl). `cols % 4 == 0`.
+    /// usable as a storage texture (matmul_texture.wgsl). `cols % 4 == 0`.
     pub fn texture(&self, label: &str, rows: usize, cols: usize) -> wgpu::Texture {
+        self.texture_of(label, rows, cols / 4, wgpu::TextureFormat::Rgba32Float)
+    }
+
+    /// A (rows, cols) weight matrix stored as `dtype`, raw bits in an rgba32uint texture (four
+    /// f32 or eight f16 per texel). `cols * dtype bytes % 16 == 0`.
+    pub fn weight_texture(
+        &self,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+    ) -> wgpu::Texture {
+        let texels = cols * dtype.bytes() / 16;
+        self.texture_of(label, rows, texels, wgpu::TextureFormat::Rgba32Uint)
+    }
+
+    fn texture_of(
+        &self,
+        label: &str,
+        rows: usize,
+        texels: usize,
+        format: wgpu::TextureFormat,
+    ) -> wgpu::Texture {
         self.device.create_texture(&wgpu::TextureDescriptor {
             label: Some(label),
             size: wgpu::Extent3d {
-                width: (cols / 4) as u32,
+                width: texels as u32,
                 height: rows as u32,
                 depth_or_array_layers: 1,
             },
             mip_level_count: 1,
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
-            format: wgpu::TextureFormat::Rgba32Float,
+            format,
             usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
             view_formats: &[],
         })
@@ -214,17 +238,42 @@ impl Gpu {
         cols: usize,
     ) -> wgpu::Texture {
         let tex = self.texture(label, rows, cols);
+        self.write_rows(&tex, bytemuck::cast_slice(data));
+        tex
+    }
+
+    /// [`Gpu::weight_texture`] holding `data` (row-major, rows x cols), converted to `dtype`.
+    pub fn weight_texture_init(
+        &self,
+        label: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+    ) -> wgpu::Texture {
+        let tex = self.weight_texture(label, rows, cols, dtype);
+        match dtype {
+            WeightDtype::F32 => self.write_rows(&tex, bytemuck::cast_slice(data)),
+            WeightDtype::F16 => {
+                let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+                self.write_rows(&tex, bytemuck::cast_slice(&halves))
+            }
+        }
+        tex
+    }
+
+    /// Fills a whole texture of 16-byte texels from row-major bytes.
+    fn write_rows(&self, tex: &wgpu::Texture, bytes: &[u8]) {
         self.queue.write_texture(
             tex.as_image_copy(),
-            bytemuck::cast_slice(data),
+            bytes,
             wgpu::TexelCopyBufferLayout {
                 offset: 0,
-                bytes_per_row: Some((cols * 4) as u32),
+                bytes_per_row: Some(tex.width() * 16),
                 rows_per_image: None,
             },
             tex.size(),
         );
-        tex
     }
 
     pub(crate) fn readback(&self, label: &str, bytes: u64) -> wgpu::Buffer {

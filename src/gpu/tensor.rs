@@ -139,21 +139,23 @@ impl GpuTensor {
         })
     }
 
-    /// An f32 matrix held only as textures of at most `max_rows` rows each.
+    /// A matrix held only as weight textures (see [`Gpu::weight_texture`]) of at most `max_rows`
+    /// rows each.
     pub fn upload_texture(
         gpu: &Gpu,
         label: &str,
         data: &[f32],
         rows: usize,
         cols: usize,
+        dtype: WeightDtype,
         max_rows: usize,
     ) -> Self {
         GpuTensor {
             rows,
             cols,
-            dtype: WeightDtype::F32,
+            dtype,
             textures: Self::texture_chunks(label, rows, max_rows, |name, row0, n| {
-                gpu.texture_init(name, &data[row0 * cols..(row0 + n) * cols], n, cols)
+                gpu.weight_texture_init(name, &data[row0 * cols..(row0 + n) * cols], n, cols, dtype)
             }),
             chunks: Vec::new(),
         }

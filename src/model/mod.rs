@@ -35,7 +35,7 @@ pub enum WeightLayout {
     #[default]
     Auto,
     Buffer,
-    /// Needs f32 weights and n_embd, n_inner multiples of 64.
+    /// Needs n_embd, n_inner multiples of 64 and a head size that is a multiple of 4.
     Texture,
 }
 
@@ -92,17 +92,18 @@ impl Model {
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         let t0 = std::time::Instant::now();
         let mut weights = loader::load_weights(ckpt, &config, |name, data, rows, cols| {
+            let dtype = stored_as(name, rows, opts.dtype);
             if textures && is_linear(name) {
                 return Ok(GpuTensor::upload_texture(
-                    &gpu, name, &data, rows, cols, max_rows,
+                    &gpu, name, &data, rows, cols, dtype, max_rows,
                 ));
             }
-            let dtype = stored_as(name, rows, opts.dtype);
             let mut t = GpuTensor::upload(&gpu, name, &data, rows, cols, dtype, max_chunk_bytes)?;
             if textures && name == "wte.weight" {
                 // The embedding reads buffers; a tied head reads the same matrix as textures.
                 t.textures =
-                    GpuTensor::upload_texture(&gpu, name, &data, rows, cols, max_rows).textures;
+                    GpuTensor::upload_texture(&gpu, name, &data, rows, cols, dtype, max_rows)
+                        .textures;
             }
             Ok(t)
         })?;
@@ -157,6 +158,15 @@ impl Model {
         let t0 = std::time::Instant::now();
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let textures = texture_linear(&gpu, &config, opts)?;
+        // Filled buffers are copied into the textures with 256-byte aligned rows.
+        let row_bytes = opts.dtype.bytes() * config.n_embd.min(config.n_inner);
+        if textures && !row_bytes.is_multiple_of(256) {
+            return Err(Error::Input(format!(
+                "random {} weights in textures need n_embd and n_inner multiples of {}; use --layout buffer",
+                opts.dtype.name(),
+                256 / opts.dtype.bytes()
+            )));
+        }
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         // Buffers to fill, and buffers to copy into textures once filled.
         let mut fills: Vec<(wgpu::Buffer, FillParams, bool)> = Vec::new();
@@ -180,11 +190,14 @@ impl Model {
             } else {
                 0.0
             };
+            let dtype = stored_as(name, rows, opts.dtype);
+            let f16 = dtype == WeightDtype::F16;
             // A texture copy: filled as a buffer, copied in once the fills have run.
             let mut textured = |fill: &mut dyn FnMut(&str, usize, f32, bool) -> wgpu::Buffer| {
                 GpuTensor::texture_chunks(name, rows, max_rows, |label, _, n| {
-                    let tex = gpu.texture(label, n, cols);
-                    copies.push((fill(label, n * cols, center, false), tex.clone()));
+                    let tex = gpu.weight_texture(label, n, cols, dtype);
+                    let words = n * cols * dtype.bytes() / 4;
+                    copies.push((fill(label, words, center, f16), tex.clone()));
                     tex
                 })
             };
@@ -193,12 +206,11 @@ impl Model {
                 return Ok(GpuTensor {
                     rows,
                     cols,
-                    dtype: WeightDtype::F32,
+                    dtype,
                     textures,
                     chunks: Vec::new(),
                 });
             }
-            let dtype = stored_as(name, rows, opts.dtype);
             let mut t =
                 GpuTensor::with_chunks(name, rows, cols, dtype, max_chunk_bytes, |label, _, n| {
                     fill(
@@ -405,15 +417,14 @@ fn texture_linear(gpu: &Gpu, cfg: &Config, opts: &LoadOptions) -> Result<bool> {
         && cfg.n_inner.is_multiple_of(64)
         && cfg.head_size().is_multiple_of(4)
         && cfg.n_inner.max(cfg.n_embd) / 4 <= max_texels
-        && cfg.n_positions <= max_texels
-        && opts.dtype == WeightDtype::F32;
+        && cfg.n_positions <= max_texels;
     match opts.layout {
         WeightLayout::Buffer => Ok(false),
         WeightLayout::Auto => Ok(fits && gpu.info.device_type == wgpu::DeviceType::Cpu),
         WeightLayout::Texture if fits => Ok(true),
         WeightLayout::Texture => Err(Error::Input(format!(
-            "the texture layout needs f32 weights, n_embd ({}) and n_inner ({}) multiples of 64 and a head \
-             size ({}) that is a multiple of 4; use the buffer layout",
+            "the texture layout needs n_embd ({}) and n_inner ({}) multiples of 64 and a head size ({}) \
+             that is a multiple of 4; use the buffer layout",
             cfg.n_embd,
             cfg.n_inner,
             cfg.head_size()
