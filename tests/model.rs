@@ -287,8 +287,13 @@ fn f16_weights_stay_close_to_transformers() {
             .zip(&e.greedy_ids)
             .take_while(|(a, b)| a == b)
             .count();
+        let layout = if model.uses_textures() {
+            "textures"
+        } else {
+            "buffers"
+        };
         println!(
-            "{name} f16: max |logit diff| {diff:.3e} (logit scale {scale:.1}), greedy agrees for {agree}/32 tokens"
+            "{name} f16 ({layout}): max |logit diff| {diff:.3e} (logit scale {scale:.1}), greedy agrees for {agree}/32 tokens"
         );
         // 2^-11 relative per weight, accumulated over two or three layers: allow ~3x the measured.
         assert!(diff < 1.5e-3 * scale, "{name}: {diff}");
