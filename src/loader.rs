@@ -257,6 +257,26 @@ pub struct LayerWeights<T> {
     pub mlp_proj_b: T,  // (C)
 }
 
+impl<T> LayerWeights<T> {
+    /// Every tensor of the block.
+    pub fn all(&self) -> [&T; 12] {
+        [
+            &self.ln_1_w,
+            &self.ln_1_b,
+            &self.c_attn_w,
+            &self.c_attn_b,
+            &self.attn_proj_w,
+            &self.attn_proj_b,
+            &self.ln_2_w,
+            &self.ln_2_b,
+            &self.c_fc_w,
+            &self.c_fc_b,
+            &self.mlp_proj_w,
+            &self.mlp_proj_b,
+        ]
+    }
+}
+
 /// A GPT-2's weights, stored as `T` (host vectors or GPU tensors).
 pub struct Weights<T> {
     pub wte: T, // (V, C)
@@ -266,6 +286,16 @@ pub struct Weights<T> {
     pub ln_f_b: T, // (C)
     /// (V, C); `None` when the head is tied to `wte`.
     pub lm_head: Option<T>,
+}
+
+impl<T> Weights<T> {
+    /// Every tensor, each once (a tied head is `wte`).
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        [&self.wte, &self.wpe, &self.ln_f_w, &self.ln_f_b]
+            .into_iter()
+            .chain(self.layers.iter().flat_map(|l| l.all()))
+            .chain(self.lm_head.as_ref())
+    }
 }
 
 /// Checks every tensor against `cfg`, then reads them one at a time, each as an f32 matrix

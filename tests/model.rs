@@ -16,6 +16,16 @@ fn load(name: &str, opts: &LoadOptions) -> Model {
     Model::load(gpu(), &fixture(name), opts).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// `n` greedy tokens after `prompt`, one decode step each after the prefill.
+fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut s = Session::new(model).unwrap();
+    let mut out = vec![s.next_token(prompt, Pick::Greedy).unwrap()];
+    while out.len() < n {
+        out.push(s.next_token(&[*out.last().unwrap()], Pick::Greedy).unwrap());
+    }
+    out
+}
+
 fn full_sequence(e: &Expected) -> Vec<u32> {
     let mut ids = e.prompt_ids.clone();
     ids.extend(&e.greedy_ids[..e.greedy_ids.len() - 1]);
@@ -56,11 +66,7 @@ fn greedy_continuations_match_transformers() {
             e.prompt_ids,
             "{name}: prompt tokenization"
         );
-        let mut s = Session::new(&model).unwrap();
-        let mut got = vec![s.next_token(&e.prompt_ids, Pick::Greedy).unwrap()];
-        while got.len() < e.greedy_ids.len() {
-            got.push(s.next_token(&[*got.last().unwrap()], Pick::Greedy).unwrap());
-        }
+        let got = greedy(&model, &e.prompt_ids, e.greedy_ids.len());
         println!(
             "{name}: {} greedy tokens, min margin {:.3}",
             got.len(),
@@ -118,14 +124,7 @@ fn split_weights_and_chunked_prefill_match() {
         model.wte_chunks()
     );
     assert!(diff < LOGIT_TOL, "max diff {diff}");
-    let mut s = Session::new(&model).unwrap();
-    let mut greedy = vec![s.next_token(&e.prompt_ids, Pick::Greedy).unwrap()];
-    while greedy.len() < e.greedy_ids.len() {
-        greedy.push(
-            s.next_token(&[*greedy.last().unwrap()], Pick::Greedy)
-                .unwrap(),
-        );
-    }
+    let greedy = greedy(&model, &e.prompt_ids, e.greedy_ids.len());
     assert_eq!(greedy, e.greedy_ids);
 }
 
@@ -274,14 +273,7 @@ fn f16_weights_stay_close_to_transformers() {
         let got = Session::new(&model).unwrap().logits(&ids).unwrap();
         let diff = max_abs_diff(&got, &want);
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let mut s = Session::new(&model).unwrap();
-        let mut greedy = vec![s.next_token(&e.prompt_ids, Pick::Greedy).unwrap()];
-        while greedy.len() < e.greedy_ids.len() {
-            greedy.push(
-                s.next_token(&[*greedy.last().unwrap()], Pick::Greedy)
-                    .unwrap(),
-            );
-        }
+        let greedy = greedy(&model, &e.prompt_ids, e.greedy_ids.len());
         let agree = greedy
             .iter()
             .zip(&e.greedy_ids)
@@ -323,14 +315,7 @@ fn buffer_and_texture_layouts_match_transformers() {
             .logits(&full_sequence(&e))
             .unwrap();
         let diff = max_abs_diff(&got, &want);
-        let mut s = Session::new(&model).unwrap();
-        let mut greedy = vec![s.next_token(&e.prompt_ids, Pick::Greedy).unwrap()];
-        while greedy.len() < e.greedy_ids.len() {
-            greedy.push(
-                s.next_token(&[*greedy.last().unwrap()], Pick::Greedy)
-                    .unwrap(),
-            );
-        }
+        let greedy = greedy(&model, &e.prompt_ids, e.greedy_ids.len());
         println!("{layout:?}: max diff vs transformers {diff:.2e}");
         assert!(diff < LOGIT_TOL, "{layout:?}: {diff}");
         assert_eq!(greedy, e.greedy_ids, "{layout:?}");

@@ -29,13 +29,18 @@ pub struct Gpu {
     error: Arc<Mutex<Option<String>>>,
 }
 
-fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+/// An instance over `backends`, unless WGPU_BACKEND says otherwise.
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = wgpu::Backends::from_env().unwrap_or(backends);
+    wgpu::Instance::new(desc)
 }
 
 /// Every adapter wgpu can see, in the order `--adapter N` counts them.
 pub fn adapters() -> Vec<AdapterSummary> {
-    let list = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    let list = pollster::block_on(
+        instance(wgpu::Backends::all()).enumerate_adapters(wgpu::Backends::all()),
+    );
     list.into_iter()
         .enumerate()
         .map(|(index, a)| AdapterSummary {
@@ -51,17 +56,23 @@ impl Gpu {
     /// Opens a device. `adapter` is an index from `wgpt info` or a case-insensitive part of an
     /// adapter's name; `None` takes the high-performance adapter.
     pub fn new(adapter: Option<&str>) -> Result<Arc<Gpu>> {
-        let instance = instance();
+        let every = instance(wgpu::Backends::all());
         let adapter = match adapter.map(str::trim).filter(|s| !s.is_empty()) {
-            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                ..Default::default()
-            }))
-            .map_err(|e| Error::NoAdapter {
-                detail: format!(" ({e})"),
-            })?,
+            None => {
+                // Vulkan, Metal or DX12 first; OpenGL only when none of them has an adapter
+                // (probing GL also spams stderr on headless Linux).
+                let options = wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                };
+                pollster::block_on(instance(wgpu::Backends::PRIMARY).request_adapter(&options))
+                    .or_else(|_| pollster::block_on(every.request_adapter(&options)))
+                    .map_err(|e| Error::NoAdapter {
+                        detail: format!(" ({e})"),
+                    })?
+            }
             Some(wanted) => {
-                let all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+                let all = pollster::block_on(every.enumerate_adapters(wgpu::Backends::all()));
                 if all.is_empty() {
                     return Err(Error::NoAdapter {
                         detail: String::new(),

@@ -276,42 +276,13 @@ impl Model {
     /// Bytes of weights on the GPU.
     pub fn weight_bytes(&self) -> u64 {
         let w = &self.weights;
-        let layers: u64 = w
-            .layers
-            .iter()
-            .map(|l| {
-                [
-                    &l.ln_1_w,
-                    &l.ln_1_b,
-                    &l.c_attn_w,
-                    &l.c_attn_b,
-                    &l.attn_proj_w,
-                    &l.attn_proj_b,
-                    &l.ln_2_w,
-                    &l.ln_2_b,
-                    &l.c_fc_w,
-                    &l.c_fc_b,
-                    &l.mlp_proj_w,
-                    &l.mlp_proj_b,
-                ]
-                .iter()
-                .map(|t| t.bytes())
-                .sum::<u64>()
-            })
-            .sum();
         // The token table is held twice when the embedding reads buffers and a tied head textures.
         let wte_textures = if w.wte.chunks.is_empty() || w.wte.textures.is_empty() {
             0
         } else {
             (w.wte.rows * w.wte.cols * 4) as u64
         };
-        layers
-            + w.wte.bytes()
-            + wte_textures
-            + w.wpe.bytes()
-            + w.ln_f_w.bytes()
-            + w.ln_f_b.bytes()
-            + w.lm_head.as_ref().map_or(0, |t| t.bytes())
+        w.all().map(GpuTensor::bytes).sum::<u64>() + wte_textures
     }
 
     /// Weight bytes one decode step reads: every block's matrices and vectors, the final
@@ -342,37 +313,7 @@ impl Model {
 
     /// Number of weights (elements, whatever their storage).
     pub fn params(&self) -> u64 {
-        let w = &self.weights;
-        let n = |t: &GpuTensor| (t.rows * t.cols) as u64;
-        let layers: u64 = w
-            .layers
-            .iter()
-            .map(|l| {
-                [
-                    &l.ln_1_w,
-                    &l.ln_1_b,
-                    &l.c_attn_w,
-                    &l.c_attn_b,
-                    &l.attn_proj_w,
-                    &l.attn_proj_b,
-                    &l.ln_2_w,
-                    &l.ln_2_b,
-                    &l.c_fc_w,
-                    &l.c_fc_b,
-                    &l.mlp_proj_w,
-                    &l.mlp_proj_b,
-                ]
-                .iter()
-                .map(|t| n(t))
-                .sum::<u64>()
-            })
-            .sum();
-        layers
-            + n(&w.wte)
-            + n(&w.wpe)
-            + n(&w.ln_f_w)
-            + n(&w.ln_f_b)
-            + w.lm_head.as_ref().map_or(0, n)
+        self.weights.all().map(|t| (t.rows * t.cols) as u64).sum()
     }
 
     /// Whether the linear layers read textures (see [`WeightLayout`]).
