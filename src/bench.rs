@@ -21,6 +21,13 @@ pub struct Report {
     pub model: ModelReport,
     /// Seconds to load (or generate) the weights and build the pipelines.
     pub load_s: f64,
+    /// Peak resident host memory of the process after loading (Linux's VmHWM), bytes. On CPU
+    /// adapters "VRAM" is host memory too, so it includes the weights themselves.
+    #[serde(default)]
+    pub load_peak_rss_bytes: Option<u64>,
+    /// Bytes of the checkpoint files loaded (absent for random weights).
+    #[serde(default)]
+    pub checkpoint_bytes: Option<u64>,
     /// Bytes of GPU buffers: weights plus one session's KV cache and scratch.
     pub vram_bytes: u64,
     pub runs: Vec<Run>,
@@ -100,6 +107,16 @@ pub struct Options {
     pub repeat: usize,
     pub source: String,
     pub load_s: f64,
+    pub load_peak_rss_bytes: Option<u64>,
+    pub checkpoint_bytes: Option<u64>,
+}
+
+/// The process's peak resident memory so far (VmHWM), where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -236,6 +253,8 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
             params: model.params(),
         },
         load_s: opts.load_s,
+        load_peak_rss_bytes: opts.load_peak_rss_bytes,
+        checkpoint_bytes: opts.checkpoint_bytes,
         vram_bytes: model.weight_bytes() + session.gpu_bytes(),
         runs,
         kernel_timing: timing.into(),

@@ -149,47 +149,75 @@ impl Checkpoint {
         }
     }
 
-    /// The tensor as f32, row-major in its stored shape. Call [`Checkpoint::check`] first.
-    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+    /// Rows `row0 .. row0 + n` of tensor `name` in the kernels' layout (rows of `cols` values)
+    /// as f32, appended to `out`: as stored, or for a Conv1D weight (stored [cols, rows], i.e.
+    /// [in, out]) transposed. Reads straight from the mapping; call [`Checkpoint::check`] first.
+    pub fn read_rows(
+        &self,
+        name: &str,
+        conv1d: bool,
+        cols: usize,
+        row0: usize,
+        n: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let e = self.entry(name)?;
         let bytes = &self.shards[e.shard].1[e.start..e.end];
-        Ok(match e.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        let size = match e.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
             other => {
                 return Err(Error::tensor(
                     name,
                     format!("has dtype {other:?}; wgpt reads F32, F16 and BF16 weights"),
                 ));
             }
-        })
+        };
+        let total = bytes.len() / size;
+        let rows = total / cols.max(1);
+        if (row0 + n) * cols > total {
+            return Err(Error::tensor(name, "is smaller than its shape says"));
+        }
+        let value = |i: usize| {
+            let b = &bytes[i * size..(i + 1) * size];
+            match e.dtype {
+                Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            }
+        };
+        out.reserve(n * cols);
+        if conv1d {
+            // Kernel row r, column k is stored at [k][r] of the (cols, rows) matrix.
+            for r in row0..row0 + n {
+                out.extend((0..cols).map(|k| value(k * rows + r)));
+            }
+        } else {
+            out.extend((row0 * cols..(row0 + n) * cols).map(value));
+        }
+        Ok(())
     }
 
-    /// A GPT-2 Conv1D weight stored [in, out], returned as [out, in] (the matmul kernel's layout).
-    pub fn read_f32_transposed(
-        &self,
-        name: &str,
-        rows_in: usize,
-        cols_out: usize,
-    ) -> Result<Vec<f32>> {
-        let src = self.read_f32(name)?;
-        let mut dst = vec![0.0f32; src.len()];
-        for i in 0..rows_in {
-            for o in 0..cols_out {
-                dst[o * rows_in + i] = src[i * cols_out + o];
+    /// Lets the OS drop the pages of tensor `name` from memory (they come back from the file if
+    /// read again), so a load's resident memory stays near one tensor, not the whole file.
+    pub fn release(&self, name: &str) {
+        #[cfg(unix)]
+        if let Some(e) = self.tensors.get(name) {
+            let map = &self.shards[e.shard].1;
+            let page = 4096;
+            let start = e.start.next_multiple_of(page);
+            if e.end > start {
+                // SAFETY: the mapping is private and read-only; DONTNEED only discards pages,
+                // which are re-read from the unchanged file on the next access.
+                unsafe {
+                    let _ = map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        e.end - start,
+                    );
+                }
             }
         }
-        Ok(dst)
     }
 
     /// Whether two tensors hold the same bytes (an explicit `lm_head.weight` equal to `wte`).
@@ -298,13 +326,18 @@ impl<T> Weights<T> {
     }
 }
 
-/// Checks every tensor against `cfg`, then reads them one at a time, each as an f32 matrix
-/// (rows, cols) in the kernels' layout, and hands it to `make` (which uploads it), so at most one
-/// converted tensor is in host memory at once.
+/// A row reader handed to [`load_weights`]' `make`: `read(row0, n, out)` appends rows
+/// `row0 .. row0 + n` (kernels' layout, f32) to `out`.
+pub type ReadRows<'a> = dyn FnMut(usize, usize, &mut Vec<f32>) -> Result<()> + 'a;
+
+/// Checks every tensor against `cfg`, then hands them to `make(name, rows, cols, read)` one at a
+/// time, each an f32 (rows, cols) matrix in the kernels' layout that `make` reads in blocks of
+/// rows straight from the mapped file; each tensor's pages are released after it, so a load never
+/// holds a second copy of the model in host memory.
 pub fn load_weights<T>(
     ckpt: &Checkpoint,
     cfg: &Config,
-    mut make: impl FnMut(&str, Vec<f32>, usize, usize) -> Result<T>,
+    mut make: impl FnMut(&str, usize, usize, &mut ReadRows) -> Result<T>,
 ) -> Result<Weights<T>> {
     let explicit_head =
         ckpt.contains("lm_head.weight") && !ckpt.same_bytes("lm_head.weight", "wte.weight");
@@ -331,13 +364,22 @@ pub fn load_weights<T>(
         ));
     }
     build_weights(cfg, explicit_head, |name, rows, cols, conv1d| {
-        // GPT-2's Conv1D stores [in, out] = [cols, rows]; the kernels want [out, in].
-        let data = if conv1d {
-            ckpt.read_f32_transposed(name, cols, rows)?
-        } else {
-            ckpt.read_f32(name)?
+        // GPT-2's Conv1D stores [in, out] = [cols, rows]; read_rows transposes it.
+        let mut read = |row0: usize, n: usize, out: &mut Vec<f32>| {
+            ckpt.read_rows(name, conv1d, cols, row0, n, out)
         };
-        make(name, data, rows, cols)
+        let t = make(name, rows, cols, &mut read)?;
+        ckpt.release(name);
+        Ok(t)
+    })
+}
+
+/// All weights as host f32 vectors in the kernels' layout (for the CPU reference forward).
+pub fn load_host_weights(ckpt: &Checkpoint, cfg: &Config) -> Result<Weights<Vec<f32>>> {
+    load_weights(ckpt, cfg, |_, rows, _, read| {
+        let mut v = Vec::new();
+        read(0, rows, &mut v)?;
+        Ok(v)
     })
 }
 

@@ -141,7 +141,7 @@ pub fn sample(logits: &[f32], temperature: f32, u: f32) -> u32 {
     (logits.len() - 1) as u32
 }
 
-/// A GPT-2 forward pass on the CPU from host weights (as [`crate::loader::load_weights`] makes
+/// A GPT-2 forward pass on the CPU from host weights (as [`crate::loader::load_host_weights`] makes
 /// them): logits (T, V) for `tokens` at positions 0..T.
 pub fn forward(cfg: &Config, w: &Weights<Vec<f32>>, tokens: &[u32]) -> Vec<f32> {
     let (c, nh, inner) = (cfg.n_embd, cfg.n_head, cfg.n_inner);

@@ -388,16 +388,25 @@ fn bench(a: BenchArgs) -> Result<()> {
         layout: a.layout,
         ..Default::default()
     };
-    let (model, source) = match (&a.model, &a.shape) {
+    let (model, source, file_bytes) = match (&a.model, &a.shape) {
         (_, Some(name)) => {
             let cfg = wgpt::bench::shape(name).with_context(|| {
                 format!("unknown --shape {name:?}; use gpt2, gpt2-medium, gpt2-large or gpt2-xl")
             })?;
-            (Model::random(gpu, cfg, &load, 1)?, format!("random:{name}"))
+            (
+                Model::random(gpu, cfg, &load, 1)?,
+                format!("random:{name}"),
+                None,
+            )
         }
         (m, None) => {
             let dir = model_dir(m)?;
-            (Model::load(gpu, &dir, &load)?, dir.display().to_string())
+            let model = Model::load(gpu, &dir, &load)?;
+            (
+                model,
+                dir.display().to_string(),
+                Some(checkpoint_bytes(&dir)),
+            )
         }
     };
     let opts = wgpt::bench::Options {
@@ -406,6 +415,8 @@ fn bench(a: BenchArgs) -> Result<()> {
         repeat: a.repeat,
         source,
         load_s: t0.elapsed().as_secs_f64(),
+        load_peak_rss_bytes: wgpt::bench::peak_rss_bytes(),
+        checkpoint_bytes: file_bytes,
     };
     let mut r = wgpt::bench::run(&model, &opts)?;
     if a.kernels {
@@ -446,6 +457,14 @@ fn bench(a: BenchArgs) -> Result<()> {
         r.load_s,
         r.vram_bytes as f64 / 1e6
     );
+    if let (Some(rss), Some(file)) = (r.load_peak_rss_bytes, r.checkpoint_bytes) {
+        println!(
+            "         peak host memory {:.1} MB = {:.2} x the checkpoint ({:.1} MB)",
+            rss as f64 / 1e6,
+            rss as f64 / file as f64,
+            file as f64 / 1e6
+        );
+    }
     println!(
         "{:>6} {:>5} {:>12} {:>9} {:>11} {:>8} {:>8} {:>10} {:>8} {:>9}",
         "prompt",
@@ -508,6 +527,18 @@ fn bench(a: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Total size of the safetensors files in a model folder.
+fn checkpoint_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn vendor_name(id: u32) -> &'static str {

@@ -249,7 +249,7 @@ impl Gpu {
         cols: usize,
     ) -> wgpu::Texture {
         let tex = self.texture(label, rows, cols);
-        self.write_rows(&tex, bytemuck::cast_slice(data));
+        self.write_texture_rows(&tex, 0, bytemuck::cast_slice(data));
         tex
     }
 
@@ -264,26 +264,41 @@ impl Gpu {
     ) -> wgpu::Texture {
         let tex = self.weight_texture(label, rows, cols, dtype);
         match dtype {
-            WeightDtype::F32 => self.write_rows(&tex, bytemuck::cast_slice(data)),
+            WeightDtype::F32 => self.write_texture_rows(&tex, 0, bytemuck::cast_slice(data)),
             WeightDtype::F16 => {
                 let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
-                self.write_rows(&tex, bytemuck::cast_slice(&halves))
+                self.write_texture_rows(&tex, 0, bytemuck::cast_slice(&halves))
             }
         }
         tex
     }
 
-    /// Fills a whole texture of 16-byte texels from row-major bytes.
-    fn write_rows(&self, tex: &wgpu::Texture, bytes: &[u8]) {
+    /// Writes whole rows of 16-byte texels, starting at row `row0`, from row-major bytes.
+    pub fn write_texture_rows(&self, tex: &wgpu::Texture, row0: u32, bytes: &[u8]) {
+        let row_bytes = tex.width() * 16;
+        let rows = bytes.len() as u32 / row_bytes;
         self.queue.write_texture(
-            tex.as_image_copy(),
+            wgpu::TexelCopyTextureInfo {
+                texture: tex,
+                mip_level: 0,
+                origin: wgpu::Origin3d {
+                    x: 0,
+                    y: row0,
+                    z: 0,
+                },
+                aspect: wgpu::TextureAspect::All,
+            },
             bytes,
             wgpu::TexelCopyBufferLayout {
                 offset: 0,
-                bytes_per_row: Some(tex.width() * 16),
+                bytes_per_row: Some(row_bytes),
                 rows_per_image: None,
             },
-            tex.size(),
+            wgpu::Extent3d {
+                width: tex.width(),
+                height: rows,
+                depth_or_array_layers: 1,
+            },
         );
     }
 

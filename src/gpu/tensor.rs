@@ -5,6 +5,7 @@
 //! several row ranges; kernels that read it run once per range.
 
 use crate::gpu::Gpu;
+use crate::loader::ReadRows;
 use crate::{Error, Result};
 
 /// How a weight matrix is stored on the GPU. Kernels always compute in f32.
@@ -72,29 +73,74 @@ pub struct GpuTensor {
 }
 
 impl GpuTensor {
-    /// Uploads `data` (row-major, `rows * cols` values), splitting into buffers of at most
-    /// `max_bytes` each.
+    /// Uploads a (rows, cols) matrix stored as `dtype`, split into buffers of at most
+    /// `max_bytes`, reading it in blocks of rows from `read(row0, n, out)` straight into mapped
+    /// buffer memory: no full host copy of the matrix is ever made.
     pub fn upload(
         gpu: &Gpu,
         label: &str,
-        data: &[f32],
         rows: usize,
         cols: usize,
         dtype: WeightDtype,
         max_bytes: u64,
+        read: &mut ReadRows,
     ) -> Result<Self> {
-        debug_assert_eq!(data.len(), rows * cols);
         Self::with_chunks(label, rows, cols, dtype, max_bytes, |name, row0, n| {
-            let part = &data[row0 * cols..(row0 + n) * cols];
-            match dtype {
-                WeightDtype::F32 => gpu.storage_init(name, bytemuck::cast_slice(part)),
-                WeightDtype::F16 => {
-                    let halves: Vec<half::f16> =
-                        part.iter().map(|&v| half::f16::from_f32(v)).collect();
-                    gpu.storage_init(name, bytemuck::cast_slice(&halves))
+            let bytes = (n * cols * dtype.bytes()) as u64;
+            let buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(name),
+                size: bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).max(4),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: true,
+            });
+            {
+                let mut view = buf
+                    .get_mapped_range_mut(..)
+                    .map_err(|e| Error::Gpu(format!("cannot map {name} for upload: {e:?}")))?;
+                let mut block = Vec::new();
+                for (r, nb) in blocks(n, cols) {
+                    block.clear();
+                    read(row0 + r, nb, &mut block)?;
+                    let at = r * cols * dtype.bytes();
+                    let encoded = encode(&block, dtype);
+                    view.slice(at..at + encoded.len()).copy_from_slice(&encoded);
                 }
             }
+            buf.unmap();
+            Ok(buf)
         })
+    }
+
+    /// Uploads a (rows, cols) matrix as weight textures (see [`Gpu::weight_texture`]) of at most
+    /// `max_rows` rows each, in blocks of rows from `read` like [`GpuTensor::upload`].
+    pub fn upload_texture(
+        gpu: &Gpu,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+        max_rows: usize,
+        read: &mut ReadRows,
+    ) -> Result<Vec<TextureChunk>> {
+        let mut failed = None;
+        let chunks = Self::texture_chunks(label, rows, max_rows, |name, row0, n| {
+            let tex = gpu.weight_texture(name, n, cols, dtype);
+            let mut block = Vec::new();
+            for (r, nb) in blocks(n, cols) {
+                block.clear();
+                if let Err(e) = read(row0 + r, nb, &mut block) {
+                    failed.get_or_insert(e);
+                    break;
+                }
+                gpu.write_texture_rows(&tex, r as u32, &encode(&block, dtype));
+            }
+            tex
+        });
+        // Hand the staged copies to the GPU now, so staging memory stays at one tensor.
+        gpu.queue.submit([]);
+        failed.map_or(Ok(chunks), Err)
     }
 
     /// Splits (rows, cols) into row ranges of at most `max_bytes` and asks `make(label, row0, n)`
@@ -105,7 +151,7 @@ impl GpuTensor {
         cols: usize,
         dtype: WeightDtype,
         max_bytes: u64,
-        mut make: impl FnMut(&str, usize, usize) -> wgpu::Buffer,
+        mut make: impl FnMut(&str, usize, usize) -> Result<wgpu::Buffer>,
     ) -> Result<Self> {
         let row_bytes = (cols * dtype.bytes()) as u64;
         let rows_per_chunk = (max_bytes / row_bytes) as usize;
@@ -124,7 +170,7 @@ impl GpuTensor {
                 format!("{label}[{row0}..{}]", row0 + n)
             };
             chunks.push(Chunk {
-                buffer: make(&name, row0, n),
+                buffer: make(&name, row0, n)?,
                 row0,
                 rows: n,
             });
@@ -137,28 +183,6 @@ impl GpuTensor {
             textures: Vec::new(),
             chunks,
         })
-    }
-
-    /// A matrix held only as weight textures (see [`Gpu::weight_texture`]) of at most `max_rows`
-    /// rows each.
-    pub fn upload_texture(
-        gpu: &Gpu,
-        label: &str,
-        data: &[f32],
-        rows: usize,
-        cols: usize,
-        dtype: WeightDtype,
-        max_rows: usize,
-    ) -> Self {
-        GpuTensor {
-            rows,
-            cols,
-            dtype,
-            textures: Self::texture_chunks(label, rows, max_rows, |name, row0, n| {
-                gpu.weight_texture_init(name, &data[row0 * cols..(row0 + n) * cols], n, cols, dtype)
-            }),
-            chunks: Vec::new(),
-        }
     }
 
     /// Row ranges of at most `max_rows`, each made into a texture by `make(label, row0, n)`.
@@ -189,5 +213,22 @@ impl GpuTensor {
 
     pub fn bytes(&self) -> u64 {
         (self.rows * self.cols * self.dtype.bytes()) as u64
+    }
+}
+
+/// Row blocks `(first, count)` of about 1 MiB of f32 covering `n` rows of `cols` values.
+fn blocks(n: usize, cols: usize) -> impl Iterator<Item = (usize, usize)> {
+    let per = ((1 << 18) / cols.max(1)).max(1);
+    (0..n).step_by(per).map(move |r| (r, per.min(n - r)))
+}
+
+/// f32 values as the little-endian bytes of `dtype`.
+fn encode(values: &[f32], dtype: WeightDtype) -> Vec<u8> {
+    match dtype {
+        WeightDtype::F32 => bytemuck::cast_slice(values).to_vec(),
+        WeightDtype::F16 => {
+            let halves: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+            bytemuck::cast_slice(&halves).to_vec()
+        }
     }
 }

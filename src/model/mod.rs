@@ -91,19 +91,24 @@ impl Model {
         let textures = texture_linear(&gpu, &config, opts)?;
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         let t0 = std::time::Instant::now();
-        let mut weights = loader::load_weights(ckpt, &config, |name, data, rows, cols| {
+        let mut weights = loader::load_weights(ckpt, &config, |name, rows, cols, read| {
             let dtype = stored_as(name, rows, opts.dtype);
             if textures && is_linear(name) {
-                return Ok(GpuTensor::upload_texture(
-                    &gpu, name, &data, rows, cols, dtype, max_rows,
-                ));
+                let textures =
+                    GpuTensor::upload_texture(&gpu, name, rows, cols, dtype, max_rows, read)?;
+                return Ok(GpuTensor {
+                    rows,
+                    cols,
+                    dtype,
+                    textures,
+                    chunks: Vec::new(),
+                });
             }
-            let mut t = GpuTensor::upload(&gpu, name, &data, rows, cols, dtype, max_chunk_bytes)?;
+            let mut t = GpuTensor::upload(&gpu, name, rows, cols, dtype, max_chunk_bytes, read)?;
             if textures && name == "wte.weight" {
                 // The embedding reads buffers; a tied head reads the same matrix as textures.
                 t.textures =
-                    GpuTensor::upload_texture(&gpu, name, &data, rows, cols, dtype, max_rows)
-                        .textures;
+                    GpuTensor::upload_texture(&gpu, name, rows, cols, dtype, max_rows, read)?;
             }
             Ok(t)
         })?;
@@ -213,12 +218,12 @@ impl Model {
             }
             let mut t =
                 GpuTensor::with_chunks(name, rows, cols, dtype, max_chunk_bytes, |label, _, n| {
-                    fill(
+                    Ok(fill(
                         label,
                         n * cols * dtype.bytes() / 4,
                         center,
                         dtype == WeightDtype::F16,
-                    )
+                    ))
                 })?;
             if textures && name == "wte.weight" {
                 t.textures = textured(&mut fill);
