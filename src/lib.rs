@@ -43,5 +43,5 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, generate_ids};
 pub use gpu::Gpu;
-pub use model::{LoadOptions, Model, Pick, Session, WeightLayout};
+pub use model::{LoadOptions, Model, Pick, Progress, Session, WeightLayout};
 pub use tokenizer::Tokenizer;

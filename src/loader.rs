@@ -220,6 +220,12 @@ impl Checkpoint {
         }
     }
 
+    /// Whether the checkpoint has its own output projection (an `lm_head.weight` that is not a
+    /// byte-for-byte copy of the token embedding).
+    pub fn explicit_head(&self) -> bool {
+        self.contains("lm_head.weight") && !self.same_bytes("lm_head.weight", "wte.weight")
+    }
+
     /// Whether two tensors hold the same bytes (an explicit `lm_head.weight` equal to `wte`).
     pub fn same_bytes(&self, a: &str, b: &str) -> bool {
         match (self.tensors.get(a), self.tensors.get(b)) {
@@ -339,8 +345,7 @@ pub fn load_weights<T>(
     cfg: &Config,
     mut make: impl FnMut(&str, usize, usize, &mut ReadRows) -> Result<T>,
 ) -> Result<Weights<T>> {
-    let explicit_head =
-        ckpt.contains("lm_head.weight") && !ckpt.same_bytes("lm_head.weight", "wte.weight");
+    let explicit_head = ckpt.explicit_head();
     if !explicit_head && !cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
         return Err(Error::tensor(
             "lm_head.weight",

@@ -331,3 +331,30 @@ fn buffer_and_texture_layouts_match_transformers() {
         .to_string();
     assert!(err.contains("multiples of 64"), "{err}");
 }
+
+/// Loading reports progress after each tensor, ending at the total, which counts every weight.
+#[test]
+fn load_reports_progress() {
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let progress = wgpt::Progress(Arc::new(move |done, total| {
+        sink.lock().unwrap().push((done, total))
+    }));
+    let model = load(
+        "gpt2-odd",
+        &LoadOptions {
+            progress: Some(progress),
+            ..Default::default()
+        },
+    );
+    let seen = seen.lock().unwrap();
+    let total = model.params();
+    assert!(seen.len() > 10, "one report per tensor");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "progress only grows"
+    );
+    assert!(seen.iter().all(|&(_, t)| t == total));
+    assert_eq!(seen.last().unwrap().0, total);
+}

@@ -181,6 +181,7 @@ fn load(args: &ModelArgs) -> Result<(Model, PathBuf)> {
     let opts = LoadOptions {
         dtype: args.dtype,
         layout: args.layout,
+        progress: Some(progress_bar()),
         ..Default::default()
     };
     let model = Model::load(gpu, &dir, &opts)?;
@@ -386,6 +387,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let load = LoadOptions {
         dtype: a.dtype,
         layout: a.layout,
+        progress: Some(progress_bar()),
         ..Default::default()
     };
     let (model, source, file_bytes) = match (&a.model, &a.shape) {
@@ -527,6 +529,27 @@ fn bench(a: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A load progress bar on stderr, shown only once a load has taken more than a second.
+fn progress_bar() -> wgpt::Progress {
+    let start = std::time::Instant::now();
+    let bar = std::sync::OnceLock::<indicatif::ProgressBar>::new();
+    wgpt::Progress(std::sync::Arc::new(move |done, total| {
+        if start.elapsed().as_secs_f64() < 1.0 && bar.get().is_none() {
+            return;
+        }
+        let bar = bar.get_or_init(|| {
+            let style =
+                indicatif::ProgressStyle::with_template("loading {bar:40} {percent:>3}% {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            indicatif::ProgressBar::new(total).with_style(style)
+        });
+        bar.set_position(done);
+        if done >= total {
+            bar.finish_and_clear();
+        }
+    }))
 }
 
 /// Total size of the safetensors files in a model folder.

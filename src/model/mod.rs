@@ -25,6 +25,18 @@ pub struct LoadOptions {
     pub dtype: WeightDtype,
     /// Buffers or textures for the linear layers' operands.
     pub layout: WeightLayout,
+    /// Called after each tensor is uploaded with (weights done, weights in all).
+    pub progress: Option<Progress>,
+}
+
+/// A load-progress callback: (weights uploaded so far, weights in all).
+#[derive(Clone)]
+pub struct Progress(pub Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
 }
 
 /// Where the linear layers' operands live.
@@ -91,7 +103,11 @@ impl Model {
         let textures = texture_linear(&gpu, &config, opts)?;
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         let t0 = std::time::Instant::now();
-        let mut weights = loader::load_weights(ckpt, &config, |name, rows, cols, read| {
+        let count = |_: &str, rows: usize, cols: usize, _| Ok((rows * cols) as u64);
+        let total = loader::build_weights(&config, ckpt.explicit_head(), count)?
+            .all()
+            .sum::<u64>();
+        let upload = |name: &str, rows, cols, read: &mut loader::ReadRows| -> Result<GpuTensor> {
             let dtype = stored_as(name, rows, opts.dtype);
             if textures && is_linear(name) {
                 let textures =
@@ -109,6 +125,15 @@ impl Model {
                 // The embedding reads buffers; a tied head reads the same matrix as textures.
                 t.textures =
                     GpuTensor::upload_texture(&gpu, name, rows, cols, dtype, max_rows, read)?;
+            }
+            Ok(t)
+        };
+        let mut done = 0;
+        let mut weights = loader::load_weights(ckpt, &config, |name, rows, cols, read| {
+            let t = upload(name, rows, cols, read)?;
+            done += (rows * cols) as u64;
+            if let Some(Progress(report)) = &opts.progress {
+                report(done, total);
             }
             Ok(t)
         })?;
