@@ -112,7 +112,7 @@ pub fn generate_ids(
     check_context(
         session.position() + prompt_ids.len(),
         opts.max_tokens,
-        session_n_ctx(session),
+        session.n_ctx(),
     )?;
     let mut rng = SplitMix64(opts.seed);
     let mut pick = || {
@@ -158,8 +158,4 @@ pub fn generate_ids(
         on_token(u32::MAX, &rest);
     }
     Ok(out)
-}
-
-fn session_n_ctx(session: &Session) -> usize {
-    session.n_ctx()
 }

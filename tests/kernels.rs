@@ -49,16 +49,7 @@ impl Harness {
         )
     }
     fn run(&self, pipe: &wgpu::ComputePipeline, bufs: &[&wgpu::Buffer], x: u32, y: u32) {
-        let bg = bind(&self.gpu, pipe, "test", bufs);
-        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(pipe);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-        }
-        self.gpu.queue.submit([enc.finish()]);
-        self.gpu.check().expect("no wgpu error");
+        dispatch(self, pipe, &bind(&self.gpu, pipe, "test", bufs), x, y);
     }
     fn read(&self, b: &wgpu::Buffer) -> Vec<f32> {
         self.gpu.download_f32(b).unwrap()
