@@ -344,11 +344,10 @@ pub struct KernelBench {
 fn time_dispatch(
     gpu: &crate::Gpu,
     pipe: &wgpu::ComputePipeline,
-    bufs: &[&wgpu::Buffer],
+    bind: &wgpu::BindGroup,
     groups: (u32, u32),
     reps: u32,
 ) -> Result<f64> {
-    let bind = crate::gpu::kernels::bind(gpu, pipe, "bench", bufs);
     let mut best = f64::MAX;
     for round in 0..3 {
         let n = if round == 0 { 1 } else { reps };
@@ -358,7 +357,7 @@ fn time_dispatch(
             let mut pass = enc.begin_compute_pass(&Default::default());
             for _ in 0..n {
                 pass.set_pipeline(pipe);
-                pass.set_bind_group(0, &bind, &[]);
+                pass.set_bind_group(0, bind, &[]);
                 pass.dispatch_workgroups(groups.0, groups.1, 1);
             }
         }
@@ -391,14 +390,18 @@ pub fn copy_bandwidth(gpu: &crate::Gpu) -> Result<f64> {
 }
 
 /// Microbenchmarks of each kernel family on GPT-2 shapes of width `c` (768 for GPT-2 small; NH =
-/// c / 64), wall-clock over repeated dispatches; returns the copy bandwidth and one row per
-/// kernel and shape.
+/// c / 64), wall-clock over repeated dispatches, in the buffer or the texture layout; returns the
+/// copy bandwidth and one row per kernel and shape.
 pub fn kernels(
     gpu: &crate::Gpu,
     dtype: crate::gpu::tensor::WeightDtype,
+    textures: bool,
     c: u32,
 ) -> Result<(f64, Vec<KernelBench>)> {
-    use crate::gpu::kernels::{AttentionParams, LayerNormParams, MatmulParams, Pipelines, Step};
+    use crate::gpu::kernels::{
+        AttentionParams, LayerNormParams, MatmulParams, Pipelines, Step, bind, bind_resources,
+    };
+    use wgpu::BindingResource::TextureView as Tex;
     let p = Pipelines::new(gpu, dtype);
     let copy = copy_bandwidth(gpu)?;
     if c == 0 || !c.is_multiple_of(64) {
@@ -435,6 +438,11 @@ pub fn kernels(
     // Linear layers: c_attn, c_fc, the MLP's c_proj; gemv at T = 1, the tiled matmul at 128, 512.
     for (k, n) in [(c, 3 * c), (c, 4 * c), (4 * c, c)] {
         let w = gpu.storage("w", (k * n) as u64 * wbytes as u64);
+        let view = |t: wgpu::Texture| t.create_view(&Default::default());
+        let (w_tex, x_tex) = (
+            view(gpu.weight_texture("w", n as usize, k as usize, dtype)),
+            view(gpu.texture("x", 512, k as usize)),
+        );
         let (bias, x) = (f32s(n), f32s(512 * k));
         for t in [1u32, 128, 512] {
             let out = f32s(t * n);
@@ -447,13 +455,36 @@ pub fn kernels(
                 epilogue: 0,
                 _pad: [0; 2],
             };
-            let bufs = [&step(t, 0), &gpu.uniform("p", &params), &x, &w, &bias, &out];
-            let (name, pipe, groups) = if t == 1 {
-                ("gemv", &p.gemv, (n.div_ceil(4).div_ceil(64), t))
-            } else {
-                ("matmul", &p.matmul, (n.div_ceil(32), t.div_ceil(32)))
+            let (st, pu) = (step(t, 0), gpu.uniform("p", &params));
+            let few = t == 1;
+            let (name, pipe, groups) = match (textures, few) {
+                (false, true) => ("gemv", &p.gemv, (n.div_ceil(4).div_ceil(64), t)),
+                (false, false) => ("matmul", &p.matmul, (n.div_ceil(32), t.div_ceil(32))),
+                (true, true) => (
+                    "gemv_texture",
+                    &p.gemv_texture,
+                    (n.div_ceil(4).div_ceil(8), t),
+                ),
+                (true, false) => (
+                    "matmul_texture",
+                    &p.matmul_texture,
+                    (n.div_ceil(4).div_ceil(8), t.div_ceil(4)),
+                ),
             };
-            let s = time_dispatch(gpu, pipe, &bufs, groups, if t == 1 { 20 } else { 2 })?;
+            let bg = if textures {
+                let r = vec![
+                    st.as_entire_binding(),
+                    pu.as_entire_binding(),
+                    Tex(&x_tex),
+                    Tex(&w_tex),
+                    bias.as_entire_binding(),
+                    out.as_entire_binding(),
+                ];
+                bind_resources(gpu, pipe, "bench", r)
+            } else {
+                bind(gpu, pipe, "bench", &[&st, &pu, &x, &w, &bias, &out])
+            };
+            let s = time_dispatch(gpu, pipe, &bg, groups, if few { 20 } else { 2 })?;
             let bytes = k as f64 * n as f64 * wbytes + 4.0 * t as f64 * (k + n) as f64;
             push(
                 name,
@@ -475,20 +506,43 @@ pub fn kernels(
         },
     );
     let (k_cache, v_cache) = (f32s(1024 * c), f32s(1024 * c));
+    let kv_tex = [0, 1].map(|_| {
+        gpu.texture("kv", 1024, c as usize)
+            .create_view(&Default::default())
+    });
     for (t, ctx) in [(1u32, 128u32), (1, 512), (1, 1024), (128, 128)] {
-        let (qkv, out) = (f32s(t * 3 * c), f32s(t * c));
-        let bufs = [&step(t, ctx - t), &att, &qkv, &k_cache, &v_cache, &out];
-        let s = time_dispatch(
-            gpu,
-            &p.attention,
-            &bufs,
-            (nh, t),
-            if t == 1 { 20 } else { 2 },
-        )?;
+        let (qkv, out, st) = (f32s(t * 3 * c), f32s(t * c), step(t, ctx - t));
+        let reps = if t == 1 { 20 } else { 2 };
+        let (name, s) = if textures {
+            let r = vec![
+                st.as_entire_binding(),
+                att.as_entire_binding(),
+                qkv.as_entire_binding(),
+                Tex(&kv_tex[0]),
+                Tex(&kv_tex[1]),
+                out.as_entire_binding(),
+            ];
+            let bg = bind_resources(gpu, &p.attention_texture, "bench", r);
+            (
+                "attention_texture",
+                time_dispatch(gpu, &p.attention_texture, &bg, (nh.div_ceil(8), t), reps)?,
+            )
+        } else {
+            let bg = bind(
+                gpu,
+                &p.attention,
+                "bench",
+                &[&st, &att, &qkv, &k_cache, &v_cache, &out],
+            );
+            (
+                "attention",
+                time_dispatch(gpu, &p.attention, &bg, (nh, t), reps)?,
+            )
+        };
         let keys = if t == 1 { ctx as f64 } else { ctx as f64 / 2.0 };
         let bytes = 2.0 * ctx as f64 * c as f64 * 4.0;
         push(
-            "attention",
+            name,
             format!("T={t} context={ctx}"),
             s,
             bytes,
@@ -513,7 +567,8 @@ pub fn kernels(
         &f32s(c),
         &f32s(t * c),
     ];
-    let s = time_dispatch(gpu, &p.layernorm, &bufs, (t, 1), 10)?;
+    let bg = bind(gpu, &p.layernorm, "bench", &bufs);
+    let s = time_dispatch(gpu, &p.layernorm, &bg, (t, 1), 10)?;
     push(
         "layernorm",
         format!("T={t} C={c}"),

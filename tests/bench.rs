@@ -156,9 +156,22 @@ fn bench_json_follows_schema_and_compares() {
 #[test]
 fn kernel_microbenchmarks_cover_every_family() {
     let gpu = gpu();
-    let (copy, rows) = wgpt::bench::kernels(&gpu, wgpt::gpu::tensor::WeightDtype::F16, 64).unwrap();
-    assert!(copy > 0.0);
-    for k in ["gemv", "matmul", "attention", "layernorm"] {
+    let mut rows = Vec::new();
+    for textures in [false, true] {
+        let (copy, r) =
+            wgpt::bench::kernels(&gpu, wgpt::gpu::tensor::WeightDtype::F16, textures, 64).unwrap();
+        assert!(copy > 0.0);
+        rows.extend(r);
+    }
+    for k in [
+        "gemv",
+        "matmul",
+        "attention",
+        "gemv_texture",
+        "matmul_texture",
+        "attention_texture",
+        "layernorm",
+    ] {
         assert!(rows.iter().any(|r| r.kernel == k), "{k} missing");
     }
     for r in &rows {
@@ -172,5 +185,5 @@ fn kernel_microbenchmarks_cover_every_family() {
             100.0 * r.of_copy_bandwidth
         );
     }
-    assert!(wgpt::bench::kernels(&gpu, wgpt::gpu::tensor::WeightDtype::F32, 60).is_err());
+    assert!(wgpt::bench::kernels(&gpu, wgpt::gpu::tensor::WeightDtype::F32, false, 60).is_err());
 }

@@ -422,7 +422,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     let mut r = wgpt::bench::run(&model, &opts)?;
     if a.kernels {
-        let (copy, rows) = wgpt::bench::kernels(&model.gpu, a.dtype, 768)?;
+        let (copy, rows) = wgpt::bench::kernels(&model.gpu, a.dtype, model.uses_textures(), 768)?;
         r.copy_gb_s = Some(copy);
         r.kernel_bench = rows;
     }
@@ -509,8 +509,13 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     if let Some(copy) = r.copy_gb_s {
         println!(
-            "kernels on GPT-2 shapes ({} weights), buffer copy {copy:.2} GB/s:",
-            a.dtype.name()
+            "kernels on GPT-2 shapes ({} weights, {} layout), buffer copy {copy:.2} GB/s:",
+            a.dtype.name(),
+            if model.uses_textures() {
+                "texture"
+            } else {
+                "buffer"
+            }
         );
         println!(
             "  {:<10} {:<22} {:>9} {:>8} {:>9} {:>8}",
