@@ -57,7 +57,7 @@ pub struct AdapterReport {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelReport {
-    /// The folder, or "random:<shape>" for weights generated on the GPU.
+    /// The folder, or `random:SHAPE` for weights generated on the GPU.
     pub source: String,
     /// Weight storage on the GPU.
     pub dtype: String,

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::loader::Weights;
 
-/// embed.wgsl: x[t] = wte[tokens[t]] + wpe[pos0 + t]. wte (V, C), wpe (n_ctx, C) → (T, C)
+/// embed.wgsl: `x[t] = wte[tokens[t]] + wpe[pos0 + t]`. wte (V, C), wpe (n_ctx, C) → (T, C)
 pub fn embed(tokens: &[u32], wte: &[f32], wpe: &[f32], c: usize, pos0: usize) -> Vec<f32> {
     let mut x = vec![0.0; tokens.len() * c];
     for (t, &tok) in tokens.iter().enumerate() {
