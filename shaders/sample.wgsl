@@ -1,73 +1,181 @@
-// Temperature sampling from row 0 of the logits by inverse CDF: softmax(logits / temperature),
-// then the first index whose cumulative probability exceeds u * total, u uniform in [0, 1) from
-// the host's seeded generator. Sums run in a fixed order, so a seed gives the same tokens on the
-// same adapter every time.
+// Sampling from row 0 of the logits, all on the GPU (only the chosen id and two floats come
+// back): a repetition penalty over the recent tokens, temperature, then top-k, top-p and min-p
+// as one threshold on the scaled logits, and an inverse-CDF draw at u (uniform in [0, 1) from the
+// host's seeded generator). Every sum runs in a fixed order, so a seed gives the same tokens on
+// the same adapter every time.
+//   top-k: the largest t with count(s >= t) >= k (ties at the k-th value are all kept);
+//   top-p: within that, the largest t whose kept mass is >= top_p of it (the smallest nucleus);
+//   min-p: s >= max + ln(min_p), i.e. probability >= min_p x the top probability.
+// The thresholds are found by bisection on the value range (24 halvings: finer than any gap
+// between distinct f32 logits that matters for the kept set).
 
-struct Params { V: u32, temperature: f32, u: f32, _pad: u32 }
+struct Params {
+    V: u32,
+    temperature: f32,
+    u: f32,
+    top_k: u32,        // 0 = off
+    top_p: f32,        // 1 = off
+    min_p: f32,        // 0 = off
+    penalty: f32,      // 1 = off
+    n_recent: u32,     // valid entries of `recent`
+}
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;       // (rows, V), row 0 is read
-@group(0) @binding(2) var<storage, read_write> token: array<u32>;  // (1)
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;  // (rows, V), row 0 is used
+@group(0) @binding(2) var<storage, read_write> result: array<u32>;  // [token, threshold bits, logprob bits, _]
+@group(0) @binding(3) var<storage, read> recent: array<u32>;        // (window) recent token ids
 
 const WG: u32 = 256u;
+const STEPS: u32 = 24u;
 var<workgroup> red: array<f32, WG>;
 var<workgroup> found_lane: u32;
 var<workgroup> remaining: f32;
+var<workgroup> log_total: f32;
 
-@compute @workgroup_size(WG)
-fn sample(@builtin(local_invocation_id) lid3: vec3<u32>) {
-    let lid = lid3.x;
-    // 1. max, for a stable softmax
-    var mx = -3.4e38;
-    for (var i = lid; i < p.V; i += WG) { mx = max(mx, logits[i]); }
-    red[lid] = mx;
+fn scaled(i: u32) -> f32 { return logits[i] / p.temperature; }
+
+fn wg_max(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s >> 1u) {
         if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
         workgroupBarrier();
     }
-    mx = red[0];
+    let r = red[0];
     workgroupBarrier();
+    return r;
+}
 
-    // 2. each lane sums exp over its own contiguous span, so spans are in vocabulary order
+fn wg_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (lid < s) { red[lid] += red[lid + s]; }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Number of scaled logits >= t, and their softmax mass relative to exp(mx).
+fn count_at_least(lid: u32, t: f32) -> f32 {
+    var n = 0.0;
+    for (var i = lid; i < p.V; i += WG) { if (scaled(i) >= t) { n += 1.0; } }
+    return wg_sum(lid, n);
+}
+
+fn mass_at_least(lid: u32, t: f32, mx: f32) -> f32 {
+    var m = 0.0;
+    for (var i = lid; i < p.V; i += WG) {
+        let s = scaled(i);
+        if (s >= t) { m += exp(s - mx); }
+    }
+    return wg_sum(lid, m);
+}
+
+@compute @workgroup_size(WG)
+fn sample(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+
+    // 1. Repetition penalty (CTRL / transformers): once per distinct recent token.
+    if (p.penalty != 1.0) {
+        for (var i = lid; i < p.n_recent; i += WG) {
+            let id = recent[i];
+            var first = id < p.V;
+            for (var j = 0u; j < i; j++) { if (recent[j] == id) { first = false; } }
+            if (first) {
+                let l = logits[id];
+                logits[id] = select(l * p.penalty, l / p.penalty, l > 0.0);
+            }
+        }
+        storageBarrier();
+        workgroupBarrier();
+    }
+
+    // 2. Range of the scaled logits.
+    var hi_l = -3.4e38;
+    var lo_l = 3.4e38;
+    for (var i = lid; i < p.V; i += WG) {
+        let s = scaled(i);
+        hi_l = max(hi_l, s);
+        lo_l = min(lo_l, s);
+    }
+    let mx = wg_max(lid, hi_l);
+    let mn = -wg_max(lid, -lo_l);
+
+    // 3. top-k threshold.
+    var t = mn;
+    if (p.top_k > 0u && p.top_k < p.V) {
+        var lo = mn;
+        var hi = mx;
+        for (var it = 0u; it < STEPS; it++) {
+            let mid = 0.5 * (lo + hi);
+            if (count_at_least(lid, mid) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
+        }
+        t = lo;
+    }
+    // 4. top-p within what top-k kept.
+    if (p.top_p < 1.0) {
+        let goal = p.top_p * mass_at_least(lid, t, mx);
+        var lo = t;
+        var hi = mx;
+        for (var it = 0u; it < STEPS; it++) {
+            let mid = 0.5 * (lo + hi);
+            if (mass_at_least(lid, mid, mx) >= goal) { lo = mid; } else { hi = mid; }
+        }
+        t = lo;
+    }
+    // 5. min-p.
+    if (p.min_p > 0.0) { t = max(t, mx + log(p.min_p)); }
+    t = min(t, mx);  // the most likely token always stays
+
+    // 6. Inverse CDF over the kept tokens; each lane sums its own contiguous span.
     let span = (p.V + WG - 1u) / WG;
-    let lo = min(lid * span, p.V);
-    let hi = min(lo + span, p.V);
+    let a = min(lid * span, p.V);
+    let b = min(a + span, p.V);
     var part = 0.0;
-    for (var i = lo; i < hi; i++) { part += exp((logits[i] - mx) / p.temperature); }
+    for (var i = a; i < b; i++) {
+        let s = scaled(i);
+        if (s >= t) { part += exp(s - mx); }
+    }
     red[lid] = part;
     workgroupBarrier();
-
-    // 3. one lane walks the span sums to find the span holding the target
     if (lid == 0u) {
         var total = 0.0;
         for (var i = 0u; i < WG; i++) { total += red[i]; }
         var goal = p.u * total;
-        var lane = WG - 1u;
+        var lane = WG;
         for (var i = 0u; i < WG; i++) {
-            if (goal < red[i]) { lane = i; break; }
+            if (red[i] > 0.0 && goal < red[i]) { lane = i; break; }
             goal -= red[i];
         }
-        // rounding can leave the target past the last non-empty span: take that span's end
-        if (lane == WG - 1u && red[lane] == 0.0) {
+        if (lane == WG) {
+            // Rounding left the goal past the end: the last span with mass, at its end.
             for (var i = WG; i > 0u; i--) {
                 if (red[i - 1u] > 0.0) { lane = i - 1u; goal = red[lane]; break; }
             }
         }
         found_lane = lane;
         remaining = goal;
+        result[1] = bitcast<u32>(t);
+        log_total = log(total);
     }
     workgroupBarrier();
-
-    // 4. that lane walks its span
     if (lid == found_lane) {
         var goal = remaining;
-        var pick = max(lo, hi - 1u);
-        for (var i = lo; i < hi; i++) {
-            let e = exp((logits[i] - mx) / p.temperature);
-            if (goal < e) { pick = i; break; }
-            goal -= e;
+        var pick = b;
+        for (var i = a; i < b; i++) {
+            let s = scaled(i);
+            if (s >= t) {
+                pick = i;  // the last kept one, should rounding exhaust the goal
+                let e = exp(s - mx);
+                if (goal < e) { break; }
+                goal -= e;
+            }
         }
-        token[0] = pick;
+        result[0] = pick;
+        // log-probability of the pick under the filtered distribution
+        result[2] = bitcast<u32>(scaled(pick) - mx - log_total);
     }
 }

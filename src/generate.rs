@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use crate::model::{Pick, Session};
+use crate::model::Session;
+use crate::sampler::Sampling;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -11,8 +12,9 @@ use crate::{Error, Result};
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
     pub max_tokens: usize,
-    /// 0 = greedy.
-    pub temperature: f32,
+    /// Greedy unless a temperature is set.
+    pub sampling: Sampling,
+    /// Seeds the uniform draws of sampling: same seed, same adapter, same tokens.
     pub seed: u64,
     /// Stop when the model emits its end-of-sequence token.
     pub stop_at_eos: bool,
@@ -22,7 +24,7 @@ impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
             max_tokens: 64,
-            temperature: 0.0,
+            sampling: Sampling::default(),
             seed: 0,
             stop_at_eos: true,
         }
@@ -115,16 +117,8 @@ pub fn generate_ids(
         session.n_ctx(),
     )?;
     let mut rng = SplitMix64(opts.seed);
-    let mut pick = || {
-        if opts.temperature > 0.0 {
-            Pick::Sample {
-                temperature: opts.temperature,
-                u: rng.next_f32(),
-            }
-        } else {
-            Pick::Greedy
-        }
-    };
+    opts.sampling.validate()?;
+    let mut pick = || opts.sampling.pick(rng.next_f32());
     let mut stream = tokenizer.map(Tokenizer::stream);
     let mut out = Generation {
         prompt_ids: prompt_ids.to_vec(),

@@ -37,6 +37,7 @@ pub mod gpu;
 pub mod loader;
 pub mod model;
 pub mod reference;
+pub mod sampler;
 pub mod tokenizer;
 
 pub use config::Config;
@@ -44,4 +45,5 @@ pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, generate_ids};
 pub use gpu::Gpu;
 pub use model::{LoadOptions, Model, Pick, Progress, Session, WeightLayout};
+pub use sampler::Sampling;
 pub use tokenizer::Tokenizer;

@@ -176,3 +176,72 @@ pub fn forward(cfg: &Config, w: &Weights<Vec<f32>>, tokens: &[u32]) -> Vec<f32> 
         cfg.vocab_size,
     )
 }
+
+/// sample.wgsl with filters, done exactly (sorting instead of bisection): returns the token
+/// drawn at `u` and which tokens the filters kept. The repetition penalty is applied to `logits`
+/// in place (once per distinct id in `recent`), as the kernel does.
+pub fn sample_filtered(
+    logits: &mut [f32],
+    recent: &[u32],
+    s: &crate::Sampling,
+    u: f32,
+) -> (u32, Vec<bool>) {
+    if s.repeat_penalty != 1.0 {
+        let mut seen = std::collections::HashSet::new();
+        for &id in recent {
+            if (id as usize) < logits.len() && seen.insert(id) {
+                let l = &mut logits[id as usize];
+                *l = if *l > 0.0 {
+                    *l / s.repeat_penalty
+                } else {
+                    *l * s.repeat_penalty
+                };
+            }
+        }
+    }
+    let t = s.temperature as f64;
+    let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / t).collect();
+    let mx = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mut order: Vec<usize> = (0..scaled.len()).collect();
+    order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
+    let mut threshold = f64::NEG_INFINITY;
+    if s.top_k > 0 && (s.top_k as usize) < scaled.len() {
+        threshold = scaled[order[s.top_k as usize - 1]];
+    }
+    if s.top_p < 1.0 {
+        let kept: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| scaled[i] >= threshold)
+            .collect();
+        let total: f64 = kept.iter().map(|&i| (scaled[i] - mx).exp()).sum();
+        let mut acc = 0.0;
+        for &i in &kept {
+            acc += (scaled[i] - mx).exp();
+            if acc >= s.top_p as f64 * total {
+                threshold = threshold.max(scaled[i]);
+                break;
+            }
+        }
+    }
+    if s.min_p > 0.0 {
+        threshold = threshold.max(mx + (s.min_p as f64).ln());
+    }
+    let kept: Vec<bool> = scaled.iter().map(|&x| x >= threshold.min(mx)).collect();
+    let e: Vec<f64> = scaled
+        .iter()
+        .zip(&kept)
+        .map(|(&x, &k)| if k { (x - mx).exp() } else { 0.0 })
+        .collect();
+    let total: f64 = e.iter().sum();
+    let mut goal = u as f64 * total;
+    let mut pick = kept.iter().rposition(|&k| k).unwrap_or(0);
+    for (i, &p) in e.iter().enumerate() {
+        if p > 0.0 && goal < p {
+            pick = i;
+            break;
+        }
+        goal -= p;
+    }
+    (pick as u32, kept)
+}

@@ -377,6 +377,25 @@ fn bad_prompts_and_options_give_clear_errors() {
         &["--temperature"],
     );
     fails_with(
+        &["generate", "--model", m, "--prompt", "hi", "--top-p=1.5"],
+        &["--top-p"],
+    );
+    fails_with(
+        &["generate", "--model", m, "--prompt", "hi", "--min-p=1"],
+        &["--min-p"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hi",
+            "--repeat-penalty=0",
+        ],
+        &["--repeat-penalty"],
+    );
+    fails_with(
         &[
             "logits",
             "--model",

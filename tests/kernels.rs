@@ -308,38 +308,6 @@ fn argmax_matches_cpu_with_ties() {
 }
 
 #[test]
-fn sample_matches_cpu_inverse_cdf() {
-    let h = Harness::new();
-    let v = 1000;
-    let logits = random(v, 15, 4.0);
-    let lb = h.f32s(&logits);
-    let mut agree = 0;
-    let us = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.999];
-    for temperature in [0.5f32, 1.0, 2.0] {
-        for u in us {
-            let p = SampleParams {
-                v: v as u32,
-                temperature,
-                u,
-                _pad: 0,
-            };
-            let tok = h.u32s(&[u32::MAX]);
-            h.run(&h.p.sample, &[&h.gpu.uniform("p", &p), &lb, &tok], 1, 1);
-            let got = bytemuck::cast_slice::<f32, u32>(&h.read(&tok))[0];
-            let want = reference::sample(&logits, temperature, u);
-            // f32 partial sums vs f64 can move a u that sits within ~1e-6 of a CDF step by one
-            // index; these u are not that close, so all must agree.
-            assert_eq!(got, want, "T={temperature} u={u}");
-            agree += 1;
-        }
-    }
-    println!("sample: {agree} of {agree} picks equal the CPU inverse CDF");
-}
-
-/// f16 weight storage: the linear kernels and the embedding decode two halves per word and
-/// compute in f32, so against the CPU twin run on the same f16-rounded weights they agree as
-/// closely as the f32 path does.
-#[test]
 fn f16_weights_match_cpu_on_rounded_weights() {
     let h = Harness::new();
     let p16 = Pipelines::new(&h.gpu, WeightDtype::F16);
@@ -574,4 +542,96 @@ fn dispatch(h: &Harness, pipe: &wgpu::ComputePipeline, bg: &wgpu::BindGroup, x: 
     }
     h.gpu.queue.submit([enc.finish()]);
     h.gpu.check().unwrap();
+}
+
+/// The sampler's filters against the exact CPU twin: the kept set (from the threshold the kernel
+/// reports) and the drawn token, for temperature, top-k, top-p, min-p, the repetition penalty and
+/// their combinations.
+#[test]
+fn sampler_filters_match_cpu() {
+    use wgpt::Sampling;
+    let h = Harness::new();
+    let v = 1000;
+    let base = random(v, 31, 4.0);
+    let recent: Vec<u32> = vec![3, 17, 3, 999, 500, 17, 42];
+    let cases = [
+        Sampling {
+            temperature: 1.0,
+            ..Default::default()
+        },
+        Sampling {
+            temperature: 0.7,
+            top_k: 40,
+            ..Default::default()
+        },
+        Sampling {
+            temperature: 1.0,
+            top_p: 0.9,
+            ..Default::default()
+        },
+        Sampling {
+            temperature: 1.3,
+            min_p: 0.05,
+            ..Default::default()
+        },
+        Sampling {
+            temperature: 0.8,
+            top_k: 50,
+            top_p: 0.8,
+            min_p: 0.02,
+            ..Default::default()
+        },
+        Sampling {
+            temperature: 1.0,
+            repeat_penalty: 1.5,
+            top_k: 20,
+            ..Default::default()
+        },
+        Sampling {
+            temperature: 2.0,
+            top_k: 1,
+            ..Default::default()
+        },
+    ];
+    for s in cases {
+        for u in [0.0f32, 0.3, 0.77, 0.999] {
+            let params = SampleParams {
+                v: v as u32,
+                temperature: s.temperature,
+                u,
+                top_k: s.top_k,
+                top_p: s.top_p,
+                min_p: s.min_p,
+                penalty: s.repeat_penalty,
+                n_recent: recent.len() as u32,
+            };
+            let logits = h.f32s(&base);
+            let result = h.u32s(&[u32::MAX; 4]);
+            h.run(
+                &h.p.sample,
+                &[
+                    &h.gpu.uniform("p", &params),
+                    &logits,
+                    &result,
+                    &h.u32s(&recent),
+                ],
+                1,
+                1,
+            );
+            let r: Vec<u32> = bytemuck::cast_slice::<f32, u32>(&h.read(&result)).to_vec();
+            let mut cpu_logits = base.clone();
+            let (want, kept) = reference::sample_filtered(&mut cpu_logits, &recent, &s, u);
+            // The kernel's threshold, applied to the same (penalised, scaled) logits.
+            let t = f32::from_bits(r[1]);
+            let gpu_kept: Vec<bool> = cpu_logits.iter().map(|&l| l / s.temperature >= t).collect();
+            let n = kept.iter().filter(|&&k| k).count();
+            assert_eq!(gpu_kept, kept, "{s:?}: kept sets differ (CPU keeps {n})");
+            assert_eq!(r[0], want, "{s:?} u={u}");
+            let lp = f32::from_bits(r[2]);
+            assert!(lp <= 1e-6 && lp.is_finite(), "log-probability {lp}");
+            if u == 0.3 {
+                println!("{s:?}: keeps {n} of {v}, drew {want}, log p = {lp:.3}");
+            }
+        }
+    }
 }

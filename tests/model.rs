@@ -156,18 +156,20 @@ fn session_reset_and_context_limit() {
     assert!(err.contains("outside the vocabulary"), "{err}");
 }
 
-/// Same seed, same tokens; another seed, other tokens; a very low temperature is greedy.
+/// Same seed, same tokens; another seed, other tokens; a very low temperature and top-k = 1 are
+/// greedy; the repetition penalty changes what a looping continuation does; the filters run.
 #[test]
 fn sampling_is_seeded() {
+    use wgpt::Sampling;
     let dir = fixture("gpt2-tiny");
     let model = load("gpt2-tiny", &LoadOptions::default());
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let e = expected(&dir);
-    let run = |temperature: f32, seed: u64| {
+    let run = |sampling: Sampling, seed: u64| {
         let mut s = Session::new(&model).unwrap();
         let opts = wgpt::GenerateOptions {
             max_tokens: 24,
-            temperature,
+            sampling,
             seed,
             stop_at_eos: false,
         };
@@ -175,11 +177,56 @@ fn sampling_is_seeded() {
             .unwrap()
             .ids
     };
+    let t = |temperature: f32| Sampling {
+        temperature,
+        ..Default::default()
+    };
     // Temperature 8 flattens these peaky logits enough that seeds matter.
-    let a = run(8.0, 1);
-    assert_eq!(a, run(8.0, 1), "same seed must give the same tokens");
-    assert_ne!(a, run(8.0, 2), "different seeds should differ");
-    assert_eq!(run(1e-4, 3)[..24], e.greedy_ids[..24], "T -> 0 is greedy");
+    let a = run(t(8.0), 1);
+    assert_eq!(a, run(t(8.0), 1), "same seed must give the same tokens");
+    assert_ne!(a, run(t(8.0), 2), "different seeds should differ");
+    assert_eq!(run(t(1e-4), 3), e.greedy_ids[..24], "T -> 0 is greedy");
+    assert_eq!(
+        run(Sampling { top_k: 1, ..t(8.0) }, 4),
+        e.greedy_ids[..24],
+        "top-k = 1 is greedy"
+    );
+    // The greedy continuation repeats tokens (84 84 84 ...); a strong penalty breaks that.
+    let penalised = run(
+        Sampling {
+            repeat_penalty: 3.0,
+            top_k: 1,
+            ..t(1.0)
+        },
+        5,
+    );
+    assert_ne!(penalised, e.greedy_ids[..24]);
+    let repeats = penalised.windows(2).filter(|w| w[0] == w[1]).count();
+    assert!(
+        repeats < 3,
+        "penalised continuation still repeats: {penalised:?}"
+    );
+    let filtered = run(
+        Sampling {
+            top_k: 20,
+            top_p: 0.9,
+            min_p: 0.05,
+            ..t(1.5)
+        },
+        6,
+    );
+    assert_eq!(
+        filtered,
+        run(
+            Sampling {
+                top_k: 20,
+                top_p: 0.9,
+                min_p: 0.05,
+                ..t(1.5)
+            },
+            6
+        )
+    );
 }
 
 /// A checkpoint split into shards with a `model.safetensors.index.json`, as transformers writes

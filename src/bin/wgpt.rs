@@ -102,6 +102,21 @@ struct GenerateArgs {
     /// 0 picks the most likely token (greedy); above 0, samples from softmax(logits / T).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
+    /// Sample only among the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
+    /// Sample only among the most likely tokens holding this much probability (1 = all).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Penalise tokens seen in the last --repeat-window tokens (1 = off; 1.1-1.3 is typical).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many recent tokens --repeat-penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    repeat_window: usize,
     /// Seed of the sampler (same seed, same adapter: same tokens).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -198,9 +213,15 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if a.prompt.is_empty() {
         bail!("the prompt is empty: pass some text with --prompt");
     }
-    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-        bail!("--temperature must be a finite number >= 0 (0 = greedy)");
-    }
+    let sampling = wgpt::Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_window: a.repeat_window,
+    };
+    sampling.validate()?;
     let dir = model_dir(&a.model.model)?;
     // Tokenize and check the context before paying for the GPU upload.
     let tok = tokenizer(&dir)?;
@@ -211,7 +232,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let mut session = Session::new(&model)?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
-        temperature: a.temperature,
+        sampling,
         seed: a.seed,
         stop_at_eos: !a.ignore_eos,
     };
@@ -237,11 +258,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         out.ids.len(),
         out.prefill_tok_s(),
         out.decode_tok_s(),
-        if a.temperature > 0.0 {
-            format!("T={} seed={}", a.temperature, a.seed)
-        } else {
-            "greedy".into()
-        },
+        format!("{sampling} seed={}", a.seed),
         model.gpu.info.name,
         model.gpu.info.backend,
     );

@@ -132,7 +132,11 @@ pub struct SampleParams {
     pub v: u32,
     pub temperature: f32,
     pub u: f32,
-    pub _pad: u32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub penalty: f32,
+    pub n_recent: u32,
 }
 
 #[repr(C)]

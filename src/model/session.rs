@@ -8,6 +8,7 @@ use crate::gpu::kernels::{
 };
 use crate::gpu::tensor::GpuTensor;
 use crate::model::Model;
+use crate::sampler::Sampling;
 use crate::{Error, Result};
 
 /// How the next token is chosen from the last position's logits, on the GPU.
@@ -15,8 +16,8 @@ use crate::{Error, Result};
 pub enum Pick {
     /// The most likely token.
     Greedy,
-    /// Sample from softmax(logits / temperature); `u` in [0, 1) picks the point on the CDF.
-    Sample { temperature: f32, u: f32 },
+    /// Sample with these settings; `u` in [0, 1) picks the point on the filtered CDF.
+    Sample(Sampling, f32),
 }
 
 /// Per-layer key and value caches, (n_ctx, C) each, allocated once per session: buffers, or in
@@ -42,8 +43,9 @@ struct Activations {
     fc_h: wgpu::Buffer,                // (T, n_inner) MLP hidden
     lnf: wgpu::Buffer,                 // (head_rows, C) final layernorm of the rows the head sees
     logits: wgpu::Buffer,              // (head_rows, V)
-    token: wgpu::Buffer,               // (1) u32 chosen token
-    token_read: wgpu::Buffer,          // (1) u32, mappable
+    token: wgpu::Buffer,               // (4) u32: chosen token, sampler threshold, log-prob bits
+    token_read: wgpu::Buffer,          // (4) u32, mappable
+    recent: wgpu::Buffer,              // (n_ctx) u32: the repetition penalty's window
     logits_read: Option<wgpu::Buffer>, // (head_rows, V), mappable, made on first use
     body_step: wgpu::Buffer,           // Step uniform for embed and blocks
     head_step: wgpu::Buffer,           // Step uniform for ln_f and the head
@@ -131,6 +133,9 @@ pub struct Session<'m> {
     sample: Op,
     /// Tokens already in the KV cache.
     pos: usize,
+    /// Those tokens' ids, for the repetition penalty.
+    history: Vec<u32>,
+    last_logprob: Option<f32>,
     /// Most tokens one forward pass takes (longer inputs run in chunks).
     t_max: usize,
     /// Most logits rows one head pass writes.
@@ -176,8 +181,9 @@ impl<'m> Session<'m> {
             fc_h: gpu.storage("fc_h", f(t_max * inner)),
             lnf: gpu.storage("lnf", f(head_rows * c)),
             logits: gpu.storage("logits", f(head_rows * v)),
-            token: gpu.storage("token", 4),
-            token_read: gpu.readback("token_read", 4),
+            token: gpu.storage("token", 16),
+            token_read: gpu.readback("token_read", 16),
+            recent: gpu.storage("recent", f(n_ctx)),
             logits_read: None,
             textures: model.texture_linear.then(|| InputTextures {
                 c: gpu.texture("ln_texture", t_max, c),
@@ -186,15 +192,7 @@ impl<'m> Session<'m> {
             }),
             body_step: gpu.uniform("body_step", &Step::default()),
             head_step: gpu.uniform("head_step", &Step::default()),
-            sample: gpu.uniform(
-                "sample",
-                &SampleParams {
-                    v: v as u32,
-                    temperature: 1.0,
-                    u: 0.0,
-                    _pad: 0,
-                },
-            ),
+            sample: gpu.uniform("sample", &<SampleParams as bytemuck::Zeroable>::zeroed()),
         };
         let (body, head, argmax, sample) = build_ops(model, &kv, &act);
         gpu.check()?;
@@ -207,6 +205,8 @@ impl<'m> Session<'m> {
             argmax,
             sample,
             pos: 0,
+            history: Vec::new(),
+            last_logprob: None,
             t_max,
             head_rows,
         })
@@ -225,6 +225,7 @@ impl<'m> Session<'m> {
     /// Forgets the sequence; the cache is reused, not reallocated.
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.history.clear();
     }
 
     /// Dispatches per forward step with one token (body + head + pick).
@@ -311,34 +312,60 @@ impl<'m> Session<'m> {
     }
 
     /// Runs `tokens` through the model (appending them to the cache) and returns the next token,
-    /// chosen on the GPU: only its 4-byte id is read back.
+    /// chosen on the GPU: only its id (and, when sampling, its log-probability) is read back.
     pub fn next_token(&mut self, tokens: &[u32], pick: Pick) -> Result<u32> {
         let last = self.run_body_chunks(tokens)?;
-        let gpu = &self.model.gpu;
+        let gpu = self.model.gpu.clone();
         self.write_head_step(1, last - 1);
-        let op = match pick {
-            Pick::Greedy => &self.argmax,
-            Pick::Sample { temperature, u } => {
+        let (op, read) = match pick {
+            Pick::Greedy => (&self.argmax, 4),
+            Pick::Sample(s, u) => {
+                let window = &self.history[self.history.len().saturating_sub(s.repeat_window)..];
+                gpu.queue
+                    .write_buffer(&self.act.recent, 0, bytemuck::cast_slice(window));
                 let p = SampleParams {
                     v: self.model.config.vocab_size as u32,
-                    temperature: temperature.max(1e-6),
+                    temperature: if s.temperature > 0.0 {
+                        s.temperature
+                    } else {
+                        1e-4
+                    },
                     u: u.clamp(0.0, 1.0 - f32::EPSILON),
-                    _pad: 0,
+                    top_k: if s.temperature > 0.0 { s.top_k } else { 1 },
+                    top_p: s.top_p,
+                    min_p: s.min_p,
+                    penalty: s.repeat_penalty,
+                    n_recent: window.len() as u32,
                 };
                 gpu.queue
                     .write_buffer(&self.act.sample, 0, bytemuck::bytes_of(&p));
-                &self.sample
+                (&self.sample, 12)
             }
         };
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.record(&mut enc, &self.body, last as u32);
         self.record(&mut enc, &self.head, 1);
         self.record(&mut enc, std::slice::from_ref(op), 1);
-        enc.copy_buffer_to_buffer(&self.act.token, 0, &self.act.token_read, 0, 4);
+        enc.copy_buffer_to_buffer(&self.act.token, 0, &self.act.token_read, 0, read);
         gpu.queue.submit([enc.finish()]);
-        let bytes = gpu.read(&self.act.token_read, 4)?;
+        let bytes = gpu.read(&self.act.token_read, read)?;
         self.pos += last;
-        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        let word = |i: usize| {
+            u32::from_le_bytes([
+                bytes[4 * i],
+                bytes[4 * i + 1],
+                bytes[4 * i + 2],
+                bytes[4 * i + 3],
+            ])
+        };
+        self.last_logprob = (read == 12).then(|| f32::from_bits(word(2)));
+        Ok(word(0))
+    }
+
+    /// The log-probability of the last sampled token under the filtered distribution (`None`
+    /// after a greedy step).
+    pub fn last_logprob(&self) -> Option<f32> {
+        self.last_logprob
     }
 
     /// Runs `tokens` through the model (appending them to the cache) and returns the logits of
@@ -413,6 +440,7 @@ impl<'m> Session<'m> {
     /// tokens and step and returns its length, for the caller to record with what follows.
     fn run_body_chunks(&mut self, tokens: &[u32]) -> Result<usize> {
         self.validate(tokens)?;
+        self.history.extend_from_slice(tokens);
         let gpu = self.model.gpu.clone();
         let mut chunks = tokens.chunks(self.t_max).peekable();
         loop {
@@ -788,7 +816,11 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
     };
     let sample = Op {
         kernel: Kernel::Sample,
-        bind: bind(&p.sample, "sample", &[&act.sample, &act.logits, &act.token]),
+        bind: bind(
+            &p.sample,
+            "sample",
+            &[&act.sample, &act.logits, &act.token, &act.recent],
+        ),
         grid: Grid::One,
         copy: None,
     };
