@@ -253,12 +253,12 @@ fn generate(a: GenerateArgs) -> Result<()> {
     )?;
     println!();
     eprintln!(
-        "prompt {} tokens, generated {} tokens | prefill {:.1} tok/s, decode {:.1} tok/s | {} on {} ({:?})",
+        "prompt {} tokens, generated {} tokens | prefill {:.1} tok/s, decode {:.1} tok/s | {sampling} seed={} on {} ({:?})",
         out.prompt_ids.len(),
         out.ids.len(),
         out.prefill_tok_s(),
         out.decode_tok_s(),
-        format!("{sampling} seed={}", a.seed),
+        a.seed,
         model.gpu.info.name,
         model.gpu.info.backend,
     );
@@ -274,6 +274,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
             "decode_tok_s": out.decode_tok_s(),
             "time_to_first_token_s": out.prefill_s,
             "temperature": a.temperature,
+            "top_k": a.top_k,
+            "top_p": a.top_p,
+            "min_p": a.min_p,
+            "repeat_penalty": a.repeat_penalty,
+            "repeat_window": a.repeat_window,
             "seed": a.seed,
             "adapter": model.gpu.info.name,
             "backend": format!("{:?}", model.gpu.info.backend),
