@@ -101,15 +101,28 @@ pub fn check_context(prompt_len: usize, max_tokens: usize, n_ctx: usize) -> Resu
     Ok(())
 }
 
-/// Generates from `prompt_ids`, calling `on_token(id, piece)` as each token arrives (`piece` is
-/// the text it completes; empty while a multi-byte character is still partial).
+/// One generated token, as [`generate_ids`] reports it.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenEvent<'a> {
+    /// The token id; `None` for the final flush of text held back at the end.
+    pub id: Option<u32>,
+    /// The text this token completes (empty while a multi-byte character is still partial).
+    pub piece: &'a str,
+    /// Its log-probability under the sampling distribution (`None` when greedy).
+    pub logprob: Option<f32>,
+    /// The most likely candidates for this position, with probabilities, when the session was
+    /// asked for them ([`Session::set_top_candidates`]).
+    pub top: &'a [(u32, f32)],
+}
+
+/// Generates from `prompt_ids`, calling `on_token` as each token arrives.
 pub fn generate_ids(
     session: &mut Session,
     tokenizer: Option<&Tokenizer>,
     prompt_ids: &[u32],
     opts: &GenerateOptions,
     eos: Option<u32>,
-    mut on_token: impl FnMut(u32, &str),
+    mut on_token: impl FnMut(TokenEvent),
 ) -> Result<Generation> {
     check_context(
         session.position() + prompt_ids.len(),
@@ -124,14 +137,19 @@ pub fn generate_ids(
         prompt_ids: prompt_ids.to_vec(),
         ..Default::default()
     };
-    let mut emit = |id: u32, out: &mut Generation| -> Result<()> {
+    let mut emit = |id: u32, session: &Session, out: &mut Generation| -> Result<()> {
         let piece = match stream.as_mut() {
             Some(s) => s.push(id)?.unwrap_or_default(),
             None => String::new(),
         };
         out.ids.push(id);
         out.text.push_str(&piece);
-        on_token(id, &piece);
+        on_token(TokenEvent {
+            id: Some(id),
+            piece: &piece,
+            logprob: session.last_logprob(),
+            top: session.top_candidates(),
+        });
         Ok(())
     };
     if opts.max_tokens == 0 {
@@ -140,16 +158,21 @@ pub fn generate_ids(
     let t0 = Instant::now();
     let mut next = session.next_token(prompt_ids, pick())?;
     out.prefill_s = t0.elapsed().as_secs_f64();
-    emit(next, &mut out)?;
+    emit(next, session, &mut out)?;
     let t1 = Instant::now();
     while out.ids.len() < opts.max_tokens && !(opts.stop_at_eos && Some(next) == eos) {
         next = session.next_token(&[next], pick())?;
-        emit(next, &mut out)?;
+        emit(next, session, &mut out)?;
     }
     out.decode_s = t1.elapsed().as_secs_f64();
     if let Some(rest) = stream.as_mut().map(|s| s.finish()).transpose()?.flatten() {
         out.text.push_str(&rest);
-        on_token(u32::MAX, &rest);
+        on_token(TokenEvent {
+            id: None,
+            piece: &rest,
+            logprob: None,
+            top: &[],
+        });
     }
     Ok(out)
 }

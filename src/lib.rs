@@ -24,7 +24,7 @@
 //! let mut session = wgpt::Session::new(&model)?;
 //! let ids = tokenizer.encode("The borrow checker")?;
 //! let opts = wgpt::GenerateOptions { max_tokens: 20, ..Default::default() };
-//! let out = wgpt::generate_ids(&mut session, Some(&tokenizer), &ids, &opts, None, |_, piece| print!("{piece}"))?;
+//! let out = wgpt::generate_ids(&mut session, Some(&tokenizer), &ids, &opts, None, |t| print!("{}", t.piece))?;
 //! println!("\n{:.1} tokens/s", out.decode_tok_s());
 //! # Ok(()) }
 //! ```
@@ -42,7 +42,7 @@ pub mod tokenizer;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use generate::{GenerateOptions, Generation, generate_ids};
+pub use generate::{GenerateOptions, Generation, TokenEvent, generate_ids};
 pub use gpu::Gpu;
 pub use model::{LoadOptions, Model, Pick, Progress, Session, WeightLayout};
 pub use sampler::Sampling;

@@ -245,3 +245,16 @@ pub fn sample_filtered(
     }
     (pick as u32, kept)
 }
+
+/// top_candidates.wgsl: the `n` largest logits (ties to the lower id) with softmax probabilities.
+pub fn top_candidates(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let z: f64 = logits.iter().map(|&l| (l as f64 - mx).exp()).sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    order
+        .iter()
+        .take(n)
+        .map(|&i| (i as u32, ((logits[i] as f64 - mx).exp() / z) as f32))
+        .collect()
+}

@@ -421,3 +421,60 @@ fn bad_prompts_and_options_give_clear_errors() {
         &["context is full", "n_positions = 64"],
     );
 }
+
+/// `--top N` prints, on stderr, the N most likely tokens at each step; in greedy mode the first
+/// is the token generated.
+#[test]
+fn generate_top_candidates() {
+    let dir = fixture("gpt2-tiny");
+    let e = expected(&dir);
+    let o = wgpt(&[
+        "generate",
+        "--model",
+        p(&dir),
+        "--prompt",
+        &e.prompt,
+        "-n",
+        "5",
+        "--ignore-eos",
+        "--top",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.trim_start().starts_with("[top 3]"))
+        .collect();
+    assert_eq!(lines.len(), 5, "{err}");
+    assert!(
+        lines.iter().all(|l| l.matches(" | ").count() == 2),
+        "{lines:?}"
+    );
+    let out = String::from_utf8(o.stdout).unwrap();
+    let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let ids: Vec<u32> = j["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(
+        ids,
+        e.greedy_ids[..5],
+        "--top must not change what is generated"
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            p(&dir),
+            "--prompt",
+            "hi",
+            "--top",
+            "65",
+        ],
+        &["65"],
+    );
+}

@@ -635,3 +635,45 @@ fn sampler_filters_match_cpu() {
         }
     }
 }
+
+/// The top-N candidates against the CPU twin: same ids in the same order, probabilities equal to
+/// f32 rounding of the softmax normaliser (a sum over V terms).
+#[test]
+fn top_candidates_match_cpu() {
+    let h = Harness::new();
+    for (v, n) in [(7usize, 3usize), (1000, 10), (50257, 64)] {
+        let mut logits = random(v, 32, 6.0);
+        if v > 10 {
+            logits[9] = logits[5]; // a tie: the lower id comes first
+        }
+        let params = wgpt::gpu::kernels::TopParams {
+            v: v as u32,
+            n: n as u32,
+            _pad: [0; 2],
+        };
+        let out = h.u32s(&vec![0; 2 * n]);
+        h.run(
+            &h.p.top_candidates,
+            &[&h.gpu.uniform("p", &params), &h.f32s(&logits), &out],
+            1,
+            1,
+        );
+        let words: Vec<u32> = bytemuck::cast_slice::<f32, u32>(&h.read(&out)).to_vec();
+        let got: Vec<(u32, f32)> = words
+            .chunks(2)
+            .map(|w| (w[0], f32::from_bits(w[1])))
+            .collect();
+        let want = reference::top_candidates(&logits, n.min(v));
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            want.iter().map(|w| w.0).collect::<Vec<_>>()
+        );
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g.1 - w.1).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-5, "probability diff {d}");
+        println!("top_candidates V={v} N={n}: ids equal, max prob diff {d:e}");
+    }
+}

@@ -173,7 +173,7 @@ fn sampling_is_seeded() {
             seed,
             stop_at_eos: false,
         };
-        wgpt::generate_ids(&mut s, Some(&tok), &e.prompt_ids, &opts, None, |_, _| {})
+        wgpt::generate_ids(&mut s, Some(&tok), &e.prompt_ids, &opts, None, |_| {})
             .unwrap()
             .ids
     };

@@ -117,6 +117,9 @@ struct GenerateArgs {
     /// How many recent tokens --repeat-penalty looks at.
     #[arg(long, default_value_t = 64)]
     repeat_window: usize,
+    /// Print the N most likely next tokens with their probabilities at each step (stderr, N <= 64).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    top: u32,
     /// Seed of the sampler (same seed, same adapter: same tokens).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -230,6 +233,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     wgpt::generate::check_context(prompt_ids.len(), a.max_tokens, config.n_positions)?;
     let (model, _) = load(&a.model)?;
     let mut session = Session::new(&model)?;
+    session.set_top_candidates(a.top as usize);
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         sampling,
@@ -245,10 +249,19 @@ fn generate(a: GenerateArgs) -> Result<()> {
         &prompt_ids,
         &opts,
         model.config.eos_token_id,
-        |_, piece| {
+        |t| {
             let mut s = stdout.lock();
-            let _ = s.write_all(piece.as_bytes());
+            let _ = s.write_all(t.piece.as_bytes());
             let _ = s.flush();
+            if !t.top.is_empty() {
+                // Candidates go to stderr so stdout stays the generated text.
+                let shown: Vec<String> = t
+                    .top
+                    .iter()
+                    .map(|&(id, p)| format!("{:?} {:.3}", tok.decode(&[id]).unwrap_or_default(), p))
+                    .collect();
+                eprintln!("\n  [top {}] {}", t.top.len(), shown.join(" | "));
+            }
         },
     )?;
     println!();

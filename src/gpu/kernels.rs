@@ -49,6 +49,7 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("attention_texture"),
     kernel!("argmax"),
     kernel!("sample"),
+    kernel!("top_candidates"),
     kernel!("fill_random"),
 ];
 
@@ -148,6 +149,17 @@ pub struct FillParams {
     pub center: f32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct TopParams {
+    pub v: u32,
+    pub n: u32,
+    pub _pad: [u32; 2],
+}
+
+/// The most candidates `top_candidates.wgsl` returns.
+pub const MAX_TOP: usize = 64;
+
 /// Workgroup sizes, as declared in the shaders; dispatch counts are computed from them.
 pub mod wg {
     pub const EMBED: u32 = 64;
@@ -180,6 +192,7 @@ pub struct Pipelines {
     pub attention_texture: wgpu::ComputePipeline,
     pub argmax: wgpu::ComputePipeline,
     pub sample: wgpu::ComputePipeline,
+    pub top_candidates: wgpu::ComputePipeline,
 }
 
 /// Compiles kernel `name` (entry point of the same name) with its override `constants`.
@@ -251,6 +264,7 @@ impl Pipelines {
             attention_texture: pipeline(gpu, "attention_texture", None, &[]),
             argmax: pipeline(gpu, "argmax", None, &[]),
             sample: pipeline(gpu, "sample", None, &[]),
+            top_candidates: pipeline(gpu, "top_candidates", None, &[]),
         }
     }
 }

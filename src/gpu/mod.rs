@@ -56,7 +56,6 @@ impl Gpu {
     /// Opens a device. `adapter` is an index from `wgpt info` or a case-insensitive part of an
     /// adapter's name; `None` takes the high-performance adapter.
     pub fn new(adapter: Option<&str>) -> Result<Arc<Gpu>> {
-        let every = instance(wgpu::Backends::all());
         let adapter = match adapter.map(str::trim).filter(|s| !s.is_empty()) {
             None => {
                 // Vulkan, Metal or DX12 first; OpenGL only when none of them has an adapter
@@ -66,13 +65,19 @@ impl Gpu {
                     ..Default::default()
                 };
                 pollster::block_on(instance(wgpu::Backends::PRIMARY).request_adapter(&options))
-                    .or_else(|_| pollster::block_on(every.request_adapter(&options)))
+                    .or_else(|_| {
+                        pollster::block_on(
+                            instance(wgpu::Backends::all()).request_adapter(&options),
+                        )
+                    })
                     .map_err(|e| Error::NoAdapter {
                         detail: format!(" ({e})"),
                     })?
             }
             Some(wanted) => {
-                let all = pollster::block_on(every.enumerate_adapters(wgpu::Backends::all()));
+                let all = pollster::block_on(
+                    instance(wgpu::Backends::all()).enumerate_adapters(wgpu::Backends::all()),
+                );
                 if all.is_empty() {
                     return Err(Error::NoAdapter {
                         detail: String::new(),

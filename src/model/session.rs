@@ -3,8 +3,8 @@
 //! command encoder per step.
 
 use crate::gpu::kernels::{
-    self, AttentionParams, EmbedParams, Epilogue, LayerNormParams, MatmulParams, SampleParams,
-    Step, WidthParams, wg,
+    self, AttentionParams, EmbedParams, Epilogue, LayerNormParams, MAX_TOP, MatmulParams,
+    SampleParams, Step, TopParams, WidthParams, wg,
 };
 use crate::gpu::tensor::GpuTensor;
 use crate::model::Model;
@@ -44,7 +44,9 @@ struct Activations {
     lnf: wgpu::Buffer,                 // (head_rows, C) final layernorm of the rows the head sees
     logits: wgpu::Buffer,              // (head_rows, V)
     token: wgpu::Buffer,               // (4) u32: chosen token, sampler threshold, log-prob bits
-    token_read: wgpu::Buffer,          // (4) u32, mappable
+    token_read: wgpu::Buffer,          // (4 + 2 MAX_TOP) u32, mappable: token, then candidates
+    top: wgpu::Buffer,                 // (2 MAX_TOP) u32: candidate ids and probability bits
+    top_params: wgpu::Buffer,          // TopParams uniform
     recent: wgpu::Buffer,              // (n_ctx) u32: the repetition penalty's window
     logits_read: Option<wgpu::Buffer>, // (head_rows, V), mappable, made on first use
     body_step: wgpu::Buffer,           // Step uniform for embed and blocks
@@ -74,6 +76,7 @@ enum Kernel {
     AttentionTexture,
     Argmax,
     Sample,
+    TopCandidates,
 }
 
 impl Kernel {
@@ -92,6 +95,7 @@ impl Kernel {
             Kernel::AttentionTexture => "attention_texture",
             Kernel::Argmax => "argmax",
             Kernel::Sample => "sample",
+            Kernel::TopCandidates => "top_candidates",
         }
     }
 }
@@ -131,11 +135,15 @@ pub struct Session<'m> {
     head: Vec<Op>,
     argmax: Op,
     sample: Op,
+    top_op: Op,
     /// Tokens already in the KV cache.
     pos: usize,
     /// Those tokens' ids, for the repetition penalty.
     history: Vec<u32>,
     last_logprob: Option<f32>,
+    /// How many top candidates each step reports (0 = none), and the last step's.
+    top_n: usize,
+    candidates: Vec<(u32, f32)>,
     /// Most tokens one forward pass takes (longer inputs run in chunks).
     t_max: usize,
     /// Most logits rows one head pass writes.
@@ -182,7 +190,16 @@ impl<'m> Session<'m> {
             lnf: gpu.storage("lnf", f(head_rows * c)),
             logits: gpu.storage("logits", f(head_rows * v)),
             token: gpu.storage("token", 16),
-            token_read: gpu.readback("token_read", 16),
+            token_read: gpu.readback("token_read", 16 + 8 * MAX_TOP as u64),
+            top: gpu.storage("top", 8 * MAX_TOP as u64),
+            top_params: gpu.uniform(
+                "top_params",
+                &TopParams {
+                    v: v as u32,
+                    n: 0,
+                    _pad: [0; 2],
+                },
+            ),
             recent: gpu.storage("recent", f(n_ctx)),
             logits_read: None,
             textures: model.texture_linear.then(|| InputTextures {
@@ -194,7 +211,7 @@ impl<'m> Session<'m> {
             head_step: gpu.uniform("head_step", &Step::default()),
             sample: gpu.uniform("sample", &<SampleParams as bytemuck::Zeroable>::zeroed()),
         };
-        let (body, head, argmax, sample) = build_ops(model, &kv, &act);
+        let (body, head, argmax, sample, top_op) = build_ops(model, &kv, &act);
         gpu.check()?;
         Ok(Session {
             model,
@@ -204,9 +221,12 @@ impl<'m> Session<'m> {
             head,
             argmax,
             sample,
+            top_op,
             pos: 0,
             history: Vec::new(),
             last_logprob: None,
+            top_n: 0,
+            candidates: Vec::new(),
             t_max,
             head_rows,
         })
@@ -345,10 +365,18 @@ impl<'m> Session<'m> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.record(&mut enc, &self.body, last as u32);
         self.record(&mut enc, &self.head, 1);
+        // Candidates first: the sampler's repetition penalty edits the logits in place.
+        if self.top_n > 0 {
+            self.record(&mut enc, std::slice::from_ref(&self.top_op), 1);
+        }
         self.record(&mut enc, std::slice::from_ref(op), 1);
         enc.copy_buffer_to_buffer(&self.act.token, 0, &self.act.token_read, 0, read);
+        let top_bytes = 8 * self.top_n as u64;
+        if self.top_n > 0 {
+            enc.copy_buffer_to_buffer(&self.act.top, 0, &self.act.token_read, 16, top_bytes);
+        }
         gpu.queue.submit([enc.finish()]);
-        let bytes = gpu.read(&self.act.token_read, read)?;
+        let bytes = gpu.read(&self.act.token_read, 16 + top_bytes)?;
         self.pos += last;
         let word = |i: usize| {
             u32::from_le_bytes([
@@ -359,7 +387,30 @@ impl<'m> Session<'m> {
             ])
         };
         self.last_logprob = (read == 12).then(|| f32::from_bits(word(2)));
+        self.candidates = (0..self.top_n)
+            .map(|i| (word(4 + 2 * i), f32::from_bits(word(5 + 2 * i))))
+            .collect();
         Ok(word(0))
+    }
+
+    /// Report the `n` most likely next tokens (at most 64) after every step; 0 turns it off.
+    pub fn set_top_candidates(&mut self, n: usize) {
+        self.top_n = n.min(MAX_TOP).min(self.model.config.vocab_size);
+        let p = TopParams {
+            v: self.model.config.vocab_size as u32,
+            n: self.top_n as u32,
+            _pad: [0; 2],
+        };
+        self.model
+            .gpu
+            .queue
+            .write_buffer(&self.act.top_params, 0, bytemuck::bytes_of(&p));
+    }
+
+    /// The last step's most likely next tokens with their probabilities (softmax at temperature
+    /// 1, before any sampling filter), most likely first.
+    pub fn top_candidates(&self) -> &[(u32, f32)] {
+        &self.candidates
     }
 
     /// The log-probability of the last sampled token under the filtered distribution (`None`
@@ -512,6 +563,7 @@ impl<'m> Session<'m> {
             Kernel::AttentionTexture => &p.attention_texture,
             Kernel::Argmax => &p.argmax,
             Kernel::Sample => &p.sample,
+            Kernel::TopCandidates => &p.top_candidates,
         });
         pass.set_bind_group(0, &op.bind, &[]);
         let (x, y) = match (op.grid, op.kernel) {
@@ -534,7 +586,7 @@ impl<'m> Session<'m> {
 
 /// Builds every dispatch of the forward pass, in order, with its bind group. Reads like the
 /// model: embed; per block `x = x + attn(ln_1(x))`, `x = x + mlp(ln_2(x))`; then ln_f and head.
-fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op>, Op, Op) {
+fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op>, Op, Op, Op) {
     let gpu = &*model.gpu;
     let cfg = &model.config;
     let w = &model.weights;
@@ -824,7 +876,17 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         grid: Grid::One,
         copy: None,
     };
-    (body, head, argmax, sample)
+    let top_op = Op {
+        kernel: Kernel::TopCandidates,
+        bind: bind(
+            &p.top_candidates,
+            "top_candidates",
+            &[&act.top_params, &act.logits, &act.top],
+        ),
+        grid: Grid::One,
+        copy: None,
+    };
+    (body, head, argmax, sample, top_op)
 }
 
 /// Bindings of kv_append_texture (no output buffer) and attention_texture (`out` = att_y).

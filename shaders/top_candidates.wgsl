@@ -1,0 +1,77 @@
+// The N most likely next tokens of row 0 and their probabilities under the model's own
+// distribution (softmax at temperature 1), for display (`wgpt generate --top N`): N rounds of a
+// workgroup argmax, each over what comes after the previous winner in the order (value
+// descending, id ascending). Only 8 N bytes come back.
+
+struct Params { V: u32, N: u32, _a: u32, _b: u32 }
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;     // (rows, V), row 0 is read
+@group(0) @binding(2) var<storage, read_write> top: array<u32>;  // (2N): id, probability bits
+
+const WG: u32 = 256u;
+const MAX_N: u32 = 64u;  // kernels::MAX_TOP
+var<workgroup> best_val: array<f32, WG>;
+var<workgroup> best_idx: array<u32, WG>;
+var<workgroup> red: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn top_candidates(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let n = min(p.N, MAX_N);
+
+    // Softmax normaliser: max, then sum of exp.
+    var mx = -3.4e38;
+    for (var i = lid; i < p.V; i += WG) { mx = max(mx, logits[i]); }
+    red[lid] = mx;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+        workgroupBarrier();
+    }
+    mx = red[0];
+    workgroupBarrier();
+    var z = 0.0;
+    for (var i = lid; i < p.V; i += WG) { z += exp(logits[i] - mx); }
+    red[lid] = z;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (lid < s) { red[lid] += red[lid + s]; }
+        workgroupBarrier();
+    }
+    z = red[0];
+    workgroupBarrier();
+
+    var prev_val = 3.4e38;
+    var prev_idx = 0xffffffffu;
+    for (var r = 0u; r < n; r++) {
+        var bv = -3.4e38;
+        var bi = 0xffffffffu;
+        for (var i = lid; i < p.V; i += WG) {
+            let v = logits[i];
+            let after = v < prev_val || (v == prev_val && i > prev_idx) || r == 0u;
+            if (after && (v > bv || bi == 0xffffffffu)) { bv = v; bi = i; }
+        }
+        best_val[lid] = bv;
+        best_idx[lid] = bi;
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+            if (lid < s) {
+                let ov = best_val[lid + s];
+                let oi = best_idx[lid + s];
+                if (ov > best_val[lid] || (ov == best_val[lid] && oi < best_idx[lid])) {
+                    best_val[lid] = ov;
+                    best_idx[lid] = oi;
+                }
+            }
+            workgroupBarrier();
+        }
+        prev_val = best_val[0];
+        prev_idx = best_idx[0];
+        if (lid == 0u) {
+            top[2u * r] = prev_idx;
+            top[2u * r + 1u] = bitcast<u32>(exp(prev_val - mx) / z);
+        }
+        workgroupBarrier();
+    }
+}
