@@ -18,6 +18,11 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Stop when the model emits its end-of-sequence token.
     pub stop_at_eos: bool,
+    /// What to do when the context fills up. `None` (the default): refuse up front if the prompt
+    /// plus `max_tokens` does not fit. `Some(keep)`: shift the context instead, keeping the first
+    /// `keep` tokens (the prompt's head) and the most recent ones, half the context in all, and
+    /// recomputing them (GPT-2's positions are absolute, so the cache cannot just slide).
+    pub context_shift: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -27,6 +32,7 @@ impl Default for GenerateOptions {
             sampling: Sampling::default(),
             seed: 0,
             stop_at_eos: true,
+            context_shift: None,
         }
     }
 }
@@ -124,11 +130,14 @@ pub fn generate_ids(
     eos: Option<u32>,
     mut on_token: impl FnMut(TokenEvent),
 ) -> Result<Generation> {
-    check_context(
-        session.position() + prompt_ids.len(),
-        opts.max_tokens,
-        session.n_ctx(),
-    )?;
+    let n_ctx = session.n_ctx();
+    // With a context shift only the prompt itself must fit.
+    let max_tokens = if opts.context_shift.is_some() {
+        1
+    } else {
+        opts.max_tokens
+    };
+    check_context(session.position() + prompt_ids.len(), max_tokens, n_ctx)?;
     let mut rng = SplitMix64(opts.seed);
     opts.sampling.validate()?;
     let mut pick = || opts.sampling.pick(rng.next_f32());
@@ -161,6 +170,9 @@ pub fn generate_ids(
     emit(next, session, &mut out)?;
     let t1 = Instant::now();
     while out.ids.len() < opts.max_tokens && !(opts.stop_at_eos && Some(next) == eos) {
+        if let (Some(keep), true) = (opts.context_shift, session.position() >= n_ctx) {
+            shift_context(session, keep)?;
+        }
         next = session.next_token(&[next], pick())?;
         emit(next, session, &mut out)?;
     }
@@ -175,4 +187,17 @@ pub fn generate_ids(
         });
     }
     Ok(out)
+}
+
+/// Restarts the session on the first `keep` tokens and the most recent ones, half the context in
+/// all, so generation can go on past n_positions.
+fn shift_context(session: &mut Session, keep: usize) -> Result<()> {
+    let half = session.n_ctx() / 2;
+    let all = session.tokens().to_vec();
+    let keep = keep.min(half.saturating_sub(1));
+    let mut kept = all[..keep].to_vec();
+    kept.extend_from_slice(&all[all.len() - (half - keep)..]);
+    log::debug!("context shift: {} tokens -> {}", all.len(), kept.len());
+    session.reset();
+    session.feed(&kept)
 }

@@ -172,6 +172,7 @@ fn sampling_is_seeded() {
             sampling,
             seed,
             stop_at_eos: false,
+            context_shift: None,
         };
         wgpt::generate_ids(&mut s, Some(&tok), &e.prompt_ids, &opts, None, |_| {})
             .unwrap()
@@ -404,4 +405,44 @@ fn load_reports_progress() {
     );
     assert!(seen.iter().all(|&(_, t)| t == total));
     assert_eq!(seen.last().unwrap().0, total);
+}
+
+/// Past n_positions: an error by default; with a context shift, generation goes on (the session
+/// restarts on the prompt head and the recent tokens), deterministically.
+#[test]
+fn context_shift_generates_past_the_context() {
+    let dir = fixture("gpt2-tiny");
+    let model = load("gpt2-tiny", &LoadOptions::default());
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let e = expected(&dir);
+    let n_ctx = model.config.n_positions;
+    let run = |max_tokens: usize, context_shift| {
+        let mut s = Session::new(&model).unwrap();
+        let opts = wgpt::GenerateOptions {
+            max_tokens,
+            sampling: wgpt::Sampling {
+                temperature: 3.0,
+                ..Default::default()
+            },
+            seed: 9,
+            stop_at_eos: false,
+            context_shift,
+        };
+        wgpt::generate_ids(&mut s, Some(&tok), &e.prompt_ids, &opts, None, |_| {})
+            .map(|g| (g.ids, s.position()))
+    };
+    let err = run(3 * n_ctx, None).unwrap_err().to_string();
+    assert!(err.contains("n_positions = 64"), "{err}");
+    let (ids, pos) = run(3 * n_ctx, Some(4)).unwrap();
+    assert_eq!(ids.len(), 3 * n_ctx);
+    assert!(pos <= n_ctx, "the cache never overflows");
+    assert_eq!(ids, run(3 * n_ctx, Some(4)).unwrap().0, "deterministic");
+    // Until the context fills, the tokens are those of a run that never needs to shift.
+    let fits = run(n_ctx + 1 - e.prompt_ids.len(), None).unwrap().0;
+    assert_eq!(ids[..fits.len()], fits[..]);
+    assert_ne!(
+        ids[fits.len()..],
+        ids[..ids.len() - fits.len()],
+        "it keeps generating, not replaying"
+    );
 }

@@ -117,6 +117,11 @@ struct GenerateArgs {
     /// How many recent tokens --repeat-penalty looks at.
     #[arg(long, default_value_t = 64)]
     repeat_window: usize,
+    /// Instead of refusing a prompt plus --max-tokens longer than the context, shift the context
+    /// when it fills: keep this many tokens of the prompt's head and the most recent ones (half
+    /// the context in all) and recompute them.
+    #[arg(long, value_name = "KEEP")]
+    context_shift: Option<usize>,
     /// Print the N most likely next tokens with their probabilities at each step (stderr, N <= 64).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
     top: u32,
@@ -230,7 +235,12 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let tok = tokenizer(&dir)?;
     let prompt_ids = tok.encode(&a.prompt)?;
     let config = wgpt::Config::from_file(&dir.join(wgpt::loader::CONFIG_FILE))?;
-    wgpt::generate::check_context(prompt_ids.len(), a.max_tokens, config.n_positions)?;
+    let needed = if a.context_shift.is_some() {
+        1
+    } else {
+        a.max_tokens
+    };
+    wgpt::generate::check_context(prompt_ids.len(), needed, config.n_positions)?;
     let (model, _) = load(&a.model)?;
     let mut session = Session::new(&model)?;
     session.set_top_candidates(a.top as usize);
@@ -239,6 +249,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         sampling,
         seed: a.seed,
         stop_at_eos: !a.ignore_eos,
+        context_shift: a.context_shift,
     };
     let stdout = std::io::stdout();
     print!("{}", a.prompt);

@@ -419,6 +419,23 @@ impl<'m> Session<'m> {
         self.last_logprob
     }
 
+    /// Runs `tokens` through the model, appending them to the cache, without computing logits
+    /// (a prefill whose next token is not wanted, e.g. after a context shift).
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        let t = self.run_body_chunks(tokens)?;
+        let gpu = self.model.gpu.clone();
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        self.record(&mut enc, &self.body, t as u32);
+        gpu.queue.submit([enc.finish()]);
+        self.pos += t;
+        gpu.check()
+    }
+
+    /// The ids of every token in the cache, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.history
+    }
+
     /// Runs `tokens` through the model (appending them to the cache) and returns the logits of
     /// every one of them, (T, V) row-major.
     pub fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
