@@ -1,6 +1,8 @@
 //! Text generation: prefill the prompt in one forward pass, then decode one token per step, each
 //! chosen on the GPU; text streams out as it decodes cleanly.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::model::Session;
@@ -23,6 +25,10 @@ pub struct GenerateOptions {
     /// `keep` tokens (the prompt's head) and the most recent ones, half the context in all, and
     /// recomputing them (GPT-2's positions are absolute, so the cache cannot just slide).
     pub context_shift: Option<usize>,
+    /// Stop as soon as the text contains one of these (the match is cut from `text`).
+    pub stop: Vec<String>,
+    /// Set from any thread to stop between tokens (the tokens so far are returned).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for GenerateOptions {
@@ -33,6 +39,8 @@ impl Default for GenerateOptions {
             seed: 0,
             stop_at_eos: true,
             context_shift: None,
+            stop: Vec::new(),
+            cancel: None,
         }
     }
 }
@@ -48,6 +56,22 @@ pub struct Generation {
     pub prefill_s: f64,
     /// Seconds for the remaining tokens, one forward pass each.
     pub decode_s: f64,
+    /// Why generation ended.
+    pub stopped_by: StopReason,
+}
+
+/// Why [`generate_ids`] returned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StopReason {
+    /// `max_tokens` were generated.
+    #[default]
+    MaxTokens,
+    /// The model emitted its end-of-sequence token.
+    Eos,
+    /// The text reached a stop string.
+    StopString,
+    /// `cancel` was set.
+    Cancelled,
 }
 
 impl Generation {
@@ -169,7 +193,35 @@ pub fn generate_ids(
     out.prefill_s = t0.elapsed().as_secs_f64();
     emit(next, session, &mut out)?;
     let t1 = Instant::now();
-    while out.ids.len() < opts.max_tokens && !(opts.stop_at_eos && Some(next) == eos) {
+    let stop_hit = |out: &Generation| {
+        opts.stop
+            .iter()
+            .find(|s| !s.is_empty() && out.text.contains(s.as_str()))
+            .cloned()
+    };
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    };
+    loop {
+        if let Some(s) = stop_hit(&out) {
+            let at = out.text.find(&s).unwrap_or(out.text.len());
+            out.text.truncate(at);
+            out.stopped_by = StopReason::StopString;
+            break;
+        }
+        if opts.stop_at_eos && Some(next) == eos {
+            out.stopped_by = StopReason::Eos;
+            break;
+        }
+        if cancelled() {
+            out.stopped_by = StopReason::Cancelled;
+            break;
+        }
+        if out.ids.len() >= opts.max_tokens {
+            break;
+        }
         if let (Some(keep), true) = (opts.context_shift, session.position() >= n_ctx) {
             shift_context(session, keep)?;
         }
@@ -177,7 +229,11 @@ pub fn generate_ids(
         emit(next, session, &mut out)?;
     }
     out.decode_s = t1.elapsed().as_secs_f64();
-    if let Some(rest) = stream.as_mut().map(|s| s.finish()).transpose()?.flatten() {
+    let held_back = match out.stopped_by {
+        StopReason::StopString => None,
+        _ => stream.as_mut().map(|s| s.finish()).transpose()?.flatten(),
+    };
+    if let Some(rest) = held_back {
         out.text.push_str(&rest);
         on_token(TokenEvent {
             id: None,

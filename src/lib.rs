@@ -42,7 +42,7 @@ pub mod tokenizer;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use generate::{GenerateOptions, Generation, TokenEvent, generate_ids};
+pub use generate::{GenerateOptions, Generation, StopReason, TokenEvent, generate_ids};
 pub use gpu::Gpu;
 pub use model::{LoadOptions, Model, Pick, Progress, Session, WeightLayout};
 pub use sampler::Sampling;

@@ -173,6 +173,7 @@ fn sampling_is_seeded() {
             seed,
             stop_at_eos: false,
             context_shift: None,
+            ..Default::default()
         };
         wgpt::generate_ids(&mut s, Some(&tok), &e.prompt_ids, &opts, None, |_| {})
             .unwrap()
@@ -427,6 +428,7 @@ fn context_shift_generates_past_the_context() {
             seed: 9,
             stop_at_eos: false,
             context_shift,
+            ..Default::default()
         };
         wgpt::generate_ids(&mut s, Some(&tok), &e.prompt_ids, &opts, None, |_| {})
             .map(|g| (g.ids, s.position()))
@@ -445,4 +447,65 @@ fn context_shift_generates_past_the_context() {
         ids[..ids.len() - fits.len()],
         "it keeps generating, not replaying"
     );
+}
+
+/// Stop strings end generation with the text cut before them; a cancel flag set from the
+/// callback (as another thread would) ends it between tokens; EOS is reported.
+#[test]
+fn stop_strings_and_cancellation() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use wgpt::StopReason;
+    let dir = fixture("gpt2-tiny");
+    let model = load("gpt2-tiny", &LoadOptions::default());
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let e = expected(&dir);
+    let full = tok.decode(&e.greedy_ids).unwrap();
+    let generate = |opts: &wgpt::GenerateOptions,
+                    cancel_after: Option<(usize, Arc<AtomicBool>)>| {
+        let mut s = Session::new(&model).unwrap();
+        let mut n = 0;
+        wgpt::generate_ids(&mut s, Some(&tok), &e.prompt_ids, opts, Some(383), |_| {
+            n += 1;
+            if let Some((after, flag)) = &cancel_after {
+                if n == *after {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            }
+        })
+        .unwrap()
+    };
+    // A stop string from the middle of the greedy text (" is", as decoded by the tokenizer).
+    let stop = full[8..11].to_string();
+    let opts = wgpt::GenerateOptions {
+        max_tokens: 32,
+        stop: vec![stop.clone()],
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    let g = generate(&opts, None);
+    assert_eq!(g.stopped_by, StopReason::StopString);
+    assert!(!g.text.contains(&stop), "{:?} still holds {stop:?}", g.text);
+    assert!(full.starts_with(&g.text) && g.ids.len() < 32);
+
+    let flag = Arc::new(AtomicBool::new(false));
+    let opts = wgpt::GenerateOptions {
+        max_tokens: 32,
+        stop_at_eos: false,
+        cancel: Some(flag.clone()),
+        ..Default::default()
+    };
+    let g = generate(&opts, Some((5, flag)));
+    assert_eq!(g.stopped_by, StopReason::Cancelled);
+    assert_eq!(g.ids, e.greedy_ids[..5]);
+
+    let g = generate(
+        &wgpt::GenerateOptions {
+            max_tokens: 32,
+            stop_at_eos: false,
+            ..Default::default()
+        },
+        None,
+    );
+    assert_eq!((g.stopped_by, g.ids.len()), (StopReason::MaxTokens, 32));
 }

@@ -122,6 +122,9 @@ struct GenerateArgs {
     /// the context in all) and recompute them.
     #[arg(long, value_name = "KEEP")]
     context_shift: Option<usize>,
+    /// Stop when the text contains this string (repeatable); the JSON `text` ends before it.
+    #[arg(long)]
+    stop: Vec<String>,
     /// Print the N most likely next tokens with their probabilities at each step (stderr, N <= 64).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
     top: u32,
@@ -250,6 +253,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         stop_at_eos: !a.ignore_eos,
         context_shift: a.context_shift,
+        stop: a.stop.clone(),
+        cancel: None,
     };
     let stdout = std::io::stdout();
     print!("{}", a.prompt);
