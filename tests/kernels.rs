@@ -299,8 +299,18 @@ fn argmax_matches_cpu_with_ties() {
             logits[5] = 20.0;
             logits[3] = f32::NAN;
         }
-        let tok = h.u32s(&[u32::MAX]);
-        h.run(&h.p.argmax, &[&h.width(v), &h.f32s(&logits), &tok], 1, 1);
+        let tok = h.u32s(&[u32::MAX; 2]);
+        let params = wgpt::gpu::kernels::ArgmaxParams {
+            v: v as u32,
+            n: 1,
+            _pad: [0; 2],
+        };
+        h.run(
+            &h.p.argmax,
+            &[&h.gpu.uniform("p", &params), &h.f32s(&logits), &tok],
+            1,
+            1,
+        );
         let got = bytemuck::cast_slice::<f32, u32>(&h.read(&tok))[0];
         assert_eq!(got, reference::argmax(&logits), "V={v}");
         println!("argmax V={v}: {got}");
@@ -636,7 +646,7 @@ fn sampler_filters_match_cpu() {
     }
 }
 
-/// The top-N candidates against the CPU twin: same ids in the same order, probabilities equal to
+/// argmax with N > 1 (the top-N candidates) against the CPU twin: same ids in the same order, probabilities equal to
 /// f32 rounding of the softmax normaliser (a sum over V terms).
 #[test]
 fn top_candidates_match_cpu() {
@@ -646,14 +656,14 @@ fn top_candidates_match_cpu() {
         if v > 10 {
             logits[9] = logits[5]; // a tie: the lower id comes first
         }
-        let params = wgpt::gpu::kernels::TopParams {
+        let params = wgpt::gpu::kernels::ArgmaxParams {
             v: v as u32,
             n: n as u32,
             _pad: [0; 2],
         };
         let out = h.u32s(&vec![0; 2 * n]);
         h.run(
-            &h.p.top_candidates,
+            &h.p.argmax,
             &[&h.gpu.uniform("p", &params), &h.f32s(&logits), &out],
             1,
             1,
@@ -674,6 +684,6 @@ fn top_candidates_match_cpu() {
             .map(|(g, w)| (g.1 - w.1).abs())
             .fold(0.0, f32::max);
         assert!(d < 1e-5, "probability diff {d}");
-        println!("top_candidates V={v} N={n}: ids equal, max prob diff {d:e}");
+        println!("argmax V={v} N={n}: ids equal, max prob diff {d:e}");
     }
 }

@@ -49,7 +49,6 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("attention_texture"),
     kernel!("argmax"),
     kernel!("sample"),
-    kernel!("top_candidates"),
     kernel!("fill_random"),
 ];
 
@@ -119,7 +118,7 @@ pub struct AttentionParams {
     pub scale: f32,
 }
 
-/// One width, for kv_append and argmax.
+/// One width, for kv_append.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct WidthParams {
@@ -151,13 +150,14 @@ pub struct FillParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct TopParams {
+pub struct ArgmaxParams {
     pub v: u32,
+    /// How many of the largest logits to return (1 = greedy).
     pub n: u32,
     pub _pad: [u32; 2],
 }
 
-/// The most candidates `top_candidates.wgsl` returns.
+/// The most candidates `argmax.wgsl` returns.
 pub const MAX_TOP: usize = 64;
 
 /// Workgroup sizes, as declared in the shaders; dispatch counts are computed from them.
@@ -192,7 +192,6 @@ pub struct Pipelines {
     pub attention_texture: wgpu::ComputePipeline,
     pub argmax: wgpu::ComputePipeline,
     pub sample: wgpu::ComputePipeline,
-    pub top_candidates: wgpu::ComputePipeline,
 }
 
 /// Compiles kernel `name` (entry point of the same name) with its override `constants`.
@@ -264,7 +263,6 @@ impl Pipelines {
             attention_texture: pipeline(gpu, "attention_texture", None, &[]),
             argmax: pipeline(gpu, "argmax", None, &[]),
             sample: pipeline(gpu, "sample", None, &[]),
-            top_candidates: pipeline(gpu, "top_candidates", None, &[]),
         }
     }
 }

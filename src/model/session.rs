@@ -3,8 +3,8 @@
 //! command encoder per step.
 
 use crate::gpu::kernels::{
-    self, AttentionParams, EmbedParams, Epilogue, LayerNormParams, MAX_TOP, MatmulParams,
-    SampleParams, Step, TopParams, WidthParams, wg,
+    self, ArgmaxParams, AttentionParams, EmbedParams, Epilogue, LayerNormParams, MAX_TOP,
+    MatmulParams, SampleParams, Step, WidthParams, wg,
 };
 use crate::gpu::tensor::GpuTensor;
 use crate::model::Model;
@@ -76,7 +76,6 @@ enum Kernel {
     AttentionTexture,
     Argmax,
     Sample,
-    TopCandidates,
 }
 
 impl Kernel {
@@ -95,7 +94,6 @@ impl Kernel {
             Kernel::AttentionTexture => "attention_texture",
             Kernel::Argmax => "argmax",
             Kernel::Sample => "sample",
-            Kernel::TopCandidates => "top_candidates",
         }
     }
 }
@@ -194,7 +192,7 @@ impl<'m> Session<'m> {
             top: gpu.storage("top", 8 * MAX_TOP as u64),
             top_params: gpu.uniform(
                 "top_params",
-                &TopParams {
+                &ArgmaxParams {
                     v: v as u32,
                     n: 0,
                     _pad: [0; 2],
@@ -396,7 +394,7 @@ impl<'m> Session<'m> {
     /// Report the `n` most likely next tokens (at most 64) after every step; 0 turns it off.
     pub fn set_top_candidates(&mut self, n: usize) {
         self.top_n = n.min(MAX_TOP).min(self.model.config.vocab_size);
-        let p = TopParams {
+        let p = ArgmaxParams {
             v: self.model.config.vocab_size as u32,
             n: self.top_n as u32,
             _pad: [0; 2],
@@ -580,7 +578,6 @@ impl<'m> Session<'m> {
             Kernel::AttentionTexture => &p.attention_texture,
             Kernel::Argmax => &p.argmax,
             Kernel::Sample => &p.sample,
-            Kernel::TopCandidates => &p.top_candidates,
         });
         pass.set_bind_group(0, &op.bind, &[]);
         let (x, y) = match (op.grid, op.kernel) {
@@ -877,9 +874,18 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         &act.logits,
     ));
 
+    // Greedy: the single largest logit into `token`; the same kernel with N > 1 gives --top.
+    let greedy = gpu.uniform(
+        "argmax",
+        &ArgmaxParams {
+            v,
+            n: 1,
+            _pad: [0; 2],
+        },
+    );
     let argmax = Op {
         kernel: Kernel::Argmax,
-        bind: bind(&p.argmax, "argmax", &[&width(v), &act.logits, &act.token]),
+        bind: bind(&p.argmax, "argmax", &[&greedy, &act.logits, &act.token]),
         grid: Grid::One,
         copy: None,
     };
@@ -894,10 +900,10 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         copy: None,
     };
     let top_op = Op {
-        kernel: Kernel::TopCandidates,
+        kernel: Kernel::Argmax,
         bind: bind(
-            &p.top_candidates,
-            "top_candidates",
+            &p.argmax,
+            "argmax",
             &[&act.top_params, &act.logits, &act.top],
         ),
         grid: Grid::One,
