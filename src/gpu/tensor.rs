@@ -185,6 +185,22 @@ impl GpuTensor {
         })
     }
 
+    /// A matrix held only as textures.
+    pub fn from_textures(
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+        textures: Vec<TextureChunk>,
+    ) -> Self {
+        GpuTensor {
+            rows,
+            cols,
+            dtype,
+            textures,
+            chunks: Vec::new(),
+        }
+    }
+
     /// Row ranges of at most `max_rows`, each made into a texture by `make(label, row0, n)`.
     pub fn texture_chunks(
         label: &str,

@@ -112,13 +112,7 @@ impl Model {
             if textures && is_linear(name) {
                 let textures =
                     GpuTensor::upload_texture(&gpu, name, rows, cols, dtype, max_rows, read)?;
-                return Ok(GpuTensor {
-                    rows,
-                    cols,
-                    dtype,
-                    textures,
-                    chunks: Vec::new(),
-                });
+                return Ok(GpuTensor::from_textures(rows, cols, dtype, textures));
             }
             let mut t = GpuTensor::upload(&gpu, name, rows, cols, dtype, max_chunk_bytes, read)?;
             if textures && name == "wte.weight" {
@@ -233,13 +227,7 @@ impl Model {
             };
             if textures && is_linear(name) {
                 let textures = textured(&mut fill);
-                return Ok(GpuTensor {
-                    rows,
-                    cols,
-                    dtype,
-                    textures,
-                    chunks: Vec::new(),
-                });
+                return Ok(GpuTensor::from_textures(rows, cols, dtype, textures));
             }
             let mut t =
                 GpuTensor::with_chunks(name, rows, cols, dtype, max_chunk_bytes, |label, _, n| {
