@@ -174,11 +174,7 @@ fn matmul_and_gemv_match_cpu_including_column_chunks() {
                     &out,
                 ];
                 let cols = (c1 - c0) as u32;
-                let (x, y) = if name == "gemv" {
-                    (cols.div_ceil(4).div_ceil(64), m as u32)
-                } else {
-                    (cols.div_ceil(32), (m as u32).div_ceil(32))
-                };
+                let (x, y) = linear_grid(name, cols, m as u32);
                 h.run(pipe, &bufs, x, y);
             }
             // Dot products of K <= 100 terms of size <= 1 in f32 against f64: ~K * 6e-8.
@@ -274,11 +270,7 @@ fn linear_epilogues_match_cpu() {
                     &h.f32s(&b),
                     &out,
                 ];
-                let (x, y) = if name == "gemv" {
-                    ((n as u32).div_ceil(4).div_ceil(64), m as u32)
-                } else {
-                    ((n as u32).div_ceil(32), (m as u32).div_ceil(32))
-                };
+                let (x, y) = linear_grid(name, n as u32, m as u32);
                 h.run(pipe, &bufs, x, y);
                 // Sums of K <= 68 terms of size <= 3 in f32 vs f64, then tanh in f32.
                 let d = close(&h.read(&out), want, 1e-5);
@@ -352,11 +344,7 @@ fn f16_weights_match_cpu_on_rounded_weights() {
                 &h.f32s(&b),
                 &out,
             ];
-            let (x, y) = if name == "gemv" {
-                ((n as u32).div_ceil(4).div_ceil(64), m as u32)
-            } else {
-                ((n as u32).div_ceil(32), (m as u32).div_ceil(32))
-            };
+            let (x, y) = linear_grid(name, n as u32, m as u32);
             h.run(pipe, &bufs, x, y);
             // As the f32 test: the weights are exact halves, sums in f32 vs f64.
             let d = close(&h.read(&out), &want, 1e-5);
@@ -685,5 +673,15 @@ fn top_candidates_match_cpu() {
             .fold(0.0, f32::max);
         assert!(d < 1e-5, "probability diff {d}");
         println!("argmax V={v} N={n}: ids equal, max prob diff {d:e}");
+    }
+}
+
+/// Workgroups for the buffer linear kernels over an (m, n) output: gemv has 64 invocations of 4
+/// columns per row, matmul 32 x 32 tiles.
+fn linear_grid(name: &str, n: u32, m: u32) -> (u32, u32) {
+    if name == "gemv" {
+        (n.div_ceil(4).div_ceil(64), m)
+    } else {
+        (n.div_ceil(32), m.div_ceil(32))
     }
 }
