@@ -443,7 +443,7 @@ pub fn kernels(
             view(gpu.weight_texture("w", n as usize, k as usize, dtype)),
             view(gpu.texture("x", 512, k as usize)),
         );
-        let (bias, x) = (f32s(n), f32s(512 * k));
+        let (bias, x) = (f32s(n), gpu.storage_uniform("x", 512 * k as u64 * 4));
         for t in [1u32, 128, 512] {
             let out = f32s(t * n);
             let params = MatmulParams {
@@ -479,6 +479,7 @@ pub fn kernels(
                     Tex(&w_tex),
                     bias.as_entire_binding(),
                     out.as_entire_binding(),
+                    crate::Gpu::gemv_input(&x),
                 ];
                 bind_resources(gpu, pipe, "bench", r)
             } else {

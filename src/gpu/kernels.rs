@@ -173,6 +173,9 @@ pub mod wg {
     /// matmul_texture.wgsl: invocations per workgroup; each computes 4 columns (x 4 rows for
     /// matmul_texture).
     pub const LINEAR_TEXTURE: u32 = 8;
+    /// gemv_texture's uniform input holds this many floats (rows x K): the 64 KiB every
+    /// adapter allows in one uniform binding. Larger steps use matmul_texture.
+    pub const GEMV_UNIFORM_FLOATS: u32 = 16384;
     /// attention_texture.wgsl: invocations per workgroup, one per head.
     pub const ATTENTION_TEXTURE: u32 = 8;
     pub const KV_APPEND: u32 = 64;
@@ -268,7 +271,7 @@ impl Pipelines {
 }
 
 /// step, params (uniform); a, w (read: buffers, or rgba32float storage textures); bias (read);
-/// out (read-write).
+/// out (read-write); with textures also gemv_texture's input x (uniform, 64 KiB).
 fn linear_layout(gpu: &Gpu, textures: bool) -> wgpu::PipelineLayout {
     // Inputs are rgba32float; weights raw bits (f32 or f16) in rgba32uint.
     let operand = |binding: u32| wgpu::BindGroupLayoutEntry {
@@ -304,18 +307,22 @@ fn linear_layout(gpu: &Gpu, textures: bool) -> wgpu::PipelineLayout {
         count: None,
     };
     let read = wgpu::BufferBindingType::Storage { read_only: true };
+    let mut entries = vec![
+        entry(0, wgpu::BufferBindingType::Uniform),
+        entry(1, wgpu::BufferBindingType::Uniform),
+        operand(2),
+        operand(3),
+        entry(4, read),
+        entry(5, wgpu::BufferBindingType::Storage { read_only: false }),
+    ];
+    if textures {
+        entries.push(entry(6, wgpu::BufferBindingType::Uniform));
+    }
     let bgl = gpu
         .device
         .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("linear"),
-            entries: &[
-                entry(0, wgpu::BufferBindingType::Uniform),
-                entry(1, wgpu::BufferBindingType::Uniform),
-                operand(2),
-                operand(3),
-                entry(4, read),
-                entry(5, wgpu::BufferBindingType::Storage { read_only: false }),
-            ],
+            entries: &entries,
         });
     gpu.device
         .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {

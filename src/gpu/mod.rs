@@ -181,6 +181,29 @@ impl Gpu {
         })
     }
 
+    /// A storage buffer that can also be bound as a uniform: an activation gemv_texture reads
+    /// through its 64 KiB uniform binding (so at least that big).
+    pub fn storage_uniform(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4 * crate::gpu::kernels::wg::GEMV_UNIFORM_FLOATS as u64),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// The first 64 KiB of `buf` as gemv_texture's uniform input.
+    pub fn gemv_input(buf: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: buf,
+            offset: 0,
+            size: wgpu::BufferSize::new(4 * crate::gpu::kernels::wg::GEMV_UNIFORM_FLOATS as u64),
+        })
+    }
+
     /// A storage buffer holding `data`.
     pub fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
         self.device

@@ -64,7 +64,7 @@ struct InputTextures {
 }
 
 /// Which pipeline an op runs.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Kernel {
     Embed,
     LayerNorm,
@@ -79,14 +79,14 @@ enum Kernel {
 }
 
 impl Kernel {
-    /// The kernel family's name, for per-kernel timings (`rows` picks matmul or gemv).
-    fn name(self, rows: u32) -> &'static str {
+    /// The kernel family's name, for per-kernel timings (`gemv`: see `Op::gemv`).
+    fn name(self, gemv: bool) -> &'static str {
         match self {
             Kernel::Embed => "embed",
             Kernel::LayerNorm => "layernorm",
-            Kernel::Matmul if rows <= wg::GEMV_MAX_ROWS => "gemv",
+            Kernel::Matmul if gemv => "gemv",
             Kernel::Matmul => "matmul",
-            Kernel::MatmulTexture if rows <= wg::GEMV_MAX_ROWS => "gemv_texture",
+            Kernel::MatmulTexture if gemv => "gemv_texture",
             Kernel::MatmulTexture => "matmul_texture",
             Kernel::KvAppend => "kv_append",
             Kernel::KvAppendTexture => "kv_append_texture",
@@ -105,8 +105,9 @@ enum Grid {
     Elements { width: u32, wg: u32 },
     /// (rows): one workgroup per row.
     Rows,
-    /// A linear layer with n outputs: gemv for a few rows, the tiled matmul for more.
-    Linear { n: u32 },
+    /// A linear layer with n outputs over k inputs: gemv for a few rows, the tiled matmul for
+    /// more.
+    Linear { n: u32, k: u32 },
     /// (heads, rows): one workgroup per head and query.
     Heads { nh: u32 },
     /// A single workgroup.
@@ -120,6 +121,26 @@ struct Op {
     bind: wgpu::BindGroup,
     grid: Grid,
     copy: Option<(wgpu::Buffer, wgpu::Texture)>,
+}
+
+impl Op {
+    /// Whether a linear layer runs as a gemv for a step of `rows` rows: a few rows, and for
+    /// gemv_texture an input that fits its uniform binding.
+    fn gemv(&self, rows: u32) -> bool {
+        match self.grid {
+            Grid::Linear { k, .. } => {
+                rows <= wg::GEMV_MAX_ROWS
+                    && (self.kernel == Kernel::Matmul || rows * k <= wg::GEMV_UNIFORM_FLOATS)
+            }
+            _ => false,
+        }
+    }
+
+    /// The activation copy to record before this op for a step of `rows` rows: only
+    /// matmul_texture reads its input from a texture.
+    fn texture_copy(&self, rows: u32) -> Option<&(wgpu::Buffer, wgpu::Texture)> {
+        self.copy.as_ref().filter(|_| !self.gemv(rows))
+    }
 }
 
 pub struct Session<'m> {
@@ -178,14 +199,19 @@ impl<'m> Session<'m> {
                 v: (0..cfg.n_layer).map(|l| buf("v_cache", l)).collect(),
             }
         };
+        // The linear layers' inputs; gemv_texture binds them as uniforms.
+        let linear_input = |name: &str, bytes: u64| match model.texture_linear {
+            true => gpu.storage_uniform(name, bytes),
+            false => gpu.storage(name, bytes),
+        };
         let act = Activations {
             tokens: gpu.storage("tokens", f(t_max)),
             x: gpu.storage("x", f(t_max * c)),
-            ln: gpu.storage("ln", f(t_max * c)),
+            ln: linear_input("ln", f(t_max * c)),
             qkv: gpu.storage("qkv", f(t_max * 3 * c)),
-            att_y: gpu.storage("att_y", f(t_max * c)),
-            fc_h: gpu.storage("fc_h", f(t_max * inner)),
-            lnf: gpu.storage("lnf", f(head_rows * c)),
+            att_y: linear_input("att_y", f(t_max * c)),
+            fc_h: linear_input("fc_h", f(t_max * inner)),
+            lnf: linear_input("lnf", f(head_rows * c)),
             logits: gpu.storage("logits", f(head_rows * v)),
             token: gpu.storage("token", 16),
             token_read: gpu.readback("token_read", 16 + 8 * MAX_TOP as u64),
@@ -298,7 +324,7 @@ impl<'m> Session<'m> {
         let read = gpu.readback("profile_read", n as u64 * 8);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for (i, (op, r)) in ops.iter().enumerate() {
-            if let Some((buf, tex)) = &op.copy {
+            if let Some((buf, tex)) = op.texture_copy(*r) {
                 crate::model::copy_rows_to_texture(&mut enc, buf, tex, *r);
             }
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -320,7 +346,7 @@ impl<'m> Session<'m> {
         let mut out: Vec<(&'static str, f64)> = Vec::new();
         for (i, (op, r)) in ops.iter().enumerate() {
             let s = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_s;
-            let name = op.kernel.name(*r);
+            let name = op.kernel.name(op.gemv(*r));
             match out.iter_mut().find(|(k, _)| *k == name) {
                 Some(e) => e.1 += s,
                 None => out.push((name, s)),
@@ -551,7 +577,7 @@ impl<'m> Session<'m> {
             .begin_compute_pass(&Default::default())
             .forget_lifetime();
         for op in ops {
-            if let Some((buf, tex)) = &op.copy {
+            if let Some((buf, tex)) = op.texture_copy(rows) {
                 drop(pass);
                 crate::model::copy_rows_to_texture(enc, buf, tex, rows);
                 pass = enc
@@ -564,7 +590,7 @@ impl<'m> Session<'m> {
 
     fn dispatch(&self, pass: &mut wgpu::ComputePass, op: &Op, rows: u32) {
         let p = &self.model.pipelines;
-        let few = rows <= wg::GEMV_MAX_ROWS;
+        let few = op.gemv(rows);
         pass.set_pipeline(match op.kernel {
             Kernel::Embed => &p.embed,
             Kernel::LayerNorm => &p.layernorm,
@@ -583,12 +609,12 @@ impl<'m> Session<'m> {
         let (x, y) = match (op.grid, op.kernel) {
             (Grid::Elements { width, wg }, _) => (width.div_ceil(wg), rows),
             (Grid::Rows, _) => (rows, 1),
-            (Grid::Linear { n }, Kernel::MatmulTexture) => (
+            (Grid::Linear { n, .. }, Kernel::MatmulTexture) => (
                 n.div_ceil(4).div_ceil(wg::LINEAR_TEXTURE),
                 if few { rows } else { rows.div_ceil(4) },
             ),
-            (Grid::Linear { n }, _) if few => (n.div_ceil(4).div_ceil(wg::GEMV), rows),
-            (Grid::Linear { n }, _) => {
+            (Grid::Linear { n, .. }, _) if few => (n.div_ceil(4).div_ceil(wg::GEMV), rows),
+            (Grid::Linear { n, .. }, _) => {
                 (n.div_ceil(wg::MATMUL_TILE), rows.div_ceil(wg::MATMUL_TILE))
             }
             (Grid::Heads { nh }, _) => (nh, rows),
@@ -678,6 +704,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                         wgpu::BindingResource::TextureView(&ch.view),
                         bias_buf.as_entire_binding(),
                         out.as_entire_binding(),
+                        crate::Gpu::gemv_input(inp),
                     ];
                     Op {
                         kernel: Kernel::MatmulTexture,
@@ -687,7 +714,10 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                             "matmul_texture",
                             resources,
                         ),
-                        grid: Grid::Linear { n: ch.rows as u32 },
+                        grid: Grid::Linear {
+                            n: ch.rows as u32,
+                            k: weight.cols as u32,
+                        },
                         copy: (i == 0).then(|| (inp.clone(), input.clone())),
                     }
                 })
@@ -705,7 +735,10 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                         "matmul",
                         &[step, &u, inp, &ch.buffer, bias_buf, out],
                     ),
-                    grid: Grid::Linear { n: ch.rows as u32 },
+                    grid: Grid::Linear {
+                        n: ch.rows as u32,
+                        k: weight.cols as u32,
+                    },
                     copy: None,
                 }
             })
