@@ -342,7 +342,7 @@ pub struct KernelBench {
 
 /// Times `reps` dispatches of one bind group, recorded in one pass, after one warm-up.
 fn time_dispatch(
-    gpu: &crate::Gpu,
+    gpu: &crate::Engine,
     pipe: &wgpu::ComputePipeline,
     bind: &wgpu::BindGroup,
     groups: (u32, u32),
@@ -371,7 +371,7 @@ fn time_dispatch(
 }
 
 /// Buffer-to-buffer copy bandwidth in GB/s (bytes read + written), the adapter's practical roof.
-pub fn copy_bandwidth(gpu: &crate::Gpu) -> Result<f64> {
+pub fn copy_bandwidth(gpu: &crate::Engine) -> Result<f64> {
     let bytes = (64u64 << 20).min(gpu.max_binding_bytes());
     let (src, dst) = (
         gpu.storage("copy_src", bytes),
@@ -393,7 +393,7 @@ pub fn copy_bandwidth(gpu: &crate::Gpu) -> Result<f64> {
 /// c / 64), wall-clock over repeated dispatches, in the buffer or the texture layout; returns the
 /// copy bandwidth and one row per kernel and shape.
 pub fn kernels(
-    gpu: &crate::Gpu,
+    gpu: &crate::Engine,
     dtype: crate::gpu::tensor::WeightDtype,
     textures: bool,
     c: u32,
@@ -402,7 +402,7 @@ pub fn kernels(
         AttentionParams, LayerNormParams, MatmulParams, Pipelines, Step, bind, bind_resources,
     };
     use wgpu::BindingResource::TextureView as Tex;
-    let p = Pipelines::new(gpu, dtype);
+    let p = Pipelines::new(gpu, dtype, textures);
     let copy = copy_bandwidth(gpu)?;
     if c == 0 || !c.is_multiple_of(64) {
         return Err(Error::Input(format!(
@@ -462,12 +462,12 @@ pub fn kernels(
                 (false, false) => ("matmul", &p.matmul, (n.div_ceil(32), t.div_ceil(32))),
                 (true, true) => (
                     "gemv_texture",
-                    &p.gemv_texture,
+                    &p.textures().gemv_texture,
                     (n.div_ceil(4).div_ceil(8), t),
                 ),
                 (true, false) => (
                     "matmul_texture",
-                    &p.matmul_texture,
+                    &p.textures().matmul_texture,
                     (n.div_ceil(4).div_ceil(8), t.div_ceil(4)),
                 ),
             };
@@ -479,7 +479,7 @@ pub fn kernels(
                     Tex(&w_tex),
                     bias.as_entire_binding(),
                     out.as_entire_binding(),
-                    crate::Gpu::gemv_input(&x),
+                    crate::Engine::gemv_input(&x),
                 ];
                 bind_resources(gpu, pipe, "bench", r)
             } else {
@@ -523,10 +523,16 @@ pub fn kernels(
                 Tex(&kv_tex[1]),
                 out.as_entire_binding(),
             ];
-            let bg = bind_resources(gpu, &p.attention_texture, "bench", r);
+            let bg = bind_resources(gpu, &p.textures().attention_texture, "bench", r);
             (
                 "attention_texture",
-                time_dispatch(gpu, &p.attention_texture, &bg, (nh.div_ceil(8), t), reps)?,
+                time_dispatch(
+                    gpu,
+                    &p.textures().attention_texture,
+                    &bg,
+                    (nh.div_ceil(8), t),
+                    reps,
+                )?,
             )
         } else {
             let bg = bind(

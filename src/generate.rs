@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use crate::model::Session;
 use crate::sampler::Sampling;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{TokenStream, Tokenizer};
 use crate::{Error, Result};
 
 /// How to generate.
@@ -60,7 +61,7 @@ pub struct Generation {
     pub stopped_by: StopReason,
 }
 
-/// Why [`generate_ids`] returned.
+/// Why generation stopped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StopReason {
     /// `max_tokens` were generated.
@@ -131,118 +132,277 @@ pub fn check_context(prompt_len: usize, max_tokens: usize, n_ctx: usize) -> Resu
     Ok(())
 }
 
-/// One generated token, as [`generate_ids`] reports it.
-#[derive(Clone, Copy, Debug)]
-pub struct TokenEvent<'a> {
+/// One generated token, as [`Generator`] and [`generate_ids`] report it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenEvent {
     /// The token id; `None` for the final flush of text held back at the end.
     pub id: Option<u32>,
-    /// The text this token completes (empty while a multi-byte character is still partial).
-    pub piece: &'a str,
+    /// The text this token completes: always whole UTF-8 characters (empty while a multi-byte
+    /// character is still partial; the rest comes with a later token).
+    pub piece: String,
     /// Its log-probability under the sampling distribution (`None` when greedy).
     pub logprob: Option<f32>,
     /// The most likely candidates for this position, with probabilities, when the session was
     /// asked for them ([`Session::set_top_candidates`]).
-    pub top: &'a [(u32, f32)],
+    pub top: Vec<(u32, f32)>,
 }
 
-/// Generates from `prompt_ids`, calling `on_token` as each token arrives.
+/// Where a [`Generator`] stands.
+enum State {
+    /// Ready to submit the next step (the prompt first).
+    Idle,
+    /// A step is on the GPU.
+    Waiting,
+    Done,
+}
+
+/// Generation as a stream of [`TokenEvent`]s. As an [`Iterator`] it blocks on the GPU for each
+/// token; [`Generator::poll_token`] never blocks, for an application's frame loop:
+///
+/// ```no_run
+/// # fn frame(generator: &mut wgpt::Generator) -> wgpt::Result<()> {
+/// use std::task::Poll;
+/// match generator.poll_token() {
+///     Poll::Ready(Some(event)) => print!("{}", event?.piece),
+///     Poll::Ready(None) => println!("\n[{:?}]", generator.generation().stopped_by),
+///     Poll::Pending => {} // the GPU is still busy: draw the frame, poll again next frame
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// Stops at `max_tokens`, EOS, a stop string or cancellation (checked between tokens; the
+/// session stays usable, holding everything generated so far).
+pub struct Generator<'a> {
+    session: &'a mut Session,
+    stream: Option<TokenStream<'a>>,
+    opts: GenerateOptions,
+    eos: Option<u32>,
+    rng: SplitMix64,
+    out: Generation,
+    state: State,
+    /// The last token chosen, fed back on the next step.
+    last: Option<u32>,
+    t0: Instant,
+    /// When the first token arrived (decode time counts from here).
+    t1: Option<Instant>,
+}
+
+impl<'a> Generator<'a> {
+    /// Checks the prompt against the context and the sampling settings; nothing runs until the
+    /// first poll.
+    pub fn new(
+        session: &'a mut Session,
+        tokenizer: Option<&'a Tokenizer>,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        eos: Option<u32>,
+    ) -> Result<Self> {
+        // With a context shift only the prompt itself must fit.
+        let max_tokens = if opts.context_shift.is_some() {
+            1
+        } else {
+            opts.max_tokens
+        };
+        check_context(
+            session.position() + prompt_ids.len(),
+            max_tokens,
+            session.n_ctx(),
+        )?;
+        opts.sampling.validate()?;
+        Ok(Generator {
+            session,
+            stream: tokenizer.map(Tokenizer::stream),
+            rng: SplitMix64(opts.seed),
+            opts: opts.clone(),
+            eos,
+            out: Generation {
+                prompt_ids: prompt_ids.to_vec(),
+                ..Default::default()
+            },
+            state: State::Idle,
+            last: None,
+            t0: Instant::now(),
+            t1: None,
+        })
+    }
+
+    /// What has been generated so far (all of it once the stream has ended).
+    pub fn generation(&self) -> &Generation {
+        &self.out
+    }
+
+    /// The finished generation.
+    pub fn into_generation(self) -> Generation {
+        self.out
+    }
+
+    /// The next event without blocking: `Pending` while the GPU works on the step,
+    /// `Ready(None)` once generation has stopped.
+    pub fn poll_token(&mut self) -> Poll<Option<Result<TokenEvent>>> {
+        self.advance(false)
+    }
+
+    fn advance(&mut self, block: bool) -> Poll<Option<Result<TokenEvent>>> {
+        match self.step(block) {
+            Ok(Some(ev)) => Poll::Ready(Some(Ok(ev))),
+            Ok(None) if matches!(self.state, State::Done) => Poll::Ready(None),
+            Ok(None) => Poll::Pending,
+            Err(e) => {
+                self.state = State::Done;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    /// Moves the state machine on; `Ok(None)` when nothing is ready yet or it is done.
+    fn step(&mut self, block: bool) -> Result<Option<TokenEvent>> {
+        loop {
+            match self.state {
+                State::Done => return Ok(None),
+                State::Idle => {
+                    if let Some(reason) = self.stop_reason() {
+                        return self.finish(reason);
+                    }
+                    let u = self.rng.next_f32();
+                    let pick = self.opts.sampling.pick(u);
+                    match self.last {
+                        None => {
+                            self.t0 = Instant::now();
+                            self.session.submit(&self.out.prompt_ids, pick)?;
+                        }
+                        Some(id) => {
+                            if let (Some(keep), true) = (
+                                self.opts.context_shift,
+                                self.session.position() >= self.session.n_ctx(),
+                            ) {
+                                shift_context(self.session, keep)?;
+                            }
+                            self.session.submit(&[id], pick)?;
+                        }
+                    }
+                    self.state = State::Waiting;
+                }
+                State::Waiting => {
+                    let id = if block {
+                        self.session.wait()?
+                    } else {
+                        match self.session.poll()? {
+                            Some(id) => id,
+                            None => return Ok(None),
+                        }
+                    };
+                    self.state = State::Idle;
+                    return self.emit(id).map(Some);
+                }
+            }
+        }
+    }
+
+    /// Why generation should stop before the next step, if it should.
+    fn stop_reason(&mut self) -> Option<StopReason> {
+        if self.opts.max_tokens == 0 {
+            return Some(StopReason::MaxTokens);
+        }
+        let last = self.last?;
+        if let Some(s) =
+            (self.opts.stop.iter()).find(|s| !s.is_empty() && self.out.text.contains(s.as_str()))
+        {
+            let at = self
+                .out
+                .text
+                .find(s.as_str())
+                .unwrap_or(self.out.text.len());
+            self.out.text.truncate(at);
+            return Some(StopReason::StopString);
+        }
+        if self.opts.stop_at_eos && Some(last) == self.eos {
+            return Some(StopReason::Eos);
+        }
+        let cancelled = (self.opts.cancel.as_ref()).is_some_and(|c| c.load(Ordering::Relaxed));
+        if cancelled {
+            return Some(StopReason::Cancelled);
+        }
+        (self.out.ids.len() >= self.opts.max_tokens).then_some(StopReason::MaxTokens)
+    }
+
+    fn emit(&mut self, id: u32) -> Result<TokenEvent> {
+        match self.t1 {
+            None => {
+                self.out.prefill_s = self.t0.elapsed().as_secs_f64();
+                self.t1 = Some(Instant::now());
+            }
+            Some(t1) => self.out.decode_s = t1.elapsed().as_secs_f64(),
+        }
+        let piece = match self.stream.as_mut() {
+            Some(s) => s.push(id)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        self.last = Some(id);
+        self.out.ids.push(id);
+        self.out.text.push_str(&piece);
+        Ok(TokenEvent {
+            id: Some(id),
+            piece,
+            logprob: self.session.last_logprob(),
+            top: self.session.top_candidates().to_vec(),
+        })
+    }
+
+    /// Ends generation; the text held back for a partial character comes out as a last event.
+    fn finish(&mut self, reason: StopReason) -> Result<Option<TokenEvent>> {
+        self.state = State::Done;
+        self.out.stopped_by = reason;
+        if let Some(t1) = self.t1 {
+            self.out.decode_s = t1.elapsed().as_secs_f64();
+        }
+        if reason == StopReason::StopString {
+            return Ok(None);
+        }
+        let rest = self
+            .stream
+            .as_mut()
+            .map(|s| s.finish())
+            .transpose()?
+            .flatten();
+        Ok(rest.filter(|r| !r.is_empty()).map(|piece| {
+            self.out.text.push_str(&piece);
+            TokenEvent {
+                id: None,
+                piece,
+                logprob: None,
+                top: Vec::new(),
+            }
+        }))
+    }
+}
+
+impl Iterator for Generator<'_> {
+    type Item = Result<TokenEvent>;
+
+    /// The next event, blocking on the GPU.
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.advance(true) {
+            Poll::Ready(item) => item,
+            Poll::Pending => unreachable!("a blocking step always completes"),
+        }
+    }
+}
+
+/// Generates from `prompt_ids`, calling `on_token` as each token arrives (a blocking
+/// [`Generator`] loop).
 pub fn generate_ids(
     session: &mut Session,
     tokenizer: Option<&Tokenizer>,
     prompt_ids: &[u32],
     opts: &GenerateOptions,
     eos: Option<u32>,
-    mut on_token: impl FnMut(TokenEvent),
+    mut on_token: impl FnMut(&TokenEvent),
 ) -> Result<Generation> {
-    let n_ctx = session.n_ctx();
-    // With a context shift only the prompt itself must fit.
-    let max_tokens = if opts.context_shift.is_some() {
-        1
-    } else {
-        opts.max_tokens
-    };
-    check_context(session.position() + prompt_ids.len(), max_tokens, n_ctx)?;
-    let mut rng = SplitMix64(opts.seed);
-    opts.sampling.validate()?;
-    let mut pick = || opts.sampling.pick(rng.next_f32());
-    let mut stream = tokenizer.map(Tokenizer::stream);
-    let mut out = Generation {
-        prompt_ids: prompt_ids.to_vec(),
-        ..Default::default()
-    };
-    let mut emit = |id: u32, session: &Session, out: &mut Generation| -> Result<()> {
-        let piece = match stream.as_mut() {
-            Some(s) => s.push(id)?.unwrap_or_default(),
-            None => String::new(),
-        };
-        out.ids.push(id);
-        out.text.push_str(&piece);
-        on_token(TokenEvent {
-            id: Some(id),
-            piece: &piece,
-            logprob: session.last_logprob(),
-            top: session.top_candidates(),
-        });
-        Ok(())
-    };
-    if opts.max_tokens == 0 {
-        return Ok(out);
+    let mut generator = Generator::new(session, tokenizer, prompt_ids, opts, eos)?;
+    for event in generator.by_ref() {
+        on_token(&event?);
     }
-    let t0 = Instant::now();
-    let mut next = session.next_token(prompt_ids, pick())?;
-    out.prefill_s = t0.elapsed().as_secs_f64();
-    emit(next, session, &mut out)?;
-    let t1 = Instant::now();
-    let stop_hit = |out: &Generation| {
-        opts.stop
-            .iter()
-            .find(|s| !s.is_empty() && out.text.contains(s.as_str()))
-            .cloned()
-    };
-    let cancelled = || {
-        opts.cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed))
-    };
-    loop {
-        if let Some(s) = stop_hit(&out) {
-            let at = out.text.find(&s).unwrap_or(out.text.len());
-            out.text.truncate(at);
-            out.stopped_by = StopReason::StopString;
-            break;
-        }
-        if opts.stop_at_eos && Some(next) == eos {
-            out.stopped_by = StopReason::Eos;
-            break;
-        }
-        if cancelled() {
-            out.stopped_by = StopReason::Cancelled;
-            break;
-        }
-        if out.ids.len() >= opts.max_tokens {
-            break;
-        }
-        if let (Some(keep), true) = (opts.context_shift, session.position() >= n_ctx) {
-            shift_context(session, keep)?;
-        }
-        next = session.next_token(&[next], pick())?;
-        emit(next, session, &mut out)?;
-    }
-    out.decode_s = t1.elapsed().as_secs_f64();
-    let held_back = match out.stopped_by {
-        StopReason::StopString => None,
-        _ => stream.as_mut().map(|s| s.finish()).transpose()?.flatten(),
-    };
-    if let Some(rest) = held_back {
-        out.text.push_str(&rest);
-        on_token(TokenEvent {
-            id: None,
-            piece: &rest,
-            logprob: None,
-            top: &[],
-        });
-    }
-    Ok(out)
+    Ok(generator.into_generation())
 }
 
 /// Restarts the session on the first `keep` tokens and the most recent ones, half the context in

@@ -17,7 +17,7 @@
 //!
 //! ```no_run
 //! # fn main() -> wgpt::Result<()> {
-//! let gpu = wgpt::Gpu::new(None)?;
+//! let gpu = wgpt::Engine::new(None)?;
 //! let dir = std::path::Path::new("assets/default");
 //! let model = wgpt::Model::load(gpu, dir, &Default::default())?;
 //! let tokenizer = wgpt::Tokenizer::from_file(&dir.join("tokenizer.json"))?;
@@ -42,8 +42,8 @@ pub mod tokenizer;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use generate::{GenerateOptions, Generation, StopReason, TokenEvent, generate_ids};
-pub use gpu::Gpu;
+pub use generate::{GenerateOptions, Generation, Generator, StopReason, TokenEvent, generate_ids};
+pub use gpu::Engine;
 pub use model::{LoadOptions, Model, Pick, Progress, Session, WeightLayout};
 pub use sampler::Sampling;
 pub use tokenizer::Tokenizer;

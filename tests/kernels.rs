@@ -13,14 +13,14 @@ use wgpt::gpu::tensor::WeightDtype;
 use wgpt::reference;
 
 struct Harness {
-    gpu: std::sync::Arc<wgpt::Gpu>,
+    gpu: std::sync::Arc<wgpt::Engine>,
     p: Pipelines,
 }
 
 impl Harness {
     fn new() -> Self {
         let gpu = gpu();
-        let p = Pipelines::new(&gpu, WeightDtype::F32);
+        let p = Pipelines::new(&gpu, WeightDtype::F32, true);
         gpu.check().expect("pipelines compile");
         Harness { gpu, p }
     }
@@ -312,7 +312,7 @@ fn argmax_matches_cpu_with_ties() {
 #[test]
 fn f16_weights_match_cpu_on_rounded_weights() {
     let h = Harness::new();
-    let p16 = Pipelines::new(&h.gpu, WeightDtype::F16);
+    let p16 = Pipelines::new(&h.gpu, WeightDtype::F16, false);
     let halves = |v: &[f32]| -> (Vec<f32>, wgpu::Buffer) {
         let hv: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
         (
@@ -385,7 +385,7 @@ fn f16_weights_match_cpu_on_rounded_weights() {
 fn texture_linear_kernels_match_cpu() {
     let h = Harness::new();
     for dtype in [WeightDtype::F32, WeightDtype::F16] {
-        let p = Pipelines::new(&h.gpu, dtype);
+        let p = Pipelines::new(&h.gpu, dtype, true);
         for (m, k, n) in [
             (1, 64, 17),
             (3, 128, 45),
@@ -413,8 +413,8 @@ fn texture_linear_kernels_match_cpu() {
                 .weight_texture_init("w", &w, n, k, dtype)
                 .create_view(&Default::default());
             for (name, pipe) in [
-                ("matmul_texture", &p.matmul_texture),
-                ("gemv_texture", &p.gemv_texture),
+                ("matmul_texture", &p.textures().matmul_texture),
+                ("gemv_texture", &p.textures().gemv_texture),
             ] {
                 let params = MatmulParams {
                     k: k as u32,
@@ -437,7 +437,7 @@ fn texture_linear_kernels_match_cpu() {
                     wgpu::BindingResource::TextureView(&wt),
                     bb.as_entire_binding(),
                     out.as_entire_binding(),
-                    wgpt::Gpu::gemv_input(&au),
+                    wgpt::Engine::gemv_input(&au),
                 ];
                 let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, pipe, "t", res);
                 let y = if name == "gemv_texture" {
@@ -495,10 +495,15 @@ fn texture_kv_append_and_attention_match_cpu() {
                 wgpu::BindingResource::TextureView(&k_tex),
                 wgpu::BindingResource::TextureView(&v_tex),
             ];
-            let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, &h.p.kv_append_texture, "t", res);
+            let bg = wgpt::gpu::kernels::bind_resources(
+                &h.gpu,
+                &h.p.textures().kv_append_texture,
+                "t",
+                res,
+            );
             dispatch(
                 &h,
-                &h.p.kv_append_texture,
+                &h.p.textures().kv_append_texture,
                 &bg,
                 ((c / 4) as u32).div_ceil(64),
                 n as u32,
@@ -525,10 +530,11 @@ fn texture_kv_append_and_attention_match_cpu() {
             wgpu::BindingResource::TextureView(&v_tex),
             out.as_entire_binding(),
         ];
-        let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, &h.p.attention_texture, "t", res);
+        let bg =
+            wgpt::gpu::kernels::bind_resources(&h.gpu, &h.p.textures().attention_texture, "t", res);
         dispatch(
             &h,
-            &h.p.attention_texture,
+            &h.p.textures().attention_texture,
             &bg,
             (nh as u32).div_ceil(8),
             t as u32,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use npyz::WriterBuilder;
 use wgpt::gpu::tensor::WeightDtype;
-use wgpt::{GenerateOptions, Gpu, LoadOptions, Model, Session, Tokenizer, WeightLayout};
+use wgpt::{Engine, GenerateOptions, LoadOptions, Model, Session, Tokenizer, WeightLayout};
 
 #[derive(Parser)]
 #[command(
@@ -203,7 +203,7 @@ fn model_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
 
 fn load(args: &ModelArgs) -> Result<(Model, PathBuf)> {
     let dir = model_dir(&args.model)?;
-    let gpu = Gpu::new(args.adapter.as_deref())?;
+    let gpu = Engine::new(args.adapter.as_deref())?;
     let opts = LoadOptions {
         dtype: args.dtype,
         layout: args.layout,
@@ -433,7 +433,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         print!("{}", wgpt::bench::compare(&reports));
         return Ok(());
     }
-    let gpu = Gpu::new(a.adapter.as_deref())?;
+    let gpu = Engine::new(a.adapter.as_deref())?;
     let t0 = std::time::Instant::now();
     let load = LoadOptions {
         dtype: a.dtype,

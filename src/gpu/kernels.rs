@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::Gpu;
+use crate::gpu::Engine;
 use crate::gpu::tensor::WeightDtype;
 
 /// A WGSL kernel family: `shaders/{name}.wgsl`, whose main entry point is also `{name}`,
@@ -187,19 +187,27 @@ pub struct Pipelines {
     pub layernorm: wgpu::ComputePipeline,
     pub matmul: wgpu::ComputePipeline,
     pub gemv: wgpu::ComputePipeline,
-    pub matmul_texture: wgpu::ComputePipeline,
-    pub gemv_texture: wgpu::ComputePipeline,
     pub kv_append: wgpu::ComputePipeline,
-    pub kv_append_texture: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
-    pub attention_texture: wgpu::ComputePipeline,
     pub argmax: wgpu::ComputePipeline,
     pub sample: wgpu::ComputePipeline,
+    /// The texture layout's kernels, built only for a model using it (they need storage
+    /// textures, which some devices lack).
+    pub texture: Option<TexturePipelines>,
+}
+
+/// The kernels of the texture layout (matmul_texture.wgsl, kv_append_texture.wgsl,
+/// attention_texture.wgsl).
+pub struct TexturePipelines {
+    pub matmul_texture: wgpu::ComputePipeline,
+    pub gemv_texture: wgpu::ComputePipeline,
+    pub kv_append_texture: wgpu::ComputePipeline,
+    pub attention_texture: wgpu::ComputePipeline,
 }
 
 /// Compiles kernel `name` (entry point of the same name) with its override `constants`.
 pub fn pipeline(
-    gpu: &Gpu,
+    gpu: &Engine,
     name: &str,
     layout: Option<&wgpu::PipelineLayout>,
     constants: &[(&str, f64)],
@@ -209,7 +217,7 @@ pub fn pipeline(
 
 /// Compiles entry point `entry` of kernel family `family` (e.g. `gemv` in `matmul.wgsl`).
 pub fn entry_pipeline(
-    gpu: &Gpu,
+    gpu: &Engine,
     family: &str,
     entry: &str,
     layout: Option<&wgpu::PipelineLayout>,
@@ -240,39 +248,52 @@ pub fn entry_pipeline(
 }
 
 impl Pipelines {
-    /// Every pipeline of the forward pass, for weights stored as `dtype`.
-    pub fn new(gpu: &Gpu, dtype: WeightDtype) -> Self {
+    /// Every pipeline of the forward pass, for weights stored as `dtype`; with `textures` also
+    /// the texture layout's.
+    pub fn new(gpu: &Engine, dtype: WeightDtype, textures: bool) -> Self {
         let weights: &[(&str, f64)] = &[("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64)];
         // matmul and gemv share one explicit layout, so one bind group serves both and the
         // choice between them can be made per step.
         let linear = linear_layout(gpu, false);
-        let linear_texture = linear_layout(gpu, true);
+        let texture = textures.then(|| {
+            let linear_texture = linear_layout(gpu, true);
+            TexturePipelines {
+                matmul_texture: pipeline(gpu, "matmul_texture", Some(&linear_texture), weights),
+                gemv_texture: entry_pipeline(
+                    gpu,
+                    "matmul_texture",
+                    "gemv_texture",
+                    Some(&linear_texture),
+                    weights,
+                ),
+                kv_append_texture: pipeline(gpu, "kv_append_texture", None, &[]),
+                attention_texture: pipeline(gpu, "attention_texture", None, &[]),
+            }
+        });
         Pipelines {
             embed: pipeline(gpu, "embed", None, weights),
             layernorm: pipeline(gpu, "layernorm", None, &[]),
             matmul: pipeline(gpu, "matmul", Some(&linear), weights),
             gemv: entry_pipeline(gpu, "matmul", "gemv", Some(&linear), weights),
-            matmul_texture: pipeline(gpu, "matmul_texture", Some(&linear_texture), weights),
-            gemv_texture: entry_pipeline(
-                gpu,
-                "matmul_texture",
-                "gemv_texture",
-                Some(&linear_texture),
-                weights,
-            ),
             kv_append: pipeline(gpu, "kv_append", None, &[]),
-            kv_append_texture: pipeline(gpu, "kv_append_texture", None, &[]),
             attention: pipeline(gpu, "attention", None, &[]),
-            attention_texture: pipeline(gpu, "attention_texture", None, &[]),
             argmax: pipeline(gpu, "argmax", None, &[]),
             sample: pipeline(gpu, "sample", None, &[]),
+            texture,
         }
+    }
+
+    /// The texture layout's pipelines; only asked for by a model (or test) that built them.
+    pub fn textures(&self) -> &TexturePipelines {
+        self.texture
+            .as_ref()
+            .expect("texture pipelines are built for every model using the texture layout")
     }
 }
 
 /// step, params (uniform); a, w (read: buffers, or rgba32float storage textures); bias (read);
 /// out (read-write); with textures also gemv_texture's input x (uniform, 64 KiB).
-fn linear_layout(gpu: &Gpu, textures: bool) -> wgpu::PipelineLayout {
+fn linear_layout(gpu: &Engine, textures: bool) -> wgpu::PipelineLayout {
     // Inputs are rgba32float; weights raw bits (f32 or f16) in rgba32uint.
     let operand = |binding: u32| wgpu::BindGroupLayoutEntry {
         binding,
@@ -334,7 +355,7 @@ fn linear_layout(gpu: &Gpu, textures: bool) -> wgpu::PipelineLayout {
 
 /// A bind group for `pipeline` binding `buffers` (whole) at 0, 1, 2, ...
 pub fn bind(
-    gpu: &Gpu,
+    gpu: &Engine,
     pipeline: &wgpu::ComputePipeline,
     label: &str,
     buffers: &[&wgpu::Buffer],
@@ -345,7 +366,7 @@ pub fn bind(
 
 /// A bind group for `pipeline` binding `resources` at 0, 1, 2, ...
 pub fn bind_resources(
-    gpu: &Gpu,
+    gpu: &Engine,
     pipeline: &wgpu::ComputePipeline,
     label: &str,
     resources: Vec<wgpu::BindingResource>,

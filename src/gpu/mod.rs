@@ -3,6 +3,7 @@
 pub mod kernels;
 pub mod tensor;
 
+use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
@@ -19,14 +20,71 @@ pub struct AdapterSummary {
     pub features: wgpu::Features,
 }
 
-/// A device and queue plus what the model code needs to know about them.
-pub struct Gpu {
+/// A wgpu device and queue plus what the model code needs to know about them: created by wgpt
+/// ([`Engine::new`]) or handed in by an application that already renders with wgpu
+/// ([`Engine::from_device`]). Shared as `Arc<Engine>` by every model loaded on it.
+pub struct Engine {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
-    /// The first uncaptured wgpu error since the last [`Gpu::check`]; wgpu's default handler would panic.
-    error: Arc<Mutex<Option<String>>>,
+    /// The first uncaptured wgpu error since the last [`Engine::check`] (wgpu's default handler
+    /// would panic). `None` on an application's device, whose handler wgpt leaves alone.
+    error: Option<Arc<Mutex<Option<String>>>>,
+}
+
+/// The limits wgpt's kernels need: WebGPU's compute defaults (256-wide workgroups, 16 KiB of
+/// workgroup memory, 4 storage buffers per kernel). Pass these (or more) as `required_limits`
+/// when creating a device for [`Engine::from_device`]; bigger `max_storage_buffer_binding_size`
+/// and `max_buffer_size` let weights sit in fewer chunks.
+pub fn required_limits() -> wgpu::Limits {
+    wgpu::Limits {
+        max_compute_workgroup_storage_size: 16384,
+        max_compute_invocations_per_workgroup: 256,
+        max_compute_workgroup_size_x: 256,
+        max_compute_workgroup_size_y: 8,
+        max_compute_workgroup_size_z: 1,
+        max_compute_workgroups_per_dimension: 65535,
+        max_storage_buffers_per_shader_stage: 4,
+        max_uniform_buffers_per_shader_stage: 3,
+        max_storage_buffer_binding_size: 1 << 24,
+        max_buffer_size: 1 << 24,
+        ..wgpu::Limits::downlevel_webgl2_defaults()
+    }
+}
+
+/// The texture layout's extra needs (see `matmul_texture.wgsl`): two read-only storage textures
+/// per kernel and a 64 KiB uniform binding for gemv_texture's input.
+pub fn texture_layout_limits() -> wgpu::Limits {
+    wgpu::Limits {
+        max_storage_textures_per_shader_stage: 2,
+        max_uniform_buffer_binding_size: 4 * kernels::wg::GEMV_UNIFORM_FLOATS as u64,
+        ..required_limits()
+    }
+}
+
+/// `Err` naming every limit of `limits` below `needed`, and the fix.
+pub(crate) fn check_limits(limits: &wgpu::Limits, needed: &wgpu::Limits, what: &str) -> Result<()> {
+    let mut missing = Vec::new();
+    needed.check_limits_with_fail_fn(limits, false, |name, want, have| {
+        missing.push(format!("{name} = {have} (needs {want})"))
+    });
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Limits(format!(
+        "the device is too limited for {what}: {}; create it with at least \
+         wgpt::gpu::required_limits() as its required_limits (the adapter may offer more than \
+         the device was given), or use another adapter",
+        missing.join(", ")
+    )))
+}
+
+/// A readback in flight (see [`Engine::start_read`]).
+pub(crate) struct PendingRead {
+    buf: wgpu::Buffer,
+    bytes: u64,
+    done: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }
 
 /// An instance over `backends`, unless WGPU_BACKEND says otherwise.
@@ -52,10 +110,10 @@ pub fn adapters() -> Vec<AdapterSummary> {
         .collect()
 }
 
-impl Gpu {
+impl Engine {
     /// Opens a device. `adapter` is an index from `wgpt info` or a case-insensitive part of an
     /// adapter's name; `None` takes the high-performance adapter.
-    pub fn new(adapter: Option<&str>) -> Result<Arc<Gpu>> {
+    pub fn new(adapter: Option<&str>) -> Result<Arc<Engine>> {
         let adapter = match adapter.map(str::trim).filter(|s| !s.is_empty()) {
             None => {
                 // Vulkan, Metal or DX12 first; OpenGL only when none of them has an adapter
@@ -108,7 +166,7 @@ impl Gpu {
     }
 
     /// Opens a device on `adapter`, asking for all the limits it offers (big buffers matter here).
-    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Arc<Gpu>> {
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Arc<Engine>> {
         let info = adapter.get_info();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpt"),
@@ -123,6 +181,7 @@ impl Gpu {
         .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
         let error = Arc::new(Mutex::new(None));
         let sink = error.clone();
+        check_limits(&device.limits(), &required_limits(), "wgpt's kernels")?;
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             log::debug!("wgpu: {e}");
             let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
@@ -136,13 +195,51 @@ impl Gpu {
             info.device_type,
             limits.max_storage_buffer_binding_size >> 20
         );
-        Ok(Arc::new(Gpu {
+        Ok(Arc::new(Engine {
             device,
             queue,
             info,
             limits,
-            error,
+            error: Some(error),
         }))
+    }
+
+    /// Wraps a device the application created (and keeps using, e.g. for rendering). Its
+    /// features and limits are checked against what the kernels need ([`required_limits`]);
+    /// its uncaptured-error handler is left as the application set it: wgpt catches errors of
+    /// its own allocations (model load, sessions) with error scopes instead.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Arc<Engine>> {
+        let info = device.adapter_info();
+        let limits = device.limits();
+        check_limits(&limits, &required_limits(), "wgpt's kernels")?;
+        log::info!(
+            "application device: {} ({:?}, {:?}), max storage binding {} MiB",
+            info.name,
+            info.backend,
+            info.device_type,
+            limits.max_storage_buffer_binding_size >> 20
+        );
+        Ok(Arc::new(Engine {
+            device,
+            queue,
+            info,
+            limits,
+            error: None,
+        }))
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes, so a failed allocation or a
+    /// rejected pipeline comes back as an error instead of reaching the device's handler.
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let invalid = pollster::block_on(invalid.pop());
+        let oom = pollster::block_on(oom.pop());
+        if let Some(e) = oom.or(invalid) {
+            return Err(Error::Gpu(e.to_string()));
+        }
+        out
     }
 
     /// The largest buffer one binding may see: weights and activations are split below it.
@@ -154,7 +251,10 @@ impl Gpu {
 
     /// Returns the first wgpu error raised since the last call, as the library's error.
     pub fn check(&self) -> Result<()> {
-        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(error) = &self.error else {
+            return Ok(());
+        };
+        let mut slot = error.lock().unwrap_or_else(|p| p.into_inner());
         match slot.take() {
             Some(msg) => Err(Error::Gpu(msg)),
             None => Ok(()),
@@ -263,12 +363,15 @@ impl Gpu {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format,
-            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+            // COPY_SRC: Session::fork copies KV cache textures.
+            usage: wgpu::TextureUsages::STORAGE_BINDING
+                | wgpu::TextureUsages::COPY_SRC
+                | wgpu::TextureUsages::COPY_DST,
             view_formats: &[],
         })
     }
 
-    /// [`Gpu::texture`] holding `data` (row-major, rows x cols).
+    /// [`Engine::texture`] holding `data` (row-major, rows x cols).
     pub fn texture_init(
         &self,
         label: &str,
@@ -281,7 +384,7 @@ impl Gpu {
         tex
     }
 
-    /// [`Gpu::weight_texture`] holding `data` (row-major, rows x cols), converted to `dtype`.
+    /// [`Engine::weight_texture`] holding `data` (row-major, rows x cols), converted to `dtype`.
     pub fn weight_texture_init(
         &self,
         label: &str,
@@ -341,21 +444,59 @@ impl Gpu {
 
     /// Maps `buf` (a MAP_READ buffer), copies `bytes` out of it and unmaps it.
     pub(crate) fn read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-        let slice = buf.slice(..bytes);
+        let pending = self.start_read(buf, bytes);
+        self.finish_read(&pending, true)?
+            .ok_or_else(|| Error::Gpu("buffer map callback never ran".into()))
+    }
+
+    /// Starts mapping the first `bytes` of `buf` (a MAP_READ buffer) once the work submitted so
+    /// far is done; [`Engine::finish_read`] collects it.
+    pub(crate) fn start_read(&self, buf: &wgpu::Buffer, bytes: u64) -> PendingRead {
         let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
+        buf.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.wait()?;
-        rx.recv()
-            .map_err(|_| Error::Gpu("buffer map callback never ran".into()))?
-            .map_err(|e| Error::Gpu(format!("cannot map readback buffer: {e}")))?;
-        let out = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Gpu(format!("cannot read mapped buffer: {e:?}")))?
-            .to_vec();
-        buf.unmap();
-        Ok(out)
+        PendingRead {
+            buf: buf.clone(),
+            bytes,
+            done: rx,
+        }
+    }
+
+    /// The bytes of a read started by [`Engine::start_read`], unmapping the buffer: `block`
+    /// waits for the GPU; otherwise the device is polled once and `None` means not yet.
+    pub(crate) fn finish_read(&self, r: &PendingRead, block: bool) -> Result<Option<Vec<u8>>> {
+        if block {
+            self.wait()?;
+        } else {
+            self.device
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            self.check()?;
+        }
+        // After a wait the callback has run or is running (maybe on another thread polling the
+        // same device): receive blocking.
+        let received = match block {
+            true => r.done.recv().map_err(|_| TryRecvError::Disconnected),
+            false => r.done.try_recv(),
+        };
+        match received {
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => {
+                Err(Error::Gpu("buffer map callback was dropped".into()))
+            }
+            Ok(mapped) => {
+                mapped.map_err(|e| Error::Gpu(format!("cannot map readback buffer: {e}")))?;
+                let out = r
+                    .buf
+                    .slice(..r.bytes)
+                    .get_mapped_range()
+                    .map_err(|e| Error::Gpu(format!("cannot read mapped buffer: {e:?}")))?
+                    .to_vec();
+                r.buf.unmap();
+                Ok(Some(out))
+            }
+        }
     }
 
     /// Reads a whole storage buffer back (tests and debugging; the forward pass never does this).

@@ -4,7 +4,7 @@
 //! 128 MiB on lavapipe, GPT-2's f32 token embedding is 154 MB). A matrix above that cap is stored as
 //! several row ranges; kernels that read it run once per range.
 
-use crate::gpu::Gpu;
+use crate::gpu::Engine;
 use crate::loader::ReadRows;
 use crate::{Error, Result};
 
@@ -54,7 +54,7 @@ pub struct Chunk {
     pub rows: usize,
 }
 
-/// One row range of a [`GpuTensor`] held as an rgba32float texture (see [`Gpu::texture`]).
+/// One row range of a [`GpuTensor`] held as an rgba32float texture (see [`Engine::texture`]).
 pub struct TextureChunk {
     pub view: wgpu::TextureView,
     pub row0: usize,
@@ -77,7 +77,7 @@ impl GpuTensor {
     /// `max_bytes`, reading it in blocks of rows from `read(row0, n, out)` straight into mapped
     /// buffer memory: no full host copy of the matrix is ever made.
     pub fn upload(
-        gpu: &Gpu,
+        gpu: &Engine,
         label: &str,
         rows: usize,
         cols: usize,
@@ -113,10 +113,10 @@ impl GpuTensor {
         })
     }
 
-    /// Uploads a (rows, cols) matrix as weight textures (see [`Gpu::weight_texture`]) of at most
+    /// Uploads a (rows, cols) matrix as weight textures (see [`Engine::weight_texture`]) of at most
     /// `max_rows` rows each, in blocks of rows from `read` like [`GpuTensor::upload`].
     pub fn upload_texture(
-        gpu: &Gpu,
+        gpu: &Engine,
         label: &str,
         rows: usize,
         cols: usize,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::gpu::Gpu;
+use crate::gpu::Engine;
 use crate::gpu::kernels::{self, FillParams, Pipelines};
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
 use crate::loader::{self, Checkpoint, Weights};
@@ -65,12 +65,15 @@ impl std::str::FromStr for WeightLayout {
     }
 }
 
-/// A GPT-2 whose weights live in GPU buffers.
+/// A GPT-2 whose weights live on the GPU, loaded once. A cheap handle: clones share the weights
+/// and pipelines, and any number of [`Session`]s (each with its own KV cache) run on one model,
+/// from any thread (`Model` is `Send + Sync`).
+#[derive(Clone)]
 pub struct Model {
-    pub gpu: Arc<Gpu>,
+    pub gpu: Arc<Engine>,
     pub config: Config,
-    pub(crate) weights: Weights<GpuTensor>,
-    pub(crate) pipelines: Pipelines,
+    pub(crate) weights: Arc<Weights<GpuTensor>>,
+    pub(crate) pipelines: Arc<Pipelines>,
     /// Bound in place of a bias the head does not have.
     pub(crate) zero: wgpu::Buffer,
     /// Largest buffer one binding may see (weights, activations and cache are sized below it).
@@ -81,7 +84,7 @@ pub struct Model {
 
 impl Model {
     /// Loads a Hugging Face GPT-2 folder (config.json + model.safetensors or its shards).
-    pub fn load(gpu: Arc<Gpu>, dir: &Path, opts: &LoadOptions) -> Result<Model> {
+    pub fn load(gpu: Arc<Engine>, dir: &Path, opts: &LoadOptions) -> Result<Model> {
         if !dir.is_dir() {
             return Err(Error::io(
                 dir,
@@ -93,8 +96,19 @@ impl Model {
         Self::from_checkpoint(gpu, config, &ckpt, opts)
     }
 
+    /// Uploads the weights of an opened checkpoint, checked against `config`.
     pub fn from_checkpoint(
-        gpu: Arc<Gpu>,
+        gpu: Arc<Engine>,
+        config: Config,
+        ckpt: &Checkpoint,
+        opts: &LoadOptions,
+    ) -> Result<Model> {
+        gpu.clone()
+            .scoped(|| Self::upload_checkpoint(gpu, config, ckpt, opts))
+    }
+
+    fn upload_checkpoint(
+        gpu: Arc<Engine>,
         config: Config,
         ckpt: &Checkpoint,
         opts: &LoadOptions,
@@ -138,7 +152,7 @@ impl Model {
     }
 
     fn finish(
-        gpu: Arc<Gpu>,
+        gpu: Arc<Engine>,
         config: Config,
         weights: Weights<GpuTensor>,
         opts: &LoadOptions,
@@ -146,14 +160,14 @@ impl Model {
         texture_linear: bool,
         t0: std::time::Instant,
     ) -> Result<Model> {
-        let pipelines = Pipelines::new(&gpu, opts.dtype);
+        let pipelines = Pipelines::new(&gpu, opts.dtype, texture_linear);
         let zero = gpu.storage("zero", 4);
         gpu.wait()?;
         let model = Model {
             gpu,
             config,
-            weights,
-            pipelines,
+            weights: Arc::new(weights),
+            pipelines: Arc::new(pipelines),
             zero,
             max_chunk_bytes,
             texture_linear,
@@ -178,7 +192,22 @@ impl Model {
     /// A model of shape `config` with pseudo-random weights generated on the GPU (for `wgpt
     /// bench`: no checkpoint, nothing crosses the bus). Matrices are uniform in +-0.02 as GPT-2's
     /// init, layernorm gains 1 +- 0.02.
-    pub fn random(gpu: Arc<Gpu>, config: Config, opts: &LoadOptions, seed: u32) -> Result<Model> {
+    pub fn random(
+        gpu: Arc<Engine>,
+        config: Config,
+        opts: &LoadOptions,
+        seed: u32,
+    ) -> Result<Model> {
+        gpu.clone()
+            .scoped(|| Self::fill_random(gpu, config, opts, seed))
+    }
+
+    fn fill_random(
+        gpu: Arc<Engine>,
+        config: Config,
+        opts: &LoadOptions,
+        seed: u32,
+    ) -> Result<Model> {
         let t0 = std::time::Instant::now();
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let textures = texture_linear(&gpu, &config, opts)?;
@@ -270,7 +299,7 @@ impl Model {
     }
 
     /// The binding size weights are split below; errors if a layer cannot fit at all.
-    fn check_fits(gpu: &Gpu, config: &Config, opts: &LoadOptions) -> Result<u64> {
+    fn check_fits(gpu: &Engine, config: &Config, opts: &LoadOptions) -> Result<u64> {
         let max_chunk_bytes = opts
             .max_chunk_bytes
             .unwrap_or(u64::MAX)
@@ -369,7 +398,7 @@ fn is_linear(name: &str) -> bool {
 }
 
 /// Whether the linear layers use textures, from the requested layout, the shapes and the adapter.
-fn texture_linear(gpu: &Gpu, cfg: &Config, opts: &LoadOptions) -> Result<bool> {
+fn texture_linear(gpu: &Engine, cfg: &Config, opts: &LoadOptions) -> Result<bool> {
     let max_texels = gpu.limits.max_texture_dimension_2d as usize;
     // Activations are copied into textures row by row: rows of K floats must be 256-byte aligned.
     let fits = cfg.n_embd.is_multiple_of(64)
@@ -377,10 +406,16 @@ fn texture_linear(gpu: &Gpu, cfg: &Config, opts: &LoadOptions) -> Result<bool> {
         && cfg.head_size().is_multiple_of(4)
         && cfg.n_inner.max(cfg.n_embd) / 4 <= max_texels
         && cfg.n_positions <= max_texels;
+    let limits = crate::gpu::texture_layout_limits();
     match opts.layout {
         WeightLayout::Buffer => Ok(false),
-        WeightLayout::Auto => Ok(fits && gpu.info.device_type == wgpu::DeviceType::Cpu),
-        WeightLayout::Texture if fits => Ok(true),
+        WeightLayout::Auto => Ok(fits
+            && gpu.info.device_type == wgpu::DeviceType::Cpu
+            && limits.check_limits(&gpu.limits)),
+        WeightLayout::Texture if fits => {
+            crate::gpu::check_limits(&gpu.limits, &limits, "the texture layout")?;
+            Ok(true)
+        }
         WeightLayout::Texture => Err(Error::Input(format!(
             "the texture layout needs n_embd ({}) and n_inner ({}) multiples of 64 and a head size ({}) \
              that is a multiple of 4; use the buffer layout",

@@ -143,10 +143,10 @@ impl Op {
     }
 }
 
-pub struct Session<'m> {
-    model: &'m Model,
+pub struct Session {
+    model: Model,
     /// Owned here; the bind groups reference it.
-    _kv: KvCache,
+    kv: KvCache,
     act: Activations,
     /// embed and the blocks, run on the step's T tokens.
     body: Vec<Op>,
@@ -167,10 +167,26 @@ pub struct Session<'m> {
     t_max: usize,
     /// Most logits rows one head pass writes.
     head_rows: usize,
+    /// The submitted step whose token has not been collected.
+    pending: Option<PendingStep>,
 }
 
-impl<'m> Session<'m> {
-    pub fn new(model: &'m Model) -> Result<Self> {
+/// A step in flight: its token (and log-probability, candidates) are being read back.
+struct PendingStep {
+    read: crate::gpu::PendingRead,
+    sampled: bool,
+    top_n: usize,
+}
+
+impl Session {
+    /// A new, empty sequence on `model`: allocates its KV cache and scratch buffers and builds
+    /// every bind group of the forward pass, once.
+    pub fn new(model: &Model) -> Result<Self> {
+        model.gpu.scoped(|| Self::allocate(model.clone()))
+    }
+
+    fn allocate(model: Model) -> Result<Self> {
+        let model = &model;
         let gpu = &model.gpu;
         let cfg = &model.config;
         let (c, v, n_ctx, inner) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
@@ -238,8 +254,8 @@ impl<'m> Session<'m> {
         let (body, head, argmax, sample, top_op) = build_ops(model, &kv, &act);
         gpu.check()?;
         Ok(Session {
-            model,
-            _kv: kv,
+            model: model.clone(),
+            kv,
             act,
             body,
             head,
@@ -253,6 +269,7 @@ impl<'m> Session<'m> {
             candidates: Vec::new(),
             t_max,
             head_rows,
+            pending: None,
         })
     }
 
@@ -266,8 +283,57 @@ impl<'m> Session<'m> {
         self.pos
     }
 
-    /// Forgets the sequence; the cache is reused, not reallocated.
+    /// A second session continuing from this one's state: its own KV cache, with this one's
+    /// cached positions copied GPU-side (no recompute), so a conversation can branch. Costs one
+    /// session's allocation plus a copy of `position()` rows per layer.
+    pub fn fork(&self) -> Result<Session> {
+        if self.pending.is_some() {
+            return Err(Error::Input(
+                "cannot fork while a step is in flight: collect its token first".into(),
+            ));
+        }
+        let mut other = Session::new(&self.model)?;
+        let gpu = &self.model.gpu;
+        let c = self.model.config.n_embd as u64;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        match (&self.kv, &other.kv) {
+            (KvCache::Buffers { k, v }, KvCache::Buffers { k: k2, v: v2 }) => {
+                for (src, dst) in k.iter().zip(k2).chain(v.iter().zip(v2)) {
+                    enc.copy_buffer_to_buffer(src, 0, dst, 0, self.pos as u64 * c * 4);
+                }
+            }
+            (KvCache::Textures { k, v }, KvCache::Textures { k: k2, v: v2 }) => {
+                for (src, dst) in k.iter().zip(k2).chain(v.iter().zip(v2)) {
+                    if self.pos > 0 {
+                        enc.copy_texture_to_texture(
+                            src.texture().as_image_copy(),
+                            dst.texture().as_image_copy(),
+                            wgpu::Extent3d {
+                                width: src.texture().width(),
+                                height: self.pos as u32,
+                                depth_or_array_layers: 1,
+                            },
+                        );
+                    }
+                }
+            }
+            _ => unreachable!("one model gives every session the same cache layout"),
+        }
+        gpu.queue.submit([enc.finish()]);
+        other.pos = self.pos;
+        other.history = self.history.clone();
+        other.set_top_candidates(self.top_n);
+        gpu.check()?;
+        Ok(other)
+    }
+
+    /// Forgets the sequence (and any step in flight); the cache is reused, not reallocated.
     pub fn reset(&mut self) {
+        // The readback buffer must be unmapped before it is used again.
+        if self.pending.is_some() {
+            let _ = self.collect(true);
+            self.pending = None;
+        }
         self.pos = 0;
         self.history.clear();
     }
@@ -357,7 +423,17 @@ impl<'m> Session<'m> {
 
     /// Runs `tokens` through the model (appending them to the cache) and returns the next token,
     /// chosen on the GPU: only its id (and, when sampling, its log-probability) is read back.
+    /// Blocks until the GPU is done; [`Session::submit`] and [`Session::poll`] do the same
+    /// without blocking.
     pub fn next_token(&mut self, tokens: &[u32], pick: Pick) -> Result<u32> {
+        self.submit(tokens, pick)?;
+        self.wait()
+    }
+
+    /// Records and submits the step [`Session::next_token`] runs, and returns at once; collect
+    /// the token with [`Session::poll`] (non-blocking, for a frame loop) or [`Session::wait`].
+    /// One step may be in flight per session.
+    pub fn submit(&mut self, tokens: &[u32], pick: Pick) -> Result<()> {
         let last = self.run_body_chunks(tokens)?;
         let gpu = self.model.gpu.clone();
         self.write_head_step(1, last - 1);
@@ -400,8 +476,40 @@ impl<'m> Session<'m> {
             enc.copy_buffer_to_buffer(&self.act.top, 0, &self.act.token_read, 16, top_bytes);
         }
         gpu.queue.submit([enc.finish()]);
-        let bytes = gpu.read(&self.act.token_read, 16 + top_bytes)?;
+        // The tokens are in the cache once the queue runs; later submissions are ordered after.
         self.pos += last;
+        self.pending = Some(PendingStep {
+            read: gpu.start_read(&self.act.token_read, 16 + top_bytes),
+            sampled: read == 12,
+            top_n: self.top_n,
+        });
+        Ok(())
+    }
+
+    /// The token of the step in flight, if the GPU has finished it: polls the device once and
+    /// never blocks. `Ok(None)`: not yet (or no step in flight).
+    pub fn poll(&mut self) -> Result<Option<u32>> {
+        self.collect(false)
+    }
+
+    /// Blocks until the step in flight is done and returns its token.
+    pub fn wait(&mut self) -> Result<u32> {
+        self.collect(true)?
+            .ok_or_else(|| Error::Input("no step in flight: call Session::submit first".into()))
+    }
+
+    /// Whether a submitted step's token has not been collected yet.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn collect(&mut self, block: bool) -> Result<Option<u32>> {
+        let Some(p) = &self.pending else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.model.gpu.finish_read(&p.read, block)? else {
+            return Ok(None);
+        };
         let word = |i: usize| {
             u32::from_le_bytes([
                 bytes[4 * i],
@@ -410,11 +518,12 @@ impl<'m> Session<'m> {
                 bytes[4 * i + 3],
             ])
         };
-        self.last_logprob = (read == 12).then(|| f32::from_bits(word(2)));
-        self.candidates = (0..self.top_n)
+        self.last_logprob = p.sampled.then(|| f32::from_bits(word(2)));
+        self.candidates = (0..p.top_n)
             .map(|i| (word(4 + 2 * i), f32::from_bits(word(5 + 2 * i))))
             .collect();
-        Ok(word(0))
+        self.pending = None;
+        Ok(Some(word(0)))
     }
 
     /// Report the `n` most likely next tokens (at most 64) after every step; 0 turns it off.
@@ -507,6 +616,11 @@ impl<'m> Session<'m> {
 
     fn validate(&self, tokens: &[u32]) -> Result<()> {
         let cfg = &self.model.config;
+        if self.pending.is_some() {
+            return Err(Error::Input(
+                "a step is still in flight: collect its token (Session::poll or wait) first".into(),
+            ));
+        }
         if tokens.is_empty() {
             return Err(Error::Input(
                 "empty input: a step needs at least one token".into(),
@@ -596,12 +710,12 @@ impl<'m> Session<'m> {
             Kernel::LayerNorm => &p.layernorm,
             Kernel::Matmul if few => &p.gemv,
             Kernel::Matmul => &p.matmul,
-            Kernel::MatmulTexture if few => &p.gemv_texture,
-            Kernel::MatmulTexture => &p.matmul_texture,
+            Kernel::MatmulTexture if few => &p.textures().gemv_texture,
+            Kernel::MatmulTexture => &p.textures().matmul_texture,
             Kernel::KvAppend => &p.kv_append,
-            Kernel::KvAppendTexture => &p.kv_append_texture,
+            Kernel::KvAppendTexture => &p.textures().kv_append_texture,
             Kernel::Attention => &p.attention,
-            Kernel::AttentionTexture => &p.attention_texture,
+            Kernel::AttentionTexture => &p.textures().attention_texture,
             Kernel::Argmax => &p.argmax,
             Kernel::Sample => &p.sample,
         });
@@ -704,13 +818,13 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                         wgpu::BindingResource::TextureView(&ch.view),
                         bias_buf.as_entire_binding(),
                         out.as_entire_binding(),
-                        crate::Gpu::gemv_input(inp),
+                        crate::Engine::gemv_input(inp),
                     ];
                     Op {
                         kernel: Kernel::MatmulTexture,
                         bind: kernels::bind_resources(
                             gpu,
-                            &p.matmul_texture,
+                            &p.textures().matmul_texture,
                             "matmul_texture",
                             resources,
                         ),
@@ -828,7 +942,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                         kernel: Kernel::KvAppendTexture,
                         bind: kernels::bind_resources(
                             gpu,
-                            &p.kv_append_texture,
+                            &p.textures().kv_append_texture,
                             "kv_append_texture",
                             kv_texture_resources(step, &w, &act.qkv, [&k[l], &v[l]], None),
                         ),
@@ -842,7 +956,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                         kernel: Kernel::AttentionTexture,
                         bind: kernels::bind_resources(
                             gpu,
-                            &p.attention_texture,
+                            &p.textures().attention_texture,
                             "attention_texture",
                             kv_texture_resources(
                                 step,

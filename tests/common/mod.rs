@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wgpt::Gpu;
+use wgpt::Engine;
 
 /// The test GPU. Tests must fail, not skip, when none is found.
-pub fn gpu() -> Arc<Gpu> {
-    match Gpu::new(std::env::var("WGPT_ADAPTER").ok().as_deref()) {
+pub fn gpu() -> Arc<Engine> {
+    match Engine::new(std::env::var("WGPT_ADAPTER").ok().as_deref()) {
         Ok(g) => g,
         Err(e) => panic!(
             "no usable GPU adapter for the tests: {e}\n\

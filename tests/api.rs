@@ -1,0 +1,268 @@
+//! The library as an application embeds it: an app-owned device, one model shared by many
+//! sessions (across threads, interleaved, forked), non-blocking steps, the token stream.
+
+mod common;
+
+use std::task::Poll;
+
+use common::*;
+use wgpt::{Engine, GenerateOptions, Generator, LoadOptions, Model, Pick, Session, StopReason};
+
+fn tiny() -> (Model, Expected) {
+    let dir = fixture("gpt2-tiny");
+    let model = Model::load(gpu(), &dir, &LoadOptions::default()).unwrap();
+    (model, expected(&dir))
+}
+
+/// `n` greedy tokens after `prompt` on a fresh session.
+fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut s = Session::new(model).unwrap();
+    continue_greedy(&mut s, prompt, n)
+}
+
+fn continue_greedy(s: &mut Session, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut out = vec![s.next_token(prompt, Pick::Greedy).unwrap()];
+    while out.len() < n {
+        out.push(s.next_token(&[*out.last().unwrap()], Pick::Greedy).unwrap());
+    }
+    out
+}
+
+/// An application creates its own instance, adapter and device (as it would for rendering),
+/// hands them to wgpt, and generates the tokens transformers gives.
+#[test]
+fn app_owned_device_generates() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("no GPU adapter: install mesa-vulkan-drivers for lavapipe");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpt::gpu::required_limits().using_resolution(adapter.limits()),
+        ..Default::default()
+    }))
+    .unwrap();
+    let engine = Engine::from_device(device.clone(), queue).unwrap();
+    let dir = fixture("gpt2-tiny");
+    let e = expected(&dir);
+    let model = Model::load(engine, &dir, &LoadOptions::default()).unwrap();
+    assert_eq!(greedy(&model, &e.prompt_ids, 32), e.greedy_ids);
+    // The app's device is still its own: it can go on using it.
+    let buf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    drop(buf);
+}
+
+/// A device made with WebGL2-class limits (no compute) is refused with the limits it lacks.
+#[test]
+fn too_limited_device_is_refused() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("no GPU adapter: install mesa-vulkan-drivers for lavapipe");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpu::Limits::downlevel_webgl2_defaults(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let err = Engine::from_device(device, queue)
+        .err()
+        .expect("must be refused");
+    let msg = err.to_string();
+    println!("{msg}");
+    assert!(matches!(err, wgpt::Error::Limits(_)), "{msg}");
+    assert!(
+        msg.contains("max_storage_buffers_per_shader_stage"),
+        "{msg}"
+    );
+    assert!(msg.contains("required_limits"), "{msg}");
+}
+
+/// Model is shared by reference across threads; each thread's session gives the tokens a
+/// session alone gives.
+#[test]
+fn sessions_on_threads_share_one_model() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+    assert_send_sync::<Model>();
+    assert_send_sync::<Engine>();
+    assert_send::<Session>();
+    let (model, e) = tiny();
+    let alone = greedy(&model, &e.prompt_ids, 16);
+    let results: Vec<Vec<u32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| greedy(&model, &e.prompt_ids, 16)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in results {
+        assert_eq!(r, alone);
+    }
+}
+
+/// Two sessions stepped alternately on one model give exactly what each gives alone.
+#[test]
+fn interleaved_sessions_are_independent() {
+    let (model, e) = tiny();
+    let other_prompt: Vec<u32> = e.prompt_ids.iter().rev().copied().collect();
+    let want_a = greedy(&model, &e.prompt_ids, 12);
+    let want_b = greedy(&model, &other_prompt, 12);
+    let (mut a, mut b) = (Session::new(&model).unwrap(), Session::new(&model).unwrap());
+    let mut got_a = vec![a.next_token(&e.prompt_ids, Pick::Greedy).unwrap()];
+    let mut got_b = vec![b.next_token(&other_prompt, Pick::Greedy).unwrap()];
+    for _ in 1..12 {
+        got_a.push(
+            a.next_token(&[*got_a.last().unwrap()], Pick::Greedy)
+                .unwrap(),
+        );
+        got_b.push(
+            b.next_token(&[*got_b.last().unwrap()], Pick::Greedy)
+                .unwrap(),
+        );
+    }
+    assert_eq!((got_a, got_b), (want_a, want_b));
+}
+
+/// A fork continues exactly as the original would; branching it does not disturb the original.
+/// Both cache layouts (buffers, and the textures CPU adapters use).
+#[test]
+fn forked_session_branches() {
+    for layout in [wgpt::WeightLayout::Buffer, wgpt::WeightLayout::Texture] {
+        let dir = fixture("gpt2-tiny");
+        let opts = LoadOptions {
+            layout,
+            ..Default::default()
+        };
+        let model = Model::load(gpu(), &dir, &opts).unwrap();
+        assert_eq!(model.uses_textures(), layout == wgpt::WeightLayout::Texture);
+        fork_and_branch(&model, &expected(&dir));
+    }
+}
+
+fn fork_and_branch(model: &Model, e: &Expected) {
+    let want = greedy(model, &e.prompt_ids, 20);
+    let mut s = Session::new(model).unwrap();
+    let head = continue_greedy(&mut s, &e.prompt_ids, 8);
+    let mut fork = s.fork().unwrap();
+    assert_eq!((fork.position(), fork.tokens()), (s.position(), s.tokens()));
+    // The fork goes elsewhere first ...
+    let branch = continue_greedy(&mut fork.fork().unwrap(), &[7, 8, 9], 4);
+    assert_eq!(branch.len(), 4);
+    // ... the fork and the original then both continue the greedy sequence.
+    let rest_fork = continue_greedy(&mut fork, &[head[7]], 12);
+    let rest = continue_greedy(&mut s, &[head[7]], 12);
+    assert_eq!(rest, want[8..]);
+    assert_eq!(rest_fork, want[8..]);
+}
+
+/// submit + poll (never blocking) gives the tokens next_token gives; misuse is an error.
+#[test]
+fn non_blocking_steps() {
+    let (model, e) = tiny();
+    let want = greedy(&model, &e.prompt_ids, 6);
+    let mut s = Session::new(&model).unwrap();
+    assert_eq!(s.poll().unwrap(), None, "nothing in flight");
+    let mut got = Vec::new();
+    let mut input = e.prompt_ids.clone();
+    let mut polls = 0;
+    while got.len() < 6 {
+        s.submit(&input, Pick::Greedy).unwrap();
+        assert!(s.is_pending());
+        let err = s.submit(&[1], Pick::Greedy).unwrap_err();
+        assert!(err.to_string().contains("in flight"), "{err}");
+        let id = loop {
+            polls += 1;
+            if let Some(id) = s.poll().unwrap() {
+                break id;
+            }
+            std::thread::yield_now();
+        };
+        got.push(id);
+        input = vec![id];
+    }
+    println!("6 tokens in {polls} polls");
+    assert_eq!(got, want);
+    // reset with a step in flight leaves the session usable.
+    s.submit(&[1], Pick::Greedy).unwrap();
+    s.reset();
+    assert_eq!(continue_greedy(&mut s, &e.prompt_ids, 6), want);
+}
+
+/// The generator as a blocking iterator and as a non-blocking poll gives the same events; the
+/// text of the events is the generation's text; EOS stops after its token.
+#[test]
+fn generator_iterates_and_polls() {
+    let dir = fixture("gpt2-tiny");
+    let (model, e) = tiny();
+    let tok = wgpt::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: 16,
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    let mut s = Session::new(&model).unwrap();
+    let mut g = Generator::new(&mut s, Some(&tok), &e.prompt_ids, &opts, None).unwrap();
+    let blocking: Vec<_> = g.by_ref().map(|ev| ev.unwrap()).collect();
+    let out = g.into_generation();
+    assert_eq!(out.ids, e.greedy_ids[..16]);
+    let text: String = blocking.iter().map(|ev| ev.piece.as_str()).collect();
+    assert_eq!(text, out.text);
+
+    let mut s = Session::new(&model).unwrap();
+    let mut g = Generator::new(&mut s, Some(&tok), &e.prompt_ids, &opts, None).unwrap();
+    let mut polled = Vec::new();
+    loop {
+        match g.poll_token() {
+            Poll::Ready(Some(ev)) => polled.push(ev.unwrap()),
+            Poll::Ready(None) => break,
+            Poll::Pending => std::thread::yield_now(),
+        }
+    }
+    assert_eq!(polled, blocking);
+
+    // EOS: pretend the 6th greedy token is the end of sequence.
+    let eos = e.greedy_ids[5];
+    let first = e.greedy_ids.iter().position(|&t| t == eos).unwrap();
+    let opts = GenerateOptions {
+        stop_at_eos: true,
+        ..opts
+    };
+    let mut s = Session::new(&model).unwrap();
+    let g = wgpt::generate_ids(&mut s, None, &e.prompt_ids, &opts, Some(eos), |_| {}).unwrap();
+    assert_eq!(g.stopped_by, StopReason::Eos);
+    assert_eq!(g.ids, e.greedy_ids[..=first]);
+}
+
+/// Cancelled generation leaves the session usable: it continues where it stopped.
+#[test]
+fn cancelled_session_continues() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (model, e) = tiny();
+    let flag = Arc::new(AtomicBool::new(false));
+    let opts = GenerateOptions {
+        max_tokens: 32,
+        stop_at_eos: false,
+        cancel: Some(flag.clone()),
+        ..Default::default()
+    };
+    let mut s = Session::new(&model).unwrap();
+    let mut n = 0;
+    let g = wgpt::generate_ids(&mut s, None, &e.prompt_ids, &opts, None, |_| {
+        n += 1;
+        if n == 4 {
+            flag.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        (g.stopped_by, &g.ids[..]),
+        (StopReason::Cancelled, &e.greedy_ids[..4])
+    );
+    // The last generated token was never fed back; feeding it continues the sequence.
+    let rest = continue_greedy(&mut s, &[g.ids[3]], 4);
+    assert_eq!(rest, e.greedy_ids[4..8]);
+}
