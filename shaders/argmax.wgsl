@@ -1,4 +1,4 @@
-// The N largest logits of row 0 with their probabilities under the model's own distribution
+// The N largest logits of a row (one workgroup per row) with their probabilities under the model's own distribution
 // (softmax at temperature 1): N = 1 is greedy decoding (only the chosen id comes back), larger N
 // the candidates `wgpt generate --top N` shows. N rounds of a workgroup argmax, each over what
 // comes after the previous winner in the order (value descending, id ascending): ties go to the
@@ -7,8 +7,8 @@
 struct Params { V: u32, N: u32, _a: u32, _b: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;     // (rows, V), row 0 is read
-@group(0) @binding(2) var<storage, read_write> top: array<u32>;  // (2N): id, probability bits
+@group(0) @binding(1) var<storage, read> logits: array<f32>;     // (rows, V)
+@group(0) @binding(2) var<storage, read_write> top: array<u32>;  // (rows, 2N): id, probability bits
 
 const WG: u32 = 256u;
 const MAX_N: u32 = 64u;  // kernels::MAX_TOP
@@ -17,13 +17,15 @@ var<workgroup> best_idx: array<u32, WG>;
 var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
-fn argmax(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
     let n = min(p.N, MAX_N);
+    let row = wg.x * p.V;
+    let out = wg.x * 2u * n;
 
     // Softmax normaliser: max, then sum of exp.
     var mx = -3.4e38;
-    for (var i = lid; i < p.V; i += WG) { mx = max(mx, logits[i]); }
+    for (var i = lid; i < p.V; i += WG) { mx = max(mx, logits[row + i]); }
     red[lid] = mx;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s >> 1u) {
@@ -33,7 +35,7 @@ fn argmax(@builtin(local_invocation_id) lid3: vec3<u32>) {
     mx = red[0];
     workgroupBarrier();
     var z = 0.0;
-    for (var i = lid; i < p.V; i += WG) { z += exp(logits[i] - mx); }
+    for (var i = lid; i < p.V; i += WG) { z += exp(logits[row + i] - mx); }
     red[lid] = z;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s >> 1u) {
@@ -50,7 +52,7 @@ fn argmax(@builtin(local_invocation_id) lid3: vec3<u32>) {
         var bv = neg_inf;
         var bi = 0xffffffffu;
         for (var i = lid; i < p.V; i += WG) {
-            let v = logits[i];
+            let v = logits[row + i];
             let after = r == 0u || v < prev_val || (v == prev_val && i > prev_idx);
             // Strided ascending: the first maximum of this lane wins; NaN compares false.
             if (after && v > bv) { bv = v; bi = i; }
@@ -72,8 +74,8 @@ fn argmax(@builtin(local_invocation_id) lid3: vec3<u32>) {
         prev_val = best_val[0];
         prev_idx = best_idx[0];
         if (lid == 0u) {
-            top[2u * r] = select(prev_idx, 0u, prev_idx == 0xffffffffu);
-            top[2u * r + 1u] = bitcast<u32>(exp(prev_val - mx) / z);
+            top[out + 2u * r] = select(prev_idx, 0u, prev_idx == 0xffffffffu);
+            top[out + 2u * r + 1u] = bitcast<u32>(exp(prev_val - mx) / z);
         }
         workgroupBarrier();
     }

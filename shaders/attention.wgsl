@@ -1,13 +1,11 @@
 // Causal multi-head self-attention, flash style: keys are visited in blocks of 64 with an online
 // softmax (running max m, running sum l, rescaled accumulator), so no T x T score matrix exists.
-// One workgroup per (head, query); query t sits at position pos0 + t and sees keys 0 ..= pos0 + t
-// from the KV cache. Each invocation scores one key of a block and owns up to 4 output dims
+// One workgroup per (head, query); query t sits at position(t) and sees keys 0 ..= position(t) of
+// its sequence's slot of the KV cache (step.wgsl is prepended). Each invocation scores one key of a block and owns up to 4 output dims
 // (head size <= 256).
 
-struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
 struct Params { C: u32, NH: u32, HS: u32, scale: f32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;        // (T, 3C)
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;    // (n_ctx, C)
@@ -35,7 +33,8 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     for (var d = lid; d < HS; d += BLOCK) { q[d] = qkv[t * 3u * C + hoff + d] * p.scale; }
     workgroupBarrier();
 
-    let n_keys = step.pos0 + t + 1u;
+    let n_keys = position(t) + 1u;
+    let base = slot_base(t);
     var m = NEG;
     var l = 0.0;
     var acc = array<f32, DIMS_PER_INVOCATION>(0.0, 0.0, 0.0, 0.0);
@@ -44,7 +43,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         var s = NEG;
         if (j < n_keys) {
             s = 0.0;
-            let krow = j * C + hoff;
+            let krow = (base + j) * C + hoff;
             for (var d = 0u; d < HS; d++) { s += q[d] * k_cache[krow + d]; }
         }
         probs[lid] = s;
@@ -62,7 +61,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         for (var i = 0u; i < nb; i++) {
             let pr = probs[i];
             l += pr;
-            let vrow = (j0 + i) * C + hoff;
+            let vrow = (base + j0 + i) * C + hoff;
             for (var di = 0u; di < DIMS_PER_INVOCATION; di++) {
                 let d = lid + di * BLOCK;
                 if (d < HS) { acc[di] += pr * v_cache[vrow + d]; }

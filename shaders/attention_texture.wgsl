@@ -3,12 +3,11 @@
 // read by attention_texture. On lavapipe a texel load is one vectorised fetch where a buffer load
 // is a per-lane scalar loop, and barriers are costly; so here there are neither buffers for K, V
 // nor barriers: each invocation owns one (head, query) and runs the online softmax over its keys
-// alone, with its query and accumulator in registers (HS % 4 == 0, HS <= 256).
+// alone, with its query and accumulator in registers (HS % 4 == 0, HS <= 256). step.wgsl is
+// prepended: query t sees keys 0 ..= position(t) of its sequence's cache slot.
 
-struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
 struct Params { C: u32, NH: u32, HS: u32, scale: f32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;                       // (T, 3C)
 @group(0) @binding(3) var k_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, C/4)
@@ -35,8 +34,10 @@ fn attention_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var m = NEG;
     var l = 0.0;
-    let n_keys = step.pos0 + t + 1u;
-    for (var j = 0u; j < n_keys; j++) {
+    let n_keys = position(t) + 1u;
+    let base = slot_base(t);
+    for (var jj = 0u; jj < n_keys; jj++) {
+        let j = base + jj;
         var s = 0.0;
         for (var d = 0u; d < hs4; d++) { s += dot(q[d], textureLoad(k_cache, vec2(x0 + d, j))); }
         let m_new = max(m, s);

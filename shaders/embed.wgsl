@@ -1,11 +1,10 @@
-// Token + learned position embedding: x[t] = wte[tokens[t]] + wpe[pos0 + t].
+// Token + learned position embedding: x[t] = wte[tokens[t]] + wpe[position(t)] (step.wgsl is
+// prepended).
 // The token table may be split into row chunks (see gpu/tensor.rs); one dispatch per chunk,
 // each writing only the rows whose token falls in its range.
 
-struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
 struct Params { C: u32, tok0: u32, tok_rows: u32, _pad: u32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;   // (T)
 @group(0) @binding(3) var<storage, read> wte: array<u32>;      // (tok_rows, C): rows tok0.. of (V, C), f32 or f16 words
@@ -31,5 +30,5 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c >= p.C || t >= step.rows) { return; }
     let tok = tokens[t];
     if (tok < p.tok0 || tok >= p.tok0 + p.tok_rows) { return; }
-    x[t * p.C + c] = wte_at((tok - p.tok0) * p.C + c) + wpe[(step.pos0 + t) * p.C + c];
+    x[t * p.C + c] = wte_at((tok - p.tok0) * p.C + c) + wpe[position(t) * p.C + c];
 }

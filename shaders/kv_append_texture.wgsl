@@ -1,10 +1,9 @@
 // kv_append for the texture layout: this step's keys and values from qkv into the KV-cache
-// textures (n_ctx rows, C / 4 texels) that attention_texture reads.
+// textures (slots * n_ctx rows, C / 4 texels) that attention_texture reads (step.wgsl is
+// prepended).
 
-struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
 struct Params { C: u32, _a: u32, _b: u32, _c: u32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;                     // (T, 3C)
 @group(0) @binding(3) var k_cache: texture_storage_2d<rgba32float, write>;     // (n_ctx, C/4)
@@ -17,7 +16,7 @@ fn kv_append_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c4 * 4u >= p.C || t >= step.rows) { return; }
     let k = t * 3u * p.C + p.C + 4u * c4;
     let v = k + p.C;
-    let row = vec2(c4, step.pos0 + t);
+    let row = vec2(c4, slot_base(t) + position(t));
     textureStore(k_cache, row, vec4(qkv[k], qkv[k + 1u], qkv[k + 2u], qkv[k + 3u]));
     textureStore(v_cache, row, vec4(qkv[v], qkv[v + 1u], qkv[v + 2u], qkv[v + 3u]));
 }

@@ -43,6 +43,22 @@ pub struct Report {
     /// Kernel microbenchmarks on GPT-2 shapes (with `--kernels`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_bench: Vec<KernelBench>,
+    /// Batched decode throughput (with `--batch`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch_runs: Vec<BatchRun>,
+}
+
+/// Greedy decode of B sequences at once ([`crate::Batch`]), after a prefill of each.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchRun {
+    pub sequences: usize,
+    pub prompt_len: usize,
+    /// Batched steps timed (each gives one token per sequence).
+    pub steps: usize,
+    /// Median milliseconds per batched step.
+    pub ms_per_step: f64,
+    /// Tokens per second over all sequences: sequences / step time.
+    pub decode_tok_s: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,6 +125,8 @@ pub struct Options {
     pub load_s: f64,
     pub load_peak_rss_bytes: Option<u64>,
     pub checkpoint_bytes: Option<u64>,
+    /// Batch sizes for the batched-decode measurement (none: skipped).
+    pub batch_sizes: Vec<usize>,
 }
 
 /// The process's peak resident memory so far (VmHWM), where the OS reports it.
@@ -262,7 +280,38 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
         kernels_prefill_ms: prefill_k,
         copy_gb_s: None,
         kernel_bench: Vec::new(),
+        batch_runs: batch_runs(model, opts)?,
     })
+}
+
+/// Batched decode: B sequences prefilled with the first prompt length, then `gen_tokens` steps
+/// of one token each, timed per step.
+fn batch_runs(model: &Model, opts: &Options) -> Result<Vec<BatchRun>> {
+    let p = opts.prompt_lens[0];
+    let mut out = Vec::new();
+    for &b in &opts.batch_sizes {
+        let mut batch = crate::Batch::new(model, b)?;
+        let mut next = (0..b)
+            .map(|i| batch.prefill(i, &prompt(p, model.config.vocab_size - i)))
+            .collect::<Result<Vec<u32>>>()?;
+        // The first step compiles nothing new but warms the batched path; not timed.
+        next = batch.step(&next)?;
+        let mut steps = Vec::new();
+        for _ in 2..opts.gen_tokens {
+            let t = Instant::now();
+            next = batch.step(&next)?;
+            steps.push(t.elapsed().as_secs_f64());
+        }
+        let ms = median(&mut steps) * 1e3;
+        out.push(BatchRun {
+            sequences: b,
+            prompt_len: p,
+            steps: steps.len(),
+            ms_per_step: ms,
+            decode_tok_s: if ms > 0.0 { b as f64 / ms * 1e3 } else { 0.0 },
+        });
+    }
+    Ok(out)
 }
 
 /// A side-by-side table of several reports (`wgpt bench --compare`).
@@ -410,17 +459,7 @@ pub fn kernels(
         )));
     }
     let nh = c / 64;
-    let step = |rows: u32, pos0: u32| {
-        gpu.uniform(
-            "step",
-            &Step {
-                rows,
-                row0: 0,
-                pos0,
-                _pad: 0,
-            },
-        )
-    };
+    let step = |rows: u32, pos0: u32| gpu.uniform("step", &Step::new(rows, 0, pos0));
     let f32s = |n: u32| gpu.storage("bench", n as u64 * 4);
     let mut rows = Vec::new();
     let mut push = |kernel: &str, shape: String, s: f64, bytes: f64, flops: f64| {

@@ -44,6 +44,6 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, Generator, StopReason, TokenEvent, generate_ids};
 pub use gpu::Engine;
-pub use model::{LoadOptions, Model, Pick, Progress, Session, WeightLayout};
+pub use model::{Batch, LoadOptions, Model, Pick, Progress, Session, WeightLayout};
 pub use sampler::Sampling;
 pub use tokenizer::Tokenizer;

@@ -31,12 +31,7 @@ impl Harness {
         self.gpu.storage_init("test", bytemuck::cast_slice(data))
     }
     fn step(&self, rows: usize, row0: usize, pos0: usize) -> wgpu::Buffer {
-        let s = Step {
-            rows: rows as u32,
-            row0: row0 as u32,
-            pos0: pos0 as u32,
-            _pad: 0,
-        };
+        let s = Step::new(rows as u32, row0 as u32, pos0 as u32);
         self.gpu.uniform("step", &s)
     }
     fn width(&self, w: usize) -> wgpu::Buffer {

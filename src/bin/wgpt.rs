@@ -52,6 +52,9 @@ struct BenchArgs {
     /// Tokens generated per run.
     #[arg(long = "gen", default_value_t = 128)]
     gen_tokens: usize,
+    /// Also measure batched decode of this many sequences at once, comma-separated (e.g. 1,4,8).
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
     /// Runs per configuration (medians are reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -470,6 +473,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         load_s: t0.elapsed().as_secs_f64(),
         load_peak_rss_bytes: wgpt::bench::peak_rss_bytes(),
         checkpoint_bytes: file_bytes,
+        batch_sizes: a.batch.clone(),
     };
     let mut r = wgpt::bench::run(&model, &opts)?;
     if a.kernels {
@@ -544,6 +548,12 @@ fn bench(a: BenchArgs) -> Result<()> {
             run.dispatches_per_token,
             run.decode_weight_gb_s,
             run.prefill_gflop_s
+        );
+    }
+    for b in &r.batch_runs {
+        println!(
+            "batched decode: {:>2} sequences x prompt {}: {:>8.2} ms/step, {:>8.1} tok/s in all",
+            b.sequences, b.prompt_len, b.ms_per_step, b.decode_tok_s
         );
     }
     println!("GPU time per kernel ({}):", r.kernel_timing);

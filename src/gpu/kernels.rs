@@ -39,23 +39,27 @@ macro_rules! kernel {
 
 /// Every kernel wgpt ships, in forward-pass order.
 pub const KERNELS: &[KernelSource] = &[
-    kernel!("embed"),
+    kernel!("embed" after "step"),
     kernel!("layernorm"),
     kernel!("matmul" after "linear"),
     kernel!("matmul_texture" after "linear"),
-    kernel!("kv_append"),
-    kernel!("kv_append_texture"),
-    kernel!("attention"),
-    kernel!("attention_texture"),
+    kernel!("kv_append" after "step"),
+    kernel!("kv_append_texture" after "step"),
+    kernel!("attention" after "step"),
+    kernel!("attention_texture" after "step"),
     kernel!("argmax"),
     kernel!("sample"),
     kernel!("fill_random"),
 ];
 
+/// Most sequences one batched decode step advances (`Step::pos`).
+pub const MAX_BATCH: usize = 64;
+
 /// Per-step values shared by every kernel of a step; two live per session (the body's and the
-/// head's), rewritten in place each step. Mirrors `struct Step` in the shaders.
+/// head's), rewritten in place each step. Mirrors `struct Step` in step.wgsl (linear.wgsl reads
+/// the first four fields).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct Step {
     /// Rows (tokens) this dispatch works on: T for the body, the head's rows for the head.
     pub rows: u32,
@@ -63,7 +67,32 @@ pub struct Step {
     pub row0: u32,
     /// Position of the step's first token in the sequence.
     pub pos0: u32,
-    pub _pad: u32,
+    /// The KV-cache slot of the sequence (a batch holds several; a session has slot 0).
+    pub slot: u32,
+    /// 1: a batched decode, row r is one token of slot r at position `pos[r]`.
+    pub batch: u32,
+    /// KV-cache rows per slot (n_ctx).
+    pub slot_rows: u32,
+    pub _pad: [u32; 2],
+    pub pos: [u32; MAX_BATCH],
+}
+
+impl Step {
+    /// `rows` tokens of the sequence in slot 0 from position `pos0` (`row0`: see the field).
+    pub fn new(rows: u32, row0: u32, pos0: u32) -> Step {
+        Step {
+            rows,
+            row0,
+            pos0,
+            ..Zeroable::zeroed()
+        }
+    }
+}
+
+impl Default for Step {
+    fn default() -> Self {
+        Zeroable::zeroed()
+    }
 }
 
 #[repr(C)]

@@ -1,8 +1,11 @@
 //! GPT-2 on the GPU: [`Model`] holds the weights and pipelines (built once at load); a
-//! [`Session`] holds one sequence's KV cache, scratch activations and bind groups, and runs steps.
+//! [`Session`] holds one sequence's KV cache, scratch activations and bind groups, and runs steps;
+//! a [`Batch`] advances several sequences in one forward pass.
 
+mod batch;
 mod session;
 
+pub use batch::Batch;
 pub use session::{Pick, Session};
 
 use std::path::Path;

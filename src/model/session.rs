@@ -34,24 +34,24 @@ enum KvCache {
 }
 
 /// Scratch buffers for one step of up to `t_max` tokens. Shapes use T = t_max.
-struct Activations {
-    tokens: wgpu::Buffer,              // (T) u32
-    x: wgpu::Buffer,                   // (T, C) residual stream
-    ln: wgpu::Buffer,                  // (T, C) layernorm output
-    qkv: wgpu::Buffer,                 // (T, 3C)
-    att_y: wgpu::Buffer,               // (T, C) attention output, heads side by side
-    fc_h: wgpu::Buffer,                // (T, n_inner) MLP hidden
-    lnf: wgpu::Buffer,                 // (head_rows, C) final layernorm of the rows the head sees
-    logits: wgpu::Buffer,              // (head_rows, V)
-    token: wgpu::Buffer,               // (4) u32: chosen token, sampler threshold, log-prob bits
-    token_read: wgpu::Buffer,          // (4 + 2 MAX_TOP) u32, mappable: token, then candidates
-    top: wgpu::Buffer,                 // (2 MAX_TOP) u32: candidate ids and probability bits
-    top_params: wgpu::Buffer,          // TopParams uniform
-    recent: wgpu::Buffer,              // (n_ctx) u32: the repetition penalty's window
-    logits_read: Option<wgpu::Buffer>, // (head_rows, V), mappable, made on first use
-    body_step: wgpu::Buffer,           // Step uniform for embed and blocks
-    head_step: wgpu::Buffer,           // Step uniform for ln_f and the head
-    sample: wgpu::Buffer,              // SampleParams uniform
+pub(super) struct Activations {
+    pub(super) tokens: wgpu::Buffer,              // (T) u32
+    pub(super) x: wgpu::Buffer,                   // (T, C) residual stream
+    pub(super) ln: wgpu::Buffer,                  // (T, C) layernorm output
+    pub(super) qkv: wgpu::Buffer,                 // (T, 3C)
+    pub(super) att_y: wgpu::Buffer,               // (T, C) attention output, heads side by side
+    pub(super) fc_h: wgpu::Buffer,                // (T, n_inner) MLP hidden
+    pub(super) lnf: wgpu::Buffer, // (head_rows, C) final layernorm of the rows the head sees
+    pub(super) logits: wgpu::Buffer, // (head_rows, V)
+    pub(super) token: wgpu::Buffer, // (4) u32: chosen token, sampler threshold, log-prob bits
+    pub(super) token_read: wgpu::Buffer, // (4 + 2 MAX_TOP) u32, mappable: token, then candidates
+    pub(super) top: wgpu::Buffer, // (2 MAX_TOP) u32: candidate ids and probability bits
+    pub(super) top_params: wgpu::Buffer, // TopParams uniform
+    pub(super) recent: wgpu::Buffer, // (n_ctx) u32: the repetition penalty's window
+    pub(super) logits_read: Option<wgpu::Buffer>, // (head_rows, V), mappable, made on first use
+    pub(super) body_step: wgpu::Buffer, // Step uniform for embed and blocks
+    pub(super) head_step: wgpu::Buffer, // Step uniform for ln_f and the head
+    pub(super) sample: wgpu::Buffer, // SampleParams uniform
     /// Input textures of the linear layers, when they read textures (see matmul_texture.wgsl).
     textures: Option<InputTextures>,
 }
@@ -65,7 +65,7 @@ struct InputTextures {
 
 /// Which pipeline an op runs.
 #[derive(Clone, Copy, PartialEq)]
-enum Kernel {
+pub(super) enum Kernel {
     Embed,
     LayerNorm,
     Matmul,
@@ -100,7 +100,7 @@ impl Kernel {
 
 /// How many workgroups an op needs for a step of `rows` rows.
 #[derive(Clone, Copy)]
-enum Grid {
+pub(super) enum Grid {
     /// (ceil(width / wg), rows): one invocation per element.
     Elements { width: u32, wg: u32 },
     /// (rows): one workgroup per row.
@@ -116,22 +116,24 @@ enum Grid {
 
 /// One recorded dispatch: pipeline, bind group (built once) and its grid; for a linear layer
 /// reading textures, the activation buffer to copy into its input texture first.
-struct Op {
-    kernel: Kernel,
-    bind: wgpu::BindGroup,
-    grid: Grid,
-    copy: Option<(wgpu::Buffer, wgpu::Texture)>,
+pub(super) struct Op {
+    pub(super) kernel: Kernel,
+    pub(super) bind: wgpu::BindGroup,
+    pub(super) grid: Grid,
+    pub(super) copy: Option<(wgpu::Buffer, wgpu::Texture)>,
 }
 
 impl Op {
-    /// Whether a linear layer runs as a gemv for a step of `rows` rows: a few rows, and for
-    /// gemv_texture an input that fits its uniform binding.
+    /// Whether a linear layer runs as a gemv for a step of `rows` rows: a few rows; for
+    /// gemv_texture one row (it reads the weights once per row, where matmul_texture's 4 x 4
+    /// blocks read them once per 4 rows: measured on lavapipe, GPT-2 f16, a batched step of 4
+    /// takes 317 ms through gemv_texture) whose input fits its uniform binding.
     fn gemv(&self, rows: u32) -> bool {
-        match self.grid {
-            Grid::Linear { k, .. } => {
-                rows <= wg::GEMV_MAX_ROWS
-                    && (self.kernel == Kernel::Matmul || rows * k <= wg::GEMV_UNIFORM_FLOATS)
+        match (self.grid, self.kernel) {
+            (Grid::Linear { k, .. }, Kernel::MatmulTexture) => {
+                rows == 1 && k <= wg::GEMV_UNIFORM_FLOATS
             }
+            (Grid::Linear { .. }, _) => rows <= wg::GEMV_MAX_ROWS,
             _ => false,
         }
     }
@@ -144,35 +146,37 @@ impl Op {
 }
 
 pub struct Session {
-    model: Model,
+    pub(super) model: Model,
     /// Owned here; the bind groups reference it.
     kv: KvCache,
-    act: Activations,
+    pub(super) act: Activations,
     /// embed and the blocks, run on the step's T tokens.
-    body: Vec<Op>,
+    pub(super) body: Vec<Op>,
     /// ln_f and the output projection, run on the head's rows.
-    head: Vec<Op>,
+    pub(super) head: Vec<Op>,
     argmax: Op,
     sample: Op,
     top_op: Op,
     /// Tokens already in the KV cache.
-    pos: usize,
+    pub(super) pos: usize,
     /// Those tokens' ids, for the repetition penalty.
-    history: Vec<u32>,
+    pub(super) history: Vec<u32>,
     last_logprob: Option<f32>,
     /// How many top candidates each step reports (0 = none), and the last step's.
     top_n: usize,
     candidates: Vec<(u32, f32)>,
     /// Most tokens one forward pass takes (longer inputs run in chunks).
-    t_max: usize,
+    pub(super) t_max: usize,
     /// Most logits rows one head pass writes.
-    head_rows: usize,
+    pub(super) head_rows: usize,
     /// The submitted step whose token has not been collected.
-    pending: Option<PendingStep>,
+    pub(super) pending: Option<PendingStep>,
+    /// The KV-cache slot this sequence uses (0, except inside a [`crate::Batch`]).
+    pub(super) slot: u32,
 }
 
 /// A step in flight: its token (and log-probability, candidates) are being read back.
-struct PendingStep {
+pub(super) struct PendingStep {
     read: crate::gpu::PendingRead,
     sampled: bool,
     top_n: usize,
@@ -182,15 +186,31 @@ impl Session {
     /// A new, empty sequence on `model`: allocates its KV cache and scratch buffers and builds
     /// every bind group of the forward pass, once.
     pub fn new(model: &Model) -> Result<Self> {
-        model.gpu.scoped(|| Self::allocate(model.clone()))
+        Self::with_slots(model, 1)
     }
 
-    fn allocate(model: Model) -> Result<Self> {
+    /// A session whose KV cache has room for `slots` sequences (see [`crate::Batch`]).
+    pub(super) fn with_slots(model: &Model, slots: usize) -> Result<Self> {
+        model.gpu.scoped(|| Self::allocate(model.clone(), slots))
+    }
+
+    fn allocate(model: Model, slots: usize) -> Result<Self> {
         let model = &model;
         let gpu = &model.gpu;
         let cfg = &model.config;
         let (c, v, n_ctx, inner) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
         let maxb = model.max_chunk_bytes as usize;
+        let cache_rows = slots * n_ctx;
+        let max_rows = match model.texture_linear {
+            true => gpu.limits.max_texture_dimension_2d as usize,
+            false => maxb / (4 * c),
+        };
+        if cache_rows > max_rows {
+            return Err(Error::Limits(format!(
+                "a KV cache for {slots} sequences of {n_ctx} positions needs {cache_rows} rows per layer, \
+                 the adapter allows {max_rows}; use fewer sequences"
+            )));
+        }
         let t_max = n_ctx.min(maxb / (4 * inner.max(3 * c)));
         let head_rows = t_max.min(maxb / (4 * v));
         if head_rows == 0 {
@@ -201,7 +221,7 @@ impl Session {
         let f = |n: usize| (n * 4) as u64;
         let kv = if model.texture_linear {
             let tex = |name: &str, l: usize| {
-                gpu.texture(&format!("{name}.{l}"), n_ctx, c)
+                gpu.texture(&format!("{name}.{l}"), cache_rows, c)
                     .create_view(&Default::default())
             };
             KvCache::Textures {
@@ -209,7 +229,7 @@ impl Session {
                 v: (0..cfg.n_layer).map(|l| tex("v_cache", l)).collect(),
             }
         } else {
-            let buf = |name: &str, l: usize| gpu.storage(&format!("{name}.{l}"), f(n_ctx * c));
+            let buf = |name: &str, l: usize| gpu.storage(&format!("{name}.{l}"), f(cache_rows * c));
             KvCache::Buffers {
                 k: (0..cfg.n_layer).map(|l| buf("k_cache", l)).collect(),
                 v: (0..cfg.n_layer).map(|l| buf("v_cache", l)).collect(),
@@ -270,6 +290,7 @@ impl Session {
             t_max,
             head_rows,
             pending: None,
+            slot: 0,
         })
     }
 
@@ -596,7 +617,7 @@ impl Session {
     }
 
     /// Runs ln_f and the head on rows `row0 .. row0 + rows` of the residual stream, reads them back.
-    fn head_logits(&mut self, rows: usize, row0: usize) -> Result<Vec<f32>> {
+    pub(super) fn head_logits(&mut self, rows: usize, row0: usize) -> Result<Vec<f32>> {
         let gpu = self.model.gpu.clone();
         let bytes = (self.head_rows * self.model.config.vocab_size * 4) as u64;
         let read = self
@@ -654,10 +675,9 @@ impl Session {
             gpu.queue
                 .write_buffer(&self.act.tokens, 0, bytemuck::cast_slice(chunk));
             let step = Step {
-                rows: chunk.len() as u32,
-                row0: 0,
-                pos0: self.pos as u32,
-                _pad: 0,
+                slot: self.slot,
+                slot_rows: self.n_ctx() as u32,
+                ..Step::new(chunk.len() as u32, 0, self.pos as u32)
             };
             gpu.queue
                 .write_buffer(&self.act.body_step, 0, bytemuck::bytes_of(&step));
@@ -672,12 +692,7 @@ impl Session {
     }
 
     fn write_head_step(&self, rows: usize, row0: usize) {
-        let step = Step {
-            rows: rows as u32,
-            row0: row0 as u32,
-            pos0: self.pos as u32,
-            _pad: 0,
-        };
+        let step = Step::new(rows as u32, row0 as u32, self.pos as u32);
         self.model
             .gpu
             .queue
@@ -686,7 +701,7 @@ impl Session {
 
     /// Records `ops` for a step of `rows` rows into `enc`: one compute pass, broken only where a
     /// linear layer reading textures needs its input copied in first.
-    fn record(&self, enc: &mut wgpu::CommandEncoder, ops: &[Op], rows: u32) {
+    pub(super) fn record(&self, enc: &mut wgpu::CommandEncoder, ops: &[Op], rows: u32) {
         let mut pass = enc
             .begin_compute_pass(&Default::default())
             .forget_lifetime();
