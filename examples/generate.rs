@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::Path;
 
 fn main() -> wgpt::Result<()> {
-    let prompt = std::env::args().nth(1).unwrap_or("The borrow checker".into());
+    let prompt = std::env::args()
+        .nth(1)
+        .unwrap_or("The borrow checker".into());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/default");
 
     let engine = wgpt::Engine::new(None)?; // the high-performance adapter

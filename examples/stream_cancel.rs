@@ -50,6 +50,9 @@ fn main() -> wgpt::Result<()> {
 
     // Still usable: continue from where it stopped.
     let next = session.next_token(&[*out.ids.last().unwrap_or(&ids[0])], wgpt::Pick::Greedy)?;
-    println!("next token after the stop: {:?}", tokenizer.decode(&[next])?);
+    println!(
+        "next token after the stop: {:?}",
+        tokenizer.decode(&[next])?
+    );
     Ok(())
 }

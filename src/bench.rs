@@ -12,12 +12,16 @@ use crate::{Error, Result};
 /// Bumped whenever a field changes meaning or disappears (adding fields keeps the version).
 pub const SCHEMA: &str = "wgpt-bench/1";
 
+/// The JSON report of one `wgpt bench` (schema [`SCHEMA`]), as [`run`] returns it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     /// Always [`SCHEMA`].
     pub schema: String,
+    /// The wgpt crate version that produced the report.
     pub wgpt_version: String,
+    /// The adapter measured.
     pub adapter: AdapterReport,
+    /// The model's shape and storage.
     pub model: ModelReport,
     /// Seconds to load (or generate) the weights and build the pipelines.
     pub load_s: f64,
@@ -30,6 +34,7 @@ pub struct Report {
     pub checkpoint_bytes: Option<u64>,
     /// Bytes of GPU buffers: weights plus one session's KV cache and scratch.
     pub vram_bytes: u64,
+    /// One entry per `--prompt-len`, in the order given.
     pub runs: Vec<Run>,
     /// "gpu-timestamps" when per-kernel times come from timestamp queries, else "unavailable".
     pub kernel_timing: String,
@@ -51,7 +56,9 @@ pub struct Report {
 /// Greedy decode of B sequences at once ([`crate::Batch`]), after a prefill of each.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BatchRun {
+    /// B: sequences advanced per step.
     pub sequences: usize,
+    /// Tokens each sequence was prefilled with (the first `--prompt-len`).
     pub prompt_len: usize,
     /// Batched steps timed (each gives one token per sequence).
     pub steps: usize,
@@ -61,16 +68,24 @@ pub struct BatchRun {
     pub decode_tok_s: f64,
 }
 
+/// The adapter, from wgpu's [`AdapterInfo`](wgpu::AdapterInfo).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AdapterReport {
+    /// Adapter name, e.g. "llvmpipe (LLVM 15.0.7, 256 bits)".
     pub name: String,
+    /// PCI vendor id (0 where the backend does not report one).
     pub vendor: u32,
+    /// wgpu backend, e.g. "Vulkan", "Metal", "Dx12", "Gl".
     pub backend: String,
+    /// "DiscreteGpu", "IntegratedGpu", "Cpu", ...
     pub device_type: String,
+    /// Driver name.
     pub driver: String,
+    /// Driver version details.
     pub driver_info: String,
 }
 
+/// The model benchmarked.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelReport {
     /// The folder, or `random:SHAPE` for weights generated on the GPU.
@@ -80,19 +95,28 @@ pub struct ModelReport {
     /// "buffer" or "texture": where the linear layers' operands live.
     #[serde(default)]
     pub layout: String,
+    /// L: transformer blocks.
     pub n_layer: usize,
+    /// C: embedding width.
     pub n_embd: usize,
+    /// NH: attention heads.
     pub n_head: usize,
+    /// V: vocabulary size.
     pub vocab_size: usize,
+    /// n_ctx: context length.
     pub n_positions: usize,
+    /// Parameter count (a tied head counted once).
     pub params: u64,
 }
 
 /// One (prompt length, generated tokens) configuration, medians over the repeats.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Run {
+    /// Prompt tokens fed to the prefill.
     pub prompt_len: usize,
+    /// Tokens generated per repeat, the first one from the prefill.
     pub gen_tokens: usize,
+    /// Times the configuration was run; the figures are medians over them.
     pub repeats: usize,
     /// Prompt tokens per second of the prefill pass (which also yields the first new token).
     pub prefill_tok_s: f64,
@@ -100,30 +124,44 @@ pub struct Run {
     pub ttft_ms: f64,
     /// Generated tokens per second after the first.
     pub decode_tok_s: f64,
+    /// Median milliseconds per decode step (one token), over all steps of all repeats.
     pub ms_per_token_p50: f64,
+    /// 90th-percentile milliseconds per decode step.
     pub ms_per_token_p90: f64,
+    /// Compute dispatches recorded for one decode step.
     pub dispatches_per_token: usize,
-    /// Weight bytes a decode step reads divided by its median time.
+    /// Weight bytes a decode step reads divided by its median time, GB/s.
     pub decode_weight_gb_s: f64,
-    /// Matmul and attention FLOPs of the prefill divided by its time.
+    /// Matmul and attention FLOPs of the prefill divided by its time, GFLOP/s.
     pub prefill_gflop_s: f64,
 }
 
+/// GPU time of one kernel family within a step, from timestamp queries.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KernelTime {
+    /// Kernel family, e.g. "gemv", "matmul", "attention", "layernorm".
     pub kernel: String,
+    /// Milliseconds summed over the family's dispatches in the step.
     pub ms: f64,
 }
 
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// Prompt lengths to measure, one [`Run`] each; all above 0, and each plus `gen_tokens`
+    /// within n_ctx.
     pub prompt_lens: Vec<usize>,
+    /// Tokens to generate per run (the first comes from the prefill); above 0.
     pub gen_tokens: usize,
+    /// Repeats of each configuration (medians are reported); above 0.
     pub repeat: usize,
+    /// Copied to [`ModelReport::source`].
     pub source: String,
+    /// Copied to [`Report::load_s`]: seconds the caller spent loading the model.
     pub load_s: f64,
+    /// Copied to [`Report::load_peak_rss_bytes`].
     pub load_peak_rss_bytes: Option<u64>,
+    /// Copied to [`Report::checkpoint_bytes`].
     pub checkpoint_bytes: Option<u64>,
     /// Batch sizes for the batched-decode measurement (none: skipped).
     pub batch_sizes: Vec<usize>,
@@ -378,12 +416,15 @@ pub fn shape(name: &str) -> Option<crate::Config> {
 /// One microbenchmark of `wgpt bench --kernels`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KernelBench {
+    /// Kernel (entry point) measured, e.g. "gemv", "matmul", "attention".
     pub kernel: String,
     /// Shape in the crate's letters, e.g. "T=1 K=768 N=2304".
     pub shape: String,
+    /// Milliseconds per dispatch, best of two timed rounds (wall clock).
     pub ms: f64,
-    /// Bytes the kernel must move (weights, activations, cache) per ms.
+    /// GB/s: bytes the kernel must move (weights, activations, cache) over its time.
     pub gb_s: f64,
+    /// GFLOP/s: the kernel's floating-point operations over its time.
     pub gflop_s: f64,
     /// gb_s as a share of the measured buffer-copy bandwidth: the kernel's place on the roofline.
     pub of_copy_bandwidth: f64,

@@ -13,15 +13,24 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2"];
 /// HS = C / NH, L = `n_layer`, V = `vocab_size`, n_ctx = `n_positions`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// V: vocabulary size, the rows of `wte` and the length of the logits.
     pub vocab_size: usize,
+    /// n_ctx: context length, the rows of `wpe` and the positions the KV cache holds.
     pub n_positions: usize,
+    /// C: embedding (residual stream) width.
     pub n_embd: usize,
+    /// L: number of transformer blocks.
     pub n_layer: usize,
+    /// NH: attention heads per block.
     pub n_head: usize,
     /// Width of the MLP hidden layer (4C unless config.json says otherwise).
     pub n_inner: usize,
+    /// Epsilon added to the variance in every layer norm (1e-5 by default).
     pub layer_norm_epsilon: f32,
+    /// Whether the output head reuses `wte` (true by default); when false the checkpoint must
+    /// hold `lm_head.weight`.
     pub tie_word_embeddings: bool,
+    /// End-of-sequence token id (the first one if config.json lists several), if any.
     pub eos_token_id: Option<u32>,
 }
 
@@ -63,6 +72,7 @@ impl Config {
         }
     }
 
+    /// HS = C / NH, the width of one attention head.
     pub fn head_size(&self) -> usize {
         self.n_embd / self.n_head
     }

@@ -14,6 +14,7 @@ use crate::{Error, Result};
 /// How to generate.
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
+    /// Most tokens to generate after the prompt (default 64).
     pub max_tokens: usize,
     /// Greedy unless a temperature is set.
     pub sampling: Sampling,
@@ -49,9 +50,12 @@ impl Default for GenerateOptions {
 /// What a generation produced, with its timings.
 #[derive(Clone, Debug, Default)]
 pub struct Generation {
+    /// The prompt's token ids, as fed to prefill.
     pub prompt_ids: Vec<u32>,
     /// Generated token ids (the prompt excluded).
     pub ids: Vec<u32>,
+    /// The generated ids decoded to text (the prompt excluded; empty without a tokenizer), cut
+    /// before a matched stop string.
     pub text: String,
     /// Seconds for the prompt's forward pass (time to first token).
     pub prefill_s: f64,
@@ -76,6 +80,7 @@ pub enum StopReason {
 }
 
 impl Generation {
+    /// Prefill rate in tokens/s: prompt tokens over [`prefill_s`](Self::prefill_s) (0 if either is zero).
     pub fn prefill_tok_s(&self) -> f64 {
         rate(self.prompt_ids.len(), self.prefill_s)
     }
@@ -99,6 +104,7 @@ fn rate(n: usize, s: f64) -> f64 {
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
+    /// Advances the state and returns the next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # wgpt: GPT-2 inference on the GPU through wgpu
 //!
 //! The whole forward pass runs as hand-written WGSL compute kernels (`shaders/`), on Vulkan,

@@ -13,9 +13,13 @@ use safetensors::{Dtype, SafeTensors};
 use crate::config::Config;
 use crate::{Error, Result};
 
+/// The model folder's hyper-parameters file, read by [`Config::from_file`].
 pub const CONFIG_FILE: &str = "config.json";
+/// A single-file checkpoint; preferred over [`INDEX_FILE`] when both exist.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The index of a sharded checkpoint: its `weight_map` names the shard files.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// The Hugging Face tokenizer shipped with the model (see [`Tokenizer`](crate::Tokenizer)).
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// Where one tensor's bytes are.
@@ -108,6 +112,7 @@ impl Checkpoint {
         Ok(ckpt)
     }
 
+    /// Whether the checkpoint holds a tensor of this canonical name (no `transformer.` prefix).
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
@@ -277,18 +282,30 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
 
 /// One block's weights. Linear weights are (out, in); shapes use C, NH, HS, L as in the config.
 pub struct LayerWeights<T> {
-    pub ln_1_w: T,      // (C)
-    pub ln_1_b: T,      // (C)
-    pub c_attn_w: T,    // (3C, C)
-    pub c_attn_b: T,    // (3C)
-    pub attn_proj_w: T, // (C, C)
-    pub attn_proj_b: T, // (C)
-    pub ln_2_w: T,      // (C)
-    pub ln_2_b: T,      // (C)
-    pub c_fc_w: T,      // (4C, C)
-    pub c_fc_b: T,      // (4C)
-    pub mlp_proj_w: T,  // (C, 4C)
-    pub mlp_proj_b: T,  // (C)
+    /// `ln_1.weight` (C): gain of the layer norm before attention.
+    pub ln_1_w: T,
+    /// `ln_1.bias` (C).
+    pub ln_1_b: T,
+    /// `attn.c_attn.weight` (3C, C): fused Q, K, V projection.
+    pub c_attn_w: T,
+    /// `attn.c_attn.bias` (3C).
+    pub c_attn_b: T,
+    /// `attn.c_proj.weight` (C, C): attention output projection.
+    pub attn_proj_w: T,
+    /// `attn.c_proj.bias` (C).
+    pub attn_proj_b: T,
+    /// `ln_2.weight` (C): gain of the layer norm before the MLP.
+    pub ln_2_w: T,
+    /// `ln_2.bias` (C).
+    pub ln_2_b: T,
+    /// `mlp.c_fc.weight` (n_inner, C), n_inner = 4C by default: MLP up-projection.
+    pub c_fc_w: T,
+    /// `mlp.c_fc.bias` (n_inner).
+    pub c_fc_b: T,
+    /// `mlp.c_proj.weight` (C, n_inner): MLP down-projection.
+    pub mlp_proj_w: T,
+    /// `mlp.c_proj.bias` (C).
+    pub mlp_proj_b: T,
 }
 
 impl<T> LayerWeights<T> {
@@ -313,11 +330,16 @@ impl<T> LayerWeights<T> {
 
 /// A GPT-2's weights, stored as `T` (host vectors or GPU tensors).
 pub struct Weights<T> {
-    pub wte: T, // (V, C)
-    pub wpe: T, // (n_ctx, C)
+    /// `wte.weight` (V, C): token embeddings (also the output head when tied).
+    pub wte: T,
+    /// `wpe.weight` (n_ctx, C): learned absolute position embeddings.
+    pub wpe: T,
+    /// The L transformer blocks, in order.
     pub layers: Vec<LayerWeights<T>>,
-    pub ln_f_w: T, // (C)
-    pub ln_f_b: T, // (C)
+    /// `ln_f.weight` (C): gain of the final layer norm.
+    pub ln_f_w: T,
+    /// `ln_f.bias` (C).
+    pub ln_f_b: T,
     /// (V, C); `None` when the head is tied to `wte`.
     pub lm_head: Option<T>,
 }

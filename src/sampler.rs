@@ -54,6 +54,8 @@ impl Sampling {
         Ok(())
     }
 
+    /// Whether these settings always take the most likely token (temperature 0 or top-k 1);
+    /// a repetition penalty can still change which token that is.
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0 || self.top_k == 1
     }

@@ -6,11 +6,13 @@ use std::path::Path;
 
 use crate::{Error, Result};
 
+/// A Hugging Face tokenizer (byte-level BPE for GPT-2) that maps text to token ids and back.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
 }
 
 impl Tokenizer {
+    /// Loads `tokenizer.json` from `path`; [`Error::Tokenizer`] if it is missing or invalid.
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.exists() {
             return Err(Error::Tokenizer {
@@ -25,6 +27,7 @@ impl Tokenizer {
         Ok(Tokenizer { inner })
     }
 
+    /// Parses the contents of a `tokenizer.json` already in memory.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
             path: "<memory>".into(),
@@ -42,6 +45,8 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Text of `ids`, special tokens kept. Decoding a single id of a multi-byte character
+    /// yields U+FFFD; use [`stream`](Self::stream) for incremental output.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, false)
@@ -53,6 +58,7 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The id of the exact vocabulary entry `token` (e.g. `"<|endoftext|>"`), if there is one.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

@@ -230,6 +230,141 @@ fn kv_append_and_attention_match_cpu() {
     }
 }
 
+/// Batched decode (step.wgsl): one row per sequence, row r at position pos[r] of KV-cache slot
+/// r, through embed, kv_append and attention (buffer and texture variants), against the twins
+/// run per sequence on its own slot. B = 5 rows at positions 0 .. 70 (one past a 64-key block).
+#[test]
+fn batched_rows_use_their_slots() {
+    let h = Harness::new();
+    let (c, nh, n_ctx, v) = (60, 5, 72, 11);
+    let (c4, nh4) = (64, 4); // the texture kernels need C % 4 == 0 and HS % 4 == 0
+    let pos = [0usize, 5, 64, 70, 1];
+    let b = pos.len();
+    let mut step = Step {
+        batch: 1,
+        slot_rows: n_ctx as u32,
+        ..Step::new(b as u32, 0, 0)
+    };
+    for (p, &q) in step.pos.iter_mut().zip(&pos) {
+        *p = q as u32;
+    }
+    let stepb = h.gpu.uniform("step", &step);
+
+    // embed: each row takes its own position's wpe row.
+    let wte = random(v * c, 40, 1.0);
+    let wpe = random(n_ctx * c, 41, 1.0);
+    let tokens: Vec<u32> = (0..b as u32).map(|i| (i * 3 + 1) % v as u32).collect();
+    let x = h.f32s(&vec![f32::NAN; b * c]);
+    let params = EmbedParams {
+        c: c as u32,
+        tok0: 0,
+        tok_rows: v as u32,
+        _pad: 0,
+    };
+    let bufs = [
+        &stepb,
+        &h.gpu.uniform("p", &params),
+        &h.u32s(&tokens),
+        &h.f32s(&wte),
+        &h.f32s(&wpe),
+        &x,
+    ];
+    h.run(&h.p.embed, &bufs, (c as u32).div_ceil(64), b as u32);
+    let got = h.read(&x);
+    for r in 0..b {
+        let want = reference::embed(&tokens[r..r + 1], &wte, &wpe, c, pos[r]);
+        assert_eq!(got[r * c..(r + 1) * c], want[..], "embed row {r}");
+    }
+
+    for (c, nh, textures) in [(c, nh, false), (c4, nh4, true)] {
+        let hs = c / nh;
+        let k_all = random(b * n_ctx * c, 42, 1.0);
+        let v_all = random(b * n_ctx * c, 43, 1.0);
+        let qkv = random(b * 3 * c, 44, 2.0);
+        let params = AttentionParams {
+            c: c as u32,
+            nh: nh as u32,
+            hs: hs as u32,
+            scale: 1.0 / (hs as f32).sqrt(),
+        };
+        let (qb, pu, out) = (
+            h.f32s(&qkv),
+            h.gpu.uniform("p", &params),
+            h.f32s(&vec![f32::NAN; b * c]),
+        );
+        if textures {
+            let t = |data: &[f32]| {
+                h.gpu
+                    .texture_init("kv", data, b * n_ctx, c)
+                    .create_view(&Default::default())
+            };
+            let (kt, vt) = (t(&k_all), t(&v_all));
+            let tp = h.p.textures();
+            let view = wgpu::BindingResource::TextureView;
+            let w = h.width(c);
+            let res = vec![
+                stepb.as_entire_binding(),
+                w.as_entire_binding(),
+                qb.as_entire_binding(),
+                view(&kt),
+                view(&vt),
+            ];
+            let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, &tp.kv_append_texture, "t", res);
+            dispatch(
+                &h,
+                &tp.kv_append_texture,
+                &bg,
+                ((c / 4) as u32).div_ceil(64),
+                b as u32,
+            );
+            let res = vec![
+                stepb.as_entire_binding(),
+                pu.as_entire_binding(),
+                qb.as_entire_binding(),
+                view(&kt),
+                view(&vt),
+                out.as_entire_binding(),
+            ];
+            let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, &tp.attention_texture, "t", res);
+            dispatch(
+                &h,
+                &tp.attention_texture,
+                &bg,
+                (nh as u32).div_ceil(8),
+                b as u32,
+            );
+        } else {
+            let (kb, vb) = (h.f32s(&k_all), h.f32s(&v_all));
+            h.run(
+                &h.p.kv_append,
+                &[&stepb, &h.width(c), &qb, &kb, &vb],
+                (c as u32).div_ceil(64),
+                b as u32,
+            );
+            h.run(
+                &h.p.attention,
+                &[&stepb, &pu, &qb, &kb, &vb, &out],
+                nh as u32,
+                b as u32,
+            );
+        }
+        let got = h.read(&out);
+        let mut worst = 0f32;
+        for r in 0..b {
+            let slot = r * n_ctx * c..(r + 1) * n_ctx * c;
+            let (mut k, mut vv) = (k_all[slot.clone()].to_vec(), v_all[slot].to_vec());
+            let row = &qkv[r * 3 * c..(r + 1) * 3 * c];
+            reference::kv_append(row, &mut k, &mut vv, c, pos[r]);
+            let want = reference::attention(row, &k, &vv, c, nh, pos[r]);
+            // As the single-sequence attention: convex combinations of values in [-1, 1].
+            worst = worst.max(close(&got[r * c..(r + 1) * c], &want, 1e-5));
+        }
+        println!(
+            "batched kv_append + attention (textures: {textures}) B={b} C={c} NH={nh}: max diff {worst:e}"
+        );
+    }
+}
+
 /// The fused epilogues: GELU after the up-projection, the residual add after the down-projection,
 /// against the CPU twins applied to the CPU matmul. Values reach |x| ~ 30, far into GELU's tails.
 #[test]

@@ -9,12 +9,16 @@ use crate::gpu::tensor::WeightDtype;
 /// A WGSL kernel family: `shaders/{name}.wgsl`, whose main entry point is also `{name}`,
 /// compiled after an optional shared `prelude` file (plain concatenation, no templating).
 pub struct KernelSource {
+    /// File stem and main entry point, e.g. `"matmul"`.
     pub name: &'static str,
+    /// WGSL prepended to [`wgsl`](Self::wgsl) (`step.wgsl`, `linear.wgsl`), or empty.
     pub prelude: &'static str,
+    /// The kernel's own WGSL source.
     pub wgsl: &'static str,
 }
 
 impl KernelSource {
+    /// The complete module text: prelude, a newline, then the kernel.
     pub fn source(&self) -> String {
         format!("{}\n{}", self.prelude, self.wgsl)
     }
@@ -73,7 +77,9 @@ pub struct Step {
     pub batch: u32,
     /// KV-cache rows per slot (n_ctx).
     pub slot_rows: u32,
+    /// Padding to WGSL's 16-byte alignment of `pos`.
     pub _pad: [u32; 2],
+    /// Batched decode: the position of row r's token in its slot (WGSL `array<vec4<u32>, 16>`).
     pub pos: [u32; MAX_BATCH],
 }
 
@@ -95,35 +101,52 @@ impl Default for Step {
     }
 }
 
+/// Mirrors `struct Params` in embed.wgsl: one dispatch per row chunk of `wte`, each writing
+/// only the rows of x (T, C) whose token falls in its range.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct EmbedParams {
+    /// C: embedding width.
     pub c: u32,
+    /// First token id (row of `wte`) held by the bound chunk.
     pub tok0: u32,
+    /// Rows of `wte` in the bound chunk.
     pub tok_rows: u32,
+    /// Padding to 16 bytes.
     pub _pad: u32,
 }
 
+/// Mirrors `struct Params` in layernorm.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct LayerNormParams {
+    /// C: width of each normalised row.
     pub c: u32,
+    /// Added to the variance ([`Config::layer_norm_epsilon`](crate::Config::layer_norm_epsilon)).
     pub eps: f32,
+    /// Padding to 16 bytes.
     pub _pad: [u32; 2],
 }
 
+/// Mirrors `struct Params` in linear.wgsl, read by matmul, gemv, matmul_texture and
+/// gemv_texture: out (M, ldo) = a (M, K) @ w (N, K)ᵀ + bias, then the epilogue, where
+/// M = `Step::rows`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct MatmulParams {
+    /// K: input width (columns of the weight chunk).
     pub k: u32,
+    /// N: outputs this dispatch computes (rows of the weight chunk).
     pub n: u32,
     /// Row stride of the output (N, or V for a chunk of the head).
     pub ldo: u32,
     /// First output column this weight chunk writes.
     pub col0: u32,
+    /// 1: add `bias[col0 + n]`; 0: the bound bias is a placeholder.
     pub has_bias: u32,
     /// An [`Epilogue`] as u32.
     pub epilogue: u32,
+    /// Padding to 32 bytes.
     pub _pad: [u32; 2],
 }
 
@@ -131,6 +154,7 @@ pub struct MatmulParams {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Epilogue {
+    /// out = result.
     Store = 0,
     /// GPT-2's gelu_new, fused into the MLP's up-projection.
     Gelu = 1,
@@ -138,51 +162,80 @@ pub enum Epilogue {
     Residual = 2,
 }
 
+/// Mirrors `struct Params` in attention.wgsl and attention_texture.wgsl: causal attention of
+/// the step's queries (in qkv (T, 3C)) over the KV cache, written to (T, C).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct AttentionParams {
+    /// C: embedding width (row stride of the cache and of the output).
     pub c: u32,
+    /// NH: number of heads.
     pub nh: u32,
+    /// HS: head size, C / NH (at most [`MAX_HEAD_SIZE`](crate::config::MAX_HEAD_SIZE)).
     pub hs: u32,
+    /// Multiplies the queries: 1 / sqrt(HS).
     pub scale: f32,
 }
 
-/// One width, for kv_append.
+/// One width, for kv_append (mirrors `struct Params { C, .. }` in kv_append.wgsl and
+/// kv_append_texture.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct WidthParams {
+    /// C: values per row of the K and V caches.
     pub width: u32,
+    /// Padding to 16 bytes.
     pub _pad: [u32; 3],
 }
 
+/// Mirrors `struct Params` in sample.wgsl: sampling from row 0 of the logits, settings as in
+/// [`Sampling`](crate::Sampling).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct SampleParams {
+    /// V: vocabulary size (logits per row).
     pub v: u32,
+    /// Divides the logits; must be > 0 (greedy runs as a tiny temperature with top-k 1).
     pub temperature: f32,
+    /// Uniform draw in [0, 1) that picks the point on the filtered CDF.
     pub u: f32,
+    /// Keep the k most likely tokens; 0 = off.
     pub top_k: u32,
+    /// Nucleus mass to keep; 1 = off.
     pub top_p: f32,
+    /// Keep tokens at least this fraction as likely as the top one; 0 = off.
     pub min_p: f32,
+    /// Repetition penalty on the recent tokens' logits; 1 = off.
     pub penalty: f32,
+    /// Valid entries of the `recent` token buffer the penalty looks at.
     pub n_recent: u32,
 }
 
+/// Mirrors `struct Params` in fill_random.wgsl: fills a buffer with pseudo-random values in
+/// [center - scale, center + scale), for weights generated on the GPU (benchmarks, tests).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct FillParams {
+    /// u32 words to write (each one f32, or two f16 with `PACK_F16`).
     pub n: u32,
+    /// Seed of the PCG hash; different seeds give different tensors.
     pub seed: u32,
+    /// Half-width of the value range.
     pub scale: f32,
+    /// Middle of the value range (1 for layer-norm gains, 0 otherwise).
     pub center: f32,
 }
 
+/// Mirrors `struct Params` in argmax.wgsl: per row of logits (rows, V), the `n` largest logits
+/// as (id, probability bits) pairs, largest first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct ArgmaxParams {
+    /// V: vocabulary size (logits per row).
     pub v: u32,
     /// How many of the largest logits to return (1 = greedy).
     pub n: u32,
+    /// Padding to 16 bytes.
     pub _pad: [u32; 2],
 }
 
@@ -191,6 +244,7 @@ pub const MAX_TOP: usize = 64;
 
 /// Workgroup sizes, as declared in the shaders; dispatch counts are computed from them.
 pub mod wg {
+    /// embed.wgsl: invocations per workgroup along C (one per value).
     pub const EMBED: u32 = 64;
     /// matmul.wgsl: output rows and columns per workgroup.
     pub const MATMUL_TILE: u32 = 32;
@@ -207,18 +261,29 @@ pub mod wg {
     pub const GEMV_UNIFORM_FLOATS: u32 = 16384;
     /// attention_texture.wgsl: invocations per workgroup, one per head.
     pub const ATTENTION_TEXTURE: u32 = 8;
+    /// kv_append.wgsl and kv_append_texture.wgsl: invocations per workgroup along C (one per
+    /// value, or per 4 values for the texture variant).
     pub const KV_APPEND: u32 = 64;
 }
 
 /// Every compute pipeline, built once per model.
 pub struct Pipelines {
+    /// embed.wgsl: x (T, C) = `wte[tokens] + wpe[positions]`.
     pub embed: wgpu::ComputePipeline,
+    /// layernorm.wgsl: one workgroup per row.
     pub layernorm: wgpu::ComputePipeline,
+    /// matmul.wgsl's tiled `matmul`: linear layers for steps of many rows (prefill).
     pub matmul: wgpu::ComputePipeline,
+    /// matmul.wgsl's `gemv`: linear layers for steps of at most [`wg::GEMV_MAX_ROWS`] rows
+    /// (decode); shares `matmul`'s bind group layout.
     pub gemv: wgpu::ComputePipeline,
+    /// kv_append.wgsl: copies the step's K and V from qkv (T, 3C) into the cache.
     pub kv_append: wgpu::ComputePipeline,
+    /// attention.wgsl: causal attention over the cache buffers.
     pub attention: wgpu::ComputePipeline,
+    /// argmax.wgsl: greedy choice and top candidates with their probabilities.
     pub argmax: wgpu::ComputePipeline,
+    /// sample.wgsl: penalty, temperature, top-k / top-p / min-p and the draw, on the GPU.
     pub sample: wgpu::ComputePipeline,
     /// The texture layout's kernels, built only for a model using it (they need storage
     /// textures, which some devices lack).
@@ -228,9 +293,13 @@ pub struct Pipelines {
 /// The kernels of the texture layout (matmul_texture.wgsl, kv_append_texture.wgsl,
 /// attention_texture.wgsl).
 pub struct TexturePipelines {
+    /// matmul_texture.wgsl's main entry: 4 x 4 output blocks, input and weights as textures.
     pub matmul_texture: wgpu::ComputePipeline,
+    /// matmul_texture.wgsl's `gemv_texture`: one row whose input fits a 64 KiB uniform.
     pub gemv_texture: wgpu::ComputePipeline,
+    /// kv_append_texture.wgsl: writes K and V into rgba32float cache textures.
     pub kv_append_texture: wgpu::ComputePipeline,
+    /// attention_texture.wgsl: one invocation per head and query, reading the cache textures.
     pub attention_texture: wgpu::ComputePipeline,
 }
 

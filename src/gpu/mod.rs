@@ -14,9 +14,13 @@ use crate::{Error, Result};
 /// One adapter as `wgpt info` shows it.
 #[derive(Clone, Debug)]
 pub struct AdapterSummary {
+    /// Position in enumeration order: the number `--adapter N` takes.
     pub index: usize,
+    /// Name, vendor, backend and device type.
     pub info: wgpu::AdapterInfo,
+    /// The most the adapter offers (what [`Engine::from_adapter`] asks for).
     pub limits: wgpu::Limits,
+    /// Optional features it supports (wgpt uses subgroups, f16 and timestamp queries if present).
     pub features: wgpu::Features,
 }
 
@@ -24,9 +28,13 @@ pub struct AdapterSummary {
 /// ([`Engine::new`]) or handed in by an application that already renders with wgpu
 /// ([`Engine::from_device`]). Shared as `Arc<Engine>` by every model loaded on it.
 pub struct Engine {
+    /// The device every buffer, pipeline and command encoder is created on.
     pub device: wgpu::Device,
+    /// The queue steps are submitted to and uploads written through.
     pub queue: wgpu::Queue,
+    /// The adapter behind `device` (name, backend, device type).
     pub info: wgpu::AdapterInfo,
+    /// The device's actual limits, which size weight chunks, the KV cache and scratch buffers.
     pub limits: wgpu::Limits,
     /// The first uncaptured wgpu error since the last [`Engine::check`] (wgpu's default handler
     /// would panic). `None` on an application's device, whose handler wgpt leaves alone.

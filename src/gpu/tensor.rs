@@ -11,6 +11,7 @@ use crate::{Error, Result};
 /// How a weight matrix is stored on the GPU. Kernels always compute in f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightDtype {
+    /// Single precision, 4 bytes per value (the default).
     #[default]
     F32,
     /// IEEE half, two per u32 word (`unpack2x16float` in WGSL: no shader-f16 feature needed).
@@ -18,6 +19,7 @@ pub enum WeightDtype {
 }
 
 impl WeightDtype {
+    /// Bytes per stored value: 4 for f32, 2 for f16.
     pub fn bytes(self) -> usize {
         match self {
             WeightDtype::F32 => 4,
@@ -25,6 +27,7 @@ impl WeightDtype {
         }
     }
 
+    /// `"f32"` or `"f16"`, the spelling [`FromStr`](std::str::FromStr) accepts.
     pub fn name(self) -> &'static str {
         match self {
             WeightDtype::F32 => "f32",
@@ -48,27 +51,37 @@ impl std::str::FromStr for WeightDtype {
 
 /// One row range of a [`GpuTensor`].
 pub struct Chunk {
+    /// Storage buffer holding rows `row0 .. row0 + rows`, row-major in the tensor's dtype.
     pub buffer: wgpu::Buffer,
     /// First row of the matrix held by this buffer.
     pub row0: usize,
+    /// Number of rows in this buffer.
     pub rows: usize,
 }
 
-/// One row range of a [`GpuTensor`] held as an rgba32float texture (see [`Engine::texture`]).
+/// One row range of a [`GpuTensor`] held as a texture (weights: raw bits in rgba32uint, see
+/// [`Engine::weight_texture`]).
 pub struct TextureChunk {
+    /// View of the texture: one texel row per matrix row.
     pub view: wgpu::TextureView,
+    /// First row of the matrix held by this texture.
     pub row0: usize,
+    /// Number of rows in this texture.
     pub rows: usize,
 }
 
 /// A (rows, cols) matrix (a vector is one row) in one or more GPU buffers, or textures, or both
 /// (the token table feeds the embedding from buffers and a tied head from textures).
 pub struct GpuTensor {
+    /// Rows of the matrix (1 for a vector such as a bias or layer-norm gain).
     pub rows: usize,
+    /// Values per row.
     pub cols: usize,
+    /// How the values are stored (kernels compute in f32 either way).
     pub dtype: WeightDtype,
     /// Texture copies of the matrix, in row ranges, when the linear kernels read textures.
     pub textures: Vec<TextureChunk>,
+    /// Buffer row ranges covering the matrix in order; empty for a texture-only tensor.
     pub chunks: Vec<Chunk>,
 }
 
@@ -227,6 +240,7 @@ impl GpuTensor {
         &self.chunks[0].buffer
     }
 
+    /// Size of the matrix in bytes as stored (rows × cols × dtype bytes), one copy.
     pub fn bytes(&self) -> u64 {
         (self.rows * self.cols * self.dtype.bytes()) as u64
     }

@@ -95,6 +95,7 @@ impl Batch {
         self.seqs.len()
     }
 
+    /// Whether the batch has no sequences (never true for a batch built by [`Batch::new`]).
     pub fn is_empty(&self) -> bool {
         self.seqs.is_empty()
     }

@@ -49,6 +49,7 @@ pub enum WeightLayout {
     /// and buffer loads are not, when the shapes allow it; buffers elsewhere.
     #[default]
     Auto,
+    /// Storage buffers, read by `matmul.wgsl` (gemv for a few rows, tiled matmul for more).
     Buffer,
     /// Needs n_embd, n_inner multiples of 64 and a head size that is a multiple of 4.
     Texture,
@@ -73,7 +74,9 @@ impl std::str::FromStr for WeightLayout {
 /// from any thread (`Model` is `Send + Sync`).
 #[derive(Clone)]
 pub struct Model {
+    /// The device the weights live on; sessions allocate and submit on it.
     pub gpu: Arc<Engine>,
+    /// The hyper-parameters the weights were checked against.
     pub config: Config,
     pub(crate) weights: Arc<Weights<GpuTensor>>,
     pub(crate) pipelines: Arc<Pipelines>,

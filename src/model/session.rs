@@ -145,6 +145,11 @@ impl Op {
     }
 }
 
+/// One sequence in progress on a [`Model`]: its KV cache (L layers of (n_ctx, C) keys and
+/// values, in VRAM), scratch activations for one step (as many tokens as fit the adapter's
+/// largest binding, up to n_ctx; longer inputs run in several steps), and every bind group of
+/// the forward pass, built once. A step brings back only the chosen token id (4 bytes);
+/// [`submit`](Session::submit) / [`poll`](Session::poll) let the CPU work meanwhile.
 pub struct Session {
     pub(super) model: Model,
     /// Owned here; the bind groups reference it.
