@@ -8,15 +8,24 @@ struct Params { C: u32, tok0: u32, tok_rows: u32, _pad: u32 }
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;   // (T)
-@group(0) @binding(3) var<storage, read> wte: array<u32>;      // (tok_rows, C): rows tok0.. of (V, C), f32 or f16 words
+@group(0) @binding(3) var<storage, read> wte: array<u32>;      // (tok_rows, C): rows tok0.. of (V, C), f32, f16 or q8 words
 @group(0) @binding(4) var<storage, read> wpe: array<f32>;      // (n_ctx, C)
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;  // (T, C)
 
-// The token table is stored like the head's weights (it is the head when tied): f32 bits, or
-// two halves per word when WEIGHT_F16.
+// The token table is stored like the head's weights (it is the head when tied): f32 bits, two
+// halves per word when WEIGHT_F16, or with WEIGHT_Q8 a row of C int8 (four per word) then its
+// C / 32 f32 scales padded to a multiple of four (see matmul.wgsl).
 override WEIGHT_F16: bool = false;
+override WEIGHT_Q8: bool = false;
 
-fn wte_at(i: u32) -> f32 {
+// Element c of row r.
+fn wte_at(r: u32, c: u32) -> f32 {
+    if (WEIGHT_Q8) {
+        let rw = r * (p.C / 4u + 4u * ((p.C + 127u) / 128u));
+        let q = extractBits(bitcast<i32>(wte[rw + c / 4u]), 8u * (c % 4u), 8u);
+        return f32(q) * bitcast<f32>(wte[rw + p.C / 4u + c / 32u]);
+    }
+    let i = r * p.C + c;
     if (WEIGHT_F16) {
         let pair = unpack2x16float(wte[i / 2u]);
         return select(pair.x, pair.y, (i & 1u) == 1u);
@@ -31,5 +40,5 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c >= p.C || t >= step.rows) { return; }
     let tok = tokens[t];
     if (tok < p.tok0 || tok >= p.tok0 + p.tok_rows) { return; }
-    x[t * p.C + c] = wte_at((tok - p.tok0) * p.C + c) + wpe[(step.pos0 + t) * p.C + c];
+    x[t * p.C + c] = wte_at(tok - p.tok0, c) + wpe[(step.pos0 + t) * p.C + c];
 }

@@ -1,6 +1,8 @@
 // Linear layers with operands in read-only storage textures (linear.wgsl is prepended): a row of
 // a texture is a row of the matrix; an input texel holds four consecutive values along K, a
-// weight texel four f32 or, with WEIGHT_F16, eight halves (raw bits in rgba32uint).
+// weight texel four f32, with WEIGHT_F16 eight halves, with WEIGHT_Q8 sixteen int8 (raw bits in
+// rgba32uint). A q8 row is K / 16 texels of int8 then its K / 32 f32 scales, four per texel: one
+// extra fetch per 128 weights.
 // On CPU adapters (lavapipe) a storage-buffer load costs a bounds-checked scalar load per lane
 // and component, while a texel load is one vectorised fetch: measured on lavapipe at GPT-2's
 // shapes, these kernels are ~10x (GEMV) to ~15x (GEMM) faster than the buffer ones. The
@@ -11,7 +13,7 @@
 //                   buffer bound straight onto the activation buffer, so decode needs no copy.
 
 @group(0) @binding(2) var a: texture_storage_2d<rgba32float, read>;  // (M rows, K / 4 texels)
-@group(0) @binding(3) var w: texture_storage_2d<rgba32uint, read>;   // (N rows, K / 4 or K / 8 texels)
+@group(0) @binding(3) var w: texture_storage_2d<rgba32uint, read>;   // (N rows, K / 4, K / 8 or ~K / 14 texels)
 
 // gemv_texture's input, (rows, K) as K / 4 vec4 per row (rows * K <= 16384, checked by the
 // host). Every lane reads the same element: llvmpipe makes that one scalar load and a broadcast,
@@ -19,6 +21,7 @@
 @group(0) @binding(6) var<uniform> x: array<vec4<f32>, 4096>;
 
 override WEIGHT_F16: bool = false;
+override WEIGHT_Q8: bool = false;
 
 // Four f32 weights of row n, texel k4.
 fn w4(k4: u32, n: u32) -> vec4<f32> {
@@ -32,6 +35,11 @@ fn w8(k8: u32, n: u32) -> mat2x4<f32> {
         vec4(unpack2x16float(t.x), unpack2x16float(t.y)),
         vec4(unpack2x16float(t.z), unpack2x16float(t.w)),
     );
+}
+
+// The f32 scales of blocks 4 g .. 4 g + 4 of q8 row n.
+fn scales4(g: u32, n: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(textureLoad(w, vec2(p.K / 16u + g, n)));
 }
 
 fn dot4(x: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
@@ -57,7 +65,46 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     var r1 = vec4(0.0);
     var r2 = vec4(0.0);
     var r3 = vec4(0.0);
-    if (WEIGHT_F16) {
+    if (WEIGHT_Q8) {
+        // Per block of 32 (two weight texels, eight input texels): int8 dot products, then each
+        // column's scale once. Scales come four blocks to a texel.
+        let nb = p.K / 32u;
+        for (var b0 = 0u; b0 < nb; b0 += 4u) {
+            let s0 = scales4(b0 / 4u, n0);
+            let s1 = scales4(b0 / 4u, n1);
+            let s2 = scales4(b0 / 4u, n2);
+            let s3 = scales4(b0 / 4u, n3);
+            for (var j = 0u; j < min(4u, nb - b0); j++) {
+                let b = b0 + j;
+                var d0 = vec4(0.0);
+                var d1 = vec4(0.0);
+                var d2 = vec4(0.0);
+                var d3 = vec4(0.0);
+                for (var h = 0u; h < 2u; h++) {
+                    let t0 = textureLoad(w, vec2(2u * b + h, n0));
+                    let t1 = textureLoad(w, vec2(2u * b + h, n1));
+                    let t2 = textureLoad(w, vec2(2u * b + h, n2));
+                    let t3 = textureLoad(w, vec2(2u * b + h, n3));
+                    for (var q = 0u; q < 4u; q++) {
+                        let ka = 8u * b + 4u * h + q;
+                        let w0 = i8x4(t0[q]);
+                        let w1 = i8x4(t1[q]);
+                        let w2 = i8x4(t2[q]);
+                        let w3 = i8x4(t3[q]);
+                        d0 += dot4(textureLoad(a, vec2(ka, m0)), w0, w1, w2, w3);
+                        d1 += dot4(textureLoad(a, vec2(ka, m1)), w0, w1, w2, w3);
+                        d2 += dot4(textureLoad(a, vec2(ka, m2)), w0, w1, w2, w3);
+                        d3 += dot4(textureLoad(a, vec2(ka, m3)), w0, w1, w2, w3);
+                    }
+                }
+                let sc = vec4(s0[j], s1[j], s2[j], s3[j]);
+                r0 += d0 * sc;
+                r1 += d1 * sc;
+                r2 += d2 * sc;
+                r3 += d3 * sc;
+            }
+        }
+    } else if (WEIGHT_F16) {
         // One weight texel covers two input texels.
         for (var k = 0u; k < p.K / 8u; k++) {
             let w0 = w8(k, n0);
@@ -106,7 +153,42 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     var c2 = vec4(0.0);
     var c3 = vec4(0.0);
     let row = m * (p.K / 4u);
-    if (WEIGHT_F16) {
+    if (WEIGHT_Q8) {
+        // Per block of 32 (two texels of int8): the dot products, then the row's block scale.
+        let nb = p.K / 32u;
+        for (var b0 = 0u; b0 < nb; b0 += 4u) {
+            let s0 = scales4(b0 / 4u, n0);
+            let s1 = scales4(b0 / 4u, n1);
+            let s2 = scales4(b0 / 4u, n2);
+            let s3 = scales4(b0 / 4u, n3);
+            for (var j = 0u; j < min(4u, nb - b0); j++) {
+                let b = b0 + j;
+                var d0 = vec4(0.0);
+                var d1 = vec4(0.0);
+                var d2 = vec4(0.0);
+                var d3 = vec4(0.0);
+                for (var h = 0u; h < 2u; h++) {
+                    let xi = row + 8u * b + 4u * h;
+                    let xa = x[xi];
+                    let xb = x[xi + 1u];
+                    let xc = x[xi + 2u];
+                    let xd = x[xi + 3u];
+                    let t0 = textureLoad(w, vec2(2u * b + h, n0));
+                    let t1 = textureLoad(w, vec2(2u * b + h, n1));
+                    let t2 = textureLoad(w, vec2(2u * b + h, n2));
+                    let t3 = textureLoad(w, vec2(2u * b + h, n3));
+                    d0 += xa * i8x4(t0.x) + xb * i8x4(t0.y) + xc * i8x4(t0.z) + xd * i8x4(t0.w);
+                    d1 += xa * i8x4(t1.x) + xb * i8x4(t1.y) + xc * i8x4(t1.z) + xd * i8x4(t1.w);
+                    d2 += xa * i8x4(t2.x) + xb * i8x4(t2.y) + xc * i8x4(t2.z) + xd * i8x4(t2.w);
+                    d3 += xa * i8x4(t3.x) + xb * i8x4(t3.y) + xc * i8x4(t3.z) + xd * i8x4(t3.w);
+                }
+                c0 += d0 * s0[j];
+                c1 += d1 * s1[j];
+                c2 += d2 * s2[j];
+                c3 += d3 * s3[j];
+            }
+        }
+    } else if (WEIGHT_F16) {
         for (var k = 0u; k < p.K / 8u; k++) {
             let x0 = x[row + 2u * k];
             let x1 = x[row + 2u * k + 1u];

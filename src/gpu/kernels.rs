@@ -146,6 +146,11 @@ pub struct FillParams {
     pub seed: u32,
     pub scale: f32,
     pub center: f32,
+    /// q8 only: words per stored row, and how many of them at its start are int8 (the rest
+    /// get scales).
+    pub row_words: u32,
+    pub q_words: u32,
+    pub _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -242,7 +247,10 @@ pub fn entry_pipeline(
 impl Pipelines {
     /// Every pipeline of the forward pass, for weights stored as `dtype`.
     pub fn new(gpu: &Gpu, dtype: WeightDtype) -> Self {
-        let weights: &[(&str, f64)] = &[("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64)];
+        let weights: &[(&str, f64)] = &[
+            ("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64),
+            ("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u8 as f64),
+        ];
         // matmul and gemv share one explicit layout, so one bind group serves both and the
         // choice between them can be made per step.
         let linear = linear_layout(gpu, false);

@@ -15,13 +15,23 @@ pub enum WeightDtype {
     F32,
     /// IEEE half, two per u32 word (`unpack2x16float` in WGSL: no shader-f16 feature needed).
     F16,
+    /// Symmetric int8 with one f32 scale per block of [`Q8_BLOCK`] consecutive weights along a
+    /// row (like llama.cpp's Q8_0). A row of K weights is stored as K int8 (four per word), then
+    /// its K / 32 scales, padded to a multiple of four (one 16-byte texel): see [`encode`].
+    /// Needs K % 32 == 0.
+    Q8,
 }
 
+/// Weights per q8 scale.
+pub const Q8_BLOCK: usize = 32;
+
 impl WeightDtype {
-    pub fn bytes(self) -> usize {
+    /// Bytes one stored row of `cols` weights takes (for q8: the int8s and the padded scales).
+    pub fn row_bytes(self, cols: usize) -> usize {
         match self {
-            WeightDtype::F32 => 4,
-            WeightDtype::F16 => 2,
+            WeightDtype::F32 => 4 * cols,
+            WeightDtype::F16 => 2 * cols,
+            WeightDtype::Q8 => cols + 16 * cols.div_ceil(4 * Q8_BLOCK),
         }
     }
 
@@ -29,6 +39,7 @@ impl WeightDtype {
         match self {
             WeightDtype::F32 => "f32",
             WeightDtype::F16 => "f16",
+            WeightDtype::Q8 => "q8",
         }
     }
 }
@@ -39,8 +50,9 @@ impl std::str::FromStr for WeightDtype {
         match s {
             "f32" => Ok(WeightDtype::F32),
             "f16" => Ok(WeightDtype::F16),
+            "q8" => Ok(WeightDtype::Q8),
             other => Err(Error::Input(format!(
-                "unknown weight dtype {other:?}; use f32 or f16"
+                "unknown weight dtype {other:?}; use f32, f16 or q8"
             ))),
         }
     }
@@ -85,8 +97,10 @@ impl GpuTensor {
         max_bytes: u64,
         read: &mut ReadRows,
     ) -> Result<Self> {
+        check_cols(label, cols, dtype)?;
+        let row_bytes = dtype.row_bytes(cols);
         Self::with_chunks(label, rows, cols, dtype, max_bytes, |name, row0, n| {
-            let bytes = (n * cols * dtype.bytes()) as u64;
+            let bytes = (n * row_bytes) as u64;
             let buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(name),
                 size: bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).max(4),
@@ -103,8 +117,8 @@ impl GpuTensor {
                 for (r, nb) in blocks(n, cols) {
                     block.clear();
                     read(row0 + r, nb, &mut block)?;
-                    let at = r * cols * dtype.bytes();
-                    let encoded = encode(&block, dtype);
+                    let at = r * row_bytes;
+                    let encoded = encode(&block, cols, dtype);
                     view.slice(at..at + encoded.len()).copy_from_slice(&encoded);
                 }
             }
@@ -124,6 +138,7 @@ impl GpuTensor {
         max_rows: usize,
         read: &mut ReadRows,
     ) -> Result<Vec<TextureChunk>> {
+        check_cols(label, cols, dtype)?;
         let mut failed = None;
         let chunks = Self::texture_chunks(label, rows, max_rows, |name, row0, n| {
             let tex = gpu.weight_texture(name, n, cols, dtype);
@@ -134,7 +149,7 @@ impl GpuTensor {
                     failed.get_or_insert(e);
                     break;
                 }
-                gpu.write_texture_rows(&tex, r as u32, &encode(&block, dtype));
+                gpu.write_texture_rows(&tex, r as u32, &encode(&block, cols, dtype));
             }
             tex
         });
@@ -153,7 +168,7 @@ impl GpuTensor {
         max_bytes: u64,
         mut make: impl FnMut(&str, usize, usize) -> Result<wgpu::Buffer>,
     ) -> Result<Self> {
-        let row_bytes = (cols * dtype.bytes()) as u64;
+        let row_bytes = dtype.row_bytes(cols) as u64;
         let rows_per_chunk = (max_bytes / row_bytes) as usize;
         if rows_per_chunk == 0 {
             return Err(Error::Limits(format!(
@@ -228,7 +243,7 @@ impl GpuTensor {
     }
 
     pub fn bytes(&self) -> u64 {
-        (self.rows * self.cols * self.dtype.bytes()) as u64
+        (self.rows * self.dtype.row_bytes(self.cols)) as u64
     }
 }
 
@@ -238,13 +253,51 @@ fn blocks(n: usize, cols: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).step_by(per).map(move |r| (r, per.min(n - r)))
 }
 
-/// f32 values as the little-endian bytes of `dtype`.
-fn encode(values: &[f32], dtype: WeightDtype) -> Vec<u8> {
+/// q8 quantises blocks of 32 weights along a row: rows must be whole blocks.
+fn check_cols(label: &str, cols: usize, dtype: WeightDtype) -> Result<()> {
+    if dtype == WeightDtype::Q8 && !cols.is_multiple_of(Q8_BLOCK) {
+        return Err(Error::Input(format!(
+            "q8 weights are quantised in blocks of {Q8_BLOCK} along a row, but {label} has rows of {cols}; \
+             use --dtype f16 or f32"
+        )));
+    }
+    Ok(())
+}
+
+/// Row-major rows of `cols` f32 values as the little-endian bytes of `dtype`, `row_bytes(cols)`
+/// per row. q8 rows are `cols` int8 then the f32 scales, zero-padded to a multiple of 16 bytes
+/// (a texel); each block of 32 is quantised as [`crate::reference::quantize_q8`] does:
+/// scale = max |w| / 127, q = round(w / scale).
+pub fn encode(values: &[f32], cols: usize, dtype: WeightDtype) -> Vec<u8> {
     match dtype {
         WeightDtype::F32 => bytemuck::cast_slice(values).to_vec(),
         WeightDtype::F16 => {
             let halves: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
             bytemuck::cast_slice(&halves).to_vec()
+        }
+        WeightDtype::Q8 => {
+            let row_bytes = dtype.row_bytes(cols);
+            let mut out = vec![0u8; values.len() / cols.max(1) * row_bytes];
+            for (row, dst) in values.chunks(cols).zip(out.chunks_mut(row_bytes)) {
+                let (q, scales) = dst.split_at_mut(cols);
+                for ((block, qb), s) in row
+                    .chunks(Q8_BLOCK)
+                    .zip(q.chunks_mut(Q8_BLOCK))
+                    .zip(scales.chunks_mut(4))
+                {
+                    let scale = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    for (d, &v) in qb.iter_mut().zip(block) {
+                        let x = if scale > 0.0 {
+                            (v / scale).round()
+                        } else {
+                            0.0
+                        };
+                        *d = x.clamp(-127.0, 127.0) as i8 as u8;
+                    }
+                    s.copy_from_slice(&scale.to_le_bytes());
+                }
+            }
+            out
         }
     }
 }
