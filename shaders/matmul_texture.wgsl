@@ -1,8 +1,8 @@
 // Linear layers with operands in read-only storage textures (linear.wgsl is prepended): a row of
 // a texture is a row of the matrix; an input texel holds four consecutive values along K, a
 // weight texel four f32, with WEIGHT_F16 eight halves, with WEIGHT_Q8 sixteen int8 (raw bits in
-// rgba32uint). A q8 row is K / 16 texels of int8 then its K / 32 f32 scales, four per texel: one
-// extra fetch per 128 weights.
+// rgba32uint). A q8 row is K / 16 texels of int8 then its K / 32 f32 scales, four per texel; a
+// kernel fetches a block's scale texel once per block of 32 weights (two int8 texels).
 // On CPU adapters (lavapipe) a storage-buffer load costs a bounds-checked scalar load per lane
 // and component, while a texel load is one vectorised fetch: measured on lavapipe at GPT-2's
 // shapes, these kernels are ~10x (GEMV) to ~15x (GEMM) faster than the buffer ones. The
@@ -37,9 +37,18 @@ fn w8(k8: u32, n: u32) -> mat2x4<f32> {
     );
 }
 
-// The f32 scales of blocks 4 g .. 4 g + 4 of q8 row n.
-fn scales4(g: u32, n: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(textureLoad(w, vec2(p.K / 16u + g, n)));
+// The f32 scales of block b of q8 rows n0 .. n3: one fetch per row (its scale texel). Fetching
+// a texel per block rather than keeping four blocks' scales in registers measured faster on
+// lavapipe (registers are scarce: each value of an invocation is a SIMD register).
+fn block_scales(b: u32, n0: u32, n1: u32, n2: u32, n3: u32) -> vec4<f32> {
+    let t = p.K / 16u + b / 4u;
+    let j = b % 4u;
+    return bitcast<vec4<f32>>(vec4(
+        textureLoad(w, vec2(t, n0))[j],
+        textureLoad(w, vec2(t, n1))[j],
+        textureLoad(w, vec2(t, n2))[j],
+        textureLoad(w, vec2(t, n3))[j],
+    ));
 }
 
 fn dot4(x: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
@@ -66,42 +75,27 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     var r2 = vec4(0.0);
     var r3 = vec4(0.0);
     if (WEIGHT_Q8) {
-        // Per block of 32 (two weight texels, eight input texels): int8 dot products, then each
-        // column's scale once. Scales come four blocks to a texel.
-        let nb = p.K / 32u;
-        for (var b0 = 0u; b0 < nb; b0 += 4u) {
-            let s0 = scales4(b0 / 4u, n0);
-            let s1 = scales4(b0 / 4u, n1);
-            let s2 = scales4(b0 / 4u, n2);
-            let s3 = scales4(b0 / 4u, n3);
-            for (var j = 0u; j < min(4u, nb - b0); j++) {
-                let b = b0 + j;
-                var d0 = vec4(0.0);
-                var d1 = vec4(0.0);
-                var d2 = vec4(0.0);
-                var d3 = vec4(0.0);
-                for (var h = 0u; h < 2u; h++) {
-                    let t0 = textureLoad(w, vec2(2u * b + h, n0));
-                    let t1 = textureLoad(w, vec2(2u * b + h, n1));
-                    let t2 = textureLoad(w, vec2(2u * b + h, n2));
-                    let t3 = textureLoad(w, vec2(2u * b + h, n3));
-                    for (var q = 0u; q < 4u; q++) {
-                        let ka = 8u * b + 4u * h + q;
-                        let w0 = i8x4(t0[q]);
-                        let w1 = i8x4(t1[q]);
-                        let w2 = i8x4(t2[q]);
-                        let w3 = i8x4(t3[q]);
-                        d0 += dot4(textureLoad(a, vec2(ka, m0)), w0, w1, w2, w3);
-                        d1 += dot4(textureLoad(a, vec2(ka, m1)), w0, w1, w2, w3);
-                        d2 += dot4(textureLoad(a, vec2(ka, m2)), w0, w1, w2, w3);
-                        d3 += dot4(textureLoad(a, vec2(ka, m3)), w0, w1, w2, w3);
-                    }
+        // Per block of 32 (two weight texels, eight input texels): the columns' block scales,
+        // then the int8s dequantised with them. Dequantising per weight costs one multiply per
+        // four multiply-adds here and keeps fewer values live than scaling per-block sums.
+        for (var b = 0u; b < p.K / 32u; b++) {
+            let sc = block_scales(b, n0, n1, n2, n3);
+            for (var h = 0u; h < 2u; h++) {
+                let t0 = textureLoad(w, vec2(2u * b + h, n0));
+                let t1 = textureLoad(w, vec2(2u * b + h, n1));
+                let t2 = textureLoad(w, vec2(2u * b + h, n2));
+                let t3 = textureLoad(w, vec2(2u * b + h, n3));
+                for (var q = 0u; q < 4u; q++) {
+                    let ka = 8u * b + 4u * h + q;
+                    let w0 = i8x4(t0[q]) * sc.x;
+                    let w1 = i8x4(t1[q]) * sc.y;
+                    let w2 = i8x4(t2[q]) * sc.z;
+                    let w3 = i8x4(t3[q]) * sc.w;
+                    r0 += dot4(textureLoad(a, vec2(ka, m0)), w0, w1, w2, w3);
+                    r1 += dot4(textureLoad(a, vec2(ka, m1)), w0, w1, w2, w3);
+                    r2 += dot4(textureLoad(a, vec2(ka, m2)), w0, w1, w2, w3);
+                    r3 += dot4(textureLoad(a, vec2(ka, m3)), w0, w1, w2, w3);
                 }
-                let sc = vec4(s0[j], s1[j], s2[j], s3[j]);
-                r0 += d0 * sc;
-                r1 += d1 * sc;
-                r2 += d2 * sc;
-                r3 += d3 * sc;
             }
         }
     } else if (WEIGHT_F16) {
@@ -139,6 +133,33 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// gemv_texture with q8 weights: rows n0 .. n3 dotted with input row `row` (vec4 index). Per block
+// of 32 (two texels of int8) the four rows' int8 dot products, then their block scales once.
+// One output per row is accumulated (not a vec4 per row as for f32 and f16): fewer live values.
+fn gemv_q8(row: u32, n0: u32, n1: u32, n2: u32, n3: u32) -> vec4<f32> {
+    var acc = vec4(0.0);
+    for (var b = 0u; b < p.K / 32u; b++) {
+        var d = vec4(0.0);
+        for (var h = 0u; h < 2u; h++) {
+            let xi = row + 8u * b + 4u * h;
+            let xa = x[xi];
+            let xb = x[xi + 1u];
+            let xc = x[xi + 2u];
+            let xd = x[xi + 3u];
+            let t0 = textureLoad(w, vec2(2u * b + h, n0));
+            d.x += dot(xa, i8x4(t0.x)) + dot(xb, i8x4(t0.y)) + dot(xc, i8x4(t0.z)) + dot(xd, i8x4(t0.w));
+            let t1 = textureLoad(w, vec2(2u * b + h, n1));
+            d.y += dot(xa, i8x4(t1.x)) + dot(xb, i8x4(t1.y)) + dot(xc, i8x4(t1.z)) + dot(xd, i8x4(t1.w));
+            let t2 = textureLoad(w, vec2(2u * b + h, n2));
+            d.z += dot(xa, i8x4(t2.x)) + dot(xb, i8x4(t2.y)) + dot(xc, i8x4(t2.z)) + dot(xd, i8x4(t2.w));
+            let t3 = textureLoad(w, vec2(2u * b + h, n3));
+            d.w += dot(xa, i8x4(t3.x)) + dot(xb, i8x4(t3.y)) + dot(xc, i8x4(t3.z)) + dot(xd, i8x4(t3.w));
+        }
+        acc += d * block_scales(b, n0, n1, n2, n3);
+    }
+    return acc;
+}
+
 @compute @workgroup_size(8)
 fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n0 = gid.x * 4u;
@@ -148,47 +169,19 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n1 = min(n0 + 1u, nl);
     let n2 = min(n0 + 2u, nl);
     let n3 = min(n0 + 3u, nl);
+    let row = m * (p.K / 4u);
+    if (WEIGHT_Q8) {
+        let s = gemv_q8(row, n0, n1, n2, n3);
+        for (var j = 0u; j < 4u; j++) {
+            if (n0 + j < p.N) { store(m, n0 + j, s[j]); }
+        }
+        return;
+    }
     var c0 = vec4(0.0);
     var c1 = vec4(0.0);
     var c2 = vec4(0.0);
     var c3 = vec4(0.0);
-    let row = m * (p.K / 4u);
-    if (WEIGHT_Q8) {
-        // Per block of 32 (two texels of int8): the dot products, then the row's block scale.
-        let nb = p.K / 32u;
-        for (var b0 = 0u; b0 < nb; b0 += 4u) {
-            let s0 = scales4(b0 / 4u, n0);
-            let s1 = scales4(b0 / 4u, n1);
-            let s2 = scales4(b0 / 4u, n2);
-            let s3 = scales4(b0 / 4u, n3);
-            for (var j = 0u; j < min(4u, nb - b0); j++) {
-                let b = b0 + j;
-                var d0 = vec4(0.0);
-                var d1 = vec4(0.0);
-                var d2 = vec4(0.0);
-                var d3 = vec4(0.0);
-                for (var h = 0u; h < 2u; h++) {
-                    let xi = row + 8u * b + 4u * h;
-                    let xa = x[xi];
-                    let xb = x[xi + 1u];
-                    let xc = x[xi + 2u];
-                    let xd = x[xi + 3u];
-                    let t0 = textureLoad(w, vec2(2u * b + h, n0));
-                    let t1 = textureLoad(w, vec2(2u * b + h, n1));
-                    let t2 = textureLoad(w, vec2(2u * b + h, n2));
-                    let t3 = textureLoad(w, vec2(2u * b + h, n3));
-                    d0 += xa * i8x4(t0.x) + xb * i8x4(t0.y) + xc * i8x4(t0.z) + xd * i8x4(t0.w);
-                    d1 += xa * i8x4(t1.x) + xb * i8x4(t1.y) + xc * i8x4(t1.z) + xd * i8x4(t1.w);
-                    d2 += xa * i8x4(t2.x) + xb * i8x4(t2.y) + xc * i8x4(t2.z) + xd * i8x4(t2.w);
-                    d3 += xa * i8x4(t3.x) + xb * i8x4(t3.y) + xc * i8x4(t3.z) + xd * i8x4(t3.w);
-                }
-                c0 += d0 * s0[j];
-                c1 += d1 * s1[j];
-                c2 += d2 * s2[j];
-                c3 += d3 * s3[j];
-            }
-        }
-    } else if (WEIGHT_F16) {
+    if (WEIGHT_F16) {
         for (var k = 0u; k < p.K / 8u; k++) {
             let x0 = x[row + 2u * k];
             let x1 = x[row + 2u * k + 1u];
