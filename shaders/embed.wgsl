@@ -13,17 +13,20 @@ struct Params { C: u32, tok0: u32, tok_rows: u32, _pad: u32 }
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;  // (T, C)
 
 // The token table is stored like the head's weights (it is the head when tied): f32 bits, two
-// halves per word when WEIGHT_F16, or with WEIGHT_Q8 a row of C int8 (four per word) then its
-// C / 32 f32 scales padded to a multiple of four (see matmul.wgsl).
+// halves per word when WEIGHT_F16, or with WEIGHT_Q8 rows of C int8 (four per word) then a scale
+// area in which row 4 g + j holds, at word 4 i + r, the scale of block 4 i + j of row 4 g + r
+// (see matmul.wgsl; each chunk starts a row group).
 override WEIGHT_F16: bool = false;
 override WEIGHT_Q8: bool = false;
 
 // Element c of row r.
 fn wte_at(r: u32, c: u32) -> f32 {
     if (WEIGHT_Q8) {
-        let rw = r * (p.C / 4u + 4u * ((p.C + 127u) / 128u));
-        let q = extractBits(bitcast<i32>(wte[rw + c / 4u]), 8u * (c % 4u), 8u);
-        return f32(q) * bitcast<f32>(wte[rw + p.C / 4u + c / 32u]);
+        let rw = p.C / 4u + 4u * ((p.C + 127u) / 128u);
+        let q = extractBits(bitcast<i32>(wte[r * rw + c / 4u]), 8u * (c % 4u), 8u);
+        let b = c / 32u;
+        let s = (r - r % 4u + b % 4u) * rw + p.C / 4u + 4u * (b / 4u) + r % 4u;
+        return f32(q) * bitcast<f32>(wte[s]);
     }
     let i = r * p.C + c;
     if (WEIGHT_F16) {

@@ -1,8 +1,10 @@
 // Linear layers with operands in read-only storage textures (linear.wgsl is prepended): a row of
 // a texture is a row of the matrix; an input texel holds four consecutive values along K, a
 // weight texel four f32, with WEIGHT_F16 eight halves, with WEIGHT_Q8 sixteen int8 (raw bits in
-// rgba32uint). A q8 row is K / 16 texels of int8 then its K / 32 f32 scales, four per texel; a
-// kernel fetches a block's scale texel once per block of 32 weights (two int8 texels).
+// rgba32uint). A q8 row is K / 16 texels of int8 then K / 128 texels (rounded up) of f32 scales:
+// texel i of row 4 g + j holds block 4 i + j's scales of rows 4 g .. 4 g + 4 (gpu/tensor.rs
+// `encode`), so the four rows an invocation computes (n0 = 4 gid.x starts a group) take one
+// scale fetch per block of 32 weights (two int8 texels each).
 // On CPU adapters (lavapipe) a storage-buffer load costs a bounds-checked scalar load per lane
 // and component, while a texel load is one vectorised fetch: measured on lavapipe at GPT-2's
 // shapes, these kernels are ~10x (GEMV) to ~15x (GEMM) faster than the buffer ones. The
@@ -37,18 +39,9 @@ fn w8(k8: u32, n: u32) -> mat2x4<f32> {
     );
 }
 
-// The f32 scales of block b of q8 rows n0 .. n3: one fetch per row (its scale texel). Fetching
-// a texel per block rather than keeping four blocks' scales in registers measured faster on
-// lavapipe (registers are scarce: each value of an invocation is a SIMD register).
-fn block_scales(b: u32, n0: u32, n1: u32, n2: u32, n3: u32) -> vec4<f32> {
-    let t = p.K / 16u + b / 4u;
-    let j = b % 4u;
-    return bitcast<vec4<f32>>(vec4(
-        textureLoad(w, vec2(t, n0))[j],
-        textureLoad(w, vec2(t, n1))[j],
-        textureLoad(w, vec2(t, n2))[j],
-        textureLoad(w, vec2(t, n3))[j],
-    ));
+// The f32 scales of block b of q8 rows n0 .. n0 + 4 (n0 a multiple of 4).
+fn block_scales(b: u32, n0: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(textureLoad(w, vec2(p.K / 16u + b / 4u, n0 + b % 4u)));
 }
 
 fn dot4(x: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
@@ -79,7 +72,7 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
         // then the int8s dequantised with them. Dequantising per weight costs one multiply per
         // four multiply-adds here and keeps fewer values live than scaling per-block sums.
         for (var b = 0u; b < p.K / 32u; b++) {
-            let sc = block_scales(b, n0, n1, n2, n3);
+            let sc = block_scales(b, n0);
             for (var h = 0u; h < 2u; h++) {
                 let t0 = textureLoad(w, vec2(2u * b + h, n0));
                 let t1 = textureLoad(w, vec2(2u * b + h, n1));
@@ -155,7 +148,7 @@ fn gemv_q8(row: u32, n0: u32, n1: u32, n2: u32, n3: u32) -> vec4<f32> {
             let t3 = textureLoad(w, vec2(2u * b + h, n3));
             d.w += dot(xa, i8x4(t3.x)) + dot(xb, i8x4(t3.y)) + dot(xc, i8x4(t3.z)) + dot(xd, i8x4(t3.w));
         }
-        acc += d * block_scales(b, n0, n1, n2, n3);
+        acc += d * block_scales(b, n0);
     }
     return acc;
 }

@@ -387,24 +387,34 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
     let h = Harness::new();
     let p8 = Pipelines::new(&h.gpu, WeightDtype::Q8);
     h.gpu.check().expect("q8 pipelines compile");
+    // Three rows (one partial group of four, padded with zeros), K / 32 = 5 blocks (a partial
+    // scale texel).
     let (rows, k) = (3, 160);
     let w = random(rows * k, 40, 1.0);
     let bytes = encode(&w, k, WeightDtype::Q8);
     let row_bytes = WeightDtype::Q8.row_bytes(k);
-    assert_eq!(bytes.len(), rows * row_bytes);
+    assert_eq!(bytes.len(), 4 * row_bytes);
     let (q, scales) = reference::quantize_q8(&w);
-    for (r, row) in bytes.chunks(row_bytes).enumerate() {
+    for r in 0..4 {
+        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
         let stored_q: Vec<i8> = row[..k].iter().map(|&b| b as i8).collect();
-        assert_eq!(stored_q, q[r * k..(r + 1) * k], "row {r} int8s");
-        let stored_s: Vec<f32> = row[k..k + 4 * k / 32]
-            .chunks(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        assert_eq!(
-            stored_s,
-            scales[r * k / 32..(r + 1) * k / 32],
-            "row {r} scales"
-        );
+        let want_q = if r < rows {
+            &q[r * k..(r + 1) * k]
+        } else {
+            &[0; 160][..]
+        };
+        assert_eq!(stored_q, want_q, "row {r} int8s");
+        for b in 0..k / 32 {
+            // Block b's scale of row r: row 4 (r / 4) + b % 4 of the group, texel b / 4, lane r % 4.
+            let at = (r / 4 * 4 + b % 4) * row_bytes + k + 16 * (b / 4) + 4 * (r % 4);
+            let got = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            let want = if r < rows {
+                scales[r * k / 32 + b]
+            } else {
+                0.0
+            };
+            assert_eq!(got, want, "row {r} block {b} scale");
+        }
     }
 
     for (m, k, n) in [

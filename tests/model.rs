@@ -401,6 +401,18 @@ fn q8_weights_stay_close_to_transformers() {
         // continuations (0.14 on gpt2-tiny, 0.16 on gpt2-bf16), so a flip on another adapter's
         // summation order is possible: allow one in the last few tokens.
         assert!(agree >= 28, "{name}: greedy agreed for only {agree} tokens");
+        if layout == WeightLayout::Buffer {
+            // Weights split into buffers: q8 chunks are whole groups of four rows (wte: 384 rows
+            // of 80 bytes in chunks of 204 and 180 rows, the second padded), same logits.
+            let split = LoadOptions {
+                max_chunk_bytes: Some(16 * 1024 + 3 * 80),
+                ..q8(layout)
+            };
+            let model = load(name, &split);
+            assert_eq!(model.wte_chunks(), 2);
+            let d = max_abs_diff(&Session::new(&model).unwrap().logits(&ids).unwrap(), &got);
+            assert!(d < 1e-5, "{name}: split q8 weights differ by {d}");
+        }
     }
     for name in ["gpt2-odd", "gpt2-f16-noprefix"] {
         let err = Model::load(gpu(), &fixture(name), &q8(WeightLayout::Auto))

@@ -233,8 +233,8 @@ impl Gpu {
     }
 
     /// A (rows, cols) weight matrix stored as `dtype`, raw bits in an rgba32uint texture (four
-    /// f32, eight f16 or sixteen int8 per texel; a q8 row ends in its scales, four per texel).
-    /// `dtype.row_bytes(cols) % 16 == 0`.
+    /// f32, eight f16 or sixteen int8 per texel; a q8 row ends in scales, four per texel, and
+    /// q8 rows are padded to whole groups of four). `dtype.row_bytes(cols) % 16 == 0`.
     pub fn weight_texture(
         &self,
         label: &str,
@@ -243,6 +243,7 @@ impl Gpu {
         dtype: WeightDtype,
     ) -> wgpu::Texture {
         let texels = dtype.row_bytes(cols) / 16;
+        let rows = dtype.stored_rows(rows);
         self.texture_of(label, rows, texels, wgpu::TextureFormat::Rgba32Uint)
     }
 

@@ -220,7 +220,7 @@ impl Model {
                 GpuTensor::texture_chunks(name, rows, max_rows, |label, _, n| {
                     let tex = gpu.weight_texture(label, n, cols, dtype);
                     let pitch = row_bytes.next_multiple_of(256);
-                    let buf = fill(label, n, cols, pitch, center, dtype);
+                    let buf = fill(label, dtype.stored_rows(n), cols, pitch, center, dtype);
                     copies.push((buf, tex.clone(), pitch as u32));
                     tex
                 })
@@ -231,7 +231,14 @@ impl Model {
             }
             let mut t =
                 GpuTensor::with_chunks(name, rows, cols, dtype, max_chunk_bytes, |label, _, n| {
-                    Ok(fill(label, n, cols, row_bytes, center, dtype))
+                    Ok(fill(
+                        label,
+                        dtype.stored_rows(n),
+                        cols,
+                        row_bytes,
+                        center,
+                        dtype,
+                    ))
                 })?;
             if textures && name == "wte.weight" {
                 t.textures = textured(&mut fill);
