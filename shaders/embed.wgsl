@@ -7,15 +7,27 @@ struct Params { C: u32, tok0: u32, tok_rows: u32, _pad: u32 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;   // (T)
-@group(0) @binding(3) var<storage, read> wte: array<u32>;      // (tok_rows, C): rows tok0.. of (V, C), f32 or f16 words
+@group(0) @binding(3) var<storage, read> wte: array<u32>;      // (tok_rows, C): rows tok0.. of (V, C), f32, f16 or q8 words
 @group(0) @binding(4) var<storage, read> wpe: array<f32>;      // (n_ctx, C)
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;  // (T, C)
 
-// The token table is stored like the head's weights (it is the head when tied): f32 bits, or
-// two halves per word when WEIGHT_F16.
+// The token table is stored like the head's weights (it is the head when tied): f32 bits, two
+// halves per word when WEIGHT_F16, or with WEIGHT_Q8 rows of C int8 (four per word) then a scale
+// area in which row 4 g + j holds, at word 4 i + r, the scale of block 4 i + j of row 4 g + r
+// (see matmul.wgsl; each chunk starts a row group).
 override WEIGHT_F16: bool = false;
+override WEIGHT_Q8: bool = false;
 
-fn wte_at(i: u32) -> f32 {
+// Element c of row r.
+fn wte_at(r: u32, c: u32) -> f32 {
+    if (WEIGHT_Q8) {
+        let rw = p.C / 4u + 4u * ((p.C + 127u) / 128u);
+        let q = extractBits(bitcast<i32>(wte[r * rw + c / 4u]), 8u * (c % 4u), 8u);
+        let b = c / 32u;
+        let s = (r - r % 4u + b % 4u) * rw + p.C / 4u + 4u * (b / 4u) + r % 4u;
+        return f32(q) * bitcast<f32>(wte[s]);
+    }
+    let i = r * p.C + c;
     if (WEIGHT_F16) {
         let pair = unpack2x16float(wte[i / 2u]);
         return select(pair.x, pair.y, (i & 1u) == 1u);
@@ -30,5 +42,5 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c >= p.C || t >= step.rows) { return; }
     let tok = tokens[t];
     if (tok < p.tok0 || tok >= p.tok0 + p.tok_rows) { return; }
-    x[t * p.C + c] = wte_at((tok - p.tok0) * p.C + c) + wpe[position(t) * p.C + c];
+    x[t * p.C + c] = wte_at(tok - p.tok0, c) + wpe[position(t) * p.C + c];
 }

@@ -27,6 +27,11 @@ fn gelu(x: f32) -> f32 {
     return 0.5 * x * (1.0 + tanh(u));
 }
 
+// Four signed bytes of a q8 weight word (lowest byte first) as f32.
+fn i8x4(word: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xI8(word));
+}
+
 // Writes one output: bias, then the epilogue. RESIDUAL adds into what `out` holds (the residual
 // stream x).
 fn store(m: u32, n: u32, acc: f32) {

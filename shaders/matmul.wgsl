@@ -8,19 +8,40 @@
 //           tiled matmul wastes 31/32 of its work; this does none.
 
 @group(0) @binding(2) var<storage, read> a: array<vec4<f32>>;     // (M, K), M = step.rows
-@group(0) @binding(3) var<storage, read> w: array<u32>;           // (N, K) f32 or f16 words
+@group(0) @binding(3) var<storage, read> w: array<u32>;           // (N, K) f32, f16 or q8 words
 
-// Weights are raw words: f32 bits, or two IEEE halves per word when WEIGHT_F16 (set per model
-// at pipeline creation). Either way they are computed in f32.
+// Weights are raw words: f32 bits, two IEEE halves per word when WEIGHT_F16, or with WEIGHT_Q8
+// int8s (four per word) and one f32 scale per 32 along K: a row is its K / 4 int8 words, then
+// a scale area in which row 4 g + j holds, at word 4 i + r, the scale of block 4 i + j of row
+// 4 g + r (gpu/tensor.rs `encode`; chunks start at a group and are padded to whole groups).
+// Set per model at pipeline creation; computed in f32 either way.
 override WEIGHT_F16: bool = false;
+override WEIGHT_Q8: bool = false;
 
-// Weights i .. i + 4 (i a multiple of 4) as f32.
-fn w4(i: u32) -> vec4<f32> {
+// Words of one stored weight row.
+fn row_words() -> u32 {
+    if (WEIGHT_Q8) { return p.K / 4u + 4u * ((p.K + 127u) / 128u); }
+    if (WEIGHT_F16) { return p.K / 2u; }
+    return p.K;
+}
+
+// Word of the q8 scale of block b of row n.
+fn q8_scale_word(n: u32, b: u32) -> u32 {
+    return (n - n % 4u + b % 4u) * row_words() + p.K / 4u + 4u * (b / 4u) + n % 4u;
+}
+
+// Weights 4 k4 .. 4 k4 + 4 of row n, as f32.
+fn w4(n: u32, k4: u32) -> vec4<f32> {
+    let rw = n * row_words();
+    if (WEIGHT_Q8) {
+        return i8x4(w[rw + k4]) * bitcast<f32>(w[q8_scale_word(n, k4 / 8u)]);
+    }
     if (WEIGHT_F16) {
-        let j = i / 2u;
+        let j = rw + 2u * k4;
         return vec4(unpack2x16float(w[j]), unpack2x16float(w[j + 1u]));
     }
-    return bitcast<vec4<f32>>(vec4(w[i], w[i + 1u], w[i + 2u], w[i + 3u]));
+    let j = rw + 4u * k4;
+    return bitcast<vec4<f32>>(vec4(w[j], w[j + 1u], w[j + 2u], w[j + 3u]));
 }
 
 const TILE: u32 = 32u;   // output rows and columns per workgroup
@@ -49,7 +70,7 @@ fn matmul(
             if (m_base + r < M && k < K4) { av = a[(m_base + r) * K4 + k]; }
             a_tile[r][e % BK4] = av;
             var wv = vec4(0.0);
-            if (n_base + r < p.N && k < K4) { wv = w4(((n_base + r) * K4 + k) * 4u); }
+            if (n_base + r < p.N && k < K4) { wv = w4(n_base + r, k); }
             w_tile[r][e % BK4] = wv;
         }
         workgroupBarrier();
@@ -82,20 +103,47 @@ fn gemv(@builtin(global_invocation_id) gid: vec3<u32>) {
     let K4 = p.K / 4u;
     let ar = m * K4;
     // Rows past N repeat the last one; their results are not stored.
-    let r0 = n0 * p.K;
-    let r1 = min(n0 + 1u, p.N - 1u) * p.K;
-    let r2 = min(n0 + 2u, p.N - 1u) * p.K;
-    let r3 = min(n0 + 3u, p.N - 1u) * p.K;
+    let n1 = min(n0 + 1u, p.N - 1u);
+    let n2 = min(n0 + 2u, p.N - 1u);
+    let n3 = min(n0 + 3u, p.N - 1u);
     var c0 = vec4(0.0);
     var c1 = vec4(0.0);
     var c2 = vec4(0.0);
     var c3 = vec4(0.0);
-    for (var k = 0u; k < K4; k++) {
-        let x = a[ar + k];
-        c0 += x * w4(r0 + 4u * k);
-        c1 += x * w4(r1 + 4u * k);
-        c2 += x * w4(r2 + 4u * k);
-        c3 += x * w4(r3 + 4u * k);
+    if (WEIGHT_Q8) {
+        // Per block of 32: the int8 dot products, then the four rows' block scales (one vec4:
+        // n0 starts a row group) once.
+        let rw = row_words();
+        let r0 = n0 * rw;
+        let r1 = n1 * rw;
+        let r2 = n2 * rw;
+        let r3 = n3 * rw;
+        for (var b = 0u; b < K4 / 8u; b++) {
+            var d0 = vec4(0.0);
+            var d1 = vec4(0.0);
+            var d2 = vec4(0.0);
+            var d3 = vec4(0.0);
+            for (var k = 8u * b; k < 8u * b + 8u; k++) {
+                let x = a[ar + k];
+                d0 += x * i8x4(w[r0 + k]);
+                d1 += x * i8x4(w[r1 + k]);
+                d2 += x * i8x4(w[r2 + k]);
+                d3 += x * i8x4(w[r3 + k]);
+            }
+            let s = q8_scale_word(n0, b);
+            c0 += d0 * bitcast<f32>(w[s]);
+            c1 += d1 * bitcast<f32>(w[s + 1u]);
+            c2 += d2 * bitcast<f32>(w[s + 2u]);
+            c3 += d3 * bitcast<f32>(w[s + 3u]);
+        }
+    } else {
+        for (var k = 0u; k < K4; k++) {
+            let x = a[ar + k];
+            c0 += x * w4(n0, k);
+            c1 += x * w4(n1, k);
+            c2 += x * w4(n2, k);
+            c3 += x * w4(n3, k);
+        }
     }
     let one = vec4(1.0);
     let s = vec4(dot(c0, one), dot(c1, one), dot(c2, one), dot(c3, one));

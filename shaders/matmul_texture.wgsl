@@ -1,6 +1,10 @@
 // Linear layers with operands in read-only storage textures (linear.wgsl is prepended): a row of
 // a texture is a row of the matrix; an input texel holds four consecutive values along K, a
-// weight texel four f32 or, with WEIGHT_F16, eight halves (raw bits in rgba32uint).
+// weight texel four f32, with WEIGHT_F16 eight halves, with WEIGHT_Q8 sixteen int8 (raw bits in
+// rgba32uint). A q8 row is K / 16 texels of int8 then K / 128 texels (rounded up) of f32 scales:
+// texel i of row 4 g + j holds block 4 i + j's scales of rows 4 g .. 4 g + 4 (gpu/tensor.rs
+// `encode`), so the four rows an invocation computes (n0 = 4 gid.x starts a group) take one
+// scale fetch per block of 32 weights (two int8 texels each).
 // On CPU adapters (lavapipe) a storage-buffer load costs a bounds-checked scalar load per lane
 // and component, while a texel load is one vectorised fetch: measured on lavapipe at GPT-2's
 // shapes, these kernels are ~10x (GEMV) to ~15x (GEMM) faster than the buffer ones. The
@@ -11,7 +15,7 @@
 //                   buffer bound straight onto the activation buffer, so decode needs no copy.
 
 @group(0) @binding(2) var a: texture_storage_2d<rgba32float, read>;  // (M rows, K / 4 texels)
-@group(0) @binding(3) var w: texture_storage_2d<rgba32uint, read>;   // (N rows, K / 4 or K / 8 texels)
+@group(0) @binding(3) var w: texture_storage_2d<rgba32uint, read>;   // (N rows, K / 4, K / 8 or ~K / 14 texels)
 
 // gemv_texture's input, (rows, K) as K / 4 vec4 per row (rows * K <= 16384, checked by the
 // host). Every lane reads the same element: llvmpipe makes that one scalar load and a broadcast,
@@ -19,6 +23,7 @@
 @group(0) @binding(6) var<uniform> x: array<vec4<f32>, 4096>;
 
 override WEIGHT_F16: bool = false;
+override WEIGHT_Q8: bool = false;
 
 // Four f32 weights of row n, texel k4.
 fn w4(k4: u32, n: u32) -> vec4<f32> {
@@ -32,6 +37,11 @@ fn w8(k8: u32, n: u32) -> mat2x4<f32> {
         vec4(unpack2x16float(t.x), unpack2x16float(t.y)),
         vec4(unpack2x16float(t.z), unpack2x16float(t.w)),
     );
+}
+
+// The f32 scales of block b of q8 rows n0 .. n0 + 4 (n0 a multiple of 4).
+fn block_scales(b: u32, n0: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(textureLoad(w, vec2(p.K / 16u + b / 4u, n0 + b % 4u)));
 }
 
 fn dot4(x: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
@@ -57,7 +67,31 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     var r1 = vec4(0.0);
     var r2 = vec4(0.0);
     var r3 = vec4(0.0);
-    if (WEIGHT_F16) {
+    if (WEIGHT_Q8) {
+        // Per block of 32 (two weight texels, eight input texels): the columns' block scales,
+        // then the int8s dequantised with them. Dequantising per weight costs one multiply per
+        // four multiply-adds here and keeps fewer values live than scaling per-block sums.
+        for (var b = 0u; b < p.K / 32u; b++) {
+            let sc = block_scales(b, n0);
+            for (var h = 0u; h < 2u; h++) {
+                let t0 = textureLoad(w, vec2(2u * b + h, n0));
+                let t1 = textureLoad(w, vec2(2u * b + h, n1));
+                let t2 = textureLoad(w, vec2(2u * b + h, n2));
+                let t3 = textureLoad(w, vec2(2u * b + h, n3));
+                for (var q = 0u; q < 4u; q++) {
+                    let ka = 8u * b + 4u * h + q;
+                    let w0 = i8x4(t0[q]) * sc.x;
+                    let w1 = i8x4(t1[q]) * sc.y;
+                    let w2 = i8x4(t2[q]) * sc.z;
+                    let w3 = i8x4(t3[q]) * sc.w;
+                    r0 += dot4(textureLoad(a, vec2(ka, m0)), w0, w1, w2, w3);
+                    r1 += dot4(textureLoad(a, vec2(ka, m1)), w0, w1, w2, w3);
+                    r2 += dot4(textureLoad(a, vec2(ka, m2)), w0, w1, w2, w3);
+                    r3 += dot4(textureLoad(a, vec2(ka, m3)), w0, w1, w2, w3);
+                }
+            }
+        }
+    } else if (WEIGHT_F16) {
         // One weight texel covers two input texels.
         for (var k = 0u; k < p.K / 8u; k++) {
             let w0 = w8(k, n0);
@@ -92,6 +126,33 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// gemv_texture with q8 weights: rows n0 .. n3 dotted with input row `row` (vec4 index). Per block
+// of 32 (two texels of int8) the four rows' int8 dot products, then their block scales once.
+// One output per row is accumulated (not a vec4 per row as for f32 and f16): fewer live values.
+fn gemv_q8(row: u32, n0: u32, n1: u32, n2: u32, n3: u32) -> vec4<f32> {
+    var acc = vec4(0.0);
+    for (var b = 0u; b < p.K / 32u; b++) {
+        var d = vec4(0.0);
+        for (var h = 0u; h < 2u; h++) {
+            let xi = row + 8u * b + 4u * h;
+            let xa = x[xi];
+            let xb = x[xi + 1u];
+            let xc = x[xi + 2u];
+            let xd = x[xi + 3u];
+            let t0 = textureLoad(w, vec2(2u * b + h, n0));
+            d.x += dot(xa, i8x4(t0.x)) + dot(xb, i8x4(t0.y)) + dot(xc, i8x4(t0.z)) + dot(xd, i8x4(t0.w));
+            let t1 = textureLoad(w, vec2(2u * b + h, n1));
+            d.y += dot(xa, i8x4(t1.x)) + dot(xb, i8x4(t1.y)) + dot(xc, i8x4(t1.z)) + dot(xd, i8x4(t1.w));
+            let t2 = textureLoad(w, vec2(2u * b + h, n2));
+            d.z += dot(xa, i8x4(t2.x)) + dot(xb, i8x4(t2.y)) + dot(xc, i8x4(t2.z)) + dot(xd, i8x4(t2.w));
+            let t3 = textureLoad(w, vec2(2u * b + h, n3));
+            d.w += dot(xa, i8x4(t3.x)) + dot(xb, i8x4(t3.y)) + dot(xc, i8x4(t3.z)) + dot(xd, i8x4(t3.w));
+        }
+        acc += d * block_scales(b, n0);
+    }
+    return acc;
+}
+
 @compute @workgroup_size(8)
 fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n0 = gid.x * 4u;
@@ -101,11 +162,18 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n1 = min(n0 + 1u, nl);
     let n2 = min(n0 + 2u, nl);
     let n3 = min(n0 + 3u, nl);
+    let row = m * (p.K / 4u);
+    if (WEIGHT_Q8) {
+        let s = gemv_q8(row, n0, n1, n2, n3);
+        for (var j = 0u; j < 4u; j++) {
+            if (n0 + j < p.N) { store(m, n0 + j, s[j]); }
+        }
+        return;
+    }
     var c0 = vec4(0.0);
     var c1 = vec4(0.0);
     var c2 = vec4(0.0);
     var c3 = vec4(0.0);
-    let row = m * (p.K / 4u);
     if (WEIGHT_F16) {
         for (var k = 0u; k < p.K / 8u; k++) {
             let x0 = x[row + 2u * k];

@@ -514,10 +514,11 @@ pub fn kernels(
             of_copy_bandwidth: gb_s / copy,
         });
     };
-    let wbytes = dtype.bytes() as f64;
     // Linear layers: c_attn, c_fc, the MLP's c_proj; gemv at T = 1, the tiled matmul at 128, 512.
     for (k, n) in [(c, 3 * c), (c, 4 * c), (4 * c, c)] {
-        let w = gpu.storage("w", (k * n) as u64 * wbytes as u64);
+        // Stored bytes of the (N, K) weight: for q8 one per weight plus the block scales.
+        let wbytes = (n as usize * dtype.row_bytes(k as usize)) as u64;
+        let w = gpu.storage("w", wbytes);
         let view = |t: wgpu::Texture| t.create_view(&Default::default());
         let (w_tex, x_tex) = (
             view(gpu.weight_texture("w", n as usize, k as usize, dtype)),
@@ -566,7 +567,7 @@ pub fn kernels(
                 bind(gpu, pipe, "bench", &[&st, &pu, &x, &w, &bias, &out])
             };
             let s = time_dispatch(gpu, pipe, &bg, groups, if few { 20 } else { 2 })?;
-            let bytes = k as f64 * n as f64 * wbytes + 4.0 * t as f64 * (k + n) as f64;
+            let bytes = wbytes as f64 + 4.0 * t as f64 * (k + n) as f64;
             push(
                 name,
                 format!("T={t} K={k} N={n}"),

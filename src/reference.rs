@@ -45,6 +45,42 @@ pub fn matmul(a: &[f32], w: &[f32], bias: Option<&[f32]>, k: usize, n: usize) ->
     out
 }
 
+/// q8 weight storage (`WeightDtype::Q8`): each block of 32 consecutive weights (rows are whole
+/// blocks) becomes int8s `q = round(w / scale)` with `scale = max |w| / 127` (0 for an all-zero
+/// block), so `|w - q * scale| <= scale / 2`. Returns (q, one scale per block).
+pub fn quantize_q8(w: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(w.len().div_ceil(32));
+    for block in w.chunks(32) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        scales.push(scale);
+        for &v in block {
+            let x = if scale > 0.0 {
+                (v / scale).round()
+            } else {
+                0.0
+            };
+            q.push(x.clamp(-127.0, 127.0) as i8);
+        }
+    }
+    (q, scales)
+}
+
+/// The weights the q8 kernels compute with: `q * scale` per block of 32.
+pub fn dequantize_q8(q: &[i8], scales: &[f32]) -> Vec<f32> {
+    q.iter()
+        .enumerate()
+        .map(|(i, &v)| v as f32 * scales[i / 32])
+        .collect()
+}
+
+/// `w` as q8 storage holds it: [`dequantize_q8`] of [`quantize_q8`].
+pub fn q8_round_trip(w: &[f32]) -> Vec<f32> {
+    let (q, s) = quantize_q8(w);
+    dequantize_q8(&q, &s)
+}
+
 /// kv_append.wgsl: writes the k and v thirds of qkv (T, 3C) into the caches (n_ctx, C) at pos0.
 pub fn kv_append(qkv: &[f32], k_cache: &mut [f32], v_cache: &mut [f32], c: usize, pos0: usize) {
     for (t, row) in qkv.chunks(3 * c).enumerate() {

@@ -158,10 +158,14 @@ fn kernel_microbenchmarks_cover_every_family() {
     let gpu = gpu();
     let mut rows = Vec::new();
     for textures in [false, true] {
-        let (copy, r) =
-            wgpt::bench::kernels(&gpu, wgpt::gpu::tensor::WeightDtype::F16, textures, 64).unwrap();
-        assert!(copy > 0.0);
-        rows.extend(r);
+        for dtype in [
+            wgpt::gpu::tensor::WeightDtype::F16,
+            wgpt::gpu::tensor::WeightDtype::Q8,
+        ] {
+            let (copy, r) = wgpt::bench::kernels(&gpu, dtype, textures, 64).unwrap();
+            assert!(copy > 0.0);
+            rows.extend(r);
+        }
     }
     for k in [
         "gemv",

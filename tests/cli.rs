@@ -422,6 +422,59 @@ fn bad_prompts_and_options_give_clear_errors() {
     );
 }
 
+/// `--dtype q8` generates (agreement with transformers is measured in tests/model.rs); widths
+/// that are not whole q8 blocks, and unknown dtypes, are clear errors.
+#[test]
+fn q8_dtype_generates_and_refuses_odd_widths() {
+    let dir = fixture("gpt2-tiny");
+    let e = expected(&dir);
+    let o = wgpt(&[
+        "generate",
+        "--model",
+        p(&dir),
+        "--prompt",
+        &e.prompt,
+        "-n",
+        "8",
+        "--ignore-eos",
+        "--json",
+        "--dtype",
+        "q8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout.clone()).unwrap();
+    let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(j["ids"].as_array().unwrap().len(), 8);
+    let odd = fixture("gpt2-odd");
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            p(&odd),
+            "--prompt",
+            "hi",
+            "--dtype",
+            "q8",
+        ],
+        &["n_embd (60)", "multiples of 32", "--dtype f16"],
+    );
+    // A usage error (clap's exit code 2).
+    let o = wgpt(&[
+        "generate",
+        "--model",
+        p(&dir),
+        "--prompt",
+        "hi",
+        "--dtype",
+        "q4",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("use f32, f16 or q8"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// `--top N` prints, on stderr, the N most likely tokens at each step; in greedy mode the first
 /// is the token generated.
 #[test]

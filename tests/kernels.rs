@@ -9,7 +9,7 @@ use wgpt::gpu::kernels::{
     AttentionParams, EmbedParams, Epilogue, LayerNormParams, MatmulParams, Pipelines, SampleParams,
     Step, WidthParams, bind,
 };
-use wgpt::gpu::tensor::WeightDtype;
+use wgpt::gpu::tensor::{WeightDtype, encode};
 use wgpt::reference;
 
 struct Harness {
@@ -508,13 +508,133 @@ fn f16_weights_match_cpu_on_rounded_weights() {
     );
 }
 
+/// q8 weights (int8, one f32 scale per 32 along K) in the buffer kernels: the stored encoding
+/// holds the twin's int8s and scales; matmul and gemv (the weight split in two row chunks as a
+/// split head is) and embed (a split token table) against the CPU twins run on the dequantised
+/// weights. K multiples of 32 (q8's block) but not of 128 (a partial scale texel); M, N ragged.
+#[test]
+fn q8_weights_match_cpu_on_dequantised_weights() {
+    let h = Harness::new();
+    let p8 = Pipelines::new(&h.gpu, WeightDtype::Q8, false);
+    h.gpu.check().expect("q8 pipelines compile");
+    // Three rows (one partial group of four, padded with zeros), K / 32 = 5 blocks (a partial
+    // scale texel).
+    let (rows, k) = (3, 160);
+    let w = random(rows * k, 40, 1.0);
+    let bytes = encode(&w, k, WeightDtype::Q8);
+    let row_bytes = WeightDtype::Q8.row_bytes(k);
+    assert_eq!(bytes.len(), 4 * row_bytes);
+    let (q, scales) = reference::quantize_q8(&w);
+    for r in 0..4 {
+        let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+        let stored_q: Vec<i8> = row[..k].iter().map(|&b| b as i8).collect();
+        let want_q = if r < rows {
+            &q[r * k..(r + 1) * k]
+        } else {
+            &[0; 160][..]
+        };
+        assert_eq!(stored_q, want_q, "row {r} int8s");
+        for b in 0..k / 32 {
+            // Block b's scale of row r: row 4 (r / 4) + b % 4 of the group, texel b / 4, lane r % 4.
+            let at = (r / 4 * 4 + b % 4) * row_bytes + k + 16 * (b / 4) + 4 * (r % 4);
+            let got = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            let want = if r < rows {
+                scales[r * k / 32 + b]
+            } else {
+                0.0
+            };
+            assert_eq!(got, want, "row {r} block {b} scale");
+        }
+    }
+
+    for (m, k, n) in [
+        (1, 32, 17),
+        (2, 96, 45),
+        (4, 160, 9),
+        (7, 64, 45),
+        (33, 96, 100),
+        (70, 800, 33),
+    ] {
+        let a = random(m * k, 41, 1.0);
+        let w = random(n * k, 42, 1.0);
+        let b = random(n, 43, 1.0);
+        let want = reference::matmul(&a, &reference::q8_round_trip(&w), Some(&b), k, n);
+        for (name, pipe) in [("matmul", &p8.matmul), ("gemv", &p8.gemv)] {
+            let out = h.f32s(&vec![f32::NAN; m * n]);
+            let n1 = n / 3 + 1;
+            for (c0, c1) in [(0, n1), (n1, n)] {
+                let params = MatmulParams {
+                    k: k as u32,
+                    n: (c1 - c0) as u32,
+                    ldo: n as u32,
+                    col0: c0 as u32,
+                    has_bias: 1,
+                    epilogue: Epilogue::Store as u32,
+                    _pad: [0; 2],
+                };
+                let chunk = h
+                    .gpu
+                    .storage_init("w8", &encode(&w[c0 * k..c1 * k], k, WeightDtype::Q8));
+                let bufs = [
+                    &h.step(m, 0, 0),
+                    &h.gpu.uniform("p", &params),
+                    &h.f32s(&a),
+                    &chunk,
+                    &h.f32s(&b),
+                    &out,
+                ];
+                let (x, y) = linear_grid(name, (c1 - c0) as u32, m as u32);
+                h.run(pipe, &bufs, x, y);
+            }
+            // The int8s are exact in f32 and each block's scale is applied once to its f32 sum:
+            // no more roundings than with f32 weights, so the f32 test's bound (sums of K <= 800
+            // terms of size <= 1, f32 against f64, relative to the largest output).
+            let d = close(&h.read(&out), &want, 1e-5);
+            println!("{name} q8 M={m} K={k} N={n}: max diff {d:e}");
+        }
+    }
+
+    // The token table, split into two row chunks as a large one is.
+    let (t, c, v, pos0) = (7, 96, 37, 2);
+    let wte = random(v * c, 44, 1.0);
+    let wpe = random(16 * c, 45, 1.0);
+    let tokens: Vec<u32> = (0..t).map(|i| ((i * 5 + 1) % v) as u32).collect();
+    let x = h.f32s(&vec![f32::NAN; t * c]);
+    for (r0, r1) in [(0, 20), (20, v)] {
+        let params = EmbedParams {
+            c: c as u32,
+            tok0: r0 as u32,
+            tok_rows: (r1 - r0) as u32,
+            _pad: 0,
+        };
+        let chunk = h
+            .gpu
+            .storage_init("wte8", &encode(&wte[r0 * c..r1 * c], c, WeightDtype::Q8));
+        let bufs = [
+            &h.step(t, 0, pos0),
+            &h.gpu.uniform("p", &params),
+            &h.u32s(&tokens),
+            &chunk,
+            &h.f32s(&wpe),
+            &x,
+        ];
+        h.run(&p8.embed, &bufs, (c as u32).div_ceil(64), t as u32);
+    }
+    let want = reference::embed(&tokens, &reference::q8_round_trip(&wte), &wpe, c, pos0);
+    // One f32 product q * scale, as the twin's dequantisation, and one add: exact.
+    let d = close(&h.read(&x), &want, 0.0);
+    println!("embed q8 T={t} C={c}: max diff {d:e}");
+}
+
 /// The texture-operand linear kernels (used on CPU adapters) against the CPU twin, epilogues
-/// included, with f32 weights and with f16 weights (eight halves per texel; the twin gets the
-/// same rounded weights). K is a multiple of 64 as the texture layout requires; N and M ragged.
+/// included, with f32 weights, f16 weights (eight halves per texel) and q8 weights (sixteen int8
+/// per texel, scales four to a texel after them; K / 32 = 2, 4, 6, 128 blocks, so full and
+/// partial scale texels); the twin gets the same rounded or dequantised weights. K is a multiple
+/// of 64 as the texture layout requires; N and M ragged.
 #[test]
 fn texture_linear_kernels_match_cpu() {
     let h = Harness::new();
-    for dtype in [WeightDtype::F32, WeightDtype::F16] {
+    for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
         let p = Pipelines::new(&h.gpu, dtype, true);
         for (m, k, n) in [
             (1, 64, 17),
@@ -524,14 +644,16 @@ fn texture_linear_kernels_match_cpu() {
             (4, 4096, 9),
         ] {
             let a = random(m * k, 25, 1.0);
-            let mut w = random(n * k, 26, 1.0);
-            if dtype == WeightDtype::F16 {
-                w.iter_mut()
-                    .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
-            }
+            let w = random(n * k, 26, 1.0);
+            // The weights as stored: what the twin multiplies by.
+            let stored = match dtype {
+                WeightDtype::F32 => w.clone(),
+                WeightDtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+                WeightDtype::Q8 => reference::q8_round_trip(&w),
+            };
             let b = random(n, 27, 1.0);
             let x0 = random(m * n, 28, 1.0);
-            let plain = reference::matmul(&a, &w, Some(&b), k, n);
+            let plain = reference::matmul(&a, &stored, Some(&b), k, n);
             let mut resid = x0.clone();
             reference::residual(&mut resid, &plain);
             let at = h
@@ -576,7 +698,9 @@ fn texture_linear_kernels_match_cpu() {
                     (m as u32).div_ceil(4)
                 };
                 dispatch(&h, pipe, &bg, (n as u32).div_ceil(4).div_ceil(8), y);
-                // As the buffer kernels: up to 4096 terms of size <= 1, f32 vs f64, relative to the largest output.
+                // As the buffer kernels: up to 4096 terms of size <= 1, f32 vs f64, relative to
+                // the largest output. q8 sums x * q (q exact in f32) per block and scales once per
+                // block: no more roundings than f32 weights, so the same bound.
                 let d = close(&h.read(&out), &resid, 1e-5);
                 println!("{name} {dtype:?} M={m} K={k} N={n}: max diff {d:e}");
             }

@@ -40,7 +40,7 @@ struct BenchArgs {
     /// A GPT-2 shape with random weights generated on the GPU: gpt2, gpt2-medium, gpt2-large, gpt2-xl.
     #[arg(long)]
     shape: Option<String>,
-    /// How weight matrices are stored on the GPU: f32 or f16.
+    /// How weight matrices are stored on the GPU: f32, f16 or q8.
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
     /// Where the linear layers' operands live: auto, buffer or texture.
@@ -83,8 +83,9 @@ struct ModelArgs {
     /// Adapter index or part of its name (see `wgpt info`). Default: the high-performance one.
     #[arg(long, env = "WGPT_ADAPTER")]
     adapter: Option<String>,
-    /// How weight matrices are stored on the GPU: f32, or f16 (half the memory and bandwidth;
-    /// computation stays f32).
+    /// How weight matrices are stored on the GPU: f32, f16 (half the memory and bandwidth) or q8
+    /// (int8 with an f32 scale per 32 weights, quantised at load: ~0.28x f32; needs n_embd and
+    /// n_inner multiples of 32). Computation stays f32.
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
     /// Where the linear layers' operands live: auto (textures on CPU adapters such as lavapipe,

@@ -224,6 +224,12 @@ pub struct FillParams {
     pub scale: f32,
     /// Middle of the value range (1 for layer-norm gains, 0 otherwise).
     pub center: f32,
+    /// q8 only: u32 words per stored row.
+    pub row_words: u32,
+    /// q8 only: how many words at the start of each row are int8 (the rest get scales).
+    pub q_words: u32,
+    /// Keeps the struct a multiple of 16 bytes (uniform layout).
+    pub _pad: [u32; 2],
 }
 
 /// Mirrors `struct Params` in argmax.wgsl: per row of logits (rows, V), the `n` largest logits
@@ -349,7 +355,10 @@ impl Pipelines {
     /// Every pipeline of the forward pass, for weights stored as `dtype`; with `textures` also
     /// the texture layout's.
     pub fn new(gpu: &Engine, dtype: WeightDtype, textures: bool) -> Self {
-        let weights: &[(&str, f64)] = &[("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64)];
+        let weights: &[(&str, f64)] = &[
+            ("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64),
+            ("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u8 as f64),
+        ];
         // matmul and gemv share one explicit layout, so one bind group serves both and the
         // choice between them can be made per step.
         let linear = linear_layout(gpu, false);

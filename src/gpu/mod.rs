@@ -341,7 +341,8 @@ impl Engine {
     }
 
     /// A (rows, cols) weight matrix stored as `dtype`, raw bits in an rgba32uint texture (four
-    /// f32 or eight f16 per texel). `cols * dtype bytes % 16 == 0`.
+    /// f32, eight f16 or sixteen int8 per texel; a q8 row ends in scales, four per texel, and
+    /// q8 rows are padded to whole groups of four). `dtype.row_bytes(cols) % 16 == 0`.
     pub fn weight_texture(
         &self,
         label: &str,
@@ -349,7 +350,8 @@ impl Engine {
         cols: usize,
         dtype: WeightDtype,
     ) -> wgpu::Texture {
-        let texels = cols * dtype.bytes() / 16;
+        let texels = dtype.row_bytes(cols) / 16;
+        let rows = dtype.stored_rows(rows);
         self.texture_of(label, rows, texels, wgpu::TextureFormat::Rgba32Uint)
     }
 
@@ -402,13 +404,7 @@ impl Engine {
         dtype: WeightDtype,
     ) -> wgpu::Texture {
         let tex = self.weight_texture(label, rows, cols, dtype);
-        match dtype {
-            WeightDtype::F32 => self.write_texture_rows(&tex, 0, bytemuck::cast_slice(data)),
-            WeightDtype::F16 => {
-                let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
-                self.write_texture_rows(&tex, 0, bytemuck::cast_slice(&halves))
-            }
-        }
+        self.write_texture_rows(&tex, 0, &crate::gpu::tensor::encode(data, cols, dtype));
         tex
     }
 

@@ -16,14 +16,34 @@ pub enum WeightDtype {
     F32,
     /// IEEE half, two per u32 word (`unpack2x16float` in WGSL: no shader-f16 feature needed).
     F16,
+    /// Symmetric int8 with one f32 scale per block of [`Q8_BLOCK`] consecutive weights along a
+    /// row (like llama.cpp's Q8_0). A row of K weights is stored as K int8 (four per word), then
+    /// a scale area of K / 128 16-byte texels (rounded up) holding scales of its group of four
+    /// rows: see [`encode`]. Needs K % 32 == 0; storage is padded to whole groups of four rows.
+    Q8,
 }
 
+/// Weights per q8 scale.
+pub const Q8_BLOCK: usize = 32;
+/// Rows whose scales of one block share a 16-byte texel (the four rows one invocation of the
+/// linear kernels computes, so one fetch serves them all).
+pub const Q8_GROUP: usize = 4;
+
 impl WeightDtype {
-    /// Bytes per stored value: 4 for f32, 2 for f16.
-    pub fn bytes(self) -> usize {
+    /// Bytes one stored row of `cols` weights takes (for q8: the int8s and the padded scales).
+    pub fn row_bytes(self, cols: usize) -> usize {
         match self {
-            WeightDtype::F32 => 4,
-            WeightDtype::F16 => 2,
+            WeightDtype::F32 => 4 * cols,
+            WeightDtype::F16 => 2 * cols,
+            WeightDtype::Q8 => cols + 16 * cols.div_ceil(4 * Q8_BLOCK),
+        }
+    }
+
+    /// Rows stored for a matrix of `rows` rows: q8 pads to whole groups of [`Q8_GROUP`].
+    pub fn stored_rows(self, rows: usize) -> usize {
+        match self {
+            WeightDtype::Q8 => rows.next_multiple_of(Q8_GROUP),
+            _ => rows,
         }
     }
 
@@ -32,6 +52,7 @@ impl WeightDtype {
         match self {
             WeightDtype::F32 => "f32",
             WeightDtype::F16 => "f16",
+            WeightDtype::Q8 => "q8",
         }
     }
 }
@@ -42,8 +63,9 @@ impl std::str::FromStr for WeightDtype {
         match s {
             "f32" => Ok(WeightDtype::F32),
             "f16" => Ok(WeightDtype::F16),
+            "q8" => Ok(WeightDtype::Q8),
             other => Err(Error::Input(format!(
-                "unknown weight dtype {other:?}; use f32 or f16"
+                "unknown weight dtype {other:?}; use f32, f16 or q8"
             ))),
         }
     }
@@ -98,8 +120,10 @@ impl GpuTensor {
         max_bytes: u64,
         read: &mut ReadRows,
     ) -> Result<Self> {
+        check_cols(label, cols, dtype)?;
+        let row_bytes = dtype.row_bytes(cols);
         Self::with_chunks(label, rows, cols, dtype, max_bytes, |name, row0, n| {
-            let bytes = (n * cols * dtype.bytes()) as u64;
+            let bytes = (dtype.stored_rows(n) * row_bytes) as u64;
             let buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(name),
                 size: bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).max(4),
@@ -116,8 +140,8 @@ impl GpuTensor {
                 for (r, nb) in blocks(n, cols) {
                     block.clear();
                     read(row0 + r, nb, &mut block)?;
-                    let at = r * cols * dtype.bytes();
-                    let encoded = encode(&block, dtype);
+                    let at = r * row_bytes;
+                    let encoded = encode(&block, cols, dtype);
                     view.slice(at..at + encoded.len()).copy_from_slice(&encoded);
                 }
             }
@@ -137,6 +161,7 @@ impl GpuTensor {
         max_rows: usize,
         read: &mut ReadRows,
     ) -> Result<Vec<TextureChunk>> {
+        check_cols(label, cols, dtype)?;
         let mut failed = None;
         let chunks = Self::texture_chunks(label, rows, max_rows, |name, row0, n| {
             let tex = gpu.weight_texture(name, n, cols, dtype);
@@ -147,7 +172,7 @@ impl GpuTensor {
                     failed.get_or_insert(e);
                     break;
                 }
-                gpu.write_texture_rows(&tex, r as u32, &encode(&block, dtype));
+                gpu.write_texture_rows(&tex, r as u32, &encode(&block, cols, dtype));
             }
             tex
         });
@@ -166,8 +191,10 @@ impl GpuTensor {
         max_bytes: u64,
         mut make: impl FnMut(&str, usize, usize) -> Result<wgpu::Buffer>,
     ) -> Result<Self> {
-        let row_bytes = (cols * dtype.bytes()) as u64;
-        let rows_per_chunk = (max_bytes / row_bytes) as usize;
+        let row_bytes = dtype.row_bytes(cols) as u64;
+        // Chunks of whole q8 row groups, so padding never takes one past `max_bytes`.
+        let group = dtype.stored_rows(1);
+        let rows_per_chunk = (max_bytes / row_bytes) as usize / group * group;
         if rows_per_chunk == 0 {
             return Err(Error::Limits(format!(
                 "one row of {label} takes {row_bytes} bytes, above the adapter's largest binding of {max_bytes} bytes"
@@ -240,25 +267,69 @@ impl GpuTensor {
         &self.chunks[0].buffer
     }
 
-    /// Size of the matrix in bytes as stored (rows × cols × dtype bytes), one copy.
+    /// Size of the matrix in bytes as stored (q8: int8s, scales and padding rows), one copy.
     pub fn bytes(&self) -> u64 {
-        (self.rows * self.cols * self.dtype.bytes()) as u64
+        (self.dtype.stored_rows(self.rows) * self.dtype.row_bytes(self.cols)) as u64
     }
 }
 
-/// Row blocks `(first, count)` of about 1 MiB of f32 covering `n` rows of `cols` values.
+/// Row blocks `(first, count)` of about 1 MiB of f32 covering `n` rows of `cols` values, each
+/// starting on a q8 row group.
 fn blocks(n: usize, cols: usize) -> impl Iterator<Item = (usize, usize)> {
-    let per = ((1 << 18) / cols.max(1)).max(1);
+    let per = ((1 << 18) / cols.max(1)).next_multiple_of(Q8_GROUP);
     (0..n).step_by(per).map(move |r| (r, per.min(n - r)))
 }
 
-/// f32 values as the little-endian bytes of `dtype`.
-fn encode(values: &[f32], dtype: WeightDtype) -> Vec<u8> {
+/// q8 quantises blocks of 32 weights along a row: rows must be whole blocks.
+fn check_cols(label: &str, cols: usize, dtype: WeightDtype) -> Result<()> {
+    if dtype == WeightDtype::Q8 && !cols.is_multiple_of(Q8_BLOCK) {
+        return Err(Error::Input(format!(
+            "q8 weights are quantised in blocks of {Q8_BLOCK} along a row, but {label} has rows of {cols}; \
+             use --dtype f16 or f32"
+        )));
+    }
+    Ok(())
+}
+
+/// Row-major rows of `cols` f32 values as the little-endian bytes of `dtype`, `row_bytes(cols)`
+/// per stored row; the first row starts a q8 row group.
+///
+/// q8: each block of 32 is quantised as [`crate::reference::quantize_q8`] does (scale =
+/// max |w| / 127, q = round(w / scale)); a row is its `cols` int8, then a scale area of texels
+/// (16 bytes, four f32) in which row `4 g + j` of group `g` holds, in texel `i`, the scales of
+/// block `4 i + j` of rows `4 g .. 4 g + 4` (zeros where there is no such block or row). The
+/// linear kernels then read one texel for the scales of the four rows an invocation computes.
+/// Rows are padded with zeros to whole groups.
+pub fn encode(values: &[f32], cols: usize, dtype: WeightDtype) -> Vec<u8> {
     match dtype {
         WeightDtype::F32 => bytemuck::cast_slice(values).to_vec(),
         WeightDtype::F16 => {
             let halves: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
             bytemuck::cast_slice(&halves).to_vec()
+        }
+        WeightDtype::Q8 => {
+            let row_bytes = dtype.row_bytes(cols);
+            let rows = values.len() / cols.max(1);
+            let mut out = vec![0u8; dtype.stored_rows(rows) * row_bytes];
+            for (r, row) in values.chunks(cols).enumerate() {
+                let (g, j) = (r / Q8_GROUP * Q8_GROUP, r % Q8_GROUP);
+                for (b, block) in row.chunks(Q8_BLOCK).enumerate() {
+                    let scale = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    let q = &mut out[r * row_bytes + b * Q8_BLOCK..][..Q8_BLOCK];
+                    for (d, &v) in q.iter_mut().zip(block) {
+                        let x = if scale > 0.0 {
+                            (v / scale).round()
+                        } else {
+                            0.0
+                        };
+                        *d = x.clamp(-127.0, 127.0) as i8 as u8;
+                    }
+                    // Block b's scales of the group live in row g + b % 4, texel b / 4.
+                    let at = (g + b % Q8_GROUP) * row_bytes + cols + 16 * (b / Q8_GROUP) + 4 * j;
+                    out[at..at + 4].copy_from_slice(&scale.to_le_bytes());
+                }
+            }
+            out
         }
     }
 }

@@ -127,6 +127,7 @@ impl Model {
         let total = loader::build_weights(&config, ckpt.explicit_head(), count)?
             .all()
             .sum::<u64>();
+        check_q8(&config, opts.dtype)?;
         let upload = |name: &str, rows, cols, read: &mut loader::ReadRows| -> Result<GpuTensor> {
             let dtype = stored_as(name, rows, opts.dtype);
             if textures && is_linear(name) {
@@ -217,21 +218,14 @@ impl Model {
         let t0 = std::time::Instant::now();
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let textures = texture_linear(&gpu, &config, opts)?;
-        // Filled buffers are copied into the textures with 256-byte aligned rows.
-        let row_bytes = opts.dtype.bytes() * config.n_embd.min(config.n_inner);
-        if textures && !row_bytes.is_multiple_of(256) {
-            return Err(Error::Input(format!(
-                "random {} weights in textures need n_embd and n_inner multiples of {}; use --layout buffer",
-                opts.dtype.name(),
-                256 / opts.dtype.bytes()
-            )));
-        }
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
-        // Buffers to fill, and buffers to copy into textures once filled.
-        let mut fills: Vec<(wgpu::Buffer, FillParams, bool)> = Vec::new();
-        let mut copies: Vec<(wgpu::Buffer, wgpu::Texture)> = Vec::new();
+        // Buffers to fill, and buffers to copy into textures once filled (with their row pitch).
+        let mut fills: Vec<(wgpu::Buffer, FillParams, WeightDtype)> = Vec::new();
+        let mut copies: Vec<(wgpu::Buffer, wgpu::Texture, u32)> = Vec::new();
         let mut salt = seed;
-        let mut fill = |label: &str, words: usize, center: f32, f16: bool| {
+        // A buffer of `rows` rows of `pitch` bytes holding `cols` weights each as `dtype`.
+        let mut fill = |label: &str, rows: usize, cols: usize, pitch: usize, center: f32, dtype| {
+            let words = rows * pitch / 4;
             let buf = gpu.storage(label, words as u64 * 4);
             salt = salt.wrapping_add(0x9E37_79B9);
             let params = FillParams {
@@ -239,8 +233,11 @@ impl Model {
                 seed: salt,
                 scale: 0.02,
                 center,
+                row_words: (pitch / 4) as u32,
+                q_words: (cols / 4) as u32,
+                _pad: [0; 2],
             };
-            fills.push((buf.clone(), params, f16));
+            fills.push((buf.clone(), params, dtype));
             buf
         };
         let weights = loader::build_weights(&config, false, |name, rows, cols, _| {
@@ -250,13 +247,16 @@ impl Model {
                 0.0
             };
             let dtype = stored_as(name, rows, opts.dtype);
-            let f16 = dtype == WeightDtype::F16;
-            // A texture copy: filled as a buffer, copied in once the fills have run.
-            let mut textured = |fill: &mut dyn FnMut(&str, usize, f32, bool) -> wgpu::Buffer| {
+            check_q8(&config, dtype)?;
+            let row_bytes = dtype.row_bytes(cols);
+            // A texture copy: filled as a buffer whose rows are padded to the 256 bytes a
+            // buffer-to-texture copy needs, copied in once the fills have run.
+            let mut textured = |fill: &mut FillBuffer| {
                 GpuTensor::texture_chunks(name, rows, max_rows, |label, _, n| {
                     let tex = gpu.weight_texture(label, n, cols, dtype);
-                    let words = n * cols * dtype.bytes() / 4;
-                    copies.push((fill(label, words, center, f16), tex.clone()));
+                    let pitch = row_bytes.next_multiple_of(256);
+                    let buf = fill(label, dtype.stored_rows(n), cols, pitch, center, dtype);
+                    copies.push((buf, tex.clone(), pitch as u32));
                     tex
                 })
             };
@@ -268,9 +268,11 @@ impl Model {
                 GpuTensor::with_chunks(name, rows, cols, dtype, max_chunk_bytes, |label, _, n| {
                     Ok(fill(
                         label,
-                        n * cols * dtype.bytes() / 4,
+                        dtype.stored_rows(n),
+                        cols,
+                        row_bytes,
                         center,
-                        dtype == WeightDtype::F16,
+                        dtype,
                     ))
                 })?;
             if textures && name == "wte.weight" {
@@ -278,13 +280,22 @@ impl Model {
             }
             Ok(t)
         })?;
-        let fill_f32 = kernels::pipeline(&gpu, "fill_random", None, &[("PACK_F16", 0.0)]);
-        let fill_f16 = kernels::pipeline(&gpu, "fill_random", None, &[("PACK_F16", 1.0)]);
+        let fill_pipe = |f16: bool, q8: bool| {
+            let c = [("PACK_F16", f16 as u8 as f64), ("PACK_Q8", q8 as u8 as f64)];
+            kernels::pipeline(&gpu, "fill_random", None, &c)
+        };
+        let fill_f32 = fill_pipe(false, false);
+        let fill_f16 = fill_pipe(true, false);
+        let fill_q8 = fill_pipe(false, true);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for (buf, params, f16) in &fills {
-                let pipe = if *f16 { &fill_f16 } else { &fill_f32 };
+            for (buf, params, dtype) in &fills {
+                let pipe = match dtype {
+                    WeightDtype::F32 => &fill_f32,
+                    WeightDtype::F16 => &fill_f16,
+                    WeightDtype::Q8 => &fill_q8,
+                };
                 let bind = kernels::bind(
                     &gpu,
                     pipe,
@@ -297,8 +308,8 @@ impl Model {
                 pass.dispatch_workgroups(groups.min(65535), groups.div_ceil(65535), 1);
             }
         }
-        for (buf, tex) in &copies {
-            copy_rows_to_texture(&mut enc, buf, tex, tex.height());
+        for (buf, tex, pitch) in &copies {
+            copy_rows_to_texture(&mut enc, buf, tex, tex.height(), *pitch);
         }
         gpu.queue.submit([enc.finish()]);
         Self::finish(gpu, config, weights, opts, max_chunk_bytes, textures, t0)
@@ -333,7 +344,7 @@ impl Model {
         let wte_textures = if w.wte.chunks.is_empty() || w.wte.textures.is_empty() {
             0
         } else {
-            (w.wte.rows * w.wte.cols * 4) as u64
+            w.wte.bytes()
         };
         w.all().map(GpuTensor::bytes).sum::<u64>() + wte_textures
     }
@@ -395,6 +406,25 @@ fn stored_as(name: &str, rows: usize, dtype: WeightDtype) -> WeightDtype {
     }
 }
 
+/// `fill(label, rows, cols, pitch, center, dtype)` in [`Model::random`]: a buffer of `rows` rows,
+/// `pitch` bytes apart, of `cols` random weights stored as `dtype`.
+type FillBuffer<'a> = dyn FnMut(&str, usize, usize, usize, f32, WeightDtype) -> wgpu::Buffer + 'a;
+
+/// q8 quantises blocks of 32 weights along K (n_embd, or n_inner for the MLP's down-projection).
+fn check_q8(cfg: &Config, dtype: WeightDtype) -> Result<()> {
+    let block = crate::gpu::tensor::Q8_BLOCK;
+    if dtype == WeightDtype::Q8
+        && !(cfg.n_embd.is_multiple_of(block) && cfg.n_inner.is_multiple_of(block))
+    {
+        return Err(Error::Input(format!(
+            "q8 weights are quantised in blocks of {block} along each row, so n_embd ({}) and n_inner ({}) \
+             must be multiples of {block}; use --dtype f16 or f32",
+            cfg.n_embd, cfg.n_inner
+        )));
+    }
+    Ok(())
+}
+
 /// The linear layers' weight matrices (the token table when tied is handled apart).
 fn is_linear(name: &str) -> bool {
     name == "lm_head.weight"
@@ -432,12 +462,14 @@ fn texture_linear(gpu: &Engine, cfg: &Config, opts: &LoadOptions) -> Result<bool
     }
 }
 
-/// Copies the first `rows` rows of a row-major f32 matrix buffer into a texture of the same width.
+/// Copies the first `rows` rows of a row-major matrix buffer, rows `pitch` bytes apart (a multiple
+/// of 256), into a texture of 16-byte texels.
 pub(crate) fn copy_rows_to_texture(
     enc: &mut wgpu::CommandEncoder,
     buf: &wgpu::Buffer,
     tex: &wgpu::Texture,
     rows: u32,
+    pitch: u32,
 ) {
     let width = tex.width();
     enc.copy_buffer_to_texture(
@@ -445,7 +477,7 @@ pub(crate) fn copy_rows_to_texture(
             buffer: buf,
             layout: wgpu::TexelCopyBufferLayout {
                 offset: 0,
-                bytes_per_row: Some(width * 16),
+                bytes_per_row: Some(pitch),
                 rows_per_image: None,
             },
         },

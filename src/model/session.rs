@@ -417,7 +417,7 @@ impl Session {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for (i, (op, r)) in ops.iter().enumerate() {
             if let Some((buf, tex)) = op.texture_copy(*r) {
-                crate::model::copy_rows_to_texture(&mut enc, buf, tex, *r);
+                crate::model::copy_rows_to_texture(&mut enc, buf, tex, *r, tex.width() * 16);
             }
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
@@ -713,7 +713,7 @@ impl Session {
         for op in ops {
             if let Some((buf, tex)) = op.texture_copy(rows) {
                 drop(pass);
-                crate::model::copy_rows_to_texture(enc, buf, tex, rows);
+                crate::model::copy_rows_to_texture(enc, buf, tex, rows, tex.width() * 16);
                 pass = enc
                     .begin_compute_pass(&Default::default())
                     .forget_lifetime();
