@@ -1,9 +1,9 @@
-// Token + learned position embedding: x[t] = wte[tokens[t]] + wpe[position(t)] (step.wgsl is
-// prepended).
+// Token + position embedding: x[t] = scale * wte[tokens[t]] + wpe[position(t)], wpe learned or the
+// sinusoidal table (step.wgsl is prepended).
 // The token table may be split into row chunks (see gpu/tensor.rs); one dispatch per chunk,
 // each writing only the rows whose token falls in its range.
 
-struct Params { C: u32, tok0: u32, tok_rows: u32, _pad: u32 }
+struct Params { C: u32, tok0: u32, tok_rows: u32, scale: f32 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;   // (T)
@@ -42,5 +42,5 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c >= p.C || t >= step.rows) { return; }
     let tok = tokens[t];
     if (tok < p.tok0 || tok >= p.tok0 + p.tok_rows) { return; }
-    x[t * p.C + c] = wte_at(tok - p.tok0, c) + wpe[position(t) * p.C + c];
+    x[t * p.C + c] = p.scale * wte_at(tok - p.tok0, c) + wpe[position(t) * p.C + c];
 }

@@ -17,6 +17,8 @@ struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, epilogue: u3
 const EPILOGUE_STORE: u32 = 0u;
 const EPILOGUE_GELU: u32 = 1u;
 const EPILOGUE_RESIDUAL: u32 = 2u;
+const EPILOGUE_RELU: u32 = 3u;
+const EPILOGUE_GELU_ERF: u32 = 4u;
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 
 // GELU as GPT-2 computes it (transformers' gelu_new, the tanh approximation).
@@ -32,6 +34,14 @@ fn i8x4(word: u32) -> vec4<f32> {
     return vec4<f32>(unpack4xI8(word));
 }
 
+// erf for the exact GELU (WGSL has none): Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7.
+fn erf(x: f32) -> f32 {
+    let a = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return sign(x) * (1.0 - poly * exp(-a * a));
+}
+
 // Writes one output: bias, then the epilogue. RESIDUAL adds into what `out` holds (the residual
 // stream x).
 fn store(m: u32, n: u32, acc: f32) {
@@ -41,6 +51,8 @@ fn store(m: u32, n: u32, acc: f32) {
     switch p.epilogue {
         case EPILOGUE_GELU: { out[i] = gelu(v); }
         case EPILOGUE_RESIDUAL: { out[i] = out[i] + v; }
+        case EPILOGUE_RELU: { out[i] = max(v, 0.0); }
+        case EPILOGUE_GELU_ERF: { out[i] = 0.5 * v * (1.0 + erf(v * 0.7071067811865476)); }
         default: { out[i] = v; }
     }
 }

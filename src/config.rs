@@ -7,10 +7,43 @@ use serde::Deserialize;
 use crate::{Error, Result};
 
 /// Families wgpt can run. Listed in the error for any other `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "opt", "xglm"];
 
-/// GPT-2 hyper-parameters. Letters used across the crate: C = `n_embd`, NH = `n_head`,
-/// HS = C / NH, L = `n_layer`, V = `vocab_size`, n_ctx = `n_positions`.
+/// The checkpoint family: decides tensor names (in the loader) and the variant choices below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// GPT-2: pre-LN, learned positions, tanh GELU, fused c_attn.
+    Gpt2,
+    /// OPT: ReLU feed-forward, learned positions offset by 2, pre- or post-LN.
+    Opt,
+    /// XGLM: sinusoidal positions, erf GELU, pre-LN, scaled token embeddings.
+    Xglm,
+}
+
+/// The feed-forward non-linearity, fused into the up-projection's epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// GPT-2's `gelu_new`: the tanh approximation.
+    GeluTanh,
+    /// The exact GELU, x Φ(x) with erf (`gelu` in transformers).
+    GeluErf,
+    /// max(x, 0).
+    Relu,
+}
+
+/// How positions enter the residual stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Positions {
+    /// A learned table in the checkpoint.
+    Learned,
+    /// The fixed sine/cosine table (tensor2tensor layout: sines then cosines), computed on the
+    /// GPU at load.
+    Sinusoidal,
+}
+
+/// Decoder hyper-parameters, in GPT-2's names whatever the family. Letters used across the
+/// crate: C = `n_embd`, NH = `n_head`, HS = C / NH, L = `n_layer`, V = `vocab_size`,
+/// n_ctx = `n_positions`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// V: vocabulary size, the rows of `wte` and the length of the logits.
@@ -32,18 +65,41 @@ pub struct Config {
     pub tie_word_embeddings: bool,
     /// End-of-sequence token id (the first one if config.json lists several), if any.
     pub eos_token_id: Option<u32>,
+    /// Which checkpoint family this is.
+    pub family: Family,
+    /// The feed-forward activation.
+    pub activation: Activation,
+    /// Learned or sinusoidal positions.
+    pub positions: Positions,
+    /// Position p reads row p + `position_offset` of the family's position table (OPT and
+    /// XGLM: 2, a fairseq legacy; GPT-2: 0).
+    pub position_offset: usize,
+    /// Token embeddings are multiplied by this (XGLM with `scale_embedding`: sqrt(C)).
+    pub embed_scale: f32,
+    /// Layer norm before each sublayer (`x + f(ln(x))`), or after the residual add
+    /// (`ln(x + f(x))`, OPT with `do_layer_norm_before = false`, which has no final norm).
+    pub pre_ln: bool,
 }
 
-/// The fields of config.json we read; everything else is ignored, as transformers does.
+/// The fields of config.json we read, under each family's names; everything else is ignored,
+/// as transformers does.
 #[derive(Deserialize)]
 struct RawConfig {
     model_type: Option<String>,
     vocab_size: Option<usize>,
     n_positions: Option<usize>,
+    max_position_embeddings: Option<usize>,
     n_embd: Option<usize>,
+    hidden_size: Option<usize>,
+    d_model: Option<usize>,
     n_layer: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_layers: Option<usize>,
     n_head: Option<usize>,
+    num_attention_heads: Option<usize>,
+    attention_heads: Option<usize>,
     n_inner: Option<usize>,
+    ffn_dim: Option<usize>,
     layer_norm_epsilon: Option<f64>,
     activation_function: Option<String>,
     tie_word_embeddings: Option<bool>,
@@ -51,6 +107,12 @@ struct RawConfig {
     scale_attn_weights: Option<bool>,
     scale_attn_by_inverse_layer_idx: Option<bool>,
     reorder_and_upcast_attn: Option<bool>,
+    do_layer_norm_before: Option<bool>,
+    word_embed_proj_dim: Option<usize>,
+    enable_bias: Option<bool>,
+    layer_norm_elementwise_affine: Option<bool>,
+    _remove_final_layer_norm: Option<bool>,
+    scale_embedding: Option<bool>,
 }
 
 /// The largest head size the attention kernel holds in registers (4 dims per invocation × 64).
@@ -69,12 +131,38 @@ impl Config {
             layer_norm_epsilon: 1e-5,
             tie_word_embeddings: true,
             eos_token_id: Some(50256),
+            family: Family::Gpt2,
+            activation: Activation::GeluTanh,
+            positions: Positions::Learned,
+            position_offset: 0,
+            embed_scale: 1.0,
+            pre_ln: true,
         }
     }
 
     /// HS = C / NH, the width of one attention head.
     pub fn head_size(&self) -> usize {
         self.n_embd / self.n_head
+    }
+
+    /// One line naming the family and its variant choices (for logs and `wgpt info --model`).
+    pub fn describe(&self) -> String {
+        format!(
+            "{:?}: {} layers, C = {}, NH = {}, n_inner = {}, V = {}, n_ctx = {}; {:?} feed-forward, \
+             {:?} positions (offset {}), {}, embedding scale {}",
+            self.family,
+            self.n_layer,
+            self.n_embd,
+            self.n_head,
+            self.n_inner,
+            self.vocab_size,
+            self.n_positions,
+            self.activation,
+            self.positions,
+            self.position_offset,
+            if self.pre_ln { "pre-LN" } else { "post-LN" },
+            self.embed_scale
+        )
     }
 
     /// Reads and checks `config.json`.
@@ -93,51 +181,151 @@ impl Config {
             path: path.to_path_buf(),
             msg,
         };
-        let model_type = raw.model_type.ok_or_else(|| {
+        let model_type = raw.model_type.clone().ok_or_else(|| {
             bad("no \"model_type\" field; is this a Hugging Face config.json?".into())
         })?;
-        if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
-            return Err(Error::UnsupportedModel {
-                path: path.to_path_buf(),
-                found: model_type,
-                supported: SUPPORTED_MODEL_TYPES.join(", "),
-            });
-        }
         let need = |v: Option<usize>, name: &str| {
             v.filter(|&n| n > 0)
                 .ok_or_else(|| bad(format!("\"{name}\" is missing or zero")))
         };
-        let n_embd = need(raw.n_embd, "n_embd")?;
-        let n_head = need(raw.n_head, "n_head")?;
-        let cfg = Config {
-            vocab_size: need(raw.vocab_size, "vocab_size")?,
-            n_positions: need(raw.n_positions, "n_positions")?,
-            n_embd,
-            n_layer: need(raw.n_layer, "n_layer")?,
-            n_head,
-            n_inner: match raw.n_inner {
-                Some(n) => need(Some(n), "n_inner")?,
-                None => 4 * n_embd,
-            },
-            layer_norm_epsilon: raw.layer_norm_epsilon.unwrap_or(1e-5) as f32,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
-            eos_token_id: match raw.eos_token_id {
-                Some(serde_json::Value::Number(n)) => {
-                    n.as_u64().and_then(|n| u32::try_from(n).ok())
-                }
-                Some(serde_json::Value::Array(a)) => a
-                    .first()
-                    .and_then(|n| n.as_u64())
-                    .and_then(|n| u32::try_from(n).ok()),
-                _ => None,
-            },
+        let eos_token_id = match &raw.eos_token_id {
+            Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            Some(serde_json::Value::Array(a)) => a
+                .first()
+                .and_then(|n| n.as_u64())
+                .and_then(|n| u32::try_from(n).ok()),
+            _ => None,
         };
+        let activation = |default: &str| -> Result<Activation> {
+            match raw.activation_function.as_deref().unwrap_or(default) {
+                "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+                "gelu" => Ok(Activation::GeluErf),
+                "relu" => Ok(Activation::Relu),
+                other => Err(bad(format!(
+                    "activation_function {other:?} is not supported; wgpt computes gelu_new, gelu and relu"
+                ))),
+            }
+        };
+        let cfg = match model_type.as_str() {
+            "gpt2" => {
+                let n_embd = need(raw.n_embd, "n_embd")?;
+                if raw.scale_attn_weights == Some(false)
+                    || raw.scale_attn_by_inverse_layer_idx == Some(true)
+                    || raw.reorder_and_upcast_attn == Some(true)
+                {
+                    return Err(bad(
+                        "non-default attention scaling (scale_attn_weights / scale_attn_by_inverse_layer_idx / \
+                         reorder_and_upcast_attn) is not supported"
+                            .into(),
+                    ));
+                }
+                Config {
+                    vocab_size: need(raw.vocab_size, "vocab_size")?,
+                    n_positions: need(raw.n_positions, "n_positions")?,
+                    n_embd,
+                    n_layer: need(raw.n_layer, "n_layer")?,
+                    n_head: need(raw.n_head, "n_head")?,
+                    n_inner: match raw.n_inner {
+                        Some(n) => need(Some(n), "n_inner")?,
+                        None => 4 * n_embd,
+                    },
+                    layer_norm_epsilon: raw.layer_norm_epsilon.unwrap_or(1e-5) as f32,
+                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
+                    eos_token_id,
+                    family: Family::Gpt2,
+                    activation: match activation("gelu_new")? {
+                        Activation::GeluTanh => Activation::GeluTanh,
+                        _ => {
+                            return Err(bad(format!(
+                                "activation_function {:?} is not supported for gpt2; wgpt computes gelu_new (tanh form)",
+                                raw.activation_function.as_deref().unwrap_or_default()
+                            )));
+                        }
+                    },
+                    positions: Positions::Learned,
+                    position_offset: 0,
+                    embed_scale: 1.0,
+                    pre_ln: true,
+                }
+            }
+            "opt" => {
+                let n_embd = need(raw.hidden_size, "hidden_size")?;
+                if raw.word_embed_proj_dim.is_some_and(|d| d != n_embd) {
+                    return Err(bad(format!(
+                        "word_embed_proj_dim = {} differs from hidden_size = {n_embd} (OPT-350m's \
+                         project_in / project_out); wgpt does not run those projections yet",
+                        raw.word_embed_proj_dim.unwrap_or_default()
+                    )));
+                }
+                if raw.enable_bias == Some(false)
+                    || raw.layer_norm_elementwise_affine == Some(false)
+                    || raw._remove_final_layer_norm == Some(true)
+                {
+                    return Err(bad(
+                        "OPT without biases, without layer-norm affine parameters or with \
+                         _remove_final_layer_norm is not supported"
+                            .into(),
+                    ));
+                }
+                Config {
+                    vocab_size: need(raw.vocab_size, "vocab_size")?,
+                    n_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
+                    n_embd,
+                    n_layer: need(raw.num_hidden_layers, "num_hidden_layers")?,
+                    n_head: need(raw.num_attention_heads, "num_attention_heads")?,
+                    n_inner: need(raw.ffn_dim, "ffn_dim")?,
+                    // OPT's layer norms are nn.LayerNorm with the default epsilon.
+                    layer_norm_epsilon: 1e-5,
+                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
+                    eos_token_id,
+                    family: Family::Opt,
+                    activation: activation("relu")?,
+                    positions: Positions::Learned,
+                    position_offset: 2,
+                    embed_scale: 1.0,
+                    pre_ln: raw.do_layer_norm_before.unwrap_or(true),
+                }
+            }
+            "xglm" => {
+                let n_embd = need(raw.d_model, "d_model")?;
+                Config {
+                    vocab_size: need(raw.vocab_size, "vocab_size")?,
+                    n_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
+                    n_embd,
+                    n_layer: need(raw.num_layers, "num_layers")?,
+                    n_head: need(raw.attention_heads, "attention_heads")?,
+                    n_inner: need(raw.ffn_dim, "ffn_dim")?,
+                    // XGLM's layer norms are nn.LayerNorm with the default epsilon.
+                    layer_norm_epsilon: 1e-5,
+                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
+                    eos_token_id,
+                    family: Family::Xglm,
+                    activation: activation("gelu")?,
+                    positions: Positions::Sinusoidal,
+                    position_offset: 2,
+                    embed_scale: if raw.scale_embedding.unwrap_or(true) {
+                        (n_embd as f32).sqrt()
+                    } else {
+                        1.0
+                    },
+                    pre_ln: true,
+                }
+            }
+            _ => {
+                return Err(Error::UnsupportedModel {
+                    path: path.to_path_buf(),
+                    found: model_type,
+                    supported: SUPPORTED_MODEL_TYPES.join(", "),
+                });
+            }
+        };
+        let (n_embd, n_head) = (cfg.n_embd, cfg.n_head);
         if n_embd % n_head != 0 {
             return Err(bad(format!(
                 "n_embd = {n_embd} is not divisible by n_head = {n_head}"
             )));
         }
-        // The linear kernels read rows as vec4. Every published GPT-2 size satisfies this.
+        // The linear kernels read rows as vec4. Every published size of these families does.
         if !n_embd.is_multiple_of(4) || !cfg.n_inner.is_multiple_of(4) {
             return Err(bad(format!(
                 "n_embd = {n_embd} and n_inner = {} must be multiples of 4 for wgpt's kernels",
@@ -150,28 +338,11 @@ impl Config {
                 cfg.head_size()
             )));
         }
-        // Sizes beyond u32 cannot be indexed by the kernels; real GPT-2s are far below.
-        let largest =
-            cfg.vocab_size.max(cfg.n_positions) as u64 * cfg.n_inner.max(3 * n_embd) as u64;
+        // Sizes beyond u32 cannot be indexed by the kernels; real checkpoints are far below.
+        let largest = cfg.vocab_size.max(cfg.n_positions + cfg.position_offset) as u64
+            * cfg.n_inner.max(3 * n_embd) as u64;
         if largest > u32::MAX as u64 {
             return Err(bad("a weight matrix has more than 2^32 elements".into()));
-        }
-        if let Some(act) = raw.activation_function.as_deref() {
-            if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
-                return Err(bad(format!(
-                    "activation_function {act:?} is not supported for gpt2; wgpt computes gelu_new (tanh form)"
-                )));
-            }
-        }
-        if raw.scale_attn_weights == Some(false)
-            || raw.scale_attn_by_inverse_layer_idx == Some(true)
-            || raw.reorder_and_upcast_attn == Some(true)
-        {
-            return Err(bad(
-                "non-default attention scaling (scale_attn_weights / scale_attn_by_inverse_layer_idx / \
-                 reorder_and_upcast_attn) is not supported"
-                    .into(),
-            ));
         }
         Ok(cfg)
     }
@@ -217,9 +388,51 @@ mod tests {
     }
 
     #[test]
+    fn reads_opt_and_xglm_configs() {
+        let opt = parse(
+            r#"{"model_type": "opt", "hidden_size": 768, "num_hidden_layers": 12, "ffn_dim": 3072,
+            "num_attention_heads": 12, "max_position_embeddings": 2048, "do_layer_norm_before": true,
+            "word_embed_proj_dim": 768, "activation_function": "relu", "vocab_size": 50272,
+            "eos_token_id": 2, "enable_bias": true, "layer_norm_elementwise_affine": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (opt.family, opt.activation),
+            (Family::Opt, Activation::Relu)
+        );
+        assert_eq!(
+            (opt.n_inner, opt.n_positions, opt.position_offset),
+            (3072, 2048, 2)
+        );
+        assert!(opt.pre_ln && opt.embed_scale == 1.0);
+        let post = parse(
+            r#"{"model_type": "opt", "hidden_size": 64, "num_hidden_layers": 1, "ffn_dim": 128,
+            "num_attention_heads": 4, "max_position_embeddings": 32, "do_layer_norm_before": false,
+            "vocab_size": 50}"#,
+        )
+        .unwrap();
+        assert!(!post.pre_ln);
+        let xglm = parse(
+            r#"{"model_type": "xglm", "d_model": 1024, "num_layers": 24, "ffn_dim": 4096,
+            "attention_heads": 16, "max_position_embeddings": 2048, "activation_function": "gelu",
+            "scale_embedding": true, "vocab_size": 256008}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (xglm.family, xglm.activation),
+            (Family::Xglm, Activation::GeluErf)
+        );
+        assert_eq!(
+            (xglm.positions, xglm.position_offset),
+            (Positions::Sinusoidal, 2)
+        );
+        assert_eq!(xglm.embed_scale, 32.0);
+    }
+
+    #[test]
     fn rejects_what_the_kernels_cannot_run() {
         let err = |json: &str| parse(json).unwrap_err().to_string();
-        assert!(err(r#"{"model_type": "llama"}"#).contains("supports: gpt2"));
+        assert!(err(r#"{"model_type": "llama"}"#).contains("gpt2, opt, xglm"));
         assert!(err(r#"{"n_embd": 4}"#).contains("model_type"));
         assert!(err(r#"{"model_type": "gpt2", "n_embd": 10, "n_head": 5, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
             .contains("multiples of 4"));
@@ -232,5 +445,10 @@ mod tests {
         assert!(err(r#"{"model_type": "gpt2", "n_embd": 600, "n_head": 2, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
             .contains("head size 300"));
         assert!(err("[1, 2").contains("malformed JSON"));
+        // OPT-350m's embedding projections, and activations none of the kernels compute.
+        assert!(err(r#"{"model_type": "opt", "hidden_size": 64, "num_hidden_layers": 1, "ffn_dim": 128, "num_attention_heads": 4, "max_position_embeddings": 32, "vocab_size": 50, "word_embed_proj_dim": 32}"#)
+            .contains("word_embed_proj_dim"));
+        assert!(err(r#"{"model_type": "xglm", "d_model": 64, "num_layers": 1, "ffn_dim": 128, "attention_heads": 4, "max_position_embeddings": 32, "vocab_size": 50, "activation_function": "silu"}"#)
+            .contains("silu"));
     }
 }

@@ -1,7 +1,10 @@
-//! Reading a Hugging Face GPT-2 folder: `config.json`, `model.safetensors` (or shards listed in
-//! `model.safetensors.index.json`), memory-mapped. Every checkpoint quirk lives here and nowhere
-//! else: the `transformer.` prefix, the `attn.bias` / `attn.masked_bias` buffers, Conv1D weights
-//! stored [in, out], a tied or explicit `lm_head.weight`, and f32 / f16 / bf16 storage.
+//! Reading a Hugging Face decoder folder (GPT-2, OPT, XGLM): `config.json`, `model.safetensors`
+//! (or shards listed in `model.safetensors.index.json`), memory-mapped. Every checkpoint quirk
+//! lives here and nowhere else: the `transformer.` / `model.decoder.` / `model.` prefixes, the
+//! `attn.bias` / `attn.masked_bias` buffers, GPT-2's Conv1D weights stored [in, out], OPT's and
+//! XGLM's separate q, k, v projections (fused here into GPT-2's c_attn) and their position table
+//! offset, a tied or explicit `lm_head.weight`, and f32 / f16 / bf16 storage. The rest of the
+//! crate sees every family under GPT-2's tensor names.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -10,7 +13,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::config::Config;
+use crate::config::{Config, Family, Positions};
 use crate::{Error, Result};
 
 /// The model folder's hyper-parameters file, read by [`Config::from_file`].
@@ -38,9 +41,13 @@ pub struct Checkpoint {
     tensors: HashMap<String, Entry>,
 }
 
-/// Maps a checkpoint key to wgpt's name, or `None` for tensors the model does not use.
+/// Maps a checkpoint key to its name without the family's wrapper prefix, or `None` for tensors
+/// the model does not use.
 fn canonical_name(key: &str) -> Option<&str> {
-    let name = key.strip_prefix("transformer.").unwrap_or(key);
+    let name = ["transformer.", "model.decoder.", "model."]
+        .iter()
+        .find_map(|p| key.strip_prefix(p))
+        .unwrap_or(key);
     // Causal-mask buffers older transformers versions saved; the kernels apply the mask themselves.
     if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
         return None;
@@ -228,7 +235,8 @@ impl Checkpoint {
     /// Whether the checkpoint has its own output projection (an `lm_head.weight` that is not a
     /// byte-for-byte copy of the token embedding).
     pub fn explicit_head(&self) -> bool {
-        self.contains("lm_head.weight") && !self.same_bytes("lm_head.weight", "wte.weight")
+        let wte = ["wte.weight", "embed_tokens.weight"];
+        self.contains("lm_head.weight") && !wte.iter().any(|w| self.same_bytes("lm_head.weight", w))
     }
 
     /// Whether two tensors hold the same bytes (an explicit `lm_head.weight` equal to `wte`).
@@ -358,10 +366,102 @@ impl<T> Weights<T> {
 /// `row0 .. row0 + n` (kernels' layout, f32) to `out`.
 pub type ReadRows<'a> = dyn FnMut(usize, usize, &mut Vec<f32>) -> Result<()> + 'a;
 
+/// One stored tensor, or a block of its rows, that makes up part of a kernels'-layout tensor.
+struct Part {
+    /// Checkpoint name (prefix stripped).
+    key: String,
+    /// The shape it must have in the checkpoint.
+    stored: Vec<usize>,
+    /// Rows (elements, for a vector) it contributes.
+    rows: usize,
+    /// Its rows before the ones used (OPT's position table starts 2 rows early).
+    skip: usize,
+}
+
+/// Whether a weight GPT-2 stores as Conv1D ([in, out]) is stored so in `cfg`'s family: the
+/// other families use nn.Linear ([out, in], the kernels' layout).
+fn stored_transposed(cfg: &Config, conv1d: bool) -> bool {
+    conv1d && cfg.family == Family::Gpt2
+}
+
+/// Where wgpt's tensor `name`, (rows, cols) in the kernels' layout with GPT-2's naming, comes
+/// from in a checkpoint of `cfg`'s family: parts concatenated along rows. Empty for a table
+/// computed rather than stored (sinusoidal positions).
+fn parts(cfg: &Config, name: &str, rows: usize, cols: usize, conv1d: bool) -> Vec<Part> {
+    let vector = rows == 1;
+    let conv1d = stored_transposed(cfg, conv1d);
+    let whole = |key: String| {
+        let stored = match (vector, conv1d) {
+            (true, _) => vec![cols],
+            (_, true) => vec![cols, rows],
+            _ => vec![rows, cols],
+        };
+        let rows = if vector { cols } else { rows };
+        vec![Part {
+            key,
+            stored,
+            rows,
+            skip: 0,
+        }]
+    };
+    if cfg.family == Family::Gpt2 {
+        return whole(name.to_string());
+    }
+    let (layer, rest) = match name.strip_prefix("h.").and_then(|r| r.split_once('.')) {
+        Some((l, rest)) => (l.parse::<usize>().ok(), rest),
+        None => (None, name),
+    };
+    let suffix = rest.rsplit('.').next().unwrap_or_default(); // weight | bias
+    match (layer, rest) {
+        (None, "wte.weight") => whole("embed_tokens.weight".into()),
+        (None, "wpe.weight") if cfg.positions == Positions::Sinusoidal => Vec::new(),
+        (None, "wpe.weight") => vec![Part {
+            key: "embed_positions.weight".into(),
+            stored: vec![rows + cfg.position_offset, cols],
+            rows,
+            skip: cfg.position_offset,
+        }],
+        (None, "lm_head.weight") => whole(name.into()),
+        (None, _) => {
+            // ln_f: XGLM's layer_norm, OPT's final_layer_norm; post-LN OPT has no final norm,
+            // and the last block's own final_layer_norm stands in (see Session: build_ops).
+            let key = match (cfg.family, cfg.pre_ln) {
+                (Family::Xglm, _) => format!("layer_norm.{suffix}"),
+                (_, true) => format!("final_layer_norm.{suffix}"),
+                (_, false) => format!("layers.{}.final_layer_norm.{suffix}", cfg.n_layer - 1),
+            };
+            whole(key)
+        }
+        (Some(i), rest) => {
+            let key = |m: &str| format!("layers.{i}.{m}.{suffix}");
+            match rest.rsplit_once('.').map_or(rest, |(m, _)| m) {
+                "ln_1" => whole(key("self_attn_layer_norm")),
+                "ln_2" => whole(key("final_layer_norm")),
+                "attn.c_proj" => whole(key("self_attn.out_proj")),
+                "mlp.c_fc" => whole(key("fc1")),
+                "mlp.c_proj" => whole(key("fc2")),
+                // c_attn (3C, C) = q, k, v stacked.
+                _ => ["q_proj", "k_proj", "v_proj"]
+                    .iter()
+                    .map(|p| {
+                        let c = cfg.n_embd;
+                        Part {
+                            key: key(&format!("self_attn.{p}")),
+                            stored: if vector { vec![c] } else { vec![c, c] },
+                            rows: c,
+                            skip: 0,
+                        }
+                    })
+                    .collect(),
+            }
+        }
+    }
+}
+
 /// Checks every tensor against `cfg`, then hands them to `make(name, rows, cols, read)` one at a
-/// time, each an f32 (rows, cols) matrix in the kernels' layout that `make` reads in blocks of
-/// rows straight from the mapped file; each tensor's pages are released after it, so a load never
-/// holds a second copy of the model in host memory.
+/// time (GPT-2's names, whatever the family), each an f32 (rows, cols) matrix in the kernels'
+/// layout that `make` reads in blocks of rows straight from the mapped file; each tensor's pages
+/// are released after it, so a load never holds a second copy of the model in host memory.
 pub fn load_weights<T>(
     ckpt: &Checkpoint,
     cfg: &Config,
@@ -376,27 +476,57 @@ pub fn load_weights<T>(
     }
     // Every shape and dtype first: fail before any upload.
     build_weights(cfg, explicit_head, |name, rows, cols, conv1d| {
-        let stored = match (rows, conv1d) {
-            (1, _) => vec![cols],
-            (_, true) => vec![cols, rows],
-            _ => vec![rows, cols],
-        };
-        ckpt.check(name, &stored)
+        for p in parts(cfg, name, rows, cols, conv1d) {
+            ckpt.check(&p.key, &p.stored)?;
+        }
+        Ok(())
     })?;
-    let extra = format!("h.{}.ln_1.weight", cfg.n_layer);
+    let extra = match cfg.family {
+        Family::Gpt2 => format!("h.{}.ln_1.weight", cfg.n_layer),
+        _ => format!("layers.{}.self_attn_layer_norm.weight", cfg.n_layer),
+    };
     if ckpt.contains(&extra) {
         return Err(Error::tensor(
             &extra,
-            format!("exists but config.json says n_layer = {}", cfg.n_layer),
+            format!(
+                "exists but config.json says the model has {} layers",
+                cfg.n_layer
+            ),
         ));
     }
     build_weights(cfg, explicit_head, |name, rows, cols, conv1d| {
-        // GPT-2's Conv1D stores [in, out] = [cols, rows]; read_rows transposes it.
+        let parts = parts(cfg, name, rows, cols, conv1d);
+        // A vector is read as (elements, 1) so its parts concatenate like row blocks.
+        let width = if rows == 1 { 1 } else { cols };
         let mut read = |row0: usize, n: usize, out: &mut Vec<f32>| {
-            ckpt.read_rows(name, conv1d, cols, row0, n, out)
+            let (row0, n) = match rows {
+                1 => (row0 * cols, n * cols),
+                _ => (row0, n),
+            };
+            if parts.is_empty() {
+                // Sinusoidal positions: the CPU formula (the GPU computes its own copy).
+                let table = crate::reference::sinusoid(row0 + n, cols, cfg.position_offset);
+                out.extend(&table[row0 * cols..]);
+                return Ok(());
+            }
+            let (mut first, mut at) = (row0, 0);
+            for p in &parts {
+                let (lo, hi) = (first.max(at), (row0 + n).min(at + p.rows));
+                if lo < hi {
+                    let local = p.skip + lo - at;
+                    // GPT-2's Conv1D stores [in, out] = [cols, rows]; read_rows transposes it.
+                    let transposed = stored_transposed(cfg, conv1d);
+                    ckpt.read_rows(&p.key, transposed, width, local, hi - lo, out)?;
+                    first = hi;
+                }
+                at += p.rows;
+            }
+            Ok(())
         };
         let t = make(name, rows, cols, &mut read)?;
-        ckpt.release(name);
+        for p in &parts {
+            ckpt.release(&p.key);
+        }
         Ok(t)
     })
 }

@@ -141,6 +141,45 @@ pub fn gelu(x: &mut [f32]) {
     }
 }
 
+/// The relu epilogue: max(x, 0).
+pub fn relu(x: &mut [f32]) {
+    for v in x {
+        *v = v.max(0.0);
+    }
+}
+
+/// The exact GELU epilogue, x Φ(x) = x (1 + erf(x / √2)) / 2, in f64.
+pub fn gelu_erf(x: &mut [f32]) {
+    for v in x {
+        let z = *v as f64;
+        *v = (0.5 * z * (1.0 + erf(z / std::f64::consts::SQRT_2))) as f32;
+    }
+}
+
+/// erf in f64: its Maclaurin series below |z| = 4 (alternating terms, ~1e-13 after
+/// cancellation), and 1 - erfc from its asymptotic series beyond (erfc(4) ~ 1.5e-8).
+pub fn erf(z: f64) -> f64 {
+    let a = z.abs();
+    let value = if a < 4.0 {
+        let (mut term, mut sum) = (a, a);
+        for n in 1..200 {
+            term *= -a * a / n as f64;
+            let add = term / (2 * n + 1) as f64;
+            sum += add;
+            if add.abs() < 1e-17 {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        let inv = 1.0 / (a * a);
+        let erfc = (-a * a).exp() / (a * std::f64::consts::PI.sqrt())
+            * (1.0 - 0.5 * inv + 0.75 * inv * inv - 1.875 * inv * inv * inv);
+        1.0 - erfc
+    };
+    value.copysign(z)
+}
+
 /// residual.wgsl: x += y.
 pub fn residual(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
@@ -293,4 +332,21 @@ pub fn top_candidates(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
         .take(n)
         .map(|&i| (i as u32, ((logits[i] as f64 - mx).exp() / z) as f32))
         .collect()
+}
+
+/// The sinusoidal position table (tensor2tensor / fairseq layout, as XGLM computes it), computed
+/// in f64: row p is position p + `offset`; column i < C/2 is sin((p + offset) f_i), column
+/// C/2 + i is cos((p + offset) f_i), with f_i = 10000^(-i / (C/2 - 1)). (n_ctx, C).
+pub fn sinusoid(n_ctx: usize, c: usize, offset: usize) -> Vec<f32> {
+    let half = c / 2;
+    let step = (10000f64).ln() / (half.max(2) - 1) as f64;
+    let mut out = vec![0.0; n_ctx * c];
+    for p in 0..n_ctx {
+        for i in 0..half {
+            let angle = (p + offset) as f64 * (-(i as f64) * step).exp();
+            out[p * c + i] = angle.sin() as f32;
+            out[p * c + half + i] = angle.cos() as f32;
+        }
+    }
+    out
 }

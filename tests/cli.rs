@@ -150,6 +150,40 @@ fn info_lists_adapters() {
         &["info", "--adapter", "no-such-gpu-xyz"],
         &["matches no adapter", "wgpt info"],
     );
+    // --model names the family and its variant choices.
+    let o = wgpt(&["info", "--model", p(&fixture("opt-postln"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.contains("Opt") && out.contains("post-LN") && out.contains("Relu"),
+        "{out}"
+    );
+}
+
+/// OPT and XGLM folders generate through the CLI exactly as GPT-2 ones: transformers' greedy.
+#[test]
+fn other_families_generate() {
+    for name in ["opt-tiny", "xglm-tiny"] {
+        let e = expected(&fixture(name));
+        let ids: Vec<String> = e.prompt_ids.iter().map(u32::to_string).collect();
+        let out = tempfile::tempdir().unwrap();
+        let npy = out.path().join("l.npy");
+        let o = wgpt(&[
+            "logits",
+            "--model",
+            p(&fixture(name)),
+            "--ids",
+            &ids.join(","),
+            "--out",
+            p(&npy),
+        ]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let (_, got) = read_npy(&npy);
+        let v = got.len() / ids.len();
+        let last = &got[got.len() - v..];
+        let best = (0..v).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap();
+        assert_eq!(best as u32, e.greedy_ids[0], "{name}");
+    }
 }
 
 #[test]

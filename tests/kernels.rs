@@ -76,7 +76,7 @@ fn embed_matches_cpu_including_split_table() {
                 c: c as u32,
                 tok0: r0 as u32,
                 tok_rows: (r1 - r0) as u32,
-                _pad: 0,
+                scale: 1.0,
             };
             let chunk = h.f32s(&wte[r0 * c..r1 * c]);
             let bufs = [
@@ -259,7 +259,7 @@ fn batched_rows_use_their_slots() {
         c: c as u32,
         tok0: 0,
         tok_rows: v as u32,
-        _pad: 0,
+        scale: 1.0,
     };
     let bufs = [
         &stepb,
@@ -380,7 +380,15 @@ fn linear_epilogues_match_cpu() {
         reference::gelu(&mut gelu);
         let mut resid = x0.clone();
         reference::residual(&mut resid, &plain);
-        for (epi, want) in [(Epilogue::Gelu, &gelu), (Epilogue::Residual, &resid)] {
+        let (mut relu, mut gelu_erf) = (plain.clone(), plain.clone());
+        reference::relu(&mut relu);
+        reference::gelu_erf(&mut gelu_erf);
+        for (epi, want) in [
+            (Epilogue::Gelu, &gelu),
+            (Epilogue::Residual, &resid),
+            (Epilogue::Relu, &relu),
+            (Epilogue::GeluErf, &gelu_erf),
+        ] {
             for (name, pipe) in [("matmul", &h.p.matmul), ("gemv", &h.p.gemv)] {
                 let params = MatmulParams {
                     k: k as u32,
@@ -402,11 +410,30 @@ fn linear_epilogues_match_cpu() {
                 ];
                 let (x, y) = linear_grid(name, n as u32, m as u32);
                 h.run(pipe, &bufs, x, y);
-                // Sums of K <= 68 terms of size <= 3 in f32 vs f64, then tanh in f32.
+                // Sums of K <= 68 terms of size <= 3 in f32 vs f64, then tanh or the erf
+                // approximation (|error| <= 1.5e-7, times |x| / 2 in the GELU) in f32.
                 let d = close(&h.read(&out), want, 1e-5);
                 println!("{name} {epi:?} M={m} K={k} N={n}: max diff {d:e}");
             }
         }
+    }
+}
+
+/// sinusoid.wgsl's position table against the formula in f64, positions up to 2048 (+ XGLM's
+/// offset of 2), at XGLM-564M's width and a small one.
+#[test]
+fn sinusoid_table_matches_f64() {
+    let h = Harness::new();
+    for c in [1024usize, 36] {
+        let n_ctx = 2049;
+        let got = wgpt::model::sinusoid_table(&h.gpu, n_ctx, c, 2).unwrap();
+        let got = h.read(&got.chunks[0].buffer);
+        let want = reference::sinusoid(n_ctx, c, 2);
+        let d = max_abs_diff(&got, &want);
+        println!("sinusoid C={c} positions 2..{}: max diff {d:e}", n_ctx + 2);
+        // The angle is exact before reduction; the reduction and the polynomials cost a few
+        // f32 ulps of values in [-1, 1].
+        assert!(d < 1e-6, "{d}");
     }
 }
 
@@ -490,7 +517,7 @@ fn f16_weights_match_cpu_on_rounded_weights() {
         c: c as u32,
         tok0: 0,
         tok_rows: v as u32,
-        _pad: 0,
+        scale: 1.0,
     };
     let bufs = [
         &h.step(t, 0, 2),
@@ -605,7 +632,7 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
             c: c as u32,
             tok0: r0 as u32,
             tok_rows: (r1 - r0) as u32,
-            _pad: 0,
+            scale: 1.0,
         };
         let chunk = h
             .gpu

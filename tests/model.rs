@@ -593,3 +593,34 @@ fn stop_strings_and_cancellation() {
     );
     assert_eq!((g.stopped_by, g.ids.len()), (StopReason::MaxTokens, 32));
 }
+
+/// OPT (pre-LN and post-LN, ReLU, positions offset by 2, separate q/k/v) and XGLM (sinusoidal
+/// positions computed on the GPU, scaled token embeddings, erf GELU) against transformers: the
+/// same tolerances as GPT-2, in both operand layouts.
+#[test]
+fn opt_and_xglm_match_transformers() {
+    for name in ["opt-tiny", "opt-postln", "xglm-tiny"] {
+        let dir = fixture(name);
+        let e = expected(&dir);
+        let (_, want) = read_npy(&dir.join("logits.npy"));
+        for layout in [wgpt::WeightLayout::Buffer, wgpt::WeightLayout::Texture] {
+            let opts = LoadOptions {
+                layout,
+                ..Default::default()
+            };
+            let model = Model::load(gpu(), &dir, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got = Session::new(&model)
+                .unwrap()
+                .logits(&full_sequence(&e))
+                .unwrap();
+            let diff = max_abs_diff(&got, &want);
+            println!(
+                "{name} ({layout:?}): {}; max |logit - transformers| = {diff:.2e}",
+                model.config.describe()
+            );
+            // The same bound as GPT-2; XGLM's erf GELU is an approximation within 1.5e-7.
+            assert!(diff < LOGIT_TOL, "{name}: max diff {diff}");
+            assert_eq!(greedy(&model, &e.prompt_ids, 32), e.greedy_ids, "{name}");
+        }
+    }
+}

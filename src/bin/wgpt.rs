@@ -163,6 +163,9 @@ struct InfoArgs {
     /// Only this adapter (index or part of its name).
     #[arg(long, env = "WGPT_ADAPTER")]
     adapter: Option<String>,
+    /// Also describe this model folder: family and variant choices (reads config.json only).
+    #[arg(short, long)]
+    model: Option<PathBuf>,
 }
 
 fn main() {
@@ -351,6 +354,10 @@ fn logits(a: LogitsArgs) -> Result<()> {
 }
 
 fn info(a: InfoArgs) -> Result<()> {
+    if let Some(dir) = &a.model {
+        let cfg = wgpt::Config::from_file(&dir.join(wgpt::loader::CONFIG_FILE))?;
+        println!("model {}: {}", dir.display(), cfg.describe());
+    }
     let all = wgpt::gpu::adapters();
     if all.is_empty() {
         return Err(wgpt::Error::NoAdapter {

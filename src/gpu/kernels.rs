@@ -54,6 +54,7 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("argmax"),
     kernel!("sample"),
     kernel!("fill_random"),
+    kernel!("sinusoid"),
 ];
 
 /// Most sequences one batched decode step advances (`Step::pos`).
@@ -112,8 +113,8 @@ pub struct EmbedParams {
     pub tok0: u32,
     /// Rows of `wte` in the bound chunk.
     pub tok_rows: u32,
-    /// Padding to 16 bytes.
-    pub _pad: u32,
+    /// Token embeddings are multiplied by this ([`Config::embed_scale`](crate::Config)).
+    pub scale: f32,
 }
 
 /// Mirrors `struct Params` in layernorm.wgsl.
@@ -160,6 +161,49 @@ pub enum Epilogue {
     Gelu = 1,
     /// out += result: the residual add, fused into the down-projections.
     Residual = 2,
+    /// max(result, 0): OPT's feed-forward.
+    Relu = 3,
+    /// The exact (erf) GELU: XGLM's feed-forward.
+    GeluErf = 4,
+}
+
+impl Epilogue {
+    /// The epilogue that applies a model's feed-forward activation.
+    pub fn activation(a: crate::config::Activation) -> Epilogue {
+        match a {
+            crate::config::Activation::GeluTanh => Epilogue::Gelu,
+            crate::config::Activation::GeluErf => Epilogue::GeluErf,
+            crate::config::Activation::Relu => Epilogue::Relu,
+        }
+    }
+}
+
+/// Mirrors `struct Params` in sinusoid.wgsl: a (rows, C) table from position `offset`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct SinusoidParams {
+    /// C: table width (even).
+    pub c: u32,
+    /// Rows to fill.
+    pub rows: u32,
+    /// Position of row 0.
+    pub offset: u32,
+    /// Keeps the struct 16 bytes.
+    pub _pad: u32,
+}
+
+/// sinusoid.wgsl's frequencies f_i = 10000^(-i / (C/2 - 1)), each split as (hi, lo) with hi on
+/// 12 significant bits, so a position times hi is exact in f32. (C/2) pairs.
+pub fn sinusoid_frequencies(c: usize) -> Vec<[f32; 2]> {
+    let half = c / 2;
+    let step = (10000f64).ln() / (half.max(2) - 1) as f64;
+    (0..half)
+        .map(|i| {
+            let f = (-(i as f64) * step).exp();
+            let hi = f32::from_bits((f as f32).to_bits() & 0xFFFF_F000);
+            [hi, (f - hi as f64) as f32]
+        })
+        .collect()
 }
 
 /// Mirrors `struct Params` in attention.wgsl and attention_texture.wgsl: causal attention of

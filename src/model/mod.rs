@@ -11,7 +11,7 @@ pub use session::{Pick, Session};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, Positions};
 use crate::gpu::Engine;
 use crate::gpu::kernels::{self, FillParams, Pipelines};
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
@@ -129,6 +129,9 @@ impl Model {
             .sum::<u64>();
         check_q8(&config, opts.dtype)?;
         let upload = |name: &str, rows, cols, read: &mut loader::ReadRows| -> Result<GpuTensor> {
+            if name == "wpe.weight" && config.positions == Positions::Sinusoidal {
+                return sinusoid_table(&gpu, rows, cols, config.position_offset);
+            }
             let dtype = stored_as(name, rows, opts.dtype);
             if textures && is_linear(name) {
                 let textures =
@@ -180,10 +183,8 @@ impl Model {
             texture_linear,
         };
         log::info!(
-            "loaded {} layers, C = {}, V = {}: {:.1} MB of weights ({}, linear layers in {}) in {:.2} s",
-            model.config.n_layer,
-            model.config.n_embd,
-            model.config.vocab_size,
+            "loaded {}: {:.1} MB of weights ({}, linear layers in {}) in {:.2} s",
+            model.config.describe(),
             model.weight_bytes() as f64 / 1e6,
             model.dtype().name(),
             if texture_linear {
@@ -460,6 +461,46 @@ fn texture_linear(gpu: &Engine, cfg: &Config, opts: &LoadOptions) -> Result<bool
             cfg.head_size()
         ))),
     }
+}
+
+/// The sinusoidal position table, (n_ctx, C) f32 from position `offset`, computed on the GPU
+/// (sinusoid.wgsl).
+pub fn sinusoid_table(gpu: &Engine, n_ctx: usize, c: usize, offset: usize) -> Result<GpuTensor> {
+    let table = gpu.storage("wpe.weight", (n_ctx * c * 4) as u64);
+    let freq = kernels::sinusoid_frequencies(c);
+    let params = kernels::SinusoidParams {
+        c: c as u32,
+        rows: n_ctx as u32,
+        offset: offset as u32,
+        _pad: 0,
+    };
+    let pipe = kernels::pipeline(gpu, "sinusoid", None, &[]);
+    let bind = kernels::bind(
+        gpu,
+        &pipe,
+        "sinusoid",
+        &[
+            &gpu.uniform("sinusoid", &params),
+            &gpu.storage_init("freq", bytemuck::cast_slice(&freq)),
+            &table,
+        ],
+    );
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipe);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups((c as u32 / 2).div_ceil(64), n_ctx as u32, 1);
+    }
+    gpu.queue.submit([enc.finish()]);
+    GpuTensor::with_chunks(
+        "wpe.weight",
+        n_ctx,
+        c,
+        WeightDtype::F32,
+        u64::MAX,
+        |_, _, _| Ok(table.clone()),
+    )
 }
 
 /// Copies the first `rows` rows of a row-major matrix buffer, rows `pitch` bytes apart (a multiple

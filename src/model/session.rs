@@ -247,7 +247,8 @@ impl Session {
         };
         let act = Activations {
             tokens: gpu.storage("tokens", f(t_max)),
-            x: gpu.storage("x", f(t_max * c)),
+            // Post-LN blocks feed x itself to c_attn.
+            x: linear_input("x", f(t_max * c)),
             ln: linear_input("ln", f(t_max * c)),
             qkv: gpu.storage("qkv", f(t_max * 3 * c)),
             att_y: linear_input("att_y", f(t_max * c)),
@@ -887,7 +888,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             c,
             tok0: ch.row0 as u32,
             tok_rows: ch.rows as u32,
-            _pad: 0,
+            scale: cfg.embed_scale,
         };
         body.push(Op {
             kernel: Kernel::Embed,
@@ -910,12 +911,19 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             copy: None,
         });
     }
+    // Pre-LN (GPT-2, XGLM, most OPT):  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x)).
+    // Post-LN (OPT-350m):               x = ln_1(x + attn(x));  x = ln_2(x + mlp(x)),
+    //   computed as x += attn(x); ln = ln_1(x); ln += mlp(ln); x = ln_2(ln).
+    let pre_ln = cfg.pre_ln;
+    let attn_in = if pre_ln { &act.ln } else { &act.x };
+    let mlp_resid = if pre_ln { &act.x } else { &act.ln };
     for (l, lw) in w.layers.iter().enumerate() {
-        // x = x + attn(ln_1(x))
-        body.push(layernorm(step, &act.x, &lw.ln_1_w, &lw.ln_1_b, &act.ln));
+        if pre_ln {
+            body.push(layernorm(step, &act.x, &lw.ln_1_w, &lw.ln_1_b, &act.ln));
+        }
         body.extend(matmul(
             step,
-            &act.ln,
+            attn_in,
             |t| &t.c,
             &lw.c_attn_w,
             Some(&lw.c_attn_b),
@@ -1006,15 +1014,19 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Epilogue::Residual,
             &act.x,
         ));
-        // x = x + mlp(ln_2(x))
-        body.push(layernorm(step, &act.x, &lw.ln_2_w, &lw.ln_2_b, &act.ln));
+        let (ln_w, ln_b) = if pre_ln {
+            (&lw.ln_2_w, &lw.ln_2_b)
+        } else {
+            (&lw.ln_1_w, &lw.ln_1_b)
+        };
+        body.push(layernorm(step, &act.x, ln_w, ln_b, &act.ln));
         body.extend(matmul(
             step,
             &act.ln,
             |t| &t.c,
             &lw.c_fc_w,
             Some(&lw.c_fc_b),
-            Epilogue::Gelu,
+            Epilogue::activation(cfg.activation),
             &act.fc_h,
         ));
         body.extend(matmul(
@@ -1024,13 +1036,18 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             &lw.mlp_proj_w,
             Some(&lw.mlp_proj_b),
             Epilogue::Residual,
-            &act.x,
+            mlp_resid,
         ));
+        if !pre_ln {
+            body.push(layernorm(step, &act.ln, &lw.ln_2_w, &lw.ln_2_b, &act.x));
+        }
     }
 
-    // logits = ln_f(x[row0 .. row0 + rows]) @ head^T
+    // logits = ln_f(x[row0 .. row0 + rows]) @ head^T. Post-LN has no final norm: x is already
+    // the last block's ln_2(ln), and the loader hands that norm over as ln_f, applied to ln.
     let hstep = &act.head_step;
-    let mut head = vec![layernorm(hstep, &act.x, &w.ln_f_w, &w.ln_f_b, &act.lnf)];
+    let head_in = if pre_ln { &act.x } else { &act.ln };
+    let mut head = vec![layernorm(hstep, head_in, &w.ln_f_w, &w.ln_f_b, &act.lnf)];
     head.extend(matmul(
         hstep,
         &act.lnf,
