@@ -1,9 +1,11 @@
 // Token + position embedding: x[t] = scale * wte[tokens[t]] + wpe[position(t)], wpe learned or the
-// sinusoidal table (step.wgsl is prepended).
+// sinusoidal table (step.wgsl is prepended). Either term can be left out (`tokens`, `positions`):
+// OPT models with a word_embed_proj_dim embed tokens at width E, project them, and add positions
+// at width C apart.
 // The token table may be split into row chunks (see gpu/tensor.rs); one dispatch per chunk,
 // each writing only the rows whose token falls in its range.
 
-struct Params { C: u32, tok0: u32, tok_rows: u32, scale: f32 }
+struct Params { C: u32, tok0: u32, tok_rows: u32, scale: f32, tokens: u32, positions: u32, _a: u32, _b: u32 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;   // (T)
@@ -40,7 +42,12 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     let t = gid.y;
     if (c >= p.C || t >= step.rows) { return; }
-    let tok = tokens[t];
-    if (tok < p.tok0 || tok >= p.tok0 + p.tok_rows) { return; }
-    x[t * p.C + c] = p.scale * wte_at(tok - p.tok0, c) + wpe[position(t) * p.C + c];
+    var v = 0.0;
+    if (p.tokens != 0u) {
+        let tok = tokens[t];
+        if (tok < p.tok0 || tok >= p.tok0 + p.tok_rows) { return; }
+        v = p.scale * wte_at(tok - p.tok0, c);
+    }
+    if (p.positions != 0u) { v += wpe[position(t) * p.C + c]; }
+    x[t * p.C + c] = v;
 }

@@ -79,6 +79,10 @@ pub struct Config {
     /// Layer norm before each sublayer (`x + f(ln(x))`), or after the residual add
     /// (`ln(x + f(x))`, OPT with `do_layer_norm_before = false`, which has no final norm).
     pub pre_ln: bool,
+    /// E: the token embeddings' width. C, except in OPT models with a `word_embed_proj_dim`
+    /// (opt-350m: 512 in a 1024-wide model), whose `project_in` (C, E) and `project_out` (E, C)
+    /// map embeddings into and out of the residual stream.
+    pub word_embed_dim: usize,
 }
 
 /// The fields of config.json we read, under each family's names; everything else is ignored,
@@ -137,7 +141,13 @@ impl Config {
             position_offset: 0,
             embed_scale: 1.0,
             pre_ln: true,
+            word_embed_dim: 768,
         }
+    }
+
+    /// Whether token embeddings are projected into and out of the residual stream (E != C).
+    pub fn projects_embeddings(&self) -> bool {
+        self.word_embed_dim != self.n_embd
     }
 
     /// HS = C / NH, the width of one attention head.
@@ -148,11 +158,12 @@ impl Config {
     /// One line naming the family and its variant choices (for logs and `wgpt info --model`).
     pub fn describe(&self) -> String {
         format!(
-            "{:?}: {} layers, C = {}, NH = {}, n_inner = {}, V = {}, n_ctx = {}; {:?} feed-forward, \
-             {:?} positions (offset {}), {}, embedding scale {}",
+            "{:?}: {} layers, C = {}, E = {}, NH = {}, n_inner = {}, V = {}, n_ctx = {}; {:?} \
+             feed-forward, {:?} positions (offset {}), {}, embedding scale {}",
             self.family,
             self.n_layer,
             self.n_embd,
+            self.word_embed_dim,
             self.n_head,
             self.n_inner,
             self.vocab_size,
@@ -246,17 +257,11 @@ impl Config {
                     position_offset: 0,
                     embed_scale: 1.0,
                     pre_ln: true,
+                    word_embed_dim: n_embd,
                 }
             }
             "opt" => {
                 let n_embd = need(raw.hidden_size, "hidden_size")?;
-                if raw.word_embed_proj_dim.is_some_and(|d| d != n_embd) {
-                    return Err(bad(format!(
-                        "word_embed_proj_dim = {} differs from hidden_size = {n_embd} (OPT-350m's \
-                         project_in / project_out); wgpt does not run those projections yet",
-                        raw.word_embed_proj_dim.unwrap_or_default()
-                    )));
-                }
                 if raw.enable_bias == Some(false)
                     || raw.layer_norm_elementwise_affine == Some(false)
                     || raw._remove_final_layer_norm == Some(true)
@@ -284,6 +289,10 @@ impl Config {
                     position_offset: 2,
                     embed_scale: 1.0,
                     pre_ln: raw.do_layer_norm_before.unwrap_or(true),
+                    word_embed_dim: match raw.word_embed_proj_dim {
+                        Some(e) => need(Some(e), "word_embed_proj_dim")?,
+                        None => n_embd,
+                    },
                 }
             }
             "xglm" => {
@@ -309,6 +318,7 @@ impl Config {
                         1.0
                     },
                     pre_ln: true,
+                    word_embed_dim: n_embd,
                 }
             }
             _ => {
@@ -326,10 +336,14 @@ impl Config {
             )));
         }
         // The linear kernels read rows as vec4. Every published size of these families does.
-        if !n_embd.is_multiple_of(4) || !cfg.n_inner.is_multiple_of(4) {
+        if !n_embd.is_multiple_of(4)
+            || !cfg.n_inner.is_multiple_of(4)
+            || !cfg.word_embed_dim.is_multiple_of(4)
+        {
             return Err(bad(format!(
-                "n_embd = {n_embd} and n_inner = {} must be multiples of 4 for wgpt's kernels",
-                cfg.n_inner
+                "n_embd = {n_embd}, n_inner = {} and word_embed_proj_dim = {} must be multiples of \
+                 4 for wgpt's kernels",
+                cfg.n_inner, cfg.word_embed_dim
             )));
         }
         if cfg.head_size() > MAX_HEAD_SIZE {
@@ -411,7 +425,17 @@ mod tests {
             "vocab_size": 50}"#,
         )
         .unwrap();
-        assert!(!post.pre_ln);
+        assert!(!post.pre_ln && !post.projects_embeddings());
+        let proj = parse(
+            r#"{"model_type": "opt", "hidden_size": 64, "num_hidden_layers": 1, "ffn_dim": 128,
+            "num_attention_heads": 4, "max_position_embeddings": 32, "vocab_size": 50,
+            "word_embed_proj_dim": 32}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (proj.word_embed_dim, proj.projects_embeddings()),
+            (32, true)
+        );
         let xglm = parse(
             r#"{"model_type": "xglm", "d_model": 1024, "num_layers": 24, "ffn_dim": 4096,
             "attention_heads": 16, "max_position_embeddings": 2048, "activation_function": "gelu",
@@ -445,9 +469,7 @@ mod tests {
         assert!(err(r#"{"model_type": "gpt2", "n_embd": 600, "n_head": 2, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
             .contains("head size 300"));
         assert!(err("[1, 2").contains("malformed JSON"));
-        // OPT-350m's embedding projections, and activations none of the kernels compute.
-        assert!(err(r#"{"model_type": "opt", "hidden_size": 64, "num_hidden_layers": 1, "ffn_dim": 128, "num_attention_heads": 4, "max_position_embeddings": 32, "vocab_size": 50, "word_embed_proj_dim": 32}"#)
-            .contains("word_embed_proj_dim"));
+        // Activations none of the kernels compute.
         assert!(err(r#"{"model_type": "xglm", "d_model": 64, "num_layers": 1, "ffn_dim": 128, "attention_heads": 4, "max_position_embeddings": 32, "vocab_size": 50, "activation_function": "silu"}"#)
             .contains("silu"));
     }

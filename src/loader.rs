@@ -338,7 +338,8 @@ impl<T> LayerWeights<T> {
 
 /// A GPT-2's weights, stored as `T` (host vectors or GPU tensors).
 pub struct Weights<T> {
-    /// `wte.weight` (V, C): token embeddings (also the output head when tied).
+    /// `wte.weight` (V, E): token embeddings (also the output head when tied); E = C but in
+    /// OPT models with `word_embed_proj_dim`.
     pub wte: T,
     /// `wpe.weight` (n_ctx, C): learned absolute position embeddings.
     pub wpe: T,
@@ -348,8 +349,12 @@ pub struct Weights<T> {
     pub ln_f_w: T,
     /// `ln_f.bias` (C).
     pub ln_f_b: T,
-    /// (V, C); `None` when the head is tied to `wte`.
+    /// (V, E); `None` when the head is tied to `wte`.
     pub lm_head: Option<T>,
+    /// OPT's `project_in.weight` (C, E), when E != C: embeddings into the residual stream.
+    pub project_in: Option<T>,
+    /// OPT's `project_out.weight` (E, C), when E != C: the final hidden state to the head's E.
+    pub project_out: Option<T>,
 }
 
 impl<T> Weights<T> {
@@ -359,6 +364,8 @@ impl<T> Weights<T> {
             .into_iter()
             .chain(self.layers.iter().flat_map(|l| l.all()))
             .chain(self.lm_head.as_ref())
+            .chain(self.project_in.as_ref())
+            .chain(self.project_out.as_ref())
     }
 }
 
@@ -421,7 +428,7 @@ fn parts(cfg: &Config, name: &str, rows: usize, cols: usize, conv1d: bool) -> Ve
             rows,
             skip: cfg.position_offset,
         }],
-        (None, "lm_head.weight") => whole(name.into()),
+        (None, "lm_head.weight" | "project_in.weight" | "project_out.weight") => whole(name.into()),
         (None, _) => {
             // ln_f: XGLM's layer_norm, OPT's final_layer_norm; post-LN OPT has no final norm,
             // and the last block's own final_layer_norm stands in (see Session: build_ops).
@@ -569,16 +576,26 @@ pub fn build_weights<T>(
             mlp_proj_b: t("mlp.c_proj.bias", 1, c, false)?,
         });
     }
+    let e = cfg.word_embed_dim;
+    let projects = cfg.projects_embeddings();
     Ok(Weights {
-        wte: make("wte.weight", v, c, false)?,
+        wte: make("wte.weight", v, e, false)?,
         wpe: make("wpe.weight", n_ctx, c, false)?,
         layers,
         ln_f_w: make("ln_f.weight", 1, c, false)?,
         ln_f_b: make("ln_f.bias", 1, c, false)?,
         lm_head: if explicit_head {
-            Some(make("lm_head.weight", v, c, false)?)
+            Some(make("lm_head.weight", v, e, false)?)
         } else {
             None
+        },
+        project_in: match projects {
+            true => Some(make("project_in.weight", c, e, false)?),
+            false => None,
+        },
+        project_out: match projects {
+            true => Some(make("project_out.weight", e, c, false)?),
+            false => None,
         },
     })
 }

@@ -72,12 +72,7 @@ fn embed_matches_cpu_including_split_table() {
         let x = h.f32s(&vec![f32::NAN; t * c]);
         // Two chunks of the token table, rows [0, 20) and [20, 37), one dispatch each.
         for (r0, r1) in [(0, 20), (20, v)] {
-            let params = EmbedParams {
-                c: c as u32,
-                tok0: r0 as u32,
-                tok_rows: (r1 - r0) as u32,
-                scale: 1.0,
-            };
+            let params = EmbedParams::new(c as u32, r0 as u32, (r1 - r0) as u32, 1.0);
             let chunk = h.f32s(&wte[r0 * c..r1 * c]);
             let bufs = [
                 &h.step(t, 0, pos0),
@@ -255,12 +250,7 @@ fn batched_rows_use_their_slots() {
     let wpe = random(n_ctx * c, 41, 1.0);
     let tokens: Vec<u32> = (0..b as u32).map(|i| (i * 3 + 1) % v as u32).collect();
     let x = h.f32s(&vec![f32::NAN; b * c]);
-    let params = EmbedParams {
-        c: c as u32,
-        tok0: 0,
-        tok_rows: v as u32,
-        scale: 1.0,
-    };
+    let params = EmbedParams::new(c as u32, 0, v as u32, 1.0);
     let bufs = [
         &stepb,
         &h.gpu.uniform("p", &params),
@@ -513,12 +503,7 @@ fn f16_weights_match_cpu_on_rounded_weights() {
     let wpe = random(16 * c, 20, 1.0);
     let tokens: Vec<u32> = (0..t).map(|i| ((i * 5 + 1) % v) as u32).collect();
     let x = h.f32s(&vec![f32::NAN; t * c]);
-    let params = EmbedParams {
-        c: c as u32,
-        tok0: 0,
-        tok_rows: v as u32,
-        scale: 1.0,
-    };
+    let params = EmbedParams::new(c as u32, 0, v as u32, 1.0);
     let bufs = [
         &h.step(t, 0, 2),
         &h.gpu.uniform("p", &params),
@@ -628,12 +613,7 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
     let tokens: Vec<u32> = (0..t).map(|i| ((i * 5 + 1) % v) as u32).collect();
     let x = h.f32s(&vec![f32::NAN; t * c]);
     for (r0, r1) in [(0, 20), (20, v)] {
-        let params = EmbedParams {
-            c: c as u32,
-            tok0: r0 as u32,
-            tok_rows: (r1 - r0) as u32,
-            scale: 1.0,
-        };
+        let params = EmbedParams::new(c as u32, r0 as u32, (r1 - r0) as u32, 1.0);
         let chunk = h
             .gpu
             .storage_init("wte8", &encode(&wte[r0 * c..r1 * c], c, WeightDtype::Q8));

@@ -115,6 +115,27 @@ pub struct EmbedParams {
     pub tok_rows: u32,
     /// Token embeddings are multiplied by this ([`Config::embed_scale`](crate::Config)).
     pub scale: f32,
+    /// 1: add the token embedding (0: leave it out).
+    pub tokens: u32,
+    /// 1: add the position embedding (0: leave it out).
+    pub positions: u32,
+    /// Keeps the struct a multiple of 16 bytes.
+    pub _pad: [u32; 2],
+}
+
+impl EmbedParams {
+    /// Token plus position embedding of width `c`, from the wte chunk starting at `tok0`.
+    pub fn new(c: u32, tok0: u32, tok_rows: u32, scale: f32) -> Self {
+        EmbedParams {
+            c,
+            tok0,
+            tok_rows,
+            scale,
+            tokens: 1,
+            positions: 1,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// Mirrors `struct Params` in layernorm.wgsl.

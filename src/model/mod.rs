@@ -428,7 +428,7 @@ fn check_q8(cfg: &Config, dtype: WeightDtype) -> Result<()> {
 
 /// The linear layers' weight matrices (the token table when tied is handled apart).
 fn is_linear(name: &str) -> bool {
-    name == "lm_head.weight"
+    ["lm_head.weight", "project_in.weight", "project_out.weight"].contains(&name)
         || [".c_attn.weight", ".c_proj.weight", ".c_fc.weight"]
             .iter()
             .any(|s| name.ends_with(s))
@@ -440,6 +440,7 @@ fn texture_linear(gpu: &Engine, cfg: &Config, opts: &LoadOptions) -> Result<bool
     // Activations are copied into textures row by row: rows of K floats must be 256-byte aligned.
     let fits = cfg.n_embd.is_multiple_of(64)
         && cfg.n_inner.is_multiple_of(64)
+        && cfg.word_embed_dim.is_multiple_of(64)
         && cfg.head_size().is_multiple_of(4)
         && cfg.n_inner.max(cfg.n_embd) / 4 <= max_texels
         && cfg.n_positions <= max_texels;

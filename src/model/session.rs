@@ -35,17 +35,21 @@ enum KvCache {
 
 /// Scratch buffers for one step of up to `t_max` tokens. Shapes use T = t_max.
 pub(super) struct Activations {
-    pub(super) tokens: wgpu::Buffer,              // (T) u32
-    pub(super) x: wgpu::Buffer,                   // (T, C) residual stream
-    pub(super) ln: wgpu::Buffer,                  // (T, C) layernorm output
-    pub(super) qkv: wgpu::Buffer,                 // (T, 3C)
-    pub(super) att_y: wgpu::Buffer,               // (T, C) attention output, heads side by side
-    pub(super) fc_h: wgpu::Buffer,                // (T, n_inner) MLP hidden
-    pub(super) lnf: wgpu::Buffer, // (head_rows, C) final layernorm of the rows the head sees
-    pub(super) logits: wgpu::Buffer, // (head_rows, V)
+    pub(super) tokens: wgpu::Buffer, // (T) u32
+    pub(super) x: wgpu::Buffer,      // (T, C) residual stream
+    pub(super) ln: wgpu::Buffer,     // (T, C) layernorm output
+    pub(super) qkv: wgpu::Buffer,    // (T, 3C)
+    pub(super) att_y: wgpu::Buffer,  // (T, C) attention output, heads side by side
+    pub(super) fc_h: wgpu::Buffer,   // (T, n_inner) MLP hidden
+    pub(super) lnf: wgpu::Buffer,    // (head_rows, C) final layernorm of the rows the head sees
+    pub(super) logits: wgpu::Buffer,
+    /// With embedding projections: token embeddings before project_in, (T, E).
+    pub(super) emb: Option<wgpu::Buffer>,
+    /// With embedding projections: project_out(ln_f(x)), the head's input, (head_rows, E).
+    pub(super) proj: Option<wgpu::Buffer>, // (head_rows, V)
     pub(super) token: wgpu::Buffer, // (4) u32: chosen token, sampler threshold, log-prob bits
     pub(super) token_read: wgpu::Buffer, // (4 + 2 MAX_TOP) u32, mappable: token, then candidates
-    pub(super) top: wgpu::Buffer, // (2 MAX_TOP) u32: candidate ids and probability bits
+    pub(super) top: wgpu::Buffer,   // (2 MAX_TOP) u32: candidate ids and probability bits
     pub(super) top_params: wgpu::Buffer, // TopParams uniform
     pub(super) recent: wgpu::Buffer, // (n_ctx) u32: the repetition penalty's window
     pub(super) logits_read: Option<wgpu::Buffer>, // (head_rows, V), mappable, made on first use
@@ -61,6 +65,8 @@ struct InputTextures {
     c: wgpu::Texture,     // (T, C): ln and att_y
     inner: wgpu::Texture, // (T, n_inner): fc_h
     head: wgpu::Texture,  // (head_rows, C): lnf
+    /// With embedding projections: (T, E) for emb, and (head_rows, E) for proj.
+    words: Option<(wgpu::Texture, wgpu::Texture)>,
 }
 
 /// Which pipeline an op runs.
@@ -272,7 +278,20 @@ impl Session {
                 c: gpu.texture("ln_texture", t_max, c),
                 inner: gpu.texture("fc_h_texture", t_max, inner),
                 head: gpu.texture("lnf_texture", head_rows, c),
+                words: cfg.projects_embeddings().then(|| {
+                    let e = cfg.word_embed_dim;
+                    (
+                        gpu.texture("emb_texture", t_max, e),
+                        gpu.texture("proj_texture", head_rows, e),
+                    )
+                }),
             }),
+            emb: cfg
+                .projects_embeddings()
+                .then(|| linear_input("emb", f(t_max * cfg.word_embed_dim))),
+            proj: cfg
+                .projects_embeddings()
+                .then(|| linear_input("proj", f(head_rows * cfg.word_embed_dim))),
             body_step: gpu.uniform("body_step", &Step::default()),
             head_step: gpu.uniform("head_step", &Step::default()),
             sample: gpu.uniform("sample", &<SampleParams as bytemuck::Zeroable>::zeroed()),
@@ -376,7 +395,9 @@ impl Session {
         let scratch = [
             &a.tokens, &a.x, &a.ln, &a.qkv, &a.att_y, &a.fc_h, &a.lnf, &a.logits, &a.token,
         ]
-        .iter()
+        .into_iter()
+        .chain(a.emb.iter())
+        .chain(a.proj.iter())
         .map(|b| b.size())
         .sum::<u64>()
             + a.logits_read.as_ref().map_or(0, |b| b.size());
@@ -882,34 +903,59 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
     let step = &act.body_step;
 
     let mut body = Vec::new();
-    // x = wte[tokens] + wpe[positions]
-    for ch in &w.wte.chunks {
-        let params = EmbedParams {
-            c,
-            tok0: ch.row0 as u32,
-            tok_rows: ch.rows as u32,
-            scale: cfg.embed_scale,
-        };
-        body.push(Op {
-            kernel: Kernel::Embed,
-            bind: bind(
-                &p.embed,
-                "embed",
-                &[
-                    step,
-                    &gpu.uniform("embed", &params),
-                    &act.tokens,
-                    &ch.buffer,
-                    w.wpe.single(),
-                    &act.x,
-                ],
-            ),
-            grid: Grid::Elements {
-                width: c,
-                wg: wg::EMBED,
-            },
-            copy: None,
-        });
+    let embed = |params: EmbedParams, chunk: &wgpu::Buffer, out: &wgpu::Buffer| Op {
+        kernel: Kernel::Embed,
+        bind: bind(
+            &p.embed,
+            "embed",
+            &[
+                step,
+                &gpu.uniform("embed", &params),
+                &act.tokens,
+                chunk,
+                w.wpe.single(),
+                out,
+            ],
+        ),
+        grid: Grid::Elements {
+            width: params.c,
+            wg: wg::EMBED,
+        },
+        copy: None,
+    };
+    let e = cfg.word_embed_dim as u32;
+    match (&w.project_in, &act.emb) {
+        // x = wte[tokens] + wpe[positions]
+        (None, _) | (_, None) => {
+            for ch in &w.wte.chunks {
+                let params = EmbedParams::new(c, ch.row0 as u32, ch.rows as u32, cfg.embed_scale);
+                body.push(embed(params, &ch.buffer, &act.x));
+            }
+        }
+        // x = wpe[positions]; emb = wte[tokens]; x += project_in(emb)
+        (Some(project_in), Some(emb)) => {
+            let positions = EmbedParams {
+                tokens: 0,
+                ..EmbedParams::new(c, 0, 0, 1.0)
+            };
+            body.push(embed(positions, &w.wte.chunks[0].buffer, &act.x));
+            for ch in &w.wte.chunks {
+                let params = EmbedParams {
+                    positions: 0,
+                    ..EmbedParams::new(e, ch.row0 as u32, ch.rows as u32, cfg.embed_scale)
+                };
+                body.push(embed(params, &ch.buffer, emb));
+            }
+            body.extend(matmul(
+                step,
+                emb,
+                |t| &t.words.as_ref().expect("made with the projections").0,
+                project_in,
+                None,
+                Epilogue::Residual,
+                &act.x,
+            ));
+        }
     }
     // Pre-LN (GPT-2, XGLM, most OPT):  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x)).
     // Post-LN (OPT-350m):               x = ln_1(x + attn(x));  x = ln_2(x + mlp(x)),
@@ -1048,10 +1094,30 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
     let hstep = &act.head_step;
     let head_in = if pre_ln { &act.x } else { &act.ln };
     let mut head = vec![layernorm(hstep, head_in, &w.ln_f_w, &w.ln_f_b, &act.lnf)];
+    // With embedding projections the head sees project_out(lnf), (rows, E).
+    let head_input = match (&w.project_out, &act.proj) {
+        (Some(project_out), Some(proj)) => {
+            head.extend(matmul(
+                hstep,
+                &act.lnf,
+                |t| &t.head,
+                project_out,
+                None,
+                Epilogue::Store,
+                proj,
+            ));
+            proj
+        }
+        _ => &act.lnf,
+    };
+    let head_texture: fn(&InputTextures) -> &wgpu::Texture = match &w.project_out {
+        Some(_) => |t| &t.words.as_ref().expect("made with the projections").1,
+        None => |t| &t.head,
+    };
     head.extend(matmul(
         hstep,
-        &act.lnf,
-        |t| &t.head,
+        head_input,
+        head_texture,
         model.head(),
         None,
         Epilogue::Store,
