@@ -5,6 +5,7 @@
 // read along K, four at a time (K % 4 == 0, checked at load).
 // Epilogues fuse what follows a projection in GPT-2, saving a dispatch and a round trip through
 // memory each: GELU after the MLP's up-projection, the residual add after the down-projections.
+// Encoders (BERT) use the erf form of GELU.
 
 struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
 struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, epilogue: u32, _b: u32, _c: u32 }
@@ -17,6 +18,7 @@ struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, epilogue: u3
 const EPILOGUE_STORE: u32 = 0u;
 const EPILOGUE_GELU: u32 = 1u;
 const EPILOGUE_RESIDUAL: u32 = 2u;
+const EPILOGUE_GELU_ERF: u32 = 3u;
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 
 // GELU as GPT-2 computes it (transformers' gelu_new, the tanh approximation).
@@ -25,6 +27,20 @@ fn gelu(x: f32) -> f32 {
     // exp() away from inf/inf = NaN.
     let u = clamp(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x), -10.0, 10.0);
     return 0.5 * x * (1.0 + tanh(u));
+}
+
+// erf(x), Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7, below f32's resolution of erf's
+// values near 1 (WGSL has no erf builtin). Odd, so computed on |x|.
+fn erf(x: f32) -> f32 {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * z);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return sign(x) * (1.0 - poly * exp(-z * z));
+}
+
+// GELU as BERT computes it (transformers' "gelu", PyTorch's exact form): 0.5 x (1 + erf(x / sqrt 2)).
+fn gelu_erf(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + erf(x * 0.7071067811865476));
 }
 
 // Four signed bytes of a q8 weight word (lowest byte first) as f32.
@@ -40,6 +56,7 @@ fn store(m: u32, n: u32, acc: f32) {
     let i = m * p.ldo + p.col0 + n;
     switch p.epilogue {
         case EPILOGUE_GELU: { out[i] = gelu(v); }
+        case EPILOGUE_GELU_ERF: { out[i] = gelu_erf(v); }
         case EPILOGUE_RESIDUAL: { out[i] = out[i] + v; }
         default: { out[i] = v; }
     }
