@@ -328,7 +328,13 @@ mod tests {
         };
         assert!(err(r#", "hidden_act": "relu""#).contains("relu"));
         assert!(err(r#", "position_embedding_type": "relative_key""#).contains("relative_key"));
-        assert!(err(r#", "num_attention_heads": 7"#).contains("divisible"));
+        let odd = base.replace("\"num_attention_heads\": 5", "\"num_attention_heads\": 7");
+        assert!(
+            parse(&format!("{{{odd}}}"))
+                .unwrap_err()
+                .to_string()
+                .contains("divisible")
+        );
         assert_eq!(
             parse(&format!("{{{base}, \"hidden_act\": \"gelu_new\"}}"))
                 .unwrap()
