@@ -323,3 +323,125 @@ fn cli_bench_reports_embedding_throughput() {
             .all(|r| r.sentences_per_s > 0.0 && r.tokens_per_s > r.sentences_per_s)
     );
 }
+
+/// A small random BERT of awkward shapes (C = 60, NH = 5 so HS = 12, n_inner = 100; keys under a
+/// `bert.` prefix; a word table split over two buffers) against the CPU forward built from the
+/// kernels' twins, for mean pooling without normalisation (no modules.json) and max pooling
+/// with it.
+#[test]
+fn random_bert_matches_cpu_forward() {
+    use wgpt::encoder::{EncoderConfig, weights::load_host_encoder_weights};
+    use wgpt::gpu::kernels::PoolMode;
+    let (v, n_pos, c, inner, l) = (300, 40, 60, 100, 2);
+    let mut s = 100;
+    let mut r = |n: usize, scale: f32| {
+        s += 1;
+        random(n, s, scale)
+    };
+    let ones = |x: Vec<f32>| x.iter().map(|a| 1.0 + a).collect::<Vec<f32>>();
+    let mut t = vec![
+        f32_tensor(
+            "bert.embeddings.word_embeddings.weight",
+            &[v, c],
+            &r(v * c, 0.5),
+        ),
+        f32_tensor(
+            "bert.embeddings.position_embeddings.weight",
+            &[n_pos, c],
+            &r(n_pos * c, 0.5),
+        ),
+        f32_tensor(
+            "bert.embeddings.token_type_embeddings.weight",
+            &[2, c],
+            &r(2 * c, 0.5),
+        ),
+        f32_tensor("bert.embeddings.LayerNorm.weight", &[c], &ones(r(c, 0.2))),
+        f32_tensor("bert.embeddings.LayerNorm.bias", &[c], &r(c, 0.1)),
+    ];
+    for i in 0..l {
+        let p = format!("bert.encoder.layer.{i}.");
+        for (n, rows, cols) in [
+            ("attention.self.query", c, c),
+            ("attention.self.key", c, c),
+            ("attention.self.value", c, c),
+            ("attention.output.dense", c, c),
+            ("intermediate.dense", inner, c),
+            ("output.dense", c, inner),
+        ] {
+            t.push(f32_tensor(
+                &format!("{p}{n}.weight"),
+                &[rows, cols],
+                &r(rows * cols, 0.2),
+            ));
+            t.push(f32_tensor(&format!("{p}{n}.bias"), &[rows], &r(rows, 0.1)));
+        }
+        for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            t.push(f32_tensor(
+                &format!("{p}{n}.weight"),
+                &[c],
+                &ones(r(c, 0.2)),
+            ));
+            t.push(f32_tensor(&format!("{p}{n}.bias"), &[c], &r(c, 0.1)));
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_safetensors(dir, &t);
+    let config = serde_json::json!({
+        "model_type": "bert", "vocab_size": v, "hidden_size": c, "num_hidden_layers": l,
+        "num_attention_heads": 5, "intermediate_size": inner, "max_position_embeddings": n_pos,
+        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu"
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        fixture("gpt2-tiny").join("tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    let cfg = EncoderConfig::from_file(&dir.join("config.json")).unwrap();
+    let ckpt = wgpt::loader::Checkpoint::open(dir).unwrap();
+    let host = load_host_encoder_weights(&ckpt, &cfg).unwrap();
+    let seqs: Vec<Vec<u32>> = [1, 7, 33, 5, 40]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| ((j * 37 + i * 11 + 5) % v) as u32).collect())
+        .collect();
+    // The word table (72 000 bytes) in two buffers; activations still take 40 rows.
+    let opts = LoadOptions {
+        max_chunk_bytes: Some(4 * 3 * 60 * 64),
+        ..Default::default()
+    };
+    for (modules, mode, normalize) in [(false, PoolMode::Mean, false), (true, PoolMode::Max, true)]
+    {
+        if modules {
+            std::fs::write(
+                dir.join("modules.json"),
+                r#"[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]"#,
+            )
+            .unwrap();
+            std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+            std::fs::write(
+                dir.join("1_Pooling/config.json"),
+                r#"{"word_embedding_dimension": 60, "pooling_mode_max_tokens": true}"#,
+            )
+            .unwrap();
+        }
+        let model = EncoderModel::load(gpu(), dir, &opts).unwrap();
+        assert!(!model.uses_textures(), "C = 60 runs in buffers");
+        assert_eq!(
+            (model.sentence.pooling, model.sentence.normalize),
+            (mode, normalize)
+        );
+        let want = wgpt::reference::encoder_forward(&cfg, &host, &seqs, mode, normalize);
+        for batch in [5, 2] {
+            let got = model.embed_tokens(&seqs, batch).unwrap();
+            let d = max_abs_diff(&got.data, &want);
+            println!("random BERT {mode:?} normalize={normalize} batch {batch}: max diff {d:e}");
+            // Outputs of layer norms are O(1); two layers of f32 sums over <= 100 terms and
+            // softmaxes over <= 40 keys against f64: ~1e-6, 1e-5 leaves room for the spread.
+            assert!(d <= 1e-5, "max diff {d}");
+        }
+    }
+}
