@@ -331,7 +331,7 @@ pub fn gelu_erf(x: &mut [f32]) {
 }
 
 /// embed.wgsl's `embed_packed`: sequences packed in rows; row t is token `tokens[t]` at position
-/// `t - spans[t][0]` (spans[t] = first row of its sequence, its length). wte (V, C), wpe (n_pos, C).
+/// `t - spans[t][0]` (`spans[t]` = first row of its sequence, its length). wte (V, C), wpe (n_pos, C).
 pub fn embed_packed(
     tokens: &[u32],
     wte: &[f32],
@@ -350,7 +350,7 @@ pub fn embed_packed(
 }
 
 /// attention.wgsl's `attention_bidirectional` (and attention_texture.wgsl's): query row t of qkv
-/// (T, 3C) attends to the key and value rows spans[t][0] .. + spans[t][1] of k, v (T, C), its own
+/// (T, 3C) attends to the key and value rows `spans[t][0] .. + spans[t][1]` of k, v (T, C), its own
 /// sequence's, with a plain softmax over the materialised scores.
 pub fn attention_bidirectional(
     qkv: &[f32],
@@ -395,7 +395,7 @@ pub fn attention_bidirectional(
     out
 }
 
-/// pool.wgsl: per sequence (spans[s] = first row, length, of x (T, C)) the mean, max or first
+/// pool.wgsl: per sequence (`spans[s]` = first row, length, of x (T, C)) the mean, max or first
 /// row, then with `normalize` divided by its L2 norm (at least 1e-12). → (B, C)
 pub fn pool(
     x: &[f32],

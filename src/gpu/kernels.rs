@@ -271,7 +271,7 @@ pub enum PoolMode {
     Mean = 0,
     /// The elementwise maximum over its tokens (`pooling_mode_max_tokens`).
     Max = 1,
-    /// The first token, [CLS] (`pooling_mode_cls_token`).
+    /// The first token, `[CLS]` (`pooling_mode_cls_token`).
     Cls = 2,
 }
 
