@@ -1,8 +1,12 @@
-// Causal multi-head self-attention, flash style: keys are visited in blocks of 64 with an online
+// Multi-head self-attention, flash style: keys are visited in blocks of 64 with an online
 // softmax (running max m, running sum l, rescaled accumulator), so no T x T score matrix exists.
-// One workgroup per (head, query); query t sits at position(t) and sees keys 0 ..= position(t) of
-// its sequence's slot of the KV cache (step.wgsl is prepended). Each invocation scores one key of a block and owns up to 4 output dims
-// (head size <= 256).
+// One workgroup per (head, query). Each invocation scores one key of a block and owns up to 4
+// output dims (head size <= 256). step.wgsl is prepended. Two entry points:
+//   attention:               causal (decoders): query t sits at position(t) and sees keys
+//                            0 ..= position(t) of its sequence's slot of the KV cache.
+//   attention_bidirectional: encoders: sequences packed in the step's rows; query t sees every key
+//                            of its own sequence, rows spans[t].x .. spans[t].x + spans[t].y, and
+//                            none of the others (the key padding mask, as row ranges).
 
 struct Params { C: u32, NH: u32, HS: u32, scale: f32 }
 
@@ -11,6 +15,7 @@ struct Params { C: u32, NH: u32, HS: u32, scale: f32 }
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;    // (n_ctx, C)
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;    // (n_ctx, C)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (T, C)
+@group(0) @binding(6) var<storage, read> spans: array<vec2<u32>>;  // (T) bidirectional only
 
 const BLOCK: u32 = 64u;
 const DIMS_PER_INVOCATION: u32 = 4u;
@@ -20,12 +25,8 @@ const NEG: f32 = -3.0e38;
 var<workgroup> q: array<f32, 256>;     // (HS) this head's query, pre-scaled by 1/sqrt(HS)
 var<workgroup> probs: array<f32, BLOCK>;
 
-@compute @workgroup_size(BLOCK)
-fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let h = wg.x;
-    let t = wg.y;
-    if (t >= step.rows) { return; }
-    let lid = lid3.x;
+// Query t of head h over cache rows base .. base + n_keys (workgroup-uniform arguments).
+fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32) {
     let C = p.C;
     let HS = p.HS;
     let hoff = h * HS;
@@ -33,8 +34,6 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     for (var d = lid; d < HS; d += BLOCK) { q[d] = qkv[t * 3u * C + hoff + d] * p.scale; }
     workgroupBarrier();
 
-    let n_keys = position(t) + 1u;
-    let base = slot_base(t);
     var m = NEG;
     var l = 0.0;
     var acc = array<f32, DIMS_PER_INVOCATION>(0.0, 0.0, 0.0, 0.0);
@@ -74,4 +73,22 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         let d = lid + di * BLOCK;
         if (d < HS) { out[t * C + hoff + d] = acc[di] / l; }
     }
+}
+
+@compute @workgroup_size(BLOCK)
+fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let t = wg.y;
+    if (t >= step.rows) { return; }
+    attend(wg.x, t, lid3.x, slot_base(t), position(t) + 1u);
+}
+
+@compute @workgroup_size(BLOCK)
+fn attention_bidirectional(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid3: vec3<u32>,
+) {
+    let t = wg.y;
+    if (t >= step.rows) { return; }
+    let span = spans[t];
+    attend(wg.x, t, lid3.x, span.x, span.y);
 }

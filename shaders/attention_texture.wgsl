@@ -1,10 +1,14 @@
 // Attention for the texture layout (CPU adapters): the KV cache lives in rgba32float textures
 // (n_ctx rows, C / 4 texels; texel = four consecutive dims), written by kv_append_texture and
-// read by attention_texture. On lavapipe a texel load is one vectorised fetch where a buffer load
-// is a per-lane scalar loop, and barriers are costly; so here there are neither buffers for K, V
-// nor barriers: each invocation owns one (head, query) and runs the online softmax over its keys
-// alone, with its query and accumulator in registers (HS % 4 == 0, HS <= 256). step.wgsl is
-// prepended: query t sees keys 0 ..= position(t) of its sequence's cache slot.
+// read here. On lavapipe a texel load is one vectorised fetch where a buffer load is a per-lane
+// scalar loop, and barriers are costly; so here there are neither buffers for K, V nor barriers:
+// each invocation owns one (head, query) and runs the online softmax over its keys alone, with
+// its query and accumulator in registers (HS % 4 == 0, HS <= 256). step.wgsl is prepended.
+//   attention_texture:               causal: query t sees keys 0 ..= position(t) of its
+//                                    sequence's cache slot.
+//   attention_texture_bidirectional: encoders, sequences packed in the step's rows: query t sees
+//                                    the rows spans[t].x .. spans[t].x + spans[t].y of its own
+//                                    sequence (the key padding mask, as row ranges).
 
 struct Params { C: u32, NH: u32, HS: u32, scale: f32 }
 
@@ -13,15 +17,13 @@ struct Params { C: u32, NH: u32, HS: u32, scale: f32 }
 @group(0) @binding(3) var k_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, C/4)
 @group(0) @binding(4) var v_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, C/4)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;                 // (T, C)
+@group(0) @binding(6) var<storage, read> spans: array<vec2<u32>>;               // (T) bidirectional only
 
 const MAX_HS4: u32 = 64u;
 const NEG: f32 = -3.0e38;
 
-@compute @workgroup_size(8)
-fn attention_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let h = gid.x;
-    let t = gid.y;
-    if (h >= p.NH || t >= step.rows) { return; }
+// Query t of head h over cache rows base .. base + n_keys.
+fn attend(h: u32, t: u32, base: u32, n_keys: u32) {
     let hs4 = p.HS / 4u;
     let x0 = h * hs4;  // this head's first texel column
     let qrow = t * 3u * p.C + h * p.HS;
@@ -34,8 +36,6 @@ fn attention_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var m = NEG;
     var l = 0.0;
-    let n_keys = position(t) + 1u;
-    let base = slot_base(t);
     for (var jj = 0u; jj < n_keys; jj++) {
         let j = base + jj;
         var s = 0.0;
@@ -57,4 +57,21 @@ fn attention_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
         out[orow + 4u * d + 2u] = y.z;
         out[orow + 4u * d + 3u] = y.w;
     }
+}
+
+@compute @workgroup_size(8)
+fn attention_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let h = gid.x;
+    let t = gid.y;
+    if (h >= p.NH || t >= step.rows) { return; }
+    attend(h, t, slot_base(t), position(t) + 1u);
+}
+
+@compute @workgroup_size(8)
+fn attention_texture_bidirectional(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let h = gid.x;
+    let t = gid.y;
+    if (h >= p.NH || t >= step.rows) { return; }
+    let span = spans[t];
+    attend(h, t, span.x, span.y);
 }

@@ -51,3 +51,18 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (p.positions != 0u) { v += wpe[position(t) * p.C + c]; }
     x[t * p.C + c] = v;
 }
+
+// Encoders: several sequences packed one after another in the step's rows. spans[t] = (first row
+// of row t's sequence, its length), so row t sits at position t - spans[t].x; wpe may hold a
+// constant row folded in (BERT's token-type embedding of type 0).
+@group(0) @binding(6) var<storage, read> spans: array<vec2<u32>>;  // (T)
+
+@compute @workgroup_size(64)
+fn embed_packed(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    let t = gid.y;
+    if (c >= p.C || t >= step.rows) { return; }
+    let tok = tokens[t];
+    if (tok < p.tok0 || tok >= p.tok0 + p.tok_rows) { return; }
+    x[t * p.C + c] = p.scale * wte_at(tok - p.tok0, c) + wpe[(t - spans[t].x) * p.C + c];
+}

@@ -5,6 +5,7 @@
 // read along K, four at a time (K % 4 == 0, checked at load).
 // Epilogues fuse what follows a projection in GPT-2, saving a dispatch and a round trip through
 // memory each: GELU after the MLP's up-projection, the residual add after the down-projections.
+// Encoders (BERT) use the erf form of GELU.
 
 struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
 struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, epilogue: u32, _b: u32, _c: u32 }
@@ -29,17 +30,23 @@ fn gelu(x: f32) -> f32 {
     return 0.5 * x * (1.0 + tanh(u));
 }
 
+// erf(x), Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7, below f32's resolution of erf's
+// values near 1 (WGSL has no erf builtin). Odd, so computed on |x|.
+fn erf(x: f32) -> f32 {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * z);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return sign(x) * (1.0 - poly * exp(-z * z));
+}
+
+// GELU as BERT computes it (transformers' "gelu", PyTorch's exact form): 0.5 x (1 + erf(x / sqrt 2)).
+fn gelu_erf(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + erf(x * 0.7071067811865476));
+}
+
 // Four signed bytes of a q8 weight word (lowest byte first) as f32.
 fn i8x4(word: u32) -> vec4<f32> {
     return vec4<f32>(unpack4xI8(word));
-}
-
-// erf for the exact GELU (WGSL has none): Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7.
-fn erf(x: f32) -> f32 {
-    let a = abs(x);
-    let t = 1.0 / (1.0 + 0.3275911 * a);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return sign(x) * (1.0 - poly * exp(-a * a));
 }
 
 // Writes one output: bias, then the epilogue. RESIDUAL adds into what `out` holds (the residual
@@ -50,9 +57,9 @@ fn store(m: u32, n: u32, acc: f32) {
     let i = m * p.ldo + p.col0 + n;
     switch p.epilogue {
         case EPILOGUE_GELU: { out[i] = gelu(v); }
+        case EPILOGUE_GELU_ERF: { out[i] = gelu_erf(v); }
         case EPILOGUE_RESIDUAL: { out[i] = out[i] + v; }
         case EPILOGUE_RELU: { out[i] = max(v, 0.0); }
-        case EPILOGUE_GELU_ERF: { out[i] = 0.5 * v * (1.0 + erf(v * 0.7071067811865476)); }
         default: { out[i] = v; }
     }
 }

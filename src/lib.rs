@@ -32,6 +32,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod encoder;
 pub mod error;
 pub mod generate;
 pub mod gpu;
@@ -42,6 +43,7 @@ pub mod sampler;
 pub mod tokenizer;
 
 pub use config::Config;
+pub use encoder::{Embeddings, EncoderModel};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, Generator, StopReason, TokenEvent, generate_ids};
 pub use gpu::Engine;

@@ -148,38 +148,6 @@ pub fn relu(x: &mut [f32]) {
     }
 }
 
-/// The exact GELU epilogue, x Φ(x) = x (1 + erf(x / √2)) / 2, in f64.
-pub fn gelu_erf(x: &mut [f32]) {
-    for v in x {
-        let z = *v as f64;
-        *v = (0.5 * z * (1.0 + erf(z / std::f64::consts::SQRT_2))) as f32;
-    }
-}
-
-/// erf in f64: its Maclaurin series below |z| = 4 (alternating terms, ~1e-13 after
-/// cancellation), and 1 - erfc from its asymptotic series beyond (erfc(4) ~ 1.5e-8).
-pub fn erf(z: f64) -> f64 {
-    let a = z.abs();
-    let value = if a < 4.0 {
-        let (mut term, mut sum) = (a, a);
-        for n in 1..200 {
-            term *= -a * a / n as f64;
-            let add = term / (2 * n + 1) as f64;
-            sum += add;
-            if add.abs() < 1e-17 {
-                break;
-            }
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    } else {
-        let inv = 1.0 / (a * a);
-        let erfc = (-a * a).exp() / (a * std::f64::consts::PI.sqrt())
-            * (1.0 - 0.5 * inv + 0.75 * inv * inv - 1.875 * inv * inv * inv);
-        1.0 - erfc
-    };
-    value.copysign(z)
-}
-
 /// residual.wgsl: x += y.
 pub fn residual(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
@@ -349,4 +317,204 @@ pub fn sinusoid(n_ctx: usize, c: usize, offset: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// erf in f64: its Maclaurin series below |x| = 2.5 (terms stay below ~500, so ~1e-13 of
+/// cancellation), above it 1 - erfc(x) from erfc's continued fraction (converged to ~1e-16).
+pub fn erf(x: f64) -> f64 {
+    let z = x.abs();
+    let r = if z < 2.5 {
+        // erf(z) = 2/sqrt(pi) * sum_n (-1)^n z^(2n+1) / (n! (2n+1))
+        let (mut term, mut sum) = (z, z);
+        for n in 1..200 {
+            term *= -z * z / n as f64;
+            let add = term / (2 * n + 1) as f64;
+            sum += add;
+            if add.abs() < 1e-17 * sum.abs() {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc(z) = exp(-z^2) / sqrt(pi) * 1 / (z + (1/2) / (z + 1 / (z + (3/2) / (z + 2 / ...))))
+        let mut f = z;
+        for k in (1..80).rev() {
+            f = z + (k as f64 / 2.0) / f;
+        }
+        1.0 - (-z * z).exp() / std::f64::consts::PI.sqrt() / f
+    };
+    r.copysign(x)
+}
+
+/// linear.wgsl's GELU_ERF epilogue (BERT's GELU): 0.5 x (1 + erf(x / sqrt 2)).
+pub fn gelu_erf(x: &mut [f32]) {
+    for v in x {
+        let z = *v as f64;
+        *v = (0.5 * z * (1.0 + erf(z / std::f64::consts::SQRT_2))) as f32;
+    }
+}
+
+/// embed.wgsl's `embed_packed`: sequences packed in rows; row t is token `tokens[t]` at position
+/// `t - spans[t][0]` (`spans[t]` = first row of its sequence, its length). wte (V, C), wpe (n_pos, C).
+pub fn embed_packed(
+    tokens: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    c: usize,
+    spans: &[[u32; 2]],
+) -> Vec<f32> {
+    let mut x = vec![0.0; tokens.len() * c];
+    for (t, &tok) in tokens.iter().enumerate() {
+        let pos = t - spans[t][0] as usize;
+        for i in 0..c {
+            x[t * c + i] = wte[tok as usize * c + i] + wpe[pos * c + i];
+        }
+    }
+    x
+}
+
+/// attention.wgsl's `attention_bidirectional` (and attention_texture.wgsl's): query row t of qkv
+/// (T, 3C) attends to the key and value rows `spans[t][0] .. + spans[t][1]` of k, v (T, C), its own
+/// sequence's, with a plain softmax over the materialised scores.
+pub fn attention_bidirectional(
+    qkv: &[f32],
+    k: &[f32],
+    v: &[f32],
+    c: usize,
+    nh: usize,
+    spans: &[[u32; 2]],
+) -> Vec<f32> {
+    let hs = c / nh;
+    let t_len = qkv.len() / (3 * c);
+    let scale = 1.0 / (hs as f64).sqrt();
+    let mut out = vec![0.0; t_len * c];
+    for t in 0..t_len {
+        let keys = spans[t][0] as usize..(spans[t][0] + spans[t][1]) as usize;
+        for h in 0..nh {
+            let q = &qkv[t * 3 * c + h * hs..t * 3 * c + (h + 1) * hs];
+            let scores: Vec<f64> = keys
+                .clone()
+                .map(|j| {
+                    let kr = &k[j * c + h * hs..j * c + (h + 1) * hs];
+                    q.iter()
+                        .zip(kr)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            for d in 0..hs {
+                let y: f64 = keys
+                    .clone()
+                    .zip(&exps)
+                    .map(|(j, e)| e * v[j * c + h * hs + d] as f64)
+                    .sum();
+                out[t * c + h * hs + d] = (y / sum) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// pool.wgsl: per sequence (`spans[s]` = first row, length, of x (T, C)) the mean, max or first
+/// row, then with `normalize` divided by its L2 norm (at least 1e-12). → (B, C)
+pub fn pool(
+    x: &[f32],
+    c: usize,
+    spans: &[[u32; 2]],
+    mode: crate::gpu::kernels::PoolMode,
+    normalize: bool,
+) -> Vec<f32> {
+    use crate::gpu::kernels::PoolMode;
+    let mut out = Vec::with_capacity(spans.len() * c);
+    for &[first, n] in spans {
+        let rows = &x[first as usize * c..(first + n) as usize * c];
+        let v: Vec<f64> = (0..c)
+            .map(|i| {
+                let col = rows.chunks(c).map(|r| r[i] as f64);
+                match mode {
+                    PoolMode::Mean => col.sum::<f64>() / n as f64,
+                    PoolMode::Max => col.fold(f64::NEG_INFINITY, f64::max),
+                    PoolMode::Cls => rows[i] as f64,
+                }
+            })
+            .collect();
+        let norm = if normalize {
+            v.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-12)
+        } else {
+            1.0
+        };
+        out.extend(v.iter().map(|a| (a / norm) as f32));
+    }
+    out
+}
+
+/// A BERT forward pass on the CPU from host weights (as
+/// [`load_host_encoder_weights`](crate::encoder::weights::load_host_encoder_weights) makes them):
+/// the pooled embeddings (B, C) of `seqs`, packed as the GPU packs them.
+pub fn encoder_forward(
+    cfg: &crate::encoder::EncoderConfig,
+    w: &crate::encoder::EncoderWeights<Vec<f32>>,
+    seqs: &[Vec<u32>],
+    mode: crate::gpu::kernels::PoolMode,
+    normalize: bool,
+) -> Vec<f32> {
+    let (c, nh, inner) = (cfg.hidden_size, cfg.num_heads, cfg.intermediate_size);
+    let eps = cfg.layer_norm_eps;
+    let tokens: Vec<u32> = seqs.concat();
+    let mut seq_spans = Vec::new();
+    let mut row_spans = Vec::new();
+    for s in seqs {
+        let span = [row_spans.len() as u32, s.len() as u32];
+        seq_spans.push(span);
+        row_spans.extend(std::iter::repeat_n(span, s.len()));
+    }
+    let h = embed_packed(&tokens, &w.word, &w.position, c, &row_spans);
+    let mut x = layernorm(&h, &w.emb_ln_w, &w.emb_ln_b, c, eps);
+    for lw in &w.layers {
+        let qkv = matmul(&x, &lw.qkv_w, Some(&lw.qkv_b), c, 3 * c);
+        let (mut k, mut v) = (vec![0.0; tokens.len() * c], vec![0.0; tokens.len() * c]);
+        kv_append(&qkv, &mut k, &mut v, c, 0);
+        let att = attention_bidirectional(&qkv, &k, &v, c, nh, &row_spans);
+        residual(
+            &mut x,
+            &matmul(&att, &lw.attn_out_w, Some(&lw.attn_out_b), c, c),
+        );
+        let mut h = layernorm(&x, &lw.ln_1_w, &lw.ln_1_b, c, eps);
+        let mut fc = matmul(&h, &lw.fc_w, Some(&lw.fc_b), c, inner);
+        match cfg.activation {
+            crate::gpu::kernels::Epilogue::Gelu => gelu(&mut fc),
+            _ => gelu_erf(&mut fc),
+        }
+        residual(
+            &mut h,
+            &matmul(&fc, &lw.fc_out_w, Some(&lw.fc_out_b), inner, c),
+        );
+        x = layernorm(&h, &lw.ln_2_w, &lw.ln_2_b, c, eps);
+    }
+    pool(&x, c, &seq_spans, mode, normalize)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn erf_matches_known_values() {
+        // Values from Abramowitz & Stegun table 7.1 (and erf(inf) = 1).
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_813_047),
+            (1.0, 0.842_700_792_949_715),
+            (2.0, 0.995_322_265_018_953),
+            (2.5, 0.999_593_047_982_555),
+            (3.0, 0.999_977_909_503_001),
+            (-1.0, -0.842_700_792_949_715),
+            (10.0, 1.0),
+        ] {
+            let got = super::erf(x);
+            assert!((got - want).abs() < 1e-14, "erf({x}) = {got}, want {want}");
+        }
+    }
 }

@@ -45,6 +45,42 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// For encoders: drops the truncation and padding a `tokenizer.json` may carry (all-MiniLM-L6-v2's
+    /// pads and truncates to 128), so that [`encode_with_special`](Self::encode_with_special)
+    /// alone decides the length, as sentence-transformers does.
+    pub fn without_truncation_or_padding(mut self) -> Result<Self> {
+        self.inner
+            .with_truncation(None)
+            .map_err(|e| Error::Encode(e.to_string()))?;
+        self.inner.with_padding(None);
+        Ok(self)
+    }
+
+    /// Token ids of `text` with the special tokens the tokenizer's post-processor adds (BERT's
+    /// `[CLS] ... [SEP]`), the text's own tokens cut from the right so the whole is at most
+    /// `max_len` ids (transformers' `truncation=True, max_length=max_len`). Also returns the
+    /// length the whole would have had uncut. See [`without_truncation_or_padding`](Self::without_truncation_or_padding).
+    pub fn encode_with_special(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, usize)> {
+        use tokenizers::PostProcessor;
+        let err = |e: tokenizers::Error| Error::Encode(e.to_string());
+        let mut enc = self.inner.encode(text, false).map_err(err)?;
+        let added = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        let full = enc.len() + added;
+        if max_len < added {
+            return Err(Error::Input(format!(
+                "a limit of {max_len} tokens leaves no room for the {added} special tokens"
+            )));
+        }
+        if full > max_len {
+            enc.truncate(max_len - added, 0, tokenizers::TruncationDirection::Right);
+        }
+        let enc = self.inner.post_process(enc, None, true).map_err(err)?;
+        Ok((enc.get_ids().to_vec(), full))
+    }
+
     /// Text of `ids`, special tokens kept. Decoding a single id of a multi-byte character
     /// yields U+FFFD; use [`stream`](Self::stream) for incremental output.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

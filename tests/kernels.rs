@@ -962,3 +962,253 @@ fn linear_grid(name: &str, n: u32, m: u32) -> (u32, u32) {
         (n.div_ceil(32), m.div_ceil(32))
     }
 }
+
+/// Packs sequences of these lengths into rows: per row (first row of its sequence, its length),
+/// and per sequence the same.
+fn packed_spans(lengths: &[usize]) -> (Vec<[u32; 2]>, Vec<[u32; 2]>) {
+    let (mut rows, mut seqs) = (Vec::new(), Vec::new());
+    for &n in lengths {
+        let span = [rows.len() as u32, n as u32];
+        seqs.push(span);
+        rows.extend(std::iter::repeat_n(span, n));
+    }
+    (rows, seqs)
+}
+
+fn spans_buffer(h: &Harness, spans: &[[u32; 2]]) -> wgpu::Buffer {
+    h.gpu.storage_init("spans", bytemuck::cast_slice(spans))
+}
+
+/// BERT's erf GELU as a linear-layer epilogue, in all three linear kernels, against the twin
+/// (whose erf is exact in f64; the kernels use Abramowitz & Stegun 7.1.26).
+#[test]
+fn gelu_erf_epilogue_matches_cpu() {
+    let h = Harness::new();
+    for (m, k, n) in [(1, 64, 17), (7, 64, 45), (33, 128, 100)] {
+        // Pre-activations up to ~|8|: both GELU tails and the curved middle.
+        let a = random(m * k, 31, 1.0);
+        let w = random(n * k, 32, 0.5);
+        let b = random(n, 33, 1.0);
+        let mut want = reference::matmul(&a, &w, Some(&b), k, n);
+        reference::gelu_erf(&mut want);
+        let params = MatmulParams {
+            k: k as u32,
+            n: n as u32,
+            ldo: n as u32,
+            col0: 0,
+            has_bias: 1,
+            epilogue: Epilogue::GeluErf as u32,
+            _pad: [0; 2],
+        };
+        let (step, pu, bb) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&b));
+        for (name, pipe) in [("matmul", &h.p.matmul), ("gemv", &h.p.gemv)] {
+            let out = h.f32s(&vec![f32::NAN; m * n]);
+            let (x, y) = linear_grid(name, n as u32, m as u32);
+            h.run(
+                pipe,
+                &[&step, &pu, &h.f32s(&a), &h.f32s(&w), &bb, &out],
+                x,
+                y,
+            );
+            // f32 sums of K <= 128 terms of size <= 0.5 against f64, then erf to 1.5e-7.
+            let d = close(&h.read(&out), &want, 1e-5);
+            println!("{name} GeluErf M={m} K={k} N={n}: max diff {d:e}");
+        }
+        let out = h.f32s(&vec![f32::NAN; m * n]);
+        let at = h
+            .gpu
+            .texture_init("a", &a, m, k)
+            .create_view(&Default::default());
+        let wt = h
+            .gpu
+            .weight_texture_init("w", &w, n, k, WeightDtype::F32)
+            .create_view(&Default::default());
+        let au = h.gpu.storage_uniform("a", (m * k * 4) as u64);
+        let res = vec![
+            step.as_entire_binding(),
+            pu.as_entire_binding(),
+            wgpu::BindingResource::TextureView(&at),
+            wgpu::BindingResource::TextureView(&wt),
+            bb.as_entire_binding(),
+            out.as_entire_binding(),
+            wgpt::Engine::gemv_input(&au),
+        ];
+        let pipe = &h.p.textures().matmul_texture;
+        let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, pipe, "t", res);
+        dispatch(
+            &h,
+            pipe,
+            &bg,
+            (n as u32).div_ceil(4).div_ceil(8),
+            (m as u32).div_ceil(4),
+        );
+        // As above.
+        let d = close(&h.read(&out), &want, 1e-5);
+        println!("matmul_texture GeluErf M={m} K={k} N={n}: max diff {d:e}");
+    }
+}
+
+/// Encoders' embedding: sequences packed in rows, each row at its position within its sequence.
+#[test]
+fn embed_packed_matches_cpu() {
+    let h = Harness::new();
+    let pipe = wgpt::gpu::kernels::entry_pipeline(&h.gpu, "embed", "embed_packed", None, &[]);
+    for (lengths, c) in [(vec![1], 33), (vec![3, 4], 60), (vec![10, 1, 22], 65)] {
+        let t: usize = lengths.iter().sum();
+        let v = 37;
+        let wte = random(v * c, 34, 1.0);
+        let wpe = random(32 * c, 35, 1.0);
+        let tokens: Vec<u32> = (0..t).map(|i| ((i * 11 + 3) % v) as u32).collect();
+        let (rows, _) = packed_spans(&lengths);
+        let want = reference::embed_packed(&tokens, &wte, &wpe, c, &rows);
+        let x = h.f32s(&vec![f32::NAN; t * c]);
+        // Two chunks of the token table, one dispatch each.
+        for (r0, r1) in [(0, 20), (20, v)] {
+            let params = EmbedParams::new(c as u32, r0 as u32, (r1 - r0) as u32, 1.0);
+            let (step, pu, tb) = (
+                h.step(t, 0, 0),
+                h.gpu.uniform("p", &params),
+                h.u32s(&tokens),
+            );
+            let (chunk, pb, sb) = (
+                h.f32s(&wte[r0 * c..r1 * c]),
+                h.f32s(&wpe),
+                spans_buffer(&h, &rows),
+            );
+            h.run(
+                &pipe,
+                &[&step, &pu, &tb, &chunk, &pb, &x, &sb],
+                (c as u32).div_ceil(64),
+                t as u32,
+            );
+        }
+        // Copies and one add: exact.
+        let d = close(&h.read(&x), &want, 0.0);
+        println!("embed_packed lengths={lengths:?} C={c}: max diff {d:e}");
+    }
+}
+
+/// Encoders' attention (buffer and texture variants): every row sees all rows of its own
+/// sequence and none of the others', sequences of 1 to 70 rows (one past a 64-key block).
+#[test]
+fn bidirectional_attention_matches_cpu() {
+    let h = Harness::new();
+    let gpu = &h.gpu;
+    let buffer_pipe =
+        wgpt::gpu::kernels::entry_pipeline(gpu, "attention", "attention_bidirectional", None, &[]);
+    let texture_pipe = wgpt::gpu::kernels::entry_pipeline(
+        gpu,
+        "attention_texture",
+        "attention_texture_bidirectional",
+        None,
+        &[],
+    );
+    // (lengths, C, NH): HS = 11, 12, 20, 130 for buffers; textures need C % 4 and HS % 4 == 0.
+    let buffer_cases = [
+        (vec![1], 33, 3),
+        (vec![3, 4], 60, 5),
+        (vec![20, 13], 60, 3),
+        (vec![2, 70, 1], 390, 3),
+    ];
+    let texture_cases = [
+        (vec![1], 64, 4),
+        (vec![3, 4], 192, 3),
+        (vec![20, 13], 128, 8),
+        (vec![2, 70, 1], 768, 3),
+    ];
+    for (textures, cases) in [(false, buffer_cases), (true, texture_cases)] {
+        for (lengths, c, nh) in cases {
+            let t: usize = lengths.iter().sum();
+            let hs = c / nh;
+            let (rows, _) = packed_spans(&lengths);
+            let qkv = random(t * 3 * c, 36, 2.0);
+            let (mut k, mut v) = (vec![0.0; t * c], vec![0.0; t * c]);
+            reference::kv_append(&qkv, &mut k, &mut v, c, 0);
+            let want = reference::attention_bidirectional(&qkv, &k, &v, c, nh, &rows);
+            let out = h.f32s(&vec![f32::NAN; t * c]);
+            let params = AttentionParams {
+                c: c as u32,
+                nh: nh as u32,
+                hs: hs as u32,
+                scale: 1.0 / (hs as f32).sqrt(),
+            };
+            let (step, pu, qb, sb) = (
+                h.step(t, 0, 0),
+                gpu.uniform("p", &params),
+                h.f32s(&qkv),
+                spans_buffer(&h, &rows),
+            );
+            let name = if textures {
+                let kt = gpu
+                    .texture_init("k", &k, t, c)
+                    .create_view(&Default::default());
+                let vt = gpu
+                    .texture_init("v", &v, t, c)
+                    .create_view(&Default::default());
+                let res = vec![
+                    step.as_entire_binding(),
+                    pu.as_entire_binding(),
+                    qb.as_entire_binding(),
+                    wgpu::BindingResource::TextureView(&kt),
+                    wgpu::BindingResource::TextureView(&vt),
+                    out.as_entire_binding(),
+                    sb.as_entire_binding(),
+                ];
+                let bg = wgpt::gpu::kernels::bind_resources(gpu, &texture_pipe, "t", res);
+                dispatch(&h, &texture_pipe, &bg, (nh as u32).div_ceil(8), t as u32);
+                "attention_texture_bidirectional"
+            } else {
+                let (kb, vb) = (h.f32s(&k), h.f32s(&v));
+                h.run(
+                    &buffer_pipe,
+                    &[&step, &pu, &qb, &kb, &vb, &out, &sb],
+                    nh as u32,
+                    t as u32,
+                );
+                "attention_bidirectional"
+            };
+            // Convex combinations of values in [-2, 2]; online softmax in f32 over <= 70 keys
+            // with scores up to ~|4 sqrt(HS)|, as for the causal kernels.
+            let d = close(&h.read(&out), &want, 1e-5);
+            println!("{name} lengths={lengths:?} C={c} NH={nh} HS={hs}: max diff {d:e}");
+        }
+    }
+}
+
+/// Sentence pooling: mean, max and [CLS], with and without L2 normalisation.
+#[test]
+fn pool_matches_cpu() {
+    use wgpt::gpu::kernels::{PoolMode, PoolParams};
+    let h = Harness::new();
+    let pipe = wgpt::gpu::kernels::pipeline(&h.gpu, "pool", None, &[]);
+    for (lengths, c) in [(vec![1], 33), (vec![7, 1], 65), (vec![33, 5, 70], 769)] {
+        let t: usize = lengths.iter().sum();
+        let x = random(t * c, 37, 3.0);
+        let (_, seqs) = packed_spans(&lengths);
+        for mode in [PoolMode::Mean, PoolMode::Max, PoolMode::Cls] {
+            for normalize in [false, true] {
+                let want = reference::pool(&x, c, &seqs, mode, normalize);
+                let out = h.f32s(&vec![f32::NAN; seqs.len() * c]);
+                let params = PoolParams {
+                    c: c as u32,
+                    mode: mode as u32,
+                    normalize: normalize as u32,
+                    _pad: 0,
+                };
+                let bufs = [
+                    &h.gpu.uniform("p", &params),
+                    &h.f32s(&x),
+                    &spans_buffer(&h, &seqs),
+                    &out,
+                ];
+                h.run(&pipe, &bufs, seqs.len() as u32, 1);
+                // Sums of <= 70 values of size <= 3 in f32 against f64, one division (and a
+                // norm over <= 769 squares): ~1e-6 relative.
+                let d = close(&h.read(&out), &want, 1e-5);
+                println!(
+                    "pool {mode:?} normalize={normalize} lengths={lengths:?} C={c}: max diff {d:e}"
+                );
+            }
+        }
+    }
+}

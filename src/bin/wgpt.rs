@@ -29,7 +29,56 @@ enum Command {
     /// List the adapters wgpu sees, with their limits and features.
     Info(InfoArgs),
     /// Prefill and decode figures for an adapter: a model folder or a GPT-2 shape with random weights.
+    /// Given an encoder folder (BERT), embedding throughput at batch sizes 1, 8 and 32 instead.
     Bench(BenchArgs),
+    /// Sentence embeddings of texts with an encoder folder (BERT family, e.g. all-MiniLM-L6-v2),
+    /// pooled and normalised as its sentence-transformers files say: a .npy file or JSON.
+    Embed(EmbedArgs),
+    /// The cosine similarity matrix of texts' sentence embeddings.
+    Similarity(SimilarityArgs),
+}
+
+#[derive(Args)]
+struct EncoderArgs {
+    /// A Hugging Face BERT folder: config.json, model.safetensors, tokenizer.json, and
+    /// sentence-transformers' modules.json, 1_Pooling/config.json, sentence_bert_config.json.
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Texts to embed (or --input).
+    texts: Vec<String>,
+    /// A file of texts, one per line (added after any TEXT arguments).
+    #[arg(long, short)]
+    input: Option<PathBuf>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = wgpt::encoder::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+    /// Adapter index or part of its name (see `wgpt info`).
+    #[arg(long, env = "WGPT_ADAPTER")]
+    adapter: Option<String>,
+    /// How weight matrices are stored on the GPU: f32, f16 or q8.
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDtype,
+    /// Where the linear layers' operands live: auto, buffer or texture.
+    #[arg(long, default_value = "auto")]
+    layout: WeightLayout,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    #[command(flatten)]
+    enc: EncoderArgs,
+    /// Write the embeddings as f32 .npy [N, D] here instead of printing JSON.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SimilarityArgs {
+    #[command(flatten)]
+    enc: EncoderArgs,
+    /// Print the matrix as JSON ({"texts": [...], "similarity": [[...]]}).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -179,6 +228,8 @@ fn main() {
         Command::Logits(a) => logits(a),
         Command::Info(a) => info(a),
         Command::Bench(a) => bench(a),
+        Command::Embed(a) => embed(a),
+        Command::Similarity(a) => similarity(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -209,7 +260,7 @@ fn model_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
 }
 
 fn load(args: &ModelArgs) -> Result<(Model, PathBuf)> {
-    let dir = model_dir(&args.model)?;
+    let dir = decoder_dir(&args.model)?;
     let gpu = Engine::new(args.adapter.as_deref())?;
     let opts = LoadOptions {
         dtype: args.dtype,
@@ -219,6 +270,18 @@ fn load(args: &ModelArgs) -> Result<(Model, PathBuf)> {
     };
     let model = Model::load(gpu, &dir, &opts)?;
     Ok((model, dir))
+}
+
+/// A decoder folder: [`model_dir`], refusing an encoder with a pointer to the commands for it.
+fn decoder_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
+    let dir = model_dir(arg)?;
+    if wgpt::encoder::is_encoder_dir(&dir) {
+        bail!(
+            "{} holds an encoder (BERT), which makes embeddings, not text: use `wgpt embed` or `wgpt similarity`",
+            dir.display()
+        );
+    }
+    Ok(dir)
 }
 
 fn tokenizer(dir: &Path) -> Result<Tokenizer> {
@@ -240,7 +303,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         repeat_window: a.repeat_window,
     };
     sampling.validate()?;
-    let dir = model_dir(&a.model.model)?;
+    let dir = decoder_dir(&a.model.model)?;
     // Tokenize and check the context before paying for the GPU upload.
     let tok = tokenizer(&dir)?;
     let prompt_ids = tok.encode(&a.prompt)?;
@@ -325,7 +388,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn logits(a: LogitsArgs) -> Result<()> {
-    let dir = model_dir(&a.model.model)?;
+    let dir = decoder_dir(&a.model.model)?;
     let ids = match (&a.ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
         (None, Some(p)) => tokenizer(&dir)?.encode(p)?,
@@ -443,6 +506,13 @@ fn bench(a: BenchArgs) -> Result<()> {
         }
         print!("{}", wgpt::bench::compare(&reports));
         return Ok(());
+    }
+    if let Some(dir) = a
+        .model
+        .as_ref()
+        .filter(|d| wgpt::encoder::is_encoder_dir(d))
+    {
+        return bench_embed(&a, dir);
     }
     let gpu = Engine::new(a.adapter.as_deref())?;
     let t0 = std::time::Instant::now();
@@ -650,4 +720,170 @@ fn vendor_name(id: u32) -> &'static str {
         0x10005 => "Mesa",
         _ => "unknown",
     }
+}
+
+/// The texts of `embed` / `similarity`, the encoder, and the embeddings (notes on stderr for
+/// texts cut to max_seq_length).
+fn run_encoder(a: &EncoderArgs) -> Result<(Vec<String>, wgpt::Embeddings)> {
+    let mut texts = a.texts.clone();
+    if let Some(path) = &a.input {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --input {}", path.display()))?;
+        texts.extend(text.lines().map(|l| l.trim_end_matches('\r').to_string()));
+    }
+    if texts.is_empty() {
+        bail!("no texts: give them as arguments or with --input FILE (one per line)");
+    }
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if !a.model.is_dir() {
+        bail!(
+            "{}: model folder not found; --model must name a Hugging Face BERT folder",
+            a.model.display()
+        );
+    }
+    let gpu = Engine::new(a.adapter.as_deref())?;
+    let opts = LoadOptions {
+        dtype: a.dtype,
+        layout: a.layout,
+        ..Default::default()
+    };
+    let model = wgpt::EncoderModel::load(gpu, &a.model, &opts)?;
+    let mut ids = Vec::with_capacity(texts.len());
+    for (i, t) in texts.iter().enumerate() {
+        let tok = model.tokenize(t)?;
+        if let Some(n) = tok.truncated_from {
+            eprintln!(
+                "note: text {i} has {n} tokens; truncated to the first {} (max_seq_length), as sentence-transformers does",
+                tok.ids.len()
+            );
+        }
+        ids.push(tok.ids);
+    }
+    let t0 = std::time::Instant::now();
+    let e = model.embed_tokens(&ids, a.batch_size)?;
+    let tokens: usize = ids.iter().map(Vec::len).sum();
+    let s = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "embedded {} texts ({tokens} tokens, D = {}) in {:.3} s: {:.1} texts/s on {} ({:?})",
+        e.len(),
+        e.dim,
+        s,
+        e.len() as f64 / s,
+        model.gpu.info.name,
+        model.gpu.info.backend,
+    );
+    Ok((texts, e))
+}
+
+fn embed(a: EmbedArgs) -> Result<()> {
+    let (texts, e) = run_encoder(&a.enc)?;
+    match &a.out {
+        Some(out) => {
+            let file = std::fs::File::create(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let mut w = npyz::WriteOptions::new()
+                .default_dtype()
+                .shape(&[e.len() as u64, e.dim as u64])
+                .writer(std::io::BufWriter::new(file))
+                .begin_nd()
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            w.extend(e.data.iter().copied())
+                .and_then(|_| w.finish())
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!("wrote {} ([{}, {}] f32)", out.display(), e.len(), e.dim);
+        }
+        None => {
+            let json = serde_json::json!({
+                "texts": texts,
+                "dim": e.dim,
+                "embeddings": e.to_vecs(),
+            });
+            println!("{json}");
+        }
+    }
+    Ok(())
+}
+
+fn similarity(a: SimilarityArgs) -> Result<()> {
+    let (texts, e) = run_encoder(&a.enc)?;
+    let m = e.cosine_matrix();
+    if a.json {
+        println!("{}", serde_json::json!({"texts": texts, "similarity": m}));
+        return Ok(());
+    }
+    for (i, t) in texts.iter().enumerate() {
+        let short: String = t.chars().take(60).collect();
+        println!("[{i}] {short:?}");
+    }
+    print!("{:>5}", "");
+    for j in 0..texts.len() {
+        print!(" {:>7}", format!("[{j}]"));
+    }
+    println!();
+    for (i, row) in m.iter().enumerate() {
+        print!("{:>5}", format!("[{i}]"));
+        for v in row {
+            print!(" {v:>7.4}");
+        }
+        println!();
+    }
+    Ok(())
+}
+
+/// `wgpt bench --model ENCODER_DIR`: sentences/s and tokens/s at batch sizes (--batch, default
+/// 1, 8, 32) over 32 texts of everyday lengths (or the largest batch size, if above 32).
+fn bench_embed(a: &BenchArgs, dir: &Path) -> Result<()> {
+    let gpu = Engine::new(a.adapter.as_deref())?;
+    let opts = LoadOptions {
+        dtype: a.dtype,
+        layout: a.layout,
+        ..Default::default()
+    };
+    let model = wgpt::EncoderModel::load(gpu, dir, &opts)?;
+    let batches = if a.batch.is_empty() {
+        vec![1, 8, 32]
+    } else {
+        a.batch.clone()
+    };
+    let n_texts = batches.iter().copied().max().unwrap_or(1).max(32);
+    let r = wgpt::encoder::bench::run(
+        &model,
+        &dir.display().to_string(),
+        &batches,
+        n_texts,
+        a.repeat,
+    )?;
+    let json = serde_json::to_string_pretty(&r)?;
+    if let Some(out) = &a.out {
+        std::fs::write(out, &json).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!(
+        "adapter  {} ({}, {}, {} {})",
+        r.adapter.name,
+        r.adapter.backend,
+        r.adapter.device_type,
+        r.adapter.driver,
+        r.adapter.driver_info
+    );
+    println!(
+        "model    {} (encoder, {} layout), {} texts, {} tokens per run, median of {}",
+        r.source, r.layout, r.texts, r.tokens, a.repeat
+    );
+    println!(
+        "{:>6} {:>10} {:>12} {:>11} {:>9}",
+        "batch", "seconds", "sentences/s", "tokens/s", "GFLOP/s"
+    );
+    for run in &r.runs {
+        println!(
+            "{:>6} {:>10.3} {:>12.1} {:>11.1} {:>9.2}",
+            run.batch, run.seconds, run.sentences_per_s, run.tokens_per_s, run.gflop_s
+        );
+    }
+    Ok(())
 }

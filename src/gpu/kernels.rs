@@ -55,6 +55,7 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("sample"),
     kernel!("fill_random"),
     kernel!("sinusoid"),
+    kernel!("pool"),
 ];
 
 /// Most sequences one batched decode step advances (`Step::pos`).
@@ -310,6 +311,33 @@ pub struct ArgmaxParams {
     pub _pad: [u32; 2],
 }
 
+/// Mirrors `struct Params` in pool.wgsl: one sentence embedding (C) per sequence of rows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct PoolParams {
+    /// C: hidden width.
+    pub c: u32,
+    /// A [`PoolMode`] as u32.
+    pub mode: u32,
+    /// 1: divide each pooled vector by its L2 norm.
+    pub normalize: u32,
+    /// Padding to 16 bytes.
+    pub _pad: u32,
+}
+
+/// How pool.wgsl reduces a sequence's hidden states (pool.wgsl's POOL_*), as sentence-transformers'
+/// `Pooling` module does.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    /// The mean over the sequence's tokens (`pooling_mode_mean_tokens`).
+    Mean = 0,
+    /// The elementwise maximum over its tokens (`pooling_mode_max_tokens`).
+    Max = 1,
+    /// The first token, `[CLS]` (`pooling_mode_cls_token`).
+    Cls = 2,
+}
+
 /// The most candidates `argmax.wgsl` returns.
 pub const MAX_TOP: usize = 64;
 
@@ -335,6 +363,8 @@ pub mod wg {
     /// kv_append.wgsl and kv_append_texture.wgsl: invocations per workgroup along C (one per
     /// value, or per 4 values for the texture variant).
     pub const KV_APPEND: u32 = 64;
+    /// pool.wgsl: invocations per workgroup (one workgroup per sequence).
+    pub const POOL: u32 = 64;
 }
 
 /// Every compute pipeline, built once per model.
@@ -465,7 +495,7 @@ impl Pipelines {
 
 /// step, params (uniform); a, w (read: buffers, or rgba32float storage textures); bias (read);
 /// out (read-write); with textures also gemv_texture's input x (uniform, 64 KiB).
-fn linear_layout(gpu: &Engine, textures: bool) -> wgpu::PipelineLayout {
+pub(crate) fn linear_layout(gpu: &Engine, textures: bool) -> wgpu::PipelineLayout {
     // Inputs are rgba32float; weights raw bits (f32 or f16) in rgba32uint.
     let operand = |binding: u32| wgpu::BindGroupLayoutEntry {
         binding,
