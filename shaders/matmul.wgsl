@@ -3,9 +3,8 @@
 //   matmul: prefill (many rows). Register-blocked and tiled: a workgroup of 8 x 8 invocations
 //           computes a 32 x 32 output tile, each invocation a 4 x 4 block; 32-wide slices of K
 //           of both operands are staged in workgroup memory.
-//   gemv:   decode (a few rows). No workgroup memory or barriers: each invocation computes four
-//           adjacent outputs of one row, streaming four weight rows along K. At one row the
-//           tiled matmul wastes 31/32 of its work; this does none.
+//   gemv:   decode (a few rows): a workgroup per four outputs of a row, its lanes splitting K
+//           (see below). At one row the tiled matmul wastes 31/32 of its work; this does none.
 
 @group(0) @binding(2) var<storage, read> a: array<vec4<f32>>;     // (M, K), M = step.rows
 @group(0) @binding(3) var<storage, read> w: array<u32>;           // (N, K) f32, f16 or q8 words
@@ -95,59 +94,76 @@ fn matmul(
     }
 }
 
-@compute @workgroup_size(64)
-fn gemv(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let n0 = gid.x * 4u;
-    let m = gid.y;
-    if (n0 >= p.N || m >= step.rows) { return; }
+// gemv: one workgroup per four adjacent outputs (a q8 row group) of one input row. Its 64
+// lanes split K, lane l taking vec4 l, l + 64, ... of all four weight rows, so neighbouring
+// lanes read neighbouring 16 bytes (coalesced on GPUs) and even a 768-wide layer keeps 192
+// workgroups busy; the four partial sums are then reduced across the lanes: here in workgroup
+// memory, in gemv_subgroup.wgsl with subgroup operations where the adapter has them.
+const GEMV_LANES: u32 = 64u;
+var<workgroup> partial: array<vec4<f32>, GEMV_LANES>;
+
+// This lane's share of the dot products of input row m with weight rows n0 .. n0 + 3 (rows past
+// N repeat the last one; their results are never stored).
+fn gemv_partial(m: u32, n0: u32, lane: u32) -> vec4<f32> {
     let K4 = p.K / 4u;
     let ar = m * K4;
-    // Rows past N repeat the last one; their results are not stored.
     let n1 = min(n0 + 1u, p.N - 1u);
     let n2 = min(n0 + 2u, p.N - 1u);
     let n3 = min(n0 + 3u, p.N - 1u);
-    var c0 = vec4(0.0);
-    var c1 = vec4(0.0);
-    var c2 = vec4(0.0);
-    var c3 = vec4(0.0);
+    let one = vec4(1.0);
+    var c = vec4(0.0);
     if (WEIGHT_Q8) {
-        // Per block of 32: the int8 dot products, then the four rows' block scales (one vec4:
-        // n0 starts a row group) once.
+        // Per block of 32: the int8 dot products, then the four rows' scales (one vec4: n0
+        // starts a row group).
         let rw = row_words();
-        let r0 = n0 * rw;
-        let r1 = n1 * rw;
-        let r2 = n2 * rw;
-        let r3 = n3 * rw;
-        for (var b = 0u; b < K4 / 8u; b++) {
+        for (var b = lane; b < K4 / 8u; b += GEMV_LANES) {
             var d0 = vec4(0.0);
             var d1 = vec4(0.0);
             var d2 = vec4(0.0);
             var d3 = vec4(0.0);
             for (var k = 8u * b; k < 8u * b + 8u; k++) {
                 let x = a[ar + k];
-                d0 += x * i8x4(w[r0 + k]);
-                d1 += x * i8x4(w[r1 + k]);
-                d2 += x * i8x4(w[r2 + k]);
-                d3 += x * i8x4(w[r3 + k]);
+                d0 += x * i8x4(w[n0 * rw + k]);
+                d1 += x * i8x4(w[n1 * rw + k]);
+                d2 += x * i8x4(w[n2 * rw + k]);
+                d3 += x * i8x4(w[n3 * rw + k]);
             }
             let s = q8_scale_word(n0, b);
-            c0 += d0 * bitcast<f32>(w[s]);
-            c1 += d1 * bitcast<f32>(w[s + 1u]);
-            c2 += d2 * bitcast<f32>(w[s + 2u]);
-            c3 += d3 * bitcast<f32>(w[s + 3u]);
+            let scales = vec4(
+                bitcast<f32>(w[s]),
+                bitcast<f32>(w[s + 1u]),
+                bitcast<f32>(w[s + 2u]),
+                bitcast<f32>(w[s + 3u]),
+            );
+            c += vec4(dot(d0, one), dot(d1, one), dot(d2, one), dot(d3, one)) * scales;
         }
     } else {
-        for (var k = 0u; k < K4; k++) {
+        for (var k = lane; k < K4; k += GEMV_LANES) {
             let x = a[ar + k];
-            c0 += x * w4(n0, k);
-            c1 += x * w4(n1, k);
-            c2 += x * w4(n2, k);
-            c3 += x * w4(n3, k);
+            c += vec4(dot(x, w4(n0, k)), dot(x, w4(n1, k)), dot(x, w4(n2, k)), dot(x, w4(n3, k)));
         }
     }
-    let one = vec4(1.0);
-    let s = vec4(dot(c0, one), dot(c1, one), dot(c2, one), dot(c3, one));
+    return c;
+}
+
+// Stores the four sums (those inside N).
+fn gemv_store(m: u32, n0: u32, s: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
         if (n0 + j < p.N) { store(m, n0 + j, s[j]); }
     }
+}
+
+@compute @workgroup_size(64)
+fn gemv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let n0 = wg.x * 4u;
+    let m = wg.y;
+    // Whole workgroups leave together: the barriers below stay in uniform control flow.
+    if (n0 >= p.N || m >= step.rows) { return; }
+    partial[lane] = gemv_partial(m, n0, lane);
+    workgroupBarrier();
+    for (var s = GEMV_LANES / 2u; s > 0u; s = s >> 1u) {
+        if (lane < s) { partial[lane] += partial[lane + s]; }
+        workgroupBarrier();
+    }
+    if (lane == 0u) { gemv_store(m, n0, partial[0]); }
 }

@@ -538,43 +538,52 @@ pub fn kernels(
             };
             let (st, pu) = (step(t, 0), gpu.uniform("p", &params));
             let few = t == 1;
-            let (name, pipe, groups) = match (textures, few) {
-                (false, true) => ("gemv", &p.gemv, (n.div_ceil(4).div_ceil(64), t)),
-                (false, false) => ("matmul", &p.matmul, (n.div_ceil(32), t.div_ceil(32))),
-                (true, true) => (
+            // At T = 1 without textures both gemv reductions, where subgroups exist.
+            let candidates: Vec<(&str, &wgpu::ComputePipeline, (u32, u32))> = match (textures, few)
+            {
+                (false, true) => std::iter::once(("gemv", &p.gemv))
+                    .chain(p.gemv_subgroup.as_ref().map(|sg| ("gemv_subgroup", sg)))
+                    .map(|(name, pipe)| (name, pipe, (n.div_ceil(4), t)))
+                    .collect(),
+                (false, false) => {
+                    vec![("matmul", &p.matmul, (n.div_ceil(32), t.div_ceil(32)))]
+                }
+                (true, true) => vec![(
                     "gemv_texture",
                     &p.textures().gemv_texture,
                     (n.div_ceil(4).div_ceil(8), t),
-                ),
-                (true, false) => (
+                )],
+                (true, false) => vec![(
                     "matmul_texture",
                     &p.textures().matmul_texture,
                     (n.div_ceil(4).div_ceil(8), t.div_ceil(4)),
-                ),
+                )],
             };
-            let bg = if textures {
-                let r = vec![
-                    st.as_entire_binding(),
-                    pu.as_entire_binding(),
-                    Tex(&x_tex),
-                    Tex(&w_tex),
-                    bias.as_entire_binding(),
-                    out.as_entire_binding(),
-                    crate::Engine::gemv_input(&x),
-                ];
-                bind_resources(gpu, pipe, "bench", r)
-            } else {
-                bind(gpu, pipe, "bench", &[&st, &pu, &x, &w, &bias, &out])
-            };
-            let s = time_dispatch(gpu, pipe, &bg, groups, if few { 20 } else { 2 })?;
-            let bytes = wbytes as f64 + 4.0 * t as f64 * (k + n) as f64;
-            push(
-                name,
-                format!("T={t} K={k} N={n}"),
-                s,
-                bytes,
-                2.0 * t as f64 * k as f64 * n as f64,
-            );
+            for (name, pipe, groups) in candidates {
+                let bg = if textures {
+                    let r = vec![
+                        st.as_entire_binding(),
+                        pu.as_entire_binding(),
+                        Tex(&x_tex),
+                        Tex(&w_tex),
+                        bias.as_entire_binding(),
+                        out.as_entire_binding(),
+                        crate::Engine::gemv_input(&x),
+                    ];
+                    bind_resources(gpu, pipe, "bench", r)
+                } else {
+                    bind(gpu, pipe, "bench", &[&st, &pu, &x, &w, &bias, &out])
+                };
+                let s = time_dispatch(gpu, pipe, &bg, groups, if few { 20 } else { 2 })?;
+                let bytes = wbytes as f64 + 4.0 * t as f64 * (k + n) as f64;
+                push(
+                    name,
+                    format!("T={t} K={k} N={n}"),
+                    s,
+                    bytes,
+                    2.0 * t as f64 * k as f64 * n as f64,
+                );
+            }
         }
     }
     // Attention: one decode query over contexts of 128..1024 keys, and a 128-token prefill.

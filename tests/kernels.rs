@@ -136,12 +136,14 @@ fn matmul_and_gemv_match_cpu_including_column_chunks() {
         (7, 60, 45),
         (33, 68, 100),
         (70, 100, 33),
+        // Lanes of gemv going round K several times, ending mid-way.
+        (3, 1028, 13),
     ] {
         let a = random(m * k, 6, 1.0);
         let w = random(n * k, 7, 1.0);
         let b = random(n, 8, 1.0);
         let want = reference::matmul(&a, &w, Some(&b), k, n);
-        for (name, pipe) in [("matmul", &h.p.matmul), ("gemv", &h.p.gemv)] {
+        for (name, pipe) in linear_kernels(&h.p) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
             let n1 = n / 3 + 1;
             for (c0, c1) in [(0, n1), (n1, n)] {
@@ -167,7 +169,8 @@ fn matmul_and_gemv_match_cpu_including_column_chunks() {
                 let (x, y) = linear_grid(name, cols, m as u32);
                 h.run(pipe, &bufs, x, y);
             }
-            // Dot products of K <= 100 terms of size <= 1 in f32 against f64: ~K * 6e-8.
+            // Dot products of K <= 1028 terms of size <= 1 in f32 against f64, relative to the
+            // largest output (~sqrt(K) / 3): a few 1e-7.
             let d = close(&h.read(&out), &want, 1e-5);
             println!("{name} M={m} K={k} N={n}: max diff {d:e}");
         }
@@ -379,7 +382,7 @@ fn linear_epilogues_match_cpu() {
             (Epilogue::Relu, &relu),
             (Epilogue::GeluErf, &gelu_erf),
         ] {
-            for (name, pipe) in [("matmul", &h.p.matmul), ("gemv", &h.p.gemv)] {
+            for (name, pipe) in linear_kernels(&h.p) {
                 let params = MatmulParams {
                     k: k as u32,
                     n: n as u32,
@@ -481,7 +484,7 @@ fn f16_weights_match_cpu_on_rounded_weights() {
             epilogue: 0,
             _pad: [0; 2],
         };
-        for (name, pipe) in [("matmul", &p16.matmul), ("gemv", &p16.gemv)] {
+        for (name, pipe) in linear_kernels(&p16) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
             let bufs = [
                 &h.step(m, 0, 0),
@@ -571,7 +574,7 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
         let w = random(n * k, 42, 1.0);
         let b = random(n, 43, 1.0);
         let want = reference::matmul(&a, &reference::q8_round_trip(&w), Some(&b), k, n);
-        for (name, pipe) in [("matmul", &p8.matmul), ("gemv", &p8.gemv)] {
+        for (name, pipe) in linear_kernels(&p8) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
             let n1 = n / 3 + 1;
             for (c0, c1) in [(0, n1), (n1, n)] {
@@ -955,9 +958,30 @@ fn top_candidates_match_cpu() {
 
 /// Workgroups for the buffer linear kernels over an (m, n) output: gemv has 64 invocations of 4
 /// columns per row, matmul 32 x 32 tiles.
+/// The subgroup gemv exists wherever the adapter has subgroups, so its tests cannot silently
+/// stop running.
+#[test]
+fn subgroup_gemv_is_built_where_subgroups_exist() {
+    let h = Harness::new();
+    let has = h.gpu.device.features().contains(wgpu::Features::SUBGROUP);
+    println!(
+        "SUBGROUP: {has}; gemv_subgroup built: {}",
+        h.p.gemv_subgroup.is_some()
+    );
+    assert_eq!(h.p.gemv_subgroup.is_some(), has);
+}
+
+/// The buffer-layout linear kernels to check: the tiled matmul, gemv with its workgroup-memory
+/// reduction, and gemv_subgroup where the adapter has subgroups (lavapipe does).
+fn linear_kernels(p: &Pipelines) -> Vec<(&'static str, &wgpu::ComputePipeline)> {
+    let mut v = vec![("matmul", &p.matmul), ("gemv", &p.gemv)];
+    v.extend(p.gemv_subgroup.as_ref().map(|sg| ("gemv_subgroup", sg)));
+    v
+}
+
 fn linear_grid(name: &str, n: u32, m: u32) -> (u32, u32) {
-    if name == "gemv" {
-        (n.div_ceil(4).div_ceil(64), m)
+    if name.starts_with("gemv") {
+        (n.div_ceil(4), m)
     } else {
         (n.div_ceil(32), m.div_ceil(32))
     }
@@ -1001,7 +1025,7 @@ fn gelu_erf_epilogue_matches_cpu() {
             _pad: [0; 2],
         };
         let (step, pu, bb) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&b));
-        for (name, pipe) in [("matmul", &h.p.matmul), ("gemv", &h.p.gemv)] {
+        for (name, pipe) in linear_kernels(&h.p) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
             let (x, y) = linear_grid(name, n as u32, m as u32);
             h.run(

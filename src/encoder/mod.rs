@@ -163,7 +163,11 @@ impl EncoderPipelines {
             embed: kernels::entry_pipeline(gpu, "embed", "embed_packed", None, weights),
             layernorm: kernels::pipeline(gpu, "layernorm", None, &[]),
             matmul: kernels::pipeline(gpu, "matmul", Some(&linear), weights),
-            gemv: kernels::entry_pipeline(gpu, "matmul", "gemv", Some(&linear), weights),
+            // With subgroups, the gemv that reduces across lanes with them.
+            gemv: match gpu.device.features().contains(wgpu::Features::SUBGROUP) {
+                true => kernels::pipeline(gpu, "gemv_subgroup", Some(&linear), weights),
+                false => kernels::entry_pipeline(gpu, "matmul", "gemv", Some(&linear), weights),
+            },
             kv_append: kernels::pipeline(gpu, "kv_append", None, &[]),
             attention: kernels::entry_pipeline(
                 gpu,
@@ -844,7 +848,7 @@ impl Workspace {
             let (pipe, x, y) = match op.kernel {
                 Kernel::Embed => (&p.embed, op.width.div_ceil(wg::EMBED), rows),
                 Kernel::LayerNorm => (&p.layernorm, rows, 1),
-                Kernel::Matmul if gemv => (&p.gemv, op.width.div_ceil(4).div_ceil(wg::GEMV), rows),
+                Kernel::Matmul if gemv => (&p.gemv, op.width.div_ceil(wg::GEMV_OUTPUTS), rows),
                 Kernel::Matmul => (
                     &p.matmul,
                     op.width.div_ceil(wg::MATMUL_TILE),

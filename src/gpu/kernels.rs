@@ -7,35 +7,34 @@ use crate::gpu::Engine;
 use crate::gpu::tensor::WeightDtype;
 
 /// A WGSL kernel family: `shaders/{name}.wgsl`, whose main entry point is also `{name}`,
-/// compiled after an optional shared `prelude` file (plain concatenation, no templating).
+/// compiled after optional shared prelude files (plain concatenation, no templating).
 pub struct KernelSource {
     /// File stem and main entry point, e.g. `"matmul"`.
     pub name: &'static str,
-    /// WGSL prepended to [`wgsl`](Self::wgsl) (`step.wgsl`, `linear.wgsl`), or empty.
-    pub prelude: &'static str,
+    /// WGSL prepended to [`wgsl`](Self::wgsl) in order (`step.wgsl`, `linear.wgsl`, ...).
+    pub prelude: &'static [&'static str],
     /// The kernel's own WGSL source.
     pub wgsl: &'static str,
 }
 
 impl KernelSource {
-    /// The complete module text: prelude, a newline, then the kernel.
+    /// The complete module text: the preludes, then the kernel.
     pub fn source(&self) -> String {
-        format!("{}\n{}", self.prelude, self.wgsl)
+        let mut s = String::new();
+        for p in self.prelude {
+            s.push_str(p);
+            s.push('\n');
+        }
+        s.push_str(self.wgsl);
+        s
     }
 }
 
 macro_rules! kernel {
-    ($name:literal) => {
+    ($name:literal $(after $($prelude:literal),+)?) => {
         KernelSource {
             name: $name,
-            prelude: "",
-            wgsl: include_str!(concat!("../../shaders/", $name, ".wgsl")),
-        }
-    };
-    ($name:literal after $prelude:literal) => {
-        KernelSource {
-            name: $name,
-            prelude: include_str!(concat!("../../shaders/", $prelude, ".wgsl")),
+            prelude: &[$($(include_str!(concat!("../../shaders/", $prelude, ".wgsl"))),+)?],
             wgsl: include_str!(concat!("../../shaders/", $name, ".wgsl")),
         }
     };
@@ -46,6 +45,9 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("embed" after "step"),
     kernel!("layernorm"),
     kernel!("matmul" after "linear"),
+    // matmul.wgsl's gemv with subgroup reductions, for adapters with the SUBGROUP feature (a
+    // module of its own: naga rejects subgroup operations anywhere in a module without it).
+    kernel!("gemv_subgroup" after "linear", "matmul"),
     kernel!("matmul_texture" after "linear"),
     kernel!("kv_append" after "step"),
     kernel!("kv_append_texture" after "step"),
@@ -347,8 +349,8 @@ pub mod wg {
     pub const EMBED: u32 = 64;
     /// matmul.wgsl: output rows and columns per workgroup.
     pub const MATMUL_TILE: u32 = 32;
-    /// gemv.wgsl: invocations per workgroup, each computing 4 outputs.
-    pub const GEMV: u32 = 64;
+    /// matmul.wgsl's gemv (and gemv_subgroup): outputs per workgroup (its 64 lanes split K).
+    pub const GEMV_OUTPUTS: u32 = 4;
     /// Steps of at most this many rows use gemv, longer ones the tiled matmul. Measured on
     /// lavapipe (K = 768, N = 2304): at 1 row gemv is ~9x faster than the 32 x 32 tile.
     pub const GEMV_MAX_ROWS: u32 = 4;
@@ -378,6 +380,9 @@ pub struct Pipelines {
     /// matmul.wgsl's `gemv`: linear layers for steps of at most [`wg::GEMV_MAX_ROWS`] rows
     /// (decode); shares `matmul`'s bind group layout.
     pub gemv: wgpu::ComputePipeline,
+    /// gemv_subgroup.wgsl: `gemv` with subgroup reductions, built where the device has the
+    /// SUBGROUP feature (and used instead of `gemv` there).
+    pub gemv_subgroup: Option<wgpu::ComputePipeline>,
     /// kv_append.wgsl: copies the step's K and V from qkv (T, 3C) into the cache.
     pub kv_append: wgpu::ComputePipeline,
     /// attention.wgsl: causal attention over the cache buffers.
@@ -477,6 +482,11 @@ impl Pipelines {
             layernorm: pipeline(gpu, "layernorm", None, &[]),
             matmul: pipeline(gpu, "matmul", Some(&linear), weights),
             gemv: entry_pipeline(gpu, "matmul", "gemv", Some(&linear), weights),
+            gemv_subgroup: gpu
+                .device
+                .features()
+                .contains(wgpu::Features::SUBGROUP)
+                .then(|| pipeline(gpu, "gemv_subgroup", Some(&linear), weights)),
             kv_append: pipeline(gpu, "kv_append", None, &[]),
             attention: pipeline(gpu, "attention", None, &[]),
             argmax: pipeline(gpu, "argmax", None, &[]),

@@ -750,7 +750,7 @@ impl Session {
         pass.set_pipeline(match op.kernel {
             Kernel::Embed => &p.embed,
             Kernel::LayerNorm => &p.layernorm,
-            Kernel::Matmul if few => &p.gemv,
+            Kernel::Matmul if few => p.gemv_subgroup.as_ref().unwrap_or(&p.gemv),
             Kernel::Matmul => &p.matmul,
             Kernel::MatmulTexture if few => &p.textures().gemv_texture,
             Kernel::MatmulTexture => &p.textures().matmul_texture,
@@ -769,7 +769,7 @@ impl Session {
                 n.div_ceil(4).div_ceil(wg::LINEAR_TEXTURE),
                 if few { rows } else { rows.div_ceil(4) },
             ),
-            (Grid::Linear { n, .. }, _) if few => (n.div_ceil(4).div_ceil(wg::GEMV), rows),
+            (Grid::Linear { n, .. }, _) if few => (n.div_ceil(wg::GEMV_OUTPUTS), rows),
             (Grid::Linear { n, .. }, _) => {
                 (n.div_ceil(wg::MATMUL_TILE), rows.div_ceil(wg::MATMUL_TILE))
             }
