@@ -122,6 +122,32 @@ struct RawConfig {
 /// The largest head size the attention kernel holds in registers (4 dims per invocation × 64).
 pub const MAX_HEAD_SIZE: usize = 256;
 
+/// The largest single size (width, vocabulary, context) accepted from a config.json. Sizes are
+/// multiplied together (4 C, rows x widths) before the 2^32-element check, so each factor is
+/// bounded first to keep that arithmetic from overflowing; published models are below 2^20.
+pub const MAX_DIM: usize = 1 << 30;
+
+/// The most layers accepted from a config.json. Loading walks every layer before reading a byte
+/// of weights, so a corrupt count must be refused up front; published decoders and encoders
+/// have at most a few hundred.
+pub const MAX_LAYERS: usize = 1024;
+
+/// `v` if present, non-zero and at most [`MAX_DIM`] (or [`MAX_LAYERS`] for a layer count).
+pub(crate) fn size_field(v: Option<usize>, name: &str) -> std::result::Result<usize, String> {
+    let max = if name.contains("layers") || name == "n_layer" {
+        MAX_LAYERS
+    } else {
+        MAX_DIM
+    };
+    match v {
+        None | Some(0) => Err(format!("\"{name}\" is missing or zero")),
+        Some(n) if n > max => Err(format!(
+            "\"{name}\" = {n} is beyond any real checkpoint (wgpt accepts up to {max}); is config.json corrupt?"
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
 impl Config {
     /// GPT-2 small (124M): the shape most figures in this repo refer to.
     pub fn gpt2() -> Self {
@@ -195,10 +221,7 @@ impl Config {
         let model_type = raw.model_type.clone().ok_or_else(|| {
             bad("no \"model_type\" field; is this a Hugging Face config.json?".into())
         })?;
-        let need = |v: Option<usize>, name: &str| {
-            v.filter(|&n| n > 0)
-                .ok_or_else(|| bad(format!("\"{name}\" is missing or zero")))
-        };
+        let need = |v: Option<usize>, name: &str| size_field(v, name).map_err(&bad);
         let eos_token_id = match &raw.eos_token_id {
             Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
             Some(serde_json::Value::Array(a)) => a

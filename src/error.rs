@@ -131,10 +131,26 @@ pub enum Error {
     #[error("the adapter is too small for this model: {0}")]
     Limits(String),
 
-    /// wgpu reported an error at run time: a validation error, out of memory, a failed poll, or
-    /// a buffer that could not be mapped for upload or readback.
+    /// wgpu reported an error at run time: a validation error (a buffer beyond the adapter's
+    /// `max_buffer_size`, say), a failed poll, or a buffer that could not be mapped for upload
+    /// or readback.
     #[error("GPU error: {0}")]
     Gpu(String),
+
+    /// The GPU ran out of memory allocating weights, a KV cache or scratch buffers.
+    #[error(
+        "out of GPU memory: {0}. Try a smaller context (Session::with_context), f16 or q8 weights \
+         (--dtype f16|q8), fewer sessions at once, or another adapter (--adapter)"
+    )]
+    OutOfMemory(String),
+
+    /// The device was lost (driver reset, GPU removed, or `Device::destroy`): nothing on it can
+    /// run again. Drop the [`Engine`](crate::Engine) and everything made on it, and open a new one.
+    #[error(
+        "the GPU device was lost ({0}); drop this Engine and every model and session on it, \
+         then open a new one"
+    )]
+    DeviceLost(String),
 }
 
 /// `Result` with wgpt's [`Error`].

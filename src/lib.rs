@@ -34,6 +34,7 @@ pub mod bench;
 pub mod config;
 pub mod encoder;
 pub mod error;
+pub mod fuzz;
 pub mod generate;
 pub mod gpu;
 pub mod loader;

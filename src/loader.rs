@@ -35,9 +35,26 @@ struct Entry {
     end: usize,
 }
 
+/// One shard's bytes: a read-only mapping of its file, or a buffer handed in
+/// ([`Checkpoint::from_bytes`]).
+enum Shard {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Shard {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Shard::Mapped(m) => m,
+            Shard::Owned(v) => v,
+        }
+    }
+}
+
 /// Memory-mapped safetensors shards and the tensors in them, by canonical name (no `transformer.`).
 pub struct Checkpoint {
-    shards: Vec<(PathBuf, Mmap)>,
+    shards: Vec<(PathBuf, Shard)>,
     tensors: HashMap<String, Entry>,
 }
 
@@ -88,35 +105,66 @@ impl Checkpoint {
             // SAFETY: the mapping is read-only; a file changed underneath us can give wrong
             // numbers but not unsafety in our code, which only copies bytes out of it.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let (header_len, meta) =
-                SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-                    path: path.clone(),
-                    msg: e.to_string(),
-                })?;
-            let data_start = 8 + header_len;
-            let shard = ckpt.shards.len();
-            for (key, info) in meta.tensors() {
-                let Some(name) = canonical_name(&key) else {
-                    continue;
-                };
-                let (s, e) = info.data_offsets;
-                let entry = Entry {
-                    shard,
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    start: data_start + s,
-                    end: data_start + e,
-                };
-                if ckpt.tensors.insert(name.to_string(), entry).is_some() {
-                    return Err(Error::tensor(
-                        name,
-                        format!("appears twice (in {})", path.display()),
-                    ));
-                }
-            }
-            ckpt.shards.push((path, mmap));
+            ckpt.add_shard(path, Shard::Mapped(mmap))?;
         }
         Ok(ckpt)
+    }
+
+    /// A checkpoint of one safetensors file already in memory (`path` only names it in
+    /// errors). The same checks as [`Checkpoint::open`]; for tests, fuzzing and embedders that
+    /// keep weights elsewhere.
+    pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self> {
+        let mut ckpt = Checkpoint {
+            shards: Vec::new(),
+            tensors: HashMap::new(),
+        };
+        ckpt.add_shard(path.to_path_buf(), Shard::Owned(bytes))?;
+        Ok(ckpt)
+    }
+
+    /// Parses one shard's header and adds its tensors. The safetensors crate checks the header
+    /// (size, JSON, offsets contiguous, byte sizes equal to shape x dtype, the data ending at the
+    /// end of the file); the byte ranges are checked again here, since every later read slices
+    /// the file with them.
+    fn add_shard(&mut self, path: PathBuf, bytes: Shard) -> Result<()> {
+        let bad = |msg: String| Error::Safetensors {
+            path: path.clone(),
+            msg,
+        };
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let data_start = 8 + header_len;
+        let shard = self.shards.len();
+        for (key, info) in meta.tensors() {
+            let Some(name) = canonical_name(&key) else {
+                continue;
+            };
+            let (s, e) = info.data_offsets;
+            let (start, end) = match (data_start.checked_add(s), data_start.checked_add(e)) {
+                (Some(start), Some(end)) if start <= end && end <= bytes.len() => (start, end),
+                _ => {
+                    return Err(bad(format!(
+                        "tensor {key:?} claims bytes {s}..{e} of a {}-byte data section",
+                        bytes.len() - data_start
+                    )));
+                }
+            };
+            let entry = Entry {
+                shard,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                start,
+                end,
+            };
+            if self.tensors.insert(name.to_string(), entry).is_some() {
+                return Err(Error::tensor(
+                    name,
+                    format!("appears twice (in {})", path.display()),
+                ));
+            }
+        }
+        self.shards.push((path, bytes));
+        Ok(())
     }
 
     /// Whether the checkpoint holds a tensor of this canonical name (no `transformer.` prefix).
@@ -174,7 +222,7 @@ impl Checkpoint {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         let e = self.entry(name)?;
-        let bytes = &self.shards[e.shard].1[e.start..e.end];
+        let bytes = self.bytes(e);
         let size = match e.dtype {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
@@ -187,7 +235,12 @@ impl Checkpoint {
         };
         let total = bytes.len() / size;
         let rows = total / cols.max(1);
-        if (row0 + n) * cols > total {
+        // Checked: row0, n and cols come from config.json, which a hostile file can make huge.
+        let fits = row0
+            .checked_add(n)
+            .and_then(|end| end.checked_mul(cols))
+            .is_some_and(|needed| needed <= total);
+        if !fits || (conv1d && rows.checked_mul(cols).is_none_or(|r| r > total)) {
             return Err(Error::tensor(name, "is smaller than its shape says"));
         }
         let value = |i: usize| {
@@ -210,12 +263,22 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// The bytes of one tensor (ranges were checked against the shard in `add_shard`).
+    fn bytes(&self, e: &Entry) -> &[u8] {
+        self.shards[e.shard]
+            .1
+            .get(e.start..e.end)
+            .unwrap_or_default()
+    }
+
     /// Lets the OS drop the pages of tensor `name` from memory (they come back from the file if
     /// read again), so a load's resident memory stays near one tensor, not the whole file.
     pub fn release(&self, name: &str) {
         #[cfg(unix)]
         if let Some(e) = self.tensors.get(name) {
-            let map = &self.shards[e.shard].1;
+            let Shard::Mapped(map) = &self.shards[e.shard].1 else {
+                return;
+            };
             let page = 4096;
             let start = e.start.next_multiple_of(page);
             if e.end > start {
@@ -243,10 +306,7 @@ impl Checkpoint {
     pub fn same_bytes(&self, a: &str, b: &str) -> bool {
         match (self.tensors.get(a), self.tensors.get(b)) {
             (Some(x), Some(y)) => {
-                x.dtype == y.dtype
-                    && x.shape == y.shape
-                    && self.shards[x.shard].1[x.start..x.end]
-                        == self.shards[y.shard].1[y.start..y.end]
+                x.dtype == y.dtype && x.shape == y.shape && self.bytes(x) == self.bytes(y)
             }
             _ => false,
         }
@@ -255,33 +315,48 @@ impl Checkpoint {
 
 /// The shard files listed in a sharded checkpoint's index, in a stable order.
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    Ok(parse_index(&text, index)?
+        .into_iter()
+        .map(|f| dir.join(f))
+        .collect())
+}
+
+/// The shard file names a `model.safetensors.index.json` lists in its `weight_map`, each once, in
+/// a stable order; `path` only names the file in errors. Each must be a plain file name in the
+/// model folder: no separators, no `..`, no absolute or drive paths.
+pub fn parse_index(text: &str, path: &Path) -> Result<Vec<String>> {
     #[derive(serde::Deserialize)]
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let idx: Index = serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: index.to_path_buf(),
+    let idx: Index = serde_json::from_str(text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
         source,
     })?;
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let mut files: Vec<PathBuf> = Vec::new();
+    let mut files: Vec<String> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for file in idx.weight_map.values() {
         // Shard names are plain file names; anything else could escape the model folder.
-        if file.contains('/') || file.contains('\\') || file == ".." || file.is_empty() {
+        let mut parts = Path::new(file).components();
+        let plain = matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        ) && !file.contains(['/', '\\', ':', '\0']);
+        if !plain {
             return Err(Error::Config {
-                path: index.to_path_buf(),
+                path: path.to_path_buf(),
                 msg: format!("shard name {file:?} is not a plain file name"),
             });
         }
-        let p = dir.join(file);
-        if !files.contains(&p) {
-            files.push(p);
+        if seen.insert(file) {
+            files.push(file.clone());
         }
     }
     if files.is_empty() {
         return Err(Error::Config {
-            path: index.to_path_buf(),
+            path: path.to_path_buf(),
             msg: "weight_map is empty".into(),
         });
     }

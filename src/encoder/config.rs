@@ -104,10 +104,7 @@ impl EncoderConfig {
                 supported: format!("{} for embeddings", SUPPORTED_ENCODER_TYPES.join(", ")),
             });
         }
-        let need = |v: Option<usize>, name: &str| {
-            v.filter(|&n| n > 0)
-                .ok_or_else(|| bad(format!("\"{name}\" is missing or zero")))
-        };
+        let need = |v: Option<usize>, name: &str| crate::config::size_field(v, name).map_err(&bad);
         let cfg = EncoderConfig {
             vocab_size: need(raw.vocab_size, "vocab_size")?,
             hidden_size: need(raw.hidden_size, "hidden_size")?,

@@ -39,6 +39,8 @@ pub struct Engine {
     /// The first uncaptured wgpu error since the last [`Engine::check`] (wgpu's default handler
     /// would panic). `None` on an application's device, whose handler wgpt leaves alone.
     error: Option<Arc<Mutex<Option<String>>>>,
+    /// Why the device was lost, once it is (set by wgpu's device-lost callback).
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 /// The limits wgpt's kernels need: WebGPU's compute defaults (256-wide workgroups, 16 KiB of
@@ -86,6 +88,19 @@ pub(crate) fn check_limits(limits: &wgpu::Limits, needed: &wgpu::Limits, what: &
          the device was given), or use another adapter",
         missing.join(", ")
     )))
+}
+
+/// Records why `device` is lost when wgpu says so, for [`Engine::check`]. (wgpu calls the
+/// callback on a real loss, on `Device::destroy`, and with `Dropped` when the device goes away.)
+fn watch_loss(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
+    let lost = Arc::new(Mutex::new(None));
+    let sink = lost.clone();
+    device.set_device_lost_callback(move |reason, msg| {
+        log::warn!("wgpu: device lost ({reason:?}): {msg}");
+        let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| format!("{reason:?}: {msg}"));
+    });
+    lost
 }
 
 /// A readback in flight (see [`Engine::start_read`]).
@@ -203,12 +218,14 @@ impl Engine {
             info.device_type,
             limits.max_storage_buffer_binding_size >> 20
         );
+        let lost = watch_loss(&device);
         Ok(Arc::new(Engine {
             device,
             queue,
             info,
             limits,
             error: Some(error),
+            lost,
         }))
     }
 
@@ -227,27 +244,47 @@ impl Engine {
             info.device_type,
             limits.max_storage_buffer_binding_size >> 20
         );
+        // The application's device-lost callback stays its own too: a lost device then shows
+        // up as the failed polls and mappings it causes.
+        let lost = Arc::new(Mutex::new(None));
         Ok(Arc::new(Engine {
             device,
             queue,
             info,
             limits,
             error: None,
+            lost,
         }))
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes, so a failed allocation or a
-    /// rejected pipeline comes back as an error instead of reaching the device's handler.
-    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// rejected pipeline comes back as an error ([`Error::OutOfMemory`], [`Error::Gpu`]) instead
+    /// of reaching the device's handler. wgpt wraps every model load and session allocation in
+    /// one; an application can wrap its own wgpt calls the same way.
+    pub fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.lost()?;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out = f();
         let invalid = pollster::block_on(invalid.pop());
         let oom = pollster::block_on(oom.pop());
-        if let Some(e) = oom.or(invalid) {
+        self.lost()?;
+        if let Some(e) = oom {
+            return Err(Error::OutOfMemory(e.to_string()));
+        }
+        if let Some(e) = invalid {
             return Err(Error::Gpu(e.to_string()));
         }
         out
+    }
+
+    /// `Err(DeviceLost)` once wgpu has reported the device lost.
+    fn lost(&self) -> Result<()> {
+        let lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        match &*lost {
+            Some(why) => Err(Error::DeviceLost(why.clone())),
+            None => Ok(()),
+        }
     }
 
     /// The largest buffer one binding may see: weights and activations are split below it.
@@ -257,8 +294,10 @@ impl Engine {
             .min(self.limits.max_buffer_size)
     }
 
-    /// Returns the first wgpu error raised since the last call, as the library's error.
+    /// Returns the first wgpu error raised since the last call, as the library's error
+    /// ([`Error::DeviceLost`] once the device is lost).
     pub fn check(&self) -> Result<()> {
+        self.lost()?;
         let Some(error) = &self.error else {
             return Ok(());
         };

@@ -52,7 +52,7 @@ impl Batch {
                 "a batch holds 1 to {MAX_BATCH} sequences, not {sequences}"
             )));
         }
-        let session = Session::with_slots(model, sequences)?;
+        let session = Session::with_slots(model, sequences, model.config.n_positions)?;
         if sequences > session.t_max.min(session.head_rows) {
             return Err(Error::Limits(format!(
                 "{sequences} sequences do not fit one step's scratch buffers (at most {}) on this adapter",

@@ -316,21 +316,63 @@ impl Model {
         Self::finish(gpu, config, weights, opts, max_chunk_bytes, textures, t0)
     }
 
-    /// The binding size weights are split below; errors if a layer cannot fit at all.
+    /// The binding size weights are split below. Before anything is allocated, errors (naming
+    /// the bytes needed and what to try) if a weight row or one layer's KV cache cannot fit one
+    /// binding. See [`Model::memory_estimate`] for the totals it names.
     fn check_fits(gpu: &Engine, config: &Config, opts: &LoadOptions) -> Result<u64> {
         let max_chunk_bytes = opts
             .max_chunk_bytes
             .unwrap_or(u64::MAX)
             .min(gpu.max_binding_bytes());
+        let (weights, kv) = Self::memory_estimate(config, opts.dtype);
+        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        let totals = format!(
+            "the model needs about {} of weights ({}) plus {} of KV cache per session \
+             ({} positions x {} layers)",
+            mb(weights),
+            opts.dtype.name(),
+            mb(kv),
+            config.n_positions,
+            config.n_layer
+        );
         let widest = config.n_inner.max(3 * config.n_embd) as u64 * 4;
-        let kv_layer = (config.n_positions * config.n_embd * 4) as u64;
-        if kv_layer > max_chunk_bytes || widest > max_chunk_bytes {
+        if widest > max_chunk_bytes {
             return Err(Error::Limits(format!(
-                "one layer's KV cache needs {kv_layer} bytes in one binding, the adapter allows {max_chunk_bytes}; \
-                 try another adapter"
+                "one weight row needs {widest} bytes in one binding, the adapter allows \
+                 {max_chunk_bytes}; {totals}; try another adapter"
             )));
         }
+        let kv_layer = config.n_positions as u64 * config.n_embd as u64 * 4;
+        if kv_layer > max_chunk_bytes {
+            return Err(Error::Limits(format!(
+                "one layer's KV cache ({} positions x {} wide, f32) needs {kv_layer} bytes in one \
+                 binding, the adapter allows {max_chunk_bytes} (max_storage_buffer_binding_size \
+                 {}, max_buffer_size {}); {totals}. Try a model with a smaller context \
+                 (n_positions at most {}) or another adapter",
+                config.n_positions,
+                config.n_embd,
+                gpu.limits.max_storage_buffer_binding_size,
+                gpu.limits.max_buffer_size,
+                max_chunk_bytes / (config.n_embd as u64 * 4)
+            )));
+        }
+        log::info!("{totals}");
         Ok(max_chunk_bytes)
+    }
+
+    /// Bytes a model of shape `config` stored as `dtype` needs on the GPU, roughly: (weights,
+    /// one full-context session's KV cache). wgpu does not tell how much memory an adapter has,
+    /// so these are for messages and planning; running out shows up as [`Error::OutOfMemory`].
+    pub fn memory_estimate(config: &Config, dtype: WeightDtype) -> (u64, u64) {
+        let count = |_: &str, rows: usize, cols: usize, _| {
+            let dtype = if rows > 1 { dtype } else { WeightDtype::F32 };
+            Ok(rows as u64 * dtype.row_bytes(cols) as u64)
+        };
+        let weights = loader::build_weights(config, !config.tie_word_embeddings, count)
+            .map(|w| w.all().sum::<u64>())
+            .unwrap_or(0);
+        let kv = 2 * (config.n_layer * config.n_positions * config.n_embd) as u64 * 4;
+        (weights, kv)
     }
 
     /// The output projection: an explicit `lm_head` or the tied token embedding. (V, C)

@@ -184,6 +184,8 @@ pub struct Session {
     pub(super) pending: Option<PendingStep>,
     /// The KV-cache slot this sequence uses (0, except inside a [`crate::Batch`]).
     pub(super) slot: u32,
+    /// Positions its KV cache holds (n_positions unless [`Session::with_context`]).
+    n_ctx: usize,
 }
 
 /// A step in flight: its token (and log-probability, candidates) are being read back.
@@ -197,19 +199,36 @@ impl Session {
     /// A new, empty sequence on `model`: allocates its KV cache and scratch buffers and builds
     /// every bind group of the forward pass, once.
     pub fn new(model: &Model) -> Result<Self> {
-        Self::with_slots(model, 1)
+        Self::with_slots(model, 1, model.config.n_positions)
     }
 
-    /// A session whose KV cache has room for `slots` sequences (see [`crate::Batch`]).
-    pub(super) fn with_slots(model: &Model, slots: usize) -> Result<Self> {
-        model.gpu.scoped(|| Self::allocate(model.clone(), slots))
+    /// A session whose KV cache holds only `n_ctx` positions (at most the model's
+    /// `n_positions`): less GPU memory, for a long-context model on a small adapter or many
+    /// sessions at once. Generation with [`crate::GenerateOptions::context_shift`] shifts
+    /// within this window.
+    pub fn with_context(model: &Model, n_ctx: usize) -> Result<Self> {
+        let max = model.config.n_positions;
+        if n_ctx == 0 || n_ctx > max {
+            return Err(Error::Input(format!(
+                "a session context of {n_ctx} positions: it must be 1 to the model's n_positions ({max})"
+            )));
+        }
+        Self::with_slots(model, 1, n_ctx)
     }
 
-    fn allocate(model: Model, slots: usize) -> Result<Self> {
+    /// A session whose KV cache has room for `slots` sequences of `n_ctx` positions (see
+    /// [`crate::Batch`]).
+    pub(super) fn with_slots(model: &Model, slots: usize, n_ctx: usize) -> Result<Self> {
+        model
+            .gpu
+            .scoped(|| Self::allocate(model.clone(), slots, n_ctx))
+    }
+
+    fn allocate(model: Model, slots: usize, n_ctx: usize) -> Result<Self> {
         let model = &model;
         let gpu = &model.gpu;
         let cfg = &model.config;
-        let (c, v, n_ctx, inner) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
+        let (c, v, inner) = (cfg.n_embd, cfg.vocab_size, cfg.n_inner);
         let maxb = model.max_chunk_bytes as usize;
         let cache_rows = slots * n_ctx;
         let max_rows = match model.texture_linear {
@@ -217,9 +236,13 @@ impl Session {
             false => maxb / (4 * c),
         };
         if cache_rows > max_rows {
+            let layer = 2 * cache_rows as u64 * c as u64 * 4;
             return Err(Error::Limits(format!(
-                "a KV cache for {slots} sequences of {n_ctx} positions needs {cache_rows} rows per layer, \
-                 the adapter allows {max_rows}; use fewer sequences"
+                "a KV cache for {slots} sequence(s) of {n_ctx} positions needs {cache_rows} rows \
+                 ({layer} bytes of keys and values) per layer, the adapter allows {max_rows} rows in \
+                 one binding; use a smaller context (Session::with_context, at most {}), fewer \
+                 sequences, or another adapter",
+                max_rows / slots.max(1)
             )));
         }
         let t_max = n_ctx.min(maxb / (4 * inner.max(3 * c)));
@@ -316,12 +339,14 @@ impl Session {
             head_rows,
             pending: None,
             slot: 0,
+            n_ctx,
         })
     }
 
-    /// The context length (n_positions).
+    /// The context length: the model's n_positions, or the session's own (see
+    /// [`Session::with_context`]).
     pub fn n_ctx(&self) -> usize {
-        self.model.config.n_positions
+        self.n_ctx
     }
 
     /// Tokens in the KV cache: the position the next token will take.
@@ -338,7 +363,7 @@ impl Session {
                 "cannot fork while a step is in flight: collect its token first".into(),
             ));
         }
-        let mut other = Session::new(&self.model)?;
+        let mut other = Session::with_slots(&self.model, 1, self.n_ctx)?;
         let gpu = &self.model.gpu;
         let c = self.model.config.n_embd as u64;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -402,7 +427,7 @@ impl Session {
         .sum::<u64>()
             + a.logits_read.as_ref().map_or(0, |b| b.size());
         let cfg = &self.model.config;
-        scratch + (2 * cfg.n_layer * cfg.n_positions * cfg.n_embd * 4) as u64
+        scratch + (2 * cfg.n_layer * self.n_ctx * cfg.n_embd * 4) as u64
     }
 
     /// Runs one greedy step of `tokens` with each dispatch in its own timed compute pass and
@@ -681,10 +706,10 @@ impl Session {
             )));
         }
         let needed = self.pos + tokens.len();
-        if needed > cfg.n_positions {
+        if needed > self.n_ctx {
             return Err(Error::ContextFull {
                 needed,
-                n_ctx: cfg.n_positions,
+                n_ctx: self.n_ctx,
             });
         }
         Ok(())
