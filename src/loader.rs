@@ -37,8 +37,25 @@ struct Entry {
 
 /// Memory-mapped safetensors shards and the tensors in them, by canonical name (no `transformer.`).
 pub struct Checkpoint {
-    shards: Vec<(PathBuf, Mmap)>,
+    shards: Vec<(PathBuf, Bytes)>,
     tensors: HashMap<String, Entry>,
+}
+
+/// A shard's bytes: a file mapped into memory, or bytes already in memory (a checkpoint embedded
+/// in the binary).
+enum Bytes {
+    Mapped(Mmap),
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Static(b) => b,
+        }
+    }
 }
 
 /// Maps a checkpoint key to its name without the family's wrapper prefix, or `None` for tensors
@@ -88,6 +105,26 @@ impl Checkpoint {
             // SAFETY: the mapping is read-only; a file changed underneath us can give wrong
             // numbers but not unsafety in our code, which only copies bytes out of it.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            ckpt.add_shard(path, Bytes::Mapped(mmap))?;
+        }
+        Ok(ckpt)
+    }
+
+    /// A checkpoint whose one safetensors file is already in memory (e.g. embedded in the binary
+    /// with `include_bytes!`); `name` stands for its path in error messages.
+    pub fn from_bytes(name: &str, bytes: &'static [u8]) -> Result<Self> {
+        let mut ckpt = Checkpoint {
+            shards: Vec::new(),
+            tensors: HashMap::new(),
+        };
+        ckpt.add_shard(PathBuf::from(name), Bytes::Static(bytes))?;
+        Ok(ckpt)
+    }
+
+    /// Indexes the tensors of one shard.
+    fn add_shard(&mut self, path: PathBuf, mmap: Bytes) -> Result<()> {
+        let ckpt = self;
+        {
             let (header_len, meta) =
                 SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
                     path: path.clone(),
@@ -116,7 +153,7 @@ impl Checkpoint {
             }
             ckpt.shards.push((path, mmap));
         }
-        Ok(ckpt)
+        Ok(())
     }
 
     /// Whether the checkpoint holds a tensor of this canonical name (no `transformer.` prefix).
@@ -215,7 +252,9 @@ impl Checkpoint {
     pub fn release(&self, name: &str) {
         #[cfg(unix)]
         if let Some(e) = self.tensors.get(name) {
-            let map = &self.shards[e.shard].1;
+            let Bytes::Mapped(map) = &self.shards[e.shard].1 else {
+                return;
+            };
             let page = 4096;
             let start = e.start.next_multiple_of(page);
             if e.end > start {
