@@ -514,7 +514,7 @@ impl DemoApp {
                     }
                     _ => (base, Color32::from_gray(220)),
                 };
-                let shown = t.text.replace('\n', "⏎").replace('\t', "⇥");
+                let shown = t.text.replace('\n', "\\n").replace('\t', "\\t");
                 let mut text = RichText::new(if shown.is_empty() { "·" } else { &shown })
                     .monospace()
                     .size(15.0)
@@ -677,10 +677,10 @@ impl eframe::App for DemoApp {
         }
         egui::Panel::left("controls")
             .default_size(270.0)
-            .show_inside(ui, |ui| {
+            .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| self.controls(ui));
             });
-        egui::Panel::bottom("status").show_inside(ui, |ui| {
+        egui::Panel::bottom("status").show(ui, |ui| {
             ui.horizontal(|ui| {
                 let rate = if self.running || self.generated > 1 {
                     format!("{:.1} tok/s", self.tok_s())
@@ -698,12 +698,12 @@ impl eframe::App for DemoApp {
         });
         egui::Panel::right("insight")
             .default_size(420.0)
-            .show_inside(ui, |ui| {
+            .show(ui, |ui| {
                 self.candidates(ui);
                 ui.separator();
                 self.heatmap(ui);
             });
-        egui::CentralPanel::default().show_inside(ui, |ui| {
+        egui::CentralPanel::default().show(ui, |ui| {
             ui.horizontal(|ui| {
                 let edit = ui.add(
                     egui::TextEdit::multiline(&mut self.prompt)
