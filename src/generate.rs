@@ -232,6 +232,12 @@ impl<'a> Generator<'a> {
         })
     }
 
+    /// The session being generated on, e.g. to read [`Session::attention_weights`] between
+    /// tokens.
+    pub fn session(&self) -> &Session {
+        self.session
+    }
+
     /// What has been generated so far (all of it once the stream has ended).
     pub fn generation(&self) -> &Generation {
         &self.out

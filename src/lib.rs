@@ -32,6 +32,8 @@
 
 pub mod bench;
 pub mod config;
+#[cfg(feature = "default-model")]
+pub mod default_model;
 pub mod encoder;
 pub mod error;
 pub mod fuzz;
@@ -41,6 +43,7 @@ pub mod loader;
 pub mod model;
 pub mod reference;
 pub mod sampler;
+pub mod source;
 pub mod tokenizer;
 
 pub use config::Config;
@@ -50,4 +53,5 @@ pub use generate::{GenerateOptions, Generation, Generator, StopReason, TokenEven
 pub use gpu::Engine;
 pub use model::{Batch, LoadOptions, Model, Pick, Progress, Session, WeightLayout};
 pub use sampler::Sampling;
+pub use source::ModelSource;
 pub use tokenizer::Tokenizer;

@@ -35,11 +35,12 @@ struct Entry {
     end: usize,
 }
 
-/// One shard's bytes: a read-only mapping of its file, or a buffer handed in
-/// ([`Checkpoint::from_bytes`]).
+/// One shard's bytes: a read-only mapping of its file, a buffer handed in
+/// ([`Checkpoint::from_bytes`]), or bytes embedded in the binary ([`Checkpoint::from_static`]).
 enum Shard {
     Mapped(Mmap),
     Owned(Vec<u8>),
+    Static(&'static [u8]),
 }
 
 impl std::ops::Deref for Shard {
@@ -48,6 +49,7 @@ impl std::ops::Deref for Shard {
         match self {
             Shard::Mapped(m) => m,
             Shard::Owned(v) => v,
+            Shard::Static(b) => b,
         }
     }
 }
@@ -119,6 +121,17 @@ impl Checkpoint {
             tensors: HashMap::new(),
         };
         ckpt.add_shard(path.to_path_buf(), Shard::Owned(bytes))?;
+        Ok(ckpt)
+    }
+
+    /// A checkpoint whose one safetensors file is embedded in the binary (`include_bytes!`):
+    /// read in place, no copy; `name` stands for its path in errors.
+    pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Self> {
+        let mut ckpt = Checkpoint {
+            shards: Vec::new(),
+            tensors: HashMap::new(),
+        };
+        ckpt.add_shard(PathBuf::from(name), Shard::Static(bytes))?;
         Ok(ckpt)
     }
 

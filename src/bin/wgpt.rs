@@ -1,5 +1,8 @@
 //! `wgpt`: generate text, dump logits, and list adapters, from the command line.
 
+#[path = "wgpt/chat.rs"]
+mod chat;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -7,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use npyz::WriterBuilder;
 use wgpt::gpu::tensor::WeightDtype;
-use wgpt::{Engine, GenerateOptions, LoadOptions, Model, Session, Tokenizer, WeightLayout};
+use wgpt::{Engine, GenerateOptions, LoadOptions, Model, ModelSource, Session, WeightLayout};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +27,9 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, streaming it to stdout.
     Generate(GenerateArgs),
+    /// An interactive session: each line continues the text and the reply streams back, the
+    /// conversation kept in the KV cache; /help lists commands (sampling settings, /reset, /next).
+    Chat(ChatArgs),
     /// Write the logits of every position of a sequence to a .npy file (f32, [T, V]).
     Logits(LogitsArgs),
     /// List the adapters wgpu sees, with their limits and features.
@@ -193,6 +199,30 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Tokens per reply (/n changes it).
+    #[arg(long, short = 'n', default_value_t = 48)]
+    max_tokens: usize,
+    /// Sampling temperature, 0 for greedy (/temp).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Sample among the k likeliest tokens, 0 = all (/topk).
+    #[arg(long, default_value_t = 40)]
+    top_k: u32,
+    /// Nucleus sampling threshold, 1 = off (/topp).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Repetition penalty over the last 64 tokens, 1 = off (/repeat).
+    #[arg(long, default_value_t = 1.2)]
+    repeat_penalty: f32,
+    /// Sampler seed; turn i uses seed + i (/seed).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
 struct LogitsArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -225,6 +255,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate(a),
+        Command::Chat(a) => chat_command(a),
         Command::Logits(a) => logits(a),
         Command::Info(a) => info(a),
         Command::Bench(a) => bench(a),
@@ -237,57 +268,38 @@ fn main() {
     }
 }
 
-/// The model folder: --model, or the one that ships with the repo.
-fn model_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(dir) = arg {
-        if !dir.is_dir() {
-            bail!(
-                "{}: model folder not found; --model must name a Hugging Face model folder",
-                dir.display()
-            );
-        }
-        return Ok(dir.clone());
-    }
-    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/default");
-    if default.join("config.json").exists() {
-        Ok(default)
-    } else {
+/// The decoder to run: --model DIR, or the default model (embedded in the binary with the
+/// `default-model` feature, so an installed binary finds it).
+fn decoder_source(arg: &Option<PathBuf>) -> Result<ModelSource> {
+    if let Some(dir) = arg.as_ref().filter(|d| !d.is_dir()) {
         bail!(
-            "no --model given and the default model is not at {}; pass --model DIR",
-            default.display()
-        )
+            "{}: model folder not found; --model must name a Hugging Face model folder",
+            dir.display()
+        );
     }
+    Ok(ModelSource::from_arg(arg.as_deref())?)
 }
 
-fn load(args: &ModelArgs) -> Result<(Model, PathBuf)> {
-    let dir = decoder_dir(&args.model)?;
+fn load(args: &ModelArgs) -> Result<(Model, ModelSource)> {
+    let source = decoder_source(&args.model)?;
+    let model = load_source(&source, args, Some(progress_bar()))?;
+    Ok((model, source))
+}
+
+/// Uploads `source`'s weights to the adapter and in the layout `args` asks for.
+fn load_source(
+    source: &ModelSource,
+    args: &ModelArgs,
+    progress: Option<wgpt::Progress>,
+) -> Result<Model> {
     let gpu = Engine::new(args.adapter.as_deref())?;
     let opts = LoadOptions {
         dtype: args.dtype,
         layout: args.layout,
-        progress: Some(progress_bar()),
+        progress,
         ..Default::default()
     };
-    let model = Model::load(gpu, &dir, &opts)?;
-    Ok((model, dir))
-}
-
-/// A decoder folder: [`model_dir`], refusing an encoder with a pointer to the commands for it.
-fn decoder_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
-    let dir = model_dir(arg)?;
-    if wgpt::encoder::is_encoder_dir(&dir) {
-        bail!(
-            "{} holds an encoder (BERT), which makes embeddings, not text: use `wgpt embed` or `wgpt similarity`",
-            dir.display()
-        );
-    }
-    Ok(dir)
-}
-
-fn tokenizer(dir: &Path) -> Result<Tokenizer> {
-    Ok(Tokenizer::from_file(
-        &dir.join(wgpt::loader::TOKENIZER_FILE),
-    )?)
+    Ok(source.load(gpu, &opts)?)
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
@@ -303,11 +315,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
         repeat_window: a.repeat_window,
     };
     sampling.validate()?;
-    let dir = decoder_dir(&a.model.model)?;
-    // Tokenize and check the context before paying for the GPU upload.
-    let tok = tokenizer(&dir)?;
+    let source = decoder_source(&a.model.model)?;
+    // Read the config, tokenize and check the context before paying for the GPU upload.
+    let config = source.config()?;
+    let tok = source.tokenizer()?;
     let prompt_ids = tok.encode(&a.prompt)?;
-    let config = wgpt::Config::from_file(&dir.join(wgpt::loader::CONFIG_FILE))?;
     let needed = if a.context_shift.is_some() {
         1
     } else {
@@ -387,11 +399,34 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn chat_command(a: ChatArgs) -> Result<()> {
+    let sampling = wgpt::Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repeat_penalty: a.repeat_penalty,
+        ..Default::default()
+    };
+    sampling.validate()?;
+    let source = decoder_source(&a.model.model)?;
+    let config = source.config()?;
+    if a.max_tokens == 0 || a.max_tokens >= config.n_positions {
+        bail!(
+            "--max-tokens must be between 1 and {} (the context is {} tokens)",
+            config.n_positions - 1,
+            config.n_positions
+        );
+    }
+    let tok = source.tokenizer()?;
+    let model = load_source(&source, &a.model, Some(progress_bar()))?;
+    chat::run(&model, &tok, sampling, a.max_tokens, a.seed)
+}
+
 fn logits(a: LogitsArgs) -> Result<()> {
-    let dir = decoder_dir(&a.model.model)?;
+    let source = decoder_source(&a.model.model)?;
     let ids = match (&a.ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
-        (None, Some(p)) => tokenizer(&dir)?.encode(p)?,
+        (None, Some(p)) => source.tokenizer()?.encode(p)?,
         (None, None) => bail!("give --prompt TEXT or --ids 1,2,3"),
     };
     if ids.is_empty() {
@@ -534,13 +569,9 @@ fn bench(a: BenchArgs) -> Result<()> {
             )
         }
         (m, None) => {
-            let dir = model_dir(m)?;
-            let model = Model::load(gpu, &dir, &load)?;
-            (
-                model,
-                dir.display().to_string(),
-                Some(checkpoint_bytes(&dir)),
-            )
+            let source = decoder_source(m)?;
+            let model = source.load(gpu, &load)?;
+            (model, source.describe(), Some(source.checkpoint_bytes()))
         }
     };
     let opts = wgpt::bench::Options {
@@ -694,18 +725,6 @@ fn progress_bar() -> wgpt::Progress {
             bar.finish_and_clear();
         }
     }))
-}
-
-/// Total size of the safetensors files in a model folder.
-fn checkpoint_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 fn vendor_name(id: u32) -> &'static str {

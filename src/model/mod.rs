@@ -3,6 +3,7 @@
 //! a [`Batch`] advances several sequences in one forward pass.
 
 mod batch;
+mod capture;
 mod session;
 
 pub use batch::Batch;

@@ -186,6 +186,8 @@ pub struct Session {
     pub(super) slot: u32,
     /// Positions its KV cache holds (n_positions unless [`Session::with_context`]).
     n_ctx: usize,
+    /// The attention debug path, when on (see capture.rs).
+    pub(super) capture: Option<super::capture::Capture>,
 }
 
 /// A step in flight: its token (and log-probability, candidates) are being read back.
@@ -340,6 +342,7 @@ impl Session {
             pending: None,
             slot: 0,
             n_ctx,
+            capture: None,
         })
     }
 
@@ -407,6 +410,7 @@ impl Session {
         }
         self.pos = 0;
         self.history.clear();
+        self.capture_reset();
     }
 
     /// Dispatches per forward step with one token (body + head + pick).
@@ -549,6 +553,9 @@ impl Session {
             enc.copy_buffer_to_buffer(&self.act.top, 0, &self.act.token_read, 16, top_bytes);
         }
         gpu.queue.submit([enc.finish()]);
+        if let Some(c) = &mut self.capture {
+            c.in_flight = Some((self.pos, last));
+        }
         // The tokens are in the cache once the queue runs; later submissions are ordered after.
         self.pos += last;
         self.pending = Some(PendingStep {
@@ -596,7 +603,11 @@ impl Session {
             .map(|i| (word(4 + 2 * i), f32::from_bits(word(5 + 2 * i))))
             .collect();
         self.pending = None;
-        Ok(Some(word(0)))
+        let token = word(0);
+        if let Some((pos0, rows)) = self.capture.as_mut().and_then(|c| c.in_flight.take()) {
+            self.capture_step(pos0, rows)?;
+        }
+        Ok(Some(token))
     }
 
     /// Report the `n` most likely next tokens (at most 64) after every step; 0 turns it off.
@@ -633,6 +644,7 @@ impl Session {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.record(&mut enc, &self.body, t as u32);
         gpu.queue.submit([enc.finish()]);
+        self.capture_step(self.pos, t)?;
         self.pos += t;
         gpu.check()
     }
@@ -656,6 +668,7 @@ impl Session {
                 self.record(&mut enc, &self.body, t as u32);
                 gpu.queue.submit([enc.finish()]);
             }
+            self.capture_step(self.pos, t)?;
             self.pos += t;
             // The head may see fewer rows per pass than the body (V-wide rows are big).
             let mut row0 = 0;
@@ -739,6 +752,7 @@ impl Session {
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             self.record(&mut enc, &self.body, chunk.len() as u32);
             gpu.queue.submit([enc.finish()]);
+            self.capture_step(self.pos, chunk.len())?;
             self.pos += chunk.len();
         }
     }
@@ -757,6 +771,7 @@ impl Session {
         let mut pass = enc
             .begin_compute_pass(&Default::default())
             .forget_lifetime();
+        let mut layer = 0;
         for op in ops {
             if let Some((buf, tex)) = op.texture_copy(rows) {
                 drop(pass);
@@ -766,6 +781,18 @@ impl Session {
                     .forget_lifetime();
             }
             self.dispatch(&mut pass, op, rows);
+            // The attention debug path: this layer's q, k, v rows, copied between passes.
+            let attention = matches!(op.kernel, Kernel::Attention | Kernel::AttentionTexture);
+            if let (Some(cap), true) = (&self.capture, attention) {
+                drop(pass);
+                let bytes = (rows as usize * 3 * self.model.config.n_embd * 4) as u64;
+                let at = layer * cap.layer_stride;
+                enc.copy_buffer_to_buffer(&self.act.qkv, 0, &cap.buf, at, bytes);
+                layer += 1;
+                pass = enc
+                    .begin_compute_pass(&Default::default())
+                    .forget_lifetime();
+            }
         }
     }
 

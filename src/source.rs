@@ -1,0 +1,110 @@
+//! Where a decoder model comes from: a Hugging Face folder on disk, or the small default model
+//! embedded in the binary (feature `default-model`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::loader::{self, Checkpoint};
+use crate::{Config, Engine, Error, LoadOptions, Model, Result, Tokenizer};
+
+/// A decoder model to load: a folder, or the embedded default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A Hugging Face folder: `config.json`, `model.safetensors` (or shards), `tokenizer.json`.
+    Dir(PathBuf),
+    /// `assets/default`, embedded in the binary (see [`crate::default_model`]).
+    #[cfg(feature = "default-model")]
+    Embedded,
+}
+
+impl ModelSource {
+    /// `dir` if given (checked to be a decoder folder), else the default model: the embedded one
+    /// with the `default-model` feature, or `assets/default` in the source tree without it.
+    pub fn from_arg(dir: Option<&Path>) -> Result<Self> {
+        match dir {
+            Some(dir) => Self::dir(dir),
+            #[cfg(feature = "default-model")]
+            None => Ok(ModelSource::Embedded),
+            #[cfg(not(feature = "default-model"))]
+            None => Self::dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/default")),
+        }
+    }
+
+    /// A decoder folder, refused with a clear message when it is missing or holds an encoder.
+    pub fn dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+            ));
+        }
+        if crate::encoder::is_encoder_dir(dir) {
+            return Err(Error::Input(format!(
+                "{} holds an encoder (BERT), which makes embeddings, not text: use `wgpt embed` or `wgpt similarity`",
+                dir.display()
+            )));
+        }
+        Ok(ModelSource::Dir(dir.to_path_buf()))
+    }
+
+    /// The folder's path, or the embedded model's name.
+    pub fn describe(&self) -> String {
+        match self {
+            ModelSource::Dir(d) => d.display().to_string(),
+            #[cfg(feature = "default-model")]
+            ModelSource::Embedded => crate::default_model::NAME.to_string(),
+        }
+    }
+
+    /// The model's `config.json`, parsed and checked.
+    pub fn config(&self) -> Result<Config> {
+        match self {
+            ModelSource::Dir(d) => Config::from_file(&d.join(loader::CONFIG_FILE)),
+            #[cfg(feature = "default-model")]
+            ModelSource::Embedded => crate::default_model::config(),
+        }
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        match self {
+            ModelSource::Dir(d) => Tokenizer::from_file(&d.join(loader::TOKENIZER_FILE)),
+            #[cfg(feature = "default-model")]
+            ModelSource::Embedded => crate::default_model::tokenizer(),
+        }
+    }
+
+    /// The weights, opened (mapped or in place).
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        match self {
+            ModelSource::Dir(d) => Checkpoint::open(d),
+            #[cfg(feature = "default-model")]
+            ModelSource::Embedded => crate::default_model::checkpoint(),
+        }
+    }
+
+    /// Bytes of safetensors the weights take (the files, or the embedded bytes).
+    pub fn checkpoint_bytes(&self) -> u64 {
+        match self {
+            ModelSource::Dir(d) => std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum(),
+            #[cfg(feature = "default-model")]
+            ModelSource::Embedded => crate::default_model::WEIGHTS.len() as u64,
+        }
+    }
+
+    /// Uploads the weights (as [`Model::load`]).
+    pub fn load(&self, gpu: Arc<Engine>, opts: &LoadOptions) -> Result<Model> {
+        match self {
+            ModelSource::Dir(d) => Model::load(gpu, d, opts),
+            #[cfg(feature = "default-model")]
+            ModelSource::Embedded => crate::default_model::load(gpu, opts),
+        }
+    }
+}
