@@ -340,3 +340,17 @@ fn drops_mid_generation_are_safe() {
     let model = Model::load(common::gpu(), &dir, &LoadOptions::default()).unwrap();
     assert_eq!(greedy(&model), e.greedy_ids[..n]);
 }
+
+/// A tokenizer.json the tokenizers crate panics on (found by fuzzing) is an error.
+#[test]
+fn tokenizer_the_tokenizers_crate_panics_on_is_an_error() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/tokenizer/decoder-key-not-string-panics.json");
+    let e = Tokenizer::from_file(&path).err().map(|e| e.to_string());
+    assert!(
+        e.as_deref().is_some_and(|m| m.contains("malformed")),
+        "{e:?}"
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(Tokenizer::from_bytes(&bytes).is_err());
+}
