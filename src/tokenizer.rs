@@ -20,19 +20,31 @@ impl Tokenizer {
                 msg: "file not found; the model folder needs the tokenizer.json that ships with the model".into(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+        let bytes = std::fs::read(path).map_err(|e| Error::Tokenizer {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
-        Ok(Tokenizer { inner })
+        Self::parse(&bytes, path)
     }
 
     /// Parses the contents of a `tokenizer.json` already in memory.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
-            path: "<memory>".into(),
-            msg: e.to_string(),
-        })?;
+        Self::parse(bytes, Path::new("<memory>"))
+    }
+
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let bad = |msg: String| Error::Tokenizer {
+            path: path.to_path_buf(),
+            msg,
+        };
+        // The tokenizers crate panics on some malformed files (found by fuzzing: a decoder
+        // whose JSON has a non-string key hits an `expect` in tokenizers 0.22); a broken file
+        // must be an error, not a crash of the application.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|_| {
+                bad("the tokenizers crate panicked parsing it; the file is malformed".into())
+            })?;
+        let inner = parsed.map_err(|e| bad(e.to_string()))?;
         Ok(Tokenizer { inner })
     }
 
