@@ -14,7 +14,8 @@ use crate::{Error, Result};
 ///
 /// ```no_run
 /// # fn main() -> wgpt::Result<()> {
-/// # let model: wgpt::Model = todo!();
+/// # let engine = wgpt::Engine::new(None)?;
+/// # let model = wgpt::Model::load(engine, std::path::Path::new("assets/default"), &Default::default())?;
 /// let prompts = [vec![464u32, 5044], vec![40, 588]];
 /// let mut batch = wgpt::Batch::new(&model, prompts.len())?;
 /// let mut next: Vec<u32> = (0..prompts.len())
