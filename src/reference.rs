@@ -100,19 +100,33 @@ pub fn attention(
     nh: usize,
     pos0: usize,
 ) -> Vec<f32> {
+    attend(qkv, k_cache, v_cache, c, nh, |t| 0..pos0 + t + 1)
+}
+
+/// Softmax attention of each query row t of qkv (T, 3C) over the key and value rows
+/// `keys(t)` of k, v (rows, C), head by head, in f64. (T, C).
+fn attend(
+    qkv: &[f32],
+    k: &[f32],
+    v: &[f32],
+    c: usize,
+    nh: usize,
+    keys: impl Fn(usize) -> std::ops::Range<usize>,
+) -> Vec<f32> {
     let hs = c / nh;
     let t_len = qkv.len() / (3 * c);
     let scale = 1.0 / (hs as f64).sqrt();
     let mut out = vec![0.0; t_len * c];
     for t in 0..t_len {
-        let n_keys = pos0 + t + 1;
+        let keys = keys(t);
         for h in 0..nh {
             let q = &qkv[t * 3 * c + h * hs..t * 3 * c + (h + 1) * hs];
-            let scores: Vec<f64> = (0..n_keys)
+            let scores: Vec<f64> = keys
+                .clone()
                 .map(|j| {
-                    let k = &k_cache[j * c + h * hs..j * c + (h + 1) * hs];
+                    let kr = &k[j * c + h * hs..j * c + (h + 1) * hs];
                     q.iter()
-                        .zip(k)
+                        .zip(kr)
                         .map(|(&a, &b)| a as f64 * b as f64)
                         .sum::<f64>()
                         * scale
@@ -122,8 +136,10 @@ pub fn attention(
             let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
             let sum: f64 = exps.iter().sum();
             for d in 0..hs {
-                let y: f64 = (0..n_keys)
-                    .map(|j| exps[j] * v_cache[j * c + h * hs + d] as f64)
+                let y: f64 = keys
+                    .clone()
+                    .zip(&exps)
+                    .map(|(j, e)| e * v[j * c + h * hs + d] as f64)
                     .sum();
                 out[t * c + h * hs + d] = (y / sum) as f32;
             }
@@ -384,39 +400,9 @@ pub fn attention_bidirectional(
     nh: usize,
     spans: &[[u32; 2]],
 ) -> Vec<f32> {
-    let hs = c / nh;
-    let t_len = qkv.len() / (3 * c);
-    let scale = 1.0 / (hs as f64).sqrt();
-    let mut out = vec![0.0; t_len * c];
-    for t in 0..t_len {
-        let keys = spans[t][0] as usize..(spans[t][0] + spans[t][1]) as usize;
-        for h in 0..nh {
-            let q = &qkv[t * 3 * c + h * hs..t * 3 * c + (h + 1) * hs];
-            let scores: Vec<f64> = keys
-                .clone()
-                .map(|j| {
-                    let kr = &k[j * c + h * hs..j * c + (h + 1) * hs];
-                    q.iter()
-                        .zip(kr)
-                        .map(|(&a, &b)| a as f64 * b as f64)
-                        .sum::<f64>()
-                        * scale
-                })
-                .collect();
-            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-            let sum: f64 = exps.iter().sum();
-            for d in 0..hs {
-                let y: f64 = keys
-                    .clone()
-                    .zip(&exps)
-                    .map(|(j, e)| e * v[j * c + h * hs + d] as f64)
-                    .sum();
-                out[t * c + h * hs + d] = (y / sum) as f32;
-            }
-        }
-    }
-    out
+    attend(qkv, k, v, c, nh, |t| {
+        spans[t][0] as usize..(spans[t][0] + spans[t][1]) as usize
+    })
 }
 
 /// pool.wgsl: per sequence (`spans[s]` = first row, length, of x (T, C)) the mean, max or first
