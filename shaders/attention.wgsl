@@ -17,6 +17,10 @@ struct Params { C: u32, NH: u32, HS: u32, scale: f32 }
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (T, C)
 @group(0) @binding(6) var<storage, read> spans: array<vec2<u32>>;  // (T) bidirectional only
 
+// The head size, fixed when the pipeline is built for one model (0: read p.HS at run time); a
+// constant bound lets the driver unroll the loops over the head.
+override HS: u32 = 0u;
+
 const BLOCK: u32 = 64u;
 const DIMS_PER_INVOCATION: u32 = 4u;
 // Below any real score, yet finite: exp(NEG - x) is a clean 0 where -inf could give NaN.
@@ -25,10 +29,12 @@ const NEG: f32 = -3.0e38;
 var<workgroup> q: array<f32, 256>;     // (HS) this head's query, pre-scaled by 1/sqrt(HS)
 var<workgroup> probs: array<f32, BLOCK>;
 
+fn head_size() -> u32 { return select(p.HS, HS, HS != 0u); }
+
 // Query t of head h over cache rows base .. base + n_keys (workgroup-uniform arguments).
 fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32) {
     let C = p.C;
-    let HS = p.HS;
+    let HS = head_size();
     let hoff = h * HS;
 
     for (var d = lid; d < HS; d += BLOCK) { q[d] = qkv[t * 3u * C + hoff + d] * p.scale; }

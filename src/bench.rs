@@ -492,7 +492,8 @@ pub fn kernels(
         AttentionParams, LayerNormParams, MatmulParams, Pipelines, Step, bind, bind_resources,
     };
     use wgpu::BindingResource::TextureView as Tex;
-    let p = Pipelines::new(gpu, dtype, textures);
+    // The head size of GPT-2's shapes, fixed as a model's pipelines fix it.
+    let p = Pipelines::new(gpu, dtype, textures, Some(64));
     let copy = copy_bandwidth(gpu)?;
     if c == 0 || !c.is_multiple_of(64) {
         return Err(Error::Input(format!(

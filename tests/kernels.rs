@@ -20,7 +20,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let gpu = gpu();
-        let p = Pipelines::new(&gpu, WeightDtype::F32, true);
+        let p = Pipelines::new(&gpu, WeightDtype::F32, true, None);
         gpu.check().expect("pipelines compile");
         Harness { gpu, p }
     }
@@ -214,17 +214,22 @@ fn kv_append_and_attention_match_cpu() {
             hs: hs as u32,
             scale: 1.0 / (hs as f32).sqrt(),
         };
-        h.run(
-            &h.p.attention,
-            &[&step, &h.gpu.uniform("p", &params), &qkvb, &kb, &vb, &out],
-            nh as u32,
-            t as u32,
-        );
         let want = reference::attention(&qkv, &k_cache, &v_cache, c, nh, pos0);
-        // Outputs are convex combinations of values in [-1, 1]; online softmax in f32 over
-        // <= 73 keys with scores up to ~|2 * sqrt(HS)|: ~1e-6.
-        let d = close(&h.read(&out), &want, 1e-5);
-        println!("attention T={t} C={c} NH={nh} HS={hs} pos0={pos0}: max diff {d:e}");
+        // The generic pipeline (head size read at run time) and one with it fixed, as models
+        // build it.
+        let fixed = wgpt::gpu::kernels::pipeline(&h.gpu, "attention", None, &[("HS", hs as f64)]);
+        for (pipe, name) in [(&h.p.attention, "run-time HS"), (&fixed, "fixed HS")] {
+            h.run(
+                pipe,
+                &[&step, &h.gpu.uniform("p", &params), &qkvb, &kb, &vb, &out],
+                nh as u32,
+                t as u32,
+            );
+            // Outputs are convex combinations of values in [-1, 1]; online softmax in f32 over
+            // <= 73 keys with scores up to ~|2 * sqrt(HS)|: ~1e-6.
+            let d = close(&h.read(&out), &want, 1e-5);
+            println!("attention ({name}) T={t} C={c} NH={nh} HS={hs} pos0={pos0}: max diff {d:e}");
+        }
     }
 }
 
@@ -462,7 +467,7 @@ fn argmax_matches_cpu_with_ties() {
 #[test]
 fn f16_weights_match_cpu_on_rounded_weights() {
     let h = Harness::new();
-    let p16 = Pipelines::new(&h.gpu, WeightDtype::F16, false);
+    let p16 = Pipelines::new(&h.gpu, WeightDtype::F16, false, None);
     let halves = |v: &[f32]| -> (Vec<f32>, wgpu::Buffer) {
         let hv: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
         (
@@ -530,7 +535,7 @@ fn f16_weights_match_cpu_on_rounded_weights() {
 #[test]
 fn q8_weights_match_cpu_on_dequantised_weights() {
     let h = Harness::new();
-    let p8 = Pipelines::new(&h.gpu, WeightDtype::Q8, false);
+    let p8 = Pipelines::new(&h.gpu, WeightDtype::Q8, false, None);
     h.gpu.check().expect("q8 pipelines compile");
     // Three rows (one partial group of four, padded with zeros), K / 32 = 5 blocks (a partial
     // scale texel).
@@ -645,7 +650,7 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
 fn texture_linear_kernels_match_cpu() {
     let h = Harness::new();
     for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
-        let p = Pipelines::new(&h.gpu, dtype, true);
+        let p = Pipelines::new(&h.gpu, dtype, true, None);
         for (m, k, n) in [
             (1, 64, 17),
             (3, 128, 45),
@@ -794,19 +799,22 @@ fn texture_kv_append_and_attention_match_cpu() {
             wgpu::BindingResource::TextureView(&v_tex),
             out.as_entire_binding(),
         ];
-        let bg =
-            wgpt::gpu::kernels::bind_resources(&h.gpu, &h.p.textures().attention_texture, "t", res);
-        dispatch(
-            &h,
-            &h.p.textures().attention_texture,
-            &bg,
-            (nh as u32).div_ceil(8),
-            t as u32,
-        );
         let want = reference::attention(&qkv, &k_cache, &v_cache, c, nh, pos0);
-        // As the buffer attention: convex combinations of values in [-1, 1], f32 online softmax.
-        let d = close(&h.read(&out), &want, 1e-5);
-        println!("attention_texture T={t} C={c} NH={nh} HS={hs} pos0={pos0}: max diff {d:e}");
+        let fixed =
+            wgpt::gpu::kernels::pipeline(&h.gpu, "attention_texture", None, &[("HS", hs as f64)]);
+        for (pipe, name) in [
+            (&h.p.textures().attention_texture, "run-time HS"),
+            (&fixed, "fixed HS"),
+        ] {
+            let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, pipe, "t", res.clone());
+            dispatch(&h, pipe, &bg, (nh as u32).div_ceil(8), t as u32);
+            // As the buffer attention: convex combinations of values in [-1, 1], f32 online
+            // softmax.
+            let d = close(&h.read(&out), &want, 1e-5);
+            println!(
+                "attention_texture ({name}) T={t} C={c} NH={nh} HS={hs} pos0={pos0}: max diff {d:e}"
+            );
+        }
     }
 }
 

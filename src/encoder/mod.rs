@@ -153,11 +153,13 @@ struct EncoderPipelines {
 }
 
 impl EncoderPipelines {
-    fn new(gpu: &Engine, dtype: WeightDtype, textures: bool) -> Self {
+    /// As [`Pipelines::new`](kernels::Pipelines::new), attention with `head_size` fixed.
+    fn new(gpu: &Engine, dtype: WeightDtype, textures: bool, head_size: u32) -> Self {
         let weights: &[(&str, f64)] = &[
             ("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64),
             ("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u8 as f64),
         ];
+        let head: &[(&str, f64)] = &[("HS", head_size as f64)];
         let linear = kernels::linear_layout(gpu, false);
         EncoderPipelines {
             embed: kernels::entry_pipeline(gpu, "embed", "embed_packed", None, weights),
@@ -174,7 +176,7 @@ impl EncoderPipelines {
                 "attention",
                 "attention_bidirectional",
                 None,
-                &[],
+                head,
             ),
             pool: kernels::pipeline(gpu, "pool", None, &[]),
             texture: textures.then(|| {
@@ -187,7 +189,7 @@ impl EncoderPipelines {
                         "attention_texture",
                         "attention_texture_bidirectional",
                         None,
-                        &[],
+                        head,
                     ),
                 ]
             }),
@@ -305,7 +307,8 @@ impl EncoderModel {
                 }
                 Ok(t)
             })?;
-            let pipelines = EncoderPipelines::new(&gpu, opts.dtype, textures);
+            let head_size = (config.hidden_size / config.num_heads) as u32;
+            let pipelines = EncoderPipelines::new(&gpu, opts.dtype, textures, head_size);
             gpu.wait()?;
             log::info!(
                 "loaded encoder: {} layers, C = {c}, V = {} ({}, linear layers in {}) in {:.2} s",

@@ -453,12 +453,14 @@ pub fn entry_pipeline(
 
 impl Pipelines {
     /// Every pipeline of the forward pass, for weights stored as `dtype`; with `textures` also
-    /// the texture layout's.
-    pub fn new(gpu: &Engine, dtype: WeightDtype, textures: bool) -> Self {
+    /// the texture layout's. `head_size` fixes attention's head size as a constant (a model's
+    /// pipelines: faster); `None` reads it from the parameters at run time (any shape).
+    pub fn new(gpu: &Engine, dtype: WeightDtype, textures: bool, head_size: Option<u32>) -> Self {
         let weights: &[(&str, f64)] = &[
             ("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64),
             ("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u8 as f64),
         ];
+        let head: &[(&str, f64)] = &[("HS", head_size.unwrap_or(0) as f64)];
         // matmul and gemv share one explicit layout, so one bind group serves both and the
         // choice between them can be made per step.
         let linear = linear_layout(gpu, false);
@@ -474,7 +476,7 @@ impl Pipelines {
                     weights,
                 ),
                 kv_append_texture: pipeline(gpu, "kv_append_texture", None, &[]),
-                attention_texture: pipeline(gpu, "attention_texture", None, &[]),
+                attention_texture: pipeline(gpu, "attention_texture", None, head),
             }
         });
         Pipelines {
@@ -488,7 +490,7 @@ impl Pipelines {
                 .contains(wgpu::Features::SUBGROUP)
                 .then(|| pipeline(gpu, "gemv_subgroup", Some(&linear), weights)),
             kv_append: pipeline(gpu, "kv_append", None, &[]),
-            attention: pipeline(gpu, "attention", None, &[]),
+            attention: pipeline(gpu, "attention", None, head),
             argmax: pipeline(gpu, "argmax", None, &[]),
             sample: pipeline(gpu, "sample", None, &[]),
             texture,

@@ -171,7 +171,8 @@ impl Model {
         texture_linear: bool,
         t0: std::time::Instant,
     ) -> Result<Model> {
-        let pipelines = Pipelines::new(&gpu, opts.dtype, texture_linear);
+        let head_size = (config.n_embd / config.n_head) as u32;
+        let pipelines = Pipelines::new(&gpu, opts.dtype, texture_linear, Some(head_size));
         let zero = gpu.storage("zero", 4);
         gpu.wait()?;
         let model = Model {
