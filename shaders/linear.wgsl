@@ -8,12 +8,16 @@
 // Encoders (BERT) use the erf form of GELU.
 
 struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
-struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, epilogue: u32, _b: u32, _c: u32 }
+struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, _a: u32, _b: u32, _c: u32 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;        // (col0 + N)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;   // (M, ldo)
+
+// The epilogue, fixed per pipeline (gpu/kernels.rs `Linear`): a branch on a run-time value here
+// runs every case under masks on CPU adapters, measured to double prefill time on lavapipe.
+override EPILOGUE: u32 = 0u;
 
 const EPILOGUE_STORE: u32 = 0u;
 const EPILOGUE_GELU: u32 = 1u;
@@ -49,17 +53,38 @@ fn i8x4(word: u32) -> vec4<f32> {
     return vec4<f32>(unpack4xI8(word));
 }
 
-// Writes one output: bias, then the epilogue. RESIDUAL adds into what `out` holds (the residual
-// stream x).
-fn store(m: u32, n: u32, acc: f32) {
-    var v = acc;
-    if (p.has_bias != 0u) { v += bias[p.col0 + n]; }
-    let i = m * p.ldo + p.col0 + n;
-    switch p.epilogue {
-        case EPILOGUE_GELU: { out[i] = gelu(v); }
-        case EPILOGUE_GELU_ERF: { out[i] = gelu_erf(v); }
-        case EPILOGUE_RESIDUAL: { out[i] = out[i] + v; }
-        case EPILOGUE_RELU: { out[i] = max(v, 0.0); }
-        default: { out[i] = v; }
+// The bias of outputs n0 .. n0 + 4 (0 past N, or without a bias), loaded once for all the rows
+// of a block of outputs.
+fn bias4(n0: u32) -> vec4<f32> {
+    var b = vec4(0.0);
+    if (p.has_bias != 0u) {
+        for (var j = 0u; j < 4u; j++) {
+            if (n0 + j < p.N) { b[j] = bias[p.col0 + n0 + j]; }
+        }
+    }
+    return b;
+}
+
+// Writes outputs n0 .. n0 + 4 of row m (those below N): acc plus the bias b, then the epilogue.
+// Four at a time, so the bias and the epilogue's code are shared (on lavapipe every storage
+// access is a loop over the lanes: per-output stores made matmul_texture ~30% slower).
+fn store4(m: u32, n0: u32, acc: vec4<f32>, b: vec4<f32>) {
+    var v = acc + b;
+    let i = m * p.ldo + p.col0 + n0;
+    switch EPILOGUE {
+        case EPILOGUE_GELU: { v = vec4(gelu(v.x), gelu(v.y), gelu(v.z), gelu(v.w)); }
+        case EPILOGUE_GELU_ERF: {
+            v = vec4(gelu_erf(v.x), gelu_erf(v.y), gelu_erf(v.z), gelu_erf(v.w));
+        }
+        case EPILOGUE_RESIDUAL: {
+            for (var j = 0u; j < 4u; j++) {
+                if (n0 + j < p.N) { v[j] += out[i + j]; }
+            }
+        }
+        case EPILOGUE_RELU: { v = max(v, vec4(0.0)); }
+        default: {}
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (n0 + j < p.N) { out[i + j] = v[j]; }
     }
 }

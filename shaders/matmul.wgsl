@@ -85,12 +85,11 @@ fn matmul(
         }
         workgroupBarrier();
     }
+    let n0 = n_base + lid.x * 4u;
+    let b = bias4(n0);
     for (var i = 0u; i < 4u; i++) {
         let m = m_base + lid.y * 4u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let n = n_base + lid.x * 4u + j;
-            if (m < M && n < p.N) { store(m, n, acc[i][j]); }
-        }
+        if (m < M && n0 < p.N) { store4(m, n0, acc[i], b); }
     }
 }
 
@@ -148,9 +147,7 @@ fn gemv_partial(m: u32, n0: u32, lane: u32) -> vec4<f32> {
 
 // Stores the four sums (those inside N).
 fn gemv_store(m: u32, n0: u32, s: vec4<f32>) {
-    for (var j = 0u; j < 4u; j++) {
-        if (n0 + j < p.N) { store(m, n0 + j, s[j]); }
-    }
+    store4(m, n0, s, bias4(n0));
 }
 
 @compute @workgroup_size(64)

@@ -119,10 +119,9 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     let r = array<vec4<f32>, 4>(r0, r1, r2, r3);
+    let b = bias4(n0);
     for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            if (m0 + i < M && n0 + j < p.N) { store(m0 + i, n0 + j, r[i][j]); }
-        }
+        if (m0 + i < M) { store4(m0 + i, n0, r[i], b); }
     }
 }
 
@@ -164,10 +163,7 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n3 = min(n0 + 3u, nl);
     let row = m * (p.K / 4u);
     if (WEIGHT_Q8) {
-        let s = gemv_q8(row, n0, n1, n2, n3);
-        for (var j = 0u; j < 4u; j++) {
-            if (n0 + j < p.N) { store(m, n0 + j, s[j]); }
-        }
+        store4(m, n0, gemv_q8(row, n0, n1, n2, n3), bias4(n0));
         return;
     }
     var c0 = vec4(0.0);
@@ -198,7 +194,5 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let one = vec4(1.0);
     let s = vec4(dot(c0, one), dot(c1, one), dot(c2, one), dot(c3, one));
-    for (var j = 0u; j < 4u; j++) {
-        if (n0 + j < p.N) { store(m, n0 + j, s[j]); }
-    }
+    store4(m, n0, s, bias4(n0));
 }

@@ -489,7 +489,8 @@ pub fn kernels(
     c: u32,
 ) -> Result<(f64, Vec<KernelBench>)> {
     use crate::gpu::kernels::{
-        AttentionParams, LayerNormParams, MatmulParams, Pipelines, Step, bind, bind_resources,
+        AttentionParams, Epilogue, LayerNormParams, Linear, MatmulParams, Pipelines, Step, bind,
+        bind_resources,
     };
     use wgpu::BindingResource::TextureView as Tex;
     // The head size of GPT-2's shapes, fixed as a model's pipelines fix it.
@@ -534,14 +535,13 @@ pub fn kernels(
                 ldo: n,
                 col0: 0,
                 has_bias: 1,
-                epilogue: 0,
-                _pad: [0; 2],
+                _pad: [0; 3],
             };
             let (st, pu) = (step(t, 0), gpu.uniform("p", &params));
             let few = t == 1;
-            // At T = 1 without textures both gemv reductions, where subgroups exist.
-            let candidates: Vec<(&str, &wgpu::ComputePipeline, (u32, u32))> = match (textures, few)
-            {
+            // At T = 1 without textures both gemv reductions, where subgroups exist. The bench
+            // measures the plain-store epilogue.
+            let candidates: Vec<(&str, &Linear, (u32, u32))> = match (textures, few) {
                 (false, true) => std::iter::once(("gemv", &p.gemv))
                     .chain(p.gemv_subgroup.as_ref().map(|sg| ("gemv_subgroup", sg)))
                     .map(|(name, pipe)| (name, pipe, (n.div_ceil(4), t)))
@@ -554,13 +554,17 @@ pub fn kernels(
                     &p.textures().gemv_texture,
                     (n.div_ceil(4).div_ceil(8), t),
                 )],
-                (true, false) => vec![(
-                    "matmul_texture",
-                    &p.textures().matmul_texture,
-                    (n.div_ceil(4).div_ceil(8), t.div_ceil(4)),
-                )],
+                // Both texture GEMMs, where subgroups exist.
+                (true, false) => std::iter::once(("matmul_texture", &p.textures().matmul_texture))
+                    .chain(
+                        (p.textures().matmul_texture_subgroup.as_ref())
+                            .map(|sg| ("matmul_texture_subgroup", sg)),
+                    )
+                    .map(|(name, pipe)| (name, pipe, (n.div_ceil(4).div_ceil(8), t.div_ceil(4))))
+                    .collect(),
             };
-            for (name, pipe, groups) in candidates {
+            for (name, linear, groups) in candidates {
+                let pipe = linear.get(Epilogue::Store);
                 let bg = if textures {
                     let r = vec![
                         st.as_entire_binding(),

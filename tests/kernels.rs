@@ -143,7 +143,7 @@ fn matmul_and_gemv_match_cpu_including_column_chunks() {
         let w = random(n * k, 7, 1.0);
         let b = random(n, 8, 1.0);
         let want = reference::matmul(&a, &w, Some(&b), k, n);
-        for (name, pipe) in linear_kernels(&h.p) {
+        for (name, pipe) in linear_kernels(&h.p, Epilogue::Store) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
             let n1 = n / 3 + 1;
             for (c0, c1) in [(0, n1), (n1, n)] {
@@ -153,8 +153,7 @@ fn matmul_and_gemv_match_cpu_including_column_chunks() {
                     ldo: n as u32,
                     col0: c0 as u32,
                     has_bias: 1,
-                    epilogue: Epilogue::Store as u32,
-                    _pad: [0; 2],
+                    _pad: [0; 3],
                 };
                 let chunk = h.f32s(&w[c0 * k..c1 * k]);
                 let bufs = [
@@ -387,15 +386,14 @@ fn linear_epilogues_match_cpu() {
             (Epilogue::Relu, &relu),
             (Epilogue::GeluErf, &gelu_erf),
         ] {
-            for (name, pipe) in linear_kernels(&h.p) {
+            for (name, pipe) in linear_kernels(&h.p, epi) {
                 let params = MatmulParams {
                     k: k as u32,
                     n: n as u32,
                     ldo: n as u32,
                     col0: 0,
                     has_bias: 1,
-                    epilogue: epi as u32,
-                    _pad: [0; 2],
+                    _pad: [0; 3],
                 };
                 let out = h.f32s(&x0);
                 let bufs = [
@@ -486,10 +484,9 @@ fn f16_weights_match_cpu_on_rounded_weights() {
             ldo: n as u32,
             col0: 0,
             has_bias: 1,
-            epilogue: 0,
-            _pad: [0; 2],
+            _pad: [0; 3],
         };
-        for (name, pipe) in linear_kernels(&p16) {
+        for (name, pipe) in linear_kernels(&p16, Epilogue::Store) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
             let bufs = [
                 &h.step(m, 0, 0),
@@ -579,7 +576,7 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
         let w = random(n * k, 42, 1.0);
         let b = random(n, 43, 1.0);
         let want = reference::matmul(&a, &reference::q8_round_trip(&w), Some(&b), k, n);
-        for (name, pipe) in linear_kernels(&p8) {
+        for (name, pipe) in linear_kernels(&p8, Epilogue::Store) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
             let n1 = n / 3 + 1;
             for (c0, c1) in [(0, n1), (n1, n)] {
@@ -589,8 +586,7 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
                     ldo: n as u32,
                     col0: c0 as u32,
                     has_bias: 1,
-                    epilogue: Epilogue::Store as u32,
-                    _pad: [0; 2],
+                    _pad: [0; 3],
                 };
                 let chunk = h
                     .gpu
@@ -679,18 +675,29 @@ fn texture_linear_kernels_match_cpu() {
                 .gpu
                 .weight_texture_init("w", &w, n, k, dtype)
                 .create_view(&Default::default());
-            for (name, pipe) in [
-                ("matmul_texture", &p.textures().matmul_texture),
-                ("gemv_texture", &p.textures().gemv_texture),
-            ] {
+            let t = p.textures();
+            // The subgroup GEMM must be there on adapters with subgroups of 8 (lavapipe), so
+            // that it is tested.
+            assert_eq!(
+                t.matmul_texture_subgroup.is_some(),
+                wgpt::gpu::kernels::subgroups_of_8(&h.gpu)
+            );
+            let mut kernels = vec![
+                ("matmul_texture", &t.matmul_texture),
+                ("gemv_texture", &t.gemv_texture),
+            ];
+            kernels.extend(
+                (t.matmul_texture_subgroup.as_ref()).map(|sg| ("matmul_texture_subgroup", sg)),
+            );
+            for (name, linear) in kernels {
+                let pipe = linear.get(Epilogue::Residual);
                 let params = MatmulParams {
                     k: k as u32,
                     n: n as u32,
                     ldo: n as u32,
                     col0: 0,
                     has_bias: 1,
-                    epilogue: Epilogue::Residual as u32,
-                    _pad: [0; 2],
+                    _pad: [0; 3],
                 };
                 let out = h.f32s(&x0);
                 let (step, pu, bb) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&b));
@@ -981,10 +988,10 @@ fn subgroup_gemv_is_built_where_subgroups_exist() {
 
 /// The buffer-layout linear kernels to check: the tiled matmul, gemv with its workgroup-memory
 /// reduction, and gemv_subgroup where the adapter has subgroups (lavapipe does).
-fn linear_kernels(p: &Pipelines) -> Vec<(&'static str, &wgpu::ComputePipeline)> {
+fn linear_kernels(p: &Pipelines, e: Epilogue) -> Vec<(&'static str, &wgpu::ComputePipeline)> {
     let mut v = vec![("matmul", &p.matmul), ("gemv", &p.gemv)];
     v.extend(p.gemv_subgroup.as_ref().map(|sg| ("gemv_subgroup", sg)));
-    v
+    v.into_iter().map(|(name, l)| (name, l.get(e))).collect()
 }
 
 fn linear_grid(name: &str, n: u32, m: u32) -> (u32, u32) {
@@ -1029,11 +1036,10 @@ fn gelu_erf_epilogue_matches_cpu() {
             ldo: n as u32,
             col0: 0,
             has_bias: 1,
-            epilogue: Epilogue::GeluErf as u32,
-            _pad: [0; 2],
+            _pad: [0; 3],
         };
         let (step, pu, bb) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&b));
-        for (name, pipe) in linear_kernels(&h.p) {
+        for (name, pipe) in linear_kernels(&h.p, Epilogue::GeluErf) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
             let (x, y) = linear_grid(name, n as u32, m as u32);
             h.run(
@@ -1065,7 +1071,7 @@ fn gelu_erf_epilogue_matches_cpu() {
             out.as_entire_binding(),
             wgpt::Engine::gemv_input(&au),
         ];
-        let pipe = &h.p.textures().matmul_texture;
+        let pipe = h.p.textures().matmul_texture.get(Epilogue::GeluErf);
         let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, pipe, "t", res);
         dispatch(
             &h,

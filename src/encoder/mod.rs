@@ -36,8 +36,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::gpu::Engine;
 use crate::gpu::kernels::{
-    self, AttentionParams, EmbedParams, Epilogue, LayerNormParams, MatmulParams, PoolParams, Step,
-    WidthParams, wg,
+    self, AttentionParams, EmbedParams, Epilogue, LayerNormParams, Linear, MatmulParams,
+    PoolParams, Step, WidthParams, wg,
 };
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
 use crate::loader::{self, Checkpoint};
@@ -142,14 +142,23 @@ struct EncoderPipelines {
     /// embed.wgsl's `embed_packed`.
     embed: wgpu::ComputePipeline,
     layernorm: wgpu::ComputePipeline,
-    matmul: wgpu::ComputePipeline,
-    gemv: wgpu::ComputePipeline,
+    matmul: Linear,
+    gemv: Linear,
     kv_append: wgpu::ComputePipeline,
     /// attention.wgsl's `attention_bidirectional`.
     attention: wgpu::ComputePipeline,
     pool: wgpu::ComputePipeline,
-    /// matmul_texture, kv_append_texture, attention_texture_bidirectional.
-    texture: Option<[wgpu::ComputePipeline; 3]>,
+    /// The texture layout's.
+    texture: Option<EncoderTexturePipelines>,
+}
+
+/// The encoder's kernels of the texture layout.
+struct EncoderTexturePipelines {
+    /// matmul_texture, or matmul_texture_subgroup where the device has subgroups of >= 8.
+    matmul: Linear,
+    kv_append: wgpu::ComputePipeline,
+    /// attention_texture.wgsl's `attention_texture_bidirectional`.
+    attention: wgpu::ComputePipeline,
 }
 
 impl EncoderPipelines {
@@ -164,11 +173,11 @@ impl EncoderPipelines {
         EncoderPipelines {
             embed: kernels::entry_pipeline(gpu, "embed", "embed_packed", None, weights),
             layernorm: kernels::pipeline(gpu, "layernorm", None, &[]),
-            matmul: kernels::pipeline(gpu, "matmul", Some(&linear), weights),
+            matmul: Linear::new(gpu, "matmul", "matmul", &linear, weights),
             // With subgroups, the gemv that reduces across lanes with them.
             gemv: match gpu.device.features().contains(wgpu::Features::SUBGROUP) {
-                true => kernels::pipeline(gpu, "gemv_subgroup", Some(&linear), weights),
-                false => kernels::entry_pipeline(gpu, "matmul", "gemv", Some(&linear), weights),
+                true => Linear::new(gpu, "gemv_subgroup", "gemv_subgroup", &linear, weights),
+                false => Linear::new(gpu, "matmul", "gemv", &linear, weights),
             },
             kv_append: kernels::pipeline(gpu, "kv_append", None, &[]),
             attention: kernels::entry_pipeline(
@@ -181,17 +190,21 @@ impl EncoderPipelines {
             pool: kernels::pipeline(gpu, "pool", None, &[]),
             texture: textures.then(|| {
                 let layout = kernels::linear_layout(gpu, true);
-                [
-                    kernels::pipeline(gpu, "matmul_texture", Some(&layout), weights),
-                    kernels::pipeline(gpu, "kv_append_texture", None, &[]),
-                    kernels::entry_pipeline(
+                let matmul = match kernels::subgroups_of_8(gpu) {
+                    true => "matmul_texture_subgroup",
+                    false => "matmul_texture",
+                };
+                EncoderTexturePipelines {
+                    matmul: Linear::new(gpu, matmul, matmul, &layout, weights),
+                    kv_append: kernels::pipeline(gpu, "kv_append_texture", None, &[]),
+                    attention: kernels::entry_pipeline(
                         gpu,
                         "attention_texture",
                         "attention_texture_bidirectional",
                         None,
                         head,
                     ),
-                ]
+                }
             }),
         }
     }
@@ -520,8 +533,8 @@ fn texture_linear(gpu: &Engine, cfg: &EncoderConfig, layout: WeightLayout) -> Re
 enum Kernel {
     Embed,
     LayerNorm,
-    Matmul,
-    MatmulTexture,
+    Matmul(Epilogue),
+    MatmulTexture(Epilogue),
     KvAppend,
     KvAppendTexture,
     Attention,
@@ -654,10 +667,9 @@ impl Workspace {
                 ldo: weight.rows as u32,
                 col0: row0 as u32,
                 has_bias: 1,
-                epilogue: epilogue as u32,
-                _pad: [0; 2],
+                _pad: [0; 3],
             };
-            if let (Some((ct, it)), Some([matmul_texture, ..])) = (&input_textures, &p.texture) {
+            if let (Some((ct, it)), Some(tp)) = (&input_textures, &p.texture) {
                 let tex = if weight.cols == c { ct } else { it };
                 let view = tex.create_view(&Default::default());
                 return weight
@@ -676,10 +688,10 @@ impl Workspace {
                             Engine::gemv_input(inp),
                         ];
                         Op {
-                            kernel: Kernel::MatmulTexture,
+                            kernel: Kernel::MatmulTexture(epilogue),
                             bind: kernels::bind_resources(
                                 gpu,
-                                matmul_texture,
+                                tp.matmul.get(epilogue),
                                 "matmul_texture",
                                 res,
                             ),
@@ -695,9 +707,9 @@ impl Workspace {
                 .map(|ch| {
                     let u = gpu.uniform("matmul", &params(ch.row0, ch.rows));
                     Op {
-                        kernel: Kernel::Matmul,
+                        kernel: Kernel::Matmul(epilogue),
                         bind: bind(
-                            &p.matmul,
+                            p.matmul.get(epilogue),
                             "matmul",
                             &[&step, &u, inp, &ch.buffer, bias.single(), out],
                         ),
@@ -748,7 +760,7 @@ impl Workspace {
                         copy: None,
                     });
                 }
-                (_, Some((k, v)), Some([_, kv_append, attention])) => {
+                (_, Some((k, v)), Some(tp)) => {
                     let tv = |t| wgpu::BindingResource::TextureView(t);
                     let append = vec![
                         step.as_entire_binding(),
@@ -759,7 +771,12 @@ impl Workspace {
                     ];
                     ops.push(Op {
                         kernel: Kernel::KvAppendTexture,
-                        bind: kernels::bind_resources(gpu, kv_append, "kv_append_texture", append),
+                        bind: kernels::bind_resources(
+                            gpu,
+                            &tp.kv_append,
+                            "kv_append_texture",
+                            append,
+                        ),
                         width: (c / 4) as u32,
                         copy: None,
                     });
@@ -776,7 +793,7 @@ impl Workspace {
                         kernel: Kernel::AttentionTexture,
                         bind: kernels::bind_resources(
                             gpu,
-                            attention,
+                            &tp.attention,
                             "attention_texture_bidirectional",
                             res,
                         ),
@@ -846,28 +863,34 @@ impl Workspace {
                     .begin_compute_pass(&Default::default())
                     .forget_lifetime();
             }
-            let gemv = op.kernel == Kernel::Matmul && rows <= wg::GEMV_MAX_ROWS;
-            let tex = |i: usize| &p.texture.as_ref().expect("texture layout")[i];
+            let gemv = rows <= wg::GEMV_MAX_ROWS;
+            let tex = || p.texture.as_ref().expect("texture layout");
             let (pipe, x, y) = match op.kernel {
                 Kernel::Embed => (&p.embed, op.width.div_ceil(wg::EMBED), rows),
                 Kernel::LayerNorm => (&p.layernorm, rows, 1),
-                Kernel::Matmul if gemv => (&p.gemv, op.width.div_ceil(wg::GEMV_OUTPUTS), rows),
-                Kernel::Matmul => (
-                    &p.matmul,
+                Kernel::Matmul(e) if gemv => {
+                    (p.gemv.get(e), op.width.div_ceil(wg::GEMV_OUTPUTS), rows)
+                }
+                Kernel::Matmul(e) => (
+                    p.matmul.get(e),
                     op.width.div_ceil(wg::MATMUL_TILE),
                     rows.div_ceil(wg::MATMUL_TILE),
                 ),
-                Kernel::MatmulTexture => (
-                    tex(0),
+                Kernel::MatmulTexture(e) => (
+                    tex().matmul.get(e),
                     op.width.div_ceil(4).div_ceil(wg::LINEAR_TEXTURE),
                     rows.div_ceil(4),
                 ),
                 Kernel::KvAppend => (&p.kv_append, op.width.div_ceil(wg::KV_APPEND), rows),
-                Kernel::KvAppendTexture => (tex(1), op.width.div_ceil(wg::KV_APPEND), rows),
-                Kernel::Attention => (&p.attention, op.width, rows),
-                Kernel::AttentionTexture => {
-                    (tex(2), op.width.div_ceil(wg::ATTENTION_TEXTURE), rows)
+                Kernel::KvAppendTexture => {
+                    (&tex().kv_append, op.width.div_ceil(wg::KV_APPEND), rows)
                 }
+                Kernel::Attention => (&p.attention, op.width, rows),
+                Kernel::AttentionTexture => (
+                    &tex().attention,
+                    op.width.div_ceil(wg::ATTENTION_TEXTURE),
+                    rows,
+                ),
             };
             pass.set_pipeline(pipe);
             pass.set_bind_group(0, &op.bind, &[]);

@@ -49,6 +49,8 @@ pub const KERNELS: &[KernelSource] = &[
     // module of its own: naga rejects subgroup operations anywhere in a module without it).
     kernel!("gemv_subgroup" after "linear", "matmul"),
     kernel!("matmul_texture" after "linear"),
+    // matmul_texture with inputs broadcast across subgroups (a module of its own, as above).
+    kernel!("matmul_texture_subgroup" after "linear", "matmul_texture"),
     kernel!("kv_append" after "step"),
     kernel!("kv_append_texture" after "step"),
     kernel!("attention" after "step"),
@@ -169,13 +171,12 @@ pub struct MatmulParams {
     pub col0: u32,
     /// 1: add `bias[col0 + n]`; 0: the bound bias is a placeholder.
     pub has_bias: u32,
-    /// An [`Epilogue`] as u32.
-    pub epilogue: u32,
     /// Padding to 32 bytes.
-    pub _pad: [u32; 2],
+    pub _pad: [u32; 3],
 }
 
-/// What the linear kernels do with a result after the bias (matmul.wgsl's EPILOGUE_*).
+/// What the linear kernels do with a result after the bias (linear.wgsl's EPILOGUE_*): an
+/// override constant, one pipeline per epilogue ([`Linear`]).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Epilogue {
@@ -192,6 +193,15 @@ pub enum Epilogue {
 }
 
 impl Epilogue {
+    /// Every epilogue, in declaration order.
+    pub const ALL: [Epilogue; 5] = [
+        Epilogue::Store,
+        Epilogue::Gelu,
+        Epilogue::Residual,
+        Epilogue::Relu,
+        Epilogue::GeluErf,
+    ];
+
     /// The epilogue that applies a model's feed-forward activation.
     pub fn activation(a: crate::config::Activation) -> Epilogue {
         match a {
@@ -369,6 +379,39 @@ pub mod wg {
     pub const POOL: u32 = 64;
 }
 
+/// One linear-layer kernel compiled once per [`Epilogue`] (an override constant in
+/// linear.wgsl). All share one explicit layout, so a bind group made with any serves all.
+pub struct Linear {
+    by_epilogue: Vec<wgpu::ComputePipeline>,
+}
+
+impl Linear {
+    /// Entry `entry` of kernel family `family`, with the weight-dtype `constants`, for every
+    /// epilogue.
+    pub fn new(
+        gpu: &Engine,
+        family: &str,
+        entry: &str,
+        layout: &wgpu::PipelineLayout,
+        constants: &[(&str, f64)],
+    ) -> Self {
+        let by_epilogue = Epilogue::ALL
+            .iter()
+            .map(|&e| {
+                let mut c = constants.to_vec();
+                c.push(("EPILOGUE", e as u32 as f64));
+                entry_pipeline(gpu, family, entry, Some(layout), &c)
+            })
+            .collect();
+        Linear { by_epilogue }
+    }
+
+    /// The pipeline that ends in `epilogue`.
+    pub fn get(&self, epilogue: Epilogue) -> &wgpu::ComputePipeline {
+        &self.by_epilogue[epilogue as usize]
+    }
+}
+
 /// Every compute pipeline, built once per model.
 pub struct Pipelines {
     /// embed.wgsl: x (T, C) = `wte[tokens] + wpe[positions]`.
@@ -376,13 +419,13 @@ pub struct Pipelines {
     /// layernorm.wgsl: one workgroup per row.
     pub layernorm: wgpu::ComputePipeline,
     /// matmul.wgsl's tiled `matmul`: linear layers for steps of many rows (prefill).
-    pub matmul: wgpu::ComputePipeline,
+    pub matmul: Linear,
     /// matmul.wgsl's `gemv`: linear layers for steps of at most [`wg::GEMV_MAX_ROWS`] rows
     /// (decode); shares `matmul`'s bind group layout.
-    pub gemv: wgpu::ComputePipeline,
+    pub gemv: Linear,
     /// gemv_subgroup.wgsl: `gemv` with subgroup reductions, built where the device has the
     /// SUBGROUP feature (and used instead of `gemv` there).
-    pub gemv_subgroup: Option<wgpu::ComputePipeline>,
+    pub gemv_subgroup: Option<Linear>,
     /// kv_append.wgsl: copies the step's K and V from qkv (T, 3C) into the cache.
     pub kv_append: wgpu::ComputePipeline,
     /// attention.wgsl: causal attention over the cache buffers.
@@ -400,13 +443,23 @@ pub struct Pipelines {
 /// attention_texture.wgsl).
 pub struct TexturePipelines {
     /// matmul_texture.wgsl's main entry: 4 x 4 output blocks, input and weights as textures.
-    pub matmul_texture: wgpu::ComputePipeline,
+    pub matmul_texture: Linear,
+    /// matmul_texture_subgroup.wgsl: `matmul_texture` with inputs shared by subgroup
+    /// broadcasts, built where the device has subgroups of at least 8 lanes (and used instead
+    /// of `matmul_texture` there).
+    pub matmul_texture_subgroup: Option<Linear>,
     /// matmul_texture.wgsl's `gemv_texture`: one row whose input fits a 64 KiB uniform.
-    pub gemv_texture: wgpu::ComputePipeline,
+    pub gemv_texture: Linear,
     /// kv_append_texture.wgsl: writes K and V into rgba32float cache textures.
     pub kv_append_texture: wgpu::ComputePipeline,
     /// attention_texture.wgsl: one invocation per head and query, reading the cache textures.
     pub attention_texture: wgpu::ComputePipeline,
+}
+
+/// Whether the device has subgroups of at least 8 lanes, as matmul_texture_subgroup.wgsl
+/// needs: its 8-lane workgroups broadcast from lanes 0 ..= 7 of their subgroup.
+pub fn subgroups_of_8(gpu: &Engine) -> bool {
+    gpu.device.features().contains(wgpu::Features::SUBGROUP) && gpu.info.subgroup_min_size >= 8
 }
 
 /// Compiles kernel `name` (entry point of the same name) with its override `constants`.
@@ -467,12 +520,27 @@ impl Pipelines {
         let texture = textures.then(|| {
             let linear_texture = linear_layout(gpu, true);
             TexturePipelines {
-                matmul_texture: pipeline(gpu, "matmul_texture", Some(&linear_texture), weights),
-                gemv_texture: entry_pipeline(
+                matmul_texture: Linear::new(
+                    gpu,
+                    "matmul_texture",
+                    "matmul_texture",
+                    &linear_texture,
+                    weights,
+                ),
+                matmul_texture_subgroup: subgroups_of_8(gpu).then(|| {
+                    Linear::new(
+                        gpu,
+                        "matmul_texture_subgroup",
+                        "matmul_texture_subgroup",
+                        &linear_texture,
+                        weights,
+                    )
+                }),
+                gemv_texture: Linear::new(
                     gpu,
                     "matmul_texture",
                     "gemv_texture",
-                    Some(&linear_texture),
+                    &linear_texture,
                     weights,
                 ),
                 kv_append_texture: pipeline(gpu, "kv_append_texture", None, &[]),
@@ -482,13 +550,13 @@ impl Pipelines {
         Pipelines {
             embed: pipeline(gpu, "embed", None, weights),
             layernorm: pipeline(gpu, "layernorm", None, &[]),
-            matmul: pipeline(gpu, "matmul", Some(&linear), weights),
-            gemv: entry_pipeline(gpu, "matmul", "gemv", Some(&linear), weights),
+            matmul: Linear::new(gpu, "matmul", "matmul", &linear, weights),
+            gemv: Linear::new(gpu, "matmul", "gemv", &linear, weights),
             gemv_subgroup: gpu
                 .device
                 .features()
                 .contains(wgpu::Features::SUBGROUP)
-                .then(|| pipeline(gpu, "gemv_subgroup", Some(&linear), weights)),
+                .then(|| Linear::new(gpu, "gemv_subgroup", "gemv_subgroup", &linear, weights)),
             kv_append: pipeline(gpu, "kv_append", None, &[]),
             attention: pipeline(gpu, "attention", None, head),
             argmax: pipeline(gpu, "argmax", None, &[]),

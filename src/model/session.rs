@@ -74,8 +74,10 @@ struct InputTextures {
 pub(super) enum Kernel {
     Embed,
     LayerNorm,
-    Matmul,
-    MatmulTexture,
+    /// A linear layer (gemv or tiled matmul by step size) ending in its epilogue.
+    Matmul(Epilogue),
+    /// A linear layer of the texture layout.
+    MatmulTexture(Epilogue),
     KvAppend,
     KvAppendTexture,
     Attention,
@@ -90,10 +92,10 @@ impl Kernel {
         match self {
             Kernel::Embed => "embed",
             Kernel::LayerNorm => "layernorm",
-            Kernel::Matmul if gemv => "gemv",
-            Kernel::Matmul => "matmul",
-            Kernel::MatmulTexture if gemv => "gemv_texture",
-            Kernel::MatmulTexture => "matmul_texture",
+            Kernel::Matmul(_) if gemv => "gemv",
+            Kernel::Matmul(_) => "matmul",
+            Kernel::MatmulTexture(_) if gemv => "gemv_texture",
+            Kernel::MatmulTexture(_) => "matmul_texture",
             Kernel::KvAppend => "kv_append",
             Kernel::KvAppendTexture => "kv_append_texture",
             Kernel::Attention => "attention",
@@ -136,7 +138,7 @@ impl Op {
     /// takes 317 ms through gemv_texture) whose input fits its uniform binding.
     fn gemv(&self, rows: u32) -> bool {
         match (self.grid, self.kernel) {
-            (Grid::Linear { k, .. }, Kernel::MatmulTexture) => {
+            (Grid::Linear { k, .. }, Kernel::MatmulTexture(_)) => {
                 rows == 1 && k <= wg::GEMV_UNIFORM_FLOATS
             }
             (Grid::Linear { .. }, _) => rows <= wg::GEMV_MAX_ROWS,
@@ -802,10 +804,16 @@ impl Session {
         pass.set_pipeline(match op.kernel {
             Kernel::Embed => &p.embed,
             Kernel::LayerNorm => &p.layernorm,
-            Kernel::Matmul if few => p.gemv_subgroup.as_ref().unwrap_or(&p.gemv),
-            Kernel::Matmul => &p.matmul,
-            Kernel::MatmulTexture if few => &p.textures().gemv_texture,
-            Kernel::MatmulTexture => &p.textures().matmul_texture,
+            Kernel::Matmul(e) if few => p.gemv_subgroup.as_ref().unwrap_or(&p.gemv).get(e),
+            Kernel::Matmul(e) => p.matmul.get(e),
+            Kernel::MatmulTexture(e) if few => p.textures().gemv_texture.get(e),
+            Kernel::MatmulTexture(e) => {
+                let t = p.textures();
+                t.matmul_texture_subgroup
+                    .as_ref()
+                    .unwrap_or(&t.matmul_texture)
+                    .get(e)
+            }
             Kernel::KvAppend => &p.kv_append,
             Kernel::KvAppendTexture => &p.textures().kv_append_texture,
             Kernel::Attention => &p.attention,
@@ -817,7 +825,7 @@ impl Session {
         let (x, y) = match (op.grid, op.kernel) {
             (Grid::Elements { width, wg }, _) => (width.div_ceil(wg), rows),
             (Grid::Rows, _) => (rows, 1),
-            (Grid::Linear { n, .. }, Kernel::MatmulTexture) => (
+            (Grid::Linear { n, .. }, Kernel::MatmulTexture(_)) => (
                 n.div_ceil(4).div_ceil(wg::LINEAR_TEXTURE),
                 if few { rows } else { rows.div_ceil(4) },
             ),
@@ -892,8 +900,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             ldo: weight.rows as u32,
             col0: row0 as u32,
             has_bias: bias.is_some() as u32,
-            epilogue: epilogue as u32,
-            _pad: [0; 2],
+            _pad: [0; 3],
         };
         let bias_buf = bias.map_or(&model.zero, |b| b.single());
         if let Some(tex) = &act.textures {
@@ -915,10 +922,10 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                         crate::Engine::gemv_input(inp),
                     ];
                     Op {
-                        kernel: Kernel::MatmulTexture,
+                        kernel: Kernel::MatmulTexture(epilogue),
                         bind: kernels::bind_resources(
                             gpu,
-                            &p.textures().matmul_texture,
+                            p.textures().matmul_texture.get(epilogue),
                             "matmul_texture",
                             resources,
                         ),
@@ -937,9 +944,9 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             .map(|ch| {
                 let u = gpu.uniform("matmul", &params(ch.row0, ch.rows));
                 Op {
-                    kernel: Kernel::Matmul,
+                    kernel: Kernel::Matmul(epilogue),
                     bind: bind(
-                        &p.matmul,
+                        p.matmul.get(epilogue),
                         "matmul",
                         &[step, &u, inp, &ch.buffer, bias_buf, out],
                     ),
