@@ -123,6 +123,45 @@ fn layernorm_matches_cpu() {
     }
 }
 
+/// The texture layout's layernorm (one invocation per row, vec4 loads: C % 4 == 0) against the
+/// same twin; rows not a multiple of its 8-row workgroups.
+#[test]
+fn layernorm_rows_matches_cpu() {
+    let h = Harness::new();
+    for (t, c, row0) in [(1, 4, 0), (7, 60, 2), (33, 772, 1)] {
+        let x: Vec<f32> = random((row0 + t) * c, 31, 2.0)
+            .iter()
+            .map(|v| v + 5.0)
+            .collect();
+        let w = random(c, 32, 1.0);
+        let b = random(c, 33, 1.0);
+        let want = reference::layernorm(&x[row0 * c..], &w, &b, c, 1e-5);
+        let out = h.f32s(&vec![f32::NAN; t * c]);
+        let params = LayerNormParams {
+            c: c as u32,
+            eps: 1e-5,
+            _pad: [0; 2],
+        };
+        let bufs = [
+            &h.step(t, row0, 0),
+            &h.gpu.uniform("p", &params),
+            &h.f32s(&x),
+            &h.f32s(&w),
+            &h.f32s(&b),
+            &out,
+        ];
+        h.run(
+            &h.p.textures().layernorm_rows,
+            &bufs,
+            (t as u32).div_ceil(8),
+            1,
+        );
+        // As layernorm: O(1) values, f32 sums over C <= 772 terms (four partial sums).
+        let d = close(&h.read(&out), &want, 1e-5);
+        println!("layernorm_rows T={t} C={c}: max diff {d:e}");
+    }
+}
+
 /// Both linear kernels (the tiled matmul and the gemv used for few rows), with the weight split
 /// into two row chunks writing columns [0, n1) and [n1, n) as a split head does.
 #[test]

@@ -159,6 +159,8 @@ struct EncoderTexturePipelines {
     kv_append: wgpu::ComputePipeline,
     /// attention_texture.wgsl's `attention_texture_bidirectional`.
     attention: wgpu::ComputePipeline,
+    /// layernorm_rows.wgsl.
+    layernorm: wgpu::ComputePipeline,
 }
 
 impl EncoderPipelines {
@@ -197,6 +199,7 @@ impl EncoderPipelines {
                 EncoderTexturePipelines {
                     matmul: Linear::new(gpu, matmul, matmul, &layout, weights),
                     kv_append: kernels::pipeline(gpu, "kv_append_texture", None, &[]),
+                    layernorm: kernels::pipeline(gpu, "layernorm_rows", None, &[]),
                     attention: kernels::entry_pipeline(
                         gpu,
                         "attention_texture",
@@ -533,6 +536,7 @@ fn texture_linear(gpu: &Engine, cfg: &EncoderConfig, layout: WeightLayout) -> Re
 enum Kernel {
     Embed,
     LayerNorm,
+    LayerNormRows,
     Matmul(Epilogue),
     MatmulTexture(Epilogue),
     KvAppend,
@@ -644,10 +648,15 @@ impl Workspace {
                 _pad: [0; 2],
             },
         );
+        // The texture layout (CPU adapters) takes the barrier-free layernorm.
+        let (ln_kernel, ln_pipe) = match &p.texture {
+            Some(tp) if input_textures.is_some() => (Kernel::LayerNormRows, &tp.layernorm),
+            _ => (Kernel::LayerNorm, &p.layernorm),
+        };
         let layernorm = |inp: &wgpu::Buffer, weight: &GpuTensor, bias: &GpuTensor, out| Op {
-            kernel: Kernel::LayerNorm,
+            kernel: ln_kernel,
             bind: bind(
-                &p.layernorm,
+                ln_pipe,
                 "layernorm",
                 &[&step, &ln_params, inp, weight.single(), bias.single(), out],
             ),
@@ -868,6 +877,7 @@ impl Workspace {
             let (pipe, x, y) = match op.kernel {
                 Kernel::Embed => (&p.embed, op.width.div_ceil(wg::EMBED), rows),
                 Kernel::LayerNorm => (&p.layernorm, rows, 1),
+                Kernel::LayerNormRows => (&tex().layernorm, rows.div_ceil(wg::LAYERNORM_ROWS), 1),
                 Kernel::Matmul(e) if gemv => {
                     (p.gemv.get(e), op.width.div_ceil(wg::GEMV_OUTPUTS), rows)
                 }

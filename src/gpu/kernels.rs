@@ -44,6 +44,7 @@ macro_rules! kernel {
 pub const KERNELS: &[KernelSource] = &[
     kernel!("embed" after "step"),
     kernel!("layernorm"),
+    kernel!("layernorm_rows"),
     kernel!("matmul" after "linear"),
     // matmul.wgsl's gemv with subgroup reductions, for adapters with the SUBGROUP feature (a
     // module of its own: naga rejects subgroup operations anywhere in a module without it).
@@ -370,6 +371,8 @@ pub mod wg {
     /// gemv_texture's uniform input holds this many floats (rows x K): the 64 KiB every
     /// adapter allows in one uniform binding. Larger steps use matmul_texture.
     pub const GEMV_UNIFORM_FLOATS: u32 = 16384;
+    /// layernorm_rows.wgsl: invocations (rows) per workgroup.
+    pub const LAYERNORM_ROWS: u32 = 8;
     /// attention_texture.wgsl: invocations per workgroup, one per head.
     pub const ATTENTION_TEXTURE: u32 = 8;
     /// kv_append.wgsl and kv_append_texture.wgsl: invocations per workgroup along C (one per
@@ -454,6 +457,8 @@ pub struct TexturePipelines {
     pub kv_append_texture: wgpu::ComputePipeline,
     /// attention_texture.wgsl: one invocation per head and query, reading the cache textures.
     pub attention_texture: wgpu::ComputePipeline,
+    /// layernorm_rows.wgsl: one invocation per row, no barriers.
+    pub layernorm_rows: wgpu::ComputePipeline,
 }
 
 /// Whether the device has subgroups of at least 8 lanes, as matmul_texture_subgroup.wgsl
@@ -545,6 +550,7 @@ impl Pipelines {
                 ),
                 kv_append_texture: pipeline(gpu, "kv_append_texture", None, &[]),
                 attention_texture: pipeline(gpu, "attention_texture", None, head),
+                layernorm_rows: pipeline(gpu, "layernorm_rows", None, &[]),
             }
         });
         Pipelines {

@@ -74,6 +74,8 @@ struct InputTextures {
 pub(super) enum Kernel {
     Embed,
     LayerNorm,
+    /// layernorm_rows: the texture layout's layernorm, one invocation per row.
+    LayerNormRows,
     /// A linear layer (gemv or tiled matmul by step size) ending in its epilogue.
     Matmul(Epilogue),
     /// A linear layer of the texture layout.
@@ -91,7 +93,7 @@ impl Kernel {
     fn name(self, gemv: bool) -> &'static str {
         match self {
             Kernel::Embed => "embed",
-            Kernel::LayerNorm => "layernorm",
+            Kernel::LayerNorm | Kernel::LayerNormRows => "layernorm",
             Kernel::Matmul(_) if gemv => "gemv",
             Kernel::Matmul(_) => "matmul",
             Kernel::MatmulTexture(_) if gemv => "gemv_texture",
@@ -804,6 +806,7 @@ impl Session {
         pass.set_pipeline(match op.kernel {
             Kernel::Embed => &p.embed,
             Kernel::LayerNorm => &p.layernorm,
+            Kernel::LayerNormRows => &p.textures().layernorm_rows,
             Kernel::Matmul(e) if few => p.gemv_subgroup.as_ref().unwrap_or(&p.gemv).get(e),
             Kernel::Matmul(e) => p.matmul.get(e),
             Kernel::MatmulTexture(e) if few => p.textures().gemv_texture.get(e),
@@ -824,6 +827,7 @@ impl Session {
         pass.set_bind_group(0, &op.bind, &[]);
         let (x, y) = match (op.grid, op.kernel) {
             (Grid::Elements { width, wg }, _) => (width.div_ceil(wg), rows),
+            (Grid::Rows, Kernel::LayerNormRows) => (rows.div_ceil(wg::LAYERNORM_ROWS), 1),
             (Grid::Rows, _) => (rows, 1),
             (Grid::Linear { n, .. }, Kernel::MatmulTexture(_)) => (
                 n.div_ceil(4).div_ceil(wg::LINEAR_TEXTURE),
@@ -860,10 +864,15 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         )
     };
 
+    // The texture layout (CPU adapters) takes the barrier-free layernorm.
+    let (ln_kernel, ln_pipe) = match &p.texture {
+        Some(t) if act.textures.is_some() => (Kernel::LayerNormRows, &t.layernorm_rows),
+        _ => (Kernel::LayerNorm, &p.layernorm),
+    };
     let layernorm = |step: &wgpu::Buffer, inp, weight: &GpuTensor, bias: &GpuTensor, out| Op {
-        kernel: Kernel::LayerNorm,
+        kernel: ln_kernel,
         bind: bind(
-            &p.layernorm,
+            ln_pipe,
             "layernorm",
             &[
                 step,

@@ -1,0 +1,39 @@
+// LayerNorm for CPU adapters (the texture layout): layernorm.wgsl's two-pass algorithm with one
+// invocation per row, reading four values at a time. No workgroup memory and no barriers: on
+// lavapipe a barrier suspends and resumes every lane, and a lane's storage loads are a scalar
+// loop anyway, so layernorm.wgsl's 128-lane reductions cost more than the loads. C % 4 == 0.
+
+struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
+struct Params { C: u32, eps: f32, _a: u32, _b: u32 }
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> inp: array<vec4<f32>>;        // (row0 + rows, C / 4)
+@group(0) @binding(3) var<storage, read> weight: array<vec4<f32>>;     // (C / 4)
+@group(0) @binding(4) var<storage, read> bias: array<vec4<f32>>;       // (C / 4)
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;  // (rows, C / 4)
+
+@compute @workgroup_size(8)
+fn layernorm_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= step.rows) { return; }
+    let c4 = p.C / 4u;
+    let src = (step.row0 + r) * c4;
+    let n = f32(p.C);
+
+    var s = vec4(0.0);
+    for (var c = 0u; c < c4; c++) { s += inp[src + c]; }
+    let mean = dot(s, vec4(1.0)) / n;
+
+    var v = vec4(0.0);
+    for (var c = 0u; c < c4; c++) {
+        let d = inp[src + c] - mean;
+        v += d * d;
+    }
+    let rstd = inverseSqrt(dot(v, vec4(1.0)) / n + p.eps);
+
+    let dst = r * c4;
+    for (var c = 0u; c < c4; c++) {
+        out[dst + c] = (inp[src + c] - mean) * rstd * weight[c] + bias[c];
+    }
+}
