@@ -494,7 +494,7 @@ pub fn kernels(
     };
     use wgpu::BindingResource::TextureView as Tex;
     // The head size of GPT-2's shapes, fixed as a model's pipelines fix it.
-    let p = Pipelines::new(gpu, dtype, textures, Some(64));
+    let p = Pipelines::new(gpu, dtype, textures, Some(64), &[Epilogue::Store]);
     let copy = copy_bandwidth(gpu)?;
     if c == 0 || !c.is_multiple_of(64) {
         return Err(Error::Input(format!(

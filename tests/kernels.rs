@@ -20,7 +20,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let gpu = gpu();
-        let p = Pipelines::new(&gpu, WeightDtype::F32, true, None);
+        let p = Pipelines::new(&gpu, WeightDtype::F32, true, None, &Epilogue::ALL);
         gpu.check().expect("pipelines compile");
         Harness { gpu, p }
     }
@@ -504,7 +504,7 @@ fn argmax_matches_cpu_with_ties() {
 #[test]
 fn f16_weights_match_cpu_on_rounded_weights() {
     let h = Harness::new();
-    let p16 = Pipelines::new(&h.gpu, WeightDtype::F16, false, None);
+    let p16 = Pipelines::new(&h.gpu, WeightDtype::F16, false, None, &Epilogue::ALL);
     let halves = |v: &[f32]| -> (Vec<f32>, wgpu::Buffer) {
         let hv: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
         (
@@ -571,7 +571,7 @@ fn f16_weights_match_cpu_on_rounded_weights() {
 #[test]
 fn q8_weights_match_cpu_on_dequantised_weights() {
     let h = Harness::new();
-    let p8 = Pipelines::new(&h.gpu, WeightDtype::Q8, false, None);
+    let p8 = Pipelines::new(&h.gpu, WeightDtype::Q8, false, None, &Epilogue::ALL);
     h.gpu.check().expect("q8 pipelines compile");
     // Three rows (one partial group of four, padded with zeros), K / 32 = 5 blocks (a partial
     // scale texel).
@@ -685,7 +685,7 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
 fn texture_linear_kernels_match_cpu() {
     let h = Harness::new();
     for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
-        let p = Pipelines::new(&h.gpu, dtype, true, None);
+        let p = Pipelines::new(&h.gpu, dtype, true, None, &Epilogue::ALL);
         for (m, k, n) in [
             (1, 64, 17),
             (3, 128, 45),

@@ -164,8 +164,16 @@ struct EncoderTexturePipelines {
 }
 
 impl EncoderPipelines {
-    /// As [`Pipelines::new`](kernels::Pipelines::new), attention with `head_size` fixed.
-    fn new(gpu: &Engine, dtype: WeightDtype, textures: bool, head_size: u32) -> Self {
+    /// As [`Pipelines::new`](kernels::Pipelines::new), attention with `head_size` fixed and the
+    /// linear layers built for the epilogues an encoder uses, with its `activation`.
+    fn new(
+        gpu: &Engine,
+        dtype: WeightDtype,
+        textures: bool,
+        head_size: u32,
+        activation: Epilogue,
+    ) -> Self {
+        let epilogues = &[Epilogue::Store, Epilogue::Residual, activation];
         let weights: &[(&str, f64)] = &[
             ("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64),
             ("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u8 as f64),
@@ -175,11 +183,18 @@ impl EncoderPipelines {
         EncoderPipelines {
             embed: kernels::entry_pipeline(gpu, "embed", "embed_packed", None, weights),
             layernorm: kernels::pipeline(gpu, "layernorm", None, &[]),
-            matmul: Linear::new(gpu, "matmul", "matmul", &linear, weights),
+            matmul: Linear::new(gpu, "matmul", "matmul", &linear, weights, epilogues),
             // With subgroups, the gemv that reduces across lanes with them.
             gemv: match gpu.device.features().contains(wgpu::Features::SUBGROUP) {
-                true => Linear::new(gpu, "gemv_subgroup", "gemv_subgroup", &linear, weights),
-                false => Linear::new(gpu, "matmul", "gemv", &linear, weights),
+                true => Linear::new(
+                    gpu,
+                    "gemv_subgroup",
+                    "gemv_subgroup",
+                    &linear,
+                    weights,
+                    epilogues,
+                ),
+                false => Linear::new(gpu, "matmul", "gemv", &linear, weights, epilogues),
             },
             kv_append: kernels::pipeline(gpu, "kv_append", None, &[]),
             attention: kernels::entry_pipeline(
@@ -197,7 +212,7 @@ impl EncoderPipelines {
                     false => "matmul_texture",
                 };
                 EncoderTexturePipelines {
-                    matmul: Linear::new(gpu, matmul, matmul, &layout, weights),
+                    matmul: Linear::new(gpu, matmul, matmul, &layout, weights, epilogues),
                     kv_append: kernels::pipeline(gpu, "kv_append_texture", None, &[]),
                     layernorm: kernels::pipeline(gpu, "layernorm_rows", None, &[]),
                     attention: kernels::entry_pipeline(
@@ -324,7 +339,8 @@ impl EncoderModel {
                 Ok(t)
             })?;
             let head_size = (config.hidden_size / config.num_heads) as u32;
-            let pipelines = EncoderPipelines::new(&gpu, opts.dtype, textures, head_size);
+            let pipelines =
+                EncoderPipelines::new(&gpu, opts.dtype, textures, head_size, config.activation);
             gpu.wait()?;
             log::info!(
                 "loaded encoder: {} layers, C = {c}, V = {} ({}, linear layers in {}) in {:.2} s",

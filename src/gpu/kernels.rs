@@ -382,36 +382,39 @@ pub mod wg {
     pub const POOL: u32 = 64;
 }
 
-/// One linear-layer kernel compiled once per [`Epilogue`] (an override constant in
-/// linear.wgsl). All share one explicit layout, so a bind group made with any serves all.
+/// One linear-layer kernel compiled once per [`Epilogue`] it is built for (an override constant
+/// in linear.wgsl). All share one explicit layout, so a bind group made with any serves all.
 pub struct Linear {
-    by_epilogue: Vec<wgpu::ComputePipeline>,
+    by_epilogue: [Option<wgpu::ComputePipeline>; 5],
 }
 
 impl Linear {
-    /// Entry `entry` of kernel family `family`, with the weight-dtype `constants`, for every
-    /// epilogue.
+    /// Entry `entry` of kernel family `family`, with the weight-dtype `constants`, for each of
+    /// `epilogues` (a model builds the three it uses: each pipeline costs compile time at load).
     pub fn new(
         gpu: &Engine,
         family: &str,
         entry: &str,
         layout: &wgpu::PipelineLayout,
         constants: &[(&str, f64)],
+        epilogues: &[Epilogue],
     ) -> Self {
-        let by_epilogue = Epilogue::ALL
-            .iter()
-            .map(|&e| {
+        let by_epilogue = Epilogue::ALL.map(|e| {
+            epilogues.contains(&e).then(|| {
                 let mut c = constants.to_vec();
                 c.push(("EPILOGUE", e as u32 as f64));
                 entry_pipeline(gpu, family, entry, Some(layout), &c)
             })
-            .collect();
+        });
         Linear { by_epilogue }
     }
 
-    /// The pipeline that ends in `epilogue`.
+    /// The pipeline that ends in `epilogue`, which it must have been built for (a model's ops
+    /// use only the epilogues its pipelines were built with).
     pub fn get(&self, epilogue: Epilogue) -> &wgpu::ComputePipeline {
-        &self.by_epilogue[epilogue as usize]
+        self.by_epilogue[epilogue as usize]
+            .as_ref()
+            .expect("linear pipelines are built for every epilogue their model uses")
     }
 }
 
@@ -512,8 +515,15 @@ pub fn entry_pipeline(
 impl Pipelines {
     /// Every pipeline of the forward pass, for weights stored as `dtype`; with `textures` also
     /// the texture layout's. `head_size` fixes attention's head size as a constant (a model's
-    /// pipelines: faster); `None` reads it from the parameters at run time (any shape).
-    pub fn new(gpu: &Engine, dtype: WeightDtype, textures: bool, head_size: Option<u32>) -> Self {
+    /// pipelines: faster); `None` reads it from the parameters at run time (any shape). The
+    /// linear layers are built for `epilogues`.
+    pub fn new(
+        gpu: &Engine,
+        dtype: WeightDtype,
+        textures: bool,
+        head_size: Option<u32>,
+        epilogues: &[Epilogue],
+    ) -> Self {
         let weights: &[(&str, f64)] = &[
             ("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64),
             ("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u8 as f64),
@@ -531,6 +541,7 @@ impl Pipelines {
                     "matmul_texture",
                     &linear_texture,
                     weights,
+                    epilogues,
                 ),
                 matmul_texture_subgroup: subgroups_of_8(gpu).then(|| {
                     Linear::new(
@@ -539,6 +550,7 @@ impl Pipelines {
                         "matmul_texture_subgroup",
                         &linear_texture,
                         weights,
+                        epilogues,
                     )
                 }),
                 gemv_texture: Linear::new(
@@ -547,6 +559,7 @@ impl Pipelines {
                     "gemv_texture",
                     &linear_texture,
                     weights,
+                    epilogues,
                 ),
                 kv_append_texture: pipeline(gpu, "kv_append_texture", None, &[]),
                 attention_texture: pipeline(gpu, "attention_texture", None, head),
@@ -556,13 +569,22 @@ impl Pipelines {
         Pipelines {
             embed: pipeline(gpu, "embed", None, weights),
             layernorm: pipeline(gpu, "layernorm", None, &[]),
-            matmul: Linear::new(gpu, "matmul", "matmul", &linear, weights),
-            gemv: Linear::new(gpu, "matmul", "gemv", &linear, weights),
+            matmul: Linear::new(gpu, "matmul", "matmul", &linear, weights, epilogues),
+            gemv: Linear::new(gpu, "matmul", "gemv", &linear, weights, epilogues),
             gemv_subgroup: gpu
                 .device
                 .features()
                 .contains(wgpu::Features::SUBGROUP)
-                .then(|| Linear::new(gpu, "gemv_subgroup", "gemv_subgroup", &linear, weights)),
+                .then(|| {
+                    Linear::new(
+                        gpu,
+                        "gemv_subgroup",
+                        "gemv_subgroup",
+                        &linear,
+                        weights,
+                        epilogues,
+                    )
+                }),
             kv_append: pipeline(gpu, "kv_append", None, &[]),
             attention: pipeline(gpu, "attention", None, head),
             argmax: pipeline(gpu, "argmax", None, &[]),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, Positions};
 use crate::gpu::Engine;
-use crate::gpu::kernels::{self, FillParams, Pipelines};
+use crate::gpu::kernels::{self, Epilogue, FillParams, Pipelines};
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
 use crate::loader::{self, Checkpoint, Weights};
 use crate::{Error, Result};
@@ -172,7 +172,19 @@ impl Model {
         t0: std::time::Instant,
     ) -> Result<Model> {
         let head_size = (config.n_embd / config.n_head) as u32;
-        let pipelines = Pipelines::new(&gpu, opts.dtype, texture_linear, Some(head_size));
+        // The epilogues build_ops uses.
+        let epilogues = [
+            Epilogue::Store,
+            Epilogue::Residual,
+            Epilogue::activation(config.activation),
+        ];
+        let pipelines = Pipelines::new(
+            &gpu,
+            opts.dtype,
+            texture_linear,
+            Some(head_size),
+            &epilogues,
+        );
         let zero = gpu.storage("zero", 4);
         gpu.wait()?;
         let model = Model {
