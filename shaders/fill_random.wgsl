@@ -2,7 +2,7 @@
 // weights generated on the GPU: any adapter can be benchmarked without a checkpoint, and no
 // gigabytes cross the bus.
 
-struct Params { n: u32, seed: u32, scale: f32, center: f32, row_words: u32, q_words: u32, _a: u32, _b: u32 }
+struct Params { n: u32, seed: u32, scale: f32, center: f32, row_words: u32, q_words: u32, q_rows: u32, _a: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;  // (n) words
@@ -10,7 +10,8 @@ struct Params { n: u32, seed: u32, scale: f32, center: f32, row_words: u32, q_wo
 // Two halves per word (f16 weights) instead of one f32.
 override PACK_F16: bool = false;
 // q8 rows of row_words words: q_words of random int8 (four per word, in [-127, 127]), then
-// block scales of scale / 127 (so weights span +-scale, centre ignored).
+// block scales of scale / 127 (so weights span +-scale, centre ignored). With q_rows != 0 the
+// rows are a transposed weight texture's: the first q_rows rows int8, the rest scales.
 override PACK_Q8: bool = false;
 
 // PCG hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020).
@@ -26,7 +27,8 @@ fn fill_random(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if (i >= p.n) { return; }
     let r = pcg(i ^ pcg(p.seed));
     if (PACK_Q8) {
-        if (i % p.row_words < p.q_words) {
+        let int8 = select(i % p.row_words < p.q_words, i / p.row_words < p.q_rows, p.q_rows != 0u);
+        if (int8) {
             // The hash's four bytes, each mod 255, less 127.
             let b = (vec4(r) >> vec4(0u, 8u, 16u, 24u)) & vec4(0xffu);
             out[i] = pack4xI8(vec4<i32>(b % vec4(255u)) - vec4(127));

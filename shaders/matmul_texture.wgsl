@@ -1,7 +1,9 @@
 // Linear layers with operands in read-only storage textures (linear.wgsl is prepended): a row of
-// a texture is a row of the matrix; an input texel holds four consecutive values along K, a
-// weight texel four f32, with WEIGHT_F16 eight halves, with WEIGHT_Q8 sixteen int8 (raw bits in
-// rgba32uint). A q8 row is K / 16 texels of int8 then K / 128 texels (rounded up) of f32 scales:
+// the input texture is a row of the input, a column of the weight texture a row of the weight
+// (transposed, so that lanes computing neighbouring outputs fetch neighbouring texels). An input
+// texel holds four consecutive values along K, a weight texel four f32, with WEIGHT_F16 eight
+// halves, with WEIGHT_Q8 sixteen int8 (raw bits in rgba32uint). A q8 row is K / 16 texels of
+// int8 then K / 128 texels (rounded up) of f32 scales:
 // texel i of row 4 g + j holds block 4 i + j's scales of rows 4 g .. 4 g + 4 (gpu/tensor.rs
 // `encode`), so the four rows an invocation computes (n0 = 4 gid.x starts a group) take one
 // scale fetch per block of 32 weights (two int8 texels each).
@@ -15,7 +17,7 @@
 //                   buffer bound straight onto the activation buffer, so decode needs no copy.
 
 @group(0) @binding(2) var a: texture_storage_2d<rgba32float, read>;  // (M rows, K / 4 texels)
-@group(0) @binding(3) var w: texture_storage_2d<rgba32uint, read>;   // (N rows, K / 4, K / 8 or ~K / 14 texels)
+@group(0) @binding(3) var w: texture_storage_2d<rgba32uint, read>;   // (K / 4, K / 8 or ~K / 14 texels, N)
 
 // gemv_texture's input, (rows, K) as K / 4 vec4 per row (rows * K <= 16384, checked by the
 // host). Bound straight onto the activation buffer, so decode copies nothing into a texture;
@@ -26,14 +28,20 @@
 override WEIGHT_F16: bool = false;
 override WEIGHT_Q8: bool = false;
 
+// Texel k of weight row n: the weight textures are transposed (gpu/mod.rs `weight_texture`),
+// row n is texture column n.
+fn wtexel(k: u32, n: u32) -> vec4<u32> {
+    return textureLoad(w, vec2(n, k));
+}
+
 // Four f32 weights of row n, texel k4.
 fn w4(k4: u32, n: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(textureLoad(w, vec2(k4, n)));
+    return bitcast<vec4<f32>>(wtexel(k4, n));
 }
 
 // Eight f16 weights of row n, texel k8, as two vec4 (columns 0 and 1).
 fn w8(k8: u32, n: u32) -> mat2x4<f32> {
-    let t = textureLoad(w, vec2(k8, n));
+    let t = wtexel(k8, n);
     return mat2x4(
         vec4(unpack2x16float(t.x), unpack2x16float(t.y)),
         vec4(unpack2x16float(t.z), unpack2x16float(t.w)),
@@ -42,7 +50,7 @@ fn w8(k8: u32, n: u32) -> mat2x4<f32> {
 
 // The f32 scales of block b of q8 rows n0 .. n0 + 4 (n0 a multiple of 4).
 fn block_scales(b: u32, n0: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(textureLoad(w, vec2(p.K / 16u + b / 4u, n0 + b % 4u)));
+    return bitcast<vec4<f32>>(wtexel(p.K / 16u + b / 4u, n0 + b % 4u));
 }
 
 fn dot4(x: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
@@ -75,10 +83,10 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var b = 0u; b < p.K / 32u; b++) {
             let sc = block_scales(b, n0);
             for (var h = 0u; h < 2u; h++) {
-                let t0 = textureLoad(w, vec2(2u * b + h, n0));
-                let t1 = textureLoad(w, vec2(2u * b + h, n1));
-                let t2 = textureLoad(w, vec2(2u * b + h, n2));
-                let t3 = textureLoad(w, vec2(2u * b + h, n3));
+                let t0 = wtexel(2u * b + h, n0);
+                let t1 = wtexel(2u * b + h, n1);
+                let t2 = wtexel(2u * b + h, n2);
+                let t3 = wtexel(2u * b + h, n3);
                 for (var q = 0u; q < 4u; q++) {
                     let ka = 8u * b + 4u * h + q;
                     let w0 = i8x4(t0[q]) * sc.x;
@@ -139,13 +147,13 @@ fn gemv_q8(row: u32, n0: u32, n1: u32, n2: u32, n3: u32) -> vec4<f32> {
             let xb = x[xi + 1u];
             let xc = x[xi + 2u];
             let xd = x[xi + 3u];
-            let t0 = textureLoad(w, vec2(2u * b + h, n0));
+            let t0 = wtexel(2u * b + h, n0);
             d.x += dot(xa, i8x4(t0.x)) + dot(xb, i8x4(t0.y)) + dot(xc, i8x4(t0.z)) + dot(xd, i8x4(t0.w));
-            let t1 = textureLoad(w, vec2(2u * b + h, n1));
+            let t1 = wtexel(2u * b + h, n1);
             d.y += dot(xa, i8x4(t1.x)) + dot(xb, i8x4(t1.y)) + dot(xc, i8x4(t1.z)) + dot(xd, i8x4(t1.w));
-            let t2 = textureLoad(w, vec2(2u * b + h, n2));
+            let t2 = wtexel(2u * b + h, n2);
             d.z += dot(xa, i8x4(t2.x)) + dot(xb, i8x4(t2.y)) + dot(xc, i8x4(t2.z)) + dot(xd, i8x4(t2.w));
-            let t3 = textureLoad(w, vec2(2u * b + h, n3));
+            let t3 = wtexel(2u * b + h, n3);
             d.w += dot(xa, i8x4(t3.x)) + dot(xb, i8x4(t3.y)) + dot(xc, i8x4(t3.z)) + dot(xd, i8x4(t3.w));
         }
         acc += d * block_scales(b, n0);

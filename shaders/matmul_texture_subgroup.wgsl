@@ -13,7 +13,7 @@ fn pair_weights(kb: u32, s: u32, n: u32, scale: f32) -> mat2x4<f32> {
     // One return, no early ones: the branches on override constants then fold away entirely.
     var r: mat2x4<f32>;
     if (WEIGHT_Q8) {
-        let t = textureLoad(w, vec2(2u * kb + s / 2u, n));
+        let t = wtexel(2u * kb + s / 2u, n);
         let h = 2u * (s % 2u);
         r = mat2x4(i8x4(t[h]) * scale, i8x4(t[h + 1u]) * scale);
     } else if (WEIGHT_F16) {

@@ -307,8 +307,11 @@ pub struct FillParams {
     pub row_words: u32,
     /// q8 only: how many words at the start of each row are int8 (the rest get scales).
     pub q_words: u32,
+    /// q8 only, when not 0: the rows are a weight texture's; the first `q_rows` are int8, the
+    /// rest scales (`q_words` is then unused).
+    pub q_rows: u32,
     /// Keeps the struct a multiple of 16 bytes (uniform layout).
-    pub _pad: [u32; 2],
+    pub _pad: u32,
 }
 
 /// Mirrors `struct Params` in argmax.wgsl: per row of logits (rows, V), the `n` largest logits

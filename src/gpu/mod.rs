@@ -381,7 +381,11 @@ impl Engine {
 
     /// A (rows, cols) weight matrix stored as `dtype`, raw bits in an rgba32uint texture (four
     /// f32, eight f16 or sixteen int8 per texel; a q8 row ends in scales, four per texel, and
-    /// q8 rows are padded to whole groups of four). `dtype.row_bytes(cols) % 16 == 0`.
+    /// q8 rows are padded to whole groups of four), transposed: weight row n is texture column
+    /// n, so texel (n, t) is texel t of row n as [`encode`](crate::gpu::tensor::encode) lays it
+    /// out. Lanes computing neighbouring outputs then fetch neighbouring texels: measured on
+    /// lavapipe with weights streaming from memory, a decode GEMV is ~1.4x faster than with one
+    /// weight row per texture row. `dtype.row_bytes(cols) % 16 == 0`.
     pub fn weight_texture(
         &self,
         label: &str,
@@ -391,7 +395,7 @@ impl Engine {
     ) -> wgpu::Texture {
         let texels = dtype.row_bytes(cols) / 16;
         let rows = dtype.stored_rows(rows);
-        self.texture_of(label, rows, texels, wgpu::TextureFormat::Rgba32Uint)
+        self.texture_of(label, texels, rows, wgpu::TextureFormat::Rgba32Uint)
     }
 
     fn texture_of(
@@ -443,8 +447,44 @@ impl Engine {
         dtype: WeightDtype,
     ) -> wgpu::Texture {
         let tex = self.weight_texture(label, rows, cols, dtype);
-        self.write_texture_rows(&tex, 0, &crate::gpu::tensor::encode(data, cols, dtype));
+        self.write_weight_rows(&tex, 0, &crate::gpu::tensor::encode(data, cols, dtype));
         tex
+    }
+
+    /// Writes weight rows `row0 ..` of a [`Engine::weight_texture`] (its columns) from encoded
+    /// row-major bytes, transposing 16-byte texels on the host.
+    pub fn write_weight_rows(&self, tex: &wgpu::Texture, row0: u32, bytes: &[u8]) {
+        let texels = tex.height() as usize;
+        let rows = bytes.len() / (16 * texels);
+        let mut t = vec![0u8; bytes.len()];
+        for (r, row) in bytes.chunks_exact(16 * texels).enumerate() {
+            for (i, texel) in row.chunks_exact(16).enumerate() {
+                t[16 * (i * rows + r)..][..16].copy_from_slice(texel);
+            }
+        }
+        self.queue.write_texture(
+            wgpu::TexelCopyTextureInfo {
+                texture: tex,
+                mip_level: 0,
+                origin: wgpu::Origin3d {
+                    x: row0,
+                    y: 0,
+                    z: 0,
+                },
+                aspect: wgpu::TextureAspect::All,
+            },
+            &t,
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(16 * rows as u32),
+                rows_per_image: None,
+            },
+            wgpu::Extent3d {
+                width: rows as u32,
+                height: texels as u32,
+                depth_or_array_layers: 1,
+            },
+        );
     }
 
     /// Writes whole rows of 16-byte texels, starting at row `row0`, from row-major bytes.

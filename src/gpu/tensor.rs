@@ -172,7 +172,7 @@ impl GpuTensor {
                     failed.get_or_insert(e);
                     break;
                 }
-                gpu.write_texture_rows(&tex, r as u32, &encode(&block, cols, dtype));
+                gpu.write_weight_rows(&tex, r as u32, &encode(&block, cols, dtype));
             }
             tex
         });

@@ -238,8 +238,16 @@ impl Model {
         let mut fills: Vec<(wgpu::Buffer, FillParams, WeightDtype)> = Vec::new();
         let mut copies: Vec<(wgpu::Buffer, wgpu::Texture, u32)> = Vec::new();
         let mut salt = seed;
-        // A buffer of `rows` rows of `pitch` bytes holding `cols` weights each as `dtype`.
-        let mut fill = |label: &str, rows: usize, cols: usize, pitch: usize, center: f32, dtype| {
+        // A buffer of `rows` rows of `pitch` bytes holding `cols` weights each as `dtype`; with
+        // `transposed`, the rows are a weight texture's (texel t of every weight row), where q8's
+        // int8 texels are the first cols / 16 rows and its scales the rest.
+        let mut fill = |label: &str,
+                        rows: usize,
+                        cols: usize,
+                        pitch: usize,
+                        center: f32,
+                        dtype,
+                        transposed: bool| {
             let words = rows * pitch / 4;
             let buf = gpu.storage(label, words as u64 * 4);
             salt = salt.wrapping_add(0x9E37_79B9);
@@ -250,7 +258,8 @@ impl Model {
                 center,
                 row_words: (pitch / 4) as u32,
                 q_words: (cols / 4) as u32,
-                _pad: [0; 2],
+                q_rows: if transposed { (cols / 16) as u32 } else { 0 },
+                _pad: 0,
             };
             fills.push((buf.clone(), params, dtype));
             buf
@@ -269,8 +278,9 @@ impl Model {
             let mut textured = |fill: &mut FillBuffer| {
                 GpuTensor::texture_chunks(name, rows, max_rows, |label, _, n| {
                     let tex = gpu.weight_texture(label, n, cols, dtype);
-                    let pitch = row_bytes.next_multiple_of(256);
-                    let buf = fill(label, dtype.stored_rows(n), cols, pitch, center, dtype);
+                    let pitch = (16 * tex.width() as usize).next_multiple_of(256);
+                    let texels = tex.height() as usize;
+                    let buf = fill(label, texels, cols, pitch, center, dtype, true);
                     copies.push((buf, tex.clone(), pitch as u32));
                     tex
                 })
@@ -288,6 +298,7 @@ impl Model {
                         row_bytes,
                         center,
                         dtype,
+                        false,
                     ))
                 })?;
             if textures && name == "wte.weight" {
@@ -463,9 +474,10 @@ fn stored_as(name: &str, rows: usize, dtype: WeightDtype) -> WeightDtype {
     }
 }
 
-/// `fill(label, rows, cols, pitch, center, dtype)` in [`Model::random`]: a buffer of `rows` rows,
+/// `fill(label, rows, cols, pitch, center, dtype, transposed)` in [`Model::random`]: a buffer of `rows` rows,
 /// `pitch` bytes apart, of `cols` random weights stored as `dtype`.
-type FillBuffer<'a> = dyn FnMut(&str, usize, usize, usize, f32, WeightDtype) -> wgpu::Buffer + 'a;
+type FillBuffer<'a> =
+    dyn FnMut(&str, usize, usize, usize, f32, WeightDtype, bool) -> wgpu::Buffer + 'a;
 
 /// q8 quantises blocks of 32 weights along K (n_embd, or n_inner for the MLP's down-projection).
 fn check_q8(cfg: &Config, dtype: WeightDtype) -> Result<()> {
