@@ -23,37 +23,59 @@ fn argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     let row = wg.x * p.V;
     let out = wg.x * 2u * n;
 
-    // Softmax normaliser: max, then sum of exp.
+    // Round 0 and the softmax normaliser in one pass and one reduction: per lane the running
+    // maximum, its first index and the sum of exp(logit - maximum), rescaled as the maximum
+    // grows (on lavapipe each pass over V and each reduction's barriers cost about as much as
+    // the whole of a small kernel). NaN never becomes the maximum but poisons the sum, as the
+    // two-pass form did; -inf logits add exp(-inf) = 0.
     var mx = -3.4e38;
-    for (var i = lid; i < p.V; i += WG) { mx = max(mx, logits[row + i]); }
-    red[lid] = mx;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-        workgroupBarrier();
-    }
-    mx = red[0];
-    workgroupBarrier();
+    var mi = 0xffffffffu;
     var z = 0.0;
-    for (var i = lid; i < p.V; i += WG) { z += exp(logits[row + i] - mx); }
+    for (var i = lid; i < p.V; i += WG) {
+        let v = logits[row + i];
+        if (v > mx) {
+            z = z * exp(mx - v) + 1.0;
+            mx = v;
+            mi = i;
+        } else {
+            z += exp(v - mx);
+        }
+    }
+    best_val[lid] = mx;
+    best_idx[lid] = mi;
     red[lid] = z;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
+        if (lid < s) {
+            let m1 = best_val[lid];
+            let m2 = best_val[lid + s];
+            let m = max(m1, m2);
+            red[lid] = red[lid] * exp(m1 - m) + red[lid + s] * exp(m2 - m);
+            let oi = best_idx[lid + s];
+            if (m2 > m1 || (m2 == m1 && oi < best_idx[lid])) {
+                best_val[lid] = m2;
+                best_idx[lid] = oi;
+            }
+        }
         workgroupBarrier();
     }
+    mx = best_val[0];
     z = red[0];
+    var prev_val = mx;
+    var prev_idx = best_idx[0];
+    if (lid == 0u) {
+        top[out] = select(prev_idx, 0u, prev_idx == 0xffffffffu);
+        top[out + 1u] = bitcast<u32>(1.0 / z);
+    }
     workgroupBarrier();
 
-    var prev_val = 3.4e38;
-    var prev_idx = 0xffffffffu;
     let neg_inf = bitcast<f32>(0xff800000u);
-    for (var r = 0u; r < n; r++) {
+    for (var r = 1u; r < n; r++) {
         var bv = neg_inf;
         var bi = 0xffffffffu;
         for (var i = lid; i < p.V; i += WG) {
             let v = logits[row + i];
-            let after = r == 0u || v < prev_val || (v == prev_val && i > prev_idx);
+            let after = v < prev_val || (v == prev_val && i > prev_idx);
             // Strided ascending: the first maximum of this lane wins; NaN compares false.
             if (after && v > bv) { bv = v; bi = i; }
         }
