@@ -52,4 +52,3 @@ fn layernorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         out[dst + c] = (inp[src + c] - mean) * rstd * weight[c] + bias[c];
     }
 }
-

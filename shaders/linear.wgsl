@@ -15,8 +15,8 @@ struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, _a: u32, _b:
 @group(0) @binding(4) var<storage, read> bias: array<f32>;        // (col0 + N)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;   // (M, ldo)
 
-// The epilogue, fixed per pipeline (gpu/kernels.rs `Linear`): a branch on a run-time value here
-// runs every case under masks on CPU adapters, measured to double prefill time on lavapipe.
+// The epilogue, fixed per pipeline (gpu/kernels.rs `Linear`): a CPU adapter (lavapipe) runs a
+// branch on a run-time value by running every case under masks, loads and stores included.
 override EPILOGUE: u32 = 0u;
 
 const EPILOGUE_STORE: u32 = 0u;
