@@ -864,6 +864,68 @@ fn texture_kv_append_and_attention_match_cpu() {
     }
 }
 
+/// Weight textures are transposed (weight row n is texture column n) and a checkpoint streams
+/// into them in blocks of rows: written in two blocks at an offset (a whole group of four rows,
+/// as q8 needs), a texture gives the same outputs through matmul_texture as the CPU twin.
+#[test]
+fn weight_texture_written_in_blocks_matches_cpu() {
+    let h = Harness::new();
+    let (m, k, n, split) = (5, 128, 37, 12);
+    for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+        let p = Pipelines::new(&h.gpu, dtype, true, None, &[Epilogue::Store]);
+        let a = random(m * k, 34, 1.0);
+        let w = random(n * k, 35, 1.0);
+        let stored = match dtype {
+            WeightDtype::F32 => w.clone(),
+            WeightDtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+            WeightDtype::Q8 => reference::q8_round_trip(&w),
+        };
+        let want = reference::matmul(&a, &stored, None, k, n);
+        let tex = h.gpu.weight_texture("w", n, k, dtype);
+        h.gpu
+            .write_weight_rows(&tex, 0, &encode(&w[..split * k], k, dtype));
+        h.gpu
+            .write_weight_rows(&tex, split as u32, &encode(&w[split * k..], k, dtype));
+        let wt = tex.create_view(&Default::default());
+        let at = h
+            .gpu
+            .texture_init("a", &a, m, k)
+            .create_view(&Default::default());
+        let params = MatmulParams {
+            k: k as u32,
+            n: n as u32,
+            ldo: n as u32,
+            col0: 0,
+            has_bias: 0,
+            _pad: [0; 3],
+        };
+        let out = h.f32s(&vec![f32::NAN; m * n]);
+        let (step, pu, zero) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&[0.0]));
+        let au = h.gpu.storage_uniform("a", (m * k * 4) as u64);
+        let res = vec![
+            step.as_entire_binding(),
+            pu.as_entire_binding(),
+            wgpu::BindingResource::TextureView(&at),
+            wgpu::BindingResource::TextureView(&wt),
+            zero.as_entire_binding(),
+            out.as_entire_binding(),
+            wgpt::Engine::gemv_input(&au),
+        ];
+        let pipe = p.textures().matmul_texture.get(Epilogue::Store);
+        let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, pipe, "t", res);
+        dispatch(
+            &h,
+            pipe,
+            &bg,
+            (n as u32).div_ceil(4).div_ceil(8),
+            (m as u32).div_ceil(4),
+        );
+        // As texture_linear_kernels_match_cpu: 128 terms of size <= 1, f32 against f64.
+        let d = close(&h.read(&out), &want, 1e-5);
+        println!("weights written in blocks {dtype:?} M={m} K={k} N={n}: max diff {d:e}");
+    }
+}
+
 fn dispatch(h: &Harness, pipe: &wgpu::ComputePipeline, bg: &wgpu::BindGroup, x: u32, y: u32) {
     let mut enc = h.gpu.device.create_command_encoder(&Default::default());
     {
