@@ -7,16 +7,11 @@
 // broadcast an extract and a splat: measured 1.4x faster than matmul_texture at GPT-2's prefill
 // shapes (wgpt bench --kernels). K % 32 == 0 (the texture layout has K % 64 == 0).
 
-// Weights of row n for K texels 2 s and 2 s + 1 of block kb (32 K), as two vec4 (f32: two
-// texels; f16: one; q8: half of one, times the row's block scale).
-fn pair_weights(kb: u32, s: u32, n: u32, scale: f32) -> mat2x4<f32> {
-    // One return, no early ones: the branches on override constants then fold away entirely.
+// f32 and f16: weights of row n for K texels 2 s and 2 s + 1 of block kb (32 K), as two vec4
+// (f32: two texels; f16: one).
+fn pair_weights(kb: u32, s: u32, n: u32) -> mat2x4<f32> {
     var r: mat2x4<f32>;
-    if (WEIGHT_Q8) {
-        let t = wtexel(2u * kb + s / 2u, n);
-        let h = 2u * (s % 2u);
-        r = mat2x4(i8x4(t[h]) * scale, i8x4(t[h + 1u]) * scale);
-    } else if (WEIGHT_F16) {
+    if (WEIGHT_F16) {
         r = w8(4u * kb + s, n);
     } else {
         r = mat2x4(w4(8u * kb + 2u * s, n), w4(8u * kb + 2u * s + 1u, n));
@@ -29,19 +24,53 @@ fn pair(
     kb: u32,
     s: u32,
     n: vec4<u32>,
-    sc: vec4<f32>,
     e: array<vec4<f32>, 4>,
     o: array<vec4<f32>, 4>,
     r: ptr<function, array<vec4<f32>, 4>>,
 ) {
-    let w0 = pair_weights(kb, s, n.x, sc.x);
-    let w1 = pair_weights(kb, s, n.y, sc.y);
-    let w2 = pair_weights(kb, s, n.z, sc.z);
-    let w3 = pair_weights(kb, s, n.w, sc.w);
+    let w0 = pair_weights(kb, s, n.x);
+    let w1 = pair_weights(kb, s, n.y);
+    let w2 = pair_weights(kb, s, n.z);
+    let w3 = pair_weights(kb, s, n.w);
     (*r)[0] += dot4(e[0], w0[0], w1[0], w2[0], w3[0]) + dot4(o[0], w0[1], w1[1], w2[1], w3[1]);
     (*r)[1] += dot4(e[1], w0[0], w1[0], w2[0], w3[0]) + dot4(o[1], w0[1], w1[1], w2[1], w3[1]);
     (*r)[2] += dot4(e[2], w0[0], w1[0], w2[0], w3[0]) + dot4(o[2], w0[1], w1[1], w2[1], w3[1]);
     (*r)[3] += dot4(e[3], w0[0], w1[0], w2[0], w3[0]) + dot4(o[3], w0[1], w1[1], w2[1], w3[1]);
+}
+
+// q8, half block h (K texels 4 h .. 4 h + 4 of block kb): one int8 texel per column serves all
+// four K texels, where `pair` would fetch it twice. x0 .. x3 are the rows' inputs there.
+fn quad_q8(
+    kb: u32,
+    h: u32,
+    n: vec4<u32>,
+    sc: vec4<f32>,
+    x0: array<vec4<f32>, 4>,
+    x1: array<vec4<f32>, 4>,
+    x2: array<vec4<f32>, 4>,
+    x3: array<vec4<f32>, 4>,
+    r: ptr<function, array<vec4<f32>, 4>>,
+) {
+    let t0 = wtexel(2u * kb + h, n.x);
+    let t1 = wtexel(2u * kb + h, n.y);
+    let t2 = wtexel(2u * kb + h, n.z);
+    let t3 = wtexel(2u * kb + h, n.w);
+    q8_step(x0, vec4(t0.x, t1.x, t2.x, t3.x), sc, r);
+    q8_step(x1, vec4(t0.y, t1.y, t2.y, t3.y), sc, r);
+    q8_step(x2, vec4(t0.z, t1.z, t2.z, t3.z), sc, r);
+    q8_step(x3, vec4(t0.w, t1.w, t2.w, t3.w), sc, r);
+}
+
+// One K texel of q8: words[j] holds column j's four int8 there, sc[j] its block scale.
+fn q8_step(x: array<vec4<f32>, 4>, words: vec4<u32>, sc: vec4<f32>, r: ptr<function, array<vec4<f32>, 4>>) {
+    let w0 = i8x4(words.x) * sc.x;
+    let w1 = i8x4(words.y) * sc.y;
+    let w2 = i8x4(words.z) * sc.z;
+    let w3 = i8x4(words.w) * sc.w;
+    (*r)[0] += dot4(x[0], w0, w1, w2, w3);
+    (*r)[1] += dot4(x[1], w0, w1, w2, w3);
+    (*r)[2] += dot4(x[2], w0, w1, w2, w3);
+    (*r)[3] += dot4(x[3], w0, w1, w2, w3);
 }
 
 @compute @workgroup_size(8)
@@ -50,12 +79,10 @@ fn matmul_texture_subgroup(
     @builtin(subgroup_invocation_id) sg_lane: u32,
 ) {
     // No early return: every lane takes part in the broadcasts. Rows and columns past the edge
-    // repeat the last one and are not stored.
+    // read whatever the texture gives there and are not stored.
     let n0 = gid.x * 4u;
     let m0 = gid.y * 4u;
     let M = step.rows;
-    let nl = p.N - 1u;
-    let ml = M - 1u;
     let n = vec4(n0) + vec4(0u, 1u, 2u, 3u);
     let m = vec4(m0) + vec4(0u, 1u, 2u, 3u);
     let lane = sg_lane % 8u;
@@ -65,18 +92,26 @@ fn matmul_texture_subgroup(
         let a1 = textureLoad(a, vec2(8u * kb + lane, m.y));
         let a2 = textureLoad(a, vec2(8u * kb + lane, m.z));
         let a3 = textureLoad(a, vec2(8u * kb + lane, m.w));
-        // q8: the four rows' scales of this block (n0 starts a group of four stored rows).
-        var sc = vec4(1.0);
-        if (WEIGHT_Q8) { sc = block_scales(kb, n0); }
-        // Pair s covers K texels 2 s and 2 s + 1 of the block: lanes 2 s and 2 s + 1's inputs.
-        pair(kb, 0u, n, sc, array(subgroupBroadcast(a0, 0u), subgroupBroadcast(a1, 0u), subgroupBroadcast(a2, 0u), subgroupBroadcast(a3, 0u)),
-             array(subgroupBroadcast(a0, 1u), subgroupBroadcast(a1, 1u), subgroupBroadcast(a2, 1u), subgroupBroadcast(a3, 1u)), &r);
-        pair(kb, 1u, n, sc, array(subgroupBroadcast(a0, 2u), subgroupBroadcast(a1, 2u), subgroupBroadcast(a2, 2u), subgroupBroadcast(a3, 2u)),
-             array(subgroupBroadcast(a0, 3u), subgroupBroadcast(a1, 3u), subgroupBroadcast(a2, 3u), subgroupBroadcast(a3, 3u)), &r);
-        pair(kb, 2u, n, sc, array(subgroupBroadcast(a0, 4u), subgroupBroadcast(a1, 4u), subgroupBroadcast(a2, 4u), subgroupBroadcast(a3, 4u)),
-             array(subgroupBroadcast(a0, 5u), subgroupBroadcast(a1, 5u), subgroupBroadcast(a2, 5u), subgroupBroadcast(a3, 5u)), &r);
-        pair(kb, 3u, n, sc, array(subgroupBroadcast(a0, 6u), subgroupBroadcast(a1, 6u), subgroupBroadcast(a2, 6u), subgroupBroadcast(a3, 6u)),
-             array(subgroupBroadcast(a0, 7u), subgroupBroadcast(a1, 7u), subgroupBroadcast(a2, 7u), subgroupBroadcast(a3, 7u)), &r);
+        // xl: the four rows' inputs at K texel l of the block, broadcast from lane l.
+        let x0 = array(subgroupBroadcast(a0, 0u), subgroupBroadcast(a1, 0u), subgroupBroadcast(a2, 0u), subgroupBroadcast(a3, 0u));
+        let x1 = array(subgroupBroadcast(a0, 1u), subgroupBroadcast(a1, 1u), subgroupBroadcast(a2, 1u), subgroupBroadcast(a3, 1u));
+        let x2 = array(subgroupBroadcast(a0, 2u), subgroupBroadcast(a1, 2u), subgroupBroadcast(a2, 2u), subgroupBroadcast(a3, 2u));
+        let x3 = array(subgroupBroadcast(a0, 3u), subgroupBroadcast(a1, 3u), subgroupBroadcast(a2, 3u), subgroupBroadcast(a3, 3u));
+        let x4 = array(subgroupBroadcast(a0, 4u), subgroupBroadcast(a1, 4u), subgroupBroadcast(a2, 4u), subgroupBroadcast(a3, 4u));
+        let x5 = array(subgroupBroadcast(a0, 5u), subgroupBroadcast(a1, 5u), subgroupBroadcast(a2, 5u), subgroupBroadcast(a3, 5u));
+        let x6 = array(subgroupBroadcast(a0, 6u), subgroupBroadcast(a1, 6u), subgroupBroadcast(a2, 6u), subgroupBroadcast(a3, 6u));
+        let x7 = array(subgroupBroadcast(a0, 7u), subgroupBroadcast(a1, 7u), subgroupBroadcast(a2, 7u), subgroupBroadcast(a3, 7u));
+        if (WEIGHT_Q8) {
+            // The four columns' scales of this block (n0 starts a group of four stored rows).
+            let sc = block_scales(kb, n0);
+            quad_q8(kb, 0u, n, sc, x0, x1, x2, x3, &r);
+            quad_q8(kb, 1u, n, sc, x4, x5, x6, x7, &r);
+        } else {
+            pair(kb, 0u, n, x0, x1, &r);
+            pair(kb, 1u, n, x2, x3, &r);
+            pair(kb, 2u, n, x4, x5, &r);
+            pair(kb, 3u, n, x6, x7, &r);
+        }
     }
     let b = bias4(n0);
     for (var i = 0u; i < 4u; i++) {
