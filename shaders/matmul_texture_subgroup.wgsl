@@ -4,8 +4,9 @@
 // workgroup share its 4 rows. Per block of 32 K, lane l fetches input texel l of each row and
 // the lanes take turns broadcasting theirs, so each input texel is fetched once per workgroup
 // instead of once per lane. On lavapipe a texel fetch is a gather costing ~50 cycles and a
-// broadcast an extract and a splat: measured 1.4x faster than matmul_texture at GPT-2's prefill
-// shapes (wgpt bench --kernels). K % 32 == 0 (the texture layout has K % 64 == 0).
+// broadcast an extract and a splat: measured ~1.4x faster than matmul_texture at GPT-2's
+// prefill shapes (wgpt bench --kernels lists both). K % 32 == 0 (the texture layout has
+// K % 64 == 0).
 
 // f32 and f16: weights of row n for K texels 2 s and 2 s + 1 of block kb (32 K), as two vec4
 // (f32: two texels; f16: one).

@@ -13,13 +13,12 @@ fn chat(args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run wgpt chat");
-    // Writing then dropping stdin is the EOF (Ctrl-D) that ends the session.
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    // Writing then dropping stdin is the EOF (Ctrl-D) that ends the session. A chat that refuses
+    // its model or options exits without reading stdin, so the write may meet a closed pipe.
+    match child.stdin.take().unwrap().write_all(input.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.unwrap(),
+    }
     child.wait_with_output().unwrap()
 }
 
