@@ -93,34 +93,8 @@ fn embed_matches_cpu_including_split_table() {
 #[test]
 fn layernorm_matches_cpu() {
     let h = Harness::new();
-    for (t, c, row0) in [(1, 33, 0), (7, 60, 2), (33, 769, 1)] {
-        // An offset mean makes the two-pass variance matter.
-        let x: Vec<f32> = random((row0 + t) * c, 3, 2.0)
-            .iter()
-            .map(|v| v + 5.0)
-            .collect();
-        let w = random(c, 4, 1.0);
-        let b = random(c, 5, 1.0);
-        let want = reference::layernorm(&x[row0 * c..], &w, &b, c, 1e-5);
-        let out = h.f32s(&vec![0.0; t * c]);
-        let params = LayerNormParams {
-            c: c as u32,
-            eps: 1e-5,
-            _pad: [0; 2],
-        };
-        let bufs = [
-            &h.step(t, row0, 0),
-            &h.gpu.uniform("p", &params),
-            &h.f32s(&x),
-            &h.f32s(&w),
-            &h.f32s(&b),
-            &out,
-        ];
-        h.run(&h.p.layernorm, &bufs, t as u32, 1);
-        // Normalised values are O(1); f32 mean/variance over C <= 769 terms: ~1e-6 relative.
-        let d = close(&h.read(&out), &want, 1e-5);
-        println!("layernorm T={t} C={c}: max diff {d:e}");
-    }
+    let shapes = [(1, 33, 0), (7, 60, 2), (33, 769, 1)];
+    check_layernorm(&h, "layernorm", &h.p.layernorm, |t| t, &shapes, 3);
 }
 
 /// The texture layout's layernorm (one invocation per row, vec4 loads: C % 4 == 0) against the
@@ -128,13 +102,28 @@ fn layernorm_matches_cpu() {
 #[test]
 fn layernorm_rows_matches_cpu() {
     let h = Harness::new();
-    for (t, c, row0) in [(1, 4, 0), (7, 60, 2), (33, 772, 1)] {
-        let x: Vec<f32> = random((row0 + t) * c, 31, 2.0)
+    let shapes = [(1, 4, 0), (7, 60, 2), (33, 772, 1)];
+    let pipe = &h.p.textures().layernorm_rows;
+    check_layernorm(&h, "layernorm_rows", pipe, |t| t.div_ceil(8), &shapes, 31);
+}
+
+/// `pipe` (a layernorm, `workgroups(T)` of them) against the twin on (T, C, row0) shapes.
+fn check_layernorm(
+    h: &Harness,
+    name: &str,
+    pipe: &wgpu::ComputePipeline,
+    workgroups: fn(u32) -> u32,
+    shapes: &[(usize, usize, usize)],
+    seed: u64,
+) {
+    for &(t, c, row0) in shapes {
+        // An offset mean makes the two-pass variance matter.
+        let x: Vec<f32> = random((row0 + t) * c, seed, 2.0)
             .iter()
             .map(|v| v + 5.0)
             .collect();
-        let w = random(c, 32, 1.0);
-        let b = random(c, 33, 1.0);
+        let w = random(c, seed + 1, 1.0);
+        let b = random(c, seed + 2, 1.0);
         let want = reference::layernorm(&x[row0 * c..], &w, &b, c, 1e-5);
         let out = h.f32s(&vec![f32::NAN; t * c]);
         let params = LayerNormParams {
@@ -150,15 +139,10 @@ fn layernorm_rows_matches_cpu() {
             &h.f32s(&b),
             &out,
         ];
-        h.run(
-            &h.p.textures().layernorm_rows,
-            &bufs,
-            (t as u32).div_ceil(8),
-            1,
-        );
-        // As layernorm: O(1) values, f32 sums over C <= 772 terms (four partial sums).
+        h.run(pipe, &bufs, workgroups(t as u32), 1);
+        // Normalised values are O(1); f32 mean/variance over C <= 772 terms: ~1e-6 relative.
         let d = close(&h.read(&out), &want, 1e-5);
-        println!("layernorm_rows T={t} C={c}: max diff {d:e}");
+        println!("{name} T={t} C={c}: max diff {d:e}");
     }
 }
 

@@ -36,8 +36,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::gpu::Engine;
 use crate::gpu::kernels::{
-    self, AttentionParams, EmbedParams, Epilogue, LayerNormParams, Linear, MatmulParams,
-    PoolParams, Step, WidthParams, wg,
+    self, AttentionParams, EmbedParams, Epilogue, LayerNormParams, Linear, LinearIo, PoolParams,
+    Step, WidthParams, wg,
 };
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
 use crate::loader::{self, Checkpoint};
@@ -686,61 +686,35 @@ impl Workspace {
                       epilogue: Epilogue,
                       out: &wgpu::Buffer|
          -> Vec<Op> {
-            let params = |row0: usize, n: usize| MatmulParams {
-                k: weight.cols as u32,
-                n: n as u32,
-                ldo: weight.rows as u32,
-                col0: row0 as u32,
-                has_bias: 1,
-                _pad: [0; 3],
+            let input = match (&input_textures, &p.texture) {
+                (Some((ct, it)), Some(tp)) => {
+                    let tex = if weight.cols == c { ct } else { it };
+                    Some((tex, tex.create_view(&Default::default()), &tp.matmul))
+                }
+                _ => None,
             };
-            if let (Some((ct, it)), Some(tp)) = (&input_textures, &p.texture) {
-                let tex = if weight.cols == c { ct } else { it };
-                let view = tex.create_view(&Default::default());
-                return weight
-                    .textures
-                    .iter()
-                    .enumerate()
-                    .map(|(i, ch)| {
-                        let u = gpu.uniform("matmul", &params(ch.row0, ch.rows));
-                        let res = vec![
-                            step.as_entire_binding(),
-                            u.as_entire_binding(),
-                            wgpu::BindingResource::TextureView(&view),
-                            wgpu::BindingResource::TextureView(&ch.view),
-                            bias.single().as_entire_binding(),
-                            out.as_entire_binding(),
-                            Engine::gemv_input(inp),
-                        ];
-                        Op {
-                            kernel: Kernel::MatmulTexture(epilogue),
-                            bind: kernels::bind_resources(
-                                gpu,
-                                tp.matmul.get(epilogue),
-                                "matmul_texture",
-                                res,
-                            ),
-                            width: ch.rows as u32,
-                            copy: (i == 0).then(|| (inp.clone(), tex.clone())),
-                        }
-                    })
-                    .collect();
-            }
-            weight
-                .chunks
-                .iter()
-                .map(|ch| {
-                    let u = gpu.uniform("matmul", &params(ch.row0, ch.rows));
-                    Op {
-                        kernel: Kernel::Matmul(epilogue),
-                        bind: bind(
-                            p.matmul.get(epilogue),
-                            "matmul",
-                            &[&step, &u, inp, &ch.buffer, bias.single(), out],
-                        ),
-                        width: ch.rows as u32,
-                        copy: None,
-                    }
+            let io = LinearIo {
+                step: &step,
+                inp,
+                input_texture: input.as_ref().map(|(_, view, _)| view),
+                bias: (bias.single(), true),
+                out,
+            };
+            let (kernel, pipe) = match &input {
+                Some((_, _, matmul)) => (Kernel::MatmulTexture(epilogue), matmul.get(epilogue)),
+                None => (Kernel::Matmul(epilogue), p.matmul.get(epilogue)),
+            };
+            kernels::linear_binds(gpu, pipe, weight, &io)
+                .into_iter()
+                .enumerate()
+                .map(|(i, (bind, width))| Op {
+                    kernel,
+                    bind,
+                    width,
+                    // The texture layout's first dispatch copies `inp` into the input texture.
+                    copy: (input.as_ref())
+                        .filter(|_| i == 0)
+                        .map(|(tex, _, _)| (inp.clone(), (*tex).clone())),
                 })
                 .collect()
         };

@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::Engine;
-use crate::gpu::tensor::WeightDtype;
+use crate::gpu::tensor::{GpuTensor, WeightDtype};
 
 /// A WGSL kernel family: `shaders/{name}.wgsl`, whose main entry point is also `{name}`,
 /// compiled after optional shared prelude files (plain concatenation, no templating).
@@ -383,6 +383,69 @@ pub mod wg {
     pub const KV_APPEND: u32 = 64;
     /// pool.wgsl: invocations per workgroup (one workgroup per sequence).
     pub const POOL: u32 = 64;
+}
+
+/// What a linear layer `out = epilogue(inp @ weightᵀ + bias)` binds besides its weight
+/// (linear.wgsl's bindings).
+pub struct LinearIo<'a> {
+    /// The step uniform (M = its rows).
+    pub step: &'a wgpu::Buffer,
+    /// The input (M, K); gemv_texture reads it through a uniform binding.
+    pub inp: &'a wgpu::Buffer,
+    /// The texture layout's input texture, which `inp` is copied into for matmul_texture;
+    /// `None` in the buffer layout.
+    pub input_texture: Option<&'a wgpu::TextureView>,
+    /// The bias (N), or a placeholder the kernels do not read (`false`).
+    pub bias: (&'a wgpu::Buffer, bool),
+    /// The output (M, N).
+    pub out: &'a wgpu::Buffer,
+}
+
+/// One bind group per row chunk of `weight` for `pipe` (any pipeline of a [`Linear`] of the
+/// layout: they share one layout), each with the chunk's output count: its textures with
+/// `io.input_texture`, else its buffers.
+pub fn linear_binds(
+    gpu: &Engine,
+    pipe: &wgpu::ComputePipeline,
+    weight: &GpuTensor,
+    io: &LinearIo,
+) -> Vec<(wgpu::BindGroup, u32)> {
+    let params = |row0: usize, rows: usize| {
+        let p = MatmulParams {
+            k: weight.cols as u32,
+            n: rows as u32,
+            ldo: weight.rows as u32,
+            col0: row0 as u32,
+            has_bias: io.bias.1 as u32,
+            _pad: [0; 3],
+        };
+        gpu.uniform("matmul", &p)
+    };
+    match io.input_texture {
+        Some(input) => (weight.textures.iter())
+            .map(|ch| {
+                let u = params(ch.row0, ch.rows);
+                let resources = vec![
+                    io.step.as_entire_binding(),
+                    u.as_entire_binding(),
+                    wgpu::BindingResource::TextureView(input),
+                    wgpu::BindingResource::TextureView(&ch.view),
+                    io.bias.0.as_entire_binding(),
+                    io.out.as_entire_binding(),
+                    Engine::gemv_input(io.inp),
+                ];
+                let b = bind_resources(gpu, pipe, "matmul_texture", resources);
+                (b, ch.rows as u32)
+            })
+            .collect(),
+        None => (weight.chunks.iter())
+            .map(|ch| {
+                let u = params(ch.row0, ch.rows);
+                let bufs = [io.step, &u, io.inp, &ch.buffer, io.bias.0, io.out];
+                (bind(gpu, pipe, "matmul", &bufs), ch.rows as u32)
+            })
+            .collect(),
+    }
 }
 
 /// One linear-layer kernel compiled once per [`Epilogue`] it is built for (an override constant

@@ -84,7 +84,8 @@ pub struct Chunk {
 /// One row range of a [`GpuTensor`] held as a texture (weights: raw bits in rgba32uint, see
 /// [`Engine::weight_texture`]).
 pub struct TextureChunk {
-    /// View of the texture: one texel row per matrix row.
+    /// View of the texture: one texel column per matrix row (transposed, see
+    /// [`Engine::weight_texture`]).
     pub view: wgpu::TextureView,
     /// First row of the matrix held by this texture.
     pub row0: usize,

@@ -4,7 +4,7 @@
 
 use crate::gpu::kernels::{
     self, ArgmaxParams, AttentionParams, EmbedParams, Epilogue, LayerNormParams, MAX_TOP,
-    MatmulParams, SampleParams, Step, WidthParams, wg,
+    SampleParams, Step, WidthParams, wg,
 };
 use crate::gpu::tensor::GpuTensor;
 use crate::model::Model;
@@ -903,68 +903,33 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                   epilogue: Epilogue,
                   out: &wgpu::Buffer|
      -> Vec<Op> {
-        let params = |row0: usize, rows: usize| MatmulParams {
-            k: weight.cols as u32,
-            n: rows as u32,
-            ldo: weight.rows as u32,
-            col0: row0 as u32,
-            has_bias: bias.is_some() as u32,
-            _pad: [0; 3],
+        let input = act.textures.as_ref().map(inp_texture);
+        let view = input.map(|t| t.create_view(&Default::default()));
+        let io = kernels::LinearIo {
+            step,
+            inp,
+            input_texture: view.as_ref(),
+            bias: (bias.map_or(&model.zero, |b| b.single()), bias.is_some()),
+            out,
         };
-        let bias_buf = bias.map_or(&model.zero, |b| b.single());
-        if let Some(tex) = &act.textures {
-            let input = inp_texture(tex);
-            let view = input.create_view(&Default::default());
-            return weight
-                .textures
-                .iter()
-                .enumerate()
-                .map(|(i, ch)| {
-                    let u = gpu.uniform("matmul", &params(ch.row0, ch.rows));
-                    let resources = vec![
-                        step.as_entire_binding(),
-                        u.as_entire_binding(),
-                        wgpu::BindingResource::TextureView(&view),
-                        wgpu::BindingResource::TextureView(&ch.view),
-                        bias_buf.as_entire_binding(),
-                        out.as_entire_binding(),
-                        crate::Engine::gemv_input(inp),
-                    ];
-                    Op {
-                        kernel: Kernel::MatmulTexture(epilogue),
-                        bind: kernels::bind_resources(
-                            gpu,
-                            p.textures().matmul_texture.get(epilogue),
-                            "matmul_texture",
-                            resources,
-                        ),
-                        grid: Grid::Linear {
-                            n: ch.rows as u32,
-                            k: weight.cols as u32,
-                        },
-                        copy: (i == 0).then(|| (inp.clone(), input.clone())),
-                    }
-                })
-                .collect();
-        }
-        weight
-            .chunks
-            .iter()
-            .map(|ch| {
-                let u = gpu.uniform("matmul", &params(ch.row0, ch.rows));
-                Op {
-                    kernel: Kernel::Matmul(epilogue),
-                    bind: bind(
-                        p.matmul.get(epilogue),
-                        "matmul",
-                        &[step, &u, inp, &ch.buffer, bias_buf, out],
-                    ),
-                    grid: Grid::Linear {
-                        n: ch.rows as u32,
-                        k: weight.cols as u32,
-                    },
-                    copy: None,
-                }
+        let (kernel, pipe) = match input {
+            Some(_) => (
+                Kernel::MatmulTexture(epilogue),
+                p.textures().matmul_texture.get(epilogue),
+            ),
+            None => (Kernel::Matmul(epilogue), p.matmul.get(epilogue)),
+        };
+        kernels::linear_binds(gpu, pipe, weight, &io)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (bind, n))| Op {
+                kernel,
+                bind,
+                grid: Grid::Linear {
+                    n,
+                    k: weight.cols as u32,
+                },
+                copy: input.filter(|_| i == 0).map(|t| (inp.clone(), t.clone())),
             })
             .collect()
     };
