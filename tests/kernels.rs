@@ -6,10 +6,10 @@ mod common;
 
 use common::*;
 use wgpt::gpu::kernels::{
-    AttentionParams, EmbedParams, Epilogue, LayerNormParams, MatmulParams, Pipelines, SampleParams,
-    Step, WidthParams, bind,
+    AttentionParams, EmbedParams, Epilogue, LayerNormParams, LinearIo, MatmulParams, Pipelines,
+    SampleParams, Step, WidthParams, bind, linear_binds,
 };
-use wgpt::gpu::tensor::{WeightDtype, encode};
+use wgpt::gpu::tensor::{GpuTensor, TextureChunk, WeightDtype, encode};
 use wgpt::reference;
 
 struct Harness {
@@ -690,14 +690,8 @@ fn texture_linear_kernels_match_cpu() {
             let plain = reference::matmul(&a, &stored, Some(&b), k, n);
             let mut resid = x0.clone();
             reference::residual(&mut resid, &plain);
-            let at = h
-                .gpu
-                .texture_init("a", &a, m, k)
-                .create_view(&Default::default());
-            let wt = h
-                .gpu
-                .weight_texture_init("w", &w, n, k, dtype)
-                .create_view(&Default::default());
+            let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype);
+            let wt = texture_tensor(wt, n, k, dtype);
             let t = p.textures();
             // The subgroup GEMM must be there on adapters with subgroups of 8 (lavapipe), so
             // that it is tested.
@@ -714,35 +708,9 @@ fn texture_linear_kernels_match_cpu() {
             );
             for (name, linear) in kernels {
                 let pipe = linear.get(Epilogue::Residual);
-                let params = MatmulParams {
-                    k: k as u32,
-                    n: n as u32,
-                    ldo: n as u32,
-                    col0: 0,
-                    has_bias: 1,
-                    _pad: [0; 3],
-                };
                 let out = h.f32s(&x0);
-                let (step, pu, bb) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&b));
-                // gemv_texture reads the same input through a uniform binding.
-                let au = h.gpu.storage_uniform("a", (m * k * 4) as u64);
-                h.gpu.queue.write_buffer(&au, 0, bytemuck::cast_slice(&a));
-                let res = vec![
-                    step.as_entire_binding(),
-                    pu.as_entire_binding(),
-                    wgpu::BindingResource::TextureView(&at),
-                    wgpu::BindingResource::TextureView(&wt),
-                    bb.as_entire_binding(),
-                    out.as_entire_binding(),
-                    wgpt::Engine::gemv_input(&au),
-                ];
-                let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, pipe, "t", res);
-                let y = if name == "gemv_texture" {
-                    m as u32
-                } else {
-                    (m as u32).div_ceil(4)
-                };
-                dispatch(&h, pipe, &bg, (n as u32).div_ceil(4).div_ceil(8), y);
+                let gemv = name == "gemv_texture";
+                run_texture_linear(&h, pipe, &a, &wt, Some(&b), &out, gemv);
                 // As the buffer kernels: up to 4096 terms of size <= 1, f32 vs f64, relative to
                 // the largest output. q8 sums x * q (q exact in f32) per block and scales once per
                 // block: no more roundings than f32 weights, so the same bound.
@@ -870,43 +838,67 @@ fn weight_texture_written_in_blocks_matches_cpu() {
             .write_weight_rows(&tex, 0, &encode(&w[..split * k], k, dtype));
         h.gpu
             .write_weight_rows(&tex, split as u32, &encode(&w[split * k..], k, dtype));
-        let wt = tex.create_view(&Default::default());
-        let at = h
-            .gpu
-            .texture_init("a", &a, m, k)
-            .create_view(&Default::default());
-        let params = MatmulParams {
-            k: k as u32,
-            n: n as u32,
-            ldo: n as u32,
-            col0: 0,
-            has_bias: 0,
-            _pad: [0; 3],
-        };
+        let wt = texture_tensor(tex, n, k, dtype);
         let out = h.f32s(&vec![f32::NAN; m * n]);
-        let (step, pu, zero) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&[0.0]));
-        let au = h.gpu.storage_uniform("a", (m * k * 4) as u64);
-        let res = vec![
-            step.as_entire_binding(),
-            pu.as_entire_binding(),
-            wgpu::BindingResource::TextureView(&at),
-            wgpu::BindingResource::TextureView(&wt),
-            zero.as_entire_binding(),
-            out.as_entire_binding(),
-            wgpt::Engine::gemv_input(&au),
-        ];
         let pipe = p.textures().matmul_texture.get(Epilogue::Store);
-        let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, pipe, "t", res);
-        dispatch(
-            &h,
-            pipe,
-            &bg,
-            (n as u32).div_ceil(4).div_ceil(8),
-            (m as u32).div_ceil(4),
-        );
+        run_texture_linear(&h, pipe, &a, &wt, None, &out, false);
         // As texture_linear_kernels_match_cpu: 128 terms of size <= 1, f32 against f64.
         let d = close(&h.read(&out), &want, 1e-5);
         println!("weights written in blocks {dtype:?} M={m} K={k} N={n}: max diff {d:e}");
+    }
+}
+
+/// A (rows, cols) weight held in one texture, as the loader makes them.
+fn texture_tensor(tex: wgpu::Texture, rows: usize, cols: usize, dtype: WeightDtype) -> GpuTensor {
+    let view = tex.create_view(&Default::default());
+    GpuTensor::from_textures(
+        rows,
+        cols,
+        dtype,
+        vec![TextureChunk {
+            view,
+            row0: 0,
+            rows,
+        }],
+    )
+}
+
+/// Runs texture-layout linear `pipe` on input `a` (K = w.cols) with the library's own bindings
+/// (`linear_binds`): weights `w`, the bias if any, the epilogue into `out`; gemv_texture's grid
+/// (one row per workgroup row) with `gemv`, else matmul_texture's (4 x 4 blocks).
+fn run_texture_linear(
+    h: &Harness,
+    pipe: &wgpu::ComputePipeline,
+    a: &[f32],
+    w: &GpuTensor,
+    bias: Option<&[f32]>,
+    out: &wgpu::Buffer,
+    gemv: bool,
+) {
+    let k = w.cols;
+    let m = a.len() / k;
+    let at = h
+        .gpu
+        .texture_init("a", a, m, k)
+        .create_view(&Default::default());
+    // gemv_texture reads the same input through a uniform binding.
+    let au = h.gpu.storage_uniform("a", (m * k * 4) as u64);
+    h.gpu.queue.write_buffer(&au, 0, bytemuck::cast_slice(a));
+    let (step, bb) = (h.step(m, 0, 0), h.f32s(bias.unwrap_or(&[0.0])));
+    let io = LinearIo {
+        step: &step,
+        inp: &au,
+        input_texture: Some(&at),
+        bias: (&bb, bias.is_some()),
+        out,
+    };
+    let y = if gemv {
+        m as u32
+    } else {
+        (m as u32).div_ceil(4)
+    };
+    for (bg, n) in linear_binds(&h.gpu, pipe, w, &io) {
+        dispatch(h, pipe, &bg, n.div_ceil(4).div_ceil(8), y);
     }
 }
 
@@ -1138,33 +1130,10 @@ fn gelu_erf_epilogue_matches_cpu() {
             println!("{name} GeluErf M={m} K={k} N={n}: max diff {d:e}");
         }
         let out = h.f32s(&vec![f32::NAN; m * n]);
-        let at = h
-            .gpu
-            .texture_init("a", &a, m, k)
-            .create_view(&Default::default());
-        let wt = h
-            .gpu
-            .weight_texture_init("w", &w, n, k, WeightDtype::F32)
-            .create_view(&Default::default());
-        let au = h.gpu.storage_uniform("a", (m * k * 4) as u64);
-        let res = vec![
-            step.as_entire_binding(),
-            pu.as_entire_binding(),
-            wgpu::BindingResource::TextureView(&at),
-            wgpu::BindingResource::TextureView(&wt),
-            bb.as_entire_binding(),
-            out.as_entire_binding(),
-            wgpt::Engine::gemv_input(&au),
-        ];
+        let wt = h.gpu.weight_texture_init("w", &w, n, k, WeightDtype::F32);
+        let wt = texture_tensor(wt, n, k, WeightDtype::F32);
         let pipe = h.p.textures().matmul_texture.get(Epilogue::GeluErf);
-        let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, pipe, "t", res);
-        dispatch(
-            &h,
-            pipe,
-            &bg,
-            (n as u32).div_ceil(4).div_ceil(8),
-            (m as u32).div_ceil(4),
-        );
+        run_texture_linear(&h, pipe, &a, &wt, Some(&b), &out, false);
         // As above.
         let d = close(&h.read(&out), &want, 1e-5);
         println!("matmul_texture GeluErf M={m} K={k} N={n}: max diff {d:e}");
