@@ -1,5 +1,6 @@
-// matmul_texture with inputs shared across a subgroup (linear.wgsl and matmul_texture.wgsl are
-// prepended; built only on adapters with the SUBGROUP feature and subgroups of at least 8 lanes).
+// matmul_texture and gemv_texture with inputs shared across a subgroup (linear.wgsl and
+// matmul_texture.wgsl are prepended; built only on adapters with the SUBGROUP feature and
+// subgroups of at least 8 lanes).
 // Each invocation computes a 4 x 4 block of outputs as matmul_texture does; the 8 lanes of a
 // workgroup share its 4 rows. Per block of 32 K, lane l fetches input texel l of each row and
 // the lanes take turns broadcasting theirs, so each input texel is fetched once per workgroup
@@ -118,4 +119,82 @@ fn matmul_texture_subgroup(
     for (var i = 0u; i < 4u; i++) {
         if (m0 + i < M) { store4(m0 + i, n0, r[i], b); }
     }
+}
+
+// gemv_texture with the input shared across the subgroup. gemv_texture's lanes each load every
+// input vec4 from the uniform buffer, and on lavapipe a uniform load whose index varies with the
+// loop is a gather per component (only constant indices become one scalar load). Here, per block
+// of 32 K, lane l loads vec4 l of the block and the lanes broadcast theirs in turn: one gather
+// per block instead of eight. (Arrays are indexed by constants only: a variable index makes a
+// CPU adapter spill the array to memory.)
+
+// Block kb of weight row n dotted with the block's inputs xs, f32 or f16: four partial sums.
+fn gemv_block(kb: u32, n: u32, xs: array<vec4<f32>, 8>) -> vec4<f32> {
+    if (WEIGHT_F16) {
+        let w0 = w8(4u * kb, n);
+        let w1 = w8(4u * kb + 1u, n);
+        let w2 = w8(4u * kb + 2u, n);
+        let w3 = w8(4u * kb + 3u, n);
+        return xs[0] * w0[0] + xs[1] * w0[1] + xs[2] * w1[0] + xs[3] * w1[1]
+            + xs[4] * w2[0] + xs[5] * w2[1] + xs[6] * w3[0] + xs[7] * w3[1];
+    }
+    let k = 8u * kb;
+    return xs[0] * w4(k, n) + xs[1] * w4(k + 1u, n) + xs[2] * w4(k + 2u, n) + xs[3] * w4(k + 3u, n)
+        + xs[4] * w4(k + 4u, n) + xs[5] * w4(k + 5u, n) + xs[6] * w4(k + 6u, n) + xs[7] * w4(k + 7u, n);
+}
+
+// Block kb of q8 weight row n dotted with the block's inputs xs, before its scale.
+fn gemv_block_q8(kb: u32, n: u32, xs: array<vec4<f32>, 8>) -> f32 {
+    let t0 = wtexel(2u * kb, n);
+    let t1 = wtexel(2u * kb + 1u, n);
+    return dot(xs[0], i8x4(t0.x)) + dot(xs[1], i8x4(t0.y)) + dot(xs[2], i8x4(t0.z))
+        + dot(xs[3], i8x4(t0.w)) + dot(xs[4], i8x4(t1.x)) + dot(xs[5], i8x4(t1.y))
+        + dot(xs[6], i8x4(t1.z)) + dot(xs[7], i8x4(t1.w));
+}
+
+@compute @workgroup_size(8)
+fn gemv_texture_subgroup(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+) {
+    // No early return: every lane takes part in the broadcasts. Columns past N repeat the last
+    // one and are not stored.
+    let n0 = gid.x * 4u;
+    let m = gid.y;
+    let n = min(vec4(n0) + vec4(0u, 1u, 2u, 3u), vec4(p.N - 1u));
+    let lane = sg_lane % 8u;
+    let row = m * (p.K / 4u);
+    // f32, f16: per column a vec4 of partial sums; q8: the four columns' sums.
+    var r0 = vec4(0.0);
+    var r1 = vec4(0.0);
+    var r2 = vec4(0.0);
+    var r3 = vec4(0.0);
+    for (var kb = 0u; kb < p.K / 32u; kb++) {
+        let xl = x[row + 8u * kb + lane];
+        let xs = array(
+            subgroupBroadcast(xl, 0u), subgroupBroadcast(xl, 1u), subgroupBroadcast(xl, 2u),
+            subgroupBroadcast(xl, 3u), subgroupBroadcast(xl, 4u), subgroupBroadcast(xl, 5u),
+            subgroupBroadcast(xl, 6u), subgroupBroadcast(xl, 7u),
+        );
+        if (WEIGHT_Q8) {
+            let d = vec4(
+                gemv_block_q8(kb, n.x, xs),
+                gemv_block_q8(kb, n.y, xs),
+                gemv_block_q8(kb, n.z, xs),
+                gemv_block_q8(kb, n.w, xs),
+            );
+            r0 += d * block_scales(kb, n0);
+        } else {
+            r0 += gemv_block(kb, n.x, xs);
+            r1 += gemv_block(kb, n.y, xs);
+            r2 += gemv_block(kb, n.z, xs);
+            r3 += gemv_block(kb, n.w, xs);
+        }
+    }
+    var sums = r0;
+    if (!WEIGHT_Q8) {
+        let one = vec4(1.0);
+        sums = vec4(dot(r0, one), dot(r1, one), dot(r2, one), dot(r3, one));
+    }
+    if (n0 < p.N) { store4(m, n0, sums, bias4(n0)); }
 }

@@ -549,12 +549,14 @@ pub fn kernels(
                 (false, false) => {
                     vec![("matmul", &p.matmul, (n.div_ceil(32), t.div_ceil(32)))]
                 }
-                (true, true) => vec![(
-                    "gemv_texture",
-                    &p.textures().gemv_texture,
-                    (n.div_ceil(4).div_ceil(8), t),
-                )],
-                // Both texture GEMMs, where subgroups exist.
+                // Both texture GEMVs and both GEMMs, where subgroups exist.
+                (true, true) => std::iter::once(("gemv_texture", &p.textures().gemv_texture))
+                    .chain(
+                        (p.textures().gemv_texture_subgroup.as_ref())
+                            .map(|sg| ("gemv_texture_subgroup", sg)),
+                    )
+                    .map(|(name, pipe)| (name, pipe, (n.div_ceil(4).div_ceil(8), t)))
+                    .collect(),
                 (true, false) => std::iter::once(("matmul_texture", &p.textures().matmul_texture))
                     .chain(
                         (p.textures().matmul_texture_subgroup.as_ref())

@@ -693,12 +693,11 @@ fn texture_linear_kernels_match_cpu() {
             let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype);
             let wt = texture_tensor(wt, n, k, dtype);
             let t = p.textures();
-            // The subgroup GEMM must be there on adapters with subgroups of 8 (lavapipe), so
-            // that it is tested.
-            assert_eq!(
-                t.matmul_texture_subgroup.is_some(),
-                wgpt::gpu::kernels::subgroups_of_8(&h.gpu)
-            );
+            // The subgroup GEMM and GEMV must be there on adapters with subgroups of 8
+            // (lavapipe), so that they are tested.
+            let sg8 = wgpt::gpu::kernels::subgroups_of_8(&h.gpu);
+            assert_eq!(t.matmul_texture_subgroup.is_some(), sg8);
+            assert_eq!(t.gemv_texture_subgroup.is_some(), sg8);
             let mut kernels = vec![
                 ("matmul_texture", &t.matmul_texture),
                 ("gemv_texture", &t.gemv_texture),
@@ -706,10 +705,12 @@ fn texture_linear_kernels_match_cpu() {
             kernels.extend(
                 (t.matmul_texture_subgroup.as_ref()).map(|sg| ("matmul_texture_subgroup", sg)),
             );
+            kernels
+                .extend((t.gemv_texture_subgroup.as_ref()).map(|sg| ("gemv_texture_subgroup", sg)));
             for (name, linear) in kernels {
                 let pipe = linear.get(Epilogue::Residual);
                 let out = h.f32s(&x0);
-                let gemv = name == "gemv_texture";
+                let gemv = name.starts_with("gemv");
                 run_texture_linear(&h, pipe, &a, &wt, Some(&b), &out, gemv);
                 // As the buffer kernels: up to 4096 terms of size <= 1, f32 vs f64, relative to
                 // the largest output. q8 sums x * q (q exact in f32) per block and scales once per

@@ -522,6 +522,9 @@ pub struct TexturePipelines {
     pub matmul_texture_subgroup: Option<Linear>,
     /// matmul_texture.wgsl's `gemv_texture`: one row whose input fits a 64 KiB uniform.
     pub gemv_texture: Linear,
+    /// matmul_texture_subgroup.wgsl's `gemv_texture_subgroup`: `gemv_texture` with its input
+    /// shared by subgroup broadcasts, built (and used instead) where `subgroups_of_8` holds.
+    pub gemv_texture_subgroup: Option<Linear>,
     /// kv_append_texture.wgsl: writes K and V into rgba32float cache textures.
     pub kv_append_texture: wgpu::ComputePipeline,
     /// attention_texture.wgsl: one invocation per head and query, reading the cache textures.
@@ -627,6 +630,16 @@ impl Pipelines {
                     weights,
                     epilogues,
                 ),
+                gemv_texture_subgroup: subgroups_of_8(gpu).then(|| {
+                    Linear::new(
+                        gpu,
+                        "matmul_texture_subgroup",
+                        "gemv_texture_subgroup",
+                        &linear_texture,
+                        weights,
+                        epilogues,
+                    )
+                }),
                 kv_append_texture: pipeline(gpu, "kv_append_texture", None, &[]),
                 attention_texture: pipeline(gpu, "attention_texture", None, head),
                 layernorm_rows: pipeline(gpu, "layernorm_rows", None, &[]),

@@ -809,7 +809,13 @@ impl Session {
             Kernel::LayerNormRows => &p.textures().layernorm_rows,
             Kernel::Matmul(e) if few => p.gemv_subgroup.as_ref().unwrap_or(&p.gemv).get(e),
             Kernel::Matmul(e) => p.matmul.get(e),
-            Kernel::MatmulTexture(e) if few => p.textures().gemv_texture.get(e),
+            Kernel::MatmulTexture(e) if few => {
+                let t = p.textures();
+                t.gemv_texture_subgroup
+                    .as_ref()
+                    .unwrap_or(&t.gemv_texture)
+                    .get(e)
+            }
             Kernel::MatmulTexture(e) => {
                 let t = p.textures();
                 t.matmul_texture_subgroup
