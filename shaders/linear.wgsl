@@ -1,5 +1,6 @@
 // Shared by the linear-layer kernels (matmul.wgsl, matmul_texture.wgsl), prepended to each by the
-// kernel registry: uniforms, bias and output bindings, and the fused epilogues.
+// kernel registry after step.wgsl (the step uniform): parameters, bias and output bindings, and
+// the fused epilogues.
 // out[m, col0 + n] = epilogue(sum_k a[m, k] * w[n, k] + bias[col0 + n]); w is (N, K),
 // output-major like torch.nn.Linear (the loader transposes GPT-2's Conv1D), so both operands are
 // read along K, four at a time (K % 4 == 0, checked at load).
@@ -7,10 +8,10 @@
 // memory each: GELU after the MLP's up-projection, the residual add after the down-projections.
 // Encoders (BERT) use the erf form of GELU.
 
-struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
-struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, _a: u32, _b: u32, _c: u32 }
+// kv_c: for the attention's qkv projection in gemv_texture_kv, C (outputs C .. 3C are this row's
+// key and value); else 0.
+struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, kv_c: u32, _b: u32, _c: u32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;        // (col0 + N)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;   // (M, ldo)

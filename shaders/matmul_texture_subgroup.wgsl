@@ -152,19 +152,13 @@ fn gemv_block_q8(kb: u32, n: u32, xs: array<vec4<f32>, 8>) -> f32 {
         + dot(xs[6], i8x4(t1.z)) + dot(xs[7], i8x4(t1.w));
 }
 
-@compute @workgroup_size(8)
-fn gemv_texture_subgroup(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(subgroup_invocation_id) sg_lane: u32,
-) {
-    // No early return: every lane takes part in the broadcasts. Columns past N repeat the last
-    // one and are not stored.
-    let n0 = gid.x * 4u;
-    let m = gid.y;
+// The four outputs n0 .. n0 + 4 of row m before the bias (f32, f16: per column a vec4 of
+// partial sums; q8: the four columns' sums), lanes sharing the input as described above. Every
+// lane of the workgroup must call it (the broadcasts).
+fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
+    // Columns past N repeat the last one; their results are not stored.
     let n = min(vec4(n0) + vec4(0u, 1u, 2u, 3u), vec4(p.N - 1u));
-    let lane = sg_lane % 8u;
     let row = m * (p.K / 4u);
-    // f32, f16: per column a vec4 of partial sums; q8: the four columns' sums.
     var r0 = vec4(0.0);
     var r1 = vec4(0.0);
     var r2 = vec4(0.0);
@@ -191,10 +185,50 @@ fn gemv_texture_subgroup(
             r3 += gemv_block(kb, n.w, xs);
         }
     }
-    var sums = r0;
-    if (!WEIGHT_Q8) {
-        let one = vec4(1.0);
-        sums = vec4(dot(r0, one), dot(r1, one), dot(r2, one), dot(r3, one));
+    if (WEIGHT_Q8) { return r0; }
+    let one = vec4(1.0);
+    return vec4(dot(r0, one), dot(r1, one), dot(r2, one), dot(r3, one));
+}
+
+@compute @workgroup_size(8)
+fn gemv_texture_subgroup(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+) {
+    // No early return: every lane takes part in the broadcasts.
+    let n0 = gid.x * 4u;
+    let sums = gemv_sums(n0, gid.y, sg_lane % 8u);
+    if (n0 < p.N) { store4(gid.y, n0, sums, bias4(n0)); }
+}
+
+// gemv_texture_kv's KV cache, (slots * n_ctx rows, C / 4 texels), as attention_texture reads it.
+@group(0) @binding(7) var k_cache: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(8) var v_cache: texture_storage_2d<rgba32float, write>;
+
+// gemv_texture_subgroup for the attention's qkv projection (N = 3C over all weight chunks, C % 4
+// == 0, chunks starting at multiples of 4): outputs C .. 2C (the key) and 2C .. 3C (the value)
+// also go into the KV cache at the row's position, where kv_append_texture would copy them: on
+// lavapipe a dispatch costs ~0.1 ms, and decode ran 12 of them per token for that copy.
+@compute @workgroup_size(8)
+fn gemv_texture_kv(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+) {
+    let n0 = gid.x * 4u;
+    let m = gid.y;
+    let sums = gemv_sums(n0, m, sg_lane % 8u);
+    if (n0 >= p.N) { return; }
+    let b = bias4(n0);
+    store4(m, n0, sums, b);
+    // Four outputs are one cache texel: a multiple of 4 past C, all in the key or the value.
+    let col = p.col0 + n0;
+    if (col >= p.kv_c) {
+        let j = col - p.kv_c;
+        let at = vec2((j % p.kv_c) / 4u, slot_base(m) + position(m));
+        if (j < p.kv_c) {
+            textureStore(k_cache, at, sums + b);
+        } else {
+            textureStore(v_cache, at, sums + b);
+        }
     }
-    if (n0 < p.N) { store4(m, n0, sums, bias4(n0)); }
 }

@@ -535,7 +535,8 @@ pub fn kernels(
                 ldo: n,
                 col0: 0,
                 has_bias: 1,
-                _pad: [0; 3],
+                kv_c: 0,
+                _pad: [0; 2],
             };
             let (st, pu) = (step(t, 0), gpu.uniform("p", &params));
             let few = t == 1;

@@ -176,7 +176,8 @@ fn matmul_and_gemv_match_cpu_including_column_chunks() {
                     ldo: n as u32,
                     col0: c0 as u32,
                     has_bias: 1,
-                    _pad: [0; 3],
+                    kv_c: 0,
+                    _pad: [0; 2],
                 };
                 let chunk = h.f32s(&w[c0 * k..c1 * k]);
                 let bufs = [
@@ -416,7 +417,8 @@ fn linear_epilogues_match_cpu() {
                     ldo: n as u32,
                     col0: 0,
                     has_bias: 1,
-                    _pad: [0; 3],
+                    kv_c: 0,
+                    _pad: [0; 2],
                 };
                 let out = h.f32s(&x0);
                 let bufs = [
@@ -507,7 +509,8 @@ fn f16_weights_match_cpu_on_rounded_weights() {
             ldo: n as u32,
             col0: 0,
             has_bias: 1,
-            _pad: [0; 3],
+            kv_c: 0,
+            _pad: [0; 2],
         };
         for (name, pipe) in linear_kernels(&p16, Epilogue::Store) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
@@ -609,7 +612,8 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
                     ldo: n as u32,
                     col0: c0 as u32,
                     has_bias: 1,
-                    _pad: [0; 3],
+                    kv_c: 0,
+                    _pad: [0; 2],
                 };
                 let chunk = h
                     .gpu
@@ -720,6 +724,103 @@ fn texture_linear_kernels_match_cpu() {
             }
         }
     }
+}
+
+/// gemv_texture_kv (decode's qkv projection in the texture layout with subgroups) against the
+/// CPU twin: its qkv output, and the key and value it writes into the cache textures at the
+/// row's slot and position (every other cache row untouched), f32, f16 and q8 weights.
+#[test]
+fn texture_gemv_kv_appends_to_cache() {
+    let h = Harness::new();
+    let sg8 = wgpt::gpu::kernels::subgroups_of_8(&h.gpu);
+    // (C, slot, position, n_ctx): C / 4 texels of a cache row are a multiple of 256 bytes, as
+    // the readback copy needs.
+    for (c, slot, pos, n_ctx) in [(64, 0, 0, 3), (192, 1, 5, 7)] {
+        for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+            let p = Pipelines::new(&h.gpu, dtype, true, None, &[Epilogue::Store]);
+            let pipe = p.textures().gemv_texture_kv.as_ref();
+            // Must exist on adapters with subgroups of 8 (lavapipe), so that it is tested.
+            assert_eq!(pipe.is_some(), sg8);
+            let Some(pipe) = pipe else { continue };
+            let a = random(c, 40, 1.0);
+            let w = random(3 * c * c, 41, 1.0);
+            let b = random(3 * c, 42, 1.0);
+            let stored = match dtype {
+                WeightDtype::F32 => w.clone(),
+                WeightDtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+                WeightDtype::Q8 => reference::q8_round_trip(&w),
+            };
+            let want = reference::matmul(&a, &stored, Some(&b), c, 3 * c);
+            let wt = h.gpu.weight_texture_init("w", &w, 3 * c, c, dtype);
+            let wt = texture_tensor(wt, 3 * c, c, dtype);
+            let rows = 2 * n_ctx;
+            let (k_tex, v_tex) = (h.gpu.texture("k", rows, c), h.gpu.texture("v", rows, c));
+            let views = [&k_tex, &v_tex].map(|t| t.create_view(&Default::default()));
+            let step = h.gpu.uniform(
+                "step",
+                &Step {
+                    slot,
+                    slot_rows: n_ctx as u32,
+                    ..Step::new(1, 0, pos)
+                },
+            );
+            let at = h
+                .gpu
+                .texture_init("a", &a, 1, c)
+                .create_view(&Default::default());
+            let au = h.gpu.storage_uniform("a", (c * 4) as u64);
+            h.gpu.queue.write_buffer(&au, 0, bytemuck::cast_slice(&a));
+            let (bb, out) = (h.f32s(&b), h.f32s(&vec![f32::NAN; 3 * c]));
+            let io = LinearIo {
+                step: &step,
+                inp: &au,
+                input_texture: Some(&at),
+                bias: (&bb, true),
+                out: &out,
+                kv: Some([&views[0], &views[1]]),
+            };
+            for (bg, n) in linear_binds(&h.gpu, pipe, &wt, &io) {
+                dispatch(&h, pipe, &bg, n.div_ceil(4).div_ceil(8), 1);
+            }
+            // As texture_linear_kernels_match_cpu: <= 192 terms of size <= 1, f32 against f64.
+            let got = h.read(&out);
+            let d = close(&got, &want, 1e-5);
+            // The cache holds exactly the key and value the kernel stored in qkv.
+            let row = slot as usize * n_ctx + pos as usize;
+            for (tex, part) in [(&k_tex, 1), (&v_tex, 2)] {
+                let cache = read_texture(&h, tex);
+                let mut expect = vec![0.0; rows * c];
+                expect[row * c..(row + 1) * c].copy_from_slice(&got[part * c..(part + 1) * c]);
+                assert_eq!(
+                    max_abs_diff(&cache, &expect),
+                    0.0,
+                    "cache {part} of {dtype:?}"
+                );
+            }
+            println!("gemv_texture_kv {dtype:?} C={c} slot={slot} pos={pos}: max diff {d:e}");
+        }
+    }
+}
+
+/// The whole of an rgba32float texture, row by row (rows of a multiple of 256 bytes).
+fn read_texture(h: &Harness, tex: &wgpu::Texture) -> Vec<f32> {
+    let bytes_per_row = tex.width() * 16;
+    let buf = h.gpu.storage("read", (bytes_per_row * tex.height()) as u64);
+    let mut enc = h.gpu.device.create_command_encoder(&Default::default());
+    enc.copy_texture_to_buffer(
+        tex.as_image_copy(),
+        wgpu::TexelCopyBufferInfo {
+            buffer: &buf,
+            layout: wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(bytes_per_row),
+                rows_per_image: None,
+            },
+        },
+        tex.size(),
+    );
+    h.gpu.queue.submit([enc.finish()]);
+    h.read(&buf)
 }
 
 /// The texture layout's KV cache and attention (CPU adapters): kv_append_texture then
@@ -892,6 +993,7 @@ fn run_texture_linear(
         input_texture: Some(&at),
         bias: (&bb, bias.is_some()),
         out,
+        kv: None,
     };
     let y = if gemv {
         m as u32
@@ -1114,7 +1216,8 @@ fn gelu_erf_epilogue_matches_cpu() {
             ldo: n as u32,
             col0: 0,
             has_bias: 1,
-            _pad: [0; 3],
+            kv_c: 0,
+            _pad: [0; 2],
         };
         let (step, pu, bb) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&b));
         for (name, pipe) in linear_kernels(&h.p, Epilogue::GeluErf) {

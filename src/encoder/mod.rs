@@ -699,6 +699,7 @@ impl Workspace {
                 input_texture: input.as_ref().map(|(_, view, _)| view),
                 bias: (bias.single(), true),
                 out,
+                kv: None,
             };
             let (kernel, pipe) = match &input {
                 Some((_, _, matmul)) => (Kernel::MatmulTexture(epilogue), matmul.get(epilogue)),

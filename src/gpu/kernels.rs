@@ -45,13 +45,13 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("embed" after "step"),
     kernel!("layernorm"),
     kernel!("layernorm_rows"),
-    kernel!("matmul" after "linear"),
+    kernel!("matmul" after "step", "linear"),
     // matmul.wgsl's gemv with subgroup reductions, for adapters with the SUBGROUP feature (a
     // module of its own: naga rejects subgroup operations anywhere in a module without it).
-    kernel!("gemv_subgroup" after "linear", "matmul"),
-    kernel!("matmul_texture" after "linear"),
+    kernel!("gemv_subgroup" after "step", "linear", "matmul"),
+    kernel!("matmul_texture" after "step", "linear"),
     // matmul_texture with inputs broadcast across subgroups (a module of its own, as above).
-    kernel!("matmul_texture_subgroup" after "linear", "matmul_texture"),
+    kernel!("matmul_texture_subgroup" after "step", "linear", "matmul_texture"),
     kernel!("kv_append" after "step"),
     kernel!("kv_append_texture" after "step"),
     kernel!("attention" after "step"),
@@ -67,8 +67,8 @@ pub const KERNELS: &[KernelSource] = &[
 pub const MAX_BATCH: usize = 64;
 
 /// Per-step values shared by every kernel of a step; two live per session (the body's and the
-/// head's), rewritten in place each step. Mirrors `struct Step` in step.wgsl (linear.wgsl reads
-/// the first four fields).
+/// head's), rewritten in place each step. Mirrors `struct Step` in step.wgsl (prepended to every
+/// kernel that reads it, the linear layers included).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct Step {
@@ -172,8 +172,11 @@ pub struct MatmulParams {
     pub col0: u32,
     /// 1: add `bias[col0 + n]`; 0: the bound bias is a placeholder.
     pub has_bias: u32,
+    /// C for an attention qkv projection bound for gemv_texture_kv (which also writes outputs
+    /// C .. 3C, the key and value, into the KV cache); else 0.
+    pub kv_c: u32,
     /// Padding to 32 bytes.
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
 }
 
 /// What the linear kernels do with a result after the bias (linear.wgsl's EPILOGUE_*): an
@@ -399,6 +402,9 @@ pub struct LinearIo<'a> {
     pub bias: (&'a wgpu::Buffer, bool),
     /// The output (M, N).
     pub out: &'a wgpu::Buffer,
+    /// For gemv_texture_kv: the layer's key and value cache textures, which the qkv projection
+    /// (N = 3C) also writes this row's key and value into. `None` for every other pipeline.
+    pub kv: Option<[&'a wgpu::TextureView; 2]>,
 }
 
 /// One bind group per row chunk of `weight` for `pipe` (any pipeline of a [`Linear`] of the
@@ -417,7 +423,8 @@ pub fn linear_binds(
             ldo: weight.rows as u32,
             col0: row0 as u32,
             has_bias: io.bias.1 as u32,
-            _pad: [0; 3],
+            kv_c: io.kv.map_or(0, |_| weight.rows as u32 / 3),
+            _pad: [0; 2],
         };
         gpu.uniform("matmul", &p)
     };
@@ -425,7 +432,7 @@ pub fn linear_binds(
         Some(input) => (weight.textures.iter())
             .map(|ch| {
                 let u = params(ch.row0, ch.rows);
-                let resources = vec![
+                let mut resources = vec![
                     io.step.as_entire_binding(),
                     u.as_entire_binding(),
                     wgpu::BindingResource::TextureView(input),
@@ -434,6 +441,12 @@ pub fn linear_binds(
                     io.out.as_entire_binding(),
                     Engine::gemv_input(io.inp),
                 ];
+                if let Some([k, v]) = io.kv {
+                    resources.extend([
+                        wgpu::BindingResource::TextureView(k),
+                        wgpu::BindingResource::TextureView(v),
+                    ]);
+                }
                 let b = bind_resources(gpu, pipe, "matmul_texture", resources);
                 (b, ch.rows as u32)
             })
@@ -525,6 +538,11 @@ pub struct TexturePipelines {
     /// matmul_texture_subgroup.wgsl's `gemv_texture_subgroup`: `gemv_texture` with its input
     /// shared by subgroup broadcasts, built (and used instead) where `subgroups_of_8` holds.
     pub gemv_texture_subgroup: Option<Linear>,
+    /// matmul_texture_subgroup.wgsl's `gemv_texture_kv`: `gemv_texture_subgroup` for the
+    /// attention's qkv projection that also appends the row's key and value to the KV cache
+    /// (kv_append_texture's work, one dispatch fewer per layer); plain store epilogue, its own
+    /// layout (`LinearIo::kv`). Built where `subgroups_of_8` holds.
+    pub gemv_texture_kv: Option<wgpu::ComputePipeline>,
     /// kv_append_texture.wgsl: writes K and V into rgba32float cache textures.
     pub kv_append_texture: wgpu::ComputePipeline,
     /// attention_texture.wgsl: one invocation per head and query, reading the cache textures.
@@ -630,6 +648,15 @@ impl Pipelines {
                     weights,
                     epilogues,
                 ),
+                gemv_texture_kv: subgroups_of_8(gpu).then(|| {
+                    entry_pipeline(
+                        gpu,
+                        "matmul_texture_subgroup",
+                        "gemv_texture_kv",
+                        Some(&linear_layout_with(gpu, true, true)),
+                        weights,
+                    )
+                }),
                 gemv_texture_subgroup: subgroups_of_8(gpu).then(|| {
                     Linear::new(
                         gpu,
@@ -683,6 +710,11 @@ impl Pipelines {
 /// step, params (uniform); a, w (read: buffers, or rgba32float storage textures); bias (read);
 /// out (read-write); with textures also gemv_texture's input x (uniform, 64 KiB).
 pub(crate) fn linear_layout(gpu: &Engine, textures: bool) -> wgpu::PipelineLayout {
+    linear_layout_with(gpu, textures, false)
+}
+
+/// `linear_layout`, with `kv` also gemv_texture_kv's KV-cache textures (7, 8; write-only).
+fn linear_layout_with(gpu: &Engine, textures: bool, kv: bool) -> wgpu::PipelineLayout {
     // Inputs are rgba32float; weights raw bits (f32 or f16) in rgba32uint.
     let operand = |binding: u32| wgpu::BindGroupLayoutEntry {
         binding,
@@ -727,6 +759,18 @@ pub(crate) fn linear_layout(gpu: &Engine, textures: bool) -> wgpu::PipelineLayou
     ];
     if textures {
         entries.push(entry(6, wgpu::BufferBindingType::Uniform));
+    }
+    if kv {
+        entries.extend([7, 8].map(|binding| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::StorageTexture {
+                access: wgpu::StorageTextureAccess::WriteOnly,
+                format: wgpu::TextureFormat::Rgba32Float,
+                view_dimension: wgpu::TextureViewDimension::D2,
+            },
+            count: None,
+        }));
     }
     let bgl = gpu
         .device

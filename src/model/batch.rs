@@ -81,6 +81,7 @@ impl Batch {
             ),
             grid: Grid::Rows,
             copy: None,
+            fused_kv: None,
         };
         Ok(Batch {
             ids_read: gpu.readback("batch_ids_read", 8 * sequences as u64),

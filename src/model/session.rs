@@ -131,6 +131,9 @@ pub(super) struct Op {
     pub(super) bind: wgpu::BindGroup,
     pub(super) grid: Grid,
     pub(super) copy: Option<(wgpu::Buffer, wgpu::Texture)>,
+    /// An attention qkv projection's bind group for gemv_texture_kv, which also appends the
+    /// row's key and value to the cache (the layer's kv_append op then does not run).
+    pub(super) fused_kv: Option<wgpu::BindGroup>,
 }
 
 impl Op {
@@ -145,6 +148,21 @@ impl Op {
             }
             (Grid::Linear { .. }, _) => rows <= wg::GEMV_MAX_ROWS,
             _ => false,
+        }
+    }
+
+    /// Whether this op is dispatched in a step of `rows` rows: a layer's kv_append is not
+    /// where its qkv projection appends the key and value itself (a one-row step through
+    /// gemv_texture_kv, see `fused_kv`); `kv_fused`: the session's qkv ops have that bind group.
+    fn runs(&self, rows: u32, kv_fused: bool) -> bool {
+        !(self.kernel == Kernel::KvAppendTexture && kv_fused && rows == 1)
+    }
+
+    /// The bind group this op dispatches with in a step of `rows` rows.
+    fn bind_for(&self, rows: u32) -> &wgpu::BindGroup {
+        match &self.fused_kv {
+            Some(b) if self.gemv(rows) => b,
+            _ => &self.bind,
         }
     }
 
@@ -419,7 +437,13 @@ impl Session {
 
     /// Dispatches per forward step with one token (body + head + pick).
     pub fn dispatches_per_token(&self) -> usize {
-        self.body.len() + self.head.len() + 1
+        let runs = |ops: &[Op]| ops.iter().filter(|o| o.runs(1, self.kv_fused())).count();
+        runs(&self.body) + runs(&self.head) + 1
+    }
+
+    /// Whether the qkv projections append the key and value in one-row steps (`Op::fused_kv`).
+    fn kv_fused(&self) -> bool {
+        self.body.iter().any(|o| o.fused_kv.is_some())
     }
 
     /// Bytes of GPU memory this session allocated: KV cache and scratch buffers.
@@ -455,6 +479,7 @@ impl Session {
         let ops: Vec<(&Op, u32)> = (self.body.iter().map(|o| (o, rows)))
             .chain(self.head.iter().map(|o| (o, 1)))
             .chain(std::iter::once((&self.argmax, 1)))
+            .filter(|(o, r)| o.runs(*r, self.kv_fused()))
             .collect();
         let n = (2 * ops.len()) as u32;
         let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -776,7 +801,8 @@ impl Session {
             .begin_compute_pass(&Default::default())
             .forget_lifetime();
         let mut layer = 0;
-        for op in ops {
+        let kv_fused = self.kv_fused();
+        for op in ops.iter().filter(|o| o.runs(rows, kv_fused)) {
             if let Some((buf, tex)) = op.texture_copy(rows) {
                 drop(pass);
                 crate::model::copy_rows_to_texture(enc, buf, tex, rows, tex.width() * 16);
@@ -811,10 +837,14 @@ impl Session {
             Kernel::Matmul(e) => p.matmul.get(e),
             Kernel::MatmulTexture(e) if few => {
                 let t = p.textures();
-                t.gemv_texture_subgroup
-                    .as_ref()
-                    .unwrap_or(&t.gemv_texture)
-                    .get(e)
+                match (&op.fused_kv, &t.gemv_texture_kv) {
+                    (Some(_), Some(kv)) => kv,
+                    _ => t
+                        .gemv_texture_subgroup
+                        .as_ref()
+                        .unwrap_or(&t.gemv_texture)
+                        .get(e),
+                }
             }
             Kernel::MatmulTexture(e) => {
                 let t = p.textures();
@@ -830,7 +860,7 @@ impl Session {
             Kernel::Argmax => &p.argmax,
             Kernel::Sample => &p.sample,
         });
-        pass.set_bind_group(0, &op.bind, &[]);
+        pass.set_bind_group(0, op.bind_for(rows), &[]);
         let (x, y) = match (op.grid, op.kernel) {
             (Grid::Elements { width, wg }, _) => (width.div_ceil(wg), rows),
             (Grid::Rows, Kernel::LayerNormRows) => (rows.div_ceil(wg::LAYERNORM_ROWS), 1),
@@ -898,6 +928,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         ),
         grid: Grid::Rows,
         copy: None,
+        fused_kv: None,
     };
     // out = epilogue(inp @ weight^T + bias), one dispatch per row chunk of the weight. With
     // textures, the first dispatch copies `inp` into the input texture of its width.
@@ -907,7 +938,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                   weight: &GpuTensor,
                   bias: Option<&GpuTensor>,
                   epilogue: Epilogue,
-                  out: &wgpu::Buffer|
+                  out: &wgpu::Buffer,
+                  kv: Option<[&wgpu::TextureView; 2]>|
      -> Vec<Op> {
         let input = act.textures.as_ref().map(inp_texture);
         let view = input.map(|t| t.create_view(&Default::default()));
@@ -917,6 +949,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             input_texture: view.as_ref(),
             bias: (bias.map_or(&model.zero, |b| b.single()), bias.is_some()),
             out,
+            kv: None,
         };
         let (kernel, pipe) = match input {
             Some(_) => (
@@ -924,6 +957,24 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 p.textures().matmul_texture.get(epilogue),
             ),
             None => (Kernel::Matmul(epilogue), p.matmul.get(epilogue)),
+        };
+        // A qkv projection whose decode gemv can append to the cache: four outputs (one cache
+        // texel) per invocation must not straddle chunks, and the row must fit gemv's uniform.
+        let fusable = weight
+            .textures
+            .iter()
+            .all(|ch| ch.row0 % 4 == 0 && ch.rows % 4 == 0)
+            && weight.cols as u32 <= wg::GEMV_UNIFORM_FLOATS;
+        let fused: Vec<Option<wgpu::BindGroup>> = match (kv, &p.texture, view.as_ref()) {
+            (Some(kv), Some(t), Some(_)) if fusable => match &t.gemv_texture_kv {
+                Some(pipe) => {
+                    let io = kernels::LinearIo { kv: Some(kv), ..io };
+                    let binds = kernels::linear_binds(gpu, pipe, weight, &io);
+                    binds.into_iter().map(|(b, _)| Some(b)).collect()
+                }
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
         };
         kernels::linear_binds(gpu, pipe, weight, &io)
             .into_iter()
@@ -936,6 +987,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                     k: weight.cols as u32,
                 },
                 copy: input.filter(|_| i == 0).map(|t| (inp.clone(), t.clone())),
+                fused_kv: fused.get(i).cloned().flatten(),
             })
             .collect()
     };
@@ -961,6 +1013,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             wg: wg::EMBED,
         },
         copy: None,
+        fused_kv: None,
     };
     let e = cfg.word_embed_dim as u32;
     match (&w.project_in, &act.emb) {
@@ -993,6 +1046,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 None,
                 Epilogue::Residual,
                 &act.x,
+                None,
             ));
         }
     }
@@ -1014,6 +1068,10 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Some(&lw.c_attn_b),
             Epilogue::Store,
             &act.qkv,
+            match kv {
+                KvCache::Textures { k, v } => Some([&k[l], &v[l]]),
+                KvCache::Buffers { .. } => None,
+            },
         ));
         let att = AttentionParams {
             c,
@@ -1036,6 +1094,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                         wg: wg::KV_APPEND,
                     },
                     copy: None,
+                    fused_kv: None,
                 },
                 Op {
                     kernel: Kernel::Attention,
@@ -1046,6 +1105,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                     ),
                     grid: Grid::Heads { nh },
                     copy: None,
+                    fused_kv: None,
                 },
             ),
             KvCache::Textures { k, v } => {
@@ -1064,6 +1124,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                             wg: wg::KV_APPEND,
                         },
                         copy: None,
+                        fused_kv: None,
                     },
                     Op {
                         kernel: Kernel::AttentionTexture,
@@ -1084,6 +1145,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                             wg: wg::ATTENTION_TEXTURE,
                         },
                         copy: None,
+                        fused_kv: None,
                     },
                 )
             }
@@ -1098,6 +1160,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Some(&lw.attn_proj_b),
             Epilogue::Residual,
             &act.x,
+            None,
         ));
         let (ln_w, ln_b) = if pre_ln {
             (&lw.ln_2_w, &lw.ln_2_b)
@@ -1113,6 +1176,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Some(&lw.c_fc_b),
             Epilogue::activation(cfg.activation),
             &act.fc_h,
+            None,
         ));
         body.extend(matmul(
             step,
@@ -1122,6 +1186,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Some(&lw.mlp_proj_b),
             Epilogue::Residual,
             mlp_resid,
+            None,
         ));
         if !pre_ln {
             body.push(layernorm(step, &act.ln, &lw.ln_2_w, &lw.ln_2_b, &act.x));
@@ -1144,6 +1209,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 None,
                 Epilogue::Store,
                 proj,
+                None,
             ));
             proj
         }
@@ -1161,6 +1227,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         None,
         Epilogue::Store,
         &act.logits,
+        None,
     ));
 
     // Greedy: the single largest logit into `token`; the same kernel with N > 1 gives --top.
@@ -1177,6 +1244,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         bind: bind(&p.argmax, "argmax", &[&greedy, &act.logits, &act.token]),
         grid: Grid::One,
         copy: None,
+        fused_kv: None,
     };
     let sample = Op {
         kernel: Kernel::Sample,
@@ -1187,6 +1255,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         ),
         grid: Grid::One,
         copy: None,
+        fused_kv: None,
     };
     let top_op = Op {
         kernel: Kernel::Argmax,
@@ -1197,6 +1266,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         ),
         grid: Grid::One,
         copy: None,
+        fused_kv: None,
     };
     (body, head, argmax, sample, top_op)
 }
