@@ -175,11 +175,15 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
         store4(m, n0, gemv_q8(row, n0, n1, n2, n3), bias4(n0));
         return;
     }
+    if (!WEIGHT_F16) {
+        store4(m, n0, gemv_f32(row, vec4(n0, n1, n2, n3)), bias4(n0));
+        return;
+    }
     var c0 = vec4(0.0);
     var c1 = vec4(0.0);
     var c2 = vec4(0.0);
     var c3 = vec4(0.0);
-    if (WEIGHT_F16) {
+    {
         for (var k = 0u; k < p.K / 8u; k++) {
             let x0 = x[row + 2u * k];
             let x1 = x[row + 2u * k + 1u];
@@ -192,16 +196,25 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
             c2 += x0 * w2[0] + x1 * w2[1];
             c3 += x0 * w3[0] + x1 * w3[1];
         }
-    } else {
-        for (var k = 0u; k < p.K / 4u; k++) {
-            let xk = x[row + k];
-            c0 += xk * w4(k, n0);
-            c1 += xk * w4(k, n1);
-            c2 += xk * w4(k, n2);
-            c3 += xk * w4(k, n3);
-        }
     }
     let one = vec4(1.0);
     let s = vec4(dot(c0, one), dot(c1, one), dot(c2, one), dot(c3, one));
     store4(m, n0, s, bias4(n0));
+}
+
+// gemv_texture with f32 weights: columns n dotted with input row `row` (vec4 index).
+fn gemv_f32(row: u32, n: vec4<u32>) -> vec4<f32> {
+    var c0 = vec4(0.0);
+    var c1 = vec4(0.0);
+    var c2 = vec4(0.0);
+    var c3 = vec4(0.0);
+    for (var k = 0u; k < p.K / 4u; k++) {
+        let xk = x[row + k];
+        c0 += xk * w4(k, n.x);
+        c1 += xk * w4(k, n.y);
+        c2 += xk * w4(k, n.z);
+        c3 += xk * w4(k, n.w);
+    }
+    let one = vec4(1.0);
+    return vec4(dot(c0, one), dot(c1, one), dot(c2, one), dot(c3, one));
 }

@@ -128,19 +128,14 @@ fn matmul_texture_subgroup(
 // per block instead of eight. (Arrays are indexed by constants only: a variable index makes a
 // CPU adapter spill the array to memory.)
 
-// Block kb of weight row n dotted with the block's inputs xs, f32 or f16: four partial sums.
+// Block kb of f16 weight row n dotted with the block's inputs xs: four partial sums.
 fn gemv_block(kb: u32, n: u32, xs: array<vec4<f32>, 8>) -> vec4<f32> {
-    if (WEIGHT_F16) {
-        let w0 = w8(4u * kb, n);
-        let w1 = w8(4u * kb + 1u, n);
-        let w2 = w8(4u * kb + 2u, n);
-        let w3 = w8(4u * kb + 3u, n);
-        return xs[0] * w0[0] + xs[1] * w0[1] + xs[2] * w1[0] + xs[3] * w1[1]
-            + xs[4] * w2[0] + xs[5] * w2[1] + xs[6] * w3[0] + xs[7] * w3[1];
-    }
-    let k = 8u * kb;
-    return xs[0] * w4(k, n) + xs[1] * w4(k + 1u, n) + xs[2] * w4(k + 2u, n) + xs[3] * w4(k + 3u, n)
-        + xs[4] * w4(k + 4u, n) + xs[5] * w4(k + 5u, n) + xs[6] * w4(k + 6u, n) + xs[7] * w4(k + 7u, n);
+    let w0 = w8(4u * kb, n);
+    let w1 = w8(4u * kb + 1u, n);
+    let w2 = w8(4u * kb + 2u, n);
+    let w3 = w8(4u * kb + 3u, n);
+    return xs[0] * w0[0] + xs[1] * w0[1] + xs[2] * w1[0] + xs[3] * w1[1]
+        + xs[4] * w2[0] + xs[5] * w2[1] + xs[6] * w3[0] + xs[7] * w3[1];
 }
 
 // Block kb of q8 weight row n dotted with the block's inputs xs, before its scale.
@@ -152,13 +147,18 @@ fn gemv_block_q8(kb: u32, n: u32, xs: array<vec4<f32>, 8>) -> f32 {
         + dot(xs[6], i8x4(t1.z)) + dot(xs[7], i8x4(t1.w));
 }
 
-// The four outputs n0 .. n0 + 4 of row m before the bias (f32, f16: per column a vec4 of
-// partial sums; q8: the four columns' sums), lanes sharing the input as described above. Every
-// lane of the workgroup must call it (the broadcasts).
+// The four outputs n0 .. n0 + 4 of row m before the bias, the lanes sharing the input as
+// described above (f16, q8). Every lane of the workgroup must call it (the broadcasts).
 fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
     // Columns past N repeat the last one; their results are not stored.
     let n = min(vec4(n0) + vec4(0u, 1u, 2u, 3u), vec4(p.N - 1u));
     let row = m * (p.K / 4u);
+    // f32 weights take gemv_texture's loop, each lane loading the input itself: sharing the
+    // input made f32 decode on lavapipe 15-20% slower (p50 per token, alternated runs at GPT-2's
+    // shape; likely register spills: eight fetched texels per column next to the broadcast
+    // inputs), where q8 gained 20% and f16 a little.
+    if (!WEIGHT_F16 && !WEIGHT_Q8) { return gemv_f32(row, n); }
+    // f16: per column a vec4 of partial sums; q8: the four columns' sums.
     var r0 = vec4(0.0);
     var r1 = vec4(0.0);
     var r2 = vec4(0.0);
