@@ -9,8 +9,9 @@
 // Encoders (BERT) use the erf form of GELU.
 
 // kv_c: for the attention's qkv projection in gemv_texture_kv, C (outputs C .. 3C are this row's
-// key and value); else 0.
-struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, kv_c: u32, _b: u32, _c: u32 }
+// key and value); else 0. ln_eps: the fused layer norm's epsilon (NORM in
+// matmul_texture_subgroup.wgsl).
+struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, kv_c: u32, ln_eps: f32, _c: u32 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;        // (col0 + N)

@@ -147,17 +147,57 @@ fn gemv_block_q8(kb: u32, n: u32, xs: array<vec4<f32>, 8>) -> f32 {
         + dot(xs[6], i8x4(t1.z)) + dot(xs[7], i8x4(t1.w));
 }
 
+// With NORM the input is the residual stream x and the layer norm before this layer is fused
+// in: its gain and bias were folded into the weights and bias at load (W' = W diag(gain),
+// b' = b + W bias: model/mod.rs), so out = W' (x - mean) / std + b'
+// = rstd (W' x - mean rowsum(W')) + b', with rowsum(W') computed at load by this kernel itself
+// (on a row of ones) and the row's mean and variance summed by the lanes from the input vec4s
+// they load anyway. Decode then needs no layernorm dispatch before the qkv and MLP
+// projections. f32 sums of K terms; var = E[x^2] - mean^2 in f32 loses ~log2(1 + mean^2 / var)
+// bits, negligible for a residual stream whose mean is small next to its spread.
+override NORM: bool = false;
+
+@group(0) @binding(9) var<storage, read> rowsum: array<f32>;  // (col0 + N) NORM only
+
+// rstd (sums - mean rowsum) for outputs n0 .. n0 + 4, from the lanes' partial sum s1 and sum of
+// squares s2 of the row (every lane must call it: subgroup sums).
+fn norm4(n0: u32, sums: vec4<f32>, s1: f32, s2: f32) -> vec4<f32> {
+    let k = f32(p.K);
+    let mean = subgroupAdd(s1) / k;
+    let var_ = max(subgroupAdd(s2) / k - mean * mean, 0.0);
+    let rstd = inverseSqrt(var_ + p.ln_eps);
+    var rs = vec4(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        if (n0 + j < p.N) { rs[j] = rowsum[p.col0 + n0 + j]; }
+    }
+    return rstd * (sums - mean * rs);
+}
+
 // The four outputs n0 .. n0 + 4 of row m before the bias, the lanes sharing the input as
 // described above (f16, q8). Every lane of the workgroup must call it (the broadcasts).
 fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
     // Columns past N repeat the last one; their results are not stored.
     let n = min(vec4(n0) + vec4(0u, 1u, 2u, 3u), vec4(p.N - 1u));
     let row = m * (p.K / 4u);
+    let one = vec4(1.0);
+    // This lane's share of the row's sum and sum of squares (NORM).
+    var s1 = 0.0;
+    var s2 = 0.0;
     // f32 weights take gemv_texture's loop, each lane loading the input itself: sharing the
     // input made f32 decode on lavapipe 15-20% slower (p50 per token, alternated runs at GPT-2's
     // shape; likely register spills: eight fetched texels per column next to the broadcast
     // inputs), where q8 gained 20% and f16 a little.
-    if (!WEIGHT_F16 && !WEIGHT_Q8) { return gemv_f32(row, n); }
+    if (!WEIGHT_F16 && !WEIGHT_Q8) {
+        if (NORM) {
+            for (var kb = 0u; kb < p.K / 32u; kb++) {
+                let xl = x[row + 8u * kb + lane];
+                s1 += dot(xl, one);
+                s2 += dot(xl, xl);
+            }
+            return norm4(n0, gemv_f32(row, n), s1, s2);
+        }
+        return gemv_f32(row, n);
+    }
     // f16: per column a vec4 of partial sums; q8: the four columns' sums.
     var r0 = vec4(0.0);
     var r1 = vec4(0.0);
@@ -165,6 +205,10 @@ fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
     var r3 = vec4(0.0);
     for (var kb = 0u; kb < p.K / 32u; kb++) {
         let xl = x[row + 8u * kb + lane];
+        if (NORM) {
+            s1 += dot(xl, one);
+            s2 += dot(xl, xl);
+        }
         let xs = array(
             subgroupBroadcast(xl, 0u), subgroupBroadcast(xl, 1u), subgroupBroadcast(xl, 2u),
             subgroupBroadcast(xl, 3u), subgroupBroadcast(xl, 4u), subgroupBroadcast(xl, 5u),
@@ -185,9 +229,10 @@ fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
             r3 += gemv_block(kb, n.w, xs);
         }
     }
-    if (WEIGHT_Q8) { return r0; }
-    let one = vec4(1.0);
-    return vec4(dot(r0, one), dot(r1, one), dot(r2, one), dot(r3, one));
+    var sums = r0;
+    if (!WEIGHT_Q8) { sums = vec4(dot(r0, one), dot(r1, one), dot(r2, one), dot(r3, one)); }
+    if (NORM) { return norm4(n0, sums, s1, s2); }
+    return sums;
 }
 
 @compute @workgroup_size(8)

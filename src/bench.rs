@@ -490,7 +490,7 @@ pub fn kernels(
 ) -> Result<(f64, Vec<KernelBench>)> {
     use crate::gpu::kernels::{
         AttentionParams, Epilogue, LayerNormParams, Linear, MatmulParams, Pipelines, Step, bind,
-        bind_resources,
+        bind_at, bind_resources,
     };
     use wgpu::BindingResource::TextureView as Tex;
     // The head size of GPT-2's shapes, fixed as a model's pipelines fix it.
@@ -536,7 +536,8 @@ pub fn kernels(
                 col0: 0,
                 has_bias: 1,
                 kv_c: 0,
-                _pad: [0; 2],
+                ln_eps: 0.0,
+                _pad: 0,
             };
             let (st, pu) = (step(t, 0), gpu.uniform("p", &params));
             let few = t == 1;
@@ -578,7 +579,10 @@ pub fn kernels(
                         out.as_entire_binding(),
                         crate::Engine::gemv_input(&x),
                     ];
-                    bind_resources(gpu, pipe, "bench", r)
+                    // The layout's NORM row sums (unread here): the bias as a placeholder.
+                    let mut r: Vec<_> = (0..).zip(r).collect();
+                    r.push((9, bias.as_entire_binding()));
+                    bind_at(gpu, pipe, "bench", r)
                 } else {
                     bind(gpu, pipe, "bench", &[&st, &pu, &x, &w, &bias, &out])
                 };

@@ -687,3 +687,76 @@ pub fn build_weights<T>(
         },
     })
 }
+
+/// Folds each pre-LN block's layer norms into the projections that read them, as a checkpoint
+/// streams in: LN(x) W^T + b = x̂ (W diag(gain))^T + (b + W bias) with x̂ = (x - mean) / std, so
+/// the norms become plain standardisation (gain 1, bias 0 uploaded in their place) and a decode
+/// GEMV can standardise its input itself instead of a layernorm dispatch running first
+/// (matmul_texture_subgroup.wgsl's NORM). Relies on [`build_weights`]' order within a block:
+/// ln_1's gain and bias, then c_attn's weight and bias (ln_2 and c_fc likewise).
+#[derive(Default)]
+pub struct LnFold {
+    gain: Vec<f32>,
+    bias: Vec<f32>,
+    /// W · bias of the last folded weight, per output: added to its bias.
+    shift: Vec<f32>,
+}
+
+impl LnFold {
+    /// `make(name, rows, cols, read)` with the folding applied to what `read` returns.
+    pub fn make<T>(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        read: &mut ReadRows,
+        make: impl FnOnce(&str, usize, usize, &mut ReadRows) -> Result<T>,
+    ) -> Result<T> {
+        let is = |suffixes: [&str; 2]| {
+            name.starts_with("h.") && suffixes.iter().any(|s| name.ends_with(s))
+        };
+        if is([".ln_1.weight", ".ln_2.weight"]) || is([".ln_1.bias", ".ln_2.bias"]) {
+            let (kept, value) = match name.ends_with(".weight") {
+                true => (&mut self.gain, 1.0),
+                false => (&mut self.bias, 0.0),
+            };
+            kept.clear();
+            read(0, 1, kept)?;
+            make(name, rows, cols, &mut |_, n, out: &mut Vec<f32>| {
+                out.extend(std::iter::repeat_n(value, n * cols));
+                Ok(())
+            })
+        } else if is([".attn.c_attn.weight", ".mlp.c_fc.weight"]) {
+            let (gain, bias, shift) = (&self.gain, &self.bias, &mut self.shift);
+            shift.clear();
+            shift.resize(rows, 0.0);
+            make(name, rows, cols, &mut |row0, n, out: &mut Vec<f32>| {
+                let at = out.len();
+                read(row0, n, out)?;
+                for (i, row) in out[at..].chunks_mut(cols).enumerate() {
+                    let wb: f64 = row
+                        .iter()
+                        .zip(bias)
+                        .map(|(&w, &b)| w as f64 * b as f64)
+                        .sum();
+                    shift[row0 + i] = wb as f32;
+                    row.iter_mut().zip(gain).for_each(|(w, g)| *w *= g);
+                }
+                Ok(())
+            })
+        } else if is([".attn.c_attn.bias", ".mlp.c_fc.bias"]) {
+            let shift = &self.shift;
+            make(name, rows, cols, &mut |row0, n, out: &mut Vec<f32>| {
+                let at = out.len();
+                read(row0, n, out)?;
+                let first = row0 * cols;
+                for (i, b) in out[at..].iter_mut().enumerate() {
+                    *b += shift[first + i];
+                }
+                Ok(())
+            })
+        } else {
+            make(name, rows, cols, read)
+        }
+    }
+}

@@ -177,7 +177,8 @@ fn matmul_and_gemv_match_cpu_including_column_chunks() {
                     col0: c0 as u32,
                     has_bias: 1,
                     kv_c: 0,
-                    _pad: [0; 2],
+                    ln_eps: 0.0,
+                    _pad: 0,
                 };
                 let chunk = h.f32s(&w[c0 * k..c1 * k]);
                 let bufs = [
@@ -418,7 +419,8 @@ fn linear_epilogues_match_cpu() {
                     col0: 0,
                     has_bias: 1,
                     kv_c: 0,
-                    _pad: [0; 2],
+                    ln_eps: 0.0,
+                    _pad: 0,
                 };
                 let out = h.f32s(&x0);
                 let bufs = [
@@ -510,7 +512,8 @@ fn f16_weights_match_cpu_on_rounded_weights() {
             col0: 0,
             has_bias: 1,
             kv_c: 0,
-            _pad: [0; 2],
+            ln_eps: 0.0,
+            _pad: 0,
         };
         for (name, pipe) in linear_kernels(&p16, Epilogue::Store) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
@@ -613,7 +616,8 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
                     col0: c0 as u32,
                     has_bias: 1,
                     kv_c: 0,
-                    _pad: [0; 2],
+                    ln_eps: 0.0,
+                    _pad: 0,
                 };
                 let chunk = h
                     .gpu
@@ -778,6 +782,7 @@ fn texture_gemv_kv_appends_to_cache() {
                 bias: (&bb, true),
                 out: &out,
                 kv: Some([&views[0], &views[1]]),
+                ln: None,
             };
             for (bg, n) in linear_binds(&h.gpu, pipe, &wt, &io) {
                 dispatch(&h, pipe, &bg, n.div_ceil(4).div_ceil(8), 1);
@@ -798,6 +803,76 @@ fn texture_gemv_kv_appends_to_cache() {
                 );
             }
             println!("gemv_texture_kv {dtype:?} C={c} slot={slot} pos={pos}: max diff {d:e}");
+        }
+    }
+}
+
+/// The decode GEMVs with a folded layer norm fused in (matmul_texture_subgroup.wgsl's NORM:
+/// gemv_texture_subgroup and gemv_texture_kv) against the CPU twin: standardise x, then the
+/// linear layer, for f32, f16 and q8 weights; the row sums are the twin's of the stored weights.
+/// x has a mean far from 0 and a spread unlike 1, so both halves of the norm count.
+#[test]
+fn texture_gemv_with_fused_norm_matches_cpu() {
+    let h = Harness::new();
+    let sg8 = wgpt::gpu::kernels::subgroups_of_8(&h.gpu);
+    let eps = 1e-5;
+    // (K, N): N = 3C' for gemv_texture_kv's cache (C' a multiple of 4); K up to GPT-2's width.
+    for (k, n) in [(64, 96), (192, 48), (768, 12)] {
+        for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+            let p = Pipelines::new(&h.gpu, dtype, true, None, &Epilogue::ALL);
+            let t = p.textures();
+            // Must exist on adapters with subgroups of 8 (lavapipe), so that they are tested.
+            assert_eq!(t.gemv_texture_norm.is_some(), sg8);
+            assert_eq!(t.gemv_texture_kv_norm.is_some(), sg8);
+            let (Some(norm), Some(kv_norm)) = (&t.gemv_texture_norm, &t.gemv_texture_kv_norm)
+            else {
+                continue;
+            };
+            let x: Vec<f32> = random(k, 43, 3.0).iter().map(|v| v + 1.5).collect();
+            let w = random(n * k, 44, 1.0);
+            let b = random(n, 45, 1.0);
+            let stored = match dtype {
+                WeightDtype::F32 => w.clone(),
+                WeightDtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+                WeightDtype::Q8 => reference::q8_round_trip(&w),
+            };
+            let xn = reference::layernorm(&x, &vec![1.0; k], &vec![0.0; k], k, eps);
+            let want = reference::matmul(&xn, &stored, Some(&b), k, n);
+            let sums: Vec<f32> = stored.chunks(k).map(|r| r.iter().sum()).collect();
+            let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype);
+            let wt = texture_tensor(wt, n, k, dtype);
+            let xt = h
+                .gpu
+                .texture_init("x", &x, 1, k)
+                .create_view(&Default::default());
+            let xu = h.gpu.storage_uniform("x", (k * 4) as u64);
+            h.gpu.queue.write_buffer(&xu, 0, bytemuck::cast_slice(&x));
+            let (bb, sb, step) = (h.f32s(&b), h.f32s(&sums), h.step(1, 0, 0));
+            let cache = [0, 1].map(|_| h.gpu.texture("kv", 1, n / 3));
+            let views = cache.each_ref().map(|t| t.create_view(&Default::default()));
+            for (name, pipe, kv) in [
+                ("gemv_texture_subgroup", norm.get(Epilogue::Store), None),
+                ("gemv_texture_kv", kv_norm, Some([&views[0], &views[1]])),
+            ] {
+                let out = h.f32s(&vec![f32::NAN; n]);
+                let io = LinearIo {
+                    step: &step,
+                    inp: &xu,
+                    input_texture: Some(&xt),
+                    bias: (&bb, true),
+                    out: &out,
+                    kv,
+                    ln: Some((&sb, eps)),
+                };
+                for (bg, cols) in linear_binds(&h.gpu, pipe, &wt, &io) {
+                    dispatch(&h, pipe, &bg, cols.div_ceil(4).div_ceil(8), 1);
+                }
+                // K terms of size <= ~|x| (3.5) in f32 against f64, times rstd, and the mean
+                // times the row sums (E[x^2] - mean^2 loses a few bits more): 1e-4 relative to the
+                // largest output.
+                let d = close(&h.read(&out), &want, 1e-4);
+                println!("{name} NORM {dtype:?} K={k} N={n}: max diff {d:e}");
+            }
         }
     }
 }
@@ -994,6 +1069,7 @@ fn run_texture_linear(
         bias: (&bb, bias.is_some()),
         out,
         kv: None,
+        ln: None,
     };
     let y = if gemv {
         m as u32
@@ -1217,7 +1293,8 @@ fn gelu_erf_epilogue_matches_cpu() {
             col0: 0,
             has_bias: 1,
             kv_c: 0,
-            _pad: [0; 2],
+            ln_eps: 0.0,
+            _pad: 0,
         };
         let (step, pu, bb) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&b));
         for (name, pipe) in linear_kernels(&h.p, Epilogue::GeluErf) {

@@ -371,12 +371,20 @@ fn q8_weights_stay_close_to_transformers() {
         // The kernels themselves: the CPU forward on the same dequantised weights.
         let cfg = wgpt::Config::from_file(&dir.join("config.json")).unwrap();
         let ckpt = wgpt::loader::Checkpoint::open(&dir).unwrap();
-        let host = wgpt::loader::load_weights(&ckpt, &cfg, |name, rows, _, read| {
-            let mut v = Vec::new();
-            read(0, rows, &mut v)?;
-            // Matrices are stored as q8; vectors and the position table stay f32.
-            let q8 = rows > 1 && name != "wpe.weight";
-            Ok(if q8 { reference::q8_round_trip(&v) } else { v })
+        // Folded as the model folded them, if it did (the quantised weights are the folded).
+        let mut fold = wgpt::loader::LnFold::default();
+        let host = wgpt::loader::load_weights(&ckpt, &cfg, |name, rows, cols, read| {
+            let q8_host = |name: &str, rows, _, read: &mut wgpt::loader::ReadRows| {
+                let mut v = Vec::new();
+                read(0, rows, &mut v)?;
+                // Matrices are stored as q8; vectors and the position table stay f32.
+                let q8 = rows > 1 && name != "wpe.weight";
+                Ok(if q8 { reference::q8_round_trip(&v) } else { v })
+            };
+            match model.layer_norms_folded() {
+                true => fold.make(name, rows, cols, read, q8_host),
+                false => q8_host(name, rows, cols, read),
+            }
         })
         .unwrap();
         let twin = max_abs_diff(&got, &reference::forward(&cfg, &host, &ids));

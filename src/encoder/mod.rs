@@ -700,6 +700,7 @@ impl Workspace {
                 bias: (bias.single(), true),
                 out,
                 kv: None,
+                ln: None,
             };
             let (kernel, pipe) = match &input {
                 Some((_, _, matmul)) => (Kernel::MatmulTexture(epilogue), matmul.get(epilogue)),

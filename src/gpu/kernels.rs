@@ -175,8 +175,10 @@ pub struct MatmulParams {
     /// C for an attention qkv projection bound for gemv_texture_kv (which also writes outputs
     /// C .. 3C, the key and value, into the KV cache); else 0.
     pub kv_c: u32,
+    /// The fused layer norm's epsilon, for matmul_texture_subgroup.wgsl's NORM pipelines.
+    pub ln_eps: f32,
     /// Padding to 32 bytes.
-    pub _pad: [u32; 2],
+    pub _pad: u32,
 }
 
 /// What the linear kernels do with a result after the bias (linear.wgsl's EPILOGUE_*): an
@@ -405,6 +407,9 @@ pub struct LinearIo<'a> {
     /// For gemv_texture_kv: the layer's key and value cache textures, which the qkv projection
     /// (N = 3C) also writes this row's key and value into. `None` for every other pipeline.
     pub kv: Option<[&'a wgpu::TextureView; 2]>,
+    /// For the NORM pipelines (a layer norm fused in, its gain and bias folded into the
+    /// weights): the weight's row sums (col0 + N) and the norm's epsilon.
+    pub ln: Option<(&'a wgpu::Buffer, f32)>,
 }
 
 /// One bind group per row chunk of `weight` for `pipe` (any pipeline of a [`Linear`] of the
@@ -424,7 +429,8 @@ pub fn linear_binds(
             col0: row0 as u32,
             has_bias: io.bias.1 as u32,
             kv_c: io.kv.map_or(0, |_| weight.rows as u32 / 3),
-            _pad: [0; 2],
+            ln_eps: io.ln.map_or(0.0, |(_, eps)| eps),
+            _pad: 0,
         };
         gpu.uniform("matmul", &p)
     };
@@ -441,13 +447,18 @@ pub fn linear_binds(
                     io.out.as_entire_binding(),
                     Engine::gemv_input(io.inp),
                 ];
+                let mut numbered: Vec<(u32, wgpu::BindingResource)> =
+                    (0..).zip(resources.drain(..)).collect();
                 if let Some([k, v]) = io.kv {
-                    resources.extend([
-                        wgpu::BindingResource::TextureView(k),
-                        wgpu::BindingResource::TextureView(v),
+                    numbered.extend([
+                        (7, wgpu::BindingResource::TextureView(k)),
+                        (8, wgpu::BindingResource::TextureView(v)),
                     ]);
                 }
-                let b = bind_resources(gpu, pipe, "matmul_texture", resources);
+                // The NORM row sums; other pipelines of the layout get the bias as a placeholder.
+                let row_sums = io.ln.map_or(io.bias.0, |(sums, _)| sums);
+                numbered.push((9, row_sums.as_entire_binding()));
+                let b = bind_at(gpu, pipe, "matmul_texture", numbered);
                 (b, ch.rows as u32)
             })
             .collect(),
@@ -543,6 +554,12 @@ pub struct TexturePipelines {
     /// (kv_append_texture's work, one dispatch fewer per layer); plain store epilogue, its own
     /// layout (`LinearIo::kv`). Built where `subgroups_of_8` holds.
     pub gemv_texture_kv: Option<wgpu::ComputePipeline>,
+    /// `gemv_texture_kv` with the layer norm before it fused in (NORM; `LinearIo::ln`), for
+    /// models whose norms are folded into the weights (`loader::LnFold`). Built where
+    /// `subgroups_of_8` holds.
+    pub gemv_texture_kv_norm: Option<wgpu::ComputePipeline>,
+    /// `gemv_texture_subgroup` with the layer norm before it fused in, as above.
+    pub gemv_texture_norm: Option<Linear>,
     /// kv_append_texture.wgsl: writes K and V into rgba32float cache textures.
     pub kv_append_texture: wgpu::ComputePipeline,
     /// attention_texture.wgsl: one invocation per head and query, reading the cache textures.
@@ -616,6 +633,7 @@ impl Pipelines {
             ("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u8 as f64),
         ];
         let head: &[(&str, f64)] = &[("HS", head_size.unwrap_or(0) as f64)];
+        let norm = [weights, &[("NORM", 1.0)]].concat();
         // matmul and gemv share one explicit layout, so one bind group serves both and the
         // choice between them can be made per step.
         let linear = linear_layout(gpu, false);
@@ -655,6 +673,25 @@ impl Pipelines {
                         "gemv_texture_kv",
                         Some(&linear_layout_with(gpu, true, true)),
                         weights,
+                    )
+                }),
+                gemv_texture_kv_norm: subgroups_of_8(gpu).then(|| {
+                    entry_pipeline(
+                        gpu,
+                        "matmul_texture_subgroup",
+                        "gemv_texture_kv",
+                        Some(&linear_layout_with(gpu, true, true)),
+                        &norm,
+                    )
+                }),
+                gemv_texture_norm: subgroups_of_8(gpu).then(|| {
+                    Linear::new(
+                        gpu,
+                        "matmul_texture_subgroup",
+                        "gemv_texture_subgroup",
+                        &linear_texture,
+                        &norm,
+                        epilogues,
                     )
                 }),
                 gemv_texture_subgroup: subgroups_of_8(gpu).then(|| {
@@ -708,7 +745,8 @@ impl Pipelines {
 }
 
 /// step, params (uniform); a, w (read: buffers, or rgba32float storage textures); bias (read);
-/// out (read-write); with textures also gemv_texture's input x (uniform, 64 KiB).
+/// out (read-write); with textures also gemv_texture's input x (uniform, 64 KiB) and the NORM
+/// pipelines' row sums (read; a placeholder for the others).
 pub(crate) fn linear_layout(gpu: &Engine, textures: bool) -> wgpu::PipelineLayout {
     linear_layout_with(gpu, textures, false)
 }
@@ -758,7 +796,9 @@ fn linear_layout_with(gpu: &Engine, textures: bool, kv: bool) -> wgpu::PipelineL
         entry(5, wgpu::BufferBindingType::Storage { read_only: false }),
     ];
     if textures {
-        entries.push(entry(6, wgpu::BufferBindingType::Uniform));
+        // gemv_texture's input; the NORM pipelines' row sums (matmul_texture_subgroup.wgsl,
+        // where every GEMV entry declares them).
+        entries.extend([entry(6, wgpu::BufferBindingType::Uniform), entry(9, read)]);
     }
     if kv {
         entries.extend([7, 8].map(|binding| wgpu::BindGroupLayoutEntry {
@@ -804,13 +844,19 @@ pub fn bind_resources(
     label: &str,
     resources: Vec<wgpu::BindingResource>,
 ) -> wgpu::BindGroup {
+    bind_at(gpu, pipeline, label, (0..).zip(resources).collect())
+}
+
+/// A bind group of `pipeline`'s group 0 with each resource at the binding number given.
+pub fn bind_at(
+    gpu: &Engine,
+    pipeline: &wgpu::ComputePipeline,
+    label: &str,
+    resources: Vec<(u32, wgpu::BindingResource)>,
+) -> wgpu::BindGroup {
     let entries: Vec<wgpu::BindGroupEntry> = resources
         .into_iter()
-        .enumerate()
-        .map(|(i, resource)| wgpu::BindGroupEntry {
-            binding: i as u32,
-            resource,
-        })
+        .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
         .collect();
     gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(label),

@@ -81,7 +81,8 @@ impl Batch {
             ),
             grid: Grid::Rows,
             copy: None,
-            fused_kv: None,
+            decode: None,
+            skip_in_decode: false,
         };
         Ok(Batch {
             ids_read: gpu.readback("batch_ids_read", 8 * sequences as u64),

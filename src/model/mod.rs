@@ -87,6 +87,10 @@ pub struct Model {
     pub(crate) max_chunk_bytes: u64,
     /// Linear layers read weights and activations as textures (see matmul_texture.wgsl).
     pub(crate) texture_linear: bool,
+    /// The blocks' layer norms are folded into c_attn and c_fc (`loader::LnFold`): their gains
+    /// and biases are 1 and 0, and decode fuses them into those GEMVs. Per layer, the row sums
+    /// of c_attn's and c_fc's stored weights, which the fused GEMVs need.
+    pub(crate) ln_folded: Option<Vec<[wgpu::Buffer; 2]>>,
 }
 
 impl Model {
@@ -122,6 +126,8 @@ impl Model {
     ) -> Result<Model> {
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let textures = texture_linear(&gpu, &config, opts)?;
+        let fold = folds_layer_norms(&gpu, &config, textures);
+        let mut folding = loader::LnFold::default();
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         let t0 = std::time::Instant::now();
         let count = |_: &str, rows: usize, cols: usize, _| Ok((rows * cols) as u64);
@@ -149,7 +155,10 @@ impl Model {
         };
         let mut done = 0;
         let mut weights = loader::load_weights(ckpt, &config, |name, rows, cols, read| {
-            let t = upload(name, rows, cols, read)?;
+            let t = match fold {
+                true => folding.make(name, rows, cols, read, upload)?,
+                false => upload(name, rows, cols, read)?,
+            };
             done += (rows * cols) as u64;
             if let Some(Progress(report)) = &opts.progress {
                 report(done, total);
@@ -186,6 +195,11 @@ impl Model {
             &epilogues,
         );
         let zero = gpu.storage("zero", 4);
+        // The callers folded the norms at upload under the same condition.
+        let ln_folded = match folds_layer_norms(&gpu, &config, texture_linear) {
+            true => Some(folded_row_sums(&gpu, &config, &weights, &pipelines)?),
+            false => None,
+        };
         gpu.wait()?;
         let model = Model {
             gpu,
@@ -195,6 +209,7 @@ impl Model {
             zero,
             max_chunk_bytes,
             texture_linear,
+            ln_folded,
         };
         log::info!(
             "loaded {}: {:.1} MB of weights ({}, linear layers in {}) in {:.2} s",
@@ -233,6 +248,7 @@ impl Model {
         let t0 = std::time::Instant::now();
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let textures = texture_linear(&gpu, &config, opts)?;
+        let fold = folds_layer_norms(&gpu, &config, textures);
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         // Buffers to fill, and buffers to copy into textures once filled (with their row pitch).
         let mut fills: Vec<(wgpu::Buffer, FillParams, WeightDtype)> = Vec::new();
@@ -245,7 +261,7 @@ impl Model {
                         rows: usize,
                         cols: usize,
                         pitch: usize,
-                        center: f32,
+                        values: (f32, f32),
                         dtype,
                         transposed: bool| {
             let words = rows * pitch / 4;
@@ -254,8 +270,8 @@ impl Model {
             let params = FillParams {
                 n: words as u32,
                 seed: salt,
-                scale: 0.02,
-                center,
+                scale: values.1,
+                center: values.0,
                 row_words: (pitch / 4) as u32,
                 q_words: (cols / 4) as u32,
                 q_rows: if transposed { (cols / 16) as u32 } else { 0 },
@@ -270,6 +286,10 @@ impl Model {
             } else {
                 0.0
             };
+            // (center, spread); folded norms are exactly gain 1, bias 0 (the projections after
+            // them stand for already folded weights).
+            let folded = fold && (name.contains(".ln_1.") || name.contains(".ln_2."));
+            let values = (center, if folded { 0.0 } else { 0.02 });
             let dtype = stored_as(name, rows, opts.dtype);
             check_q8(&config, dtype)?;
             let row_bytes = dtype.row_bytes(cols);
@@ -280,7 +300,7 @@ impl Model {
                     let tex = gpu.weight_texture(label, n, cols, dtype);
                     let pitch = (16 * tex.width() as usize).next_multiple_of(256);
                     let texels = tex.height() as usize;
-                    let buf = fill(label, texels, cols, pitch, center, dtype, true);
+                    let buf = fill(label, texels, cols, pitch, values, dtype, true);
                     copies.push((buf, tex.clone(), pitch as u32));
                     tex
                 })
@@ -296,7 +316,7 @@ impl Model {
                         dtype.stored_rows(n),
                         cols,
                         row_bytes,
-                        center,
+                        values,
                         dtype,
                         false,
                     ))
@@ -448,6 +468,12 @@ impl Model {
         self.weights.all().map(|t| (t.rows * t.cols) as u64).sum()
     }
 
+    /// Whether the blocks' layer norms were folded into the projections after them at load
+    /// ([`loader::LnFold`]), so that decode can fuse them into those GEMVs.
+    pub fn layer_norms_folded(&self) -> bool {
+        self.ln_folded.is_some()
+    }
+
     /// Whether the linear layers read textures (see [`WeightLayout`]).
     pub fn uses_textures(&self) -> bool {
         self.texture_linear
@@ -464,6 +490,72 @@ impl Model {
     }
 }
 
+/// Whether a model folds its blocks' layer norms into c_attn and c_fc at load
+/// (`loader::LnFold`): pre-LN blocks, in the texture layout where the decode GEMV that fuses
+/// them in exists (subgroups of 8) and reads its input row through the uniform binding.
+fn folds_layer_norms(gpu: &Engine, cfg: &Config, textures: bool) -> bool {
+    cfg.pre_ln
+        && textures
+        && kernels::subgroups_of_8(gpu)
+        && cfg.n_embd as u32 <= kernels::wg::GEMV_UNIFORM_FLOATS
+}
+
+/// Per layer, the row sums of c_attn's and c_fc's weights as stored, which the GEMVs with a
+/// folded layer norm fused in subtract mean times (matmul_texture_subgroup.wgsl's NORM).
+/// Computed by the same GEMV on a row of ones, so they carry its dequantisation exactly.
+fn folded_row_sums(
+    gpu: &Engine,
+    cfg: &Config,
+    weights: &Weights<GpuTensor>,
+    pipelines: &Pipelines,
+) -> Result<Vec<[wgpu::Buffer; 2]>> {
+    let c = cfg.n_embd;
+    let Some(gemv) = &pipelines.textures().gemv_texture_subgroup else {
+        return Err(Error::Limits(
+            "folded layer norms need the subgroup GEMV, which this adapter lacks".into(),
+        ));
+    };
+    let pipe = gemv.get(Epilogue::Store);
+    let ones = gpu.storage_uniform("ones", (c * 4) as u64);
+    gpu.queue
+        .write_buffer(&ones, 0, bytemuck::cast_slice(&vec![1.0f32; c]));
+    let ones_texture = gpu.texture("ones", 1, c).create_view(&Default::default());
+    let step = gpu.uniform("row_sums_step", &kernels::Step::new(1, 0, 0));
+    let zero = gpu.storage("zero", 4);
+    let mut sums = Vec::with_capacity(cfg.n_layer);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipe);
+        for (l, lw) in weights.layers.iter().enumerate() {
+            let pair = [(&lw.c_attn_w, "c_attn"), (&lw.c_fc_w, "c_fc")].map(|(w, name)| {
+                let out = gpu.storage(&format!("h.{l}.{name}.row_sums"), (w.rows * 4) as u64);
+                let io = kernels::LinearIo {
+                    step: &step,
+                    inp: &ones,
+                    input_texture: Some(&ones_texture),
+                    bias: (&zero, false),
+                    out: &out,
+                    kv: None,
+                    ln: None,
+                };
+                for (bind, n) in kernels::linear_binds(gpu, pipe, w, &io) {
+                    pass.set_bind_group(0, &bind, &[]);
+                    pass.dispatch_workgroups(
+                        n.div_ceil(4).div_ceil(kernels::wg::LINEAR_TEXTURE),
+                        1,
+                        1,
+                    );
+                }
+                out
+            });
+            sums.push(pair);
+        }
+    }
+    gpu.queue.submit([enc.finish()]);
+    Ok(sums)
+}
+
 /// The storage of tensor `name`: the matrices the linear kernels and the embedding read take the
 /// model's weight dtype; vectors and the position table stay f32.
 fn stored_as(name: &str, rows: usize, dtype: WeightDtype) -> WeightDtype {
@@ -474,10 +566,10 @@ fn stored_as(name: &str, rows: usize, dtype: WeightDtype) -> WeightDtype {
     }
 }
 
-/// `fill(label, rows, cols, pitch, center, dtype, transposed)` in [`Model::random`]: a buffer of `rows` rows,
-/// `pitch` bytes apart, of `cols` random weights stored as `dtype`.
+/// `fill(label, rows, cols, pitch, (center, spread), dtype, transposed)` in [`Model::random`]: a
+/// buffer of `rows` rows, `pitch` bytes apart, of `cols` random weights stored as `dtype`.
 type FillBuffer<'a> =
-    dyn FnMut(&str, usize, usize, usize, f32, WeightDtype, bool) -> wgpu::Buffer + 'a;
+    dyn FnMut(&str, usize, usize, usize, (f32, f32), WeightDtype, bool) -> wgpu::Buffer + 'a;
 
 /// q8 quantises blocks of 32 weights along K (n_embd, or n_inner for the MLP's down-projection).
 fn check_q8(cfg: &Config, dtype: WeightDtype) -> Result<()> {

@@ -131,9 +131,12 @@ pub(super) struct Op {
     pub(super) bind: wgpu::BindGroup,
     pub(super) grid: Grid,
     pub(super) copy: Option<(wgpu::Buffer, wgpu::Texture)>,
-    /// An attention qkv projection's bind group for gemv_texture_kv, which also appends the
-    /// row's key and value to the cache (the layer's kv_append op then does not run).
-    pub(super) fused_kv: Option<wgpu::BindGroup>,
+    /// A linear layer's own pipeline and bind group for one-row steps, where it fuses in a
+    /// neighbour's work: the qkv projection appending the key and value to the cache
+    /// (gemv_texture_kv), a projection standardising its input for a folded layer norm (NORM).
+    pub(super) decode: Option<(wgpu::ComputePipeline, wgpu::BindGroup)>,
+    /// Not dispatched in one-row steps, where the next op's `decode` does its work.
+    pub(super) skip_in_decode: bool,
 }
 
 impl Op {
@@ -151,19 +154,15 @@ impl Op {
         }
     }
 
-    /// Whether this op is dispatched in a step of `rows` rows: a layer's kv_append is not
-    /// where its qkv projection appends the key and value itself (a one-row step through
-    /// gemv_texture_kv, see `fused_kv`); `kv_fused`: the session's qkv ops have that bind group.
-    fn runs(&self, rows: u32, kv_fused: bool) -> bool {
-        !(self.kernel == Kernel::KvAppendTexture && kv_fused && rows == 1)
+    /// Whether this op is dispatched in a step of `rows` rows (see `skip_in_decode`).
+    fn runs(&self, rows: u32) -> bool {
+        !(self.skip_in_decode && rows == 1)
     }
 
-    /// The bind group this op dispatches with in a step of `rows` rows.
-    fn bind_for(&self, rows: u32) -> &wgpu::BindGroup {
-        match &self.fused_kv {
-            Some(b) if self.gemv(rows) => b,
-            _ => &self.bind,
-        }
+    /// The fused pipeline and bind group this op dispatches with in a step of `rows` rows, if
+    /// any (see `decode`).
+    fn fused(&self, rows: u32) -> Option<&(wgpu::ComputePipeline, wgpu::BindGroup)> {
+        self.decode.as_ref().filter(|_| self.gemv(rows))
     }
 
     /// The activation copy to record before this op for a step of `rows` rows: only
@@ -437,13 +436,8 @@ impl Session {
 
     /// Dispatches per forward step with one token (body + head + pick).
     pub fn dispatches_per_token(&self) -> usize {
-        let runs = |ops: &[Op]| ops.iter().filter(|o| o.runs(1, self.kv_fused())).count();
+        let runs = |ops: &[Op]| ops.iter().filter(|o| o.runs(1)).count();
         runs(&self.body) + runs(&self.head) + 1
-    }
-
-    /// Whether the qkv projections append the key and value in one-row steps (`Op::fused_kv`).
-    fn kv_fused(&self) -> bool {
-        self.body.iter().any(|o| o.fused_kv.is_some())
     }
 
     /// Bytes of GPU memory this session allocated: KV cache and scratch buffers.
@@ -479,7 +473,7 @@ impl Session {
         let ops: Vec<(&Op, u32)> = (self.body.iter().map(|o| (o, rows)))
             .chain(self.head.iter().map(|o| (o, 1)))
             .chain(std::iter::once((&self.argmax, 1)))
-            .filter(|(o, r)| o.runs(*r, self.kv_fused()))
+            .filter(|(o, r)| o.runs(*r))
             .collect();
         let n = (2 * ops.len()) as u32;
         let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -801,8 +795,7 @@ impl Session {
             .begin_compute_pass(&Default::default())
             .forget_lifetime();
         let mut layer = 0;
-        let kv_fused = self.kv_fused();
-        for op in ops.iter().filter(|o| o.runs(rows, kv_fused)) {
+        for op in ops.iter().filter(|o| o.runs(rows)) {
             if let Some((buf, tex)) = op.texture_copy(rows) {
                 drop(pass);
                 crate::model::copy_rows_to_texture(enc, buf, tex, rows, tex.width() * 16);
@@ -826,10 +819,10 @@ impl Session {
         }
     }
 
-    fn dispatch(&self, pass: &mut wgpu::ComputePass, op: &Op, rows: u32) {
+    /// The pipeline of `kernel` (as a GEMV with `few` rows), for ops without a fused one.
+    fn pipeline(&self, kernel: Kernel, few: bool) -> &wgpu::ComputePipeline {
         let p = &self.model.pipelines;
-        let few = op.gemv(rows);
-        pass.set_pipeline(match op.kernel {
+        match kernel {
             Kernel::Embed => &p.embed,
             Kernel::LayerNorm => &p.layernorm,
             Kernel::LayerNormRows => &p.textures().layernorm_rows,
@@ -837,14 +830,10 @@ impl Session {
             Kernel::Matmul(e) => p.matmul.get(e),
             Kernel::MatmulTexture(e) if few => {
                 let t = p.textures();
-                match (&op.fused_kv, &t.gemv_texture_kv) {
-                    (Some(_), Some(kv)) => kv,
-                    _ => t
-                        .gemv_texture_subgroup
-                        .as_ref()
-                        .unwrap_or(&t.gemv_texture)
-                        .get(e),
-                }
+                t.gemv_texture_subgroup
+                    .as_ref()
+                    .unwrap_or(&t.gemv_texture)
+                    .get(e)
             }
             Kernel::MatmulTexture(e) => {
                 let t = p.textures();
@@ -859,8 +848,17 @@ impl Session {
             Kernel::AttentionTexture => &p.textures().attention_texture,
             Kernel::Argmax => &p.argmax,
             Kernel::Sample => &p.sample,
+        }
+    }
+
+    fn dispatch(&self, pass: &mut wgpu::ComputePass, op: &Op, rows: u32) {
+        let few = op.gemv(rows);
+        let fused = op.fused(rows);
+        pass.set_pipeline(match fused {
+            Some((pipe, _)) => pipe,
+            None => self.pipeline(op.kernel, few),
         });
-        pass.set_bind_group(0, op.bind_for(rows), &[]);
+        pass.set_bind_group(0, fused.map_or(&op.bind, |(_, bind)| bind), &[]);
         let (x, y) = match (op.grid, op.kernel) {
             (Grid::Elements { width, wg }, _) => (width.div_ceil(wg), rows),
             (Grid::Rows, Kernel::LayerNormRows) => (rows.div_ceil(wg::LAYERNORM_ROWS), 1),
@@ -878,6 +876,15 @@ impl Session {
         };
         pass.dispatch_workgroups(x, y, 1);
     }
+}
+
+/// What a linear layer's one-row dispatch fuses in (`Op::decode`): the layer's KV cache (the
+/// qkv projection appends the key and value), a layer norm folded into its weights (the row
+/// sums and the residual stream it standardises).
+#[derive(Clone, Copy, Default)]
+struct Fuse<'a> {
+    kv: Option<[&'a wgpu::TextureView; 2]>,
+    ln: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
 }
 
 /// Builds every dispatch of the forward pass, in order, with its bind group. Reads like the
@@ -928,7 +935,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         ),
         grid: Grid::Rows,
         copy: None,
-        fused_kv: None,
+        decode: None,
+        skip_in_decode: false,
     };
     // out = epilogue(inp @ weight^T + bias), one dispatch per row chunk of the weight. With
     // textures, the first dispatch copies `inp` into the input texture of its width.
@@ -939,7 +947,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                   bias: Option<&GpuTensor>,
                   epilogue: Epilogue,
                   out: &wgpu::Buffer,
-                  kv: Option<[&wgpu::TextureView; 2]>|
+                  fuse: Fuse|
      -> Vec<Op> {
         let input = act.textures.as_ref().map(inp_texture);
         let view = input.map(|t| t.create_view(&Default::default()));
@@ -950,6 +958,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             bias: (bias.map_or(&model.zero, |b| b.single()), bias.is_some()),
             out,
             kv: None,
+            ln: None,
         };
         let (kernel, pipe) = match input {
             Some(_) => (
@@ -958,23 +967,41 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             ),
             None => (Kernel::Matmul(epilogue), p.matmul.get(epilogue)),
         };
-        // A qkv projection whose decode gemv can append to the cache: four outputs (one cache
-        // texel) per invocation must not straddle chunks, and the row must fit gemv's uniform.
+        // The one-row (decode) pipeline fusing in the neighbours' work `fuse` names, where the
+        // adapter has it: four outputs (one cache texel) per invocation must not straddle
+        // weight chunks, and the row must fit gemv's uniform.
         let fusable = weight
             .textures
             .iter()
             .all(|ch| ch.row0 % 4 == 0 && ch.rows % 4 == 0)
             && weight.cols as u32 <= wg::GEMV_UNIFORM_FLOATS;
-        let fused: Vec<Option<wgpu::BindGroup>> = match (kv, &p.texture, view.as_ref()) {
-            (Some(kv), Some(t), Some(_)) if fusable => match &t.gemv_texture_kv {
-                Some(pipe) => {
-                    let io = kernels::LinearIo { kv: Some(kv), ..io };
-                    let binds = kernels::linear_binds(gpu, pipe, weight, &io);
-                    binds.into_iter().map(|(b, _)| Some(b)).collect()
-                }
-                None => Vec::new(),
-            },
-            _ => Vec::new(),
+        let t = p.texture.as_ref().filter(|_| fusable && view.is_some());
+        let fused_pipe = match (t, fuse.kv, fuse.ln) {
+            (None, ..) | (_, None, None) => None,
+            (Some(t), Some(_), None) => t.gemv_texture_kv.clone(),
+            (Some(t), Some(_), Some(_)) => t.gemv_texture_kv_norm.clone(),
+            (Some(t), None, Some(_)) => {
+                (t.gemv_texture_norm.as_ref()).map(|l| l.get(epilogue).clone())
+            }
+        };
+        let fused: Vec<_> = match &fused_pipe {
+            Some(pipe) => {
+                let io = kernels::LinearIo {
+                    // A fused layer norm standardises the residual stream itself.
+                    inp: fuse.ln.map_or(inp, |(_, x)| x),
+                    kv: fuse.kv,
+                    ln: fuse
+                        .ln
+                        .map(|(row_sums, _)| (row_sums, cfg.layer_norm_epsilon)),
+                    ..io
+                };
+                let binds = kernels::linear_binds(gpu, pipe, weight, &io);
+                binds
+                    .into_iter()
+                    .map(|(b, _)| Some((pipe.clone(), b)))
+                    .collect()
+            }
+            None => Vec::new(),
         };
         kernels::linear_binds(gpu, pipe, weight, &io)
             .into_iter()
@@ -987,7 +1014,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                     k: weight.cols as u32,
                 },
                 copy: input.filter(|_| i == 0).map(|t| (inp.clone(), t.clone())),
-                fused_kv: fused.get(i).cloned().flatten(),
+                decode: fused.get(i).cloned().flatten(),
+                skip_in_decode: false,
             })
             .collect()
     };
@@ -1013,7 +1041,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             wg: wg::EMBED,
         },
         copy: None,
-        fused_kv: None,
+        decode: None,
+        skip_in_decode: false,
     };
     let e = cfg.word_embed_dim as u32;
     match (&w.project_in, &act.emb) {
@@ -1046,7 +1075,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 None,
                 Epilogue::Residual,
                 &act.x,
-                None,
+                Fuse::default(),
             ));
         }
     }
@@ -1056,11 +1085,18 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
     let pre_ln = cfg.pre_ln;
     let attn_in = if pre_ln { &act.ln } else { &act.x };
     let mlp_resid = if pre_ln { &act.x } else { &act.ln };
+    // Whether every op in `ops` (a projection's weight chunks) fuses its neighbours' work into
+    // its one-row dispatch, so they are skipped there (`Op::skip_in_decode`).
+    let fused = |ops: &[Op]| !ops.is_empty() && ops.iter().all(|o| o.decode.is_some());
     for (l, lw) in w.layers.iter().enumerate() {
+        // A norm folded into the projection after it (`loader::LnFold`): its row sums, and the
+        // residual stream the fused GEMV standardises.
+        let folded_ln = |i: usize| model.ln_folded.as_ref().map(|s| (&s[l][i], &act.x));
+        let ln_1 = body.len();
         if pre_ln {
             body.push(layernorm(step, &act.x, &lw.ln_1_w, &lw.ln_1_b, &act.ln));
         }
-        body.extend(matmul(
+        let qkv = matmul(
             step,
             attn_in,
             |t| &t.c,
@@ -1068,11 +1104,19 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Some(&lw.c_attn_b),
             Epilogue::Store,
             &act.qkv,
-            match kv {
-                KvCache::Textures { k, v } => Some([&k[l], &v[l]]),
-                KvCache::Buffers { .. } => None,
+            Fuse {
+                kv: match kv {
+                    KvCache::Textures { k, v } => Some([&k[l], &v[l]]),
+                    KvCache::Buffers { .. } => None,
+                },
+                ln: folded_ln(0),
             },
-        ));
+        );
+        let qkv_fused = fused(&qkv);
+        if pre_ln && qkv_fused && model.ln_folded.is_some() {
+            body[ln_1].skip_in_decode = true;
+        }
+        body.extend(qkv);
         let att = AttentionParams {
             c,
             nh,
@@ -1094,7 +1138,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                         wg: wg::KV_APPEND,
                     },
                     copy: None,
-                    fused_kv: None,
+                    decode: None,
+                    skip_in_decode: false,
                 },
                 Op {
                     kernel: Kernel::Attention,
@@ -1105,7 +1150,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                     ),
                     grid: Grid::Heads { nh },
                     copy: None,
-                    fused_kv: None,
+                    decode: None,
+                    skip_in_decode: false,
                 },
             ),
             KvCache::Textures { k, v } => {
@@ -1124,7 +1170,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                             wg: wg::KV_APPEND,
                         },
                         copy: None,
-                        fused_kv: None,
+                        decode: None,
+                        skip_in_decode: false,
                     },
                     Op {
                         kernel: Kernel::AttentionTexture,
@@ -1145,12 +1192,17 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                             wg: wg::ATTENTION_TEXTURE,
                         },
                         copy: None,
-                        fused_kv: None,
+                        decode: None,
+                        skip_in_decode: false,
                     },
                 )
             }
         };
-        body.push(append);
+        // The fused qkv projection appends the key and value itself.
+        body.push(Op {
+            skip_in_decode: qkv_fused,
+            ..append
+        });
         body.push(attention);
         body.extend(matmul(
             step,
@@ -1160,15 +1212,16 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Some(&lw.attn_proj_b),
             Epilogue::Residual,
             &act.x,
-            None,
+            Fuse::default(),
         ));
         let (ln_w, ln_b) = if pre_ln {
             (&lw.ln_2_w, &lw.ln_2_b)
         } else {
             (&lw.ln_1_w, &lw.ln_1_b)
         };
+        let ln_2 = body.len();
         body.push(layernorm(step, &act.x, ln_w, ln_b, &act.ln));
-        body.extend(matmul(
+        let fc = matmul(
             step,
             &act.ln,
             |t| &t.c,
@@ -1176,8 +1229,15 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Some(&lw.c_fc_b),
             Epilogue::activation(cfg.activation),
             &act.fc_h,
-            None,
-        ));
+            Fuse {
+                kv: None,
+                ln: folded_ln(1),
+            },
+        );
+        if pre_ln && fused(&fc) && model.ln_folded.is_some() {
+            body[ln_2].skip_in_decode = true;
+        }
+        body.extend(fc);
         body.extend(matmul(
             step,
             &act.fc_h,
@@ -1186,7 +1246,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Some(&lw.mlp_proj_b),
             Epilogue::Residual,
             mlp_resid,
-            None,
+            Fuse::default(),
         ));
         if !pre_ln {
             body.push(layernorm(step, &act.ln, &lw.ln_2_w, &lw.ln_2_b, &act.x));
@@ -1209,7 +1269,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 None,
                 Epilogue::Store,
                 proj,
-                None,
+                Fuse::default(),
             ));
             proj
         }
@@ -1227,7 +1287,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         None,
         Epilogue::Store,
         &act.logits,
-        None,
+        Fuse::default(),
     ));
 
     // Greedy: the single largest logit into `token`; the same kernel with N > 1 gives --top.
@@ -1244,7 +1304,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         bind: bind(&p.argmax, "argmax", &[&greedy, &act.logits, &act.token]),
         grid: Grid::One,
         copy: None,
-        fused_kv: None,
+        decode: None,
+        skip_in_decode: false,
     };
     let sample = Op {
         kernel: Kernel::Sample,
@@ -1255,7 +1316,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         ),
         grid: Grid::One,
         copy: None,
-        fused_kv: None,
+        decode: None,
+        skip_in_decode: false,
     };
     let top_op = Op {
         kernel: Kernel::Argmax,
@@ -1266,7 +1328,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         ),
         grid: Grid::One,
         copy: None,
-        fused_kv: None,
+        decode: None,
+        skip_in_decode: false,
     };
     (body, head, argmax, sample, top_op)
 }
