@@ -557,6 +557,10 @@ pub fn kernels(
                         (p.textures().gemv_texture_subgroup.as_ref())
                             .map(|sg| ("gemv_texture_subgroup", sg)),
                     )
+                    .chain(
+                        (p.textures().gemv_texture_norm.as_ref())
+                            .map(|sg| ("gemv_texture_norm", sg)),
+                    )
                     .map(|(name, pipe)| (name, pipe, (n.div_ceil(4).div_ceil(8), t)))
                     .collect(),
                 (true, false) => std::iter::once(("matmul_texture", &p.textures().matmul_texture))

@@ -126,7 +126,7 @@ impl Model {
     ) -> Result<Model> {
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let textures = texture_linear(&gpu, &config, opts)?;
-        let fold = folds_layer_norms(&gpu, &config, textures);
+        let fold = folds_layer_norms(&gpu, &config, textures, opts.dtype);
         let mut folding = loader::LnFold::default();
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         let t0 = std::time::Instant::now();
@@ -196,7 +196,7 @@ impl Model {
         );
         let zero = gpu.storage("zero", 4);
         // The callers folded the norms at upload under the same condition.
-        let ln_folded = match folds_layer_norms(&gpu, &config, texture_linear) {
+        let ln_folded = match folds_layer_norms(&gpu, &config, texture_linear, opts.dtype) {
             true => Some(folded_row_sums(&gpu, &config, &weights, &pipelines)?),
             false => None,
         };
@@ -248,7 +248,7 @@ impl Model {
         let t0 = std::time::Instant::now();
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let textures = texture_linear(&gpu, &config, opts)?;
-        let fold = folds_layer_norms(&gpu, &config, textures);
+        let fold = folds_layer_norms(&gpu, &config, textures, opts.dtype);
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         // Buffers to fill, and buffers to copy into textures once filled (with their row pitch).
         let mut fills: Vec<(wgpu::Buffer, FillParams, WeightDtype)> = Vec::new();
@@ -492,9 +492,13 @@ impl Model {
 
 /// Whether a model folds its blocks' layer norms into c_attn and c_fc at load
 /// (`loader::LnFold`): pre-LN blocks, in the texture layout where the decode GEMV that fuses
-/// them in exists (subgroups of 8) and reads its input row through the uniform binding.
-fn folds_layer_norms(gpu: &Engine, cfg: &Config, textures: bool) -> bool {
+/// them in exists (subgroups of 8) and reads its input row through the uniform binding, with
+/// f16 or q8 weights. With f32 weights the fused GEMV measured 1.5-2.7x slower than the plain
+/// one in `wgpt bench --kernels` on lavapipe (f16 the same, q8 2-9% slower) and decode as a
+/// whole 8x slower, a cause not yet found; f32 keeps its layernorm dispatches.
+fn folds_layer_norms(gpu: &Engine, cfg: &Config, textures: bool, dtype: WeightDtype) -> bool {
     cfg.pre_ln
+        && dtype != WeightDtype::F32
         && textures
         && kernels::subgroups_of_8(gpu)
         && cfg.n_embd as u32 <= kernels::wg::GEMV_UNIFORM_FLOATS
