@@ -688,11 +688,7 @@ fn texture_linear_kernels_match_cpu() {
             let a = random(m * k, 25, 1.0);
             let w = random(n * k, 26, 1.0);
             // The weights as stored: what the twin multiplies by.
-            let stored = match dtype {
-                WeightDtype::F32 => w.clone(),
-                WeightDtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
-                WeightDtype::Q8 => reference::q8_round_trip(&w),
-            };
+            let stored = stored_weights(&w, dtype);
             let b = random(n, 27, 1.0);
             let x0 = random(m * n, 28, 1.0);
             let plain = reference::matmul(&a, &stored, Some(&b), k, n);
@@ -749,11 +745,7 @@ fn texture_gemv_kv_appends_to_cache() {
             let a = random(c, 40, 1.0);
             let w = random(3 * c * c, 41, 1.0);
             let b = random(3 * c, 42, 1.0);
-            let stored = match dtype {
-                WeightDtype::F32 => w.clone(),
-                WeightDtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
-                WeightDtype::Q8 => reference::q8_round_trip(&w),
-            };
+            let stored = stored_weights(&w, dtype);
             let want = reference::matmul(&a, &stored, Some(&b), c, 3 * c);
             let wt = h.gpu.weight_texture_init("w", &w, 3 * c, c, dtype);
             let wt = texture_tensor(wt, 3 * c, c, dtype);
@@ -768,12 +760,7 @@ fn texture_gemv_kv_appends_to_cache() {
                     ..Step::new(1, 0, pos)
                 },
             );
-            let at = h
-                .gpu
-                .texture_init("a", &a, 1, c)
-                .create_view(&Default::default());
-            let au = h.gpu.storage_uniform("a", (c * 4) as u64);
-            h.gpu.queue.write_buffer(&au, 0, bytemuck::cast_slice(&a));
+            let (at, au) = linear_input(&h, &a, 1, c);
             let (bb, out) = (h.f32s(&b), h.f32s(&vec![f32::NAN; 3 * c]));
             let io = LinearIo {
                 step: &step,
@@ -831,22 +818,13 @@ fn texture_gemv_with_fused_norm_matches_cpu() {
             let x: Vec<f32> = random(k, 43, 3.0).iter().map(|v| v + 1.5).collect();
             let w = random(n * k, 44, 1.0);
             let b = random(n, 45, 1.0);
-            let stored = match dtype {
-                WeightDtype::F32 => w.clone(),
-                WeightDtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
-                WeightDtype::Q8 => reference::q8_round_trip(&w),
-            };
+            let stored = stored_weights(&w, dtype);
             let xn = reference::layernorm(&x, &vec![1.0; k], &vec![0.0; k], k, eps);
             let want = reference::matmul(&xn, &stored, Some(&b), k, n);
             let sums: Vec<f32> = stored.chunks(k).map(|r| r.iter().sum()).collect();
             let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype);
             let wt = texture_tensor(wt, n, k, dtype);
-            let xt = h
-                .gpu
-                .texture_init("x", &x, 1, k)
-                .create_view(&Default::default());
-            let xu = h.gpu.storage_uniform("x", (k * 4) as u64);
-            h.gpu.queue.write_buffer(&xu, 0, bytemuck::cast_slice(&x));
+            let (xt, xu) = linear_input(&h, &x, 1, k);
             let (bb, sb, step) = (h.f32s(&b), h.f32s(&sums), h.step(1, 0, 0));
             let cache = [0, 1].map(|_| h.gpu.texture("kv", 1, n / 3));
             let views = cache.each_ref().map(|t| t.create_view(&Default::default()));
@@ -1004,11 +982,7 @@ fn weight_texture_written_in_blocks_matches_cpu() {
         let p = Pipelines::new(&h.gpu, dtype, true, None, &[Epilogue::Store]);
         let a = random(m * k, 34, 1.0);
         let w = random(n * k, 35, 1.0);
-        let stored = match dtype {
-            WeightDtype::F32 => w.clone(),
-            WeightDtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
-            WeightDtype::Q8 => reference::q8_round_trip(&w),
-        };
+        let stored = stored_weights(&w, dtype);
         let want = reference::matmul(&a, &stored, None, k, n);
         let tex = h.gpu.weight_texture("w", n, k, dtype);
         h.gpu
@@ -1022,6 +996,15 @@ fn weight_texture_written_in_blocks_matches_cpu() {
         // As texture_linear_kernels_match_cpu: 128 terms of size <= 1, f32 against f64.
         let d = close(&h.read(&out), &want, 1e-5);
         println!("weights written in blocks {dtype:?} M={m} K={k} N={n}: max diff {d:e}");
+    }
+}
+
+/// Weights as a texture of `dtype` stores them: what the CPU twin multiplies by.
+fn stored_weights(w: &[f32], dtype: WeightDtype) -> Vec<f32> {
+    match dtype {
+        WeightDtype::F32 => w.to_vec(),
+        WeightDtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+        WeightDtype::Q8 => reference::q8_round_trip(w),
     }
 }
 
@@ -1054,13 +1037,7 @@ fn run_texture_linear(
 ) {
     let k = w.cols;
     let m = a.len() / k;
-    let at = h
-        .gpu
-        .texture_init("a", a, m, k)
-        .create_view(&Default::default());
-    // gemv_texture reads the same input through a uniform binding.
-    let au = h.gpu.storage_uniform("a", (m * k * 4) as u64);
-    h.gpu.queue.write_buffer(&au, 0, bytemuck::cast_slice(a));
+    let (at, au) = linear_input(h, a, m, k);
     let (step, bb) = (h.step(m, 0, 0), h.f32s(bias.unwrap_or(&[0.0])));
     let io = LinearIo {
         step: &step,
@@ -1079,6 +1056,25 @@ fn run_texture_linear(
     for (bg, n) in linear_binds(&h.gpu, pipe, w, &io) {
         dispatch(h, pipe, &bg, n.div_ceil(4).div_ceil(8), y);
     }
+}
+
+/// A linear layer's input (rows, k) as the texture layout binds it: a texture for the GEMMs, a
+/// uniform-bindable buffer for the GEMVs.
+fn linear_input(
+    h: &Harness,
+    a: &[f32],
+    rows: usize,
+    k: usize,
+) -> (wgpu::TextureView, wgpu::Buffer) {
+    let view = h
+        .gpu
+        .texture_init("a", a, rows, k)
+        .create_view(&Default::default());
+    let uniform = h.gpu.storage_uniform("a", (rows * k * 4) as u64);
+    h.gpu
+        .queue
+        .write_buffer(&uniform, 0, bytemuck::cast_slice(a));
+    (view, uniform)
 }
 
 fn dispatch(h: &Harness, pipe: &wgpu::ComputePipeline, bg: &wgpu::BindGroup, x: u32, y: u32) {
