@@ -639,6 +639,7 @@ impl Pipelines {
         let linear = linear_layout(gpu, false);
         let texture = textures.then(|| {
             let linear_texture = linear_layout(gpu, true);
+            let kv_layout = linear_layout_with(gpu, true, true);
             TexturePipelines {
                 matmul_texture: Linear::new(
                     gpu,
@@ -671,7 +672,7 @@ impl Pipelines {
                         gpu,
                         "matmul_texture_subgroup",
                         "gemv_texture_kv",
-                        Some(&linear_layout_with(gpu, true, true)),
+                        Some(&kv_layout),
                         weights,
                     )
                 }),
@@ -680,7 +681,7 @@ impl Pipelines {
                         gpu,
                         "matmul_texture_subgroup",
                         "gemv_texture_kv",
-                        Some(&linear_layout_with(gpu, true, true)),
+                        Some(&kv_layout),
                         &norm,
                     )
                 }),

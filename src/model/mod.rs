@@ -197,7 +197,7 @@ impl Model {
         let zero = gpu.storage("zero", 4);
         // The callers folded the norms at upload under the same condition.
         let ln_folded = match folds_layer_norms(&gpu, &config, texture_linear, opts.dtype) {
-            true => Some(folded_row_sums(&gpu, &config, &weights, &pipelines)?),
+            true => Some(folded_row_sums(&gpu, &config, &weights, &pipelines, &zero)?),
             false => None,
         };
         gpu.wait()?;
@@ -512,6 +512,7 @@ fn folded_row_sums(
     cfg: &Config,
     weights: &Weights<GpuTensor>,
     pipelines: &Pipelines,
+    zero: &wgpu::Buffer,
 ) -> Result<Vec<[wgpu::Buffer; 2]>> {
     let c = cfg.n_embd;
     let Some(gemv) = &pipelines.textures().gemv_texture_subgroup else {
@@ -525,7 +526,6 @@ fn folded_row_sums(
         .write_buffer(&ones, 0, bytemuck::cast_slice(&vec![1.0f32; c]));
     let ones_texture = gpu.texture("ones", 1, c).create_view(&Default::default());
     let step = gpu.uniform("row_sums_step", &kernels::Step::new(1, 0, 0));
-    let zero = gpu.storage("zero", 4);
     let mut sums = Vec::with_capacity(cfg.n_layer);
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     {
@@ -538,7 +538,7 @@ fn folded_row_sums(
                     step: &step,
                     inp: &ones,
                     input_texture: Some(&ones_texture),
-                    bias: (&zero, false),
+                    bias: (zero, false),
                     out: &out,
                     kv: None,
                     ln: None,

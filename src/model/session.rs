@@ -996,10 +996,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                     ..io
                 };
                 let binds = kernels::linear_binds(gpu, pipe, weight, &io);
-                binds
-                    .into_iter()
-                    .map(|(b, _)| Some((pipe.clone(), b)))
-                    .collect()
+                binds.into_iter().map(|(b, _)| (pipe.clone(), b)).collect()
             }
             None => Vec::new(),
         };
@@ -1014,7 +1011,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                     k: weight.cols as u32,
                 },
                 copy: input.filter(|_| i == 0).map(|t| (inp.clone(), t.clone())),
-                decode: fused.get(i).cloned().flatten(),
+                decode: fused.get(i).cloned(),
                 skip_in_decode: false,
             })
             .collect()
