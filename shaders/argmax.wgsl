@@ -79,20 +79,7 @@ fn argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
             // Strided ascending: the first maximum of this lane wins; NaN compares false.
             if (after && v > bv) { bv = v; bi = i; }
         }
-        best_val[lid] = bv;
-        best_idx[lid] = bi;
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-            if (lid < s) {
-                let ov = best_val[lid + s];
-                let oi = best_idx[lid + s];
-                if (ov > best_val[lid] || (ov == best_val[lid] && oi < best_idx[lid])) {
-                    best_val[lid] = ov;
-                    best_idx[lid] = oi;
-                }
-            }
-            workgroupBarrier();
-        }
+        workgroup_best(lid, bv, bi);
         prev_val = best_val[0];
         prev_idx = best_idx[0];
         if (lid == 0u) {
@@ -100,5 +87,45 @@ fn argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
             top[out + 2u * r + 1u] = bitcast<u32>(exp(prev_val - mx) / z);
         }
         workgroupBarrier();
+    }
+}
+
+// The workgroup's largest v, the lowest index i among equals, into best_val[0] and best_idx[0]
+// (NaN never wins: it compares false).
+fn workgroup_best(lid: u32, v: f32, i: u32) {
+    best_val[lid] = v;
+    best_idx[lid] = i;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            let ov = best_val[lid + s];
+            let oi = best_idx[lid + s];
+            if (ov > best_val[lid] || (ov == best_val[lid] && oi < best_idx[lid])) {
+                best_val[lid] = ov;
+                best_idx[lid] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+@group(0) @binding(3) var<storage, read> partials: array<vec2<u32>>;  // (V): value bits, index
+
+// Greedy decoding's argmax from the head's per-workgroup candidates (matmul_texture_subgroup.wgsl's
+// gemv_texture_argmax): here V counts the candidates. Writes the winning id only (greedy reads
+// nothing else).
+@compute @workgroup_size(WG)
+fn argmax_partials(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    var bv = -3.4e38;
+    var bi = 0xffffffffu;
+    for (var i = lid; i < p.V; i += WG) {
+        let c = partials[i];
+        let v = bitcast<f32>(c.x);
+        if (v > bv || (v == bv && c.y < bi)) { bv = v; bi = c.y; }
+    }
+    workgroup_best(lid, bv, bi);
+    if (lid == 0u) {
+        top[0] = select(best_idx[0], 0u, best_idx[0] == 0xffffffffu);
     }
 }

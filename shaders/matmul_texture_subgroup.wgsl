@@ -277,3 +277,37 @@ fn gemv_texture_kv(
         }
     }
 }
+
+// gemv_texture_argmax's candidates: per workgroup (32 outputs) its largest output's bits and
+// index, the first of equals ((col0 + N) / 32 entries over all weight chunks, col0 % 32 == 0).
+@group(0) @binding(10) var<storage, read_write> partials: array<vec2<u32>>;
+
+// gemv_texture_subgroup for a step's head (plain store epilogue): each workgroup also leaves its
+// largest logit and that logit's index in `partials`, so that greedy decoding's argmax
+// (argmax.wgsl's argmax_partials) reads V / 32 candidates instead of V logits. On lavapipe a
+// storage load whose address differs per lane is a loop over the lanes, and argmax ran on one
+// thread for ~0.7 ms per GPT-2 token. Ties go to the lowest index and NaN never wins, as in
+// argmax.
+@compute @workgroup_size(8)
+fn gemv_texture_argmax(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+) {
+    let n0 = gid.x * 4u;
+    let b = bias4(n0);
+    let v = gemv_sums(n0, gid.y, sg_lane % 8u) + b;
+    if (n0 < p.N) { store4(gid.y, n0, v, vec4(0.0)); }
+    // This lane's largest output (v past N is not stored and not a candidate).
+    var best = -3.4e38;
+    var at = 0xffffffffu;
+    if (n0 < p.N && v.x > best) { best = v.x; at = n0; }
+    if (n0 + 1u < p.N && v.y > best) { best = v.y; at = n0 + 1u; }
+    if (n0 + 2u < p.N && v.z > best) { best = v.z; at = n0 + 2u; }
+    if (n0 + 3u < p.N && v.w > best) { best = v.w; at = n0 + 3u; }
+    let top = subgroupMax(best);
+    let first = subgroupMin(select(0xffffffffu, at, best == top));
+    if (sg_lane % 8u == 0u) {
+        partials[p.col0 / 32u + wg.x] = vec2(bitcast<u32>(top), select(p.col0 + first, first, first == 0xffffffffu));
+    }
+}

@@ -490,7 +490,7 @@ pub fn kernels(
 ) -> Result<(f64, Vec<KernelBench>)> {
     use crate::gpu::kernels::{
         AttentionParams, Epilogue, LayerNormParams, Linear, MatmulParams, Pipelines, Step, bind,
-        bind_at, bind_resources,
+        bind_at, bind_resources, wg,
     };
     use wgpu::BindingResource::TextureView as Tex;
     // The head size of GPT-2's shapes, fixed as a model's pipelines fix it.
@@ -680,10 +680,19 @@ pub fn kernels(
         &f32s(c),
         &f32s(t * c),
     ];
-    let bg = bind(gpu, &p.layernorm, "bench", &bufs);
-    let s = time_dispatch(gpu, &p.layernorm, &bg, (t, 1), 10)?;
+    // The layout's own layer norm: one workgroup per row, or with textures one invocation.
+    let (name, pipe, groups) = match &p.texture {
+        Some(tp) => (
+            "layernorm_rows",
+            &tp.layernorm_rows,
+            t.div_ceil(wg::LAYERNORM_ROWS),
+        ),
+        None => ("layernorm", &p.layernorm, t),
+    };
+    let bg = bind(gpu, pipe, "bench", &bufs);
+    let s = time_dispatch(gpu, pipe, &bg, (groups, 1), 10)?;
     push(
-        "layernorm",
+        name,
         format!("T={t} C={c}"),
         s,
         2.0 * 4.0 * (t * c) as f64,

@@ -189,6 +189,7 @@ fn kernel_microbenchmarks_cover_every_family() {
         "matmul_texture",
         "attention_texture",
         "layernorm",
+        "layernorm_rows",
     ] {
         assert!(rows.iter().any(|r| r.kernel == k), "{k} missing");
     }

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use wgpt::gpu::kernels::{
-    AttentionParams, EmbedParams, Epilogue, LayerNormParams, LinearIo, MatmulParams, Pipelines,
-    SampleParams, Step, WidthParams, bind, linear_binds,
+    ArgmaxParams, AttentionParams, EmbedParams, Epilogue, LayerNormParams, LinearIo, MatmulParams,
+    Pipelines, SampleParams, Step, WidthParams, bind, bind_at, linear_binds,
 };
 use wgpt::gpu::tensor::{GpuTensor, TextureChunk, WeightDtype, encode};
 use wgpt::reference;
@@ -770,6 +770,7 @@ fn texture_gemv_kv_appends_to_cache() {
                 out: &out,
                 kv: Some([&views[0], &views[1]]),
                 ln: None,
+                partials: None,
             };
             for (bg, n) in linear_binds(&h.gpu, pipe, &wt, &io) {
                 dispatch(&h, pipe, &bg, n.div_ceil(4).div_ceil(8), 1);
@@ -841,6 +842,7 @@ fn texture_gemv_with_fused_norm_matches_cpu() {
                     out: &out,
                     kv,
                     ln: Some((&sb, eps)),
+                    partials: None,
                 };
                 for (bg, cols) in linear_binds(&h.gpu, pipe, &wt, &io) {
                     dispatch(&h, pipe, &bg, cols.div_ceil(4).div_ceil(8), 1);
@@ -851,6 +853,101 @@ fn texture_gemv_with_fused_norm_matches_cpu() {
                 let d = close(&h.read(&out), &want, 1e-4);
                 println!("{name} NORM {dtype:?} K={k} N={n}: max diff {d:e}");
             }
+        }
+    }
+}
+
+/// gemv_texture_argmax (the head's GEMV leaving each workgroup's largest logit) then
+/// argmax_partials, against the CPU twin: the logits, and a token that is exactly the first
+/// largest of the logits the GPU stored, over two weight chunks, with the largest logit tied
+/// between two rows in one lane, in two lanes of one workgroup, in two chunks, or in the second
+/// chunk's first and last rows.
+#[test]
+fn texture_gemv_argmax_picks_first_largest() {
+    let h = Harness::new();
+    let sg8 = wgpt::gpu::kernels::subgroups_of_8(&h.gpu);
+    let k = 64;
+    for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+        let p = Pipelines::new(&h.gpu, dtype, true, None, &[Epilogue::Store]);
+        let t = p.textures();
+        // Must exist on adapters with subgroups of 8 (lavapipe), so that it is tested.
+        assert_eq!(t.gemv_texture_argmax.is_some(), sg8);
+        let Some(pipe) = &t.gemv_texture_argmax else {
+            continue;
+        };
+        for (n, tie) in [
+            (77, None),
+            (1001, Some((64, 66))),
+            (1001, Some((69, 90))),
+            (1001, Some((200, 700))),
+            (1001, Some((600, 1000))),
+        ] {
+            let x = random(k, 61, 1.0);
+            let mut w = random(n * k, 60, 1.0);
+            if let Some((a, b)) = tie {
+                // Two equal rows along x: the largest logits (|x|^2 against ~|x|), a tie.
+                let row: Vec<f32> = x.iter().map(|v| 3.0 * v).collect();
+                w[a * k..(a + 1) * k].copy_from_slice(&row);
+                w[b * k..(b + 1) * k].copy_from_slice(&row);
+            }
+            // Chunks of at most 512 rows (a multiple of 32, as the candidates' slots need).
+            let chunks: Vec<TextureChunk> = (0..n)
+                .step_by(512)
+                .map(|row0| {
+                    let rows = (n - row0).min(512);
+                    let tex = (h.gpu).weight_texture_init(
+                        "w",
+                        &w[row0 * k..(row0 + rows) * k],
+                        rows,
+                        k,
+                        dtype,
+                    );
+                    let view = tex.create_view(&Default::default());
+                    TextureChunk { view, row0, rows }
+                })
+                .collect();
+            let wt = GpuTensor::from_textures(n, k, dtype, chunks);
+            let want = reference::matmul(&x, &stored_weights(&w, dtype), None, k, n);
+            let (xt, xu) = linear_input(&h, &x, 1, k);
+            let (zero, step) = (h.f32s(&vec![0.0; n]), h.step(1, 0, 0));
+            let out = h.f32s(&vec![f32::NAN; n]);
+            let partials = h.u32s(&vec![7; 2 * n.div_ceil(32)]);
+            let io = LinearIo {
+                step: &step,
+                inp: &xu,
+                input_texture: Some(&xt),
+                bias: (&zero, false),
+                out: &out,
+                kv: None,
+                ln: None,
+                partials: Some(&partials),
+            };
+            for (bg, cols) in linear_binds(&h.gpu, pipe, &wt, &io) {
+                dispatch(&h, pipe, &bg, cols.div_ceil(4).div_ceil(8), 1);
+            }
+            let params = ArgmaxParams {
+                v: n.div_ceil(32) as u32,
+                n: 1,
+                _pad: [0; 2],
+            };
+            let (params, token) = (h.gpu.uniform("argmax", &params), h.u32s(&[u32::MAX; 4]));
+            let pick = &t.argmax_partials;
+            let r = [&params, &partials, &token].map(|b| b.as_entire_binding());
+            let bg = bind_at(&h.gpu, pick, "test", [0, 3, 2].into_iter().zip(r).collect());
+            dispatch(&h, pick, &bg, 1, 1);
+            // K = 64 terms of size <= 3, f32 against f64: 1e-5 relative to the largest logit.
+            let logits = h.read(&out);
+            let d = close(&logits, &want, 1e-5);
+            let first = (0..n).fold(0, |b, i| if logits[i] > logits[b] { i } else { b });
+            let got = h.read(&token)[0].to_bits() as usize;
+            assert_eq!(got, first, "{dtype:?} N={n}: argmax_partials");
+            if let Some((a, b)) = tie {
+                assert_eq!(logits[a], logits[b], "{dtype:?}: the tied rows' logits");
+                assert_eq!(got, a, "{dtype:?} N={n}: a tie goes to the lower index");
+            }
+            println!(
+                "gemv_texture_argmax {dtype:?} N={n} tie {tie:?}: token {got}, max diff {d:e}"
+            );
         }
     }
 }
@@ -1047,6 +1144,7 @@ fn run_texture_linear(
         out,
         kv: None,
         ln: None,
+        partials: None,
     };
     let y = if gemv {
         m as u32

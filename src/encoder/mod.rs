@@ -701,6 +701,7 @@ impl Workspace {
                 out,
                 kv: None,
                 ln: None,
+                partials: None,
             };
             let (kernel, pipe) = match &input {
                 Some((_, _, matmul)) => (Kernel::MatmulTexture(epilogue), matmul.get(epilogue)),

@@ -410,6 +410,8 @@ pub struct LinearIo<'a> {
     /// For the NORM pipelines (a layer norm fused in, its gain and bias folded into the
     /// weights): the weight's row sums (col0 + N) and the norm's epsilon.
     pub ln: Option<(&'a wgpu::Buffer, f32)>,
+    /// For gemv_texture_argmax: the buffer of per-workgroup candidates (ceil(N / 32) x 2 u32).
+    pub partials: Option<&'a wgpu::Buffer>,
 }
 
 /// One bind group per row chunk of `weight` for `pipe` (any pipeline of a [`Linear`] of the
@@ -458,6 +460,9 @@ pub fn linear_binds(
                 // The NORM row sums; other pipelines of the layout get the bias as a placeholder.
                 let row_sums = io.ln.map_or(io.bias.0, |(sums, _)| sums);
                 numbered.push((9, row_sums.as_entire_binding()));
+                if let Some(partials) = io.partials {
+                    numbered.push((10, partials.as_entire_binding()));
+                }
                 let b = bind_at(gpu, pipe, "matmul_texture", numbered);
                 (b, ch.rows as u32)
             })
@@ -560,6 +565,12 @@ pub struct TexturePipelines {
     pub gemv_texture_kv_norm: Option<wgpu::ComputePipeline>,
     /// `gemv_texture_subgroup` with the layer norm before it fused in, as above.
     pub gemv_texture_norm: Option<Linear>,
+    /// matmul_texture_subgroup.wgsl's `gemv_texture_argmax`: the head's GEMV (plain store)
+    /// leaving each workgroup's largest logit for `argmax_partials` (`LinearIo::partials`).
+    /// Built where `subgroups_of_8` holds.
+    pub gemv_texture_argmax: Option<wgpu::ComputePipeline>,
+    /// argmax.wgsl's `argmax_partials`: greedy decoding's pick from those candidates.
+    pub argmax_partials: wgpu::ComputePipeline,
     /// kv_append_texture.wgsl: writes K and V into rgba32float cache textures.
     pub kv_append_texture: wgpu::ComputePipeline,
     /// attention_texture.wgsl: one invocation per head and query, reading the cache textures.
@@ -639,7 +650,7 @@ impl Pipelines {
         let linear = linear_layout(gpu, false);
         let texture = textures.then(|| {
             let linear_texture = linear_layout(gpu, true);
-            let kv_layout = linear_layout_with(gpu, true, true);
+            let kv_layout = linear_layout_with(gpu, true, Extra::Kv);
             TexturePipelines {
                 matmul_texture: Linear::new(
                     gpu,
@@ -705,6 +716,16 @@ impl Pipelines {
                         epilogues,
                     )
                 }),
+                gemv_texture_argmax: subgroups_of_8(gpu).then(|| {
+                    entry_pipeline(
+                        gpu,
+                        "matmul_texture_subgroup",
+                        "gemv_texture_argmax",
+                        Some(&linear_layout_with(gpu, true, Extra::Partials)),
+                        weights,
+                    )
+                }),
+                argmax_partials: entry_pipeline(gpu, "argmax", "argmax_partials", None, &[]),
                 kv_append_texture: pipeline(gpu, "kv_append_texture", None, &[]),
                 attention_texture: pipeline(gpu, "attention_texture", None, head),
                 layernorm_rows: pipeline(gpu, "layernorm_rows", None, &[]),
@@ -749,11 +770,21 @@ impl Pipelines {
 /// out (read-write); with textures also gemv_texture's input x (uniform, 64 KiB) and the NORM
 /// pipelines' row sums (read; a placeholder for the others).
 pub(crate) fn linear_layout(gpu: &Engine, textures: bool) -> wgpu::PipelineLayout {
-    linear_layout_with(gpu, textures, false)
+    linear_layout_with(gpu, textures, Extra::None)
 }
 
-/// `linear_layout`, with `kv` also gemv_texture_kv's KV-cache textures (7, 8; write-only).
-fn linear_layout_with(gpu: &Engine, textures: bool, kv: bool) -> wgpu::PipelineLayout {
+/// What a fused GEMV's layout adds to `linear_layout`'s texture bindings.
+#[derive(Clone, Copy, PartialEq)]
+enum Extra {
+    None,
+    /// gemv_texture_kv's KV-cache textures (7, 8; write-only).
+    Kv,
+    /// gemv_texture_argmax's candidates (10; read-write).
+    Partials,
+}
+
+/// `linear_layout`, with the bindings `extra` adds.
+fn linear_layout_with(gpu: &Engine, textures: bool, extra: Extra) -> wgpu::PipelineLayout {
     // Inputs are rgba32float; weights raw bits (f32 or f16) in rgba32uint.
     let operand = |binding: u32| wgpu::BindGroupLayoutEntry {
         binding,
@@ -801,7 +832,13 @@ fn linear_layout_with(gpu: &Engine, textures: bool, kv: bool) -> wgpu::PipelineL
         // where every GEMV entry declares them).
         entries.extend([entry(6, wgpu::BufferBindingType::Uniform), entry(9, read)]);
     }
-    if kv {
+    if extra == Extra::Partials {
+        entries.push(entry(
+            10,
+            wgpu::BufferBindingType::Storage { read_only: false },
+        ));
+    }
+    if extra == Extra::Kv {
         entries.extend([7, 8].map(|binding| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,

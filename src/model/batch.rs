@@ -67,9 +67,9 @@ impl Batch {
             n: 1,
             _pad: [0; 2],
         };
-        let argmax = Op {
-            kernel: Kernel::Argmax,
-            bind: kernels::bind(
+        let argmax = Op::new(
+            Kernel::Argmax,
+            kernels::bind(
                 gpu,
                 &model.pipelines.argmax,
                 "batch_argmax",
@@ -79,11 +79,8 @@ impl Batch {
                     &ids,
                 ],
             ),
-            grid: Grid::Rows,
-            copy: None,
-            decode: None,
-            skip_in_decode: false,
-        };
+            Grid::Rows,
+        );
         Ok(Batch {
             ids_read: gpu.readback("batch_ids_read", 8 * sequences as u64),
             ids,

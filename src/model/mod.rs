@@ -542,6 +542,7 @@ fn folded_row_sums(
                     out: &out,
                     kv: None,
                     ln: None,
+                    partials: None,
                 };
                 for (bind, n) in kernels::linear_binds(gpu, pipe, w, &io) {
                     pass.set_bind_group(0, &bind, &[]);

@@ -48,6 +48,7 @@ pub(super) struct Activations {
     /// With embedding projections: project_out(ln_f(x)), the head's input, (head_rows, E).
     pub(super) proj: Option<wgpu::Buffer>, // (head_rows, V)
     pub(super) token: wgpu::Buffer, // (4) u32: chosen token, sampler threshold, log-prob bits
+    pub(super) partials: wgpu::Buffer, // (ceil(V / 32), 2) u32: the head's argmax candidates
     pub(super) token_read: wgpu::Buffer, // (4 + 2 MAX_TOP) u32, mappable: token, then candidates
     pub(super) top: wgpu::Buffer,   // (2 MAX_TOP) u32: candidate ids and probability bits
     pub(super) top_params: wgpu::Buffer, // TopParams uniform
@@ -85,6 +86,8 @@ pub(super) enum Kernel {
     Attention,
     AttentionTexture,
     Argmax,
+    /// argmax_partials: the greedy argmax from the head's candidates (gemv_texture_argmax).
+    ArgmaxPartials,
     Sample,
 }
 
@@ -102,7 +105,7 @@ impl Kernel {
             Kernel::KvAppendTexture => "kv_append_texture",
             Kernel::Attention => "attention",
             Kernel::AttentionTexture => "attention_texture",
-            Kernel::Argmax => "argmax",
+            Kernel::Argmax | Kernel::ArgmaxPartials => "argmax",
             Kernel::Sample => "sample",
         }
     }
@@ -140,6 +143,18 @@ pub(super) struct Op {
 }
 
 impl Op {
+    /// A dispatch of `kernel` over `grid` with nothing copied, fused or skipped.
+    pub(super) fn new(kernel: Kernel, bind: wgpu::BindGroup, grid: Grid) -> Op {
+        Op {
+            kernel,
+            bind,
+            grid,
+            copy: None,
+            decode: None,
+            skip_in_decode: false,
+        }
+    }
+
     /// Whether a linear layer runs as a gemv for a step of `rows` rows: a few rows; for
     /// gemv_texture one row (it reads the weights once per row, where matmul_texture's 4 x 4
     /// blocks read them once per 4 rows: measured on lavapipe, GPT-2 f16, a batched step of 4
@@ -308,6 +323,7 @@ impl Session {
             lnf: linear_input("lnf", f(head_rows * c)),
             logits: gpu.storage("logits", f(head_rows * v)),
             token: gpu.storage("token", 16),
+            partials: gpu.storage("partials", 8 * cfg.vocab_size.div_ceil(32) as u64),
             token_read: gpu.readback("token_read", 16 + 8 * MAX_TOP as u64),
             top: gpu.storage("top", 8 * MAX_TOP as u64),
             top_params: gpu.uniform(
@@ -847,6 +863,7 @@ impl Session {
             Kernel::Attention => &p.attention,
             Kernel::AttentionTexture => &p.textures().attention_texture,
             Kernel::Argmax => &p.argmax,
+            Kernel::ArgmaxPartials => &p.textures().argmax_partials,
             Kernel::Sample => &p.sample,
         }
     }
@@ -880,11 +897,12 @@ impl Session {
 
 /// What a linear layer's one-row dispatch fuses in (`Op::decode`): the layer's KV cache (the
 /// qkv projection appends the key and value), a layer norm folded into its weights (the row
-/// sums and the residual stream it standardises).
+/// sums and the residual stream it standardises), the greedy argmax's candidates (the head).
 #[derive(Clone, Copy, Default)]
 struct Fuse<'a> {
     kv: Option<[&'a wgpu::TextureView; 2]>,
     ln: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+    partials: Option<&'a wgpu::Buffer>,
 }
 
 /// Builds every dispatch of the forward pass, in order, with its bind group. Reads like the
@@ -912,31 +930,30 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         Some(t) if act.textures.is_some() => (Kernel::LayerNormRows, &t.layernorm_rows),
         _ => (Kernel::LayerNorm, &p.layernorm),
     };
-    let layernorm = |step: &wgpu::Buffer, inp, weight: &GpuTensor, bias: &GpuTensor, out| Op {
-        kernel: ln_kernel,
-        bind: bind(
-            ln_pipe,
-            "layernorm",
-            &[
-                step,
-                &gpu.uniform(
-                    "ln",
-                    &LayerNormParams {
-                        c,
-                        eps: cfg.layer_norm_epsilon,
-                        _pad: [0; 2],
-                    },
-                ),
-                inp,
-                weight.single(),
-                bias.single(),
-                out,
-            ],
-        ),
-        grid: Grid::Rows,
-        copy: None,
-        decode: None,
-        skip_in_decode: false,
+    let layernorm = |step: &wgpu::Buffer, inp, weight: &GpuTensor, bias: &GpuTensor, out| {
+        Op::new(
+            ln_kernel,
+            bind(
+                ln_pipe,
+                "layernorm",
+                &[
+                    step,
+                    &gpu.uniform(
+                        "ln",
+                        &LayerNormParams {
+                            c,
+                            eps: cfg.layer_norm_epsilon,
+                            _pad: [0; 2],
+                        },
+                    ),
+                    inp,
+                    weight.single(),
+                    bias.single(),
+                    out,
+                ],
+            ),
+            Grid::Rows,
+        )
     };
     // out = epilogue(inp @ weight^T + bias), one dispatch per row chunk of the weight. With
     // textures, the first dispatch copies `inp` into the input texture of its width.
@@ -959,6 +976,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             out,
             kv: None,
             ln: None,
+            partials: None,
         };
         let (kernel, pipe) = match input {
             Some(_) => (
@@ -976,11 +994,17 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             .all(|ch| ch.row0 % 4 == 0 && ch.rows % 4 == 0)
             && weight.cols as u32 <= wg::GEMV_UNIFORM_FLOATS;
         let t = p.texture.as_ref().filter(|_| fusable && view.is_some());
-        let fused_pipe = match (t, fuse.kv, fuse.ln) {
-            (None, ..) | (_, None, None) => None,
-            (Some(t), Some(_), None) => t.gemv_texture_kv.clone(),
-            (Some(t), Some(_), Some(_)) => t.gemv_texture_kv_norm.clone(),
-            (Some(t), None, Some(_)) => {
+        // The argmax candidates go to slot col0 / 32 + workgroup: chunks start at multiples of 32.
+        let partials = fuse
+            .partials
+            .filter(|_| weight.textures.iter().all(|ch| ch.row0 % 32 == 0));
+        let fused_pipe = match (t, fuse.kv, fuse.ln, partials) {
+            (None, ..) | (_, None, None, None) => None,
+            (Some(t), None, None, Some(_)) => t.gemv_texture_argmax.clone(),
+            (_, _, _, Some(_)) => None,
+            (Some(t), Some(_), None, _) => t.gemv_texture_kv.clone(),
+            (Some(t), Some(_), Some(_), _) => t.gemv_texture_kv_norm.clone(),
+            (Some(t), None, Some(_), _) => {
                 (t.gemv_texture_norm.as_ref()).map(|l| l.get(epilogue).clone())
             }
         };
@@ -993,6 +1017,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                     ln: fuse
                         .ln
                         .map(|(row_sums, _)| (row_sums, cfg.layer_norm_epsilon)),
+                    partials,
                     ..io
                 };
                 let binds = kernels::linear_binds(gpu, pipe, weight, &io);
@@ -1019,27 +1044,26 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
     let step = &act.body_step;
 
     let mut body = Vec::new();
-    let embed = |params: EmbedParams, chunk: &wgpu::Buffer, out: &wgpu::Buffer| Op {
-        kernel: Kernel::Embed,
-        bind: bind(
-            &p.embed,
-            "embed",
-            &[
-                step,
-                &gpu.uniform("embed", &params),
-                &act.tokens,
-                chunk,
-                w.wpe.single(),
-                out,
-            ],
-        ),
-        grid: Grid::Elements {
-            width: params.c,
-            wg: wg::EMBED,
-        },
-        copy: None,
-        decode: None,
-        skip_in_decode: false,
+    let embed = |params: EmbedParams, chunk: &wgpu::Buffer, out: &wgpu::Buffer| {
+        Op::new(
+            Kernel::Embed,
+            bind(
+                &p.embed,
+                "embed",
+                &[
+                    step,
+                    &gpu.uniform("embed", &params),
+                    &act.tokens,
+                    chunk,
+                    w.wpe.single(),
+                    out,
+                ],
+            ),
+            Grid::Elements {
+                width: params.c,
+                wg: wg::EMBED,
+            },
+        )
     };
     let e = cfg.word_embed_dim as u32;
     match (&w.project_in, &act.emb) {
@@ -1107,6 +1131,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                     KvCache::Buffers { .. } => None,
                 },
                 ln: folded_ln(0),
+                partials: None,
             },
         );
         let qkv_fused = fused(&qkv);
@@ -1123,56 +1148,47 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         let att = gpu.uniform("attention", &att);
         let (append, attention) = match kv {
             KvCache::Buffers { k, v } => (
-                Op {
-                    kernel: Kernel::KvAppend,
-                    bind: bind(
+                Op::new(
+                    Kernel::KvAppend,
+                    bind(
                         &p.kv_append,
                         "kv_append",
                         &[step, &width(c), &act.qkv, &k[l], &v[l]],
                     ),
-                    grid: Grid::Elements {
+                    Grid::Elements {
                         width: c,
                         wg: wg::KV_APPEND,
                     },
-                    copy: None,
-                    decode: None,
-                    skip_in_decode: false,
-                },
-                Op {
-                    kernel: Kernel::Attention,
-                    bind: bind(
+                ),
+                Op::new(
+                    Kernel::Attention,
+                    bind(
                         &p.attention,
                         "attention",
                         &[step, &att, &act.qkv, &k[l], &v[l], &act.att_y],
                     ),
-                    grid: Grid::Heads { nh },
-                    copy: None,
-                    decode: None,
-                    skip_in_decode: false,
-                },
+                    Grid::Heads { nh },
+                ),
             ),
             KvCache::Textures { k, v } => {
                 let w = width(c);
                 (
-                    Op {
-                        kernel: Kernel::KvAppendTexture,
-                        bind: kernels::bind_resources(
+                    Op::new(
+                        Kernel::KvAppendTexture,
+                        kernels::bind_resources(
                             gpu,
                             &p.textures().kv_append_texture,
                             "kv_append_texture",
                             kv_texture_resources(step, &w, &act.qkv, [&k[l], &v[l]], None),
                         ),
-                        grid: Grid::Elements {
+                        Grid::Elements {
                             width: c / 4,
                             wg: wg::KV_APPEND,
                         },
-                        copy: None,
-                        decode: None,
-                        skip_in_decode: false,
-                    },
-                    Op {
-                        kernel: Kernel::AttentionTexture,
-                        bind: kernels::bind_resources(
+                    ),
+                    Op::new(
+                        Kernel::AttentionTexture,
+                        kernels::bind_resources(
                             gpu,
                             &p.textures().attention_texture,
                             "attention_texture",
@@ -1184,14 +1200,11 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                                 Some(&act.att_y),
                             ),
                         ),
-                        grid: Grid::Elements {
+                        Grid::Elements {
                             width: nh,
                             wg: wg::ATTENTION_TEXTURE,
                         },
-                        copy: None,
-                        decode: None,
-                        skip_in_decode: false,
-                    },
+                    ),
                 )
             }
         };
@@ -1227,8 +1240,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Epilogue::activation(cfg.activation),
             &act.fc_h,
             Fuse {
-                kv: None,
                 ln: folded_ln(1),
+                ..Fuse::default()
             },
         );
         if pre_ln && fused(&fc) && model.ln_folded.is_some() {
@@ -1284,7 +1297,10 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         None,
         Epilogue::Store,
         &act.logits,
-        Fuse::default(),
+        Fuse {
+            partials: Some(&act.partials),
+            ..Fuse::default()
+        },
     ));
 
     // Greedy: the single largest logit into `token`; the same kernel with N > 1 gives --top.
@@ -1296,38 +1312,53 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             _pad: [0; 2],
         },
     );
-    let argmax = Op {
-        kernel: Kernel::Argmax,
-        bind: bind(&p.argmax, "argmax", &[&greedy, &act.logits, &act.token]),
-        grid: Grid::One,
-        copy: None,
-        decode: None,
-        skip_in_decode: false,
+    let argmax = Op::new(
+        Kernel::Argmax,
+        bind(&p.argmax, "argmax", &[&greedy, &act.logits, &act.token]),
+        Grid::One,
+    );
+    // Where the head leaves per-workgroup candidates (its steps are one row), argmax picks
+    // from those: ceil(V / 32) of them.
+    let head_ops = &head[head.len() - model.head().textures.len().max(1)..];
+    let argmax = match &p.texture {
+        Some(t) if head_ops.iter().all(|o| o.decode.is_some()) => {
+            let n = ArgmaxParams {
+                v: v.div_ceil(32),
+                n: 1,
+                _pad: [0; 2],
+            };
+            let r = [&gpu.uniform("argmax", &n), &act.partials, &act.token];
+            let bind = kernels::bind_at(
+                gpu,
+                &t.argmax_partials,
+                "argmax_partials",
+                [0, 3, 2]
+                    .into_iter()
+                    .zip(r.map(|b| b.as_entire_binding()))
+                    .collect(),
+            );
+            Op::new(Kernel::ArgmaxPartials, bind, Grid::One)
+        }
+        _ => argmax,
     };
-    let sample = Op {
-        kernel: Kernel::Sample,
-        bind: bind(
+    let sample = Op::new(
+        Kernel::Sample,
+        bind(
             &p.sample,
             "sample",
             &[&act.sample, &act.logits, &act.token, &act.recent],
         ),
-        grid: Grid::One,
-        copy: None,
-        decode: None,
-        skip_in_decode: false,
-    };
-    let top_op = Op {
-        kernel: Kernel::Argmax,
-        bind: bind(
+        Grid::One,
+    );
+    let top_op = Op::new(
+        Kernel::Argmax,
+        bind(
             &p.argmax,
             "argmax",
             &[&act.top_params, &act.logits, &act.top],
         ),
-        grid: Grid::One,
-        copy: None,
-        decode: None,
-        skip_in_decode: false,
-    };
+        Grid::One,
+    );
     (body, head, argmax, sample, top_op)
 }
 
