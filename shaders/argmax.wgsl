@@ -113,19 +113,30 @@ fn workgroup_best(lid: u32, v: f32, i: u32) {
 
 // Greedy decoding's argmax from the head's per-workgroup candidates (matmul_texture_subgroup.wgsl's
 // gemv_texture_argmax): here V counts the candidates. Writes the winning id only (greedy reads
-// nothing else).
-@compute @workgroup_size(WG)
+// nothing else). One SIMD-wide workgroup and one barrier: that path serves CPU adapters, where a
+// 256-lane workgroup's barriers cost ~0.7 ms (lavapipe runs the lanes 8 at a time and switches
+// between the groups at every barrier).
+const PARTIAL_LANES: u32 = 8u;
+
+@compute @workgroup_size(PARTIAL_LANES)
 fn argmax_partials(@builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
     var bv = -3.4e38;
     var bi = 0xffffffffu;
-    for (var i = lid; i < p.V; i += WG) {
+    for (var i = lid; i < p.V; i += PARTIAL_LANES) {
         let c = partials[i];
         let v = bitcast<f32>(c.x);
         if (v > bv || (v == bv && c.y < bi)) { bv = v; bi = c.y; }
     }
-    workgroup_best(lid, bv, bi);
+    best_val[lid] = bv;
+    best_idx[lid] = bi;
+    workgroupBarrier();
     if (lid == 0u) {
-        top[0] = select(best_idx[0], 0u, best_idx[0] == 0xffffffffu);
+        for (var l = 1u; l < PARTIAL_LANES; l++) {
+            let ov = best_val[l];
+            let oi = best_idx[l];
+            if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+        }
+        top[0] = select(bi, 0u, bi == 0xffffffffu);
     }
 }

@@ -630,6 +630,16 @@ fn bench(a: BenchArgs) -> Result<()> {
             rss as f64 / file as f64,
             file as f64 / 1e6
         );
+        // A CPU adapter's "VRAM" is host memory too: what the load itself holds is the rest.
+        if r.adapter.device_type == "Cpu" {
+            let rest = rss.saturating_sub(r.vram_bytes);
+            println!(
+                "         of which the adapter's buffers {:.1} MB (a CPU adapter), the rest {:.1} MB = {:.2} x the checkpoint",
+                r.vram_bytes as f64 / 1e6,
+                rest as f64 / 1e6,
+                rest as f64 / file as f64
+            );
+        }
     }
     println!(
         "{:>6} {:>5} {:>12} {:>9} {:>11} {:>8} {:>8} {:>10} {:>8} {:>9}",

@@ -105,7 +105,8 @@ impl Kernel {
             Kernel::KvAppendTexture => "kv_append_texture",
             Kernel::Attention => "attention",
             Kernel::AttentionTexture => "attention_texture",
-            Kernel::Argmax | Kernel::ArgmaxPartials => "argmax",
+            Kernel::Argmax => "argmax",
+            Kernel::ArgmaxPartials => "argmax_partials",
             Kernel::Sample => "sample",
         }
     }
@@ -986,27 +987,22 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             None => (Kernel::Matmul(epilogue), p.matmul.get(epilogue)),
         };
         // The one-row (decode) pipeline fusing in the neighbours' work `fuse` names, where the
-        // adapter has it: four outputs (one cache texel) per invocation must not straddle
-        // weight chunks, and the row must fit gemv's uniform.
-        let fusable = weight
-            .textures
-            .iter()
-            .all(|ch| ch.row0 % 4 == 0 && ch.rows % 4 == 0)
-            && weight.cols as u32 <= wg::GEMV_UNIFORM_FLOATS;
-        let t = p.texture.as_ref().filter(|_| fusable && view.is_some());
-        // The argmax candidates go to slot col0 / 32 + workgroup: chunks start at multiples of 32.
-        let partials = fuse
-            .partials
-            .filter(|_| weight.textures.iter().all(|ch| ch.row0 % 32 == 0));
+        // adapter has it and the row fits gemv's uniform: four outputs (one cache texel) per
+        // invocation must not straddle weight chunks; the argmax candidates go to slot
+        // col0 / 32 + workgroup, so chunks must start at multiples of 32.
+        let chunks_at = |n: usize| weight.textures.iter().all(|ch| ch.row0 % n == 0);
+        let texels = chunks_at(4) && weight.textures.iter().all(|ch| ch.rows % 4 == 0);
+        let t = (p.texture.as_ref())
+            .filter(|_| weight.cols as u32 <= wg::GEMV_UNIFORM_FLOATS && view.is_some());
+        let partials = fuse.partials.filter(|_| chunks_at(32));
         let fused_pipe = match (t, fuse.kv, fuse.ln, partials) {
-            (None, ..) | (_, None, None, None) => None,
             (Some(t), None, None, Some(_)) => t.gemv_texture_argmax.clone(),
-            (_, _, _, Some(_)) => None,
-            (Some(t), Some(_), None, _) => t.gemv_texture_kv.clone(),
-            (Some(t), Some(_), Some(_), _) => t.gemv_texture_kv_norm.clone(),
-            (Some(t), None, Some(_), _) => {
+            (Some(t), Some(_), None, None) if texels => t.gemv_texture_kv.clone(),
+            (Some(t), Some(_), Some(_), None) if texels => t.gemv_texture_kv_norm.clone(),
+            (Some(t), None, Some(_), None) if texels => {
                 (t.gemv_texture_norm.as_ref()).map(|l| l.get(epilogue).clone())
             }
+            _ => None,
         };
         let fused: Vec<_> = match &fused_pipe {
             Some(pipe) => {
