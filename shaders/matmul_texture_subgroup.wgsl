@@ -284,10 +284,9 @@ fn gemv_texture_kv(
 
 // gemv_texture_subgroup for a step's head (plain store epilogue): each workgroup also leaves its
 // largest logit and that logit's index in `partials`, so that greedy decoding's argmax
-// (argmax.wgsl's argmax_partials) reads V / 32 candidates instead of V logits. On lavapipe a
-// storage load whose address differs per lane is a loop over the lanes, and argmax ran on one
-// thread for ~0.7 ms per GPT-2 token. Ties go to the lowest index and NaN never wins, as in
-// argmax.
+// (argmax.wgsl's argmax_partials) reads V / 32 candidates instead of V logits, in one 8-lane
+// workgroup: the 256-lane argmax over V took ~0.7 ms per GPT-2 token on lavapipe, most of it its
+// barriers. Ties go to the lowest index and NaN never wins, as in argmax. One row.
 @compute @workgroup_size(8)
 fn gemv_texture_argmax(
     @builtin(global_invocation_id) gid: vec3<u32>,
