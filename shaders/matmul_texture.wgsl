@@ -183,19 +183,17 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     var c1 = vec4(0.0);
     var c2 = vec4(0.0);
     var c3 = vec4(0.0);
-    {
-        for (var k = 0u; k < p.K / 8u; k++) {
-            let x0 = x[row + 2u * k];
-            let x1 = x[row + 2u * k + 1u];
-            let w0 = w8(k, n0);
-            let w1 = w8(k, n1);
-            let w2 = w8(k, n2);
-            let w3 = w8(k, n3);
-            c0 += x0 * w0[0] + x1 * w0[1];
-            c1 += x0 * w1[0] + x1 * w1[1];
-            c2 += x0 * w2[0] + x1 * w2[1];
-            c3 += x0 * w3[0] + x1 * w3[1];
-        }
+    for (var k = 0u; k < p.K / 8u; k++) {
+        let x0 = x[row + 2u * k];
+        let x1 = x[row + 2u * k + 1u];
+        let w0 = w8(k, n0);
+        let w1 = w8(k, n1);
+        let w2 = w8(k, n2);
+        let w3 = w8(k, n3);
+        c0 += x0 * w0[0] + x1 * w0[1];
+        c1 += x0 * w1[0] + x1 * w1[1];
+        c2 += x0 * w2[0] + x1 * w2[1];
+        c3 += x0 * w3[0] + x1 * w3[1];
     }
     let one = vec4(1.0);
     let s = vec4(dot(c0, one), dot(c1, one), dot(c2, one), dot(c3, one));

@@ -440,7 +440,7 @@ pub fn linear_binds(
         Some(input) => (weight.textures.iter())
             .map(|ch| {
                 let u = params(ch.row0, ch.rows);
-                let mut resources = vec![
+                let resources = vec![
                     io.step.as_entire_binding(),
                     u.as_entire_binding(),
                     wgpu::BindingResource::TextureView(input),
@@ -450,7 +450,7 @@ pub fn linear_binds(
                     Engine::gemv_input(io.inp),
                 ];
                 let mut numbered: Vec<(u32, wgpu::BindingResource)> =
-                    (0..).zip(resources.drain(..)).collect();
+                    (0..).zip(resources).collect();
                 if let Some([k, v]) = io.kv {
                     numbered.extend([
                         (7, wgpu::BindingResource::TextureView(k)),

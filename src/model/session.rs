@@ -1103,7 +1103,8 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
     let attn_in = if pre_ln { &act.ln } else { &act.x };
     let mlp_resid = if pre_ln { &act.x } else { &act.ln };
     // Whether every op in `ops` (a projection's weight chunks) fuses its neighbours' work into
-    // its one-row dispatch, so they are skipped there (`Op::skip_in_decode`).
+    // its one-row dispatch, so that work is skipped there (`Op::skip_in_decode`; for the head,
+    // the argmax over V logits).
     let fused = |ops: &[Op]| !ops.is_empty() && ops.iter().all(|o| o.decode.is_some());
     for (l, lw) in w.layers.iter().enumerate() {
         // A norm folded into the projection after it (`loader::LnFold`): its row sums, and the
@@ -1127,7 +1128,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                     KvCache::Buffers { .. } => None,
                 },
                 ln: folded_ln(0),
-                partials: None,
+                ..Fuse::default()
             },
         );
         let qkv_fused = fused(&qkv);
@@ -1285,7 +1286,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         Some(_) => |t| &t.words.as_ref().expect("made with the projections").1,
         None => |t| &t.head,
     };
-    head.extend(matmul(
+    let logits = matmul(
         hstep,
         head_input,
         head_texture,
@@ -1297,46 +1298,32 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             partials: Some(&act.partials),
             ..Fuse::default()
         },
-    ));
-
-    // Greedy: the single largest logit into `token`; the same kernel with N > 1 gives --top.
-    let greedy = gpu.uniform(
-        "argmax",
-        &ArgmaxParams {
-            v,
-            n: 1,
-            _pad: [0; 2],
-        },
     );
-    let argmax = Op::new(
-        Kernel::Argmax,
-        bind(&p.argmax, "argmax", &[&greedy, &act.logits, &act.token]),
-        Grid::One,
-    );
-    // Where the head leaves per-workgroup candidates (its steps are one row), argmax picks
-    // from those: ceil(V / 32) of them.
-    let head_ops = &head[head.len() - model.head().textures.len().max(1)..];
+    // Greedy: the single largest logit into `token`. Where the head's one-row steps leave
+    // per-workgroup candidates, from those (ceil(V / 32) of them); else over the logits.
     let argmax = match &p.texture {
-        Some(t) if head_ops.iter().all(|o| o.decode.is_some()) => {
+        Some(t) if fused(&logits) => {
             let n = ArgmaxParams {
                 v: v.div_ceil(32),
                 n: 1,
                 _pad: [0; 2],
             };
             let r = [&gpu.uniform("argmax", &n), &act.partials, &act.token];
-            let bind = kernels::bind_at(
-                gpu,
-                &t.argmax_partials,
-                "argmax_partials",
-                [0, 3, 2]
-                    .into_iter()
-                    .zip(r.map(|b| b.as_entire_binding()))
-                    .collect(),
-            );
+            let r = [0, 3, 2].into_iter().zip(r.map(|b| b.as_entire_binding()));
+            let bind = kernels::bind_at(gpu, &t.argmax_partials, "argmax_partials", r.collect());
             Op::new(Kernel::ArgmaxPartials, bind, Grid::One)
         }
-        _ => argmax,
+        _ => {
+            let n = ArgmaxParams {
+                v,
+                n: 1,
+                _pad: [0; 2],
+            };
+            let r = [&gpu.uniform("argmax", &n), &act.logits, &act.token];
+            Op::new(Kernel::Argmax, bind(&p.argmax, "argmax", &r), Grid::One)
+        }
     };
+    head.extend(logits);
     let sample = Op::new(
         Kernel::Sample,
         bind(
@@ -1346,6 +1333,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         ),
         Grid::One,
     );
+    // The N most likely tokens (--top): argmax with N > 1, over the logits.
     let top_op = Op::new(
         Kernel::Argmax,
         bind(
