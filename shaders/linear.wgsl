@@ -8,8 +8,8 @@
 // memory each: GELU after the MLP's up-projection, the residual add after the down-projections.
 // Encoders (BERT) use the erf form of GELU.
 
-// kv_c: for the attention's qkv projection in gemv_texture_kv, C (outputs C .. 3C are this row's
-// key and value); else 0. ln_eps: the fused layer norm's epsilon (NORM in
+// kv_c: for the decode GEMVs that touch the KV cache (gemv_texture_kv, gemv_texture_attention,
+// gemv_texture_append), C; else 0. ln_eps: the fused layer norm's epsilon (NORM in
 // matmul_texture_subgroup.wgsl).
 struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, kv_c: u32, ln_eps: f32, _c: u32 }
 

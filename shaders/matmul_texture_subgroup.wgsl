@@ -310,3 +310,96 @@ fn gemv_texture_argmax(
         partials[p.col0 / 32u + wg.x] = vec2(bitcast<u32>(top), select(p.col0 + first, first, first == 0xffffffffu));
     }
 }
+
+// gemv_texture_attention: decode's qkv projection and the causal attention after it, in one
+// dispatch of one 8-lane workgroup per head (on lavapipe each dispatch costs ~0.1 ms of hand-off
+// between its threads; this saves one per layer). The workgroup computes its head's query, key
+// and value (3 HS outputs of the projection, 32 per pass: lane l holds texels l, l + 8, ... of
+// each, HS % 32 == 0) and stores them in qkv; then it attends over the cached keys 0 .. pos and
+// this step's own key, lane l owning those texels of the accumulator, the scores summed across
+// the subgroup. The cache textures are read-only here (one dispatch cannot read and write a
+// texture): gemv_texture_append, the attention's output projection, appends this step's key and
+// value from qkv afterwards. One row (not batched), weights in one texture chunk (N = 3C).
+@group(0) @binding(11) var k_past: texture_storage_2d<rgba32float, read>;  // (slots * n_ctx, C / 4)
+@group(0) @binding(12) var v_past: texture_storage_2d<rgba32float, read>;  // (slots * n_ctx, C / 4)
+@group(0) @binding(13) var<storage, read_write> att_y: array<vec4<f32>>;  // (1, C)
+
+// The head size, fixed per model (a constant bound unrolls the per-lane loops, keeping the
+// arrays in registers); HS / 32 texels per lane, at most MAX_HT.
+override HS: u32 = 64u;
+const MAX_HT: u32 = 8u;
+
+@compute @workgroup_size(8)
+fn gemv_texture_attention(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+) {
+    let h = wg.x;
+    let lane = sg_lane % 8u;
+    let ht = HS / 32u;
+    let scale = inverseSqrt(f32(HS));
+    // This lane's texels of the head's query (scaled), key and value.
+    var q: array<vec4<f32>, MAX_HT>;
+    var k: array<vec4<f32>, MAX_HT>;
+    var v: array<vec4<f32>, MAX_HT>;
+    for (var i = 0u; i < ht; i++) {
+        let n0 = h * HS + 32u * i + 4u * lane;
+        let nq = gemv_sums(n0, 0u, lane);
+        let nk = gemv_sums(p.kv_c + n0, 0u, lane);
+        let nv = gemv_sums(2u * p.kv_c + n0, 0u, lane);
+        let bq = bias4(n0);
+        let bk = bias4(p.kv_c + n0);
+        let bv = bias4(2u * p.kv_c + n0);
+        store4(0u, n0, nq, bq);
+        store4(0u, p.kv_c + n0, nk, bk);
+        store4(0u, 2u * p.kv_c + n0, nv, bv);
+        q[i] = (nq + bq) * scale;
+        k[i] = nk + bk;
+        v[i] = nv + bv;
+    }
+    // Online softmax, starting from this step's own key.
+    var s = 0.0;
+    for (var i = 0u; i < ht; i++) { s += dot(q[i], k[i]); }
+    var m = subgroupAdd(s);
+    var l = 1.0;
+    var acc = v;
+    let x0 = h * (HS / 4u) + lane;  // this lane's first texel of the head in a cache row
+    let base = slot_base(0u);
+    for (var j = 0u; j < position(0u); j++) {
+        var sj = 0.0;
+        for (var i = 0u; i < ht; i++) {
+            sj += dot(q[i], textureLoad(k_past, vec2(x0 + 8u * i, base + j)));
+        }
+        sj = subgroupAdd(sj);
+        let m_new = max(m, sj);
+        let corr = exp(m - m_new);
+        let pj = exp(sj - m_new);
+        l = l * corr + pj;
+        for (var i = 0u; i < ht; i++) {
+            acc[i] = acc[i] * corr + pj * textureLoad(v_past, vec2(x0 + 8u * i, base + j));
+        }
+        m = m_new;
+    }
+    for (var i = 0u; i < ht; i++) { att_y[x0 + 8u * i] = acc[i] / l; }
+}
+
+// gemv_texture_subgroup for the attention's output projection after gemv_texture_attention
+// (residual epilogue): invocation i < C / 4 also copies texel i of this step's key and value
+// from qkv into the KV cache at the row's position. One row; N = C in one weight chunk.
+@group(0) @binding(14) var<storage, read> qkv_row: array<vec4<f32>>;  // (1, 3C)
+
+@compute @workgroup_size(8)
+fn gemv_texture_append(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+) {
+    let n0 = gid.x * 4u;
+    let sums = gemv_sums(n0, 0u, sg_lane % 8u);
+    if (n0 < p.N) { store4(0u, n0, sums, bias4(n0)); }
+    let c4 = p.kv_c / 4u;
+    if (gid.x < c4) {
+        let at = vec2(gid.x, slot_base(0u) + position(0u));
+        textureStore(k_cache, at, qkv_row[c4 + gid.x]);
+        textureStore(v_cache, at, qkv_row[2u * c4 + gid.x]);
+    }
+}

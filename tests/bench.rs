@@ -129,7 +129,9 @@ fn bench_json_follows_schema_and_compares() {
         "{out}"
     );
     // GPT-2's vocabulary (V = 50257: head texture chunks whose last is not a multiple of 4 rows)
-    // still takes the greedy pick from the head's candidates.
+    // still takes the greedy pick from the head's candidates; its head size (64) lets decode's
+    // qkv projection run the attention: per block ln_1, c_attn + attention, c_proj + residual
+    // (appending K and V), ln_2, c_fc + gelu, c_proj + residual (f32 keeps its norms).
     let rb: wgpt::bench::Report =
         serde_json::from_str(&std::fs::read_to_string(&b).unwrap()).unwrap();
     if rb.model.layout == "texture" && fused && rb.kernel_timing == "gpu-timestamps" {
@@ -137,6 +139,18 @@ fn bench_json_follows_schema_and_compares() {
             .map(|k| k.kernel.as_str())
             .collect();
         assert!(names.contains(&"argmax_partials"), "{names:?}");
+        assert!(names.contains(&"gemv_texture_attention"), "{names:?}");
+        assert!(!names.contains(&"attention_texture"), "{names:?}");
+        // embed (once per buffer chunk of the f32 token table) + 6 x 12 + ln_f + head (once
+        // per texture chunk) + argmax.
+        let gpu = gpu();
+        let rows_per_chunk = gpu.max_binding_bytes() / (768 * 4);
+        let embed = 50257u64.div_ceil(rows_per_chunk) as usize;
+        let head = 50257usize.div_ceil(gpu.limits.max_texture_dimension_2d as usize);
+        assert_eq!(
+            rb.runs[0].dispatches_per_token,
+            embed + 6 * 12 + 1 + head + 1
+        );
     }
 
     let o = wgpt(&[

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use wgpt::gpu::kernels::{
-    ArgmaxParams, AttentionParams, EmbedParams, Epilogue, LayerNormParams, LinearIo, MatmulParams,
-    Pipelines, SampleParams, Step, WidthParams, bind, bind_at, linear_binds,
+    ArgmaxParams, AttentionParams, EmbedParams, Epilogue, Kv, LayerNormParams, LinearIo,
+    MatmulParams, Pipelines, SampleParams, Step, WidthParams, bind, bind_at, linear_binds,
 };
 use wgpt::gpu::tensor::{GpuTensor, TextureChunk, WeightDtype, encode};
 use wgpt::reference;
@@ -768,7 +768,7 @@ fn texture_gemv_kv_appends_to_cache() {
                 input_texture: Some(&at),
                 bias: (&bb, true),
                 out: &out,
-                kv: Some([&views[0], &views[1]]),
+                kv: Some(Kv::Append([&views[0], &views[1]])),
                 ln: None,
                 partials: None,
             };
@@ -791,6 +791,156 @@ fn texture_gemv_kv_appends_to_cache() {
                 );
             }
             println!("gemv_texture_kv {dtype:?} C={c} slot={slot} pos={pos}: max diff {d:e}");
+        }
+    }
+}
+
+/// gemv_texture_attention (decode's qkv projection and attention in one dispatch, one workgroup
+/// per head) then gemv_texture_append (the output projection, appending the step's key and
+/// value) against the CPU twins, for f32, f16 and q8 weights, with and without the folded layer
+/// norm: qkv, the attention's output over a cache of random earlier rows in a slot other than
+/// the first, the projection with its residual, and the cache afterwards (exactly the earlier
+/// rows plus this step's key and value). Head sizes 32, 64 (three heads) and 256 (the largest).
+#[test]
+fn texture_gemv_attention_matches_cpu() {
+    let h = Harness::new();
+    let eps = 1e-5;
+    // (C, NH, position): no earlier keys, a few, more than a workgroup's lanes.
+    for (c, nh, pos) in [(64, 2, 0), (192, 3, 7), (768, 3, 33)] {
+        let hs = c / nh;
+        let gpu = &h.gpu;
+        assert!(
+            wgpt::gpu::kernels::attends_in_gemv(gpu, Some(hs as u32)),
+            "lavapipe has it"
+        );
+        for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+            let p = Pipelines::new(gpu, dtype, true, Some(hs as u32), &[Epilogue::Store]);
+            let t = p.textures();
+            let (Some(plain), Some(norm), Some(append)) = (
+                &t.gemv_texture_attention,
+                &t.gemv_texture_attention_norm,
+                &t.gemv_texture_append,
+            ) else {
+                panic!("attends_in_gemv builds the attention pipelines");
+            };
+            let (slot, n_ctx) = (1, pos + 2);
+            let rows = 2 * n_ctx;
+            let x: Vec<f32> = random(c, 70, 3.0).iter().map(|v| v + 1.5).collect();
+            let w = random(3 * c * c, 71, 0.2);
+            let b = random(3 * c, 72, 1.0);
+            let k_rows = random(rows * c, 73, 1.0);
+            let v_rows = random(rows * c, 74, 1.0);
+            let stored = stored_weights(&w, dtype);
+            let sums: Vec<f32> = stored.chunks(c).map(|r| r.iter().sum()).collect();
+            let (xt, xu) = linear_input(&h, &x, 1, c);
+            let step = gpu.uniform(
+                "step",
+                &Step {
+                    slot,
+                    slot_rows: n_ctx as u32,
+                    ..Step::new(1, 0, pos as u32)
+                },
+            );
+            let wt = texture_tensor(
+                gpu.weight_texture_init("w", &w, 3 * c, c, dtype),
+                3 * c,
+                c,
+                dtype,
+            );
+            for (name, pipe, ln) in [("", plain, false), (" NORM", norm, true)] {
+                let k_tex = gpu.texture_init("k", &k_rows, rows, c);
+                let v_tex = gpu.texture_init("v", &v_rows, rows, c);
+                let views = [&k_tex, &v_tex].map(|t| t.create_view(&Default::default()));
+                let (bb, sb) = (h.f32s(&b), h.f32s(&sums));
+                let (qkv, att_y) = (h.f32s(&vec![f32::NAN; 3 * c]), h.f32s(&vec![f32::NAN; c]));
+                let io = LinearIo {
+                    step: &step,
+                    inp: &xu,
+                    input_texture: Some(&xt),
+                    bias: (&bb, true),
+                    out: &qkv,
+                    kv: Some(Kv::Attend {
+                        cache: [&views[0], &views[1]],
+                        att_y: &att_y,
+                    }),
+                    ln: ln.then_some((&sb, eps)),
+                    partials: None,
+                };
+                for (bg, _) in linear_binds(gpu, pipe, &wt, &io) {
+                    dispatch(&h, pipe, &bg, nh as u32, 1);
+                }
+                // The twins: the projection of x (standardised with NORM), then attention over
+                // the slot's rows 0 .. pos of the cache and this step's key and value.
+                let xn = match ln {
+                    true => reference::layernorm(&x, &vec![1.0; c], &vec![0.0; c], c, eps),
+                    false => x.clone(),
+                };
+                let want_qkv = reference::matmul(&xn, &stored, Some(&b), c, 3 * c);
+                let got_qkv = h.read(&qkv);
+                // As texture_gemv_with_fused_norm_matches_cpu: C terms of size <= ~|x| (3.5)
+                // times weights <= 0.2, f32 against f64, and the norm's statistics: 1e-4
+                // relative to the largest output.
+                let dq = close(&got_qkv, &want_qkv, 1e-4);
+                let slot_rows = slot as usize * n_ctx * c..(slot as usize * n_ctx + pos) * c;
+                let (mut kc, mut vc) = (
+                    k_rows[slot_rows.clone()].to_vec(),
+                    v_rows[slot_rows].to_vec(),
+                );
+                kc.extend_from_slice(&got_qkv[c..2 * c]);
+                vc.extend_from_slice(&got_qkv[2 * c..]);
+                let want_att = reference::attention(&got_qkv, &kc, &vc, c, nh, pos);
+                // Convex combinations of values in [-1, 1] (the step's own up to ~|qkv|), f32
+                // online softmax against f64: as attention_texture, 1e-5 of the largest value.
+                let da = close(&h.read(&att_y), &want_att, 1e-5);
+
+                // gemv_texture_append: out += W2 a + b2, and the cache gains row pos of the slot.
+                let a = random(c, 75, 1.0);
+                let (w2, b2, resid) = (
+                    random(c * c, 76, 1.0),
+                    random(c, 77, 1.0),
+                    random(c, 78, 1.0),
+                );
+                let stored2 = stored_weights(&w2, dtype);
+                let mut want = reference::matmul(&a, &stored2, Some(&b2), c, c);
+                want.iter_mut().zip(&resid).for_each(|(o, r)| *o += r);
+                let wt2 =
+                    texture_tensor(gpu.weight_texture_init("w2", &w2, c, c, dtype), c, c, dtype);
+                let (at, au) = linear_input(&h, &a, 1, c);
+                let (bb2, out) = (h.f32s(&b2), h.f32s(&resid));
+                let io = LinearIo {
+                    step: &step,
+                    inp: &au,
+                    input_texture: Some(&at),
+                    bias: (&bb2, true),
+                    out: &out,
+                    kv: Some(Kv::Deferred {
+                        cache: [&views[0], &views[1]],
+                        qkv: &qkv,
+                    }),
+                    ln: None,
+                    partials: None,
+                };
+                for (bg, n) in linear_binds(gpu, append, &wt2, &io) {
+                    dispatch(&h, append, &bg, n.div_ceil(4).div_ceil(8), 1);
+                }
+                // As texture_linear_kernels_match_cpu's residual: C terms of size <= 1.
+                let dp = close(&h.read(&out), &want, 1e-5);
+                let row = slot as usize * n_ctx + pos;
+                for (tex, before, part) in [(&k_tex, &k_rows, 1), (&v_tex, &v_rows, 2)] {
+                    let mut expect = before.clone();
+                    expect[row * c..(row + 1) * c]
+                        .copy_from_slice(&got_qkv[part * c..(part + 1) * c]);
+                    assert_eq!(
+                        max_abs_diff(&read_texture(&h, tex), &expect),
+                        0.0,
+                        "cache {part}"
+                    );
+                }
+                println!(
+                    "gemv_texture_attention{name} {dtype:?} C={c} NH={nh} pos={pos}: qkv {dq:e}, \
+                     attention {da:e}; gemv_texture_append {dp:e}"
+                );
+            }
         }
     }
 }
@@ -831,7 +981,11 @@ fn texture_gemv_with_fused_norm_matches_cpu() {
             let views = cache.each_ref().map(|t| t.create_view(&Default::default()));
             for (name, pipe, kv) in [
                 ("gemv_texture_subgroup", norm.get(Epilogue::Store), None),
-                ("gemv_texture_kv", kv_norm, Some([&views[0], &views[1]])),
+                (
+                    "gemv_texture_kv",
+                    kv_norm,
+                    Some(Kv::Append([&views[0], &views[1]])),
+                ),
             ] {
                 let out = h.f32s(&vec![f32::NAN; n]);
                 let io = LinearIo {

@@ -172,8 +172,7 @@ pub struct MatmulParams {
     pub col0: u32,
     /// 1: add `bias[col0 + n]`; 0: the bound bias is a placeholder.
     pub has_bias: u32,
-    /// C for an attention qkv projection bound for gemv_texture_kv (which also writes outputs
-    /// C .. 3C, the key and value, into the KV cache); else 0.
+    /// C for the decode GEMVs that touch the KV cache ([`Kv`]); else 0.
     pub kv_c: u32,
     /// The fused layer norm's epsilon, for matmul_texture_subgroup.wgsl's NORM pipelines.
     pub ln_eps: f32,
@@ -404,14 +403,68 @@ pub struct LinearIo<'a> {
     pub bias: (&'a wgpu::Buffer, bool),
     /// The output (M, N).
     pub out: &'a wgpu::Buffer,
-    /// For gemv_texture_kv: the layer's key and value cache textures, which the qkv projection
-    /// (N = 3C) also writes this row's key and value into. `None` for every other pipeline.
-    pub kv: Option<[&'a wgpu::TextureView; 2]>,
+    /// For the decode GEMVs that touch the layer's KV cache (see [`Kv`]); `None` for every
+    /// other pipeline.
+    pub kv: Option<Kv<'a>>,
     /// For the NORM pipelines (a layer norm fused in, its gain and bias folded into the
     /// weights): the weight's row sums (col0 + N) and the norm's epsilon.
     pub ln: Option<(&'a wgpu::Buffer, f32)>,
     /// For gemv_texture_argmax: the buffer of per-workgroup candidates (ceil(N / 32) x 2 u32).
     pub partials: Option<&'a wgpu::Buffer>,
+}
+
+/// What a decode GEMV does with the layer's KV cache (rgba32float textures, (slots * n_ctx,
+/// C / 4)) besides its own outputs.
+#[derive(Clone, Copy)]
+pub enum Kv<'a> {
+    /// gemv_texture_kv, the qkv projection (N = 3C): writes this row's key and value into the
+    /// cache (bindings 7, 8).
+    Append([&'a wgpu::TextureView; 2]),
+    /// gemv_texture_attention, the qkv projection (N = 3C) and the attention: reads the cache
+    /// (11, 12) and writes the attention's output `att_y` (1, C) (13).
+    Attend {
+        /// The layer's key and value cache.
+        cache: [&'a wgpu::TextureView; 2],
+        /// The attention's output.
+        att_y: &'a wgpu::Buffer,
+    },
+    /// gemv_texture_append, the attention's output projection (N = C): copies this row's key
+    /// and value from `qkv` (1, 3C) into the cache (7, 8; `qkv` at 14).
+    Deferred {
+        /// The layer's key and value cache.
+        cache: [&'a wgpu::TextureView; 2],
+        /// The qkv projection's output, holding this row's key and value.
+        qkv: &'a wgpu::Buffer,
+    },
+}
+
+impl Kv<'_> {
+    /// C, from the weight of the projection that binds it.
+    fn c(&self, weight: &GpuTensor) -> u32 {
+        match self {
+            Kv::Append(_) | Kv::Attend { .. } => weight.rows as u32 / 3,
+            Kv::Deferred { .. } => weight.rows as u32,
+        }
+    }
+
+    /// Its bindings, numbered as matmul_texture_subgroup.wgsl declares them.
+    fn resources(&self) -> Vec<(u32, wgpu::BindingResource<'_>)> {
+        let view = wgpu::BindingResource::TextureView;
+        match *self {
+            Kv::Append([k, v]) => vec![(7, view(k)), (8, view(v))],
+            Kv::Attend {
+                cache: [k, v],
+                att_y,
+            } => vec![
+                (11, view(k)),
+                (12, view(v)),
+                (13, att_y.as_entire_binding()),
+            ],
+            Kv::Deferred { cache: [k, v], qkv } => {
+                vec![(7, view(k)), (8, view(v)), (14, qkv.as_entire_binding())]
+            }
+        }
+    }
 }
 
 /// One bind group per row chunk of `weight` for `pipe` (any pipeline of a [`Linear`] of the
@@ -430,7 +483,7 @@ pub fn linear_binds(
             ldo: weight.rows as u32,
             col0: row0 as u32,
             has_bias: io.bias.1 as u32,
-            kv_c: io.kv.map_or(0, |_| weight.rows as u32 / 3),
+            kv_c: io.kv.map_or(0, |kv| kv.c(weight)),
             ln_eps: io.ln.map_or(0.0, |(_, eps)| eps),
             _pad: 0,
         };
@@ -451,11 +504,8 @@ pub fn linear_binds(
                 ];
                 let mut numbered: Vec<(u32, wgpu::BindingResource)> =
                     (0..).zip(resources).collect();
-                if let Some([k, v]) = io.kv {
-                    numbered.extend([
-                        (7, wgpu::BindingResource::TextureView(k)),
-                        (8, wgpu::BindingResource::TextureView(v)),
-                    ]);
+                if let Some(kv) = &io.kv {
+                    numbered.extend(kv.resources());
                 }
                 // The NORM row sums; other pipelines of the layout get the bias as a placeholder.
                 let row_sums = io.ln.map_or(io.bias.0, |(sums, _)| sums);
@@ -557,12 +607,25 @@ pub struct TexturePipelines {
     /// matmul_texture_subgroup.wgsl's `gemv_texture_kv`: `gemv_texture_subgroup` for the
     /// attention's qkv projection that also appends the row's key and value to the KV cache
     /// (kv_append_texture's work, one dispatch fewer per layer); plain store epilogue, its own
-    /// layout (`LinearIo::kv`). Built where `subgroups_of_8` holds.
+    /// layout ([`Kv::Append`]). Built where `subgroups_of_8` holds and the head size does not
+    /// suit `gemv_texture_attention`.
     pub gemv_texture_kv: Option<wgpu::ComputePipeline>,
     /// `gemv_texture_kv` with the layer norm before it fused in (NORM; `LinearIo::ln`), for
-    /// models whose norms are folded into the weights (`loader::LnFold`). Built where
-    /// `subgroups_of_8` holds.
+    /// models whose norms are folded into the weights (`loader::LnFold`). Built as
+    /// `gemv_texture_kv`.
     pub gemv_texture_kv_norm: Option<wgpu::ComputePipeline>,
+    /// matmul_texture_subgroup.wgsl's `gemv_texture_attention`: the qkv projection and the
+    /// attention in one dispatch, one workgroup per head ([`Kv::Attend`]; two dispatches fewer
+    /// per layer than kv_append_texture and attention_texture, one fewer than
+    /// `gemv_texture_kv`). Built where `subgroups_of_8` holds, for a head size fixed at a
+    /// multiple of 32 of at most 256 ([`attends_in_gemv`]).
+    pub gemv_texture_attention: Option<wgpu::ComputePipeline>,
+    /// `gemv_texture_attention` with the layer norm before it fused in, as above.
+    pub gemv_texture_attention_norm: Option<wgpu::ComputePipeline>,
+    /// matmul_texture_subgroup.wgsl's `gemv_texture_append`: the attention's output projection
+    /// (residual epilogue) after `gemv_texture_attention`, appending the row's key and value
+    /// to the cache ([`Kv::Deferred`]). Built with `gemv_texture_attention`.
+    pub gemv_texture_append: Option<wgpu::ComputePipeline>,
     /// `gemv_texture_subgroup` with the layer norm before it fused in, as above.
     pub gemv_texture_norm: Option<Linear>,
     /// matmul_texture_subgroup.wgsl's `gemv_texture_argmax`: the head's GEMV (plain store)
@@ -577,6 +640,13 @@ pub struct TexturePipelines {
     pub attention_texture: wgpu::ComputePipeline,
     /// layernorm_rows.wgsl: one invocation per row, no barriers.
     pub layernorm_rows: wgpu::ComputePipeline,
+}
+
+/// Whether decode's qkv projection and attention run as one dispatch
+/// (`gemv_texture_attention`) for heads of `head_size`: the lanes of a head's 8-lane workgroup
+/// hold HS / 32 texels each of its query, key, value and output, at most 8.
+pub fn attends_in_gemv(gpu: &Engine, head_size: Option<u32>) -> bool {
+    subgroups_of_8(gpu) && head_size.is_some_and(|hs| hs % 32 == 0 && (32..=256).contains(&hs))
 }
 
 /// Whether the device has subgroups of at least 8 lanes, as matmul_texture_subgroup.wgsl
@@ -650,7 +720,17 @@ impl Pipelines {
         let linear = linear_layout(gpu, false);
         let texture = textures.then(|| {
             let linear_texture = linear_layout(gpu, true);
+            // Decode's qkv projection fuses the attention where the head size allows (and the
+            // output projection then appends to the cache), else only the cache append.
+            let attends = attends_in_gemv(gpu, head_size);
+            let appends = subgroups_of_8(gpu) && !attends;
             let kv_layout = linear_layout_with(gpu, true, Extra::Kv);
+            let attend_layout = linear_layout_with(gpu, true, Extra::Attend);
+            let hs = ("HS", head_size.unwrap_or(0) as f64);
+            let with_hs = |c: &[(&'static str, f64)]| [c, &[hs]].concat();
+            let kv_pipe = |entry: &str, layout: &wgpu::PipelineLayout, c: &[(&str, f64)]| {
+                entry_pipeline(gpu, "matmul_texture_subgroup", entry, Some(layout), c)
+            };
             TexturePipelines {
                 matmul_texture: Linear::new(
                     gpu,
@@ -678,23 +758,17 @@ impl Pipelines {
                     weights,
                     epilogues,
                 ),
-                gemv_texture_kv: subgroups_of_8(gpu).then(|| {
-                    entry_pipeline(
-                        gpu,
-                        "matmul_texture_subgroup",
-                        "gemv_texture_kv",
-                        Some(&kv_layout),
-                        weights,
-                    )
-                }),
-                gemv_texture_kv_norm: subgroups_of_8(gpu).then(|| {
-                    entry_pipeline(
-                        gpu,
-                        "matmul_texture_subgroup",
-                        "gemv_texture_kv",
-                        Some(&kv_layout),
-                        &norm,
-                    )
+                gemv_texture_kv: appends.then(|| kv_pipe("gemv_texture_kv", &kv_layout, weights)),
+                gemv_texture_kv_norm: appends
+                    .then(|| kv_pipe("gemv_texture_kv", &kv_layout, &norm)),
+                gemv_texture_attention: attends
+                    .then(|| kv_pipe("gemv_texture_attention", &attend_layout, &with_hs(weights))),
+                gemv_texture_attention_norm: attends
+                    .then(|| kv_pipe("gemv_texture_attention", &attend_layout, &with_hs(&norm))),
+                gemv_texture_append: attends.then(|| {
+                    let residual = [weights, &[("EPILOGUE", Epilogue::Residual as u32 as f64)]];
+                    let layout = linear_layout_with(gpu, true, Extra::Deferred);
+                    kv_pipe("gemv_texture_append", &layout, &residual.concat())
                 }),
                 gemv_texture_norm: subgroups_of_8(gpu).then(|| {
                     Linear::new(
@@ -781,6 +855,10 @@ enum Extra {
     Kv,
     /// gemv_texture_argmax's candidates (10; read-write).
     Partials,
+    /// gemv_texture_attention's KV-cache textures (11, 12; read-only) and output (13).
+    Attend,
+    /// gemv_texture_append's KV-cache textures (7, 8; write-only) and qkv (14; read).
+    Deferred,
 }
 
 /// `linear_layout`, with the bindings `extra` adds.
@@ -832,23 +910,33 @@ fn linear_layout_with(gpu: &Engine, textures: bool, extra: Extra) -> wgpu::Pipel
         // where every GEMV entry declares them).
         entries.extend([entry(6, wgpu::BufferBindingType::Uniform), entry(9, read)]);
     }
-    if extra == Extra::Partials {
-        entries.push(entry(
+    let cache = |binding: u32, access| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::StorageTexture {
+            access,
+            format: wgpu::TextureFormat::Rgba32Float,
+            view_dimension: wgpu::TextureViewDimension::D2,
+        },
+        count: None,
+    };
+    let (write, read_only) = (
+        wgpu::StorageTextureAccess::WriteOnly,
+        wgpu::StorageTextureAccess::ReadOnly,
+    );
+    match extra {
+        Extra::None => {}
+        Extra::Partials => entries.push(entry(
             10,
             wgpu::BufferBindingType::Storage { read_only: false },
-        ));
-    }
-    if extra == Extra::Kv {
-        entries.extend([7, 8].map(|binding| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::StorageTexture {
-                access: wgpu::StorageTextureAccess::WriteOnly,
-                format: wgpu::TextureFormat::Rgba32Float,
-                view_dimension: wgpu::TextureViewDimension::D2,
-            },
-            count: None,
-        }));
+        )),
+        Extra::Kv => entries.extend([cache(7, write), cache(8, write)]),
+        Extra::Attend => entries.extend([
+            cache(11, read_only),
+            cache(12, read_only),
+            entry(13, wgpu::BufferBindingType::Storage { read_only: false }),
+        ]),
+        Extra::Deferred => entries.extend([cache(7, write), cache(8, write), entry(14, read)]),
     }
     let bgl = gpu
         .device

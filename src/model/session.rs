@@ -3,7 +3,7 @@
 //! command encoder per step.
 
 use crate::gpu::kernels::{
-    self, ArgmaxParams, AttentionParams, EmbedParams, Epilogue, LayerNormParams, MAX_TOP,
+    self, ArgmaxParams, AttentionParams, EmbedParams, Epilogue, Kv, LayerNormParams, MAX_TOP,
     SampleParams, Step, WidthParams, wg,
 };
 use crate::gpu::tensor::GpuTensor;
@@ -137,10 +137,20 @@ pub(super) struct Op {
     pub(super) copy: Option<(wgpu::Buffer, wgpu::Texture)>,
     /// A linear layer's own pipeline and bind group for one-row steps, where it fuses in a
     /// neighbour's work: the qkv projection appending the key and value to the cache
-    /// (gemv_texture_kv), a projection standardising its input for a folded layer norm (NORM).
-    pub(super) decode: Option<(wgpu::ComputePipeline, wgpu::BindGroup)>,
+    /// (gemv_texture_kv) or running the attention too (gemv_texture_attention), a projection
+    /// standardising its input for a folded layer norm (NORM).
+    pub(super) decode: Option<Decode>,
     /// Not dispatched in one-row steps, where the next op's `decode` does its work.
     pub(super) skip_in_decode: bool,
+}
+
+/// A linear layer's one-row pipeline (`Op::decode`).
+#[derive(Clone)]
+pub(super) struct Decode {
+    pipe: wgpu::ComputePipeline,
+    bind: wgpu::BindGroup,
+    /// `Some(NH)` for gemv_texture_attention, which runs one workgroup per head.
+    heads: Option<u32>,
 }
 
 impl Op {
@@ -177,8 +187,23 @@ impl Op {
 
     /// The fused pipeline and bind group this op dispatches with in a step of `rows` rows, if
     /// any (see `decode`).
-    fn fused(&self, rows: u32) -> Option<&(wgpu::ComputePipeline, wgpu::BindGroup)> {
+    fn fused(&self, rows: u32) -> Option<&Decode> {
         self.decode.as_ref().filter(|_| self.gemv(rows))
+    }
+
+    /// Whether this op runs the attention in a step of `rows` rows: the attention kernels, or
+    /// a qkv projection fusing it in.
+    fn attends(&self, rows: u32) -> bool {
+        matches!(self.kernel, Kernel::Attention | Kernel::AttentionTexture)
+            || self.fused(rows).is_some_and(|d| d.heads.is_some())
+    }
+
+    /// The kernel family's name for per-kernel timings in a step of `rows` rows.
+    fn name(&self, rows: u32) -> &'static str {
+        match self.fused(rows) {
+            Some(Decode { heads: Some(_), .. }) => "gemv_texture_attention",
+            _ => self.kernel.name(self.gemv(rows)),
+        }
     }
 
     /// The activation copy to record before this op for a step of `rows` rows: only
@@ -529,7 +554,7 @@ impl Session {
         let mut out: Vec<(&'static str, f64)> = Vec::new();
         for (i, (op, r)) in ops.iter().enumerate() {
             let s = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_s;
-            let name = op.kernel.name(op.gemv(*r));
+            let name = op.name(*r);
             match out.iter_mut().find(|(k, _)| *k == name) {
                 Some(e) => e.1 += s,
                 None => out.push((name, s)),
@@ -822,8 +847,7 @@ impl Session {
             }
             self.dispatch(&mut pass, op, rows);
             // The attention debug path: this layer's q, k, v rows, copied between passes.
-            let attention = matches!(op.kernel, Kernel::Attention | Kernel::AttentionTexture);
-            if let (Some(cap), true) = (&self.capture, attention) {
+            if let (Some(cap), true) = (&self.capture, op.attends(rows)) {
                 drop(pass);
                 let bytes = (rows as usize * 3 * self.model.config.n_embd * 4) as u64;
                 let at = layer * cap.layer_stride;
@@ -873,11 +897,12 @@ impl Session {
         let few = op.gemv(rows);
         let fused = op.fused(rows);
         pass.set_pipeline(match fused {
-            Some((pipe, _)) => pipe,
+            Some(d) => &d.pipe,
             None => self.pipeline(op.kernel, few),
         });
-        pass.set_bind_group(0, fused.map_or(&op.bind, |(_, bind)| bind), &[]);
+        pass.set_bind_group(0, fused.map_or(&op.bind, |d| &d.bind), &[]);
         let (x, y) = match (op.grid, op.kernel) {
+            _ if let Some(nh) = fused.and_then(|d| d.heads) => (nh, 1),
             (Grid::Elements { width, wg }, _) => (width.div_ceil(wg), rows),
             (Grid::Rows, Kernel::LayerNormRows) => (rows.div_ceil(wg::LAYERNORM_ROWS), 1),
             (Grid::Rows, _) => (rows, 1),
@@ -897,11 +922,12 @@ impl Session {
 }
 
 /// What a linear layer's one-row dispatch fuses in (`Op::decode`): the layer's KV cache (the
-/// qkv projection appends the key and value), a layer norm folded into its weights (the row
-/// sums and the residual stream it standardises), the greedy argmax's candidates (the head).
+/// qkv projection appends the key and value, or runs the attention too, and then the output
+/// projection appends them), a layer norm folded into its weights (the row sums and the
+/// residual stream it standardises), the greedy argmax's candidates (the head).
 #[derive(Clone, Copy, Default)]
 struct Fuse<'a> {
-    kv: Option<[&'a wgpu::TextureView; 2]>,
+    kv: Option<Kv<'a>>,
     ln: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
     partials: Option<&'a wgpu::Buffer>,
 }
@@ -992,13 +1018,25 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         // col0 / 32 + workgroup, so chunks must start at multiples of 32.
         let chunks_at = |n: usize| weight.textures.iter().all(|ch| ch.row0 % n == 0);
         let texels = chunks_at(4) && weight.textures.iter().all(|ch| ch.rows % 4 == 0);
+        let one_chunk = weight.textures.len() == 1;
         let t = (p.texture.as_ref())
             .filter(|_| weight.cols as u32 <= wg::GEMV_UNIFORM_FLOATS && view.is_some());
         let partials = fuse.partials.filter(|_| chunks_at(32));
         let fused_pipe = match (t, fuse.kv, fuse.ln, partials) {
             (Some(t), None, None, Some(_)) => t.gemv_texture_argmax.clone(),
-            (Some(t), Some(_), None, None) if texels => t.gemv_texture_kv.clone(),
-            (Some(t), Some(_), Some(_), None) if texels => t.gemv_texture_kv_norm.clone(),
+            (Some(t), Some(Kv::Append(_)), None, None) if texels => t.gemv_texture_kv.clone(),
+            (Some(t), Some(Kv::Append(_)), Some(_), None) if texels => {
+                t.gemv_texture_kv_norm.clone()
+            }
+            (Some(t), Some(Kv::Attend { .. }), None, None) if one_chunk => {
+                t.gemv_texture_attention.clone()
+            }
+            (Some(t), Some(Kv::Attend { .. }), Some(_), None) if one_chunk => {
+                t.gemv_texture_attention_norm.clone()
+            }
+            (Some(t), Some(Kv::Deferred { .. }), None, None) if one_chunk => {
+                t.gemv_texture_append.clone()
+            }
             (Some(t), None, Some(_), None) if texels => {
                 (t.gemv_texture_norm.as_ref()).map(|l| l.get(epilogue).clone())
             }
@@ -1016,8 +1054,15 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                     partials,
                     ..io
                 };
+                let heads = matches!(fuse.kv, Some(Kv::Attend { .. })).then_some(nh);
                 let binds = kernels::linear_binds(gpu, pipe, weight, &io);
-                binds.into_iter().map(|(b, _)| (pipe.clone(), b)).collect()
+                (binds.into_iter())
+                    .map(|(bind, _)| Decode {
+                        pipe: pipe.clone(),
+                        bind,
+                        heads,
+                    })
+                    .collect()
             }
             None => Vec::new(),
         };
@@ -1106,6 +1151,12 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
     // its one-row dispatch, so that work is skipped there (`Op::skip_in_decode`; for the head,
     // the argmax over V logits).
     let fused = |ops: &[Op]| !ops.is_empty() && ops.iter().all(|o| o.decode.is_some());
+    // Decode's qkv projection runs the attention too where the pipelines were built for it and
+    // both of the attention's projections are one texture chunk each (it appends this step's
+    // key and value to the cache only after the attention, in the output projection).
+    let one_chunk = |t: &GpuTensor| t.textures.len() == 1;
+    let attends = (p.texture.as_ref()).is_some_and(|t| t.gemv_texture_attention.is_some())
+        && (w.layers.iter()).all(|lw| one_chunk(&lw.c_attn_w) && one_chunk(&lw.attn_proj_w));
     for (l, lw) in w.layers.iter().enumerate() {
         // A norm folded into the projection after it (`loader::LnFold`): its row sums, and the
         // residual stream the fused GEMV standardises.
@@ -1124,7 +1175,11 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             &act.qkv,
             Fuse {
                 kv: match kv {
-                    KvCache::Textures { k, v } => Some([&k[l], &v[l]]),
+                    KvCache::Textures { k, v } if attends => Some(Kv::Attend {
+                        cache: [&k[l], &v[l]],
+                        att_y: &act.att_y,
+                    }),
+                    KvCache::Textures { k, v } => Some(Kv::Append([&k[l], &v[l]])),
                     KvCache::Buffers { .. } => None,
                 },
                 ln: folded_ln(0),
@@ -1205,13 +1260,18 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 )
             }
         };
-        // The fused qkv projection appends the key and value itself.
+        // The fused qkv projection appends the key and value itself, or runs the attention and
+        // leaves the append to the output projection.
+        let qkv_attends = qkv_fused && attends;
         body.push(Op {
             skip_in_decode: qkv_fused,
             ..append
         });
-        body.push(attention);
-        body.extend(matmul(
+        body.push(Op {
+            skip_in_decode: qkv_attends,
+            ..attention
+        });
+        let proj = matmul(
             step,
             &act.att_y,
             |t| &t.c,
@@ -1219,8 +1279,20 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             Some(&lw.attn_proj_b),
             Epilogue::Residual,
             &act.x,
-            Fuse::default(),
-        ));
+            Fuse {
+                kv: match kv {
+                    KvCache::Textures { k, v } if qkv_attends => Some(Kv::Deferred {
+                        cache: [&k[l], &v[l]],
+                        qkv: &act.qkv,
+                    }),
+                    _ => None,
+                },
+                ..Fuse::default()
+            },
+        );
+        // One dispatch appends this step's key and value in either case.
+        debug_assert_eq!(fused(&proj), qkv_attends, "the output projection appends");
+        body.extend(proj);
         let (ln_w, ln_b) = if pre_ln {
             (&lw.ln_2_w, &lw.ln_2_b)
         } else {
