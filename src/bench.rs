@@ -662,6 +662,59 @@ pub fn kernels(
             4.0 * t as f64 * keys * c as f64,
         );
     }
+    // Decode's qkv projection with the attention fused in, over contexts of 1 (the projection
+    // alone) to 1024 keys.
+    if let Some(pipe) = (p.texture.as_ref()).and_then(|t| t.gemv_texture_attention.as_ref()) {
+        let (k, n) = (c, 3 * c);
+        let wbytes = (n as usize * dtype.row_bytes(k as usize)) as u64;
+        let w_tex = gpu.weight_texture("w", n as usize, k as usize, dtype);
+        let x_tex = gpu.texture("x", 1, k as usize);
+        let [w_tex, x_tex] = [w_tex, x_tex].map(|t| t.create_view(&Default::default()));
+        let (bias, x, out, att_y) = (
+            f32s(n),
+            gpu.storage_uniform("x", k as u64 * 4),
+            f32s(n),
+            f32s(c),
+        );
+        let params = MatmulParams {
+            k,
+            n,
+            ldo: n,
+            col0: 0,
+            has_bias: 1,
+            kv_c: c,
+            ln_eps: 0.0,
+            _pad: 0,
+        };
+        let pu = gpu.uniform("p", &params);
+        for ctx in [1u32, 128, 512, 1024] {
+            let st = step(1, ctx - 1);
+            let r = vec![
+                (0, st.as_entire_binding()),
+                (1, pu.as_entire_binding()),
+                (2, Tex(&x_tex)),
+                (3, Tex(&w_tex)),
+                (4, bias.as_entire_binding()),
+                (5, out.as_entire_binding()),
+                (6, crate::Engine::gemv_input(&x)),
+                (9, bias.as_entire_binding()),
+                (11, Tex(&kv_tex[0])),
+                (12, Tex(&kv_tex[1])),
+                (13, att_y.as_entire_binding()),
+            ];
+            let bg = bind_at(gpu, pipe, "bench", r);
+            let s = time_dispatch(gpu, pipe, &bg, (nh, 1), 20)?;
+            let bytes = wbytes as f64 + 2.0 * ctx as f64 * c as f64 * 4.0;
+            let flops = 2.0 * k as f64 * n as f64 + 4.0 * ctx as f64 * c as f64;
+            push(
+                "gemv_texture_attention",
+                format!("T=1 K={k} N={n} context={ctx}"),
+                s,
+                bytes,
+                flops,
+            );
+        }
+    }
     // Layernorm over a 128-token prefill.
     let t = 128u32;
     let ln = gpu.uniform(

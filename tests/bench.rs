@@ -218,6 +218,14 @@ fn kernel_microbenchmarks_cover_every_family() {
     ] {
         assert!(rows.iter().any(|r| r.kernel == k), "{k} missing");
     }
+    // Decode's qkv projection with the attention fused in, over contexts 1 to 1024, where the
+    // adapter builds it (lavapipe does).
+    if wgpt::gpu::kernels::attends_in_gemv(&gpu, Some(64)) {
+        let n = (rows.iter())
+            .filter(|r| r.kernel == "gemv_texture_attention")
+            .count();
+        assert_eq!(n, 2 * 4, "two dtypes, four contexts");
+    }
     for r in &rows {
         assert!(r.ms > 0.0 && r.gb_s > 0.0 && r.gflop_s > 0.0, "{r:?}");
         println!(
