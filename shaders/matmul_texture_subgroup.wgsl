@@ -316,18 +316,23 @@ fn gemv_texture_argmax(
 // between its threads; this saves one per layer). The workgroup computes its head's query, key
 // and value (3 HS outputs of the projection, 32 per pass: lane l holds texels l, l + 8, ... of
 // each, HS % 32 == 0) and stores them in qkv; then it attends over the cached keys 0 .. pos and
-// this step's own key, lane l owning those texels of the accumulator, the scores summed across
-// the subgroup. The cache textures are read-only here (one dispatch cannot read and write a
-// texture): gemv_texture_append, the attention's output projection, appends this step's key and
-// value from qkv afterwards. One row (not batched), weights in one texture chunk (N = 3C).
+// this step's own key with an online softmax, cached keys in blocks of 8: lane l scores key
+// j0 + l with the whole query (broadcast to every lane once), so a block's softmax is one vector
+// exp and two subgroup reductions; then each lane adds the block's values, weighted by the
+// broadcast probabilities, to its texels of the accumulator. The cache textures are read-only
+// here (one dispatch cannot read and write a texture): gemv_texture_append, the attention's
+// output projection, appends this step's key and value from qkv afterwards. One row (not
+// batched), weights in one texture chunk (N = 3C).
 @group(0) @binding(11) var k_past: texture_storage_2d<rgba32float, read>;  // (slots * n_ctx, C / 4)
 @group(0) @binding(12) var v_past: texture_storage_2d<rgba32float, read>;  // (slots * n_ctx, C / 4)
 @group(0) @binding(13) var<storage, read_write> att_y: array<vec4<f32>>;  // (1, C)
 
 // The head size, fixed per model (a constant bound unrolls the per-lane loops, keeping the
-// arrays in registers); HS / 32 texels per lane, at most MAX_HT.
+// arrays' indices constant); HS / 32 texels per lane, at most MAX_HT.
 override HS: u32 = 64u;
 const MAX_HT: u32 = 8u;
+// Below any real score, yet finite: exp(NEG - m) is a clean 0.
+const NEG: f32 = -3.0e38;
 
 @compute @workgroup_size(8)
 fn gemv_texture_attention(
@@ -357,26 +362,48 @@ fn gemv_texture_attention(
         k[i] = nk + bk;
         v[i] = nv + bv;
     }
-    // Online softmax, starting from this step's own key.
-    var s = 0.0;
-    for (var i = 0u; i < ht; i++) { s += dot(q[i], k[i]); }
-    var m = subgroupAdd(s);
+    // The whole query in every lane: texel 8 i + l of the head from lane l.
+    var qf: array<vec4<f32>, 64>;
+    for (var i = 0u; i < ht; i++) {
+        let b = array(
+            subgroupBroadcast(q[i], 0u), subgroupBroadcast(q[i], 1u), subgroupBroadcast(q[i], 2u),
+            subgroupBroadcast(q[i], 3u), subgroupBroadcast(q[i], 4u), subgroupBroadcast(q[i], 5u),
+            subgroupBroadcast(q[i], 6u), subgroupBroadcast(q[i], 7u),
+        );
+        for (var src = 0u; src < 8u; src++) { qf[8u * i + src] = b[src]; }
+    }
+    // The online softmax starts from this step's own key.
+    var s0 = 0.0;
+    for (var i = 0u; i < ht; i++) { s0 += dot(q[i], k[i]); }
+    var m = subgroupAdd(s0);
     var l = 1.0;
     var acc = v;
-    let x0 = h * (HS / 4u) + lane;  // this lane's first texel of the head in a cache row
+    let xh = h * (HS / 4u);  // the head's first texel in a cache row
+    let x0 = xh + lane;      // this lane's
     let base = slot_base(0u);
-    for (var j = 0u; j < position(0u); j++) {
-        var sj = 0.0;
-        for (var i = 0u; i < ht; i++) {
-            sj += dot(q[i], textureLoad(k_past, vec2(x0 + 8u * i, base + j)));
-        }
-        sj = subgroupAdd(sj);
-        let m_new = max(m, sj);
+    let n = position(0u);    // cached keys
+    for (var j0 = 0u; j0 < n; j0 += 8u) {
+        // Lanes past the last key score a repeat of it as NEG: probability 0.
+        let row = base + min(j0 + lane, n - 1u);
+        var s = 0.0;
+        for (var d = 0u; d < HS / 4u; d++) { s += dot(qf[d], textureLoad(k_past, vec2(xh + d, row))); }
+        s = select(NEG, s, j0 + lane < n);
+        let m_new = max(m, subgroupMax(s));
         let corr = exp(m - m_new);
-        let pj = exp(sj - m_new);
-        l = l * corr + pj;
+        let pj = exp(s - m_new);
+        l = l * corr + subgroupAdd(pj);
+        let pb = array(
+            subgroupBroadcast(pj, 0u), subgroupBroadcast(pj, 1u), subgroupBroadcast(pj, 2u),
+            subgroupBroadcast(pj, 3u), subgroupBroadcast(pj, 4u), subgroupBroadcast(pj, 5u),
+            subgroupBroadcast(pj, 6u), subgroupBroadcast(pj, 7u),
+        );
         for (var i = 0u; i < ht; i++) {
-            acc[i] = acc[i] * corr + pj * textureLoad(v_past, vec2(x0 + 8u * i, base + j));
+            var a = acc[i] * corr;
+            for (var jj = 0u; jj < 8u; jj++) {
+                let r = base + min(j0 + jj, n - 1u);
+                a += pb[jj] * textureLoad(v_past, vec2(x0 + 8u * i, r));
+            }
+            acc[i] = a;
         }
         m = m_new;
     }

@@ -805,8 +805,9 @@ fn texture_gemv_kv_appends_to_cache() {
 fn texture_gemv_attention_matches_cpu() {
     let h = Harness::new();
     let eps = 1e-5;
-    // (C, NH, position): no earlier keys, a few, more than a workgroup's lanes.
-    for (c, nh, pos) in [(64, 2, 0), (192, 3, 7), (768, 3, 33)] {
+    // (C, NH, position): no earlier keys, part of a block of 8, two whole blocks, four blocks
+    // and one key.
+    for (c, nh, pos) in [(64, 2, 0), (192, 3, 7), (128, 4, 16), (768, 3, 33)] {
         let hs = c / nh;
         let gpu = &h.gpu;
         assert!(
