@@ -42,7 +42,8 @@ pub struct Report {
     pub kernels_decode_ms: Vec<KernelTime>,
     /// The same for the prefill of the first run's prompt.
     pub kernels_prefill_ms: Vec<KernelTime>,
-    /// Measured buffer-copy bandwidth, GB/s (with `--kernels`).
+    /// Measured buffer-copy bandwidth, GB/s: the best of three 64 MiB (or the largest binding)
+    /// buffer-to-buffer copies, each byte read and written. Absent in reports from other tools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_gb_s: Option<f64>,
     /// Kernel microbenchmarks on GPT-2 shapes (with `--kernels`).
@@ -132,6 +133,11 @@ pub struct Run {
     pub dispatches_per_token: usize,
     /// Weight bytes a decode step reads divided by its median time, GB/s.
     pub decode_weight_gb_s: f64,
+    /// `decode_weight_gb_s` over the report's `copy_gb_s`: the share of the weight-bandwidth
+    /// bound (weight bytes per token / copy bandwidth) that decode reaches. 0 where no copy
+    /// bandwidth was measured (reports from other tools).
+    #[serde(default)]
+    pub decode_of_copy_bound: f64,
     /// Matmul and attention FLOPs of the prefill divided by its time, GFLOP/s.
     pub prefill_gflop_s: f64,
 }
@@ -218,6 +224,7 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
     session.next_token(&prompt(opts.prompt_lens[0], cfg.vocab_size), Pick::Greedy)?;
     session.reset();
     session.next_token(&[1], Pick::Greedy)?;
+    let copy = copy_bandwidth(&model.gpu)?;
     for &p in &opts.prompt_lens {
         let ids = prompt(p, cfg.vocab_size);
         let (mut prefill, mut decode, mut steps) = (Vec::new(), Vec::new(), Vec::new());
@@ -254,6 +261,11 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
             dispatches_per_token: session.dispatches_per_token(),
             decode_weight_gb_s: if p50 > 0.0 {
                 weight_bytes / p50 / 1e9
+            } else {
+                0.0
+            },
+            decode_of_copy_bound: if p50 > 0.0 {
+                weight_bytes / p50 / 1e9 / copy
             } else {
                 0.0
             },
@@ -316,7 +328,7 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
         kernel_timing: timing.into(),
         kernels_decode_ms: decode_k,
         kernels_prefill_ms: prefill_k,
-        copy_gb_s: None,
+        copy_gb_s: Some(copy),
         kernel_bench: Vec::new(),
         batch_runs: batch_runs(model, opts)?,
     })
@@ -358,7 +370,7 @@ pub fn compare(reports: &[(String, Report)]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<28} {:<34} {:<9} {:<14} {:>6} {:>12} {:>11} {:>10} {:>9}",
+        "{:<28} {:<34} {:<9} {:<14} {:>6} {:>12} {:>11} {:>10} {:>9} {:>8}",
         "file",
         "adapter",
         "backend",
@@ -367,14 +379,15 @@ pub fn compare(reports: &[(String, Report)]) -> String {
         "prefill t/s",
         "decode t/s",
         "p90 ms/t",
-        "GB/s"
+        "GB/s",
+        "of copy"
     );
     for (file, r) in reports {
         for run in &r.runs {
             let shape = format!("L{} C{} {}", r.model.n_layer, r.model.n_embd, r.model.dtype);
             let _ = writeln!(
                 s,
-                "{:<28} {:<34} {:<9} {:<14} {:>6} {:>12.1} {:>11.1} {:>10.2} {:>9.2}",
+                "{:<28} {:<34} {:<9} {:<14} {:>6} {:>12.1} {:>11.1} {:>10.2} {:>9.2} {:>8}",
                 truncate(file, 28),
                 truncate(&r.adapter.name, 34),
                 r.adapter.backend,
@@ -383,11 +396,21 @@ pub fn compare(reports: &[(String, Report)]) -> String {
                 run.prefill_tok_s,
                 run.decode_tok_s,
                 run.ms_per_token_p90,
-                run.decode_weight_gb_s
+                run.decode_weight_gb_s,
+                of_copy(run.decode_of_copy_bound)
             );
         }
     }
     s
+}
+
+/// A share of the copy bandwidth as a percentage, blank where none was measured.
+fn of_copy(share: f64) -> String {
+    if share > 0.0 {
+        format!("{:.0}%", 100.0 * share)
+    } else {
+        String::new()
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -44,8 +44,16 @@ fn bench_json_follows_schema_and_compares() {
     // GEMVs.
     let fused = r.model.layout == "texture" && wgpt::gpu::kernels::subgroups_of_8(&gpu());
     let norms_fused = fused && r.model.dtype != "f32";
+    // The copy bandwidth is always measured, and decode's share of that bound follows from it.
+    let copy = r.copy_gb_s.expect("copy bandwidth measured");
+    assert!(copy > 0.0);
     for run in &r.runs {
         assert!(run.prefill_tok_s > 0.0 && run.decode_tok_s > 0.0 && run.ttft_ms > 0.0);
+        let share = run.decode_weight_gb_s / copy;
+        assert!(
+            (run.decode_of_copy_bound - share).abs() <= 1e-9 * share,
+            "{run:?}"
+        );
         assert!(run.ms_per_token_p90 >= run.ms_per_token_p50);
         // embed + 8 per block (ln_1, c_attn, kv_append, attention, c_proj + residual, ln_2,
         // c_fc + gelu, c_proj + residual; 7 or 5 fused) x 2 + ln_f + head + argmax
@@ -103,9 +111,11 @@ fn bench_json_follows_schema_and_compares() {
         "runs",
         "kernel_timing",
         "kernels_decode_ms",
+        "copy_gb_s",
     ] {
         assert!(v.get(f).is_some(), "{f} missing");
     }
+    assert!(v["runs"][0].get("decode_of_copy_bound").is_some());
 
     // A random shape needs no folder.
     let b = tmp.path().join("b.json");
@@ -166,6 +176,24 @@ fn bench_json_follows_schema_and_compares() {
         table.contains("L12 C768 f32") && table.contains("L2 C64 f32"),
         "{table}"
     );
+    // Every row shows decode's share of the copy bound.
+    assert_eq!(table.matches('%').count(), 3, "{table}");
+
+    // A report without the copy bandwidth (an older wgpt, or tools/torch_bench.py) still
+    // compares, its share left blank.
+    let mut old: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&a).unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("copy_gb_s");
+    for run in old["runs"].as_array_mut().unwrap() {
+        run.as_object_mut().unwrap().remove("decode_of_copy_bound");
+    }
+    let c = tmp.path().join("c.json");
+    std::fs::write(&c, old.to_string()).unwrap();
+    let o = wgpt(&["bench", "--compare", c.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(table.lines().count(), 1 + 2, "{table}");
+    assert!(!table.contains('%'), "{table}");
 
     // Bad input: unknown shape, a prompt longer than the context, a file that is not a report.
     let o = wgpt(&["bench", "--shape", "gpt5"]);
