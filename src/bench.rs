@@ -767,13 +767,33 @@ pub fn kernels(
     };
     let bg = bind(gpu, pipe, "bench", &bufs);
     let s = time_dispatch(gpu, pipe, &bg, (groups, 1), 10)?;
-    push(
-        name,
-        format!("T={t} C={c}"),
-        s,
-        2.0 * 4.0 * (t * c) as f64,
-        8.0 * (t * c) as f64,
-    );
+    let (ln_bytes, ln_flops) = (2.0 * 4.0 * (t * c) as f64, 8.0 * (t * c) as f64);
+    push(name, format!("T={t} C={c}"), s, ln_bytes, ln_flops);
+    // With textures, prefill's norms before a linear layer read and write textures.
+    if let Some(tp) = &p.texture {
+        let [x, out] = [0, 1].map(|_| {
+            gpu.texture("ln", t as usize, c as usize)
+                .create_view(&Default::default())
+        });
+        let gain_bias = gpu.storage_uniform("gain_bias", 2048 * 16);
+        let r = vec![
+            (0, bufs[0].as_entire_binding()),
+            (1, ln.as_entire_binding()),
+            (6, Tex(&x)),
+            (7, gain_bias.as_entire_binding()),
+            (8, Tex(&out)),
+        ];
+        let pipe = &tp.layernorm_rows_texture;
+        let bg = bind_at(gpu, pipe, "bench", r);
+        let s = time_dispatch(gpu, pipe, &bg, (t.div_ceil(wg::LAYERNORM_ROWS), 1), 10)?;
+        push(
+            "layernorm_rows_texture",
+            format!("T={t} C={c}"),
+            s,
+            ln_bytes,
+            ln_flops,
+        );
+    }
     gpu.check()?;
     Ok((copy, rows))
 }

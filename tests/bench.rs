@@ -243,6 +243,7 @@ fn kernel_microbenchmarks_cover_every_family() {
         "attention_texture",
         "layernorm",
         "layernorm_rows",
+        "layernorm_rows_texture",
     ] {
         assert!(rows.iter().any(|r| r.kernel == k), "{k} missing");
     }

@@ -107,6 +107,59 @@ fn layernorm_rows_matches_cpu() {
     check_layernorm(&h, "layernorm_rows", pipe, |t| t.div_ceil(8), &shapes, 31);
 }
 
+/// layernorm_rows_texture (multi-row steps' norms before a linear layer in the texture layout:
+/// rows from a texture into the layer's input texture, gain and bias from one uniform) against
+/// the twin; rows not a multiple of its 8-row workgroups, C up to GPT-2's and one not a
+/// multiple of 64. Rows of the output texture past T are left alone.
+#[test]
+fn layernorm_rows_texture_matches_cpu() {
+    let h = Harness::new();
+    let pipe = &h.p.textures().layernorm_rows_texture;
+    for (t, c) in [(1, 64), (7, 192), (33, 768), (9, 100)] {
+        let x: Vec<f32> = random(t * c, 80, 2.0).iter().map(|v| v + 5.0).collect();
+        let (w, b) = (random(c, 81, 1.0), random(c, 82, 1.0));
+        let want = reference::layernorm(&x, &w, &b, c, 1e-5);
+        let mut gain_bias = vec![0.0; 2048 * 4];
+        gain_bias[..c].copy_from_slice(&w);
+        gain_bias[c..2 * c].copy_from_slice(&b);
+        let gb = h
+            .gpu
+            .storage_uniform("gain_bias", gain_bias.len() as u64 * 4);
+        h.gpu
+            .queue
+            .write_buffer(&gb, 0, bytemuck::cast_slice(&gain_bias));
+        let params = LayerNormParams {
+            c: c as u32,
+            eps: 1e-5,
+            _pad: [0; 2],
+        };
+        let xt = h
+            .gpu
+            .texture_init("x", &x, t, c)
+            .create_view(&Default::default());
+        // One row more than T, holding NaN: it must stay as it was.
+        let out = h
+            .gpu
+            .texture_init("out", &vec![f32::NAN; (t + 1) * c], t + 1, c);
+        let ov = out.create_view(&Default::default());
+        let (step, pu) = (h.step(t, 0, 0), h.gpu.uniform("p", &params));
+        let r = vec![
+            (0, step.as_entire_binding()),
+            (1, pu.as_entire_binding()),
+            (6, wgpu::BindingResource::TextureView(&xt)),
+            (7, gb.as_entire_binding()),
+            (8, wgpu::BindingResource::TextureView(&ov)),
+        ];
+        let bg = bind_at(&h.gpu, pipe, "test", r);
+        dispatch(&h, pipe, &bg, (t as u32).div_ceil(8), 1);
+        let got = read_texture(&h, &out);
+        // As layernorm_rows: normalised values are O(1), f32 statistics over C terms.
+        let d = close(&got[..t * c], &want, 1e-5);
+        assert!(got[t * c..].iter().all(|v| v.is_nan()), "row T was written");
+        println!("layernorm_rows_texture T={t} C={c}: max diff {d:e}");
+    }
+}
+
 /// `pipe` (a layernorm, `workgroups(T)` of them) against the twin on (T, C, row0) shapes.
 fn check_layernorm(
     h: &Harness,
@@ -1107,10 +1160,15 @@ fn texture_gemv_argmax_picks_first_largest() {
     }
 }
 
-/// The whole of an rgba32float texture, row by row (rows of a multiple of 256 bytes).
+/// The whole of an rgba32float texture, row by row.
 fn read_texture(h: &Harness, tex: &wgpu::Texture) -> Vec<f32> {
-    let bytes_per_row = tex.width() * 16;
-    let buf = h.gpu.storage("read", (bytes_per_row * tex.height()) as u64);
+    // Copies into a buffer need rows of a multiple of 256 bytes: copy padded rows, then drop
+    // the padding.
+    let row_bytes = tex.width() as usize * 16;
+    let pitch = row_bytes.next_multiple_of(256);
+    let buf = h
+        .gpu
+        .storage("read", (pitch * tex.height() as usize) as u64);
     let mut enc = h.gpu.device.create_command_encoder(&Default::default());
     enc.copy_texture_to_buffer(
         tex.as_image_copy(),
@@ -1118,14 +1176,17 @@ fn read_texture(h: &Harness, tex: &wgpu::Texture) -> Vec<f32> {
             buffer: &buf,
             layout: wgpu::TexelCopyBufferLayout {
                 offset: 0,
-                bytes_per_row: Some(bytes_per_row),
+                bytes_per_row: Some(pitch as u32),
                 rows_per_image: None,
             },
         },
         tex.size(),
     );
     h.gpu.queue.submit([enc.finish()]);
-    h.read(&buf)
+    let all = h.read(&buf);
+    (all.chunks(pitch / 4))
+        .flat_map(|row| row[..row_bytes / 4].to_vec())
+        .collect()
 }
 
 /// The texture layout's KV cache and attention (CPU adapters): kv_append_texture then

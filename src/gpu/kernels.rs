@@ -640,6 +640,9 @@ pub struct TexturePipelines {
     pub attention_texture: wgpu::ComputePipeline,
     /// layernorm_rows.wgsl: one invocation per row, no barriers.
     pub layernorm_rows: wgpu::ComputePipeline,
+    /// layernorm_rows.wgsl's `layernorm_rows_texture`: multi-row steps' norms before a linear
+    /// layer, from a texture of the rows into the layer's input texture.
+    pub layernorm_rows_texture: wgpu::ComputePipeline,
 }
 
 /// Whether decode's qkv projection and attention run as one dispatch
@@ -803,6 +806,13 @@ impl Pipelines {
                 kv_append_texture: pipeline(gpu, "kv_append_texture", None, &[]),
                 attention_texture: pipeline(gpu, "attention_texture", None, head),
                 layernorm_rows: pipeline(gpu, "layernorm_rows", None, &[]),
+                layernorm_rows_texture: entry_pipeline(
+                    gpu,
+                    "layernorm_rows",
+                    "layernorm_rows_texture",
+                    None,
+                    &[],
+                ),
             }
         });
         Pipelines {

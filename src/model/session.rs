@@ -63,6 +63,8 @@ pub(super) struct Activations {
 
 /// The linear layers' inputs as textures, filled by a copy before each layer.
 struct InputTextures {
+    /// The residual stream x, copied in for layernorm_rows_texture (multi-row steps).
+    x: wgpu::Texture, // (T, C)
     c: wgpu::Texture,     // (T, C): ln and att_y
     inner: wgpu::Texture, // (T, n_inner): fc_h
     head: wgpu::Texture,  // (head_rows, C): lnf
@@ -142,6 +144,16 @@ pub(super) struct Op {
     pub(super) decode: Option<Decode>,
     /// Not dispatched in one-row steps, where the next op's `decode` does its work.
     pub(super) skip_in_decode: bool,
+    /// A pre-LN block's layer norm in the texture layout: its multi-row pipeline.
+    pub(super) norm_texture: Option<NormTexture>,
+}
+
+/// layernorm_rows_texture for a layer norm's multi-row steps: the residual stream is copied
+/// into a texture (`copy`), and the norm writes the next linear layer's input texture itself.
+pub(super) struct NormTexture {
+    pipe: wgpu::ComputePipeline,
+    bind: wgpu::BindGroup,
+    copy: (wgpu::Buffer, wgpu::Texture),
 }
 
 /// A linear layer's one-row pipeline (`Op::decode`).
@@ -163,6 +175,7 @@ impl Op {
             copy: None,
             decode: None,
             skip_in_decode: false,
+            norm_texture: None,
         }
     }
 
@@ -206,10 +219,13 @@ impl Op {
         }
     }
 
-    /// The activation copy to record before this op for a step of `rows` rows: only
-    /// matmul_texture reads its input from a texture.
+    /// The activation copy to record before this op for a step of `rows` rows: matmul_texture
+    /// and layernorm_rows_texture read their input from a texture.
     fn texture_copy(&self, rows: u32) -> Option<&(wgpu::Buffer, wgpu::Texture)> {
-        self.copy.as_ref().filter(|_| !self.gemv(rows))
+        match &self.norm_texture {
+            Some(n) if rows > 1 => Some(&n.copy),
+            _ => self.copy.as_ref().filter(|_| !self.gemv(rows)),
+        }
     }
 }
 
@@ -363,6 +379,7 @@ impl Session {
             recent: gpu.storage("recent", f(n_ctx)),
             logits_read: None,
             textures: model.texture_linear.then(|| InputTextures {
+                x: gpu.texture("x_texture", t_max, c),
                 c: gpu.texture("ln_texture", t_max, c),
                 inner: gpu.texture("fc_h_texture", t_max, inner),
                 head: gpu.texture("lnf_texture", head_rows, c),
@@ -894,6 +911,12 @@ impl Session {
     }
 
     fn dispatch(&self, pass: &mut wgpu::ComputePass, op: &Op, rows: u32) {
+        if let Some(n) = op.norm_texture.as_ref().filter(|_| rows > 1) {
+            pass.set_pipeline(&n.pipe);
+            pass.set_bind_group(0, &n.bind, &[]);
+            pass.dispatch_workgroups(rows.div_ceil(wg::LAYERNORM_ROWS), 1, 1);
+            return;
+        }
         let few = op.gemv(rows);
         let fused = op.fused(rows);
         pass.set_pipeline(match fused {
@@ -981,6 +1004,40 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             ),
             Grid::Rows,
         )
+    };
+    // A pre-LN block's norm in the texture layout, for multi-row steps: from a copy of x into
+    // the linear layer's input texture (layernorm_rows_texture), its gain and bias copied into
+    // one uniform buffer by `init` (submitted once, below).
+    let mut init = gpu.device.create_command_encoder(&Default::default());
+    let norm_texture = |init: &mut wgpu::CommandEncoder, weight: &GpuTensor, bias: &GpuTensor| {
+        let (t, tp) = (act.textures.as_ref()?, p.texture.as_ref()?);
+        if !cfg.pre_ln || c > 4096 {
+            return None;
+        }
+        let bytes = c as u64 * 4;
+        let gain_bias = gpu.storage_uniform("ln_gain_bias", 2048 * 16);
+        init.copy_buffer_to_buffer(weight.single(), 0, &gain_bias, 0, bytes);
+        init.copy_buffer_to_buffer(bias.single(), 0, &gain_bias, bytes, bytes);
+        let params = LayerNormParams {
+            c,
+            eps: cfg.layer_norm_epsilon,
+            _pad: [0; 2],
+        };
+        let params = gpu.uniform("ln", &params);
+        let [x, out] = [&t.x, &t.c].map(|t| t.create_view(&Default::default()));
+        let r = vec![
+            (0, act.body_step.as_entire_binding()),
+            (1, params.as_entire_binding()),
+            (6, wgpu::BindingResource::TextureView(&x)),
+            (7, gain_bias.as_entire_binding()),
+            (8, wgpu::BindingResource::TextureView(&out)),
+        ];
+        let pipe = &tp.layernorm_rows_texture;
+        Some(NormTexture {
+            pipe: pipe.clone(),
+            bind: kernels::bind_at(gpu, pipe, "layernorm_rows_texture", r),
+            copy: (act.x.clone(), t.x.clone()),
+        })
     };
     // out = epilogue(inp @ weight^T + bias), one dispatch per row chunk of the weight. With
     // textures, the first dispatch copies `inp` into the input texture of its width.
@@ -1079,6 +1136,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 copy: input.filter(|_| i == 0).map(|t| (inp.clone(), t.clone())),
                 decode: fused.get(i).cloned(),
                 skip_in_decode: false,
+                norm_texture: None,
             })
             .collect()
     };
@@ -1162,10 +1220,16 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         // residual stream the fused GEMV standardises.
         let folded_ln = |i: usize| model.ln_folded.as_ref().map(|s| (&s[l][i], &act.x));
         let ln_1 = body.len();
+        let mut ln_texture = false;
         if pre_ln {
-            body.push(layernorm(step, &act.x, &lw.ln_1_w, &lw.ln_1_b, &act.ln));
+            let norm_texture = norm_texture(&mut init, &lw.ln_1_w, &lw.ln_1_b);
+            ln_texture = norm_texture.is_some();
+            body.push(Op {
+                norm_texture,
+                ..layernorm(step, &act.x, &lw.ln_1_w, &lw.ln_1_b, &act.ln)
+            });
         }
-        let qkv = matmul(
+        let mut qkv = matmul(
             step,
             attn_in,
             |t| &t.c,
@@ -1186,6 +1250,10 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 ..Fuse::default()
             },
         );
+        // The norm wrote the projection's input texture itself.
+        if ln_texture {
+            qkv.iter_mut().for_each(|op| op.copy = None);
+        }
         let qkv_fused = fused(&qkv);
         if pre_ln && qkv_fused && model.ln_folded.is_some() {
             body[ln_1].skip_in_decode = true;
@@ -1299,8 +1367,13 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             (&lw.ln_1_w, &lw.ln_1_b)
         };
         let ln_2 = body.len();
-        body.push(layernorm(step, &act.x, ln_w, ln_b, &act.ln));
-        let fc = matmul(
+        let norm_texture = norm_texture(&mut init, ln_w, ln_b);
+        let ln_texture = norm_texture.is_some();
+        body.push(Op {
+            norm_texture,
+            ..layernorm(step, &act.x, ln_w, ln_b, &act.ln)
+        });
+        let mut fc = matmul(
             step,
             &act.ln,
             |t| &t.c,
@@ -1313,6 +1386,9 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                 ..Fuse::default()
             },
         );
+        if ln_texture {
+            fc.iter_mut().for_each(|op| op.copy = None);
+        }
         if pre_ln && fused(&fc) && model.ln_folded.is_some() {
             body[ln_2].skip_in_decode = true;
         }
@@ -1415,6 +1491,7 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         ),
         Grid::One,
     );
+    gpu.queue.submit([init.finish()]);
     (body, head, argmax, sample, top_op)
 }
 
