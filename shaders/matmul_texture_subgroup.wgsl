@@ -173,6 +173,15 @@ fn norm4(n0: u32, sums: vec4<f32>, s1: f32, s2: f32) -> vec4<f32> {
     return rstd * (sums - mean * rs);
 }
 
+// Every lane's v, lane l's at index l (every lane must call it).
+fn lanes8(v: vec4<f32>) -> array<vec4<f32>, 8> {
+    return array(
+        subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u),
+        subgroupBroadcast(v, 3u), subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
+        subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u),
+    );
+}
+
 // The four outputs n0 .. n0 + 4 of row m before the bias, the lanes sharing the input as
 // described above (f16, q8). Every lane of the workgroup must call it (the broadcasts).
 fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
@@ -209,11 +218,7 @@ fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
             s1 += dot(xl, one);
             s2 += dot(xl, xl);
         }
-        let xs = array(
-            subgroupBroadcast(xl, 0u), subgroupBroadcast(xl, 1u), subgroupBroadcast(xl, 2u),
-            subgroupBroadcast(xl, 3u), subgroupBroadcast(xl, 4u), subgroupBroadcast(xl, 5u),
-            subgroupBroadcast(xl, 6u), subgroupBroadcast(xl, 7u),
-        );
+        let xs = lanes8(xl);
         if (WEIGHT_Q8) {
             let d = vec4(
                 gemv_block_q8(kb, n.x, xs),
@@ -365,11 +370,7 @@ fn gemv_texture_attention(
     // The whole query in every lane: texel 8 i + l of the head from lane l.
     var qf: array<vec4<f32>, 64>;
     for (var i = 0u; i < ht; i++) {
-        let b = array(
-            subgroupBroadcast(q[i], 0u), subgroupBroadcast(q[i], 1u), subgroupBroadcast(q[i], 2u),
-            subgroupBroadcast(q[i], 3u), subgroupBroadcast(q[i], 4u), subgroupBroadcast(q[i], 5u),
-            subgroupBroadcast(q[i], 6u), subgroupBroadcast(q[i], 7u),
-        );
+        let b = lanes8(q[i]);
         for (var src = 0u; src < 8u; src++) { qf[8u * i + src] = b[src]; }
     }
     // The online softmax starts from this step's own key.

@@ -775,7 +775,7 @@ pub fn kernels(
             gpu.texture("ln", t as usize, c as usize)
                 .create_view(&Default::default())
         });
-        let gain_bias = gpu.storage_uniform("gain_bias", 2048 * 16);
+        let gain_bias = gpu.storage_uniform("gain_bias", wg::GAIN_BIAS_BYTES);
         let r = vec![
             (0, bufs[0].as_entire_binding()),
             (1, ln.as_entire_binding()),

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use wgpt::gpu::kernels::{
     ArgmaxParams, AttentionParams, EmbedParams, Epilogue, Kv, LayerNormParams, LinearIo,
-    MatmulParams, Pipelines, SampleParams, Step, WidthParams, bind, bind_at, linear_binds,
+    MatmulParams, Pipelines, SampleParams, Step, WidthParams, bind, bind_at, linear_binds, wg,
 };
 use wgpt::gpu::tensor::{GpuTensor, TextureChunk, WeightDtype, encode};
 use wgpt::reference;
@@ -119,7 +119,7 @@ fn layernorm_rows_texture_matches_cpu() {
         let x: Vec<f32> = random(t * c, 80, 2.0).iter().map(|v| v + 5.0).collect();
         let (w, b) = (random(c, 81, 1.0), random(c, 82, 1.0));
         let want = reference::layernorm(&x, &w, &b, c, 1e-5);
-        let mut gain_bias = vec![0.0; 2048 * 4];
+        let mut gain_bias = vec![0.0; wg::GAIN_BIAS_BYTES as usize / 4];
         gain_bias[..c].copy_from_slice(&w);
         gain_bias[c..2 * c].copy_from_slice(&b);
         let gb = h

@@ -380,6 +380,9 @@ pub mod wg {
     pub const GEMV_UNIFORM_FLOATS: u32 = 16384;
     /// layernorm_rows.wgsl: invocations (rows) per workgroup.
     pub const LAYERNORM_ROWS: u32 = 8;
+    /// layernorm_rows_texture's gain-and-bias uniform (its `array<vec4<f32>, 2048>`), bytes:
+    /// C <= 4096.
+    pub const GAIN_BIAS_BYTES: u64 = 2048 * 16;
     /// attention_texture.wgsl: invocations per workgroup, one per head.
     pub const ATTENTION_TEXTURE: u32 = 8;
     /// kv_append.wgsl and kv_append_texture.wgsl: invocations per workgroup along C (one per

@@ -161,8 +161,8 @@ pub(super) struct NormTexture {
 pub(super) struct Decode {
     pipe: wgpu::ComputePipeline,
     bind: wgpu::BindGroup,
-    /// `Some(NH)` for gemv_texture_attention, which runs one workgroup per head.
-    heads: Option<u32>,
+    /// gemv_texture_attention, which runs one workgroup per head.
+    attends: bool,
 }
 
 impl Op {
@@ -208,13 +208,13 @@ impl Op {
     /// a qkv projection fusing it in.
     fn attends(&self, rows: u32) -> bool {
         matches!(self.kernel, Kernel::Attention | Kernel::AttentionTexture)
-            || self.fused(rows).is_some_and(|d| d.heads.is_some())
+            || self.fused(rows).is_some_and(|d| d.attends)
     }
 
     /// The kernel family's name for per-kernel timings in a step of `rows` rows.
     fn name(&self, rows: u32) -> &'static str {
         match self.fused(rows) {
-            Some(Decode { heads: Some(_), .. }) => "gemv_texture_attention",
+            Some(Decode { attends: true, .. }) => "gemv_texture_attention",
             _ => self.kernel.name(self.gemv(rows)),
         }
     }
@@ -925,7 +925,7 @@ impl Session {
         });
         pass.set_bind_group(0, fused.map_or(&op.bind, |d| &d.bind), &[]);
         let (x, y) = match (op.grid, op.kernel) {
-            _ if let Some(nh) = fused.and_then(|d| d.heads) => (nh, 1),
+            _ if fused.is_some_and(|d| d.attends) => (self.model.config.n_head as u32, 1),
             (Grid::Elements { width, wg }, _) => (width.div_ceil(wg), rows),
             (Grid::Rows, Kernel::LayerNormRows) => (rows.div_ceil(wg::LAYERNORM_ROWS), 1),
             (Grid::Rows, _) => (rows, 1),
@@ -980,30 +980,18 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
         Some(t) if act.textures.is_some() => (Kernel::LayerNormRows, &t.layernorm_rows),
         _ => (Kernel::LayerNorm, &p.layernorm),
     };
+    // Every norm of the model has the same width and epsilon: one uniform serves them all.
+    let ln_params = gpu.uniform(
+        "ln",
+        &LayerNormParams {
+            c,
+            eps: cfg.layer_norm_epsilon,
+            _pad: [0; 2],
+        },
+    );
     let layernorm = |step: &wgpu::Buffer, inp, weight: &GpuTensor, bias: &GpuTensor, out| {
-        Op::new(
-            ln_kernel,
-            bind(
-                ln_pipe,
-                "layernorm",
-                &[
-                    step,
-                    &gpu.uniform(
-                        "ln",
-                        &LayerNormParams {
-                            c,
-                            eps: cfg.layer_norm_epsilon,
-                            _pad: [0; 2],
-                        },
-                    ),
-                    inp,
-                    weight.single(),
-                    bias.single(),
-                    out,
-                ],
-            ),
-            Grid::Rows,
-        )
+        let bufs = [step, &ln_params, inp, weight.single(), bias.single(), out];
+        Op::new(ln_kernel, bind(ln_pipe, "layernorm", &bufs), Grid::Rows)
     };
     // A pre-LN block's norm in the texture layout, for multi-row steps: from a copy of x into
     // the linear layer's input texture (layernorm_rows_texture), its gain and bias copied into
@@ -1011,23 +999,17 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
     let mut init = gpu.device.create_command_encoder(&Default::default());
     let norm_texture = |init: &mut wgpu::CommandEncoder, weight: &GpuTensor, bias: &GpuTensor| {
         let (t, tp) = (act.textures.as_ref()?, p.texture.as_ref()?);
-        if !cfg.pre_ln || c > 4096 {
+        if !cfg.pre_ln || c as u64 * 8 > wg::GAIN_BIAS_BYTES {
             return None;
         }
         let bytes = c as u64 * 4;
-        let gain_bias = gpu.storage_uniform("ln_gain_bias", 2048 * 16);
+        let gain_bias = gpu.storage_uniform("ln_gain_bias", wg::GAIN_BIAS_BYTES);
         init.copy_buffer_to_buffer(weight.single(), 0, &gain_bias, 0, bytes);
         init.copy_buffer_to_buffer(bias.single(), 0, &gain_bias, bytes, bytes);
-        let params = LayerNormParams {
-            c,
-            eps: cfg.layer_norm_epsilon,
-            _pad: [0; 2],
-        };
-        let params = gpu.uniform("ln", &params);
         let [x, out] = [&t.x, &t.c].map(|t| t.create_view(&Default::default()));
         let r = vec![
             (0, act.body_step.as_entire_binding()),
-            (1, params.as_entire_binding()),
+            (1, ln_params.as_entire_binding()),
             (6, wgpu::BindingResource::TextureView(&x)),
             (7, gain_bias.as_entire_binding()),
             (8, wgpu::BindingResource::TextureView(&out)),
@@ -1111,13 +1093,13 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
                     partials,
                     ..io
                 };
-                let heads = matches!(fuse.kv, Some(Kv::Attend { .. })).then_some(nh);
+                let attends = matches!(fuse.kv, Some(Kv::Attend { .. }));
                 let binds = kernels::linear_binds(gpu, pipe, weight, &io);
                 (binds.into_iter())
                     .map(|(bind, _)| Decode {
                         pipe: pipe.clone(),
                         bind,
-                        heads,
+                        attends,
                     })
                     .collect()
             }
