@@ -34,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let ids = tokenizer.encode("fn main() {")?;
-    let out = wgpt::generate_ids(&mut session, Some(&tokenizer), &ids, &opts, None, |_| {})?;
+    let out = wgpt::generate_ids(&mut session, Some(&tokenizer), &ids, &opts, |_| {})?;
     println!("fn main() {{{}", out.text);
 
     // The app goes on with its own work on the same device.

@@ -27,9 +27,8 @@ fn main() -> wgpt::Result<()> {
         ..Default::default()
     };
     let ids = tokenizer.encode(&prompt)?;
-    let eos = model.config.eos_token_id;
     print!("{prompt}");
-    for event in wgpt::Generator::new(&mut session, Some(&tokenizer), &ids, &opts, eos)? {
+    for event in wgpt::Generator::new(&mut session, Some(&tokenizer), &ids, &opts)? {
         print!("{}", event?.piece);
         let _ = std::io::stdout().flush();
     }

@@ -29,7 +29,7 @@ fn main() -> wgpt::Result<()> {
     });
 
     let ids = tokenizer.encode("Iterators are")?;
-    let mut generator = wgpt::Generator::new(&mut session, Some(&tokenizer), &ids, &opts, None)?;
+    let mut generator = wgpt::Generator::new(&mut session, Some(&tokenizer), &ids, &opts)?;
     let mut frames = 0;
     loop {
         // One "frame": poll without blocking, then draw (here: sleep a little).

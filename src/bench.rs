@@ -140,6 +140,12 @@ pub struct Run {
     pub decode_of_copy_bound: f64,
     /// Matmul and attention FLOPs of the prefill divided by its time, GFLOP/s.
     pub prefill_gflop_s: f64,
+    /// Seconds of each repeat's prefill pass, in run order (the medians above come from these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefill_s_samples: Vec<f64>,
+    /// Seconds of each repeat's decode after the first token, in run order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_s_samples: Vec<f64>,
 }
 
 /// GPU time of one kernel family within a step, from timestamp queries.
@@ -202,19 +208,23 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 pub fn run(model: &Model, opts: &Options) -> Result<Report> {
     let cfg = &model.config;
     if opts.gen_tokens == 0 || opts.repeat == 0 || opts.prompt_lens.contains(&0) {
-        return Err(Error::Input(
-            "bench needs --gen, --repeat and every --prompt-len above 0".into(),
-        ));
+        let (option, value) = match opts.gen_tokens {
+            0 => ("bench::Options::gen_tokens", 0),
+            _ if opts.repeat == 0 => ("bench::Options::repeat", 0),
+            _ => ("bench::Options::prompt_lens", 0),
+        };
+        return Err(Error::option(option, value, "above 0"));
     }
     if let Some(&p) = opts
         .prompt_lens
         .iter()
         .find(|&&p| p + opts.gen_tokens > cfg.n_positions)
     {
-        return Err(Error::Input(format!(
-            "--prompt-len {p} plus --gen {} exceeds the model's n_positions = {}",
+        let expected = format!(
+            "each plus gen_tokens ({}) within the model's n_positions = {}",
             opts.gen_tokens, cfg.n_positions
-        )));
+        );
+        return Err(Error::option("bench::Options::prompt_lens", p, &expected));
     }
     let mut session = Session::new(model)?;
     let weight_bytes = model.decode_weight_bytes() as f64;
@@ -241,6 +251,7 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
             }
             decode.push(t1.elapsed().as_secs_f64());
         }
+        let (prefill_s_samples, decode_s_samples) = (prefill.clone(), decode.clone());
         let prefill_s = median(&mut prefill);
         let decode_s = median(&mut decode);
         let p50 = percentile(&mut steps, 0.5);
@@ -270,6 +281,8 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
                 0.0
             },
             prefill_gflop_s: flops / prefill_s / 1e9,
+            prefill_s_samples,
+            decode_s_samples,
         });
     }
 

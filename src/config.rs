@@ -63,8 +63,10 @@ pub struct Config {
     /// Whether the output head reuses `wte` (true by default); when false the checkpoint must
     /// hold `lm_head.weight`.
     pub tie_word_embeddings: bool,
-    /// End-of-sequence token id (the first one if config.json lists several), if any.
-    pub eos_token_id: Option<u32>,
+    /// End-of-sequence token ids: generation stops at any of them. From generation_config.json
+    /// when the folder has one that names them (as transformers' `generate` reads it), else
+    /// from config.json; either may give one id or a list.
+    pub eos_token_ids: Vec<u32>,
     /// Which checkpoint family this is.
     pub family: Family,
     /// The feed-forward activation.
@@ -119,6 +121,19 @@ struct RawConfig {
     scale_embedding: Option<bool>,
 }
 
+/// The file beside config.json with generation defaults (end-of-sequence ids).
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+
+/// Token ids given as one number or a list of them (`eos_token_id`); anything else is none.
+fn token_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
+    let id = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    match v {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(id).collect(),
+        Some(v) => id(v).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
 /// The largest head size the attention kernel holds in registers (4 dims per invocation × 64).
 pub const MAX_HEAD_SIZE: usize = 256;
 
@@ -160,7 +175,7 @@ impl Config {
             n_inner: 3072,
             layer_norm_epsilon: 1e-5,
             tie_word_embeddings: true,
-            eos_token_id: Some(50256),
+            eos_token_ids: vec![50256],
             family: Family::Gpt2,
             activation: Activation::GeluTanh,
             positions: Positions::Learned,
@@ -202,10 +217,35 @@ impl Config {
         )
     }
 
-    /// Reads and checks `config.json`.
+    /// Reads and checks `config.json`, and takes the end-of-sequence ids of a
+    /// `generation_config.json` beside it, if there is one that names them.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json(&text, path)
+        let mut cfg = Self::from_json(&text, path)?;
+        let generation = path.with_file_name(GENERATION_CONFIG_FILE);
+        if generation.is_file() {
+            cfg.apply_generation_config(&generation)?;
+        }
+        Ok(cfg)
+    }
+
+    /// Reads a `generation_config.json`: its `eos_token_id` (one id or a list) replaces
+    /// config.json's, as transformers' `generate` does.
+    pub fn apply_generation_config(&mut self, path: &Path) -> Result<()> {
+        #[derive(Deserialize)]
+        struct Generation {
+            eos_token_id: Option<serde_json::Value>,
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let g: Generation = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let ids = token_ids(g.eos_token_id.as_ref());
+        if !ids.is_empty() {
+            self.eos_token_ids = ids;
+        }
+        Ok(())
     }
 
     /// Parses config.json text; `path` only names the file in errors.
@@ -222,14 +262,7 @@ impl Config {
             bad("no \"model_type\" field; is this a Hugging Face config.json?".into())
         })?;
         let need = |v: Option<usize>, name: &str| size_field(v, name).map_err(&bad);
-        let eos_token_id = match &raw.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
-            Some(serde_json::Value::Array(a)) => a
-                .first()
-                .and_then(|n| n.as_u64())
-                .and_then(|n| u32::try_from(n).ok()),
-            _ => None,
-        };
+        let eos_token_ids = token_ids(raw.eos_token_id.as_ref());
         let activation = |default: &str| -> Result<Activation> {
             match raw.activation_function.as_deref().unwrap_or(default) {
                 "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
@@ -265,7 +298,7 @@ impl Config {
                     },
                     layer_norm_epsilon: raw.layer_norm_epsilon.unwrap_or(1e-5) as f32,
                     tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
-                    eos_token_id,
+                    eos_token_ids: eos_token_ids.clone(),
                     family: Family::Gpt2,
                     activation: match activation("gelu_new")? {
                         Activation::GeluTanh => Activation::GeluTanh,
@@ -305,7 +338,7 @@ impl Config {
                     // OPT's layer norms are nn.LayerNorm with the default epsilon.
                     layer_norm_epsilon: 1e-5,
                     tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
-                    eos_token_id,
+                    eos_token_ids: eos_token_ids.clone(),
                     family: Family::Opt,
                     activation: activation("relu")?,
                     positions: Positions::Learned,
@@ -330,7 +363,7 @@ impl Config {
                     // XGLM's layer norms are nn.LayerNorm with the default epsilon.
                     layer_norm_epsilon: 1e-5,
                     tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
-                    eos_token_id,
+                    eos_token_ids: eos_token_ids.clone(),
                     family: Family::Xglm,
                     activation: activation("gelu")?,
                     positions: Positions::Sinusoidal,
@@ -414,7 +447,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.n_inner, 240);
         assert_eq!(cfg.head_size(), 12);
-        assert_eq!(cfg.eos_token_id, Some(3));
+        assert_eq!(cfg.eos_token_ids, [3, 4]);
         assert!(cfg.tie_word_embeddings);
         let cfg = parse(&format!(
             "{{{base}, \"n_inner\": 100, \"tie_word_embeddings\": false}}"

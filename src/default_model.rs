@@ -3,7 +3,7 @@
 //! `wgpt generate --prompt ...` works with no download and no model folder, wherever the binary
 //! was installed. Behind the `default-model` feature (on by default; ~17.4 MB of the binary).
 //!
-//! ```no_run
+//! ```
 //! # fn main() -> wgpt::Result<()> {
 //! let model = wgpt::default_model::load(wgpt::Engine::new(None)?, &Default::default())?;
 //! let tokenizer = wgpt::default_model::tokenizer()?;

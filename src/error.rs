@@ -3,11 +3,16 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong in wgpt. User data (files, prompts, options) never panics: it lands here.
+///
+/// Messages speak of the library's own API (fields, types, methods); a front end that takes
+/// flags maps them (the `wgpt` binary names its flags, see `src/bin/wgpt.rs`). Match on the
+/// variants rather than on the text: new variants may be added.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A model-folder file (`config.json`, a weights shard, the shard index) cannot be read or
     /// mapped, or the folder has no weights file at all.
-    #[error("{path}: {source}. Check the path: --model must name a Hugging Face model folder")]
+    #[error("{path}: {source}. Check the path: it must name a Hugging Face model folder")]
     Io {
         /// The file that failed.
         path: PathBuf,
@@ -36,10 +41,10 @@ pub enum Error {
         msg: String,
     },
 
-    /// `config.json` names a `model_type` other than the supported families (GPT-2).
+    /// `config.json` names a `model_type` other than the supported families.
     #[error(
         "{path}: unsupported model_type {found:?}; wgpt supports: {supported}. \
-         Point --model at a folder of a supported family"
+         Use a model folder of a supported family"
     )]
     UnsupportedModel {
         /// The `config.json` read.
@@ -82,10 +87,79 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Encode(String),
 
-    /// A caller-supplied argument is invalid: an empty prompt, a token id `>= V`, bad sampling
-    /// or batch options, a method called in the wrong state (e.g. no step in flight).
+    /// A caller-supplied argument is invalid in a way no other variant names (bad batch
+    /// options, a session context out of range, an encoder folder given to a decoder loader, ...).
     #[error("{0}")]
     Input(String),
+
+    /// An option is out of its range: `option` names the field (`"Sampling::temperature"`,
+    /// `"GenerateOptions::max_tokens"`, `"LoadOptions::dtype"`, `"bench::Options::repeat"`, ...).
+    #[error("{option} = {value} is invalid: {expected}")]
+    InvalidOption {
+        /// The field, as `Type::field`.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        expected: String,
+    },
+
+    /// The prompt has no tokens.
+    #[error("the prompt is empty: a step needs at least one token")]
+    EmptyPrompt,
+
+    /// The prompt plus the tokens to generate do not fit the context, checked before any work.
+    #[error(
+        "the prompt ({prompt_tokens} tokens) plus max_tokens = {max_tokens} needs {needed} \
+         positions, the context holds {n_ctx}; lower max_tokens to at most {max_fit}, shorten the \
+         prompt, or set GenerateOptions::context_shift",
+        needed = prompt_tokens + max_tokens.saturating_sub(1),
+        max_fit = (n_ctx + 1).saturating_sub(*prompt_tokens)
+    )]
+    PromptTooLong {
+        /// Tokens in the prompt (with those already in the session's cache).
+        prompt_tokens: usize,
+        /// Tokens asked for.
+        max_tokens: usize,
+        /// Positions the session's KV cache holds.
+        n_ctx: usize,
+    },
+
+    /// A token id outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary (vocab_size = {vocab_size})")]
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// V.
+        vocab_size: usize,
+    },
+
+    /// A session method was called in the wrong state: `Session::wait` with no step in flight,
+    /// or a new step (or a fork) while one is still in flight.
+    #[error("{0}")]
+    SessionState(&'static str),
+
+    /// The weight dtype asked for cannot store this model's matrices (q8 needs widths that are
+    /// multiples of its block).
+    #[error("{dtype} weights need {what}; use f16 or f32 weights (LoadOptions::dtype)")]
+    DtypeUnsupported {
+        /// The dtype asked for (`"q8"`).
+        dtype: &'static str,
+        /// What the model's shapes lack.
+        what: String,
+    },
+
+    /// A Hugging Face hub id (`ORG/NAME`) is not in the local cache (nothing is downloaded).
+    #[error(
+        "model {id:?} is not in the Hugging Face cache (searched {searched}); download it with \
+         `huggingface-cli download {id}` (or `hf download {id}`), or give the path of a model folder"
+    )]
+    NotInHubCache {
+        /// The hub id asked for.
+        id: String,
+        /// The cache folders searched, `; `-separated.
+        searched: String,
+    },
 
     /// A step would write past the model's context window: the positions already cached plus
     /// the step's tokens exceed `n_positions`.
@@ -110,10 +184,9 @@ pub enum Error {
         detail: String,
     },
 
-    /// `--adapter` (an index or a name substring) matches none of the enumerated adapters.
-    #[error(
-        "--adapter {wanted:?} matches no adapter; available: {available}. Run `wgpt info` to list them"
-    )]
+    /// The adapter asked for (an index or a name substring) matches none of the enumerated
+    /// adapters.
+    #[error("adapter {wanted:?} matches no adapter; available: {available}")]
     AdapterNotFound {
         /// The index or name fragment asked for.
         wanted: String,
@@ -140,7 +213,7 @@ pub enum Error {
     /// The GPU ran out of memory allocating weights, a KV cache or scratch buffers.
     #[error(
         "out of GPU memory: {0}. Try a smaller context (Session::with_context), f16 or q8 weights \
-         (--dtype f16|q8), fewer sessions at once, or another adapter (--adapter)"
+         (LoadOptions::dtype), fewer sessions at once, or another adapter"
     )]
     OutOfMemory(String),
 
@@ -161,6 +234,14 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    pub(crate) fn option(option: &'static str, value: impl ToString, expected: &str) -> Self {
+        Error::InvalidOption {
+            option,
+            value: value.to_string(),
+            expected: expected.to_string(),
         }
     }
 

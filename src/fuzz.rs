@@ -77,9 +77,9 @@ pub fn prompt(tokenizer: &Tokenizer, data: &[u8]) {
     let _ = tokenizer.decode(&ids);
     let mut stream = tokenizer.stream();
     for &id in &ids {
-        let _ = stream.push(id);
+        let _ = stream.push(tokenizer, id);
     }
-    let _ = stream.finish();
+    let _ = stream.finish(tokenizer);
     // Ids the model could produce but the text never would: out-of-vocabulary ones too.
     let raw: Vec<u32> = data
         .chunks_exact(4)
@@ -87,7 +87,7 @@ pub fn prompt(tokenizer: &Tokenizer, data: &[u8]) {
         .collect();
     let mut stream = tokenizer.stream();
     for &id in &raw {
-        let _ = stream.push(id);
+        let _ = stream.push(tokenizer, id);
     }
-    let _ = stream.finish();
+    let _ = stream.finish(tokenizer);
 }

@@ -1,6 +1,7 @@
 //! Text generation: prefill the prompt in one forward pass, then decode one token per step, each
 //! chosen on the GPU; text streams out as it decodes cleanly.
 
+use std::borrow::BorrowMut;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -20,14 +21,18 @@ pub struct GenerateOptions {
     pub sampling: Sampling,
     /// Seeds the uniform draws of sampling: same seed, same adapter, same tokens.
     pub seed: u64,
-    /// Stop when the model emits its end-of-sequence token.
+    /// Stop when the model emits one of its end-of-sequence ids.
     pub stop_at_eos: bool,
+    /// The end-of-sequence ids; `None` (the default): the model's own
+    /// ([`crate::Config::eos_token_ids`], from generation_config.json or config.json).
+    pub eos_token_ids: Option<Vec<u32>>,
     /// What to do when the context fills up. `None` (the default): refuse up front if the prompt
     /// plus `max_tokens` does not fit. `Some(keep)`: shift the context instead, keeping the first
     /// `keep` tokens (the prompt's head) and the most recent ones, half the context in all, and
     /// recomputing them (GPT-2's positions are absolute, so the cache cannot just slide).
     pub context_shift: Option<usize>,
-    /// Stop as soon as the text contains one of these (the match is cut from `text`).
+    /// Stop as soon as the text contains one of these: the match, and anything after it, is cut
+    /// from `text` and never streamed.
     pub stop: Vec<String>,
     /// Set from any thread to stop between tokens (the tokens so far are returned).
     pub cancel: Option<Arc<AtomicBool>>,
@@ -40,6 +45,7 @@ impl Default for GenerateOptions {
             sampling: Sampling::default(),
             seed: 0,
             stop_at_eos: true,
+            eos_token_ids: None,
             context_shift: None,
             stop: Vec::new(),
             cancel: None,
@@ -71,7 +77,7 @@ pub enum StopReason {
     /// `max_tokens` were generated.
     #[default]
     MaxTokens,
-    /// The model emitted its end-of-sequence token.
+    /// The model emitted one of its end-of-sequence ids.
     Eos,
     /// The text reached a stop string.
     StopString,
@@ -122,18 +128,15 @@ impl SplitMix64 {
 /// Checks that `prompt_len + max_tokens` fits the context before any work is done.
 pub fn check_context(prompt_len: usize, max_tokens: usize, n_ctx: usize) -> Result<()> {
     if prompt_len == 0 {
-        return Err(Error::Input(
-            "the prompt is empty: give at least one token of text".into(),
-        ));
+        return Err(Error::EmptyPrompt);
     }
     // The last generated token is never fed back, so it needs no position.
-    let needed = prompt_len + max_tokens.saturating_sub(1);
-    if needed > n_ctx {
-        return Err(Error::Input(format!(
-            "the prompt ({prompt_len} tokens) plus --max-tokens {max_tokens} needs {needed} positions, \
-             the model has n_positions = {n_ctx}; use at most --max-tokens {}",
-            (n_ctx + 1).saturating_sub(prompt_len)
-        )));
+    if prompt_len + max_tokens.saturating_sub(1) > n_ctx {
+        return Err(Error::PromptTooLong {
+            prompt_tokens: prompt_len,
+            max_tokens,
+            n_ctx,
+        });
     }
     Ok(())
 }
@@ -165,59 +168,87 @@ enum State {
 /// Generation as a stream of [`TokenEvent`]s. As an [`Iterator`] it blocks on the GPU for each
 /// token; [`Generator::poll_token`] never blocks, for an application's frame loop:
 ///
-/// ```no_run
-/// # fn frame(generator: &mut wgpt::Generator) -> wgpt::Result<()> {
+/// ```
+/// # fn main() -> wgpt::Result<()> {
+/// # let model = wgpt::default_model::load(wgpt::Engine::new(None)?, &Default::default())?;
+/// # let tokenizer = wgpt::default_model::tokenizer()?;
+/// # let mut session = wgpt::Session::new(&model)?;
+/// # let ids = tokenizer.encode("The borrow checker")?;
+/// # let opts = wgpt::GenerateOptions { max_tokens: 8, ..Default::default() };
 /// use std::task::Poll;
-/// match generator.poll_token() {
-///     Poll::Ready(Some(event)) => print!("{}", event?.piece),
-///     Poll::Ready(None) => println!("\n[{:?}]", generator.generation().stopped_by),
-///     Poll::Pending => {} // the GPU is still busy: draw the frame, poll again next frame
+/// let mut generator = wgpt::Generator::new(&mut session, Some(&tokenizer), &ids, &opts)?;
+/// loop {
+///     match generator.poll_token() {
+///         Poll::Ready(Some(event)) => print!("{}", event?.piece),
+///         Poll::Ready(None) => break,
+///         Poll::Pending => {} // the GPU is still busy: draw the frame, poll again next frame
+///     }
 /// }
+/// println!("\n[{:?}]", generator.generation().stopped_by);
 /// # Ok(()) }
 /// ```
 ///
-/// Stops at `max_tokens`, EOS, a stop string or cancellation (checked between tokens; the
-/// session stays usable, holding everything generated so far).
-pub struct Generator<'a> {
-    session: &'a mut Session,
-    stream: Option<TokenStream<'a>>,
+/// `S` is how it holds the session: `&mut Session` (borrowed, as above), or `Session` itself
+/// ([`OwnedGenerator`], which can move to another thread or sit in a struct; take the session
+/// back with [`Generator::into_parts`]). With the `stream` feature it is also an async
+/// `futures_core::Stream`, on any executor.
+///
+/// Stops at `max_tokens`, an end-of-sequence id, a stop string or cancellation (checked between
+/// tokens; the session stays usable, holding everything generated so far). Text that could be
+/// the start of a stop string is held back until it is known not to be one, so a stop string
+/// never reaches the stream.
+pub struct Generator<S> {
+    session: S,
+    tokenizer: Option<Tokenizer>,
+    stream: TokenStream,
     opts: GenerateOptions,
-    eos: Option<u32>,
+    eos: Vec<u32>,
     rng: SplitMix64,
     out: Generation,
     state: State,
     /// The last token chosen, fed back on the next step.
     last: Option<u32>,
+    /// Bytes of `out.text` handed out in events so far (the rest is held back).
+    emitted: usize,
+    /// Set when the text reached a stop string.
+    hit_stop: bool,
     t0: Instant,
     /// When the first token arrived (decode time counts from here).
     t1: Option<Instant>,
+    /// A thread is waiting on the GPU to wake the async stream.
+    #[cfg(feature = "stream")]
+    waking: Arc<AtomicBool>,
 }
 
-impl<'a> Generator<'a> {
+/// A [`Generator`] that owns its session: `Send`, storable, movable to a thread.
+pub type OwnedGenerator = Generator<Session>;
+
+impl<S: BorrowMut<Session>> Generator<S> {
     /// Checks the prompt against the context and the sampling settings; nothing runs until the
-    /// first poll.
+    /// first poll. The end-of-sequence ids are the model's ([`crate::Config::eos_token_ids`])
+    /// unless [`GenerateOptions::eos_token_ids`] names others. The tokenizer (a cheap handle,
+    /// cloned) turns ids into text; without one, events carry ids only.
     pub fn new(
-        session: &'a mut Session,
-        tokenizer: Option<&'a Tokenizer>,
+        mut session: S,
+        tokenizer: Option<&Tokenizer>,
         prompt_ids: &[u32],
         opts: &GenerateOptions,
-        eos: Option<u32>,
     ) -> Result<Self> {
+        let s = session.borrow_mut();
         // With a context shift only the prompt itself must fit.
         let max_tokens = if opts.context_shift.is_some() {
             1
         } else {
             opts.max_tokens
         };
-        check_context(
-            session.position() + prompt_ids.len(),
-            max_tokens,
-            session.n_ctx(),
-        )?;
+        check_context(s.position() + prompt_ids.len(), max_tokens, s.n_ctx())?;
         opts.sampling.validate()?;
+        let eos =
+            (opts.eos_token_ids.clone()).unwrap_or_else(|| s.model().config.eos_token_ids.clone());
         Ok(Generator {
             session,
-            stream: tokenizer.map(Tokenizer::stream),
+            tokenizer: tokenizer.cloned(),
+            stream: TokenStream::default(),
             rng: SplitMix64(opts.seed),
             opts: opts.clone(),
             eos,
@@ -227,15 +258,19 @@ impl<'a> Generator<'a> {
             },
             state: State::Idle,
             last: None,
+            emitted: 0,
+            hit_stop: false,
             t0: Instant::now(),
             t1: None,
+            #[cfg(feature = "stream")]
+            waking: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// The session being generated on, e.g. to read [`Session::attention_weights`] between
     /// tokens.
     pub fn session(&self) -> &Session {
-        self.session
+        self.session.borrow()
     }
 
     /// What has been generated so far (all of it once the stream has ended).
@@ -246,6 +281,15 @@ impl<'a> Generator<'a> {
     /// The finished generation.
     pub fn into_generation(self) -> Generation {
         self.out
+    }
+
+    /// The session (holding the prompt and what was generated) and the generation. A step
+    /// still in flight is collected first, so the session is ready for the next one.
+    pub fn into_parts(mut self) -> (S, Generation) {
+        if matches!(self.state, State::Waiting) {
+            let _ = self.session.borrow_mut().wait();
+        }
+        (self.session, self.out)
     }
 
     /// The next event without blocking: `Pending` while the GPU works on the step,
@@ -277,28 +321,30 @@ impl<'a> Generator<'a> {
                     }
                     let u = self.rng.next_f32();
                     let pick = self.opts.sampling.pick(u);
+                    let session = self.session.borrow_mut();
                     match self.last {
                         None => {
                             self.t0 = Instant::now();
-                            self.session.submit(&self.out.prompt_ids, pick)?;
+                            session.submit(&self.out.prompt_ids, pick)?;
                         }
                         Some(id) => {
                             if let (Some(keep), true) = (
                                 self.opts.context_shift,
-                                self.session.position() >= self.session.n_ctx(),
+                                session.position() >= session.n_ctx(),
                             ) {
-                                shift_context(self.session, keep)?;
+                                shift_context(session, keep)?;
                             }
-                            self.session.submit(&[id], pick)?;
+                            session.submit(&[id], pick)?;
                         }
                     }
                     self.state = State::Waiting;
                 }
                 State::Waiting => {
+                    let session = self.session.borrow_mut();
                     let id = if block {
-                        self.session.wait()?
+                        session.wait()?
                     } else {
-                        match self.session.poll()? {
+                        match session.poll()? {
                             Some(id) => id,
                             None => return Ok(None),
                         }
@@ -316,18 +362,10 @@ impl<'a> Generator<'a> {
             return Some(StopReason::MaxTokens);
         }
         let last = self.last?;
-        if let Some(s) =
-            (self.opts.stop.iter()).find(|s| !s.is_empty() && self.out.text.contains(s.as_str()))
-        {
-            let at = self
-                .out
-                .text
-                .find(s.as_str())
-                .unwrap_or(self.out.text.len());
-            self.out.text.truncate(at);
+        if self.hit_stop {
             return Some(StopReason::StopString);
         }
-        if self.opts.stop_at_eos && Some(last) == self.eos {
+        if self.opts.stop_at_eos && self.eos.contains(&last) {
             return Some(StopReason::Eos);
         }
         let cancelled = (self.opts.cancel.as_ref()).is_some_and(|c| c.load(Ordering::Relaxed));
@@ -345,22 +383,57 @@ impl<'a> Generator<'a> {
             }
             Some(t1) => self.out.decode_s = t1.elapsed().as_secs_f64(),
         }
-        let piece = match self.stream.as_mut() {
-            Some(s) => s.push(id)?.unwrap_or_default(),
-            None => String::new(),
-        };
+        // The end-of-sequence token ends the text; it is not part of it.
+        let ends = self.opts.stop_at_eos && self.eos.contains(&id);
+        if let (Some(tok), false) = (&self.tokenizer, ends) {
+            let piece = self.stream.push(tok, id)?.unwrap_or_default();
+            self.out.text.push_str(&piece);
+        }
         self.last = Some(id);
         self.out.ids.push(id);
-        self.out.text.push_str(&piece);
+        let piece = self.release();
+        let session = self.session.borrow();
         Ok(TokenEvent {
             id: Some(id),
             piece,
-            logprob: self.session.last_logprob(),
-            top: self.session.top_candidates().to_vec(),
+            logprob: session.last_logprob(),
+            top: session.top_candidates().to_vec(),
         })
     }
 
-    /// Ends generation; the text held back for a partial character comes out as a last event.
+    /// The text that can go out now: up to a stop string (cutting it, and all after it, from
+    /// the text), else all but the longest tail that could still become one.
+    fn release(&mut self) -> String {
+        let text = &self.out.text;
+        let stops = self.opts.stop.iter().filter(|s| !s.is_empty());
+        let found = stops.clone().filter_map(|s| text.find(s.as_str())).min();
+        let end = match found {
+            Some(at) => {
+                self.hit_stop = true;
+                self.out.text.truncate(at);
+                at
+            }
+            None => {
+                let tail = &text[self.emitted..];
+                let prefixes = stops.flat_map(|s| {
+                    (1..s.len())
+                        .filter(|&n| s.is_char_boundary(n))
+                        .map(move |n| &s[..n])
+                });
+                let held = (prefixes.filter(|p| tail.ends_with(p)).map(str::len))
+                    .max()
+                    .unwrap_or(0);
+                text.len() - held
+            }
+        };
+        let end = end.max(self.emitted);
+        let piece = self.out.text[self.emitted..end].to_string();
+        self.emitted = end;
+        piece
+    }
+
+    /// Ends generation; the text held back (a partial character, the start of a stop string
+    /// that never completed) comes out as a last event.
     fn finish(&mut self, reason: StopReason) -> Result<Option<TokenEvent>> {
         self.state = State::Done;
         self.out.stopped_by = reason;
@@ -370,25 +443,22 @@ impl<'a> Generator<'a> {
         if reason == StopReason::StopString {
             return Ok(None);
         }
-        let rest = self
-            .stream
-            .as_mut()
-            .map(|s| s.finish())
-            .transpose()?
-            .flatten();
-        Ok(rest.filter(|r| !r.is_empty()).map(|piece| {
-            self.out.text.push_str(&piece);
-            TokenEvent {
-                id: None,
-                piece,
-                logprob: None,
-                top: Vec::new(),
-            }
+        if let Some(tok) = &self.tokenizer {
+            let rest = self.stream.finish(tok)?.unwrap_or_default();
+            self.out.text.push_str(&rest);
+        }
+        let piece = self.out.text[self.emitted..].to_string();
+        self.emitted = self.out.text.len();
+        Ok((!piece.is_empty()).then_some(TokenEvent {
+            id: None,
+            piece,
+            logprob: None,
+            top: Vec::new(),
         }))
     }
 }
 
-impl Iterator for Generator<'_> {
+impl<S: BorrowMut<Session>> Iterator for Generator<S> {
     type Item = Result<TokenEvent>;
 
     /// The next event, blocking on the GPU.
@@ -400,6 +470,31 @@ impl Iterator for Generator<'_> {
     }
 }
 
+/// The async form (feature `stream`): `Pending` while the GPU works, woken by a short-lived
+/// thread that waits on the device, so it needs no particular runtime.
+#[cfg(feature = "stream")]
+impl<S: BorrowMut<Session> + Unpin> futures_core::Stream for Generator<S> {
+    type Item = Result<TokenEvent>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let poll = this.poll_token();
+        if poll.is_pending() && !this.waking.swap(true, Ordering::AcqRel) {
+            let device = this.session().model().gpu.device.clone();
+            let (waker, waking) = (cx.waker().clone(), this.waking.clone());
+            std::thread::spawn(move || {
+                let _ = device.poll(wgpu::PollType::wait_indefinitely());
+                waking.store(false, Ordering::Release);
+                waker.wake();
+            });
+        }
+        poll
+    }
+}
+
 /// Generates from `prompt_ids`, calling `on_token` as each token arrives (a blocking
 /// [`Generator`] loop).
 pub fn generate_ids(
@@ -407,10 +502,9 @@ pub fn generate_ids(
     tokenizer: Option<&Tokenizer>,
     prompt_ids: &[u32],
     opts: &GenerateOptions,
-    eos: Option<u32>,
     mut on_token: impl FnMut(&TokenEvent),
 ) -> Result<Generation> {
-    let mut generator = Generator::new(session, tokenizer, prompt_ids, opts, eos)?;
+    let mut generator = Generator::new(session, tokenizer, prompt_ids, opts)?;
     for event in generator.by_ref() {
         on_token(&event?);
     }

@@ -1,5 +1,5 @@
 #![warn(missing_docs)]
-//! # wgpt: GPT-2 inference on the GPU through wgpu
+//! # wgpt: transformer inference on the GPU through wgpu
 //!
 //! The whole forward pass runs as hand-written WGSL compute kernels (`shaders/`), on Vulkan,
 //! Metal, DirectX 12 or OpenGL, on any vendor's GPU. Data flow for one step of T tokens:
@@ -16,7 +16,7 @@
 //! buffers, and records each step into one command encoder; only the chosen token id (4 bytes)
 //! comes back in generation.
 //!
-//! ```no_run
+//! ```
 //! # fn main() -> wgpt::Result<()> {
 //! let gpu = wgpt::Engine::new(None)?;
 //! let dir = std::path::Path::new("assets/default");
@@ -25,7 +25,7 @@
 //! let mut session = wgpt::Session::new(&model)?;
 //! let ids = tokenizer.encode("The borrow checker")?;
 //! let opts = wgpt::GenerateOptions { max_tokens: 20, ..Default::default() };
-//! let out = wgpt::generate_ids(&mut session, Some(&tokenizer), &ids, &opts, None, |t| print!("{}", t.piece))?;
+//! let out = wgpt::generate_ids(&mut session, Some(&tokenizer), &ids, &opts, |t| print!("{}", t.piece))?;
 //! println!("\n{:.1} tokens/s", out.decode_tok_s());
 //! # Ok(()) }
 //! ```
@@ -36,21 +36,42 @@ pub mod config;
 pub mod default_model;
 pub mod encoder;
 pub mod error;
-pub mod fuzz;
 pub mod generate;
 pub mod gpu;
-pub mod loader;
+pub mod hub;
 pub mod model;
-pub mod reference;
 pub mod sampler;
 pub mod source;
 pub mod tokenizer;
 
+// Internals: the kernels' bindings, weight encodings, CPU twins, checkpoint reading and fuzz
+// entry points. Crate-private, except with the `internals` feature (the tests, fuzz targets
+// and kernel benchmarks), where they are public but hidden from the docs and not a stable API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod fuzz;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod loader;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code)]
+pub(crate) mod loader;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod reference;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code)]
+pub(crate) mod reference;
+
 pub use config::Config;
 pub use encoder::{Embeddings, EncoderModel};
 pub use error::{Error, Result};
-pub use generate::{GenerateOptions, Generation, Generator, StopReason, TokenEvent, generate_ids};
+pub use generate::{
+    GenerateOptions, Generation, Generator, OwnedGenerator, StopReason, TokenEvent, generate_ids,
+};
 pub use gpu::Engine;
+pub use gpu::tensor::WeightDtype;
+pub use loader::Checkpoint;
 pub use model::{Batch, LoadOptions, Model, Pick, Progress, Session, WeightLayout};
 pub use sampler::Sampling;
 pub use source::ModelSource;

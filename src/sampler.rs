@@ -38,18 +38,35 @@ impl Default for Sampling {
 impl Sampling {
     /// Checks the ranges, naming the option at fault.
     pub fn validate(&self) -> Result<()> {
-        let bad = |what: &str| Err(Error::Input(what.to_string()));
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad("--temperature must be a finite number >= 0 (0 = greedy)");
+        let t = self.temperature;
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(Error::option(
+                "Sampling::temperature",
+                t,
+                "a finite number >= 0 (0 = greedy)",
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("--top-p must be in (0, 1] (1 = off)");
+            return Err(Error::option(
+                "Sampling::top_p",
+                self.top_p,
+                "in (0, 1] (1 = off)",
+            ));
         }
         if !(0.0..1.0).contains(&self.min_p) {
-            return bad("--min-p must be in [0, 1) (0 = off)");
+            return Err(Error::option(
+                "Sampling::min_p",
+                self.min_p,
+                "in [0, 1) (0 = off)",
+            ));
         }
-        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            return bad("--repeat-penalty must be a finite number > 0 (1 = off)");
+        let r = self.repeat_penalty;
+        if !(r.is_finite() && r > 0.0) {
+            return Err(Error::option(
+                "Sampling::repeat_penalty",
+                r,
+                "a finite number > 0 (1 = off)",
+            ));
         }
         Ok(())
     }

@@ -30,8 +30,10 @@ impl ModelSource {
         }
     }
 
-    /// A decoder folder, refused with a clear message when it is missing or holds an encoder.
+    /// A decoder folder (or a hub id, `ORG/NAME`, resolved in the local Hugging Face cache:
+    /// [`crate::hub`]), refused with a clear message when it is missing or holds an encoder.
     pub fn dir(dir: &Path) -> Result<Self> {
+        let dir = &crate::hub::model_dir(dir)?;
         if !dir.is_dir() {
             return Err(Error::io(
                 dir,

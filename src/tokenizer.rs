@@ -3,12 +3,15 @@
 //! back until its last byte arrives.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::{Error, Result};
 
 /// A Hugging Face tokenizer (byte-level BPE for GPT-2) that maps text to token ids and back.
+/// A cheap handle: clones share one tokenizer.
+#[derive(Clone)]
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Arc<tokenizers::Tokenizer>,
 }
 
 impl Tokenizer {
@@ -45,14 +48,27 @@ impl Tokenizer {
                 bad("the tokenizers crate panicked parsing it; the file is malformed".into())
             })?;
         let inner = parsed.map_err(|e| bad(e.to_string()))?;
-        Ok(Tokenizer { inner })
+        Ok(Tokenizer {
+            inner: Arc::new(inner),
+        })
     }
 
-    /// Token ids of `text`, without special tokens (GPT-2 adds none).
+    /// Token ids of a prompt as transformers' `tokenizer(text)` makes them: with the special
+    /// tokens the tokenizer's post-processor adds (OPT's leading `</s>`; GPT-2 adds none).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_ids(text, true)
+    }
+
+    /// Token ids of `text` alone, without any special tokens: for text that continues a
+    /// sequence already in a session (a chat's next line).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_ids(text, false)
+    }
+
+    fn encode_ids(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
-            .encode(text, false)
+            .encode(text, special)
             .map_err(|e| Error::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
@@ -61,10 +77,11 @@ impl Tokenizer {
     /// pads and truncates to 128), so that [`encode_with_special`](Self::encode_with_special)
     /// alone decides the length, as sentence-transformers does.
     pub fn without_truncation_or_padding(mut self) -> Result<Self> {
-        self.inner
+        let inner = Arc::make_mut(&mut self.inner);
+        inner
             .with_truncation(None)
             .map_err(|e| Error::Encode(e.to_string()))?;
-        self.inner.with_padding(None);
+        inner.with_padding(None);
         Ok(self)
     }
 
@@ -112,56 +129,46 @@ impl Tokenizer {
     }
 
     /// A decoder that turns a stream of ids into text pieces.
-    pub fn stream(&self) -> TokenStream<'_> {
-        TokenStream {
-            tokenizer: self,
-            ids: Vec::new(),
-            prefix: 0,
-            read: 0,
-        }
+    pub fn stream(&self) -> TokenStream {
+        TokenStream::default()
     }
 }
 
-/// Incremental detokenizer: decodes a window of recent ids and emits what is new once it is
-/// valid text (no trailing U+FFFD from a partial UTF-8 sequence).
-pub struct TokenStream<'t> {
-    tokenizer: &'t Tokenizer,
+/// Incremental detokenizer: the state of `tokenizers`' own streaming decode
+/// ([`tokenizers::step_decode_stream`], what `Tokenizer::decode_stream` runs), kept apart from
+/// the tokenizer so that an owned [`crate::OwnedGenerator`] can hold both. Emits text once it
+/// decodes cleanly (no trailing U+FFFD from a partial UTF-8 sequence); [`finish`](Self::finish)
+/// flushes what is held back at the end.
+#[derive(Clone, Debug, Default)]
+pub struct TokenStream {
+    /// The ids decoded for context and those not emitted yet.
     ids: Vec<u32>,
-    /// Start of the window decoded for context (byte-level BPE needs the previous token).
-    prefix: usize,
-    /// Ids up to here have been emitted.
-    read: usize,
+    /// The text of the context ids, cut from the next decode.
+    prefix: String,
+    /// Where the context ids end in `ids`.
+    prefix_index: usize,
 }
 
-impl TokenStream<'_> {
+impl TokenStream {
     /// Adds `id`; returns the text it completes, if any.
-    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
-        self.ids.push(id);
-        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
-        let now = self.tokenizer.decode(&self.ids[self.prefix..])?;
-        if now.len() > before.len()
-            && !now.ends_with('\u{FFFD}')
-            && now.is_char_boundary(before.len())
-        {
-            let piece = now[before.len()..].to_string();
-            self.prefix = self.read;
-            self.read = self.ids.len();
-            Ok(Some(piece))
-        } else {
-            Ok(None)
-        }
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
+        tokenizers::step_decode_stream(
+            &tokenizer.inner,
+            vec![id],
+            false,
+            &mut self.ids,
+            &mut self.prefix,
+            &mut self.prefix_index,
+        )
+        .map_err(|e| Error::Encode(e.to_string()))
     }
 
     /// Whatever is still held back (an incomplete character at the end of generation).
-    pub fn finish(&mut self) -> Result<Option<String>> {
-        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
-        let now = self.tokenizer.decode(&self.ids[self.prefix..])?;
-        self.prefix = self.ids.len();
-        self.read = self.ids.len();
-        if now.len() > before.len() && now.is_char_boundary(before.len()) {
-            Ok(Some(now[before.len()..].to_string()))
-        } else {
-            Ok(None)
-        }
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<Option<String>> {
+        let now = tokenizer.decode(&self.ids)?;
+        let rest = (now.len() > self.prefix.len() && now.starts_with(self.prefix.as_str()))
+            .then(|| now[self.prefix.len()..].to_string());
+        *self = TokenStream::default();
+        Ok(rest)
     }
 }

@@ -204,7 +204,7 @@ fn generator_iterates_and_polls() {
         ..Default::default()
     };
     let mut s = Session::new(&model).unwrap();
-    let mut g = Generator::new(&mut s, Some(&tok), &e.prompt_ids, &opts, None).unwrap();
+    let mut g = Generator::new(&mut s, Some(&tok), &e.prompt_ids, &opts).unwrap();
     let blocking: Vec<_> = g.by_ref().map(|ev| ev.unwrap()).collect();
     let out = g.into_generation();
     assert_eq!(out.ids, e.greedy_ids[..16]);
@@ -212,7 +212,7 @@ fn generator_iterates_and_polls() {
     assert_eq!(text, out.text);
 
     let mut s = Session::new(&model).unwrap();
-    let mut g = Generator::new(&mut s, Some(&tok), &e.prompt_ids, &opts, None).unwrap();
+    let mut g = Generator::new(&mut s, Some(&tok), &e.prompt_ids, &opts).unwrap();
     let mut polled = Vec::new();
     loop {
         match g.poll_token() {
@@ -228,10 +228,11 @@ fn generator_iterates_and_polls() {
     let first = e.greedy_ids.iter().position(|&t| t == eos).unwrap();
     let opts = GenerateOptions {
         stop_at_eos: true,
+        eos_token_ids: Some(vec![eos]),
         ..opts
     };
     let mut s = Session::new(&model).unwrap();
-    let g = wgpt::generate_ids(&mut s, None, &e.prompt_ids, &opts, Some(eos), |_| {}).unwrap();
+    let g = wgpt::generate_ids(&mut s, None, &e.prompt_ids, &opts, |_| {}).unwrap();
     assert_eq!(g.stopped_by, StopReason::Eos);
     assert_eq!(g.ids, e.greedy_ids[..=first]);
 }
@@ -251,7 +252,7 @@ fn cancelled_session_continues() {
     };
     let mut s = Session::new(&model).unwrap();
     let mut n = 0;
-    let g = wgpt::generate_ids(&mut s, None, &e.prompt_ids, &opts, None, |_| {
+    let g = wgpt::generate_ids(&mut s, None, &e.prompt_ids, &opts, |_| {
         n += 1;
         if n == 4 {
             flag.store(true, Ordering::Relaxed);

@@ -385,7 +385,7 @@ fn bad_prompts_and_options_give_clear_errors() {
             "-n",
             "60",
         ],
-        &["n_positions = 64", "--max-tokens"],
+        &["the context holds 64", "--max-tokens"],
     );
     fails_with(
         &[
@@ -503,7 +503,7 @@ fn q8_dtype_generates_and_refuses_odd_widths() {
         "q4",
     ]);
     assert!(
-        !o.status.success() && stderr(&o).contains("use f32, f16 or q8"),
+        !o.status.success() && stderr(&o).contains("f32, f16 or q8"),
         "{}",
         stderr(&o)
     );

@@ -34,7 +34,7 @@ fn shipped_model_invariants() {
         (4, 256, 8, 4096, 256)
     );
     assert_eq!(cfg.n_inner, 1024);
-    assert_eq!(cfg.eos_token_id, Some(4095));
+    assert_eq!(cfg.eos_token_ids, [4095]);
 
     // The tensors transformers saves for a GPT2LMHeadModel with a tied head, f32.
     let ckpt = Checkpoint::open(&dir).unwrap();

@@ -60,7 +60,7 @@ fn long_generation_keeps_memory_flat() {
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
-    let mut g = Generator::new(&mut s, Some(&tok), &e.prompt_ids, &opts, None).unwrap();
+    let mut g = Generator::new(&mut s, Some(&tok), &e.prompt_ids, &opts).unwrap();
     let (mut pieces, mut count) = (String::new(), 0);
     let mut at_warm = None;
     let mut peak = (0, 0);

@@ -237,7 +237,7 @@ fn sampled(model: &Model, prompt: &[u32], n: usize, seed: u64) -> Vec<u32> {
         context_shift: Some(4),
         ..Default::default()
     };
-    let g = wgpt::generate_ids(&mut s, None, prompt, &opts, None, |_| {}).unwrap();
+    let g = wgpt::generate_ids(&mut s, None, prompt, &opts, |_| {}).unwrap();
     g.ids
 }
 
@@ -317,12 +317,12 @@ fn drops_mid_generation_are_safe() {
         ..Default::default()
     };
     {
-        let mut g = Generator::new(&mut s, Some(&tok), &e.prompt_ids, &opts, None).unwrap();
+        let mut g = Generator::new(&mut s, Some(&tok), &e.prompt_ids, &opts).unwrap();
         g.next().unwrap().unwrap();
         g.next().unwrap().unwrap();
     }
     {
-        let mut g = Generator::new(&mut s, Some(&tok), &[1], &opts, None).unwrap();
+        let mut g = Generator::new(&mut s, Some(&tok), &[1], &opts).unwrap();
         let _ = g.poll_token(); // submits the step, which may still be running
     }
     s.reset();

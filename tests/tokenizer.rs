@@ -35,7 +35,7 @@ fn ids_and_streaming_decode_match_transformers() {
         let mut stream = tok.stream();
         let mut pieces = String::new();
         for &id in &ids {
-            match stream.push(id).unwrap() {
+            match stream.push(&tok, id).unwrap() {
                 Some(p) => {
                     assert!(
                         !p.contains('\u{FFFD}'),
@@ -46,7 +46,7 @@ fn ids_and_streaming_decode_match_transformers() {
                 None => split_chars += 1,
             }
         }
-        if let Some(rest) = stream.finish().unwrap() {
+        if let Some(rest) = stream.finish(&tok).unwrap() {
             pieces.push_str(&rest);
         }
         assert_eq!(pieces, decoded, "streamed pieces of {text:?}");

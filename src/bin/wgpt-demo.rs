@@ -844,7 +844,7 @@ fn run_job(
     }
     let cfg = &model.config;
     let mut sent = 0;
-    let mut generator = Generator::new(session, Some(tok), &ids, &opts, cfg.eos_token_id)?;
+    let mut generator = Generator::new(session, Some(tok), &ids, &opts)?;
     while let Some(ev) = generator.next() {
         let ev = ev?;
         // Attention rows of every position the model has run so far and not yet reported.

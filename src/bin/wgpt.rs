@@ -1,7 +1,10 @@
-//! `wgpt`: generate text, dump logits, and list adapters, from the command line.
+//! `wgpt`: generate text, chat, dump logits, embed, benchmark and list adapters, from the
+//! command line.
 
 #[path = "wgpt/chat.rs"]
 mod chat;
+#[path = "wgpt/llama_bench.rs"]
+mod llama_bench;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,14 +12,31 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use npyz::WriterBuilder;
-use wgpt::gpu::tensor::WeightDtype;
-use wgpt::{Engine, GenerateOptions, LoadOptions, Model, ModelSource, Session, WeightLayout};
+use wgpt::{
+    Engine, GenerateOptions, LoadOptions, Model, ModelSource, Session, WeightDtype, WeightLayout,
+};
+
+const EXAMPLES: &str = "\
+Examples:
+  wgpt generate --prompt \"The borrow checker\" -n 40          # the model embedded in wgpt
+  wgpt generate --model openai-community/gpt2 --prompt \"Hello\" # a hub id, from the HF cache
+  wgpt chat --model ./opt-125m --temperature 0.7
+  wgpt bench --shape gpt2 --dtype q8 -p 512 -n 128 -o md      # llama-bench's flags and table
+  wgpt embed --model ./all-MiniLM-L6-v2 \"first text\" \"second text\"
+  wgpt info
+  wgpt completions bash > /etc/bash_completion.d/wgpt
+
+A model is a Hugging Face folder or a hub id (ORG/NAME) already in the Hugging Face cache
+(HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub); nothing is downloaded.
+WGPT_MODEL and WGPT_ADAPTER set the defaults of --model and --adapter.";
 
 #[derive(Parser)]
 #[command(
     name = "wgpt",
     version,
-    about = "GPT-2 inference on any GPU, through wgpu and hand-written WGSL kernels"
+    about = "Transformer inference on any GPU through wgpu and hand-written WGSL kernels: \
+             GPT-2, OPT and XGLM decoders, BERT sentence encoders",
+    after_help = EXAMPLES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,12 +62,18 @@ enum Command {
     Embed(EmbedArgs),
     /// The cosine similarity matrix of texts' sentence embeddings.
     Similarity(SimilarityArgs),
+    /// Print a shell completion script: `wgpt completions bash > ~/.local/share/bash-completion/completions/wgpt`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
 struct EncoderArgs {
-    /// A Hugging Face BERT folder: config.json, model.safetensors, tokenizer.json, and
-    /// sentence-transformers' modules.json, 1_Pooling/config.json, sentence_bert_config.json.
+    /// A Hugging Face BERT folder (config.json, model.safetensors, tokenizer.json, and
+    /// sentence-transformers' modules.json, 1_Pooling/config.json, sentence_bert_config.json),
+    /// or a hub id ORG/NAME already in the Hugging Face cache.
     #[arg(long, short)]
     model: PathBuf,
     /// Texts to embed (or --input).
@@ -87,9 +113,26 @@ struct SimilarityArgs {
     json: bool,
 }
 
+/// `wgpt bench -o`: llama-bench's output formats.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchOutput {
+    /// A markdown table, one row per test (pp512, tg128) with t/s ± sd.
+    Md,
+    /// CSV, a header then one line per test.
+    Csv,
+    /// A JSON array, one object per test.
+    Json,
+    /// One JSON object per line per test.
+    Jsonl,
+}
+
 #[derive(Args)]
+#[command(after_help = "\
+llama-bench's flags work too: -p 512 -n 128 -r 5 -o md|csv|json|jsonl prints its rows
+(pp512: the prompt's prefill; tg128: 128 tokens decoded from a one-token start), each as
+the mean t/s ± standard deviation over the repetitions.")]
 struct BenchArgs {
-    /// A model folder to benchmark.
+    /// A model folder (or hub id) to benchmark.
     #[arg(long, short, conflicts_with = "shape")]
     model: Option<PathBuf>,
     /// A GPT-2 shape with random weights generated on the GPU: gpt2, gpt2-medium, gpt2-large, gpt2-xl.
@@ -101,18 +144,21 @@ struct BenchArgs {
     /// Where the linear layers' operands live: auto, buffer or texture.
     #[arg(long, default_value = "auto")]
     layout: WeightLayout,
-    /// Prompt lengths to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "128")]
+    /// Prompt lengths to measure, comma-separated (llama-bench's -p).
+    #[arg(long, short = 'p', value_delimiter = ',', default_value = "128")]
     prompt_len: Vec<usize>,
-    /// Tokens generated per run.
-    #[arg(long = "gen", default_value_t = 128)]
+    /// Tokens generated per run (llama-bench's -n; with -o, 0 measures no tg row).
+    #[arg(long = "gen", short = 'n', default_value_t = 128)]
     gen_tokens: usize,
     /// Also measure batched decode of this many sequences at once, comma-separated (e.g. 1,4,8).
     #[arg(long, value_delimiter = ',')]
     batch: Vec<usize>,
-    /// Runs per configuration (medians are reported).
-    #[arg(long, default_value_t = 3)]
+    /// Runs per configuration (medians are reported; llama-bench's -r).
+    #[arg(long, short = 'r', default_value_t = 3)]
     repeat: usize,
+    /// Print llama-bench's rows (pp<N>, tg<N>, t/s ± sd) in this format instead of wgpt's table.
+    #[arg(long, short = 'o', value_enum)]
+    output: Option<BenchOutput>,
     /// Print the report as JSON (schema wgpt-bench/1).
     #[arg(long)]
     json: bool,
@@ -131,9 +177,10 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// A Hugging Face GPT-2 folder: config.json, model.safetensors, tokenizer.json.
-    /// Default: the small model that ships in assets/default.
-    #[arg(long, short)]
+    /// A decoder: a Hugging Face folder (GPT-2, OPT or XGLM: config.json, model.safetensors,
+    /// tokenizer.json) or a hub id ORG/NAME already in the Hugging Face cache (nothing is
+    /// downloaded). Default: the small model embedded in wgpt.
+    #[arg(long, short, env = "WGPT_MODEL")]
     model: Option<PathBuf>,
     /// Adapter index or part of its name (see `wgpt info`). Default: the high-performance one.
     #[arg(long, env = "WGPT_ADAPTER")]
@@ -153,6 +200,8 @@ struct ModelArgs {
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// The text to continue, tokenized as transformers' `tokenizer(text)` does (with the
+    /// special tokens the tokenizer adds, such as OPT's leading </s>).
     #[arg(long, short)]
     prompt: String,
     /// Tokens to generate.
@@ -190,7 +239,8 @@ struct GenerateArgs {
     /// Seed of the sampler (same seed, same adapter: same tokens).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Keep going past the end-of-text token.
+    /// Keep going past the end-of-sequence token (the model's, from generation_config.json or
+    /// config.json).
     #[arg(long)]
     ignore_eos: bool,
     /// Print a JSON summary as the last line of stdout.
@@ -242,7 +292,8 @@ struct InfoArgs {
     /// Only this adapter (index or part of its name).
     #[arg(long, env = "WGPT_ADAPTER")]
     adapter: Option<String>,
-    /// Also describe this model folder: family and variant choices (reads config.json only).
+    /// Also describe this model folder (or hub id): family and variant choices (reads
+    /// config.json only).
     #[arg(short, long)]
     model: Option<PathBuf>,
 }
@@ -261,22 +312,66 @@ fn main() {
         Command::Bench(a) => bench(a),
         Command::Embed(a) => embed(a),
         Command::Similarity(a) => similarity(a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "wgpt", &mut std::io::stdout());
+            Ok(())
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
+        if let Some(hint) = e.downcast_ref::<wgpt::Error>().and_then(flag_hint) {
+            eprintln!("hint: {hint}");
+        }
         std::process::exit(1);
     }
 }
 
-/// The decoder to run: --model DIR, or the default model (embedded in the binary with the
-/// `default-model` feature, so an installed binary finds it).
+/// The library names its own API in errors (`Sampling::temperature`, `LoadOptions::dtype`);
+/// here, what to change on the command line.
+fn flag_hint(e: &wgpt::Error) -> Option<String> {
+    use wgpt::Error as E;
+    const FLAGS: &[(&str, &str)] = &[
+        ("Sampling::temperature", "--temperature"),
+        ("Sampling::top_p", "--top-p"),
+        ("Sampling::min_p", "--min-p"),
+        ("Sampling::repeat_penalty", "--repeat-penalty"),
+        ("LoadOptions::dtype", "--dtype"),
+        ("LoadOptions::layout", "--layout"),
+        ("bench::Options::gen_tokens", "--gen (-n)"),
+        ("bench::Options::repeat", "--repeat (-r)"),
+        ("bench::Options::prompt_lens", "--prompt-len (-p)"),
+    ];
+    Some(match e {
+        E::InvalidOption { option, .. } => {
+            let flag = FLAGS.iter().find(|(o, _)| o == option)?.1;
+            format!("set {flag} accordingly")
+        }
+        E::PromptTooLong {
+            prompt_tokens,
+            n_ctx,
+            ..
+        } => format!(
+            "use at most --max-tokens {} (-n), a shorter --prompt, or --context-shift KEEP",
+            (n_ctx + 1).saturating_sub(*prompt_tokens)
+        ),
+        E::DtypeUnsupported { .. } => "use --dtype f16 or --dtype f32".into(),
+        E::OutOfMemory(_) => {
+            "try --dtype f16 or q8, a smaller model, or another --adapter (wgpt info)".into()
+        }
+        E::AdapterNotFound { .. } => "run `wgpt info` to list adapters for --adapter".into(),
+        E::Io { .. } | E::NotInHubCache { .. } | E::UnsupportedModel { .. } => {
+            "--model (or WGPT_MODEL) takes a Hugging Face model folder or a cached hub id ORG/NAME"
+                .into()
+        }
+        _ => return None,
+    })
+}
+
+/// The decoder to run: --model DIR (or a cached hub id), or the default model (embedded in the
+/// binary with the `default-model` feature, so an installed binary finds it).
 fn decoder_source(arg: &Option<PathBuf>) -> Result<ModelSource> {
-    if let Some(dir) = arg.as_ref().filter(|d| !d.is_dir()) {
-        bail!(
-            "{}: model folder not found; --model must name a Hugging Face model folder",
-            dir.display()
-        );
-    }
     Ok(ModelSource::from_arg(arg.as_deref())?)
 }
 
@@ -336,32 +431,25 @@ fn generate(a: GenerateArgs) -> Result<()> {
         stop_at_eos: !a.ignore_eos,
         context_shift: a.context_shift,
         stop: a.stop.clone(),
-        cancel: None,
+        ..Default::default()
     };
     let stdout = std::io::stdout();
     print!("{}", a.prompt);
     stdout.lock().flush().ok();
-    let out = wgpt::generate_ids(
-        &mut session,
-        Some(&tok),
-        &prompt_ids,
-        &opts,
-        model.config.eos_token_id,
-        |t| {
-            let mut s = stdout.lock();
-            let _ = s.write_all(t.piece.as_bytes());
-            let _ = s.flush();
-            if !t.top.is_empty() {
-                // Candidates go to stderr so stdout stays the generated text.
-                let shown: Vec<String> = t
-                    .top
-                    .iter()
-                    .map(|&(id, p)| format!("{:?} {:.3}", tok.decode(&[id]).unwrap_or_default(), p))
-                    .collect();
-                eprintln!("\n  [top {}] {}", t.top.len(), shown.join(" | "));
-            }
-        },
-    )?;
+    let out = wgpt::generate_ids(&mut session, Some(&tok), &prompt_ids, &opts, |t| {
+        let mut s = stdout.lock();
+        let _ = s.write_all(t.piece.as_bytes());
+        let _ = s.flush();
+        if !t.top.is_empty() {
+            // Candidates go to stderr so stdout stays the generated text.
+            let shown: Vec<String> = t
+                .top
+                .iter()
+                .map(|&(id, p)| format!("{:?} {:.3}", tok.decode(&[id]).unwrap_or_default(), p))
+                .collect();
+            eprintln!("\n  [top {}] {}", t.top.len(), shown.join(" | "));
+        }
+    })?;
     println!();
     eprintln!(
         "prompt {} tokens, generated {} tokens | prefill {:.1} tok/s, decode {:.1} tok/s | {sampling} seed={} on {} ({:?})",
@@ -453,7 +541,7 @@ fn logits(a: LogitsArgs) -> Result<()> {
 
 fn info(a: InfoArgs) -> Result<()> {
     if let Some(dir) = &a.model {
-        let cfg = wgpt::Config::from_file(&dir.join(wgpt::loader::CONFIG_FILE))?;
+        let cfg = ModelSource::dir(dir)?.config()?;
         println!("model {}: {}", dir.display(), cfg.describe());
     }
     let all = wgpt::gpu::adapters();
@@ -542,12 +630,9 @@ fn bench(a: BenchArgs) -> Result<()> {
         print!("{}", wgpt::bench::compare(&reports));
         return Ok(());
     }
-    if let Some(dir) = a
-        .model
-        .as_ref()
-        .filter(|d| wgpt::encoder::is_encoder_dir(d))
-    {
-        return bench_embed(&a, dir);
+    let model_dir = a.model.as_deref().map(wgpt::hub::model_dir).transpose()?;
+    if let Some(dir) = model_dir.filter(|d| wgpt::encoder::is_encoder_dir(d)) {
+        return bench_embed(&a, &dir);
     }
     let gpu = Engine::new(a.adapter.as_deref())?;
     let t0 = std::time::Instant::now();
@@ -584,6 +669,14 @@ fn bench(a: BenchArgs) -> Result<()> {
         checkpoint_bytes: file_bytes,
         batch_sizes: a.batch.clone(),
     };
+    if let Some(fmt) = a.output {
+        let (r, tests) = llama_bench::measure(&model, &opts, &a.prompt_len, a.gen_tokens)?;
+        print!(
+            "{}",
+            llama_bench::render(fmt, &r, model.weight_bytes(), &tests)
+        );
+        return Ok(());
+    }
     let mut r = wgpt::bench::run(&model, &opts)?;
     // The kernel rows' share of the copy bandwidth is against the copy measured with them.
     let mut kernels_copy = None;
@@ -773,16 +866,11 @@ fn run_encoder(a: &EncoderArgs) -> Result<(Vec<String>, wgpt::Embeddings)> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    if !a.model.is_dir() {
-        bail!(
-            "{}: model folder not found; --model must name a Hugging Face BERT folder",
-            a.model.display()
-        );
-    }
     let gpu = Engine::new(a.adapter.as_deref())?;
     let opts = LoadOptions {
         dtype: a.dtype,
         layout: a.layout,
+        progress: Some(progress_bar()),
         ..Default::default()
     };
     let model = wgpt::EncoderModel::load(gpu, &a.model, &opts)?;
@@ -875,6 +963,7 @@ fn bench_embed(a: &BenchArgs, dir: &Path) -> Result<()> {
     let opts = LoadOptions {
         dtype: a.dtype,
         layout: a.layout,
+        progress: Some(progress_bar()),
         ..Default::default()
     };
     let model = wgpt::EncoderModel::load(gpu, dir, &opts)?;

@@ -254,6 +254,7 @@ impl EncoderModel {
     /// `tokenizer.json`) with its sentence-transformers files (`modules.json`,
     /// `1_Pooling/config.json`, `sentence_bert_config.json`) if present.
     pub fn load(gpu: Arc<Engine>, dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let dir = &crate::hub::model_dir(dir)?;
         if !dir.is_dir() {
             return Err(Error::io(
                 dir,
@@ -289,10 +290,12 @@ impl EncoderModel {
             if opts.dtype == WeightDtype::Q8
                 && !(c.is_multiple_of(block) && inner.is_multiple_of(block))
             {
-                return Err(Error::Input(format!(
-                    "q8 weights need hidden_size ({c}) and intermediate_size ({inner}) multiples of {block}; \
-                     use --dtype f16 or f32"
-                )));
+                return Err(Error::DtypeUnsupported {
+                    dtype: "q8",
+                    what: format!(
+                        "hidden_size ({c}) and intermediate_size ({inner}) multiples of {block}"
+                    ),
+                });
             }
             let max_tex = gpu.limits.max_texture_dimension_2d as usize;
             let mut max_rows = (max_chunk_bytes / (4 * inner.max(3 * c)) as u64) as usize;

@@ -1,7 +1,17 @@
 //! The GPU: adapter choice, device, limits, error capture, and small buffer helpers.
 
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod kernels;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code)]
+pub(crate) mod kernels;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod tensor;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code)]
+pub(crate) mod tensor;
 
 use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex};
@@ -317,7 +327,8 @@ impl Engine {
     }
 
     /// A zeroed storage buffer.
-    pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    pub(crate) fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4),
@@ -330,7 +341,8 @@ impl Engine {
 
     /// A storage buffer that can also be bound as a uniform: an activation gemv_texture reads
     /// through its 64 KiB uniform binding (so at least that big).
-    pub fn storage_uniform(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    pub(crate) fn storage_uniform(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4 * crate::gpu::kernels::wg::GEMV_UNIFORM_FLOATS as u64),
@@ -343,7 +355,8 @@ impl Engine {
     }
 
     /// The first 64 KiB of `buf` as gemv_texture's uniform input.
-    pub fn gemv_input(buf: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    pub(crate) fn gemv_input(buf: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: buf,
             offset: 0,
@@ -352,7 +365,8 @@ impl Engine {
     }
 
     /// A storage buffer holding `data`.
-    pub fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    pub(crate) fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -364,7 +378,8 @@ impl Engine {
     }
 
     /// A uniform buffer holding `value`.
-    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    pub(crate) fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -375,7 +390,8 @@ impl Engine {
 
     /// A (rows, cols) f32 matrix as an rgba32float texture: four values along a row per texel,
     /// usable as a storage texture (matmul_texture.wgsl). `cols % 4 == 0`.
-    pub fn texture(&self, label: &str, rows: usize, cols: usize) -> wgpu::Texture {
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    pub(crate) fn texture(&self, label: &str, rows: usize, cols: usize) -> wgpu::Texture {
         self.texture_of(label, rows, cols / 4, wgpu::TextureFormat::Rgba32Float)
     }
 
@@ -386,7 +402,8 @@ impl Engine {
     /// out. Lanes computing neighbouring outputs then fetch neighbouring texels: measured on
     /// lavapipe at GPT-2's shape, q8 decode 1.25x faster than with one weight row per texture
     /// row (f16 about the same). `dtype.row_bytes(cols) % 16 == 0`.
-    pub fn weight_texture(
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    pub(crate) fn weight_texture(
         &self,
         label: &str,
         rows: usize,
@@ -425,7 +442,9 @@ impl Engine {
     }
 
     /// [`Engine::texture`] holding `data` (row-major, rows x cols).
-    pub fn texture_init(
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn texture_init(
         &self,
         label: &str,
         data: &[f32],
@@ -438,7 +457,9 @@ impl Engine {
     }
 
     /// [`Engine::weight_texture`] holding `data` (row-major, rows x cols), converted to `dtype`.
-    pub fn weight_texture_init(
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn weight_texture_init(
         &self,
         label: &str,
         data: &[f32],
@@ -453,7 +474,8 @@ impl Engine {
 
     /// Writes weight rows `row0 ..` of a [`Engine::weight_texture`] (its columns) from encoded
     /// row-major bytes, transposing 16-byte texels on the host.
-    pub fn write_weight_rows(&self, tex: &wgpu::Texture, row0: u32, bytes: &[u8]) {
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    pub(crate) fn write_weight_rows(&self, tex: &wgpu::Texture, row0: u32, bytes: &[u8]) {
         let texels = tex.height() as usize;
         let rows = bytes.len() / (16 * texels);
         let mut t = vec![0u8; bytes.len()];
@@ -488,7 +510,9 @@ impl Engine {
     }
 
     /// Writes whole rows of 16-byte texels, starting at row `row0`, from row-major bytes.
-    pub fn write_texture_rows(&self, tex: &wgpu::Texture, row0: u32, bytes: &[u8]) {
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn write_texture_rows(&self, tex: &wgpu::Texture, row0: u32, bytes: &[u8]) {
         let row_bytes = tex.width() * 16;
         let rows = bytes.len() as u32 / row_bytes;
         self.queue.write_texture(
@@ -583,7 +607,9 @@ impl Engine {
     }
 
     /// Reads a whole storage buffer back (tests and debugging; the forward pass never does this).
-    pub fn download_f32(&self, buf: &wgpu::Buffer) -> Result<Vec<f32>> {
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn download_f32(&self, buf: &wgpu::Buffer) -> Result<Vec<f32>> {
         let size = buf.size();
         let staging = self.readback("download", size);
         let mut enc = self.device.create_command_encoder(&Default::default());

@@ -64,9 +64,11 @@ impl std::str::FromStr for WeightDtype {
             "f32" => Ok(WeightDtype::F32),
             "f16" => Ok(WeightDtype::F16),
             "q8" => Ok(WeightDtype::Q8),
-            other => Err(Error::Input(format!(
-                "unknown weight dtype {other:?}; use f32, f16 or q8"
-            ))),
+            other => Err(Error::option(
+                "LoadOptions::dtype",
+                format!("{other:?}"),
+                "f32, f16 or q8",
+            )),
         }
     }
 }
@@ -284,10 +286,12 @@ fn blocks(n: usize, cols: usize) -> impl Iterator<Item = (usize, usize)> {
 /// q8 quantises blocks of 32 weights along a row: rows must be whole blocks.
 fn check_cols(label: &str, cols: usize, dtype: WeightDtype) -> Result<()> {
     if dtype == WeightDtype::Q8 && !cols.is_multiple_of(Q8_BLOCK) {
-        return Err(Error::Input(format!(
-            "q8 weights are quantised in blocks of {Q8_BLOCK} along a row, but {label} has rows of {cols}; \
-             use --dtype f16 or f32"
-        )));
+        return Err(Error::DtypeUnsupported {
+            dtype: "q8",
+            what: format!(
+                "rows of a multiple of {Q8_BLOCK} weights, but {label} has rows of {cols}"
+            ),
+        });
     }
     Ok(())
 }

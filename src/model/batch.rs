@@ -12,11 +12,12 @@ use crate::{Error, Result};
 /// next token from a single forward pass; decode is bound by reading the weights, so B tokens
 /// cost little more than one.
 ///
-/// ```no_run
+/// ```
 /// # fn main() -> wgpt::Result<()> {
 /// # let engine = wgpt::Engine::new(None)?;
 /// # let model = wgpt::Model::load(engine, std::path::Path::new("assets/default"), &Default::default())?;
-/// let prompts = [vec![464u32, 5044], vec![40, 588]];
+/// # let tokenizer = wgpt::Tokenizer::from_file("assets/default/tokenizer.json".as_ref())?;
+/// let prompts = [tokenizer.encode("A slice is")?, tokenizer.encode("Traits let")?];
 /// let mut batch = wgpt::Batch::new(&model, prompts.len())?;
 /// let mut next: Vec<u32> = (0..prompts.len())
 ///     .map(|i| batch.prefill(i, &prompts[i]))

@@ -63,9 +63,11 @@ impl std::str::FromStr for WeightLayout {
             "auto" => Ok(WeightLayout::Auto),
             "buffer" => Ok(WeightLayout::Buffer),
             "texture" => Ok(WeightLayout::Texture),
-            other => Err(Error::Input(format!(
-                "unknown weight layout {other:?}; use auto, buffer or texture"
-            ))),
+            other => Err(Error::option(
+                "LoadOptions::layout",
+                format!("{other:?}"),
+                "auto, buffer or texture",
+            )),
         }
     }
 }
@@ -94,8 +96,10 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a Hugging Face GPT-2 folder (config.json + model.safetensors or its shards).
+    /// Loads a Hugging Face decoder folder (GPT-2, OPT, XGLM: config.json + model.safetensors or
+    /// its shards), or a hub id (`ORG/NAME`) from the local Hugging Face cache ([`crate::hub`]).
     pub fn load(gpu: Arc<Engine>, dir: &Path, opts: &LoadOptions) -> Result<Model> {
+        let dir = &crate::hub::model_dir(dir)?;
         if !dir.is_dir() {
             return Err(Error::io(
                 dir,
@@ -582,11 +586,14 @@ fn check_q8(cfg: &Config, dtype: WeightDtype) -> Result<()> {
     if dtype == WeightDtype::Q8
         && !(cfg.n_embd.is_multiple_of(block) && cfg.n_inner.is_multiple_of(block))
     {
-        return Err(Error::Input(format!(
-            "q8 weights are quantised in blocks of {block} along each row, so n_embd ({}) and n_inner ({}) \
-             must be multiples of {block}; use --dtype f16 or f32",
-            cfg.n_embd, cfg.n_inner
-        )));
+        return Err(Error::DtypeUnsupported {
+            dtype: "q8",
+            what: format!(
+                "n_embd ({}) and n_inner ({}) multiples of {block} (it quantises blocks of {block} \
+                 along each row)",
+                cfg.n_embd, cfg.n_inner
+            ),
+        });
     }
     Ok(())
 }

@@ -426,6 +426,11 @@ impl Session {
         })
     }
 
+    /// The model this session runs on.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
     /// The context length: the model's n_positions, or the session's own (see
     /// [`Session::with_context`]).
     pub fn n_ctx(&self) -> usize {
@@ -442,8 +447,8 @@ impl Session {
     /// session's allocation plus a copy of `position()` rows per layer.
     pub fn fork(&self) -> Result<Session> {
         if self.pending.is_some() {
-            return Err(Error::Input(
-                "cannot fork while a step is in flight: collect its token first".into(),
+            return Err(Error::SessionState(
+                "cannot fork while a step is in flight: collect its token first",
             ));
         }
         let mut other = Session::with_slots(&self.model, 1, self.n_ctx)?;
@@ -656,8 +661,9 @@ impl Session {
 
     /// Blocks until the step in flight is done and returns its token.
     pub fn wait(&mut self) -> Result<u32> {
-        self.collect(true)?
-            .ok_or_else(|| Error::Input("no step in flight: call Session::submit first".into()))
+        self.collect(true)?.ok_or(Error::SessionState(
+            "no step in flight: call Session::submit first",
+        ))
     }
 
     /// Whether a submitted step's token has not been collected yet.
@@ -785,20 +791,18 @@ impl Session {
     fn validate(&self, tokens: &[u32]) -> Result<()> {
         let cfg = &self.model.config;
         if self.pending.is_some() {
-            return Err(Error::Input(
-                "a step is still in flight: collect its token (Session::poll or wait) first".into(),
+            return Err(Error::SessionState(
+                "a step is still in flight: collect its token (Session::poll or wait) first",
             ));
         }
         if tokens.is_empty() {
-            return Err(Error::Input(
-                "empty input: a step needs at least one token".into(),
-            ));
+            return Err(Error::EmptyPrompt);
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary (vocab_size = {})",
-                cfg.vocab_size
-            )));
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: cfg.vocab_size,
+            });
         }
         let needed = self.pos + tokens.len();
         if needed > self.n_ctx {

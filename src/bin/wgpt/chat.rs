@@ -35,7 +35,6 @@ struct Settings {
 struct Chat<'a> {
     session: Session,
     tok: &'a Tokenizer,
-    eos: Option<u32>,
     /// The last generated token: chosen but not yet run through the model (the next turn starts
     /// with it).
     pending: Option<u32>,
@@ -78,7 +77,6 @@ pub fn run(
     let mut chat = Chat {
         session: Session::new(model)?,
         tok,
-        eos: model.config.eos_token_id,
         pending: None,
         turns: 0,
         tty,
@@ -230,7 +228,12 @@ impl Chat<'_> {
             ""
         };
         let mut ids: Vec<u32> = self.pending.take().into_iter().collect();
-        ids.extend(self.tok.encode(&format!("{sep}{text}"))?);
+        // The conversation's first text is a prompt (with the special tokens the tokenizer
+        // adds, OPT's BOS); later lines continue it.
+        ids.extend(match sep {
+            "" => self.tok.encode(text)?,
+            _ => self.tok.encode_plain(&format!("{sep}{text}"))?,
+        });
         let n_ctx = self.session.n_ctx();
         let max_tokens = s.max_tokens.min(n_ctx.saturating_sub(ids.len() + 1));
         if max_tokens == 0 {
@@ -263,7 +266,7 @@ impl Chat<'_> {
         };
         self.turns += 1;
         let tok = self.tok;
-        let mut generator = Generator::new(&mut self.session, Some(tok), &ids, &opts, self.eos)?;
+        let mut generator = Generator::new(&mut self.session, Some(tok), &ids, &opts)?;
         let mut out = std::io::stdout();
         if self.tty {
             eprint!("\x1b[36m");
