@@ -30,6 +30,20 @@
 //! # Ok(()) }
 //! ```
 
+/// Declares internal modules: crate-private, except with the `internals` feature (the tests,
+/// fuzz targets and kernel benchmarks), where they are public but hidden from the docs and not
+/// a stable API.
+macro_rules! internal_mods {
+    ($($name:ident),* $(,)?) => {$(
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        #[allow(dead_code)]
+        pub(crate) mod $name;
+    )*};
+}
+
 pub mod bench;
 pub mod config;
 #[cfg(feature = "default-model")]
@@ -44,24 +58,12 @@ pub mod sampler;
 pub mod source;
 pub mod tokenizer;
 
-// Internals: the kernels' bindings, weight encodings, CPU twins, checkpoint reading and fuzz
-// entry points. Crate-private, except with the `internals` feature (the tests, fuzz targets
-// and kernel benchmarks), where they are public but hidden from the docs and not a stable API.
+// The checkpoint reader and the CPU twins; the fuzz entry points exist only for the fuzz
+// targets and their corpus replay.
+internal_mods!(loader, reference);
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod fuzz;
-#[cfg(feature = "internals")]
-#[doc(hidden)]
-pub mod loader;
-#[cfg(not(feature = "internals"))]
-#[allow(dead_code)]
-pub(crate) mod loader;
-#[cfg(feature = "internals")]
-#[doc(hidden)]
-pub mod reference;
-#[cfg(not(feature = "internals"))]
-#[allow(dead_code)]
-pub(crate) mod reference;
 
 pub use config::Config;
 pub use encoder::{Embeddings, EncoderModel};

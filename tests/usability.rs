@@ -38,6 +38,14 @@ fn json_ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
+/// The JSON summary `--json` prints as the last line of stdout.
+fn last_json(o: &Output) -> serde_json::Value {
+    let out = text(&o.stdout);
+    serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
+        panic!("{e}: stdout {out:?}, stderr {}", text(&o.stderr));
+    })
+}
+
 fn p(d: &Path) -> &str {
     d.to_str().unwrap()
 }
@@ -175,8 +183,7 @@ fn prompts_get_the_tokenizers_special_tokens() {
         "--json",
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let j: serde_json::Value =
-        serde_json::from_str(text(&o.stdout).lines().last().unwrap()).unwrap();
+    let j = last_json(&o);
     assert_eq!(json_ids(&j["prompt_ids"]), e.prompt_ids);
     assert_eq!(json_ids(&j["ids"]), e.greedy_ids);
 }
@@ -236,8 +243,7 @@ fn eos_comes_from_the_model() {
             "32",
         ];
         let o = wgpt(&[&args[..], &["--json"]].concat());
-        let j: serde_json::Value =
-            serde_json::from_str(text(&o.stdout).lines().last().unwrap()).unwrap();
+        let j = last_json(&o);
         assert_eq!(json_ids(&j["ids"]), want);
     }
 }
@@ -467,8 +473,7 @@ fn hub_ids_resolve_from_the_local_cache() {
         a.extend(["--model", model]);
         let o = wgpt_env(&a, env);
         assert!(o.status.success(), "{}", text(&o.stderr));
-        let j: serde_json::Value =
-            serde_json::from_str(text(&o.stdout).lines().last().unwrap()).unwrap();
+        let j = last_json(&o);
         json_ids(&j["ids"])
     };
     assert_eq!(
@@ -502,8 +507,7 @@ fn hub_ids_resolve_from_the_local_cache() {
     );
 
     let o = wgpt_env(&args, &[("WGPT_MODEL", &dir)]);
-    let j: serde_json::Value =
-        serde_json::from_str(text(&o.stdout).lines().last().unwrap()).unwrap();
+    let j = last_json(&o);
     assert_eq!(json_ids(&j["ids"]), e.greedy_ids, "WGPT_MODEL");
 }
 

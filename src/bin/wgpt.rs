@@ -693,6 +693,17 @@ fn bench(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
+    print_bench(&r, kernels_copy, model.uses_textures(), a.dtype);
+    Ok(())
+}
+
+/// wgpt bench's own table: the adapter, the model, each run, batched decode and kernel times.
+fn print_bench(
+    r: &wgpt::bench::Report,
+    kernels_copy: Option<f64>,
+    textures: bool,
+    dtype: WeightDtype,
+) {
     let m = &r.model;
     println!(
         "adapter  {} ({}, {}, {} {})",
@@ -790,12 +801,8 @@ fn bench(a: BenchArgs) -> Result<()> {
     if let Some(copy) = kernels_copy {
         println!(
             "kernels on GPT-2 shapes ({} weights, {} layout), buffer copy {copy:.2} GB/s:",
-            a.dtype.name(),
-            if model.uses_textures() {
-                "texture"
-            } else {
-                "buffer"
-            }
+            dtype.name(),
+            if textures { "texture" } else { "buffer" }
         );
         println!(
             "  {:<10} {:<22} {:>9} {:>8} {:>9} {:>8}",
@@ -813,7 +820,6 @@ fn bench(a: BenchArgs) -> Result<()> {
             );
         }
     }
-    Ok(())
 }
 
 /// A load progress bar on stderr, shown only once a load has taken more than a second.

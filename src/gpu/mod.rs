@@ -1,17 +1,7 @@
 //! The GPU: adapter choice, device, limits, error capture, and small buffer helpers.
 
-#[cfg(feature = "internals")]
-#[doc(hidden)]
-pub mod kernels;
-#[cfg(not(feature = "internals"))]
-#[allow(dead_code)]
-pub(crate) mod kernels;
-#[cfg(feature = "internals")]
-#[doc(hidden)]
-pub mod tensor;
-#[cfg(not(feature = "internals"))]
-#[allow(dead_code)]
-pub(crate) mod tensor;
+// The kernels' pipelines and bindings, and the weight encodings.
+internal_mods!(kernels, tensor);
 
 use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex};
