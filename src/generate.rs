@@ -409,6 +409,9 @@ impl<S: BorrowMut<Session>> Generator<S> {
         let found = stops.clone().filter_map(|s| text.find(s.as_str())).min();
         let end = match found {
             Some(at) => {
+                // Text already streamed stays in `text`, so the two always agree (a stop string
+                // cannot begin inside it: that tail was held back).
+                let at = at.max(self.emitted);
                 self.hit_stop = true;
                 self.out.text.truncate(at);
                 at
@@ -426,7 +429,6 @@ impl<S: BorrowMut<Session>> Generator<S> {
                 text.len() - held
             }
         };
-        let end = end.max(self.emitted);
         let piece = self.out.text[self.emitted..end].to_string();
         self.emitted = end;
         piece

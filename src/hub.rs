@@ -25,8 +25,8 @@ pub fn is_hub_id(arg: &str) -> bool {
     part(org) && part(name) && !Path::new(arg).exists()
 }
 
-/// The cache folders searched, in order: `HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`
-/// (each only where its variable is set).
+/// The cache folder, as transformers picks it: `HF_HUB_CACHE` if set, else `HF_HOME/hub` if
+/// set, else `~/.cache/huggingface/hub` (none where there is no home folder).
 pub fn cache_dirs() -> Vec<PathBuf> {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(dir) = var("HF_HUB_CACHE") {
