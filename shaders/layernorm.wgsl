@@ -2,10 +2,9 @@
 // Two passes (mean, then mean of squared deviations) as PyTorch does: the one-pass
 // E[x^2] - E[x]^2 form loses digits when |mean| >> std, which residual streams do have.
 
-struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
 struct Params { C: u32, eps: f32, _a: u32, _b: u32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
+// step (binding 0): step.wgsl's, prepended by the kernel registry.
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> inp: array<f32>;        // (row0 + rows, C)
 @group(0) @binding(3) var<storage, read> weight: array<f32>;     // (C)

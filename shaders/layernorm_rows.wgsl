@@ -3,10 +3,9 @@
 // lavapipe a barrier suspends and resumes every lane, and a lane's storage loads are a scalar
 // loop anyway, so layernorm.wgsl's 128-lane reductions cost more than the loads. C % 4 == 0.
 
-struct Step { rows: u32, row0: u32, pos0: u32, _pad: u32 }
 struct Params { C: u32, eps: f32, _a: u32, _b: u32 }
 
-@group(0) @binding(0) var<uniform> step: Step;
+// step (binding 0): step.wgsl's, prepended by the kernel registry.
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> inp: array<vec4<f32>>;        // (row0 + rows, C / 4)
 @group(0) @binding(3) var<storage, read> weight: array<vec4<f32>>;     // (C / 4)

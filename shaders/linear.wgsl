@@ -1,5 +1,5 @@
 // Shared by the linear-layer kernels (matmul.wgsl, matmul_texture.wgsl), prepended to each by the
-// kernel registry after step.wgsl (the step uniform): parameters, bias and output bindings, and
+// kernel registry after step.wgsl (the step uniform) and activation.wgsl: parameters, bias and output bindings, and
 // the fused epilogues.
 // out[m, col0 + n] = epilogue(sum_k a[m, k] * w[n, k] + bias[col0 + n]); w is (N, K),
 // output-major like torch.nn.Linear (the loader transposes GPT-2's Conv1D), so both operands are
@@ -17,38 +17,10 @@ struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, kv_c: u32, l
 @group(0) @binding(4) var<storage, read> bias: array<f32>;        // (col0 + N)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;   // (M, ldo)
 
-// The epilogue, fixed per pipeline (gpu/kernels.rs `Linear`): a CPU adapter (lavapipe) runs a
+// The epilogue, fixed per pipeline (an override constant): a CPU adapter (lavapipe) runs a
 // branch on a run-time value by running every case under masks, loads and stores included.
+// Its codes and activations are activation.wgsl's.
 override EPILOGUE: u32 = 0u;
-
-const EPILOGUE_STORE: u32 = 0u;
-const EPILOGUE_GELU: u32 = 1u;
-const EPILOGUE_RESIDUAL: u32 = 2u;
-const EPILOGUE_RELU: u32 = 3u;
-const EPILOGUE_GELU_ERF: u32 = 4u;
-const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
-
-// GELU as GPT-2 computes it (transformers' gelu_new, the tanh approximation).
-fn gelu(x: f32) -> f32 {
-    // tanh saturates to +-1 in f32 beyond |u| = 9; clamping keeps drivers that build tanh from
-    // exp() away from inf/inf = NaN.
-    let u = clamp(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x), -10.0, 10.0);
-    return 0.5 * x * (1.0 + tanh(u));
-}
-
-// erf(x), Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7, below f32's resolution of erf's
-// values near 1 (WGSL has no erf builtin). Odd, so computed on |x|.
-fn erf(x: f32) -> f32 {
-    let z = abs(x);
-    let t = 1.0 / (1.0 + 0.3275911 * z);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return sign(x) * (1.0 - poly * exp(-z * z));
-}
-
-// GELU as BERT computes it (transformers' "gelu", PyTorch's exact form): 0.5 x (1 + erf(x / sqrt 2)).
-fn gelu_erf(x: f32) -> f32 {
-    return 0.5 * x * (1.0 + erf(x * 0.7071067811865476));
-}
 
 // Four signed bytes of a q8 weight word (lowest byte first) as f32.
 fn i8x4(word: u32) -> vec4<f32> {
@@ -73,18 +45,12 @@ fn bias4(n0: u32) -> vec4<f32> {
 fn store4(m: u32, n0: u32, acc: vec4<f32>, b: vec4<f32>) {
     var v = acc + b;
     let i = m * p.ldo + p.col0 + n0;
-    switch EPILOGUE {
-        case EPILOGUE_GELU: { v = vec4(gelu(v.x), gelu(v.y), gelu(v.z), gelu(v.w)); }
-        case EPILOGUE_GELU_ERF: {
-            v = vec4(gelu_erf(v.x), gelu_erf(v.y), gelu_erf(v.z), gelu_erf(v.w));
+    if (EPILOGUE == EPILOGUE_RESIDUAL) {
+        for (var j = 0u; j < 4u; j++) {
+            if (n0 + j < p.N) { v[j] += out[i + j]; }
         }
-        case EPILOGUE_RESIDUAL: {
-            for (var j = 0u; j < 4u; j++) {
-                if (n0 + j < p.N) { v[j] += out[i + j]; }
-            }
-        }
-        case EPILOGUE_RELU: { v = max(v, vec4(0.0)); }
-        default: {}
+    } else {
+        v = activate4(EPILOGUE, v);
     }
     for (var j = 0u; j < 4u; j++) {
         if (n0 + j < p.N) { out[i + j] = v[j]; }

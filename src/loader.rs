@@ -1,10 +1,11 @@
 //! Reading a Hugging Face decoder folder (GPT-2, OPT, XGLM): `config.json`, `model.safetensors`
-//! (or shards listed in `model.safetensors.index.json`), memory-mapped. Every checkpoint quirk
-//! lives here and nowhere else: the `transformer.` / `model.decoder.` / `model.` prefixes, the
-//! `attn.bias` / `attn.masked_bias` buffers, GPT-2's Conv1D weights stored [in, out], OPT's and
-//! XGLM's separate q, k, v projections (fused here into GPT-2's c_attn) and their position table
-//! offset, a tied or explicit `lm_head.weight`, and f32 / f16 / bf16 storage. The rest of the
-//! crate sees every family under GPT-2's tensor names.
+//! (or shards listed in `model.safetensors.index.json`), memory-mapped, into [`Weights`], the
+//! kernels' layout of a decoder's tensors. What is common to every checkpoint lives here: the
+//! `transformer.` / `model.decoder.` / `model.` prefixes, the `attn.bias` / `attn.masked_bias`
+//! buffers, a tied or explicit `lm_head.weight`, f32 / f16 / bf16 storage. Where each family
+//! keeps each tensor (GPT-2's Conv1D weights stored [in, out], OPT's and XGLM's separate q, k, v
+//! projections and their position table offset) lives with the family, in
+//! [`crate::families`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -13,7 +14,8 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::config::{Config, Family, Positions};
+use crate::config::{Config, Family};
+use crate::families::checkpoint_parts;
 use crate::{Error, Result};
 
 /// The model folder's hyper-parameters file, read by [`Config::from_file`].
@@ -461,94 +463,35 @@ impl<T> Weights<T> {
 /// `row0 .. row0 + n` (kernels' layout, f32) to `out`.
 pub type ReadRows<'a> = dyn FnMut(usize, usize, &mut Vec<f32>) -> Result<()> + 'a;
 
-/// One stored tensor, or a block of its rows, that makes up part of a kernels'-layout tensor.
-struct Part {
+/// One stored tensor, or a block of its rows, that makes up part of a kernels'-layout tensor
+/// (a family's [`crate::families::checkpoint_parts`] lists them).
+pub struct Part {
     /// Checkpoint name (prefix stripped).
-    key: String,
+    pub key: String,
     /// The shape it must have in the checkpoint.
-    stored: Vec<usize>,
+    pub stored: Vec<usize>,
     /// Rows (elements, for a vector) it contributes.
-    rows: usize,
+    pub rows: usize,
     /// Its rows before the ones used (OPT's position table starts 2 rows early).
-    skip: usize,
+    pub skip: usize,
+    /// Stored [in, out] (GPT-2's Conv1D): read transposed.
+    pub transposed: bool,
 }
 
-/// Whether a weight GPT-2 stores as Conv1D ([in, out]) is stored so in `cfg`'s family: the
-/// other families use nn.Linear ([out, in], the kernels' layout).
-fn stored_transposed(cfg: &Config, conv1d: bool) -> bool {
-    conv1d && cfg.family == Family::Gpt2
-}
-
-/// Where wgpt's tensor `name`, (rows, cols) in the kernels' layout with GPT-2's naming, comes
-/// from in a checkpoint of `cfg`'s family: parts concatenated along rows. Empty for a table
-/// computed rather than stored (sinusoidal positions).
-fn parts(cfg: &Config, name: &str, rows: usize, cols: usize, conv1d: bool) -> Vec<Part> {
-    let vector = rows == 1;
-    let conv1d = stored_transposed(cfg, conv1d);
-    let whole = |key: String| {
-        let stored = match (vector, conv1d) {
-            (true, _) => vec![cols],
-            (_, true) => vec![cols, rows],
-            _ => vec![rows, cols],
+impl Part {
+    /// The whole of stored tensor `key`, of shape `stored` ([in, out] when `transposed`).
+    pub fn whole(key: String, stored: Vec<usize>, transposed: bool) -> Part {
+        let rows = match stored.len() {
+            1 => stored[0],
+            _ if transposed => stored[1],
+            _ => stored[0],
         };
-        let rows = if vector { cols } else { rows };
-        vec![Part {
+        Part {
             key,
             stored,
             rows,
             skip: 0,
-        }]
-    };
-    if cfg.family == Family::Gpt2 {
-        return whole(name.to_string());
-    }
-    let (layer, rest) = match name.strip_prefix("h.").and_then(|r| r.split_once('.')) {
-        Some((l, rest)) => (l.parse::<usize>().ok(), rest),
-        None => (None, name),
-    };
-    let suffix = rest.rsplit('.').next().unwrap_or_default(); // weight | bias
-    match (layer, rest) {
-        (None, "wte.weight") => whole("embed_tokens.weight".into()),
-        (None, "wpe.weight") if cfg.positions == Positions::Sinusoidal => Vec::new(),
-        (None, "wpe.weight") => vec![Part {
-            key: "embed_positions.weight".into(),
-            stored: vec![rows + cfg.position_offset, cols],
-            rows,
-            skip: cfg.position_offset,
-        }],
-        (None, "lm_head.weight" | "project_in.weight" | "project_out.weight") => whole(name.into()),
-        (None, _) => {
-            // ln_f: XGLM's layer_norm, OPT's final_layer_norm; post-LN OPT has no final norm,
-            // and the last block's own final_layer_norm stands in (see Session: build_ops).
-            let key = match (cfg.family, cfg.pre_ln) {
-                (Family::Xglm, _) => format!("layer_norm.{suffix}"),
-                (_, true) => format!("final_layer_norm.{suffix}"),
-                (_, false) => format!("layers.{}.final_layer_norm.{suffix}", cfg.n_layer - 1),
-            };
-            whole(key)
-        }
-        (Some(i), rest) => {
-            let key = |m: &str| format!("layers.{i}.{m}.{suffix}");
-            match rest.rsplit_once('.').map_or(rest, |(m, _)| m) {
-                "ln_1" => whole(key("self_attn_layer_norm")),
-                "ln_2" => whole(key("final_layer_norm")),
-                "attn.c_proj" => whole(key("self_attn.out_proj")),
-                "mlp.c_fc" => whole(key("fc1")),
-                "mlp.c_proj" => whole(key("fc2")),
-                // c_attn (3C, C) = q, k, v stacked.
-                _ => ["q_proj", "k_proj", "v_proj"]
-                    .iter()
-                    .map(|p| {
-                        let c = cfg.n_embd;
-                        Part {
-                            key: key(&format!("self_attn.{p}")),
-                            stored: if vector { vec![c] } else { vec![c, c] },
-                            rows: c,
-                            skip: 0,
-                        }
-                    })
-                    .collect(),
-            }
+            transposed,
         }
     }
 }
@@ -571,7 +514,7 @@ pub fn load_weights<T>(
     }
     // Every shape and dtype first: fail before any upload.
     build_weights(cfg, explicit_head, |name, rows, cols, conv1d| {
-        for p in parts(cfg, name, rows, cols, conv1d) {
+        for p in checkpoint_parts(cfg, name, rows, cols, conv1d) {
             ckpt.check(&p.key, &p.stored)?;
         }
         Ok(())
@@ -590,7 +533,7 @@ pub fn load_weights<T>(
         ));
     }
     build_weights(cfg, explicit_head, |name, rows, cols, conv1d| {
-        let parts = parts(cfg, name, rows, cols, conv1d);
+        let parts = checkpoint_parts(cfg, name, rows, cols, conv1d);
         // A vector is read as (elements, 1) so its parts concatenate like row blocks.
         let width = if rows == 1 { 1 } else { cols };
         let mut read = |row0: usize, n: usize, out: &mut Vec<f32>| {
@@ -609,9 +552,7 @@ pub fn load_weights<T>(
                 let (lo, hi) = (first.max(at), (row0 + n).min(at + p.rows));
                 if lo < hi {
                     let local = p.skip + lo - at;
-                    // GPT-2's Conv1D stores [in, out] = [cols, rows]; read_rows transposes it.
-                    let transposed = stored_transposed(cfg, conv1d);
-                    ckpt.read_rows(&p.key, transposed, width, local, hi - lo, out)?;
+                    ckpt.read_rows(&p.key, p.transposed, width, local, hi - lo, out)?;
                     first = hi;
                 }
                 at += p.rows;

@@ -43,15 +43,17 @@ macro_rules! kernel {
 /// Every kernel wgpt ships, in forward-pass order.
 pub const KERNELS: &[KernelSource] = &[
     kernel!("embed" after "step"),
-    kernel!("layernorm"),
-    kernel!("layernorm_rows"),
-    kernel!("matmul" after "step", "linear"),
+    kernel!("layernorm" after "step"),
+    kernel!("layernorm_rows" after "step"),
+    kernel!("matmul" after "step", "activation", "linear"),
     // matmul.wgsl's gemv with subgroup reductions, for adapters with the SUBGROUP feature (a
     // module of its own: naga rejects subgroup operations anywhere in a module without it).
-    kernel!("gemv_subgroup" after "step", "linear", "matmul"),
-    kernel!("matmul_texture" after "step", "linear"),
+    kernel!("gemv_subgroup" after "step", "activation", "linear", "matmul"),
+    kernel!("matmul_texture" after "step", "activation", "linear"),
     // matmul_texture with inputs broadcast across subgroups (a module of its own, as above).
-    kernel!("matmul_texture_subgroup" after "step", "linear", "matmul_texture"),
+    kernel!("matmul_texture_subgroup" after "step", "activation", "linear", "matmul_texture"),
+    // A linear layer's epilogue as its own dispatch (plans without the epilogue fusion).
+    kernel!("elementwise" after "step", "activation"),
     kernel!("kv_append" after "step"),
     kernel!("kv_append_texture" after "step"),
     kernel!("attention" after "step"),
@@ -388,6 +390,8 @@ pub mod wg {
     /// kv_append.wgsl and kv_append_texture.wgsl: invocations per workgroup along C (one per
     /// value, or per 4 values for the texture variant).
     pub const KV_APPEND: u32 = 64;
+    /// elementwise.wgsl: invocations per workgroup along the width (one per value).
+    pub const ELEMENTWISE: u32 = 64;
     /// pool.wgsl: invocations per workgroup (one workgroup per sequence).
     pub const POOL: u32 = 64;
 }
@@ -861,8 +865,8 @@ pub(crate) fn linear_layout(gpu: &Engine, textures: bool) -> wgpu::PipelineLayou
 }
 
 /// What a fused GEMV's layout adds to `linear_layout`'s texture bindings.
-#[derive(Clone, Copy, PartialEq)]
-enum Extra {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Extra {
     None,
     /// gemv_texture_kv's KV-cache textures (7, 8; write-only).
     Kv,
@@ -875,7 +879,7 @@ enum Extra {
 }
 
 /// `linear_layout`, with the bindings `extra` adds.
-fn linear_layout_with(gpu: &Engine, textures: bool, extra: Extra) -> wgpu::PipelineLayout {
+pub(crate) fn linear_layout_with(gpu: &Engine, textures: bool, extra: Extra) -> wgpu::PipelineLayout {
     // Inputs are rgba32float; weights raw bits (f32 or f16) in rgba32uint.
     let operand = |binding: u32| wgpu::BindGroupLayoutEntry {
         binding,

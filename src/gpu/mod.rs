@@ -2,6 +2,7 @@
 
 // The kernels' pipelines and bindings, and the weight encodings.
 internal_mods!(kernels, tensor);
+pub(crate) mod registry;
 
 use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,8 @@ pub struct Engine {
     error: Option<Arc<Mutex<Option<String>>>>,
     /// Why the device was lost, once it is (set by wgpu's device-lost callback).
     lost: Arc<Mutex<Option<String>>>,
+    /// Every compute pipeline built on the device, by what specialises it.
+    pub(crate) registry: registry::Registry,
 }
 
 /// The limits wgpt's kernels need: WebGPU's compute defaults (256-wide workgroups, 16 KiB of
@@ -226,6 +229,7 @@ impl Engine {
             limits,
             error: Some(error),
             lost,
+            registry: Default::default(),
         }))
     }
 
@@ -254,6 +258,7 @@ impl Engine {
             limits,
             error: None,
             lost,
+            registry: Default::default(),
         }))
     }
 

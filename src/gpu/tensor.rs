@@ -108,6 +108,9 @@ pub struct GpuTensor {
     pub textures: Vec<TextureChunk>,
     /// Buffer row ranges covering the matrix in order; empty for a texture-only tensor.
     pub chunks: Vec<Chunk>,
+    /// A weight with the layer norm before it folded in (`loader::LnFold`): the sums of its
+    /// rows as stored (rows), which decode's GEMVs standardising their input need (NORM).
+    pub row_sums: Option<wgpu::Buffer>,
 }
 
 impl GpuTensor {
@@ -225,6 +228,7 @@ impl GpuTensor {
             dtype,
             textures: Vec::new(),
             chunks,
+            row_sums: None,
         })
     }
 
@@ -241,6 +245,7 @@ impl GpuTensor {
             dtype,
             textures,
             chunks: Vec::new(),
+            row_sums: None,
         }
     }
 

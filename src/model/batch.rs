@@ -3,8 +3,10 @@
 //! its own position; step.wgsl tells the kernels which row belongs where.
 
 use crate::gpu::kernels::{self, ArgmaxParams, MAX_BATCH, Step};
+use crate::gpu::registry::Key;
 use crate::model::Model;
-use crate::model::session::{Grid, Kernel, Op, Pick, Session};
+use crate::model::session::{Pick, Section, Session};
+use crate::plan::{Dim, Dispatch};
 use crate::{Error, Result};
 
 /// B sequences on one model, decoded together (greedy). Prefill each with
@@ -33,7 +35,7 @@ pub struct Batch {
     session: Session,
     seqs: Vec<Seq>,
     /// Greedy pick over B rows of logits, into `ids`.
-    argmax: Op,
+    argmax: Dispatch,
     ids: wgpu::Buffer,      // (B, 2) u32: token, probability bits
     ids_read: wgpu::Buffer, // (B, 2) u32, mappable
 }
@@ -68,20 +70,15 @@ impl Batch {
             n: 1,
             _pad: [0; 2],
         };
-        let argmax = Op::new(
-            Kernel::Argmax,
-            kernels::bind(
-                gpu,
-                &model.pipelines.argmax,
-                "batch_argmax",
-                &[
-                    &gpu.uniform("batch_argmax", &greedy),
-                    &session.act.logits,
-                    &ids,
-                ],
-            ),
-            Grid::Rows,
+        let pipe = gpu.registry.get(gpu, &Key::new("argmax", "argmax"));
+        let uniform = gpu.uniform("batch_argmax", &greedy);
+        let bind = kernels::bind(
+            gpu,
+            &pipe,
+            "batch_argmax",
+            &[&uniform, &session.act.logits, &ids],
         );
+        let argmax = Dispatch::new(pipe, bind, [Dim::Rows, Dim::Fixed(1)], "argmax");
         Ok(Batch {
             ids_read: gpu.readback("batch_ids_read", 8 * sequences as u64),
             ids,
@@ -130,9 +127,9 @@ impl Batch {
         let s = &self.session;
         let gpu = s.model.gpu.clone();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        s.record(&mut enc, &s.body, b);
-        s.record(&mut enc, &s.head, b);
-        s.record(&mut enc, std::slice::from_ref(&self.argmax), b);
+        s.record(&mut enc, Section::Body, b);
+        s.record(&mut enc, Section::Head, b);
+        s.record_ops(&mut enc, std::slice::from_ref(&self.argmax), b);
         enc.copy_buffer_to_buffer(&self.ids, 0, &self.ids_read, 0, 8 * b as u64);
         gpu.queue.submit([enc.finish()]);
         let words: Vec<u32> =
@@ -146,7 +143,7 @@ impl Batch {
         let b = self.begin_step(tokens)?;
         let gpu = self.session.model.gpu.clone();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.session.record(&mut enc, &self.session.body, b);
+        self.session.record(&mut enc, Section::Body, b);
         gpu.queue.submit([enc.finish()]);
         let logits = self.session.head_logits(b as usize, 0);
         self.end_step(tokens);

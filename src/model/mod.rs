@@ -14,9 +14,12 @@ use std::sync::Arc;
 
 use crate::config::{Config, Positions};
 use crate::gpu::Engine;
-use crate::gpu::kernels::{self, Epilogue, FillParams, Pipelines};
+use crate::gpu::kernels::{self, FillParams};
+use crate::gpu::registry::{Key, Layout};
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
+use crate::graph::Graph;
 use crate::loader::{self, Checkpoint, Weights};
+use crate::plan::{Caps, Fusions, Rule};
 use crate::{Error, Result};
 
 /// Load-time choices.
@@ -31,6 +34,9 @@ pub struct LoadOptions {
     pub layout: WeightLayout,
     /// Called after each tensor is uploaded with (weights done, weights in all).
     pub progress: Option<Progress>,
+    /// Which fusion rules the planner may apply ([`Fusions`]). `None`: `WGPT_FUSE` if set, else
+    /// every rule.
+    pub fuse: Option<Fusions>,
 }
 
 /// A load-progress callback: (weights uploaded so far, weights in all).
@@ -82,7 +88,10 @@ pub struct Model {
     /// The hyper-parameters the weights were checked against.
     pub config: Config,
     pub(crate) weights: Arc<Weights<GpuTensor>>,
-    pub(crate) pipelines: Arc<Pipelines>,
+    /// What the adapter offers the planner.
+    pub(crate) caps: Caps,
+    /// The fusion rules the planner may apply.
+    pub(crate) fusions: Fusions,
     /// Bound in place of a bias the head does not have.
     pub(crate) zero: wgpu::Buffer,
     /// Largest buffer one binding may see (weights, activations and cache are sized below it).
@@ -90,9 +99,8 @@ pub struct Model {
     /// Linear layers read weights and activations as textures (see matmul_texture.wgsl).
     pub(crate) texture_linear: bool,
     /// The blocks' layer norms are folded into c_attn and c_fc (`loader::LnFold`): their gains
-    /// and biases are 1 and 0, and decode fuses them into those GEMVs. Per layer, the row sums
-    /// of c_attn's and c_fc's stored weights, which the fused GEMVs need.
-    pub(crate) ln_folded: Option<Vec<[wgpu::Buffer; 2]>>,
+    /// and biases are 1 and 0, and decode fuses them into those GEMVs (rule fold_norm).
+    pub(crate) norms_folded: bool,
 }
 
 impl Model {
@@ -130,7 +138,7 @@ impl Model {
     ) -> Result<Model> {
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let textures = texture_linear(&gpu, &config, opts)?;
-        let fold = folds_layer_norms(&gpu, &config, textures, opts.dtype);
+        let fold = folds_layer_norms(&gpu, &config, textures, opts)?;
         let mut folding = loader::LnFold::default();
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         let t0 = std::time::Instant::now();
@@ -184,36 +192,26 @@ impl Model {
         texture_linear: bool,
         t0: std::time::Instant,
     ) -> Result<Model> {
-        let head_size = (config.n_embd / config.n_head) as u32;
-        // The epilogues build_ops uses.
-        let epilogues = [
-            Epilogue::Store,
-            Epilogue::Residual,
-            Epilogue::activation(config.activation),
-        ];
-        let pipelines = Pipelines::new(
-            &gpu,
-            opts.dtype,
-            texture_linear,
-            Some(head_size),
-            &epilogues,
-        );
         let zero = gpu.storage("zero", 4);
+        let caps = Caps::new(&gpu, texture_linear, config.head_size());
+        let fusions = fusions(opts)?;
         // The callers folded the norms at upload under the same condition.
-        let ln_folded = match folds_layer_norms(&gpu, &config, texture_linear, opts.dtype) {
-            true => Some(folded_row_sums(&gpu, &config, &weights, &pipelines, &zero)?),
-            false => None,
-        };
+        let norms_folded = folds_layer_norms(&gpu, &config, texture_linear, opts)?;
+        let mut weights = weights;
+        if norms_folded {
+            folded_row_sums(&gpu, &mut weights, &zero);
+        }
         gpu.wait()?;
         let model = Model {
             gpu,
             config,
             weights: Arc::new(weights),
-            pipelines: Arc::new(pipelines),
+            caps,
+            fusions,
             zero,
             max_chunk_bytes,
             texture_linear,
-            ln_folded,
+            norms_folded,
         };
         log::info!(
             "loaded {}: {:.1} MB of weights ({}, linear layers in {}) in {:.2} s",
@@ -252,7 +250,7 @@ impl Model {
         let t0 = std::time::Instant::now();
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let textures = texture_linear(&gpu, &config, opts)?;
-        let fold = folds_layer_norms(&gpu, &config, textures, opts.dtype);
+        let fold = folds_layer_norms(&gpu, &config, textures, opts)?;
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         // Buffers to fill, and buffers to copy into textures once filled (with their row pitch).
         let mut fills: Vec<(wgpu::Buffer, FillParams, WeightDtype)> = Vec::new();
@@ -429,6 +427,16 @@ impl Model {
         self.weights.lm_head.as_ref().unwrap_or(&self.weights.wte)
     }
 
+    /// The model's forward pass, as its family describes it.
+    pub fn graph(&self) -> Graph<&GpuTensor> {
+        crate::families::decoder(&self.config, &self.weights)
+    }
+
+    /// The fusion rules this model's plans may apply.
+    pub fn fusions(&self) -> Fusions {
+        self.fusions
+    }
+
     /// Bytes of weights on the GPU.
     pub fn weight_bytes(&self) -> u64 {
         let w = &self.weights;
@@ -475,7 +483,7 @@ impl Model {
     /// Whether the blocks' layer norms were folded into the projections after them at load
     /// ([`loader::LnFold`]), so that decode can fuse them into those GEMVs.
     pub fn layer_norms_folded(&self) -> bool {
-        self.ln_folded.is_some()
+        self.norms_folded
     }
 
     /// Whether the linear layers read textures (see [`WeightLayout`]).
@@ -500,43 +508,52 @@ impl Model {
 /// f16 or q8 weights. With f32 weights the fused GEMV measured 1.5-2.7x slower than the plain
 /// one in `wgpt bench --kernels` on lavapipe (f16 the same, q8 2-9% slower) and decode as a
 /// whole 8x slower, a cause not yet found; f32 keeps its layernorm dispatches.
-fn folds_layer_norms(gpu: &Engine, cfg: &Config, textures: bool, dtype: WeightDtype) -> bool {
-    cfg.pre_ln
-        && dtype != WeightDtype::F32
-        && textures
-        && kernels::subgroups_of_8(gpu)
-        && cfg.n_embd as u32 <= kernels::wg::GEMV_UNIFORM_FLOATS
-}
-
-/// Per layer, the row sums of c_attn's and c_fc's weights as stored, which the GEMVs with a
-/// folded layer norm fused in subtract mean times (matmul_texture_subgroup.wgsl's NORM).
-/// Computed by the same GEMV on a row of ones, so they carry its dequantisation exactly.
-fn folded_row_sums(
+fn folds_layer_norms(
     gpu: &Engine,
     cfg: &Config,
-    weights: &Weights<GpuTensor>,
-    pipelines: &Pipelines,
-    zero: &wgpu::Buffer,
-) -> Result<Vec<[wgpu::Buffer; 2]>> {
-    let c = cfg.n_embd;
-    let Some(gemv) = &pipelines.textures().gemv_texture_subgroup else {
-        return Err(Error::Limits(
-            "folded layer norms need the subgroup GEMV, which this adapter lacks".into(),
-        ));
-    };
-    let pipe = gemv.get(Epilogue::Store);
+    textures: bool,
+    opts: &LoadOptions,
+) -> Result<bool> {
+    Ok(fusions(opts)?.has(Rule::FoldNorm)
+        && cfg.pre_ln
+        && opts.dtype != WeightDtype::F32
+        && textures
+        && kernels::subgroups_of_8(gpu)
+        && cfg.n_embd as u32 <= kernels::wg::GEMV_UNIFORM_FLOATS)
+}
+
+/// The fusion rules a load asks for: its own, else `WGPT_FUSE`'s, else every rule.
+fn fusions(opts: &LoadOptions) -> Result<Fusions> {
+    match opts.fuse {
+        Some(f) => Ok(f),
+        None => Ok(Fusions::from_env()?.unwrap_or_default()),
+    }
+}
+
+/// Sets the row sums of every block's c_attn and c_fc weights as stored, which the GEMVs with a
+/// folded layer norm fused in subtract mean times (matmul_texture_subgroup.wgsl's NORM).
+/// Computed by the same GEMV on a row of ones, so they carry its dequantisation exactly.
+fn folded_row_sums(gpu: &Engine, weights: &mut Weights<GpuTensor>, zero: &wgpu::Buffer) {
+    let c = weights.layers.first().map_or(0, |l| l.c_attn_w.cols);
+    let key = Key::new("matmul_texture_subgroup", "gemv_texture_subgroup")
+        .with("WEIGHT_F16", (weights.wte.dtype == WeightDtype::F16) as u32)
+        .with("WEIGHT_Q8", (weights.wte.dtype == WeightDtype::Q8) as u32)
+        .layout(Layout::Linear {
+            textures: true,
+            extra: kernels::Extra::None,
+        });
+    let pipe = gpu.registry.get(gpu, &key);
     let ones = gpu.storage_uniform("ones", (c * 4) as u64);
     gpu.queue
         .write_buffer(&ones, 0, bytemuck::cast_slice(&vec![1.0f32; c]));
     let ones_texture = gpu.texture("ones", 1, c).create_view(&Default::default());
     let step = gpu.uniform("row_sums_step", &kernels::Step::new(1, 0, 0));
-    let mut sums = Vec::with_capacity(cfg.n_layer);
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
-        pass.set_pipeline(pipe);
-        for (l, lw) in weights.layers.iter().enumerate() {
-            let pair = [(&lw.c_attn_w, "c_attn"), (&lw.c_fc_w, "c_fc")].map(|(w, name)| {
+        pass.set_pipeline(&pipe);
+        for (l, lw) in weights.layers.iter_mut().enumerate() {
+            for (w, name) in [(&mut lw.c_attn_w, "c_attn"), (&mut lw.c_fc_w, "c_fc")] {
                 let out = gpu.storage(&format!("h.{l}.{name}.row_sums"), (w.rows * 4) as u64);
                 let io = kernels::LinearIo {
                     step: &step,
@@ -548,7 +565,7 @@ fn folded_row_sums(
                     ln: None,
                     partials: None,
                 };
-                for (bind, n) in kernels::linear_binds(gpu, pipe, w, &io) {
+                for (bind, n) in kernels::linear_binds(gpu, &pipe, w, &io) {
                     pass.set_bind_group(0, &bind, &[]);
                     pass.dispatch_workgroups(
                         n.div_ceil(4).div_ceil(kernels::wg::LINEAR_TEXTURE),
@@ -556,13 +573,11 @@ fn folded_row_sums(
                         1,
                     );
                 }
-                out
-            });
-            sums.push(pair);
+                w.row_sums = Some(out);
+            }
         }
     }
     gpu.queue.submit([enc.finish()]);
-    Ok(sums)
 }
 
 /// The storage of tensor `name`: the matrices the linear kernels and the embedding read take the

@@ -2,12 +2,13 @@
 //! tie them to the model's weights (built once, here), and the forward pass recorded into one
 //! command encoder per step.
 
-use crate::gpu::kernels::{
-    self, ArgmaxParams, AttentionParams, EmbedParams, Epilogue, Kv, LayerNormParams, MAX_TOP,
-    SampleParams, Step, WidthParams, wg,
-};
-use crate::gpu::tensor::GpuTensor;
+use std::collections::HashMap;
+
+use crate::gpu::kernels::{self, ArgmaxParams, MAX_TOP, SampleParams, Step};
+use crate::gpu::registry::Key;
+use crate::graph::Act;
 use crate::model::Model;
+use crate::plan::{self, Bucket, Dim, Dispatch, Io, KvCache, Plan, Rule};
 use crate::sampler::Sampling;
 use crate::{Error, Result};
 
@@ -18,19 +19,6 @@ pub enum Pick {
     Greedy,
     /// Sample with these settings; `u` in [0, 1) picks the point on the filtered CDF.
     Sample(Sampling, f32),
-}
-
-/// Per-layer key and value caches, (n_ctx, C) each, allocated once per session: buffers, or in
-/// the texture layout rgba32float textures (n_ctx rows, C / 4 texels).
-enum KvCache {
-    Buffers {
-        k: Vec<wgpu::Buffer>,
-        v: Vec<wgpu::Buffer>,
-    },
-    Textures {
-        k: Vec<wgpu::TextureView>,
-        v: Vec<wgpu::TextureView>,
-    },
 }
 
 /// Scratch buffers for one step of up to `t_max` tokens. Shapes use T = t_max.
@@ -57,6 +45,8 @@ pub(super) struct Activations {
     pub(super) body_step: wgpu::Buffer, // Step uniform for embed and blocks
     pub(super) head_step: wgpu::Buffer, // Step uniform for ln_f and the head
     pub(super) sample: wgpu::Buffer, // SampleParams uniform
+    /// (T, C): a linear layer's result before its residual add, where the epilogue rule is off.
+    pub(super) tmp: Option<wgpu::Buffer>,
     /// Input textures of the linear layers, when they read textures (see matmul_texture.wgsl).
     textures: Option<InputTextures>,
 }
@@ -72,163 +62,6 @@ struct InputTextures {
     words: Option<(wgpu::Texture, wgpu::Texture)>,
 }
 
-/// Which pipeline an op runs.
-#[derive(Clone, Copy, PartialEq)]
-pub(super) enum Kernel {
-    Embed,
-    LayerNorm,
-    /// layernorm_rows: the texture layout's layernorm, one invocation per row.
-    LayerNormRows,
-    /// A linear layer (gemv or tiled matmul by step size) ending in its epilogue.
-    Matmul(Epilogue),
-    /// A linear layer of the texture layout.
-    MatmulTexture(Epilogue),
-    KvAppend,
-    KvAppendTexture,
-    Attention,
-    AttentionTexture,
-    Argmax,
-    /// argmax_partials: the greedy argmax from the head's candidates (gemv_texture_argmax).
-    ArgmaxPartials,
-    Sample,
-}
-
-impl Kernel {
-    /// The kernel family's name, for per-kernel timings (`gemv`: see `Op::gemv`).
-    fn name(self, gemv: bool) -> &'static str {
-        match self {
-            Kernel::Embed => "embed",
-            Kernel::LayerNorm | Kernel::LayerNormRows => "layernorm",
-            Kernel::Matmul(_) if gemv => "gemv",
-            Kernel::Matmul(_) => "matmul",
-            Kernel::MatmulTexture(_) if gemv => "gemv_texture",
-            Kernel::MatmulTexture(_) => "matmul_texture",
-            Kernel::KvAppend => "kv_append",
-            Kernel::KvAppendTexture => "kv_append_texture",
-            Kernel::Attention => "attention",
-            Kernel::AttentionTexture => "attention_texture",
-            Kernel::Argmax => "argmax",
-            Kernel::ArgmaxPartials => "argmax_partials",
-            Kernel::Sample => "sample",
-        }
-    }
-}
-
-/// How many workgroups an op needs for a step of `rows` rows.
-#[derive(Clone, Copy)]
-pub(super) enum Grid {
-    /// (ceil(width / wg), rows): one invocation per element.
-    Elements { width: u32, wg: u32 },
-    /// (rows): one workgroup per row.
-    Rows,
-    /// A linear layer with n outputs over k inputs: gemv for a few rows, the tiled matmul for
-    /// more.
-    Linear { n: u32, k: u32 },
-    /// (heads, rows): one workgroup per head and query.
-    Heads { nh: u32 },
-    /// A single workgroup.
-    One,
-}
-
-/// One recorded dispatch: pipeline, bind group (built once) and its grid; for a linear layer
-/// reading textures, the activation buffer to copy into its input texture first.
-pub(super) struct Op {
-    pub(super) kernel: Kernel,
-    pub(super) bind: wgpu::BindGroup,
-    pub(super) grid: Grid,
-    pub(super) copy: Option<(wgpu::Buffer, wgpu::Texture)>,
-    /// A linear layer's own pipeline and bind group for one-row steps, where it fuses in a
-    /// neighbour's work: the qkv projection appending the key and value to the cache
-    /// (gemv_texture_kv) or running the attention too (gemv_texture_attention), a projection
-    /// standardising its input for a folded layer norm (NORM).
-    pub(super) decode: Option<Decode>,
-    /// Not dispatched in one-row steps, where the next op's `decode` does its work.
-    pub(super) skip_in_decode: bool,
-    /// A pre-LN block's layer norm in the texture layout: its multi-row pipeline.
-    pub(super) norm_texture: Option<NormTexture>,
-}
-
-/// layernorm_rows_texture for a layer norm's multi-row steps: the residual stream is copied
-/// into a texture (`copy`), and the norm writes the next linear layer's input texture itself.
-pub(super) struct NormTexture {
-    pipe: wgpu::ComputePipeline,
-    bind: wgpu::BindGroup,
-    copy: (wgpu::Buffer, wgpu::Texture),
-}
-
-/// A linear layer's one-row pipeline (`Op::decode`).
-#[derive(Clone)]
-pub(super) struct Decode {
-    pipe: wgpu::ComputePipeline,
-    bind: wgpu::BindGroup,
-    /// gemv_texture_attention, which runs one workgroup per head.
-    attends: bool,
-}
-
-impl Op {
-    /// A dispatch of `kernel` over `grid` with nothing copied, fused or skipped.
-    pub(super) fn new(kernel: Kernel, bind: wgpu::BindGroup, grid: Grid) -> Op {
-        Op {
-            kernel,
-            bind,
-            grid,
-            copy: None,
-            decode: None,
-            skip_in_decode: false,
-            norm_texture: None,
-        }
-    }
-
-    /// Whether a linear layer runs as a gemv for a step of `rows` rows: a few rows; for
-    /// gemv_texture one row (it reads the weights once per row, where matmul_texture's 4 x 4
-    /// blocks read them once per 4 rows: measured on lavapipe, GPT-2 f16, a batched step of 4
-    /// takes 317 ms through gemv_texture) whose input fits its uniform binding.
-    fn gemv(&self, rows: u32) -> bool {
-        match (self.grid, self.kernel) {
-            (Grid::Linear { k, .. }, Kernel::MatmulTexture(_)) => {
-                rows == 1 && k <= wg::GEMV_UNIFORM_FLOATS
-            }
-            (Grid::Linear { .. }, _) => rows <= wg::GEMV_MAX_ROWS,
-            _ => false,
-        }
-    }
-
-    /// Whether this op is dispatched in a step of `rows` rows (see `skip_in_decode`).
-    fn runs(&self, rows: u32) -> bool {
-        !(self.skip_in_decode && rows == 1)
-    }
-
-    /// The fused pipeline and bind group this op dispatches with in a step of `rows` rows, if
-    /// any (see `decode`).
-    fn fused(&self, rows: u32) -> Option<&Decode> {
-        self.decode.as_ref().filter(|_| self.gemv(rows))
-    }
-
-    /// Whether this op runs the attention in a step of `rows` rows: the attention kernels, or
-    /// a qkv projection fusing it in.
-    fn attends(&self, rows: u32) -> bool {
-        matches!(self.kernel, Kernel::Attention | Kernel::AttentionTexture)
-            || self.fused(rows).is_some_and(|d| d.attends)
-    }
-
-    /// The kernel family's name for per-kernel timings in a step of `rows` rows.
-    fn name(&self, rows: u32) -> &'static str {
-        match self.fused(rows) {
-            Some(Decode { attends: true, .. }) => "gemv_texture_attention",
-            _ => self.kernel.name(self.gemv(rows)),
-        }
-    }
-
-    /// The activation copy to record before this op for a step of `rows` rows: matmul_texture
-    /// and layernorm_rows_texture read their input from a texture.
-    fn texture_copy(&self, rows: u32) -> Option<&(wgpu::Buffer, wgpu::Texture)> {
-        match &self.norm_texture {
-            Some(n) if rows > 1 => Some(&n.copy),
-            _ => self.copy.as_ref().filter(|_| !self.gemv(rows)),
-        }
-    }
-}
-
 /// One sequence in progress on a [`Model`]: its KV cache (L layers of (n_ctx, C) keys and
 /// values, in VRAM), scratch activations for one step (as many tokens as fit the adapter's
 /// largest binding, up to n_ctx; longer inputs run in several steps), and every bind group of
@@ -239,13 +72,15 @@ pub struct Session {
     /// Owned here; the bind groups reference it.
     kv: KvCache,
     pub(super) act: Activations,
-    /// embed and the blocks, run on the step's T tokens.
-    pub(super) body: Vec<Op>,
-    /// ln_f and the output projection, run on the head's rows.
-    pub(super) head: Vec<Op>,
-    argmax: Op,
-    sample: Op,
-    top_op: Op,
+    /// The model's graph lowered for this session's buffers: the body (embed and blocks, run
+    /// on the step's T tokens) and the head (the final norm and the output projection, on the
+    /// head's rows), per bucket.
+    pub(super) plan: Plan,
+    /// Greedy: the largest logit, or (rule head_argmax) the largest of decode's candidates.
+    argmax: Dispatch,
+    sample: Dispatch,
+    /// The `top_n` most likely tokens.
+    top_op: Dispatch,
     /// Tokens already in the KV cache.
     pub(super) pos: usize,
     /// Those tokens' ids, for the repetition penalty.
@@ -400,15 +235,22 @@ impl Session {
             body_step: gpu.uniform("body_step", &Step::default()),
             head_step: gpu.uniform("head_step", &Step::default()),
             sample: gpu.uniform("sample", &<SampleParams as bytemuck::Zeroable>::zeroed()),
+            tmp: (!model.fusions.has(Rule::Epilogue)).then(|| gpu.storage("tmp", f(t_max * c))),
         };
-        let (body, head, argmax, sample, top_op) = build_ops(model, &kv, &act);
+        let plan = Plan::new(
+            gpu,
+            &model.graph(),
+            model.caps,
+            model.fusions,
+            &act.io(model, &kv),
+        );
+        let (argmax, sample, top_op) = pick_ops(model, &act, plan.head_argmax);
         gpu.check()?;
         Ok(Session {
             model: model.clone(),
             kv,
             act,
-            body,
-            head,
+            plan,
             argmax,
             sample,
             top_op,
@@ -500,8 +342,8 @@ impl Session {
 
     /// Dispatches per forward step with one token (body + head + pick).
     pub fn dispatches_per_token(&self) -> usize {
-        let runs = |ops: &[Op]| ops.iter().filter(|o| o.runs(1)).count();
-        runs(&self.body) + runs(&self.head) + 1
+        let decode = Bucket::Decode as usize;
+        self.plan.body[decode].len() + self.plan.head[decode].len() + 1
     }
 
     /// Bytes of GPU memory this session allocated: KV cache and scratch buffers.
@@ -534,10 +376,9 @@ impl Session {
         }
         let rows = self.run_body_chunks(tokens)? as u32;
         self.write_head_step(1, rows as usize - 1);
-        let ops: Vec<(&Op, u32)> = (self.body.iter().map(|o| (o, rows)))
-            .chain(self.head.iter().map(|o| (o, 1)))
+        let ops: Vec<(&Dispatch, u32)> = (self.ops(Section::Body, rows).iter().map(|o| (o, rows)))
+            .chain(self.ops(Section::Head, 1).iter().map(|o| (o, 1)))
             .chain(std::iter::once((&self.argmax, 1)))
-            .filter(|(o, r)| o.runs(*r))
             .collect();
         let n = (2 * ops.len()) as u32;
         let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -554,8 +395,8 @@ impl Session {
         let read = gpu.readback("profile_read", n as u64 * 8);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for (i, (op, r)) in ops.iter().enumerate() {
-            if let Some((buf, tex)) = op.texture_copy(*r) {
-                crate::model::copy_rows_to_texture(&mut enc, buf, tex, *r, tex.width() * 16);
+            if let Some((buf, tex)) = &op.copy {
+                plan::copy_rows_to_texture(&mut enc, buf, tex, *r);
             }
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
@@ -565,18 +406,18 @@ impl Session {
                     end_of_pass_write_index: Some(2 * i as u32 + 1),
                 }),
             });
-            self.dispatch(&mut pass, op, *r);
+            op.run(&mut pass, *r, 1);
         }
         enc.resolve_query_set(&set, 0..n, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, n as u64 * 8);
         gpu.queue.submit([enc.finish()]);
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&gpu.read(&read, n as u64 * 8)?);
+        let names: Vec<&'static str> = ops.iter().map(|(op, _)| op.name).collect();
         self.pos += rows as usize;
         let period_s = gpu.queue.get_timestamp_period() as f64 * 1e-9;
         let mut out: Vec<(&'static str, f64)> = Vec::new();
-        for (i, (op, r)) in ops.iter().enumerate() {
+        for (i, name) in names.into_iter().enumerate() {
             let s = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_s;
-            let name = op.name(*r);
             match out.iter_mut().find(|(k, _)| *k == name) {
                 Some(e) => e.1 += s,
                 None => out.push((name, s)),
@@ -627,13 +468,13 @@ impl Session {
             }
         };
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.record(&mut enc, &self.body, last as u32);
-        self.record(&mut enc, &self.head, 1);
+        self.record(&mut enc, Section::Body, last as u32);
+        self.record(&mut enc, Section::Head, 1);
         // Candidates first: the sampler's repetition penalty edits the logits in place.
         if self.top_n > 0 {
-            self.record(&mut enc, std::slice::from_ref(&self.top_op), 1);
+            self.record_ops(&mut enc, std::slice::from_ref(&self.top_op), 1);
         }
-        self.record(&mut enc, std::slice::from_ref(op), 1);
+        self.record_ops(&mut enc, std::slice::from_ref(op), 1);
         enc.copy_buffer_to_buffer(&self.act.token, 0, &self.act.token_read, 0, read);
         let top_bytes = 8 * self.top_n as u64;
         if self.top_n > 0 {
@@ -730,7 +571,7 @@ impl Session {
         let t = self.run_body_chunks(tokens)?;
         let gpu = self.model.gpu.clone();
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.record(&mut enc, &self.body, t as u32);
+        self.record(&mut enc, Section::Body, t as u32);
         gpu.queue.submit([enc.finish()]);
         self.capture_step(self.pos, t)?;
         self.pos += t;
@@ -753,7 +594,7 @@ impl Session {
             {
                 let gpu = &self.model.gpu;
                 let mut enc = gpu.device.create_command_encoder(&Default::default());
-                self.record(&mut enc, &self.body, t as u32);
+                self.record(&mut enc, Section::Body, t as u32);
                 gpu.queue.submit([enc.finish()]);
             }
             self.capture_step(self.pos, t)?;
@@ -780,7 +621,7 @@ impl Session {
             .clone();
         self.write_head_step(rows, row0);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.record(&mut enc, &self.head, rows as u32);
+        self.record(&mut enc, Section::Head, rows as u32);
         let n = (rows * self.model.config.vocab_size * 4) as u64;
         enc.copy_buffer_to_buffer(&self.act.logits, 0, &read, 0, n);
         gpu.queue.submit([enc.finish()]);
@@ -836,7 +677,7 @@ impl Session {
                 return Ok(chunk.len());
             }
             let mut enc = gpu.device.create_command_encoder(&Default::default());
-            self.record(&mut enc, &self.body, chunk.len() as u32);
+            self.record(&mut enc, Section::Body, chunk.len() as u32);
             gpu.queue.submit([enc.finish()]);
             self.capture_step(self.pos, chunk.len())?;
             self.pos += chunk.len();
@@ -851,592 +692,99 @@ impl Session {
             .write_buffer(&self.act.head_step, 0, bytemuck::bytes_of(&step));
     }
 
-    /// Records `ops` for a step of `rows` rows into `enc`: one compute pass, broken only where a
-    /// linear layer reading textures needs its input copied in first.
-    pub(super) fn record(&self, enc: &mut wgpu::CommandEncoder, ops: &[Op], rows: u32) {
-        let mut pass = enc
-            .begin_compute_pass(&Default::default())
-            .forget_lifetime();
-        let mut layer = 0;
-        for op in ops.iter().filter(|o| o.runs(rows)) {
-            if let Some((buf, tex)) = op.texture_copy(rows) {
-                drop(pass);
-                crate::model::copy_rows_to_texture(enc, buf, tex, rows, tex.width() * 16);
-                pass = enc
-                    .begin_compute_pass(&Default::default())
-                    .forget_lifetime();
-            }
-            self.dispatch(&mut pass, op, rows);
-            // The attention debug path: this layer's q, k, v rows, copied between passes.
-            if let (Some(cap), true) = (&self.capture, op.attends(rows)) {
-                drop(pass);
-                let bytes = (rows as usize * 3 * self.model.config.n_embd * 4) as u64;
-                let at = layer * cap.layer_stride;
-                enc.copy_buffer_to_buffer(&self.act.qkv, 0, &cap.buf, at, bytes);
-                layer += 1;
-                pass = enc
-                    .begin_compute_pass(&Default::default())
-                    .forget_lifetime();
-            }
-        }
-    }
-
-    /// The pipeline of `kernel` (as a GEMV with `few` rows), for ops without a fused one.
-    fn pipeline(&self, kernel: Kernel, few: bool) -> &wgpu::ComputePipeline {
-        let p = &self.model.pipelines;
-        match kernel {
-            Kernel::Embed => &p.embed,
-            Kernel::LayerNorm => &p.layernorm,
-            Kernel::LayerNormRows => &p.textures().layernorm_rows,
-            Kernel::Matmul(e) if few => p.gemv_subgroup.as_ref().unwrap_or(&p.gemv).get(e),
-            Kernel::Matmul(e) => p.matmul.get(e),
-            Kernel::MatmulTexture(e) if few => {
-                let t = p.textures();
-                t.gemv_texture_subgroup
-                    .as_ref()
-                    .unwrap_or(&t.gemv_texture)
-                    .get(e)
-            }
-            Kernel::MatmulTexture(e) => {
-                let t = p.textures();
-                t.matmul_texture_subgroup
-                    .as_ref()
-                    .unwrap_or(&t.matmul_texture)
-                    .get(e)
-            }
-            Kernel::KvAppend => &p.kv_append,
-            Kernel::KvAppendTexture => &p.textures().kv_append_texture,
-            Kernel::Attention => &p.attention,
-            Kernel::AttentionTexture => &p.textures().attention_texture,
-            Kernel::Argmax => &p.argmax,
-            Kernel::ArgmaxPartials => &p.textures().argmax_partials,
-            Kernel::Sample => &p.sample,
-        }
-    }
-
-    fn dispatch(&self, pass: &mut wgpu::ComputePass, op: &Op, rows: u32) {
-        if let Some(n) = op.norm_texture.as_ref().filter(|_| rows > 1) {
-            pass.set_pipeline(&n.pipe);
-            pass.set_bind_group(0, &n.bind, &[]);
-            pass.dispatch_workgroups(rows.div_ceil(wg::LAYERNORM_ROWS), 1, 1);
-            return;
-        }
-        let few = op.gemv(rows);
-        let fused = op.fused(rows);
-        pass.set_pipeline(match fused {
-            Some(d) => &d.pipe,
-            None => self.pipeline(op.kernel, few),
-        });
-        pass.set_bind_group(0, fused.map_or(&op.bind, |d| &d.bind), &[]);
-        let (x, y) = match (op.grid, op.kernel) {
-            _ if fused.is_some_and(|d| d.attends) => (self.model.config.n_head as u32, 1),
-            (Grid::Elements { width, wg }, _) => (width.div_ceil(wg), rows),
-            (Grid::Rows, Kernel::LayerNormRows) => (rows.div_ceil(wg::LAYERNORM_ROWS), 1),
-            (Grid::Rows, _) => (rows, 1),
-            (Grid::Linear { n, .. }, Kernel::MatmulTexture(_)) => (
-                n.div_ceil(4).div_ceil(wg::LINEAR_TEXTURE),
-                if few { rows } else { rows.div_ceil(4) },
-            ),
-            (Grid::Linear { n, .. }, _) if few => (n.div_ceil(wg::GEMV_OUTPUTS), rows),
-            (Grid::Linear { n, .. }, _) => {
-                (n.div_ceil(wg::MATMUL_TILE), rows.div_ceil(wg::MATMUL_TILE))
-            }
-            (Grid::Heads { nh }, _) => (nh, rows),
-            (Grid::One, _) => (1, 1),
+    /// The dispatches of `section` for a step of `rows` rows.
+    pub(super) fn ops(&self, section: Section, rows: u32) -> &[Dispatch] {
+        let by_bucket = match section {
+            Section::Body => &self.plan.body,
+            Section::Head => &self.plan.head,
         };
-        pass.dispatch_workgroups(x, y, 1);
+        &by_bucket[Bucket::of(rows) as usize]
+    }
+
+    /// Records `section` for a step of `rows` rows into `enc`.
+    pub(super) fn record(&self, enc: &mut wgpu::CommandEncoder, section: Section, rows: u32) {
+        self.record_ops(enc, self.ops(section, rows), rows);
+    }
+
+    /// Records `ops` for a step of `rows` rows; with the attention debug path on, each layer's
+    /// q, k, v rows are copied out after its attention.
+    pub(super) fn record_ops(&self, enc: &mut wgpu::CommandEncoder, ops: &[Dispatch], rows: u32) {
+        let Some(cap) = &self.capture else {
+            return plan::record(enc, ops, rows, 1, None);
+        };
+        let bytes = (rows as usize * 3 * self.model.config.n_embd * 4) as u64;
+        let mut copy = |enc: &mut wgpu::CommandEncoder, layer: usize| {
+            let at = layer as u64 * cap.layer_stride;
+            enc.copy_buffer_to_buffer(&self.act.qkv, 0, &cap.buf, at, bytes);
+        };
+        plan::record(enc, ops, rows, 1, Some(&mut copy));
     }
 }
 
-/// What a linear layer's one-row dispatch fuses in (`Op::decode`): the layer's KV cache (the
-/// qkv projection appends the key and value, or runs the attention too, and then the output
-/// projection appends them), a layer norm folded into its weights (the row sums and the
-/// residual stream it standardises), the greedy argmax's candidates (the head).
-#[derive(Clone, Copy, Default)]
-struct Fuse<'a> {
-    kv: Option<Kv<'a>>,
-    ln: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
-    partials: Option<&'a wgpu::Buffer>,
+/// The two parts of a forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Section {
+    Body,
+    Head,
 }
 
-/// Builds every dispatch of the forward pass, in order, with its bind group. Reads like the
-/// model: embed; per block `x = x + attn(ln_1(x))`, `x = x + mlp(ln_2(x))`; then ln_f and head.
-fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op>, Op, Op, Op) {
+impl Activations {
+    /// What the model's plan binds: these buffers and textures, and the cache `kv`.
+    fn io(&self, model: &Model, kv: &KvCache) -> Io {
+        let mut acts = HashMap::from([
+            (Act::X, self.x.clone()),
+            (Act::Ln, self.ln.clone()),
+            (Act::Qkv, self.qkv.clone()),
+            (Act::AttY, self.att_y.clone()),
+            (Act::FcH, self.fc_h.clone()),
+            (Act::Lnf, self.lnf.clone()),
+            (Act::Logits, self.logits.clone()),
+        ]);
+        acts.extend(self.emb.clone().map(|b| (Act::Emb, b)));
+        acts.extend(self.proj.clone().map(|b| (Act::Proj, b)));
+        let mut textures = HashMap::new();
+        if let Some(t) = &self.textures {
+            for (act, tex) in [
+                (Act::X, &t.x),
+                (Act::Ln, &t.c),
+                (Act::AttY, &t.c),
+                (Act::FcH, &t.inner),
+                (Act::Lnf, &t.head),
+            ] {
+                textures.insert(act, tex.clone());
+            }
+            if let Some((emb, proj)) = &t.words {
+                textures.insert(Act::Emb, emb.clone());
+                textures.insert(Act::Proj, proj.clone());
+            }
+        }
+        Io {
+            steps: [self.body_step.clone(), self.head_step.clone()],
+            tokens: self.tokens.clone(),
+            spans: None,
+            acts,
+            textures,
+            kv: kv.clone(),
+            zero: model.zero.clone(),
+            tmp: self.tmp.clone(),
+            partials: Some(self.partials.clone()),
+        }
+    }
+}
+
+/// The picking dispatches: greedy argmax (over the head's candidates where decode's head
+/// leaves them), the sampler, and the top-N candidates.
+fn pick_ops(
+    model: &Model,
+    act: &Activations,
+    from_partials: bool,
+) -> (Dispatch, Dispatch, Dispatch) {
     let gpu = &*model.gpu;
-    let cfg = &model.config;
-    let w = &model.weights;
-    let p = &model.pipelines;
-    let (c, v) = (cfg.n_embd as u32, cfg.vocab_size as u32);
-    let (nh, hs) = (cfg.n_head as u32, cfg.head_size() as u32);
-    let bind = |pipe, label: &str, bufs: &[&wgpu::Buffer]| kernels::bind(gpu, pipe, label, bufs);
-    let width = |width: u32| {
-        gpu.uniform(
-            "width",
-            &WidthParams {
-                width,
-                _pad: [0; 3],
-            },
-        )
-    };
-
-    // The texture layout (CPU adapters) takes the barrier-free layernorm.
-    let (ln_kernel, ln_pipe) = match &p.texture {
-        Some(t) if act.textures.is_some() => (Kernel::LayerNormRows, &t.layernorm_rows),
-        _ => (Kernel::LayerNorm, &p.layernorm),
-    };
-    // Every norm of the model has the same width and epsilon: one uniform serves them all.
-    let ln_params = gpu.uniform(
-        "ln",
-        &LayerNormParams {
-            c,
-            eps: cfg.layer_norm_epsilon,
-            _pad: [0; 2],
-        },
-    );
-    let layernorm = |step: &wgpu::Buffer, inp, weight: &GpuTensor, bias: &GpuTensor, out| {
-        let bufs = [step, &ln_params, inp, weight.single(), bias.single(), out];
-        Op::new(ln_kernel, bind(ln_pipe, "layernorm", &bufs), Grid::Rows)
-    };
-    // A pre-LN block's norm in the texture layout, for multi-row steps: from a copy of x into
-    // the linear layer's input texture (layernorm_rows_texture), its gain and bias copied into
-    // one uniform buffer by `init` (submitted once, below).
-    let mut init = gpu.device.create_command_encoder(&Default::default());
-    let norm_texture = |init: &mut wgpu::CommandEncoder, weight: &GpuTensor, bias: &GpuTensor| {
-        let (t, tp) = (act.textures.as_ref()?, p.texture.as_ref()?);
-        if !cfg.pre_ln || c as u64 * 8 > wg::GAIN_BIAS_BYTES {
-            return None;
-        }
-        let bytes = c as u64 * 4;
-        let gain_bias = gpu.storage_uniform("ln_gain_bias", wg::GAIN_BIAS_BYTES);
-        init.copy_buffer_to_buffer(weight.single(), 0, &gain_bias, 0, bytes);
-        init.copy_buffer_to_buffer(bias.single(), 0, &gain_bias, bytes, bytes);
-        let [x, out] = [&t.x, &t.c].map(|t| t.create_view(&Default::default()));
-        let r = vec![
-            (0, act.body_step.as_entire_binding()),
-            (1, ln_params.as_entire_binding()),
-            (6, wgpu::BindingResource::TextureView(&x)),
-            (7, gain_bias.as_entire_binding()),
-            (8, wgpu::BindingResource::TextureView(&out)),
-        ];
-        let pipe = &tp.layernorm_rows_texture;
-        Some(NormTexture {
-            pipe: pipe.clone(),
-            bind: kernels::bind_at(gpu, pipe, "layernorm_rows_texture", r),
-            copy: (act.x.clone(), t.x.clone()),
-        })
-    };
-    // out = epilogue(inp @ weight^T + bias), one dispatch per row chunk of the weight. With
-    // textures, the first dispatch copies `inp` into the input texture of its width.
-    let matmul = |step: &wgpu::Buffer,
-                  inp: &wgpu::Buffer,
-                  inp_texture: fn(&InputTextures) -> &wgpu::Texture,
-                  weight: &GpuTensor,
-                  bias: Option<&GpuTensor>,
-                  epilogue: Epilogue,
-                  out: &wgpu::Buffer,
-                  fuse: Fuse|
-     -> Vec<Op> {
-        let input = act.textures.as_ref().map(inp_texture);
-        let view = input.map(|t| t.create_view(&Default::default()));
-        let io = kernels::LinearIo {
-            step,
-            inp,
-            input_texture: view.as_ref(),
-            bias: (bias.map_or(&model.zero, |b| b.single()), bias.is_some()),
-            out,
-            kv: None,
-            ln: None,
-            partials: None,
-        };
-        let (kernel, pipe) = match input {
-            Some(_) => (
-                Kernel::MatmulTexture(epilogue),
-                p.textures().matmul_texture.get(epilogue),
-            ),
-            None => (Kernel::Matmul(epilogue), p.matmul.get(epilogue)),
-        };
-        // The one-row (decode) pipeline fusing in the neighbours' work `fuse` names, where the
-        // adapter has it and the row fits gemv's uniform: four outputs (one cache texel) per
-        // invocation must not straddle weight chunks; the argmax candidates go to slot
-        // col0 / 32 + workgroup, so chunks must start at multiples of 32.
-        let chunks_at = |n: usize| weight.textures.iter().all(|ch| ch.row0 % n == 0);
-        let texels = chunks_at(4) && weight.textures.iter().all(|ch| ch.rows % 4 == 0);
-        let one_chunk = weight.textures.len() == 1;
-        let t = (p.texture.as_ref())
-            .filter(|_| weight.cols as u32 <= wg::GEMV_UNIFORM_FLOATS && view.is_some());
-        let partials = fuse.partials.filter(|_| chunks_at(32));
-        let fused_pipe = match (t, fuse.kv, fuse.ln, partials) {
-            (Some(t), None, None, Some(_)) => t.gemv_texture_argmax.clone(),
-            (Some(t), Some(Kv::Append(_)), None, None) if texels => t.gemv_texture_kv.clone(),
-            (Some(t), Some(Kv::Append(_)), Some(_), None) if texels => {
-                t.gemv_texture_kv_norm.clone()
-            }
-            (Some(t), Some(Kv::Attend { .. }), None, None) if one_chunk => {
-                t.gemv_texture_attention.clone()
-            }
-            (Some(t), Some(Kv::Attend { .. }), Some(_), None) if one_chunk => {
-                t.gemv_texture_attention_norm.clone()
-            }
-            (Some(t), Some(Kv::Deferred { .. }), None, None) if one_chunk => {
-                t.gemv_texture_append.clone()
-            }
-            (Some(t), None, Some(_), None) if texels => {
-                (t.gemv_texture_norm.as_ref()).map(|l| l.get(epilogue).clone())
-            }
-            _ => None,
-        };
-        let fused: Vec<_> = match &fused_pipe {
-            Some(pipe) => {
-                let io = kernels::LinearIo {
-                    // A fused layer norm standardises the residual stream itself.
-                    inp: fuse.ln.map_or(inp, |(_, x)| x),
-                    kv: fuse.kv,
-                    ln: fuse
-                        .ln
-                        .map(|(row_sums, _)| (row_sums, cfg.layer_norm_epsilon)),
-                    partials,
-                    ..io
-                };
-                let attends = matches!(fuse.kv, Some(Kv::Attend { .. }));
-                let binds = kernels::linear_binds(gpu, pipe, weight, &io);
-                (binds.into_iter())
-                    .map(|(bind, _)| Decode {
-                        pipe: pipe.clone(),
-                        bind,
-                        attends,
-                    })
-                    .collect()
-            }
-            None => Vec::new(),
-        };
-        kernels::linear_binds(gpu, pipe, weight, &io)
-            .into_iter()
-            .enumerate()
-            .map(|(i, (bind, n))| Op {
-                kernel,
-                bind,
-                grid: Grid::Linear {
-                    n,
-                    k: weight.cols as u32,
-                },
-                copy: input.filter(|_| i == 0).map(|t| (inp.clone(), t.clone())),
-                decode: fused.get(i).cloned(),
-                skip_in_decode: false,
-                norm_texture: None,
-            })
-            .collect()
-    };
-    let step = &act.body_step;
-
-    let mut body = Vec::new();
-    let embed = |params: EmbedParams, chunk: &wgpu::Buffer, out: &wgpu::Buffer| {
-        Op::new(
-            Kernel::Embed,
-            bind(
-                &p.embed,
-                "embed",
-                &[
-                    step,
-                    &gpu.uniform("embed", &params),
-                    &act.tokens,
-                    chunk,
-                    w.wpe.single(),
-                    out,
-                ],
-            ),
-            Grid::Elements {
-                width: params.c,
-                wg: wg::EMBED,
-            },
-        )
-    };
-    let e = cfg.word_embed_dim as u32;
-    match (&w.project_in, &act.emb) {
-        // x = wte[tokens] + wpe[positions]
-        (None, _) | (_, None) => {
-            for ch in &w.wte.chunks {
-                let params = EmbedParams::new(c, ch.row0 as u32, ch.rows as u32, cfg.embed_scale);
-                body.push(embed(params, &ch.buffer, &act.x));
-            }
-        }
-        // x = wpe[positions]; emb = wte[tokens]; x += project_in(emb)
-        (Some(project_in), Some(emb)) => {
-            let positions = EmbedParams {
-                tokens: 0,
-                ..EmbedParams::new(c, 0, 0, 1.0)
-            };
-            body.push(embed(positions, &w.wte.chunks[0].buffer, &act.x));
-            for ch in &w.wte.chunks {
-                let params = EmbedParams {
-                    positions: 0,
-                    ..EmbedParams::new(e, ch.row0 as u32, ch.rows as u32, cfg.embed_scale)
-                };
-                body.push(embed(params, &ch.buffer, emb));
-            }
-            body.extend(matmul(
-                step,
-                emb,
-                |t| &t.words.as_ref().expect("made with the projections").0,
-                project_in,
-                None,
-                Epilogue::Residual,
-                &act.x,
-                Fuse::default(),
-            ));
-        }
-    }
-    // Pre-LN (GPT-2, XGLM, most OPT):  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x)).
-    // Post-LN (OPT-350m):               x = ln_1(x + attn(x));  x = ln_2(x + mlp(x)),
-    //   computed as x += attn(x); ln = ln_1(x); ln += mlp(ln); x = ln_2(ln).
-    let pre_ln = cfg.pre_ln;
-    let attn_in = if pre_ln { &act.ln } else { &act.x };
-    let mlp_resid = if pre_ln { &act.x } else { &act.ln };
-    // Whether every op in `ops` (a projection's weight chunks) fuses its neighbours' work into
-    // its one-row dispatch, so that work is skipped there (`Op::skip_in_decode`; for the head,
-    // the argmax over V logits).
-    let fused = |ops: &[Op]| !ops.is_empty() && ops.iter().all(|o| o.decode.is_some());
-    // Decode's qkv projection runs the attention too where the pipelines were built for it and
-    // both of the attention's projections are one texture chunk each (it appends this step's
-    // key and value to the cache only after the attention, in the output projection).
-    let one_chunk = |t: &GpuTensor| t.textures.len() == 1;
-    let attends = (p.texture.as_ref()).is_some_and(|t| t.gemv_texture_attention.is_some())
-        && (w.layers.iter()).all(|lw| one_chunk(&lw.c_attn_w) && one_chunk(&lw.attn_proj_w));
-    for (l, lw) in w.layers.iter().enumerate() {
-        // A norm folded into the projection after it (`loader::LnFold`): its row sums, and the
-        // residual stream the fused GEMV standardises.
-        let folded_ln = |i: usize| model.ln_folded.as_ref().map(|s| (&s[l][i], &act.x));
-        let ln_1 = body.len();
-        let mut ln_texture = false;
-        if pre_ln {
-            let norm_texture = norm_texture(&mut init, &lw.ln_1_w, &lw.ln_1_b);
-            ln_texture = norm_texture.is_some();
-            body.push(Op {
-                norm_texture,
-                ..layernorm(step, &act.x, &lw.ln_1_w, &lw.ln_1_b, &act.ln)
-            });
-        }
-        let mut qkv = matmul(
-            step,
-            attn_in,
-            |t| &t.c,
-            &lw.c_attn_w,
-            Some(&lw.c_attn_b),
-            Epilogue::Store,
-            &act.qkv,
-            Fuse {
-                kv: match kv {
-                    KvCache::Textures { k, v } if attends => Some(Kv::Attend {
-                        cache: [&k[l], &v[l]],
-                        att_y: &act.att_y,
-                    }),
-                    KvCache::Textures { k, v } => Some(Kv::Append([&k[l], &v[l]])),
-                    KvCache::Buffers { .. } => None,
-                },
-                ln: folded_ln(0),
-                ..Fuse::default()
-            },
-        );
-        // The norm wrote the projection's input texture itself.
-        if ln_texture {
-            qkv.iter_mut().for_each(|op| op.copy = None);
-        }
-        let qkv_fused = fused(&qkv);
-        if pre_ln && qkv_fused && model.ln_folded.is_some() {
-            body[ln_1].skip_in_decode = true;
-        }
-        body.extend(qkv);
-        let att = AttentionParams {
-            c,
-            nh,
-            hs,
-            scale: 1.0 / (hs as f32).sqrt(),
-        };
-        let att = gpu.uniform("attention", &att);
-        let (append, attention) = match kv {
-            KvCache::Buffers { k, v } => (
-                Op::new(
-                    Kernel::KvAppend,
-                    bind(
-                        &p.kv_append,
-                        "kv_append",
-                        &[step, &width(c), &act.qkv, &k[l], &v[l]],
-                    ),
-                    Grid::Elements {
-                        width: c,
-                        wg: wg::KV_APPEND,
-                    },
-                ),
-                Op::new(
-                    Kernel::Attention,
-                    bind(
-                        &p.attention,
-                        "attention",
-                        &[step, &att, &act.qkv, &k[l], &v[l], &act.att_y],
-                    ),
-                    Grid::Heads { nh },
-                ),
-            ),
-            KvCache::Textures { k, v } => {
-                let w = width(c);
-                (
-                    Op::new(
-                        Kernel::KvAppendTexture,
-                        kernels::bind_resources(
-                            gpu,
-                            &p.textures().kv_append_texture,
-                            "kv_append_texture",
-                            kv_texture_resources(step, &w, &act.qkv, [&k[l], &v[l]], None),
-                        ),
-                        Grid::Elements {
-                            width: c / 4,
-                            wg: wg::KV_APPEND,
-                        },
-                    ),
-                    Op::new(
-                        Kernel::AttentionTexture,
-                        kernels::bind_resources(
-                            gpu,
-                            &p.textures().attention_texture,
-                            "attention_texture",
-                            kv_texture_resources(
-                                step,
-                                &att,
-                                &act.qkv,
-                                [&k[l], &v[l]],
-                                Some(&act.att_y),
-                            ),
-                        ),
-                        Grid::Elements {
-                            width: nh,
-                            wg: wg::ATTENTION_TEXTURE,
-                        },
-                    ),
-                )
-            }
-        };
-        // The fused qkv projection appends the key and value itself, or runs the attention and
-        // leaves the append to the output projection.
-        let qkv_attends = qkv_fused && attends;
-        body.push(Op {
-            skip_in_decode: qkv_fused,
-            ..append
-        });
-        body.push(Op {
-            skip_in_decode: qkv_attends,
-            ..attention
-        });
-        let proj = matmul(
-            step,
-            &act.att_y,
-            |t| &t.c,
-            &lw.attn_proj_w,
-            Some(&lw.attn_proj_b),
-            Epilogue::Residual,
-            &act.x,
-            Fuse {
-                kv: match kv {
-                    KvCache::Textures { k, v } if qkv_attends => Some(Kv::Deferred {
-                        cache: [&k[l], &v[l]],
-                        qkv: &act.qkv,
-                    }),
-                    _ => None,
-                },
-                ..Fuse::default()
-            },
-        );
-        // One dispatch appends this step's key and value in either case.
-        debug_assert_eq!(fused(&proj), qkv_attends, "the output projection appends");
-        body.extend(proj);
-        let (ln_w, ln_b) = if pre_ln {
-            (&lw.ln_2_w, &lw.ln_2_b)
-        } else {
-            (&lw.ln_1_w, &lw.ln_1_b)
-        };
-        let ln_2 = body.len();
-        let norm_texture = norm_texture(&mut init, ln_w, ln_b);
-        let ln_texture = norm_texture.is_some();
-        body.push(Op {
-            norm_texture,
-            ..layernorm(step, &act.x, ln_w, ln_b, &act.ln)
-        });
-        let mut fc = matmul(
-            step,
-            &act.ln,
-            |t| &t.c,
-            &lw.c_fc_w,
-            Some(&lw.c_fc_b),
-            Epilogue::activation(cfg.activation),
-            &act.fc_h,
-            Fuse {
-                ln: folded_ln(1),
-                ..Fuse::default()
-            },
-        );
-        if ln_texture {
-            fc.iter_mut().for_each(|op| op.copy = None);
-        }
-        if pre_ln && fused(&fc) && model.ln_folded.is_some() {
-            body[ln_2].skip_in_decode = true;
-        }
-        body.extend(fc);
-        body.extend(matmul(
-            step,
-            &act.fc_h,
-            |t| &t.inner,
-            &lw.mlp_proj_w,
-            Some(&lw.mlp_proj_b),
-            Epilogue::Residual,
-            mlp_resid,
-            Fuse::default(),
-        ));
-        if !pre_ln {
-            body.push(layernorm(step, &act.ln, &lw.ln_2_w, &lw.ln_2_b, &act.x));
-        }
-    }
-
-    // logits = ln_f(x[row0 .. row0 + rows]) @ head^T. Post-LN has no final norm: x is already
-    // the last block's ln_2(ln), and the loader hands that norm over as ln_f, applied to ln.
-    let hstep = &act.head_step;
-    let head_in = if pre_ln { &act.x } else { &act.ln };
-    let mut head = vec![layernorm(hstep, head_in, &w.ln_f_w, &w.ln_f_b, &act.lnf)];
-    // With embedding projections the head sees project_out(lnf), (rows, E).
-    let head_input = match (&w.project_out, &act.proj) {
-        (Some(project_out), Some(proj)) => {
-            head.extend(matmul(
-                hstep,
-                &act.lnf,
-                |t| &t.head,
-                project_out,
-                None,
-                Epilogue::Store,
-                proj,
-                Fuse::default(),
-            ));
-            proj
-        }
-        _ => &act.lnf,
-    };
-    let head_texture: fn(&InputTextures) -> &wgpu::Texture = match &w.project_out {
-        Some(_) => |t| &t.words.as_ref().expect("made with the projections").1,
-        None => |t| &t.head,
-    };
-    let logits = matmul(
-        hstep,
-        head_input,
-        head_texture,
-        model.head(),
-        None,
-        Epilogue::Store,
-        &act.logits,
-        Fuse {
-            partials: Some(&act.partials),
-            ..Fuse::default()
-        },
-    );
-    // Greedy: the single largest logit into `token`. Where the head's one-row steps leave
-    // per-workgroup candidates, from those (ceil(V / 32) of them); else over the logits.
-    let argmax = match &p.texture {
-        Some(t) if fused(&logits) => {
+    let v = model.config.vocab_size as u32;
+    let pipe = |entry| gpu.registry.get(gpu, &Key::new("argmax", entry));
+    let one = [Dim::Fixed(1), Dim::Fixed(1)];
+    let argmax = match from_partials {
+        true => {
             let n = ArgmaxParams {
                 v: v.div_ceil(32),
                 n: 1,
@@ -1444,58 +792,37 @@ fn build_ops(model: &Model, kv: &KvCache, act: &Activations) -> (Vec<Op>, Vec<Op
             };
             let r = [&gpu.uniform("argmax", &n), &act.partials, &act.token];
             let r = [0, 3, 2].into_iter().zip(r.map(|b| b.as_entire_binding()));
-            let bind = kernels::bind_at(gpu, &t.argmax_partials, "argmax_partials", r.collect());
-            Op::new(Kernel::ArgmaxPartials, bind, Grid::One)
+            let p = pipe("argmax_partials");
+            let bind = kernels::bind_at(gpu, &p, "argmax_partials", r.collect());
+            Dispatch::new(p, bind, one, "argmax_partials")
         }
-        _ => {
+        false => {
             let n = ArgmaxParams {
                 v,
                 n: 1,
                 _pad: [0; 2],
             };
-            let r = [&gpu.uniform("argmax", &n), &act.logits, &act.token];
-            Op::new(Kernel::Argmax, bind(&p.argmax, "argmax", &r), Grid::One)
+            let p = pipe("argmax");
+            let bind = kernels::bind(
+                gpu,
+                &p,
+                "argmax",
+                &[&gpu.uniform("argmax", &n), &act.logits, &act.token],
+            );
+            Dispatch::new(p, bind, one, "argmax")
         }
     };
-    head.extend(logits);
-    let sample = Op::new(
-        Kernel::Sample,
-        bind(
-            &p.sample,
-            "sample",
-            &[&act.sample, &act.logits, &act.token, &act.recent],
-        ),
-        Grid::One,
+    let p = gpu.registry.get(gpu, &Key::new("sample", "sample"));
+    let bind = kernels::bind(
+        gpu,
+        &p,
+        "sample",
+        &[&act.sample, &act.logits, &act.token, &act.recent],
     );
+    let sample = Dispatch::new(p, bind, one, "sample");
     // The N most likely tokens (--top): argmax with N > 1, over the logits.
-    let top_op = Op::new(
-        Kernel::Argmax,
-        bind(
-            &p.argmax,
-            "argmax",
-            &[&act.top_params, &act.logits, &act.top],
-        ),
-        Grid::One,
-    );
-    gpu.queue.submit([init.finish()]);
-    (body, head, argmax, sample, top_op)
-}
-
-/// Bindings of kv_append_texture (no output buffer) and attention_texture (`out` = att_y).
-fn kv_texture_resources<'a>(
-    step: &'a wgpu::Buffer,
-    uni: &'a wgpu::Buffer,
-    qkv: &'a wgpu::Buffer,
-    views: [&'a wgpu::TextureView; 2],
-    out: Option<&'a wgpu::Buffer>,
-) -> Vec<wgpu::BindingResource<'a>> {
-    let mut r = vec![
-        step.as_entire_binding(),
-        uni.as_entire_binding(),
-        qkv.as_entire_binding(),
-        wgpu::BindingResource::TextureView(views[0]),
-        wgpu::BindingResource::TextureView(views[1]),
-    ];
-    r.extend(out.map(|o| o.as_entire_binding()));
-    r
+    let p = pipe("argmax");
+    let bind = kernels::bind(gpu, &p, "argmax", &[&act.top_params, &act.logits, &act.top]);
+    let top_op = Dispatch::new(p, bind, one, "argmax");
+    (argmax, sample, top_op)
 }

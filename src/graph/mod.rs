@@ -1,0 +1,303 @@
+//! The model graph: what a forward pass computes, in model terms, as a list of typed ops over
+//! named activations. A family ([`crate::families`]) builds one per model; the planner
+//! ([`crate::plan`]) lowers it to dispatches for the adapter, and the CPU reference
+//! ([`crate::reference::run`]) interprets it. No adapter, operand layout or weight format
+//! appears here: a weight is whatever handle `W` the caller's weight set holds (a GPU tensor, a
+//! host vector).
+//!
+//! Activations are scratch buffers by role (llm.c's style), each with its shape; a step of T
+//! tokens runs the body on T rows and the head on the rows whose logits are wanted.
+
+use crate::config::Activation;
+
+/// An activation buffer, by role. Shapes: T rows in the body, the head's rows in the head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Act {
+    /// (T, C): the residual stream.
+    X,
+    /// (T, C): a norm's output (post-LN blocks keep their stream here between norms).
+    Ln,
+    /// (T, 3C): queries, keys and values, heads side by side.
+    Qkv,
+    /// (T, C): the attention's output, heads side by side.
+    AttY,
+    /// (T, n_inner): the feed-forward's hidden layer.
+    FcH,
+    /// (T, E): token embeddings before an input projection.
+    Emb,
+    /// (head rows, C): the final norm of the rows the head sees.
+    Lnf,
+    /// (head rows, E): the final hidden state projected to the head's width.
+    Proj,
+    /// (head rows, V).
+    Logits,
+    /// (B, C): one pooled vector per sequence.
+    Pooled,
+}
+
+/// How a norm standardises a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// (x - mean) / sqrt(var + eps) * gain + bias.
+    Layer,
+}
+
+/// Which keys and values an attention reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keys {
+    /// Causal: the step's own rows appended to layer `layer`'s KV cache, attending to every
+    /// cached position up to their own.
+    Cache {
+        /// The layer whose cache it is.
+        layer: usize,
+    },
+    /// Bidirectional over the packed sequence a row belongs to (its span of rows), with keys
+    /// and values kept only for the pass.
+    Sequence,
+}
+
+/// How each sequence's rows reduce to one vector (sentence-transformers' pooling).
+pub use crate::gpu::kernels::PoolMode;
+
+/// A weight matrix with its optional bias: `y = x Wᵀ + b`, W (N, K) output-major.
+#[derive(Clone, Copy, Debug)]
+pub struct Dense<W> {
+    /// (N, K).
+    pub w: W,
+    /// (N), if the layer has one.
+    pub b: Option<W>,
+}
+
+/// What a linear layer does with `x Wᵀ + b`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// out = y.
+    Store,
+    /// out = act(y).
+    Act(Activation),
+    /// out += y: the residual add.
+    Add,
+}
+
+/// One op of the forward pass.
+#[derive(Clone, Debug)]
+pub enum Op<W> {
+    /// `out = scale * table[tokens] + positions[position]`; either part may be absent. `packed`:
+    /// rows are packed sequences and positions count from each one's first row.
+    Embed {
+        /// The token table (V, width) and its scale.
+        tokens: Option<(W, f32)>,
+        /// The position table (n_ctx, width).
+        positions: Option<W>,
+        /// Values per row.
+        width: usize,
+        /// Positions from each packed sequence's first row (encoders), else from the step's.
+        packed: bool,
+        /// (rows, width).
+        out: Act,
+    },
+    /// `out = norm(inp) * gain + bias`, row by row.
+    Norm {
+        /// Layer norm (or, later, RMS).
+        kind: NormKind,
+        /// (rows, C) in.
+        inp: Act,
+        /// (rows, C) out.
+        out: Act,
+        /// (C).
+        gain: W,
+        /// (C), if the norm has one.
+        bias: Option<W>,
+        /// Added to the variance.
+        eps: f32,
+    },
+    /// `out = then(inp Wᵀ + b)`.
+    Linear {
+        /// (rows, K).
+        inp: Act,
+        /// (rows, N).
+        out: Act,
+        /// W (N, K) and b (N).
+        dense: Dense<W>,
+        /// The epilogue.
+        then: Then,
+    },
+    /// Scaled dot-product attention of `qkv`'s queries over `keys`, written to `out`.
+    Attention {
+        /// (rows, 3C): queries, keys, values.
+        qkv: Act,
+        /// (rows, C).
+        out: Act,
+        /// Which keys and values each query sees.
+        keys: Keys,
+        /// NH.
+        n_head: usize,
+        /// Multiplies the scores (1 / sqrt(HS) for every family so far).
+        scale: f32,
+    },
+    /// One vector per packed sequence of `inp`'s rows, optionally L2-normalised.
+    Pool {
+        /// (T, C).
+        inp: Act,
+        /// (B, C).
+        out: Act,
+        /// Mean, max or first row.
+        mode: PoolMode,
+        /// Divide each vector by its L2 norm.
+        normalize: bool,
+    },
+}
+
+/// A forward pass: the body runs on a step's T rows, the head on the rows whose logits are
+/// wanted (empty for encoders, which end in a pool).
+#[derive(Clone, Debug)]
+pub struct Graph<W> {
+    /// Widths the ops' activations have.
+    pub dims: Dims,
+    /// Embedding and blocks.
+    pub body: Vec<Op<W>>,
+    /// The final norm and the output projection.
+    pub head: Vec<Op<W>>,
+}
+
+/// The widths of a graph's activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// C.
+    pub c: usize,
+    /// The feed-forward's hidden width.
+    pub inner: usize,
+    /// E: the token embeddings' width (C without projections).
+    pub embed: usize,
+    /// V (0 for encoders).
+    pub vocab: usize,
+    /// NH.
+    pub n_head: usize,
+}
+
+impl Dims {
+    /// Values per row of `act`.
+    pub fn width(&self, act: Act) -> usize {
+        match act {
+            Act::X | Act::Ln | Act::AttY | Act::Lnf | Act::Pooled => self.c,
+            Act::Qkv => 3 * self.c,
+            Act::FcH => self.inner,
+            Act::Emb | Act::Proj => self.embed,
+            Act::Logits => self.vocab,
+        }
+    }
+}
+
+/// Builds a graph op by op, the way a family's forward reads.
+pub struct Builder<W> {
+    graph: Graph<W>,
+    in_head: bool,
+}
+
+impl<W> Builder<W> {
+    /// An empty graph of these widths.
+    pub fn new(dims: Dims) -> Self {
+        Builder {
+            graph: Graph {
+                dims,
+                body: Vec::new(),
+                head: Vec::new(),
+            },
+            in_head: false,
+        }
+    }
+
+    fn push(&mut self, op: Op<W>) {
+        match self.in_head {
+            true => self.graph.head.push(op),
+            false => self.graph.body.push(op),
+        }
+    }
+
+    /// What follows runs on the head's rows.
+    pub fn head(&mut self) {
+        self.in_head = true;
+    }
+
+    /// `out = scale * tokens[ids] + positions[pos]`.
+    pub fn embed(&mut self, tokens: Option<(W, f32)>, positions: Option<W>, out: Act) {
+        let width = self.graph.dims.width(out);
+        self.push(Op::Embed {
+            tokens,
+            positions,
+            width,
+            packed: false,
+            out,
+        });
+    }
+
+    /// `embed` with positions counted from each packed sequence's first row.
+    pub fn embed_packed(&mut self, tokens: W, positions: W, out: Act) {
+        let width = self.graph.dims.width(out);
+        self.push(Op::Embed {
+            tokens: Some((tokens, 1.0)),
+            positions: Some(positions),
+            width,
+            packed: true,
+            out,
+        });
+    }
+
+    /// `out = layer_norm(inp) * gain + bias`.
+    pub fn layer_norm(&mut self, inp: Act, out: Act, gain: W, bias: W, eps: f32) {
+        self.push(Op::Norm {
+            kind: NormKind::Layer,
+            inp,
+            out,
+            gain,
+            bias: Some(bias),
+            eps,
+        });
+    }
+
+    /// `out = then(inp Wᵀ + b)`.
+    pub fn linear(&mut self, inp: Act, out: Act, w: W, b: Option<W>, then: Then) {
+        self.push(Op::Linear {
+            inp,
+            out,
+            dense: Dense { w, b },
+            then,
+        });
+    }
+
+    /// Causal self-attention over layer `layer`'s KV cache.
+    pub fn causal_attention(&mut self, qkv: Act, out: Act, layer: usize) {
+        self.attention(qkv, out, Keys::Cache { layer });
+    }
+
+    /// Attention of every row over its own packed sequence.
+    pub fn bidirectional_attention(&mut self, qkv: Act, out: Act) {
+        self.attention(qkv, out, Keys::Sequence);
+    }
+
+    fn attention(&mut self, qkv: Act, out: Act, keys: Keys) {
+        let d = self.graph.dims;
+        self.push(Op::Attention {
+            qkv,
+            out,
+            keys,
+            n_head: d.n_head,
+            scale: 1.0 / ((d.c / d.n_head) as f32).sqrt(),
+        });
+    }
+
+    /// One vector per packed sequence.
+    pub fn pool(&mut self, inp: Act, out: Act, mode: PoolMode, normalize: bool) {
+        self.push(Op::Pool {
+            inp,
+            out,
+            mode,
+            normalize,
+        });
+    }
+
+    /// The graph built.
+    pub fn finish(self) -> Graph<W> {
+        self.graph
+    }
+}

@@ -1,0 +1,623 @@
+//! Lowering: each graph op, with what the rules fused into it, to its dispatches for one
+//! bucket. Here alone are the kernels chosen: the operand layout's, the subgroup variants,
+//! the weights' storage constants, the fused GEMVs.
+
+use std::collections::HashMap;
+
+use crate::gpu::Engine;
+use crate::gpu::kernels::{
+    self, AttentionParams, EmbedParams, Epilogue, Extra, Kv, LayerNormParams, LinearIo, PoolParams,
+    WidthParams, wg,
+};
+use crate::gpu::registry::{Key, Layout};
+use crate::gpu::tensor::{GpuTensor, WeightDtype};
+use crate::graph::{Act, Dense, Dims, Keys, Op, Then};
+use crate::plan::rules::{Fuse, KvFuse};
+use crate::plan::{Bucket, Caps, Dim, Dispatch, Io, KvCache};
+
+/// Lowers ops for one plan, sharing the small uniforms every op of a kind reads.
+pub(super) struct Lower<'a> {
+    gpu: &'a Engine,
+    caps: Caps,
+    io: &'a Io,
+    dims: Dims,
+    /// Copies recorded once, before the first step (norm_texture's gain-and-bias uniforms).
+    init: &'a mut wgpu::CommandEncoder,
+    uniforms: HashMap<(&'static str, [u32; 2]), wgpu::Buffer>,
+    gain_bias: HashMap<wgpu::Buffer, wgpu::Buffer>,
+}
+
+/// The override constants of a weight's storage.
+fn stored(key: Key, dtype: WeightDtype) -> Key {
+    key.with("WEIGHT_F16", (dtype == WeightDtype::F16) as u32)
+        .with("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u32)
+}
+
+impl<'a> Lower<'a> {
+    pub(super) fn new(
+        gpu: &'a Engine,
+        caps: Caps,
+        io: &'a Io,
+        dims: Dims,
+        init: &'a mut wgpu::CommandEncoder,
+    ) -> Self {
+        Lower {
+            gpu,
+            caps,
+            io,
+            dims,
+            init,
+            uniforms: HashMap::new(),
+            gain_bias: HashMap::new(),
+        }
+    }
+
+    /// The dispatches of one section's ops (`head`: the head's step uniform) for `bucket`.
+    pub(super) fn section(
+        &mut self,
+        ops: &[Op<&GpuTensor>],
+        fuse: &[Fuse],
+        bucket: Bucket,
+        head: bool,
+    ) -> Vec<Dispatch> {
+        let mut out = Vec::new();
+        for (op, f) in ops.iter().zip(fuse).filter(|(_, f)| !f.skip) {
+            let step = &self.io.steps[head as usize];
+            match op {
+                Op::Embed { .. } => out.extend(self.embed(op, step)),
+                Op::Norm { .. } => out.push(self.norm(op, f, step)),
+                Op::Linear { .. } => out.extend(self.linear(op, f, bucket, step)),
+                Op::Attention { .. } => out.extend(self.attention(op, f, step)),
+                Op::Pool { .. } => out.push(self.pool(op)),
+            }
+        }
+        out
+    }
+
+    fn buf(&self, act: Act) -> &'a wgpu::Buffer {
+        let io: &'a Io = self.io;
+        io.acts
+            .get(&act)
+            .unwrap_or_else(|| panic!("the plan's Io holds no {act:?} buffer"))
+    }
+
+    fn texture(&self, act: Act) -> &'a wgpu::Texture {
+        let io: &'a Io = self.io;
+        io.textures
+            .get(&act)
+            .unwrap_or_else(|| panic!("the plan's Io holds no {act:?} texture"))
+    }
+
+    fn pipe(&self, key: Key) -> wgpu::ComputePipeline {
+        self.gpu.registry.get(self.gpu, &key)
+    }
+
+    /// A uniform of `value`, one per kind and contents.
+    fn uniform<T: bytemuck::Pod>(
+        &mut self,
+        kind: &'static str,
+        id: [u32; 2],
+        value: &T,
+    ) -> wgpu::Buffer {
+        let gpu = self.gpu;
+        self.uniforms
+            .entry((kind, id))
+            .or_insert_with(|| gpu.uniform(kind, value))
+            .clone()
+    }
+
+    fn width(&mut self, width: usize) -> wgpu::Buffer {
+        let p = WidthParams {
+            width: width as u32,
+            _pad: [0; 3],
+        };
+        self.uniform("width", [width as u32, 0], &p)
+    }
+
+    /// `out = scale * tokens[ids] + positions[pos]`: one dispatch per chunk of the token table
+    /// (each writes the rows whose token it holds).
+    fn embed(&mut self, op: &Op<&GpuTensor>, step: &wgpu::Buffer) -> Vec<Dispatch> {
+        let Op::Embed {
+            tokens,
+            positions,
+            width,
+            packed,
+            out,
+        } = op
+        else {
+            unreachable!()
+        };
+        let entry = if *packed { "embed_packed" } else { "embed" };
+        let dtype = tokens.map_or(WeightDtype::F32, |(t, _)| t.dtype);
+        let pipe = self.pipe(stored(Key::new("embed", entry), dtype));
+        let zero = &self.io.zero;
+        let pos = positions.map_or(zero, |p| p.single());
+        let chunks: Vec<(EmbedParams, &wgpu::Buffer)> = match tokens {
+            Some((table, scale)) => (table.chunks.iter())
+                .map(|ch| {
+                    let p = EmbedParams::new(*width as u32, ch.row0 as u32, ch.rows as u32, *scale);
+                    (
+                        EmbedParams {
+                            positions: positions.is_some() as u32,
+                            ..p
+                        },
+                        &ch.buffer,
+                    )
+                })
+                .collect(),
+            None => vec![(
+                EmbedParams {
+                    tokens: 0,
+                    ..EmbedParams::new(*width as u32, 0, 0, 1.0)
+                },
+                zero,
+            )],
+        };
+        let spans = self
+            .io
+            .spans
+            .as_ref()
+            .filter(|_| *packed)
+            .map(|[rows, _]| rows);
+        (chunks.into_iter())
+            .map(|(params, table)| {
+                let u = self.gpu.uniform("embed", &params);
+                let mut r = vec![step, &u, &self.io.tokens, table, pos, self.buf(*out)];
+                r.extend(spans);
+                let bind = kernels::bind(self.gpu, &pipe, entry, &r);
+                Dispatch::new(
+                    pipe.clone(),
+                    bind,
+                    [Dim::Fixed((*width as u32).div_ceil(wg::EMBED)), Dim::Rows],
+                    "embed",
+                )
+            })
+            .collect()
+    }
+
+    /// A layer norm: layernorm (one workgroup per row) or, in the texture layout,
+    /// layernorm_rows (one invocation per row), or norm_texture's layernorm_rows_texture.
+    fn norm(&mut self, op: &Op<&GpuTensor>, f: &Fuse, step: &wgpu::Buffer) -> Dispatch {
+        let Op::Norm {
+            inp,
+            out,
+            gain,
+            bias,
+            eps,
+            ..
+        } = op
+        else {
+            unreachable!()
+        };
+        let c = gain.cols as u32;
+        let params = LayerNormParams {
+            c,
+            eps: *eps,
+            _pad: [0; 2],
+        };
+        let params = self.uniform("ln", [c, eps.to_bits()], &params);
+        let bias = bias.map_or(&self.io.zero, |b| b.single());
+        if f.to_texture {
+            return self.norm_texture(step, &params, (gain.single(), bias), *inp, *out);
+        }
+        let (key, grid) = match self.caps.textures {
+            true => (
+                Key::new("layernorm_rows", "layernorm_rows"),
+                [Dim::RowsPer(wg::LAYERNORM_ROWS), Dim::Fixed(1)],
+            ),
+            false => (
+                Key::new("layernorm", "layernorm"),
+                [Dim::Rows, Dim::Fixed(1)],
+            ),
+        };
+        let pipe = self.pipe(key);
+        let r = [
+            step,
+            &params,
+            self.buf(*inp),
+            gain.single(),
+            bias,
+            self.buf(*out),
+        ];
+        let bind = kernels::bind(self.gpu, &pipe, "layernorm", &r);
+        Dispatch::new(pipe, bind, grid, "layernorm")
+    }
+
+    /// layernorm_rows_texture: from a texture copy of `inp` into `out`'s input texture, its
+    /// gain and bias copied into one uniform buffer (once, by `init`).
+    fn norm_texture(
+        &mut self,
+        step: &wgpu::Buffer,
+        params: &wgpu::Buffer,
+        (gain, bias): (&wgpu::Buffer, &wgpu::Buffer),
+        inp: Act,
+        out: Act,
+    ) -> Dispatch {
+        let bytes = self.dims.c as u64 * 4;
+        let (gpu, init) = (self.gpu, &mut *self.init);
+        let gain_bias = self
+            .gain_bias
+            .entry(gain.clone())
+            .or_insert_with(|| {
+                let u = gpu.storage_uniform("ln_gain_bias", wg::GAIN_BIAS_BYTES);
+                init.copy_buffer_to_buffer(gain, 0, &u, 0, bytes);
+                init.copy_buffer_to_buffer(bias, 0, &u, bytes, bytes);
+                u
+            })
+            .clone();
+        let [x, o] =
+            [self.texture(inp), self.texture(out)].map(|t| t.create_view(&Default::default()));
+        let r = vec![
+            (0, step.as_entire_binding()),
+            (1, params.as_entire_binding()),
+            (6, wgpu::BindingResource::TextureView(&x)),
+            (7, gain_bias.as_entire_binding()),
+            (8, wgpu::BindingResource::TextureView(&o)),
+        ];
+        let pipe = self.pipe(Key::new("layernorm_rows", "layernorm_rows_texture"));
+        let bind = kernels::bind_at(gpu, &pipe, "layernorm_rows_texture", r);
+        Dispatch {
+            copy: Some((self.buf(inp).clone(), self.texture(inp).clone())),
+            ..Dispatch::new(
+                pipe,
+                bind,
+                [Dim::RowsPer(wg::LAYERNORM_ROWS), Dim::Fixed(1)],
+                "layernorm",
+            )
+        }
+    }
+
+    /// `out = then(inp Wᵀ + b)`: one dispatch per row chunk of W, then the epilogue's own
+    /// dispatch when it is not fused.
+    fn linear(
+        &mut self,
+        op: &Op<&GpuTensor>,
+        f: &Fuse,
+        bucket: Bucket,
+        step: &wgpu::Buffer,
+    ) -> Vec<Dispatch> {
+        let Op::Linear {
+            inp,
+            out,
+            dense,
+            then,
+        } = op
+        else {
+            unreachable!()
+        };
+        let Dense { w, b } = *dense;
+        let epilogue = match (f.split_then, then) {
+            (true, _) | (_, Then::Store) => Epilogue::Store,
+            (_, Then::Act(a)) => Epilogue::activation(*a),
+            (_, Then::Add) => Epilogue::Residual,
+        };
+        let tmp = self.io.tmp.as_ref();
+        let result = match (f.split_then, then) {
+            (true, Then::Add) => tmp.expect("a plan without the epilogue rule has a tmp buffer"),
+            _ => self.buf(*out),
+        };
+        let (key, gemv) = self.linear_key(w, f, bucket, epilogue);
+        let pipe = self.pipe(key);
+        let input = self.caps.textures.then(|| self.texture(*inp));
+        let view = input.map(|t| t.create_view(&Default::default()));
+        let io = LinearIo {
+            step,
+            // A folded norm's GEMV standardises the norm's input itself.
+            inp: f.norm_of.map_or(self.buf(*inp), |(x, _)| self.buf(x)),
+            input_texture: view.as_ref(),
+            bias: (b.map_or(&self.io.zero, |b| b.single()), b.is_some()),
+            out: result,
+            kv: f.kv.map(|kv| self.kv(kv)),
+            ln: f
+                .norm_of
+                .map(|(_, eps)| (w.row_sums.as_ref().expect("fold_norm checked"), eps)),
+            partials: self.io.partials.as_ref().filter(|_| f.argmax),
+        };
+        let attends = matches!(f.kv, Some(KvFuse::Attend { .. }));
+        let name = match (self.caps.textures, gemv, attends) {
+            (_, _, true) => "gemv_texture_attention",
+            (true, true, _) => "gemv_texture",
+            (true, false, _) => "matmul_texture",
+            (false, true, _) => "gemv",
+            (false, false, _) => "matmul",
+        };
+        let mut ops: Vec<Dispatch> = kernels::linear_binds(self.gpu, &pipe, w, &io)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (bind, n))| {
+                let grid = match (self.caps.textures, gemv, attends) {
+                    (_, _, true) => [Dim::Fixed(self.dims.n_head as u32), Dim::Fixed(1)],
+                    (true, true, _) => [
+                        Dim::Fixed(n.div_ceil(4).div_ceil(wg::LINEAR_TEXTURE)),
+                        Dim::Rows,
+                    ],
+                    (true, false, _) => [
+                        Dim::Fixed(n.div_ceil(4).div_ceil(wg::LINEAR_TEXTURE)),
+                        Dim::RowsPer(4),
+                    ],
+                    (false, true, _) => [Dim::Fixed(n.div_ceil(wg::GEMV_OUTPUTS)), Dim::Rows],
+                    (false, false, _) => [
+                        Dim::Fixed(n.div_ceil(wg::MATMUL_TILE)),
+                        Dim::RowsPer(wg::MATMUL_TILE),
+                    ],
+                };
+                // matmul_texture reads a texture copy of its input, unless a norm wrote it.
+                let copy = input.filter(|_| i == 0 && !gemv && !f.input_ready);
+                Dispatch {
+                    copy: copy.map(|t| (io.inp.clone(), t.clone())),
+                    attends,
+                    ..Dispatch::new(pipe.clone(), bind, grid, name)
+                }
+            })
+            .collect();
+        if f.split_then {
+            ops.push(self.then(*then, *out, w.rows, step));
+        }
+        ops
+    }
+
+    /// The pipeline of a linear layer, and whether it is a GEMV (one row of textures, a few
+    /// rows of buffers).
+    fn linear_key(
+        &self,
+        w: &GpuTensor,
+        f: &Fuse,
+        bucket: Bucket,
+        epilogue: Epilogue,
+    ) -> (Key, bool) {
+        let e = epilogue as u32;
+        if !self.caps.textures {
+            let layout = Layout::Linear {
+                textures: false,
+                extra: Extra::None,
+            };
+            let key = match bucket {
+                Bucket::Prefill => Key::new("matmul", "matmul"),
+                _ if self.caps.subgroup => Key::new("gemv_subgroup", "gemv_subgroup"),
+                _ => Key::new("matmul", "gemv"),
+            };
+            return (
+                stored(key, w.dtype).with("EPILOGUE", e).layout(layout),
+                bucket != Bucket::Prefill,
+            );
+        }
+        let gemv = bucket == Bucket::Decode && w.cols as u32 <= wg::GEMV_UNIFORM_FLOATS;
+        let sub = "matmul_texture_subgroup";
+        let norm = f.norm_of.is_some() as u32;
+        let (key, extra) = match (gemv, f.kv, f.argmax) {
+            (true, Some(KvFuse::Append { .. }), _) => (
+                Key::new(sub, "gemv_texture_kv").with("NORM", norm),
+                Extra::Kv,
+            ),
+            (true, Some(KvFuse::Attend { .. }), _) => {
+                let key = Key::new(sub, "gemv_texture_attention").with("NORM", norm);
+                (key.with("HS", self.caps.head_size), Extra::Attend)
+            }
+            (true, Some(KvFuse::Deferred { .. }), _) => (
+                Key::new(sub, "gemv_texture_append").with("EPILOGUE", e),
+                Extra::Deferred,
+            ),
+            (true, None, true) => (Key::new(sub, "gemv_texture_argmax"), Extra::Partials),
+            (true, None, false) if self.caps.subgroups8 => (
+                Key::new(sub, "gemv_texture_subgroup")
+                    .with("NORM", norm)
+                    .with("EPILOGUE", e),
+                Extra::None,
+            ),
+            (true, None, false) => (
+                Key::new("matmul_texture", "gemv_texture").with("EPILOGUE", e),
+                Extra::None,
+            ),
+            (false, ..) if self.caps.subgroups8 => {
+                (Key::new(sub, sub).with("EPILOGUE", e), Extra::None)
+            }
+            (false, ..) => (
+                Key::new("matmul_texture", "matmul_texture").with("EPILOGUE", e),
+                Extra::None,
+            ),
+        };
+        let layout = Layout::Linear {
+            textures: true,
+            extra,
+        };
+        (stored(key, w.dtype).layout(layout), gemv)
+    }
+
+    /// The cache bindings of a fused decode GEMV.
+    fn kv(&self, kv: KvFuse) -> Kv<'a> {
+        let io: &'a Io = self.io;
+        let KvCache::Textures { k, v } = &io.kv else {
+            unreachable!("the KV fusions need the texture layout's cache")
+        };
+        match kv {
+            KvFuse::Append { layer } => Kv::Append([&k[layer], &v[layer]]),
+            KvFuse::Attend { layer, out } => Kv::Attend {
+                cache: [&k[layer], &v[layer]],
+                att_y: self.buf(out),
+            },
+            KvFuse::Deferred { layer, qkv } => Kv::Deferred {
+                cache: [&k[layer], &v[layer]],
+                qkv: self.buf(qkv),
+            },
+        }
+    }
+
+    /// A linear's unfused epilogue: `out = act(out)`, or `out += tmp`.
+    fn then(&mut self, then: Then, out: Act, width: usize, step: &wgpu::Buffer) -> Dispatch {
+        let params = self.width(width);
+        let out_buf = self.buf(out);
+        let (key, r) = match then {
+            Then::Act(a) => {
+                let key =
+                    Key::new("elementwise", "activate").with("ACT", Epilogue::activation(a) as u32);
+                (key, vec![(3, out_buf.as_entire_binding())])
+            }
+            _ => {
+                let tmp = self
+                    .io
+                    .tmp
+                    .as_ref()
+                    .expect("a plan without the epilogue rule has a tmp buffer");
+                (
+                    Key::new("elementwise", "add"),
+                    vec![
+                        (2, tmp.as_entire_binding()),
+                        (3, out_buf.as_entire_binding()),
+                    ],
+                )
+            }
+        };
+        let pipe = self.pipe(key);
+        let mut r = r;
+        r.extend([
+            (0, step.as_entire_binding()),
+            (1, params.as_entire_binding()),
+        ]);
+        let bind = kernels::bind_at(self.gpu, &pipe, "elementwise", r);
+        Dispatch::new(
+            pipe,
+            bind,
+            [
+                Dim::Fixed((width as u32).div_ceil(wg::ELEMENTWISE)),
+                Dim::Rows,
+            ],
+            "elementwise",
+        )
+    }
+
+    /// Appends the step's keys and values to the cache (unless a projection did), then the
+    /// attention: causal over the cache, or bidirectional within each packed sequence.
+    fn attention(&mut self, op: &Op<&GpuTensor>, f: &Fuse, step: &wgpu::Buffer) -> Vec<Dispatch> {
+        let Op::Attention {
+            qkv,
+            out,
+            keys,
+            n_head,
+            scale,
+        } = op
+        else {
+            unreachable!()
+        };
+        let (c, nh) = (self.dims.c as u32, *n_head as u32);
+        let layer = match keys {
+            Keys::Cache { layer } => *layer,
+            Keys::Sequence => 0,
+        };
+        let params = AttentionParams {
+            c,
+            nh,
+            hs: c / nh,
+            scale: *scale,
+        };
+        let params = self.uniform("attention", [c, scale.to_bits()], &params);
+        let width = self.width(c as usize);
+        let textures = self.caps.textures;
+        let family = if textures {
+            "attention_texture"
+        } else {
+            "attention"
+        };
+        let entry = match (textures, keys) {
+            (true, Keys::Cache { .. }) => "attention_texture",
+            (true, Keys::Sequence) => "attention_texture_bidirectional",
+            (false, Keys::Cache { .. }) => "attention",
+            (false, Keys::Sequence) => "attention_bidirectional",
+        };
+        let attend = self.pipe(Key::new(family, entry).with("HS", self.caps.head_size));
+        let append_name = if textures {
+            "kv_append_texture"
+        } else {
+            "kv_append"
+        };
+        let append = self.pipe(Key::new(append_name, append_name));
+        let (k, v) = match &self.io.kv {
+            KvCache::Buffers { k, v } => {
+                (k[layer].as_entire_binding(), v[layer].as_entire_binding())
+            }
+            KvCache::Textures { k, v } => (
+                wgpu::BindingResource::TextureView(&k[layer]),
+                wgpu::BindingResource::TextureView(&v[layer]),
+            ),
+        };
+        let qkv = self.buf(*qkv);
+        let mut ops = Vec::new();
+        if !f.appended {
+            let r = vec![
+                step.as_entire_binding(),
+                width.as_entire_binding(),
+                qkv.as_entire_binding(),
+                k.clone(),
+                v.clone(),
+            ];
+            let bind = kernels::bind_resources(self.gpu, &append, append_name, r);
+            let per = if textures {
+                4 * wg::KV_APPEND
+            } else {
+                wg::KV_APPEND
+            };
+            ops.push(Dispatch::new(
+                append,
+                bind,
+                [Dim::Fixed(c.div_ceil(per)), Dim::Rows],
+                append_name,
+            ));
+        }
+        let mut r = vec![
+            step.as_entire_binding(),
+            params.as_entire_binding(),
+            qkv.as_entire_binding(),
+            k,
+            v,
+        ];
+        r.push(self.buf(*out).as_entire_binding());
+        if *keys == Keys::Sequence {
+            let [rows, _] = self.io.spans.as_ref().expect("packed sequences have spans");
+            r.push(rows.as_entire_binding());
+        }
+        let bind = kernels::bind_resources(self.gpu, &attend, entry, r);
+        let x = if textures {
+            nh.div_ceil(wg::ATTENTION_TEXTURE)
+        } else {
+            nh
+        };
+        ops.push(Dispatch {
+            attends: true,
+            ..Dispatch::new(attend, bind, [Dim::Fixed(x), Dim::Rows], family)
+        });
+        ops
+    }
+
+    /// One vector per packed sequence (one workgroup each).
+    fn pool(&mut self, op: &Op<&GpuTensor>) -> Dispatch {
+        let Op::Pool {
+            inp,
+            out,
+            mode,
+            normalize,
+        } = op
+        else {
+            unreachable!()
+        };
+        let c = self.dims.c as u32;
+        let params = PoolParams {
+            c,
+            mode: *mode as u32,
+            normalize: *normalize as u32,
+            _pad: 0,
+        };
+        let params = self.gpu.uniform("pool", &params);
+        let [_, seqs] = self
+            .io
+            .spans
+            .as_ref()
+            .expect("pooling needs the sequences' spans");
+        let pipe = self.pipe(Key::new("pool", "pool"));
+        let bind = kernels::bind(
+            self.gpu,
+            &pipe,
+            "pool",
+            &[&params, self.buf(*inp), seqs, self.buf(*out)],
+        );
+        Dispatch::new(pipe, bind, [Dim::Seqs, Dim::Fixed(1)], "pool")
+    }
+}

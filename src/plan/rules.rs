@@ -1,0 +1,404 @@
+//! Fusions as named rewrite rules over a graph's ops, each with its guard (capabilities,
+//! shapes, bucket). A rule marks ops so the lowering runs one kernel for a neighbour's work
+//! too; with every rule off, each graph op lowers to its own dispatches. Rules can be switched
+//! off at load ([`crate::LoadOptions::fuse`], or `WGPT_FUSE=-qkv_attend`) for A/B runs.
+
+use crate::Error;
+use crate::gpu::kernels::wg;
+use crate::gpu::tensor::GpuTensor;
+use crate::graph::{Act, Keys, NormKind, Op, Then};
+use crate::plan::{Bucket, Caps};
+
+/// A fusion rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// Linear layers end in their activation or residual add (linear.wgsl's epilogues) instead
+    /// of an elementwise dispatch after them.
+    Epilogue,
+    /// Decode's qkv projection runs the attention too (gemv_texture_attention), and the
+    /// attention's output projection appends the step's key and value to the cache
+    /// (gemv_texture_append). Texture layout, subgroups of 8, 32 <= HS <= 256, HS % 32 == 0,
+    /// both projections one texture chunk.
+    QkvAttend,
+    /// Decode's qkv projection appends the key and value to the cache (gemv_texture_kv), where
+    /// the attention is not fused in. Texture layout, subgroups of 8, chunks of whole texels.
+    QkvAppend,
+    /// A pre-LN norm folded into the projection after it: its gain and bias in the weights at
+    /// load (`loader::LnFold`), its standardisation in decode's GEMV (NORM), its dispatch gone.
+    /// Texture layout, subgroups of 8, f16 or q8 weights.
+    FoldNorm,
+    /// Decode's head GEMV leaves per-workgroup argmax candidates, so greedy picking reads
+    /// ceil(V / 32) candidates instead of V logits (gemv_texture_argmax, argmax_partials).
+    HeadArgmax,
+    /// Multi-row steps' pre-LN norms read a texture copy of the stream and write the next
+    /// linear layer's input texture themselves (layernorm_rows_texture), saving its copy.
+    NormTexture,
+}
+
+impl Rule {
+    /// Every rule, in the order the planner applies them.
+    pub const ALL: [Rule; 6] = [
+        Rule::Epilogue,
+        Rule::QkvAttend,
+        Rule::QkvAppend,
+        Rule::FoldNorm,
+        Rule::HeadArgmax,
+        Rule::NormTexture,
+    ];
+
+    /// The rule's name in `WGPT_FUSE` and `--fuse`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Epilogue => "epilogue",
+            Rule::QkvAttend => "qkv_attend",
+            Rule::QkvAppend => "qkv_append",
+            Rule::FoldNorm => "fold_norm",
+            Rule::HeadArgmax => "head_argmax",
+            Rule::NormTexture => "norm_texture",
+        }
+    }
+}
+
+/// Which rules may apply: every one by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fusions(u8);
+
+impl Default for Fusions {
+    fn default() -> Self {
+        Fusions::all()
+    }
+}
+
+impl Fusions {
+    /// The variable [`Fusions::from_env`] reads.
+    pub const ENV: &'static str = "WGPT_FUSE";
+
+    /// Every rule on.
+    pub fn all() -> Fusions {
+        Fusions((1 << Rule::ALL.len()) - 1)
+    }
+
+    /// Every rule off: one kernel per graph op.
+    pub fn none() -> Fusions {
+        Fusions(0)
+    }
+
+    /// Whether `rule` is on.
+    pub fn has(self, rule: Rule) -> bool {
+        self.0 & (1 << rule as u8) != 0
+    }
+
+    /// These fusions with `rule` on or off.
+    pub fn set(self, rule: Rule, on: bool) -> Fusions {
+        match on {
+            true => Fusions(self.0 | 1 << rule as u8),
+            false => Fusions(self.0 & !(1 << rule as u8)),
+        }
+    }
+
+    /// The rules that are on, by name.
+    pub fn names(self) -> Vec<&'static str> {
+        Rule::ALL
+            .iter()
+            .filter(|&&r| self.has(r))
+            .map(|r| r.name())
+            .collect()
+    }
+
+    /// `WGPT_FUSE`, when set (see [`FromStr`](std::str::FromStr)).
+    pub fn from_env() -> crate::Result<Option<Fusions>> {
+        match std::env::var(Self::ENV) {
+            Ok(v) => Ok(Some(v.parse()?)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl std::str::FromStr for Fusions {
+    type Err = Error;
+    /// `all`, `none`, or a comma list: `-rule` / `+rule` edit every rule on (when the list
+    /// starts with one of them) or the rules before them; a bare name turns only that rule on.
+    fn from_str(s: &str) -> crate::Result<Fusions> {
+        let bad = || {
+            let names: Vec<_> = Rule::ALL.iter().map(|r| r.name()).collect();
+            Error::option(
+                Fusions::ENV,
+                format!("{s:?}"),
+                &format!(
+                    "all, none, or a comma list of rules, each optionally prefixed + or -: {}",
+                    names.join(", ")
+                ),
+            )
+        };
+        let items: Vec<&str> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .collect();
+        let edits = items.first().is_some_and(|i| i.starts_with(['-', '+']));
+        let mut f = if edits {
+            Fusions::all()
+        } else {
+            Fusions::none()
+        };
+        for item in items {
+            let (on, name) = match item.as_bytes()[0] {
+                b'-' => (false, &item[1..]),
+                b'+' => (true, &item[1..]),
+                _ => (true, item),
+            };
+            f = match name {
+                "all" => Fusions::all(),
+                "none" => Fusions::none(),
+                _ => {
+                    let rule = Rule::ALL
+                        .into_iter()
+                        .find(|r| r.name() == name)
+                        .ok_or_else(bad)?;
+                    f.set(rule, on)
+                }
+            };
+        }
+        Ok(f)
+    }
+}
+
+/// What the rules fused into one graph op, for one bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Fuse {
+    /// Its work is done by a neighbour's dispatch.
+    pub skip: bool,
+    /// A linear's activation or residual add runs as an elementwise dispatch after it.
+    pub split_then: bool,
+    /// A linear that touches its layer's KV cache.
+    pub kv: Option<KvFuse>,
+    /// A linear that standardises this activation itself (its folded norm's input), with the
+    /// norm's epsilon.
+    pub norm_of: Option<(Act, f32)>,
+    /// The head's linear leaving argmax candidates.
+    pub argmax: bool,
+    /// A norm writing the input texture of the linear after it.
+    pub to_texture: bool,
+    /// A linear whose input texture was written by the norm before it.
+    pub input_ready: bool,
+    /// An attention whose key and value a projection appends.
+    pub appended: bool,
+}
+
+/// How a decode GEMV touches its layer's KV cache ([`crate::gpu::kernels::Kv`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KvFuse {
+    /// The qkv projection writes layer `layer`'s key and value into the cache.
+    Append { layer: usize },
+    /// The qkv projection runs the attention over the cache into `out`.
+    Attend { layer: usize, out: Act },
+    /// The output projection appends the key and value from `qkv`.
+    Deferred { layer: usize, qkv: Act },
+}
+
+/// The graph ops of one section with what the rules fused into each, for `bucket`.
+pub(crate) fn apply(
+    ops: &[Op<&GpuTensor>],
+    caps: &Caps,
+    bucket: Bucket,
+    fusions: Fusions,
+    head: bool,
+) -> Vec<Fuse> {
+    let mut fuse = vec![Fuse::default(); ops.len()];
+    for rule in Rule::ALL.into_iter().filter(|&r| fusions.has(r)) {
+        match rule {
+            Rule::Epilogue => {}
+            Rule::QkvAttend => qkv_attend(ops, caps, bucket, &mut fuse),
+            Rule::QkvAppend => qkv_append(ops, caps, bucket, &mut fuse),
+            Rule::FoldNorm => fold_norm(ops, caps, bucket, &mut fuse),
+            Rule::HeadArgmax if head => head_argmax(ops, caps, bucket, &mut fuse),
+            Rule::HeadArgmax => {}
+            Rule::NormTexture if !head => norm_texture(ops, caps, bucket, &mut fuse),
+            Rule::NormTexture => {}
+        }
+    }
+    if !fusions.has(Rule::Epilogue) {
+        for (f, op) in fuse.iter_mut().zip(ops) {
+            f.split_then = matches!(op, Op::Linear { then, .. } if *then != Then::Store);
+        }
+    }
+    fuse
+}
+
+/// The weight of a linear op.
+fn weight<'a>(op: &Op<&'a GpuTensor>) -> Option<&'a GpuTensor> {
+    match op {
+        Op::Linear { dense, .. } => Some(dense.w),
+        _ => None,
+    }
+}
+
+/// Whether `w` can run in a decode GEMV of the subgroup texture kernels.
+fn decode_gemv(caps: &Caps, bucket: Bucket, w: &GpuTensor) -> bool {
+    caps.textures
+        && caps.subgroups8
+        && bucket == Bucket::Decode
+        && w.cols as u32 <= wg::GEMV_UNIFORM_FLOATS
+        && !w.textures.is_empty()
+}
+
+/// Four outputs (one cache texel) per invocation must not straddle weight chunks.
+fn texels(w: &GpuTensor) -> bool {
+    w.textures
+        .iter()
+        .all(|ch| ch.row0 % 4 == 0 && ch.rows % 4 == 0)
+}
+
+/// [linear → qkv, attention(cache layer) → out] at `i`: (layer, qkv, out).
+fn attention_at(ops: &[Op<&GpuTensor>], i: usize) -> Option<(usize, Act, Act)> {
+    match (ops.get(i), ops.get(i + 1)) {
+        (
+            Some(Op::Linear { out: q, .. }),
+            Some(Op::Attention {
+                qkv,
+                out,
+                keys: Keys::Cache { layer },
+                ..
+            }),
+        ) if q == qkv => Some((*layer, *qkv, *out)),
+        _ => None,
+    }
+}
+
+fn qkv_attend(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [Fuse]) {
+    if !caps.attends() {
+        return;
+    }
+    for i in 0..ops.len() {
+        let Some((layer, qkv, out)) = attention_at(ops, i) else {
+            continue;
+        };
+        let (Some(w_qkv), Some(w_proj)) = (weight(&ops[i]), ops.get(i + 2).and_then(weight)) else {
+            continue;
+        };
+        // The output projection reads the attention's output and adds to the stream.
+        let next = matches!(ops[i + 2], Op::Linear { inp, then: Then::Add, .. } if inp == out);
+        let one = |w: &GpuTensor| w.textures.len() == 1 && decode_gemv(caps, bucket, w);
+        if next && one(w_qkv) && one(w_proj) {
+            fuse[i].kv = Some(KvFuse::Attend { layer, out });
+            fuse[i + 1].skip = true;
+            fuse[i + 2].kv = Some(KvFuse::Deferred { layer, qkv });
+        }
+    }
+}
+
+fn qkv_append(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [Fuse]) {
+    for i in 0..ops.len() {
+        let Some((layer, _, _)) = attention_at(ops, i) else {
+            continue;
+        };
+        let w = weight(&ops[i]).expect("attention_at matched a linear");
+        if fuse[i].kv.is_none() && decode_gemv(caps, bucket, w) && texels(w) {
+            fuse[i].kv = Some(KvFuse::Append { layer });
+            fuse[i + 1].appended = true;
+        }
+    }
+}
+
+/// Whether `act` is read by an op from `from` on before one writes it anew.
+fn read_later(ops: &[Op<&GpuTensor>], from: usize, act: Act) -> bool {
+    for op in &ops[from.min(ops.len())..] {
+        let (reads, writes) = match op {
+            Op::Embed { out, .. } => (false, *out == act),
+            Op::Norm { inp, out, .. } => (*inp == act, *out == act),
+            Op::Linear { inp, out, then, .. } => (
+                *inp == act || (*out == act && *then == Then::Add),
+                *out == act,
+            ),
+            Op::Attention { qkv, out, .. } => (*qkv == act, *out == act),
+            Op::Pool { inp, out, .. } => (*inp == act, *out == act),
+        };
+        if reads {
+            return true;
+        }
+        if writes {
+            return false;
+        }
+    }
+    false
+}
+
+/// [norm(a → b), linear(b → …)] at `i`, with `b` read by nothing after: the norm's input `a`
+/// and epsilon.
+fn norm_feeding_linear(ops: &[Op<&GpuTensor>], i: usize) -> Option<(Act, f32)> {
+    match (&ops[i], ops.get(i + 1)) {
+        (
+            Op::Norm {
+                kind: NormKind::Layer,
+                inp,
+                out,
+                eps,
+                ..
+            },
+            Some(Op::Linear { inp: next, .. }),
+        ) if next == out && !read_later(ops, i + 2, *out) => Some((*inp, *eps)),
+        _ => None,
+    }
+}
+
+fn fold_norm(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [Fuse]) {
+    for i in 0..ops.len() {
+        let Some(x) = norm_feeding_linear(ops, i) else {
+            continue;
+        };
+        let w = weight(&ops[i + 1]).expect("norm_feeding_linear matched a linear");
+        // The NORM pipelines: plain and appending need whole texels, attending one chunk.
+        let shapes = match fuse[i + 1].kv {
+            None | Some(KvFuse::Append { .. }) => texels(w),
+            Some(KvFuse::Attend { .. }) => true,
+            Some(KvFuse::Deferred { .. }) => false,
+        };
+        if w.row_sums.is_some() && decode_gemv(caps, bucket, w) && shapes {
+            fuse[i].skip = true;
+            fuse[i + 1].norm_of = Some(x);
+        }
+    }
+}
+
+fn head_argmax(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [Fuse]) {
+    let Some(i) = ops.iter().position(|op| {
+        matches!(
+            op,
+            Op::Linear {
+                out: Act::Logits,
+                ..
+            }
+        )
+    }) else {
+        return;
+    };
+    let w = weight(&ops[i]).expect("a linear");
+    // Candidates go to slot col0 / 32 + workgroup: chunks must start at multiples of 32.
+    let aligned = w.textures.iter().all(|ch| ch.row0 % 32 == 0);
+    if decode_gemv(caps, bucket, w) && aligned && fuse[i].norm_of.is_none() {
+        fuse[i].argmax = true;
+    }
+}
+
+fn norm_texture(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [Fuse]) {
+    if !caps.textures || bucket == Bucket::Decode {
+        return;
+    }
+    for i in 0..ops.len() {
+        let Some((x, _)) = norm_feeding_linear(ops, i) else {
+            continue;
+        };
+        let Op::Norm { bias: Some(_), .. } = &ops[i] else {
+            continue;
+        };
+        // Its gain and bias sit in one uniform of GAIN_BIAS_BYTES; the stream is x.
+        let c = ops[i + 1..]
+            .iter()
+            .find_map(weight)
+            .map_or(0, |w| w.cols as u64);
+        if x == Act::X && c * 8 <= wg::GAIN_BIAS_BYTES {
+            fuse[i].to_texture = true;
+            fuse[i + 1].input_ready = true;
+        }
+    }
+}
