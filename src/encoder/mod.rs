@@ -35,13 +35,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::gpu::Engine;
-use crate::gpu::kernels::{
-    self, AttentionParams, EmbedParams, Epilogue, LayerNormParams, Linear, LinearIo, PoolParams,
-    Step, WidthParams, wg,
-};
+use std::collections::HashMap;
+
+use crate::gpu::kernels::Step;
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
+use crate::graph::Act;
 use crate::loader::{self, Checkpoint};
 use crate::model::{LoadOptions, Progress, WeightLayout};
+use crate::plan::{Bucket, Caps, Fusions, Io, KvCache, Plan, Rule};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -137,97 +138,6 @@ pub fn is_encoder_dir(dir: &Path) -> bool {
         .is_some_and(|m| config::SUPPORTED_ENCODER_TYPES.contains(&m.as_str()))
 }
 
-/// The encoder's compute pipelines, built once per model.
-struct EncoderPipelines {
-    /// embed.wgsl's `embed_packed`.
-    embed: wgpu::ComputePipeline,
-    layernorm: wgpu::ComputePipeline,
-    matmul: Linear,
-    gemv: Linear,
-    kv_append: wgpu::ComputePipeline,
-    /// attention.wgsl's `attention_bidirectional`.
-    attention: wgpu::ComputePipeline,
-    pool: wgpu::ComputePipeline,
-    /// The texture layout's.
-    texture: Option<EncoderTexturePipelines>,
-}
-
-/// The encoder's kernels of the texture layout.
-struct EncoderTexturePipelines {
-    /// matmul_texture, or matmul_texture_subgroup where the device has subgroups of >= 8.
-    matmul: Linear,
-    kv_append: wgpu::ComputePipeline,
-    /// attention_texture.wgsl's `attention_texture_bidirectional`.
-    attention: wgpu::ComputePipeline,
-    /// layernorm_rows.wgsl.
-    layernorm: wgpu::ComputePipeline,
-}
-
-impl EncoderPipelines {
-    /// As [`Pipelines::new`](kernels::Pipelines::new), attention with `head_size` fixed and the
-    /// linear layers built for the epilogues an encoder uses, with its `activation`.
-    fn new(
-        gpu: &Engine,
-        dtype: WeightDtype,
-        textures: bool,
-        head_size: u32,
-        activation: Epilogue,
-    ) -> Self {
-        let epilogues = &[Epilogue::Store, Epilogue::Residual, activation];
-        let weights: &[(&str, f64)] = &[
-            ("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64),
-            ("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u8 as f64),
-        ];
-        let head: &[(&str, f64)] = &[("HS", head_size as f64)];
-        let linear = kernels::linear_layout(gpu, false);
-        EncoderPipelines {
-            embed: kernels::entry_pipeline(gpu, "embed", "embed_packed", None, weights),
-            layernorm: kernels::pipeline(gpu, "layernorm", None, &[]),
-            matmul: Linear::new(gpu, "matmul", "matmul", &linear, weights, epilogues),
-            // With subgroups, the gemv that reduces across lanes with them.
-            gemv: match gpu.device.features().contains(wgpu::Features::SUBGROUP) {
-                true => Linear::new(
-                    gpu,
-                    "gemv_subgroup",
-                    "gemv_subgroup",
-                    &linear,
-                    weights,
-                    epilogues,
-                ),
-                false => Linear::new(gpu, "matmul", "gemv", &linear, weights, epilogues),
-            },
-            kv_append: kernels::pipeline(gpu, "kv_append", None, &[]),
-            attention: kernels::entry_pipeline(
-                gpu,
-                "attention",
-                "attention_bidirectional",
-                None,
-                head,
-            ),
-            pool: kernels::pipeline(gpu, "pool", None, &[]),
-            texture: textures.then(|| {
-                let layout = kernels::linear_layout(gpu, true);
-                let matmul = match kernels::subgroups_of_8(gpu) {
-                    true => "matmul_texture_subgroup",
-                    false => "matmul_texture",
-                };
-                EncoderTexturePipelines {
-                    matmul: Linear::new(gpu, matmul, matmul, &layout, weights, epilogues),
-                    kv_append: kernels::pipeline(gpu, "kv_append_texture", None, &[]),
-                    layernorm: kernels::pipeline(gpu, "layernorm_rows", None, &[]),
-                    attention: kernels::entry_pipeline(
-                        gpu,
-                        "attention_texture",
-                        "attention_texture_bidirectional",
-                        None,
-                        head,
-                    ),
-                }
-            }),
-        }
-    }
-}
-
 /// A BERT-family encoder with its weights on the GPU, its tokenizer and its sentence-transformers
 /// settings. A cheap handle (clones share everything) that is `Send + Sync`; calls from several
 /// threads take turns on one set of scratch buffers.
@@ -241,7 +151,9 @@ pub struct EncoderModel {
     pub sentence: SentenceConfig,
     tokenizer: Arc<Tokenizer>,
     weights: Arc<EncoderWeights<GpuTensor>>,
-    pipelines: Arc<EncoderPipelines>,
+    /// What the adapter offers the planner, and the fusions it may apply.
+    caps: Caps,
+    fusions: Fusions,
     /// Most rows one forward pass may hold (activation bindings, texture height).
     max_rows: usize,
     texture_linear: bool,
@@ -341,9 +253,11 @@ impl EncoderModel {
                 }
                 Ok(t)
             })?;
-            let head_size = (config.hidden_size / config.num_heads) as u32;
-            let pipelines =
-                EncoderPipelines::new(&gpu, opts.dtype, textures, head_size, config.activation);
+            let caps = Caps::new(&gpu, textures, config.head_size());
+            let fusions = match opts.fuse {
+                Some(f) => f,
+                None => Fusions::from_env()?.unwrap_or_default(),
+            };
             gpu.wait()?;
             log::info!(
                 "loaded encoder: {} layers, C = {c}, V = {} ({}, linear layers in {}) in {:.2} s",
@@ -359,7 +273,8 @@ impl EncoderModel {
                 sentence,
                 tokenizer: Arc::new(tokenizer),
                 weights: Arc::new(weights),
-                pipelines: Arc::new(pipelines),
+                caps,
+                fusions,
                 max_rows,
                 texture_linear: textures,
                 work: Arc::new(Mutex::new(None)),
@@ -496,7 +411,7 @@ impl EncoderModel {
             .write_buffer(&ws.step, 0, bytemuck::bytes_of(&step));
 
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        ws.record(self, &mut enc, rows as u32, seqs.len() as u32);
+        ws.record(&mut enc, rows as u32, seqs.len() as u32);
         let bytes = (seqs.len() * self.dim() * 4) as u64;
         enc.copy_buffer_to_buffer(&ws.pooled, 0, &ws.readback, 0, bytes);
         gpu.queue.submit([enc.finish()]);
@@ -550,32 +465,8 @@ fn texture_linear(gpu: &Engine, cfg: &EncoderConfig, layout: WeightLayout) -> Re
     }
 }
 
-/// Which pipeline an op runs.
-#[derive(Clone, Copy, PartialEq)]
-enum Kernel {
-    Embed,
-    LayerNorm,
-    LayerNormRows,
-    Matmul(Epilogue),
-    MatmulTexture(Epilogue),
-    KvAppend,
-    KvAppendTexture,
-    Attention,
-    AttentionTexture,
-}
-
-/// One dispatch of the forward pass with its bind group (built once per workspace); a linear
-/// layer reading textures first copies its input buffer into the input texture.
-struct Op {
-    kernel: Kernel,
-    bind: wgpu::BindGroup,
-    /// Outputs (n) of a linear layer, or the x extent of an elementwise op.
-    width: u32,
-    copy: Option<(wgpu::Buffer, wgpu::Texture)>,
-}
-
-/// Scratch buffers for passes of up to `rows` tokens (T) and as many texts, and the bind groups
-/// of every op over them.
+/// Scratch buffers for passes of up to `rows` tokens (T) and as many texts, and the encoder's
+/// graph planned over them.
 struct Workspace {
     rows: usize,
     step: wgpu::Buffer,      // Step uniform: rows = T
@@ -584,19 +475,14 @@ struct Workspace {
     seq_spans: wgpu::Buffer, // (B) (first row, length) per text
     pooled: wgpu::Buffer,    // (B, C) embeddings
     readback: wgpu::Buffer,  // (B, C), mappable
-    ops: Vec<Op>,
-    pool: wgpu::BindGroup,
-    /// Kept alive for the bind groups: x, h (T, C); qkv (T, 3C); K, V; att_y (T, C); fc_h.
-    _buffers: Vec<wgpu::Buffer>,
+    plan: Plan,
 }
 
 impl Workspace {
     fn new(m: &EncoderModel, rows: usize) -> Workspace {
         let gpu = &*m.gpu;
         let cfg = &m.config;
-        let w = &m.weights;
-        let p = &m.pipelines;
-        let (c, inner, nh) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads);
+        let (c, inner) = (cfg.hidden_size, cfg.intermediate_size);
         let f = |n: usize| (n * 4) as u64;
         // The linear layers' inputs; matmul_texture's layout also binds them as a uniform.
         let linear_input = |name: &str, bytes: u64| match m.texture_linear {
@@ -607,238 +493,48 @@ impl Workspace {
         let tokens = gpu.storage("tokens", f(rows));
         let row_spans = gpu.storage("row_spans", f(2 * rows));
         let seq_spans = gpu.storage("seq_spans", f(2 * rows));
-        let x = linear_input("x", f(rows * c)); // (T, C) hidden states
-        let h = linear_input("h", f(rows * c)); // (T, C) after the attention's layer norm
-        let qkv = gpu.storage("qkv", f(rows * 3 * c)); // (T, 3C)
-        let att_y = linear_input("att_y", f(rows * c)); // (T, C) heads side by side
-        let fc_h = linear_input("fc_h", f(rows * inner)); // (T, n_inner)
         let pooled = gpu.storage("pooled", f(rows * c)); // (B, C)
-        let readback = gpu.readback("pooled_read", f(rows * c));
+        let acts = HashMap::from([
+            (Act::X, linear_input("x", f(rows * c))), // (T, C) hidden states
+            (Act::Ln, linear_input("h", f(rows * c))), // (T, C) after the attention's norm
+            (Act::Qkv, gpu.storage("qkv", f(rows * 3 * c))), // (T, 3C)
+            (Act::AttY, linear_input("att_y", f(rows * c))), // (T, C) heads side by side
+            (Act::FcH, linear_input("fc_h", f(rows * inner))), // (T, n_inner)
+            (Act::Pooled, pooled.clone()),
+        ]);
+        let mut textures = HashMap::new();
         // Keys and values of the current layer: buffers, or textures in the texture layout.
-        let kv_buffers = (!m.texture_linear).then(|| {
-            (
-                gpu.storage("k", f(rows * c)), // (T, C)
-                gpu.storage("v", f(rows * c)), // (T, C)
-            )
-        });
-        let kv_textures = m.texture_linear.then(|| {
-            (
-                gpu.texture("k_texture", rows, c)
-                    .create_view(&Default::default()),
-                gpu.texture("v_texture", rows, c)
-                    .create_view(&Default::default()),
-            )
-        });
-        let input_textures = m.texture_linear.then(|| {
-            (
-                gpu.texture("c_texture", rows, c),         // (T, C): x, att_y, h
-                gpu.texture("inner_texture", rows, inner), // (T, n_inner): fc_h
-            )
-        });
-        let bind =
-            |pipe, label: &str, bufs: &[&wgpu::Buffer]| kernels::bind(gpu, pipe, label, bufs);
-        let mut ops = Vec::new();
-
-        // h = word[tokens] + position[row - first row of its text], one dispatch per table chunk.
-        for ch in &w.word.chunks {
-            let params = EmbedParams::new(c as u32, ch.row0 as u32, ch.rows as u32, 1.0);
-            let u = gpu.uniform("embed", &params);
-            let res = vec![
-                step.as_entire_binding(),
-                u.as_entire_binding(),
-                tokens.as_entire_binding(),
-                ch.buffer.as_entire_binding(),
-                w.position.single().as_entire_binding(),
-                h.as_entire_binding(),
-                row_spans.as_entire_binding(),
-            ];
-            ops.push(Op {
-                kernel: Kernel::Embed,
-                bind: kernels::bind_resources(gpu, &p.embed, "embed_packed", res),
-                width: c as u32,
-                copy: None,
-            });
-        }
-        let ln_params = gpu.uniform(
-            "ln",
-            &LayerNormParams {
-                c: c as u32,
-                eps: cfg.layer_norm_eps,
-                _pad: [0; 2],
-            },
-        );
-        // The texture layout (CPU adapters) takes the barrier-free layernorm.
-        let (ln_kernel, ln_pipe) = match &p.texture {
-            Some(tp) if input_textures.is_some() => (Kernel::LayerNormRows, &tp.layernorm),
-            _ => (Kernel::LayerNorm, &p.layernorm),
-        };
-        let layernorm = |inp: &wgpu::Buffer, weight: &GpuTensor, bias: &GpuTensor, out| Op {
-            kernel: ln_kernel,
-            bind: bind(
-                ln_pipe,
-                "layernorm",
-                &[&step, &ln_params, inp, weight.single(), bias.single(), out],
-            ),
-            width: c as u32,
-            copy: None,
-        };
-        // out = epilogue(inp @ weight^T + bias), one dispatch per row chunk of the weight.
-        let linear = |inp: &wgpu::Buffer,
-                      weight: &GpuTensor,
-                      bias: &GpuTensor,
-                      epilogue: Epilogue,
-                      out: &wgpu::Buffer|
-         -> Vec<Op> {
-            let input = match (&input_textures, &p.texture) {
-                (Some((ct, it)), Some(tp)) => {
-                    let tex = if weight.cols == c { ct } else { it };
-                    Some((tex, tex.create_view(&Default::default()), &tp.matmul))
+        let kv = match m.texture_linear {
+            true => {
+                let ct = gpu.texture("c_texture", rows, c); // (T, C): x, att_y, h
+                for act in [Act::X, Act::Ln, Act::AttY] {
+                    textures.insert(act, ct.clone());
                 }
-                _ => None,
-            };
-            let io = LinearIo {
-                step: &step,
-                inp,
-                input_texture: input.as_ref().map(|(_, view, _)| view),
-                bias: (bias.single(), true),
-                out,
-                kv: None,
-                ln: None,
-                partials: None,
-            };
-            let (kernel, pipe) = match &input {
-                Some((_, _, matmul)) => (Kernel::MatmulTexture(epilogue), matmul.get(epilogue)),
-                None => (Kernel::Matmul(epilogue), p.matmul.get(epilogue)),
-            };
-            kernels::linear_binds(gpu, pipe, weight, &io)
-                .into_iter()
-                .enumerate()
-                .map(|(i, (bind, width))| Op {
-                    kernel,
-                    bind,
-                    width,
-                    // The texture layout's first dispatch copies `inp` into the input texture.
-                    copy: (input.as_ref())
-                        .filter(|_| i == 0)
-                        .map(|(tex, _, _)| (inp.clone(), (*tex).clone())),
-                })
-                .collect()
-        };
-        let att = gpu.uniform(
-            "attention",
-            &AttentionParams {
-                c: c as u32,
-                nh: nh as u32,
-                hs: cfg.head_size() as u32,
-                scale: 1.0 / (cfg.head_size() as f32).sqrt(),
-            },
-        );
-        let width = gpu.uniform(
-            "width",
-            &WidthParams {
-                width: c as u32,
-                _pad: [0; 3],
-            },
-        );
-
-        // x = LN(h)
-        ops.push(layernorm(&h, &w.emb_ln_w, &w.emb_ln_b, &x));
-        for lw in &w.layers {
-            // x = LN1(x + attn(x))
-            ops.extend(linear(&x, &lw.qkv_w, &lw.qkv_b, Epilogue::Store, &qkv));
-            match (&kv_buffers, &kv_textures, &p.texture) {
-                (Some((k, v)), _, _) => {
-                    ops.push(Op {
-                        kernel: Kernel::KvAppend,
-                        bind: bind(&p.kv_append, "kv_append", &[&step, &width, &qkv, k, v]),
-                        width: c as u32,
-                        copy: None,
-                    });
-                    ops.push(Op {
-                        kernel: Kernel::Attention,
-                        bind: bind(
-                            &p.attention,
-                            "attention_bidirectional",
-                            &[&step, &att, &qkv, k, v, &att_y, &row_spans],
-                        ),
-                        width: nh as u32,
-                        copy: None,
-                    });
+                textures.insert(Act::FcH, gpu.texture("inner_texture", rows, inner));
+                let view = |name| gpu.texture(name, rows, c).create_view(&Default::default());
+                KvCache::Textures {
+                    k: vec![view("k_texture")],
+                    v: vec![view("v_texture")],
                 }
-                (_, Some((k, v)), Some(tp)) => {
-                    let tv = |t| wgpu::BindingResource::TextureView(t);
-                    let append = vec![
-                        step.as_entire_binding(),
-                        width.as_entire_binding(),
-                        qkv.as_entire_binding(),
-                        tv(k),
-                        tv(v),
-                    ];
-                    ops.push(Op {
-                        kernel: Kernel::KvAppendTexture,
-                        bind: kernels::bind_resources(
-                            gpu,
-                            &tp.kv_append,
-                            "kv_append_texture",
-                            append,
-                        ),
-                        width: (c / 4) as u32,
-                        copy: None,
-                    });
-                    let res = vec![
-                        step.as_entire_binding(),
-                        att.as_entire_binding(),
-                        qkv.as_entire_binding(),
-                        tv(k),
-                        tv(v),
-                        att_y.as_entire_binding(),
-                        row_spans.as_entire_binding(),
-                    ];
-                    ops.push(Op {
-                        kernel: Kernel::AttentionTexture,
-                        bind: kernels::bind_resources(
-                            gpu,
-                            &tp.attention,
-                            "attention_texture_bidirectional",
-                            res,
-                        ),
-                        width: nh as u32,
-                        copy: None,
-                    });
-                }
-                _ => unreachable!("a workspace has the cache of its model's layout"),
             }
-            ops.extend(linear(
-                &att_y,
-                &lw.attn_out_w,
-                &lw.attn_out_b,
-                Epilogue::Residual,
-                &x,
-            ));
-            ops.push(layernorm(&x, &lw.ln_1_w, &lw.ln_1_b, &h));
-            // x = LN2(h + mlp(h))
-            ops.extend(linear(&h, &lw.fc_w, &lw.fc_b, cfg.activation, &fc_h));
-            ops.extend(linear(
-                &fc_h,
-                &lw.fc_out_w,
-                &lw.fc_out_b,
-                Epilogue::Residual,
-                &h,
-            ));
-            ops.push(layernorm(&h, &lw.ln_2_w, &lw.ln_2_b, &x));
-        }
-        let pool_params = gpu.uniform(
-            "pool",
-            &PoolParams {
-                c: c as u32,
-                mode: m.sentence.pooling as u32,
-                normalize: m.sentence.normalize as u32,
-                _pad: 0,
+            false => KvCache::Buffers {
+                k: vec![gpu.storage("k", f(rows * c))], // (T, C)
+                v: vec![gpu.storage("v", f(rows * c))], // (T, C)
             },
-        );
-        let pool = bind(&p.pool, "pool", &[&pool_params, &x, &seq_spans, &pooled]);
-        let mut buffers = vec![x, h, qkv, att_y, fc_h];
-        buffers.extend(kv_buffers.map(|(k, v)| [k, v]).into_iter().flatten());
+        };
+        let io = Io {
+            steps: [step.clone(), step.clone()],
+            tokens: tokens.clone(),
+            spans: Some([row_spans.clone(), seq_spans.clone()]),
+            acts,
+            textures,
+            kv,
+            zero: gpu.storage("zero", 4),
+            tmp: (!m.fusions.has(Rule::Epilogue)).then(|| gpu.storage("tmp", f(rows * c))),
+            partials: None,
+        };
+        let (mode, normalize) = (m.sentence.pooling, m.sentence.normalize);
+        let graph = crate::families::bert::graph(cfg, &m.weights, mode, normalize);
         Workspace {
             rows,
             step,
@@ -846,64 +542,15 @@ impl Workspace {
             row_spans,
             seq_spans,
             pooled,
-            readback,
-            ops,
-            pool,
-            _buffers: buffers,
+            readback: gpu.readback("pooled_read", f(rows * c)),
+            plan: Plan::new(gpu, &graph, m.caps, m.fusions, &io),
         }
     }
 
     /// Records the forward pass over `rows` tokens of `seqs` texts, then the pooling, into
-    /// `enc`: compute passes broken only where a linear layer's input is copied into a texture.
-    fn record(&self, m: &EncoderModel, enc: &mut wgpu::CommandEncoder, rows: u32, seqs: u32) {
-        let p = &m.pipelines;
-        let mut pass = enc
-            .begin_compute_pass(&Default::default())
-            .forget_lifetime();
-        for op in &self.ops {
-            if let Some((buf, tex)) = &op.copy {
-                drop(pass);
-                crate::model::copy_rows_to_texture(enc, buf, tex, rows, tex.width() * 16);
-                pass = enc
-                    .begin_compute_pass(&Default::default())
-                    .forget_lifetime();
-            }
-            let gemv = rows <= wg::GEMV_MAX_ROWS;
-            let tex = || p.texture.as_ref().expect("texture layout");
-            let (pipe, x, y) = match op.kernel {
-                Kernel::Embed => (&p.embed, op.width.div_ceil(wg::EMBED), rows),
-                Kernel::LayerNorm => (&p.layernorm, rows, 1),
-                Kernel::LayerNormRows => (&tex().layernorm, rows.div_ceil(wg::LAYERNORM_ROWS), 1),
-                Kernel::Matmul(e) if gemv => {
-                    (p.gemv.get(e), op.width.div_ceil(wg::GEMV_OUTPUTS), rows)
-                }
-                Kernel::Matmul(e) => (
-                    p.matmul.get(e),
-                    op.width.div_ceil(wg::MATMUL_TILE),
-                    rows.div_ceil(wg::MATMUL_TILE),
-                ),
-                Kernel::MatmulTexture(e) => (
-                    tex().matmul.get(e),
-                    op.width.div_ceil(4).div_ceil(wg::LINEAR_TEXTURE),
-                    rows.div_ceil(4),
-                ),
-                Kernel::KvAppend => (&p.kv_append, op.width.div_ceil(wg::KV_APPEND), rows),
-                Kernel::KvAppendTexture => {
-                    (&tex().kv_append, op.width.div_ceil(wg::KV_APPEND), rows)
-                }
-                Kernel::Attention => (&p.attention, op.width, rows),
-                Kernel::AttentionTexture => (
-                    &tex().attention,
-                    op.width.div_ceil(wg::ATTENTION_TEXTURE),
-                    rows,
-                ),
-            };
-            pass.set_pipeline(pipe);
-            pass.set_bind_group(0, &op.bind, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-        }
-        pass.set_pipeline(&p.pool);
-        pass.set_bind_group(0, &self.pool, &[]);
-        pass.dispatch_workgroups(seqs, 1, 1);
+    /// `enc`.
+    fn record(&self, enc: &mut wgpu::CommandEncoder, rows: u32, seqs: u32) {
+        let ops = &self.plan.body[Bucket::of(rows) as usize];
+        crate::plan::record(enc, ops, rows, seqs, None);
     }
 }
