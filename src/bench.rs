@@ -524,289 +524,365 @@ pub fn kernels(
     textures: bool,
     c: u32,
 ) -> Result<(f64, Vec<KernelBench>)> {
-    use crate::gpu::kernels::{
-        AttentionParams, Epilogue, LayerNormParams, Linear, MatmulParams, Pipelines, Step, bind,
-        bind_at, bind_resources, wg,
-    };
-    use wgpu::BindingResource::TextureView as Tex;
-    // The head size of GPT-2's shapes, fixed as a model's pipelines fix it.
-    let p = Pipelines::new(gpu, dtype, textures, Some(64), &[Epilogue::Store]);
-    let copy = copy_bandwidth(gpu)?;
+    use crate::gpu::kernels::{Epilogue, Pipelines};
     if c == 0 || !c.is_multiple_of(64) {
         return Err(Error::Input(format!(
             "kernel benchmarks need a width that is a multiple of 64, not {c}"
         )));
     }
-    let nh = c / 64;
-    let step = |rows: u32, pos0: u32| gpu.uniform("step", &Step::new(rows, 0, pos0));
-    let f32s = |n: u32| gpu.storage("bench", n as u64 * 4);
-    let mut rows = Vec::new();
-    let mut push = |kernel: &str, shape: String, s: f64, bytes: f64, flops: f64| {
+    let mut m = Micro {
+        gpu,
+        // The head size of GPT-2's shapes, fixed as a model's pipelines fix it.
+        p: std::rc::Rc::new(Pipelines::new(
+            gpu,
+            dtype,
+            textures,
+            Some(64),
+            &[Epilogue::Store],
+        )),
+        dtype,
+        textures,
+        c,
+        copy: copy_bandwidth(gpu)?,
+        rows: Vec::new(),
+    };
+    m.linear()?;
+    m.attention()?;
+    m.fused_attention()?;
+    m.layernorm()?;
+    gpu.check()?;
+    Ok((m.copy, m.rows))
+}
+
+/// The state of `wgpt bench --kernels`: pipelines, shape, the rows measured so far.
+struct Micro<'a> {
+    gpu: &'a crate::Engine,
+    p: std::rc::Rc<crate::gpu::kernels::Pipelines>,
+    dtype: crate::gpu::tensor::WeightDtype,
+    textures: bool,
+    /// C; NH = C / 64.
+    c: u32,
+    /// Copy bandwidth, GB/s: each row's share of it.
+    copy: f64,
+    rows: Vec<KernelBench>,
+}
+
+impl Micro<'_> {
+    fn step(&self, rows: u32, pos0: u32) -> wgpu::Buffer {
+        self.gpu
+            .uniform("step", &crate::gpu::kernels::Step::new(rows, 0, pos0))
+    }
+
+    fn f32s(&self, n: u32) -> wgpu::Buffer {
+        self.gpu.storage("bench", n as u64 * 4)
+    }
+
+    fn push(&mut self, kernel: &str, shape: String, s: f64, bytes: f64, flops: f64) {
         let gb_s = bytes / s / 1e9;
-        rows.push(KernelBench {
+        self.rows.push(KernelBench {
             kernel: kernel.into(),
             shape,
             ms: s * 1e3,
             gb_s,
             gflop_s: flops / s / 1e9,
-            of_copy_bandwidth: gb_s / copy,
+            of_copy_bandwidth: gb_s / self.copy,
         });
-    };
-    // Linear layers: c_attn, c_fc, the MLP's c_proj; gemv at T = 1, the tiled matmul at 128, 512.
-    for (k, n) in [(c, 3 * c), (c, 4 * c), (4 * c, c)] {
-        // Stored bytes of the (N, K) weight: for q8 one per weight plus the block scales.
-        let wbytes = (n as usize * dtype.row_bytes(k as usize)) as u64;
-        let w = gpu.storage("w", wbytes);
-        let view = |t: wgpu::Texture| t.create_view(&Default::default());
-        let (w_tex, x_tex) = (
-            view(gpu.weight_texture("w", n as usize, k as usize, dtype)),
-            view(gpu.texture("x", 512, k as usize)),
+    }
+
+    fn linear(&mut self) -> Result<()> {
+        use crate::gpu::kernels::{Epilogue, Linear, MatmulParams, bind, bind_at};
+        use wgpu::BindingResource::TextureView as Tex;
+        let (gpu, p, dtype, textures, c) =
+            (self.gpu, self.p.clone(), self.dtype, self.textures, self.c);
+        // Linear layers: c_attn, c_fc, the MLP's c_proj; gemv at T = 1, the tiled matmul at 128, 512.
+        for (k, n) in [(c, 3 * c), (c, 4 * c), (4 * c, c)] {
+            // Stored bytes of the (N, K) weight: for q8 one per weight plus the block scales.
+            let wbytes = (n as usize * dtype.row_bytes(k as usize)) as u64;
+            let w = gpu.storage("w", wbytes);
+            let view = |t: wgpu::Texture| t.create_view(&Default::default());
+            let (w_tex, x_tex) = (
+                view(gpu.weight_texture("w", n as usize, k as usize, dtype)),
+                view(gpu.texture("x", 512, k as usize)),
+            );
+            let (bias, x) = (self.f32s(n), gpu.storage_uniform("x", 512 * k as u64 * 4));
+            for t in [1u32, 128, 512] {
+                let out = self.f32s(t * n);
+                let params = MatmulParams {
+                    k,
+                    n,
+                    ldo: n,
+                    col0: 0,
+                    has_bias: 1,
+                    kv_c: 0,
+                    ln_eps: 0.0,
+                    _pad: 0,
+                };
+                let (st, pu) = (self.step(t, 0), gpu.uniform("p", &params));
+                let few = t == 1;
+                // At T = 1 without textures both gemv reductions, where subgroups exist. The bench
+                // measures the plain-store epilogue.
+                let candidates: Vec<(&str, &Linear, (u32, u32))> = match (textures, few) {
+                    (false, true) => std::iter::once(("gemv", &p.gemv))
+                        .chain(p.gemv_subgroup.as_ref().map(|sg| ("gemv_subgroup", sg)))
+                        .map(|(name, pipe)| (name, pipe, (n.div_ceil(4), t)))
+                        .collect(),
+                    (false, false) => {
+                        vec![("matmul", &p.matmul, (n.div_ceil(32), t.div_ceil(32)))]
+                    }
+                    // Both texture GEMVs and both GEMMs, where subgroups exist.
+                    (true, true) => std::iter::once(("gemv_texture", &p.textures().gemv_texture))
+                        .chain(
+                            (p.textures().gemv_texture_subgroup.as_ref())
+                                .map(|sg| ("gemv_texture_subgroup", sg)),
+                        )
+                        .chain(
+                            (p.textures().gemv_texture_norm.as_ref())
+                                .map(|sg| ("gemv_texture_norm", sg)),
+                        )
+                        .map(|(name, pipe)| (name, pipe, (n.div_ceil(4).div_ceil(8), t)))
+                        .collect(),
+                    (true, false) => {
+                        std::iter::once(("matmul_texture", &p.textures().matmul_texture))
+                            .chain(
+                                (p.textures().matmul_texture_subgroup.as_ref())
+                                    .map(|sg| ("matmul_texture_subgroup", sg)),
+                            )
+                            .map(|(name, pipe)| {
+                                (name, pipe, (n.div_ceil(4).div_ceil(8), t.div_ceil(4)))
+                            })
+                            .collect()
+                    }
+                };
+                for (name, linear, groups) in candidates {
+                    let pipe = linear.get(Epilogue::Store);
+                    let bg = if textures {
+                        let r = vec![
+                            st.as_entire_binding(),
+                            pu.as_entire_binding(),
+                            Tex(&x_tex),
+                            Tex(&w_tex),
+                            bias.as_entire_binding(),
+                            out.as_entire_binding(),
+                            crate::Engine::gemv_input(&x),
+                        ];
+                        // The layout's NORM row sums (unread here): the bias as a placeholder.
+                        let mut r: Vec<_> = (0..).zip(r).collect();
+                        r.push((9, bias.as_entire_binding()));
+                        bind_at(gpu, pipe, "bench", r)
+                    } else {
+                        bind(gpu, pipe, "bench", &[&st, &pu, &x, &w, &bias, &out])
+                    };
+                    let s = time_dispatch(self.gpu, pipe, &bg, groups, if few { 20 } else { 2 })?;
+                    let bytes = wbytes as f64 + 4.0 * t as f64 * (k + n) as f64;
+                    self.push(
+                        name,
+                        format!("T={t} K={k} N={n}"),
+                        s,
+                        bytes,
+                        2.0 * t as f64 * k as f64 * n as f64,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(&mut self) -> Result<()> {
+        use crate::gpu::kernels::{AttentionParams, bind, bind_resources};
+        use wgpu::BindingResource::TextureView as Tex;
+        let (gpu, p, textures, c, nh) =
+            (self.gpu, self.p.clone(), self.textures, self.c, self.c / 64);
+        let kv_tex = [0, 1].map(|_| {
+            gpu.texture("kv", 1024, c as usize)
+                .create_view(&Default::default())
+        });
+        // Attention: one decode query over contexts of 128..1024 keys, and a 128-token prefill.
+        let att = gpu.uniform(
+            "att",
+            &AttentionParams {
+                c,
+                nh,
+                hs: 64,
+                scale: 0.125,
+            },
         );
-        let (bias, x) = (f32s(n), gpu.storage_uniform("x", 512 * k as u64 * 4));
-        for t in [1u32, 128, 512] {
-            let out = f32s(t * n);
+        let (k_cache, v_cache) = (self.f32s(1024 * c), self.f32s(1024 * c));
+        for (t, ctx) in [(1u32, 128u32), (1, 512), (1, 1024), (128, 128)] {
+            let (qkv, out, st) = (
+                self.f32s(t * 3 * c),
+                self.f32s(t * c),
+                self.step(t, ctx - t),
+            );
+            let reps = if t == 1 { 20 } else { 2 };
+            let (name, s) = if textures {
+                let r = vec![
+                    st.as_entire_binding(),
+                    att.as_entire_binding(),
+                    qkv.as_entire_binding(),
+                    Tex(&kv_tex[0]),
+                    Tex(&kv_tex[1]),
+                    out.as_entire_binding(),
+                ];
+                let bg = bind_resources(gpu, &p.textures().attention_texture, "bench", r);
+                (
+                    "attention_texture",
+                    time_dispatch(
+                        gpu,
+                        &p.textures().attention_texture,
+                        &bg,
+                        (nh.div_ceil(8), t),
+                        reps,
+                    )?,
+                )
+            } else {
+                let bg = bind(
+                    gpu,
+                    &p.attention,
+                    "bench",
+                    &[&st, &att, &qkv, &k_cache, &v_cache, &out],
+                );
+                (
+                    "attention",
+                    time_dispatch(self.gpu, &p.attention, &bg, (nh, t), reps)?,
+                )
+            };
+            let keys = if t == 1 { ctx as f64 } else { ctx as f64 / 2.0 };
+            let bytes = 2.0 * ctx as f64 * c as f64 * 4.0;
+            self.push(
+                name,
+                format!("T={t} context={ctx}"),
+                s,
+                bytes,
+                4.0 * t as f64 * keys * c as f64,
+            );
+        }
+        Ok(())
+    }
+
+    fn fused_attention(&mut self) -> Result<()> {
+        use crate::gpu::kernels::{MatmulParams, bind_at};
+        use wgpu::BindingResource::TextureView as Tex;
+        let (gpu, p, dtype, c, nh) = (self.gpu, self.p.clone(), self.dtype, self.c, self.c / 64);
+        let kv_tex = [0, 1].map(|_| {
+            gpu.texture("kv", 1024, c as usize)
+                .create_view(&Default::default())
+        });
+        // Decode's qkv projection with the attention fused in, over contexts of 1 (the projection
+        // alone) to 1024 keys.
+        if let Some(pipe) = (p.texture.as_ref()).and_then(|t| t.gemv_texture_attention.as_ref()) {
+            let (k, n) = (c, 3 * c);
+            let wbytes = (n as usize * dtype.row_bytes(k as usize)) as u64;
+            let w_tex = gpu.weight_texture("w", n as usize, k as usize, dtype);
+            let x_tex = gpu.texture("x", 1, k as usize);
+            let [w_tex, x_tex] = [w_tex, x_tex].map(|t| t.create_view(&Default::default()));
+            let (bias, x, out, att_y) = (
+                self.f32s(n),
+                gpu.storage_uniform("x", k as u64 * 4),
+                self.f32s(n),
+                self.f32s(c),
+            );
             let params = MatmulParams {
                 k,
                 n,
                 ldo: n,
                 col0: 0,
                 has_bias: 1,
-                kv_c: 0,
+                kv_c: c,
                 ln_eps: 0.0,
                 _pad: 0,
             };
-            let (st, pu) = (step(t, 0), gpu.uniform("p", &params));
-            let few = t == 1;
-            // At T = 1 without textures both gemv reductions, where subgroups exist. The bench
-            // measures the plain-store epilogue.
-            let candidates: Vec<(&str, &Linear, (u32, u32))> = match (textures, few) {
-                (false, true) => std::iter::once(("gemv", &p.gemv))
-                    .chain(p.gemv_subgroup.as_ref().map(|sg| ("gemv_subgroup", sg)))
-                    .map(|(name, pipe)| (name, pipe, (n.div_ceil(4), t)))
-                    .collect(),
-                (false, false) => {
-                    vec![("matmul", &p.matmul, (n.div_ceil(32), t.div_ceil(32)))]
-                }
-                // Both texture GEMVs and both GEMMs, where subgroups exist.
-                (true, true) => std::iter::once(("gemv_texture", &p.textures().gemv_texture))
-                    .chain(
-                        (p.textures().gemv_texture_subgroup.as_ref())
-                            .map(|sg| ("gemv_texture_subgroup", sg)),
-                    )
-                    .chain(
-                        (p.textures().gemv_texture_norm.as_ref())
-                            .map(|sg| ("gemv_texture_norm", sg)),
-                    )
-                    .map(|(name, pipe)| (name, pipe, (n.div_ceil(4).div_ceil(8), t)))
-                    .collect(),
-                (true, false) => std::iter::once(("matmul_texture", &p.textures().matmul_texture))
-                    .chain(
-                        (p.textures().matmul_texture_subgroup.as_ref())
-                            .map(|sg| ("matmul_texture_subgroup", sg)),
-                    )
-                    .map(|(name, pipe)| (name, pipe, (n.div_ceil(4).div_ceil(8), t.div_ceil(4))))
-                    .collect(),
-            };
-            for (name, linear, groups) in candidates {
-                let pipe = linear.get(Epilogue::Store);
-                let bg = if textures {
-                    let r = vec![
-                        st.as_entire_binding(),
-                        pu.as_entire_binding(),
-                        Tex(&x_tex),
-                        Tex(&w_tex),
-                        bias.as_entire_binding(),
-                        out.as_entire_binding(),
-                        crate::Engine::gemv_input(&x),
-                    ];
-                    // The layout's NORM row sums (unread here): the bias as a placeholder.
-                    let mut r: Vec<_> = (0..).zip(r).collect();
-                    r.push((9, bias.as_entire_binding()));
-                    bind_at(gpu, pipe, "bench", r)
-                } else {
-                    bind(gpu, pipe, "bench", &[&st, &pu, &x, &w, &bias, &out])
-                };
-                let s = time_dispatch(gpu, pipe, &bg, groups, if few { 20 } else { 2 })?;
-                let bytes = wbytes as f64 + 4.0 * t as f64 * (k + n) as f64;
-                push(
-                    name,
-                    format!("T={t} K={k} N={n}"),
+            let pu = gpu.uniform("p", &params);
+            for ctx in [1u32, 128, 512, 1024] {
+                let st = self.step(1, ctx - 1);
+                let r = vec![
+                    (0, st.as_entire_binding()),
+                    (1, pu.as_entire_binding()),
+                    (2, Tex(&x_tex)),
+                    (3, Tex(&w_tex)),
+                    (4, bias.as_entire_binding()),
+                    (5, out.as_entire_binding()),
+                    (6, crate::Engine::gemv_input(&x)),
+                    (9, bias.as_entire_binding()),
+                    (11, Tex(&kv_tex[0])),
+                    (12, Tex(&kv_tex[1])),
+                    (13, att_y.as_entire_binding()),
+                ];
+                let bg = bind_at(gpu, pipe, "bench", r);
+                let s = time_dispatch(self.gpu, pipe, &bg, (nh, 1), 20)?;
+                let bytes = wbytes as f64 + 2.0 * ctx as f64 * c as f64 * 4.0;
+                let flops = 2.0 * k as f64 * n as f64 + 4.0 * ctx as f64 * c as f64;
+                self.push(
+                    "gemv_texture_attention",
+                    format!("T=1 K={k} N={n} context={ctx}"),
                     s,
                     bytes,
-                    2.0 * t as f64 * k as f64 * n as f64,
+                    flops,
                 );
             }
         }
+        Ok(())
     }
-    // Attention: one decode query over contexts of 128..1024 keys, and a 128-token prefill.
-    let att = gpu.uniform(
-        "att",
-        &AttentionParams {
-            c,
-            nh,
-            hs: 64,
-            scale: 0.125,
-        },
-    );
-    let (k_cache, v_cache) = (f32s(1024 * c), f32s(1024 * c));
-    let kv_tex = [0, 1].map(|_| {
-        gpu.texture("kv", 1024, c as usize)
-            .create_view(&Default::default())
-    });
-    for (t, ctx) in [(1u32, 128u32), (1, 512), (1, 1024), (128, 128)] {
-        let (qkv, out, st) = (f32s(t * 3 * c), f32s(t * c), step(t, ctx - t));
-        let reps = if t == 1 { 20 } else { 2 };
-        let (name, s) = if textures {
-            let r = vec![
-                st.as_entire_binding(),
-                att.as_entire_binding(),
-                qkv.as_entire_binding(),
-                Tex(&kv_tex[0]),
-                Tex(&kv_tex[1]),
-                out.as_entire_binding(),
-            ];
-            let bg = bind_resources(gpu, &p.textures().attention_texture, "bench", r);
-            (
-                "attention_texture",
-                time_dispatch(
-                    gpu,
-                    &p.textures().attention_texture,
-                    &bg,
-                    (nh.div_ceil(8), t),
-                    reps,
-                )?,
-            )
-        } else {
-            let bg = bind(
-                gpu,
-                &p.attention,
-                "bench",
-                &[&st, &att, &qkv, &k_cache, &v_cache, &out],
-            );
-            (
-                "attention",
-                time_dispatch(gpu, &p.attention, &bg, (nh, t), reps)?,
-            )
-        };
-        let keys = if t == 1 { ctx as f64 } else { ctx as f64 / 2.0 };
-        let bytes = 2.0 * ctx as f64 * c as f64 * 4.0;
-        push(
-            name,
-            format!("T={t} context={ctx}"),
-            s,
-            bytes,
-            4.0 * t as f64 * keys * c as f64,
+
+    fn layernorm(&mut self) -> Result<()> {
+        use crate::gpu::kernels::{LayerNormParams, bind, bind_at, wg};
+        use wgpu::BindingResource::TextureView as Tex;
+        let (gpu, p, c) = (self.gpu, self.p.clone(), self.c);
+        // Layernorm over a 128-token prefill.
+        let t = 128u32;
+        let ln = gpu.uniform(
+            "ln",
+            &LayerNormParams {
+                c,
+                eps: 1e-5,
+                _pad: [0; 2],
+            },
         );
-    }
-    // Decode's qkv projection with the attention fused in, over contexts of 1 (the projection
-    // alone) to 1024 keys.
-    if let Some(pipe) = (p.texture.as_ref()).and_then(|t| t.gemv_texture_attention.as_ref()) {
-        let (k, n) = (c, 3 * c);
-        let wbytes = (n as usize * dtype.row_bytes(k as usize)) as u64;
-        let w_tex = gpu.weight_texture("w", n as usize, k as usize, dtype);
-        let x_tex = gpu.texture("x", 1, k as usize);
-        let [w_tex, x_tex] = [w_tex, x_tex].map(|t| t.create_view(&Default::default()));
-        let (bias, x, out, att_y) = (
-            f32s(n),
-            gpu.storage_uniform("x", k as u64 * 4),
-            f32s(n),
-            f32s(c),
-        );
-        let params = MatmulParams {
-            k,
-            n,
-            ldo: n,
-            col0: 0,
-            has_bias: 1,
-            kv_c: c,
-            ln_eps: 0.0,
-            _pad: 0,
+        let bufs = [
+            &self.step(t, 0),
+            &ln,
+            &self.f32s(t * c),
+            &self.f32s(c),
+            &self.f32s(c),
+            &self.f32s(t * c),
+        ];
+        // The layout's own layer norm: one workgroup per row, or with textures one invocation.
+        let (name, pipe, groups) = match &p.texture {
+            Some(tp) => (
+                "layernorm_rows",
+                &tp.layernorm_rows,
+                t.div_ceil(wg::LAYERNORM_ROWS),
+            ),
+            None => ("layernorm", &p.layernorm, t),
         };
-        let pu = gpu.uniform("p", &params);
-        for ctx in [1u32, 128, 512, 1024] {
-            let st = step(1, ctx - 1);
+        let bg = bind(gpu, pipe, "bench", &bufs);
+        let s = time_dispatch(self.gpu, pipe, &bg, (groups, 1), 10)?;
+        let (ln_bytes, ln_flops) = (2.0 * 4.0 * (t * c) as f64, 8.0 * (t * c) as f64);
+        self.push(name, format!("T={t} C={c}"), s, ln_bytes, ln_flops);
+        // With textures, prefill's norms before a linear layer read and write textures.
+        if let Some(tp) = &p.texture {
+            let [x, out] = [0, 1].map(|_| {
+                gpu.texture("ln", t as usize, c as usize)
+                    .create_view(&Default::default())
+            });
+            let gain_bias = gpu.storage_uniform("gain_bias", wg::GAIN_BIAS_BYTES);
             let r = vec![
-                (0, st.as_entire_binding()),
-                (1, pu.as_entire_binding()),
-                (2, Tex(&x_tex)),
-                (3, Tex(&w_tex)),
-                (4, bias.as_entire_binding()),
-                (5, out.as_entire_binding()),
-                (6, crate::Engine::gemv_input(&x)),
-                (9, bias.as_entire_binding()),
-                (11, Tex(&kv_tex[0])),
-                (12, Tex(&kv_tex[1])),
-                (13, att_y.as_entire_binding()),
+                (0, bufs[0].as_entire_binding()),
+                (1, ln.as_entire_binding()),
+                (6, Tex(&x)),
+                (7, gain_bias.as_entire_binding()),
+                (8, Tex(&out)),
             ];
+            let pipe = &tp.layernorm_rows_texture;
             let bg = bind_at(gpu, pipe, "bench", r);
-            let s = time_dispatch(gpu, pipe, &bg, (nh, 1), 20)?;
-            let bytes = wbytes as f64 + 2.0 * ctx as f64 * c as f64 * 4.0;
-            let flops = 2.0 * k as f64 * n as f64 + 4.0 * ctx as f64 * c as f64;
-            push(
-                "gemv_texture_attention",
-                format!("T=1 K={k} N={n} context={ctx}"),
+            let s = time_dispatch(self.gpu, pipe, &bg, (t.div_ceil(wg::LAYERNORM_ROWS), 1), 10)?;
+            self.push(
+                "layernorm_rows_texture",
+                format!("T={t} C={c}"),
                 s,
-                bytes,
-                flops,
+                ln_bytes,
+                ln_flops,
             );
         }
+        Ok(())
     }
-    // Layernorm over a 128-token prefill.
-    let t = 128u32;
-    let ln = gpu.uniform(
-        "ln",
-        &LayerNormParams {
-            c,
-            eps: 1e-5,
-            _pad: [0; 2],
-        },
-    );
-    let bufs = [
-        &step(t, 0),
-        &ln,
-        &f32s(t * c),
-        &f32s(c),
-        &f32s(c),
-        &f32s(t * c),
-    ];
-    // The layout's own layer norm: one workgroup per row, or with textures one invocation.
-    let (name, pipe, groups) = match &p.texture {
-        Some(tp) => (
-            "layernorm_rows",
-            &tp.layernorm_rows,
-            t.div_ceil(wg::LAYERNORM_ROWS),
-        ),
-        None => ("layernorm", &p.layernorm, t),
-    };
-    let bg = bind(gpu, pipe, "bench", &bufs);
-    let s = time_dispatch(gpu, pipe, &bg, (groups, 1), 10)?;
-    let (ln_bytes, ln_flops) = (2.0 * 4.0 * (t * c) as f64, 8.0 * (t * c) as f64);
-    push(name, format!("T={t} C={c}"), s, ln_bytes, ln_flops);
-    // With textures, prefill's norms before a linear layer read and write textures.
-    if let Some(tp) = &p.texture {
-        let [x, out] = [0, 1].map(|_| {
-            gpu.texture("ln", t as usize, c as usize)
-                .create_view(&Default::default())
-        });
-        let gain_bias = gpu.storage_uniform("gain_bias", wg::GAIN_BIAS_BYTES);
-        let r = vec![
-            (0, bufs[0].as_entire_binding()),
-            (1, ln.as_entire_binding()),
-            (6, Tex(&x)),
-            (7, gain_bias.as_entire_binding()),
-            (8, Tex(&out)),
-        ];
-        let pipe = &tp.layernorm_rows_texture;
-        let bg = bind_at(gpu, pipe, "bench", r);
-        let s = time_dispatch(gpu, pipe, &bg, (t.div_ceil(wg::LAYERNORM_ROWS), 1), 10)?;
-        push(
-            "layernorm_rows_texture",
-            format!("T={t} C={c}"),
-            s,
-            ln_bytes,
-            ln_flops,
-        );
-    }
-    gpu.check()?;
-    Ok((copy, rows))
 }

@@ -254,129 +254,14 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let bad = |msg: String| Error::Config {
-            path: path.to_path_buf(),
-            msg,
-        };
+        let f = Fields { raw: &raw, path };
         let model_type = raw.model_type.clone().ok_or_else(|| {
-            bad("no \"model_type\" field; is this a Hugging Face config.json?".into())
+            f.bad("no \"model_type\" field; is this a Hugging Face config.json?".into())
         })?;
-        let need = |v: Option<usize>, name: &str| size_field(v, name).map_err(&bad);
-        let eos_token_ids = token_ids(raw.eos_token_id.as_ref());
-        let activation = |default: &str| -> Result<Activation> {
-            match raw.activation_function.as_deref().unwrap_or(default) {
-                "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
-                "gelu" => Ok(Activation::GeluErf),
-                "relu" => Ok(Activation::Relu),
-                other => Err(bad(format!(
-                    "activation_function {other:?} is not supported; wgpt computes gelu_new, gelu and relu"
-                ))),
-            }
-        };
         let cfg = match model_type.as_str() {
-            "gpt2" => {
-                let n_embd = need(raw.n_embd, "n_embd")?;
-                if raw.scale_attn_weights == Some(false)
-                    || raw.scale_attn_by_inverse_layer_idx == Some(true)
-                    || raw.reorder_and_upcast_attn == Some(true)
-                {
-                    return Err(bad(
-                        "non-default attention scaling (scale_attn_weights / scale_attn_by_inverse_layer_idx / \
-                         reorder_and_upcast_attn) is not supported"
-                            .into(),
-                    ));
-                }
-                Config {
-                    vocab_size: need(raw.vocab_size, "vocab_size")?,
-                    n_positions: need(raw.n_positions, "n_positions")?,
-                    n_embd,
-                    n_layer: need(raw.n_layer, "n_layer")?,
-                    n_head: need(raw.n_head, "n_head")?,
-                    n_inner: match raw.n_inner {
-                        Some(n) => need(Some(n), "n_inner")?,
-                        None => 4 * n_embd,
-                    },
-                    layer_norm_epsilon: raw.layer_norm_epsilon.unwrap_or(1e-5) as f32,
-                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
-                    eos_token_ids: eos_token_ids.clone(),
-                    family: Family::Gpt2,
-                    activation: match activation("gelu_new")? {
-                        Activation::GeluTanh => Activation::GeluTanh,
-                        _ => {
-                            return Err(bad(format!(
-                                "activation_function {:?} is not supported for gpt2; wgpt computes gelu_new (tanh form)",
-                                raw.activation_function.as_deref().unwrap_or_default()
-                            )));
-                        }
-                    },
-                    positions: Positions::Learned,
-                    position_offset: 0,
-                    embed_scale: 1.0,
-                    pre_ln: true,
-                    word_embed_dim: n_embd,
-                }
-            }
-            "opt" => {
-                let n_embd = need(raw.hidden_size, "hidden_size")?;
-                if raw.enable_bias == Some(false)
-                    || raw.layer_norm_elementwise_affine == Some(false)
-                    || raw._remove_final_layer_norm == Some(true)
-                {
-                    return Err(bad(
-                        "OPT without biases, without layer-norm affine parameters or with \
-                         _remove_final_layer_norm is not supported"
-                            .into(),
-                    ));
-                }
-                Config {
-                    vocab_size: need(raw.vocab_size, "vocab_size")?,
-                    n_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
-                    n_embd,
-                    n_layer: need(raw.num_hidden_layers, "num_hidden_layers")?,
-                    n_head: need(raw.num_attention_heads, "num_attention_heads")?,
-                    n_inner: need(raw.ffn_dim, "ffn_dim")?,
-                    // OPT's layer norms are nn.LayerNorm with the default epsilon.
-                    layer_norm_epsilon: 1e-5,
-                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
-                    eos_token_ids: eos_token_ids.clone(),
-                    family: Family::Opt,
-                    activation: activation("relu")?,
-                    positions: Positions::Learned,
-                    position_offset: 2,
-                    embed_scale: 1.0,
-                    pre_ln: raw.do_layer_norm_before.unwrap_or(true),
-                    word_embed_dim: match raw.word_embed_proj_dim {
-                        Some(e) => need(Some(e), "word_embed_proj_dim")?,
-                        None => n_embd,
-                    },
-                }
-            }
-            "xglm" => {
-                let n_embd = need(raw.d_model, "d_model")?;
-                Config {
-                    vocab_size: need(raw.vocab_size, "vocab_size")?,
-                    n_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
-                    n_embd,
-                    n_layer: need(raw.num_layers, "num_layers")?,
-                    n_head: need(raw.attention_heads, "attention_heads")?,
-                    n_inner: need(raw.ffn_dim, "ffn_dim")?,
-                    // XGLM's layer norms are nn.LayerNorm with the default epsilon.
-                    layer_norm_epsilon: 1e-5,
-                    tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
-                    eos_token_ids: eos_token_ids.clone(),
-                    family: Family::Xglm,
-                    activation: activation("gelu")?,
-                    positions: Positions::Sinusoidal,
-                    position_offset: 2,
-                    embed_scale: if raw.scale_embedding.unwrap_or(true) {
-                        (n_embd as f32).sqrt()
-                    } else {
-                        1.0
-                    },
-                    pre_ln: true,
-                    word_embed_dim: n_embd,
-                }
-            }
+            "gpt2" => Self::gpt2_fields(&f)?,
+            "opt" => Self::opt_fields(&f)?,
+            "xglm" => Self::xglm_fields(&f)?,
             _ => {
                 return Err(Error::UnsupportedModel {
                     path: path.to_path_buf(),
@@ -385,9 +270,125 @@ impl Config {
                 });
             }
         };
+        cfg.check_shapes(&f)?;
+        Ok(cfg)
+    }
+
+    /// GPT-2's config.json names.
+    fn gpt2_fields(f: &Fields) -> Result<Config> {
+        let n_embd = f.need(f.raw.n_embd, "n_embd")?;
+        if f.raw.scale_attn_weights == Some(false)
+            || f.raw.scale_attn_by_inverse_layer_idx == Some(true)
+            || f.raw.reorder_and_upcast_attn == Some(true)
+        {
+            return Err(f.bad(
+                "non-default attention scaling (scale_attn_weights / scale_attn_by_inverse_layer_idx / \
+                 reorder_and_upcast_attn) is not supported"
+                    .into(),
+            ));
+        }
+        Ok(Config {
+            vocab_size: f.need(f.raw.vocab_size, "vocab_size")?,
+            n_positions: f.need(f.raw.n_positions, "n_positions")?,
+            n_embd,
+            n_layer: f.need(f.raw.n_layer, "n_layer")?,
+            n_head: f.need(f.raw.n_head, "n_head")?,
+            n_inner: match f.raw.n_inner {
+                Some(n) => f.need(Some(n), "n_inner")?,
+                None => 4 * n_embd,
+            },
+            layer_norm_epsilon: f.raw.layer_norm_epsilon.unwrap_or(1e-5) as f32,
+            tie_word_embeddings: f.raw.tie_word_embeddings.unwrap_or(true),
+            eos_token_ids: token_ids(f.raw.eos_token_id.as_ref()),
+            family: Family::Gpt2,
+            activation: match f.activation("gelu_new")? {
+                Activation::GeluTanh => Activation::GeluTanh,
+                _ => {
+                    return Err(f.bad(format!(
+                        "activation_function {:?} is not supported for gpt2; wgpt computes gelu_new (tanh form)",
+                        f.raw.activation_function.as_deref().unwrap_or_default()
+                    )));
+                }
+            },
+            positions: Positions::Learned,
+            position_offset: 0,
+            embed_scale: 1.0,
+            pre_ln: true,
+            word_embed_dim: n_embd,
+        })
+    }
+
+    /// OPT's config.json names.
+    fn opt_fields(f: &Fields) -> Result<Config> {
+        let n_embd = f.need(f.raw.hidden_size, "hidden_size")?;
+        if f.raw.enable_bias == Some(false)
+            || f.raw.layer_norm_elementwise_affine == Some(false)
+            || f.raw._remove_final_layer_norm == Some(true)
+        {
+            return Err(f.bad(
+                "OPT without biases, without layer-norm affine parameters or with \
+                 _remove_final_layer_norm is not supported"
+                    .into(),
+            ));
+        }
+        Ok(Config {
+            vocab_size: f.need(f.raw.vocab_size, "vocab_size")?,
+            n_positions: f.need(f.raw.max_position_embeddings, "max_position_embeddings")?,
+            n_embd,
+            n_layer: f.need(f.raw.num_hidden_layers, "num_hidden_layers")?,
+            n_head: f.need(f.raw.num_attention_heads, "num_attention_heads")?,
+            n_inner: f.need(f.raw.ffn_dim, "ffn_dim")?,
+            // OPT's layer norms are nn.LayerNorm with the default epsilon.
+            layer_norm_epsilon: 1e-5,
+            tie_word_embeddings: f.raw.tie_word_embeddings.unwrap_or(true),
+            eos_token_ids: token_ids(f.raw.eos_token_id.as_ref()),
+            family: Family::Opt,
+            activation: f.activation("relu")?,
+            positions: Positions::Learned,
+            position_offset: 2,
+            embed_scale: 1.0,
+            pre_ln: f.raw.do_layer_norm_before.unwrap_or(true),
+            word_embed_dim: match f.raw.word_embed_proj_dim {
+                Some(e) => f.need(Some(e), "word_embed_proj_dim")?,
+                None => n_embd,
+            },
+        })
+    }
+
+    /// XGLM's config.json names.
+    fn xglm_fields(f: &Fields) -> Result<Config> {
+        let n_embd = f.need(f.raw.d_model, "d_model")?;
+        Ok(Config {
+            vocab_size: f.need(f.raw.vocab_size, "vocab_size")?,
+            n_positions: f.need(f.raw.max_position_embeddings, "max_position_embeddings")?,
+            n_embd,
+            n_layer: f.need(f.raw.num_layers, "num_layers")?,
+            n_head: f.need(f.raw.attention_heads, "attention_heads")?,
+            n_inner: f.need(f.raw.ffn_dim, "ffn_dim")?,
+            // XGLM's layer norms are nn.LayerNorm with the default epsilon.
+            layer_norm_epsilon: 1e-5,
+            tie_word_embeddings: f.raw.tie_word_embeddings.unwrap_or(true),
+            eos_token_ids: token_ids(f.raw.eos_token_id.as_ref()),
+            family: Family::Xglm,
+            activation: f.activation("gelu")?,
+            positions: Positions::Sinusoidal,
+            position_offset: 2,
+            embed_scale: if f.raw.scale_embedding.unwrap_or(true) {
+                (n_embd as f32).sqrt()
+            } else {
+                1.0
+            },
+            pre_ln: true,
+            word_embed_dim: n_embd,
+        })
+    }
+
+    /// What the kernels need of any family's shapes.
+    fn check_shapes(&self, f: &Fields) -> Result<()> {
+        let cfg = self;
         let (n_embd, n_head) = (cfg.n_embd, cfg.n_head);
         if n_embd % n_head != 0 {
-            return Err(bad(format!(
+            return Err(f.bad(format!(
                 "n_embd = {n_embd} is not divisible by n_head = {n_head}"
             )));
         }
@@ -396,14 +397,14 @@ impl Config {
             || !cfg.n_inner.is_multiple_of(4)
             || !cfg.word_embed_dim.is_multiple_of(4)
         {
-            return Err(bad(format!(
+            return Err(f.bad(format!(
                 "n_embd = {n_embd}, n_inner = {} and word_embed_proj_dim = {} must be multiples of \
                  4 for wgpt's kernels",
                 cfg.n_inner, cfg.word_embed_dim
             )));
         }
         if cfg.head_size() > MAX_HEAD_SIZE {
-            return Err(bad(format!(
+            return Err(f.bad(format!(
                 "head size {} (n_embd / n_head) is above the {MAX_HEAD_SIZE} wgpt supports",
                 cfg.head_size()
             )));
@@ -412,9 +413,39 @@ impl Config {
         let largest = cfg.vocab_size.max(cfg.n_positions + cfg.position_offset) as u64
             * cfg.n_inner.max(3 * n_embd) as u64;
         if largest > u32::MAX as u64 {
-            return Err(bad("a weight matrix has more than 2^32 elements".into()));
+            return Err(f.bad("a weight matrix has more than 2^32 elements".into()));
         }
-        Ok(cfg)
+        Ok(())
+    }
+}
+
+/// config.json's fields, and errors that name the file.
+struct Fields<'a> {
+    raw: &'a RawConfig,
+    path: &'a Path,
+}
+
+impl Fields<'_> {
+    fn bad(&self, msg: String) -> Error {
+        Error::Config {
+            path: self.path.to_path_buf(),
+            msg,
+        }
+    }
+
+    fn need(&self, v: Option<usize>, name: &str) -> Result<usize> {
+        size_field(v, name).map_err(|m| self.bad(m))
+    }
+
+    fn activation(&self, default: &str) -> Result<Activation> {
+        match self.raw.activation_function.as_deref().unwrap_or(default) {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "gelu" => Ok(Activation::GeluErf),
+            "relu" => Ok(Activation::Relu),
+            other => Err(self.bad(format!(
+                "activation_function {other:?} is not supported; wgpt computes gelu_new, gelu and relu"
+            ))),
+        }
     }
 }
 

@@ -12,6 +12,10 @@
 //!                                   ln_f(x[last]) @ wteᵀ ─> logits (V) ─ argmax / sample ─> id
 //! ```
 //!
+//! Each model family is described once in model terms ([`families`], as a [`graph`]); one
+//! planner ([`plan`]) lowers it to kernels for the adapter, with every fusion a named rule that
+//! can be switched off ([`Fusions`], `WGPT_FUSE`). See `docs/ARCHITECTURE.md`.
+//!
 //! Weights ([`Model`]) are uploaded once; a [`Session`] owns the KV cache (in VRAM) and scratch
 //! buffers, and records each step into one command encoder; only the chosen token id (4 bytes)
 //! comes back in generation.

@@ -112,24 +112,68 @@ pub fn load_encoder_weights<T>(
 ) -> Result<EncoderWeights<T>> {
     let make: &mut Make<T> = &mut make;
     let pre = prefix(ckpt)?;
-    let key = |n: &str| format!("{pre}{n}");
-    let (c, v, n_pos, inner) = (
-        cfg.hidden_size,
+    check_shapes(ckpt, cfg, pre)?;
+    let (c, inner) = (cfg.hidden_size, cfg.intermediate_size);
+    let read = Reader { ckpt, pre, c };
+    let word = read.plain(
+        make,
+        "embeddings.word_embeddings.weight",
         cfg.vocab_size,
-        cfg.max_position_embeddings,
-        cfg.intermediate_size,
-    );
-    // Every shape and dtype first: fail before any upload.
+        c,
+        false,
+    )?;
+    let position = read.positions(make, cfg.max_position_embeddings)?;
+    let emb_ln_w = read.plain(make, "embeddings.LayerNorm.weight", 1, c, false)?;
+    let emb_ln_b = read.plain(make, "embeddings.LayerNorm.bias", 1, c, false)?;
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let l = format!("encoder.layer.{i}.");
+        let qkv_w = read.qkv(make, &l, "weight")?;
+        let qkv_b = read.qkv(make, &l, "bias")?;
+        let mut t = |n: &str, rows: usize, cols: usize| {
+            read.plain(make, &format!("{l}{n}"), rows, cols, rows > 1)
+        };
+        layers.push(EncoderLayer {
+            qkv_w,
+            qkv_b,
+            attn_out_w: t("attention.output.dense.weight", c, c)?,
+            attn_out_b: t("attention.output.dense.bias", 1, c)?,
+            ln_1_w: t("attention.output.LayerNorm.weight", 1, c)?,
+            ln_1_b: t("attention.output.LayerNorm.bias", 1, c)?,
+            fc_w: t("intermediate.dense.weight", inner, c)?,
+            fc_b: t("intermediate.dense.bias", 1, inner)?,
+            fc_out_w: t("output.dense.weight", c, inner)?,
+            fc_out_b: t("output.dense.bias", 1, c)?,
+            ln_2_w: t("output.LayerNorm.weight", 1, c)?,
+            ln_2_b: t("output.LayerNorm.bias", 1, c)?,
+        });
+    }
+    Ok(EncoderWeights {
+        word,
+        position,
+        emb_ln_w,
+        emb_ln_b,
+        layers,
+    })
+}
+
+/// Every shape and dtype first: fail before any upload.
+fn check_shapes(ckpt: &Checkpoint, cfg: &EncoderConfig, pre: &str) -> Result<()> {
+    let (c, inner) = (cfg.hidden_size, cfg.intermediate_size);
     let check = |n: &str, rows: usize, cols: usize| {
         let shape = if rows == 1 {
             vec![cols]
         } else {
             vec![rows, cols]
         };
-        ckpt.check(&key(n), &shape)
+        ckpt.check(&format!("{pre}{n}"), &shape)
     };
-    check("embeddings.word_embeddings.weight", v, c)?;
-    check("embeddings.position_embeddings.weight", n_pos, c)?;
+    check("embeddings.word_embeddings.weight", cfg.vocab_size, c)?;
+    check(
+        "embeddings.position_embeddings.weight",
+        cfg.max_position_embeddings,
+        c,
+    )?;
     check(
         "embeddings.token_type_embeddings.weight",
         cfg.type_vocab_size,
@@ -160,10 +204,10 @@ pub fn load_encoder_weights<T>(
             check(&format!("{l}{n}"), rows, cols)?;
         }
     }
-    let extra = key(&format!(
-        "encoder.layer.{}.attention.self.query.weight",
+    let extra = format!(
+        "{pre}encoder.layer.{}.attention.self.query.weight",
         cfg.num_layers
-    ));
+    );
     if ckpt.contains(&extra) {
         return Err(Error::tensor(
             &extra,
@@ -173,40 +217,56 @@ pub fn load_encoder_weights<T>(
             ),
         ));
     }
+    Ok(())
+}
 
-    // A plain tensor, read as stored.
-    let plain =
-        |make: &mut Make<T>, n: &str, rows: usize, cols: usize, linear: bool| -> Result<T> {
-            let k = key(n);
-            let mut read = |row0: usize, count: usize, out: &mut Vec<f32>| {
-                ckpt.read_rows(&k, false, cols, row0, count, out)
-            };
-            let spec = TensorSpec {
-                name: n,
-                rows,
-                cols,
-                linear,
-            };
-            let t = make(&spec, &mut read)?;
-            ckpt.release(&k);
-            Ok(t)
+/// Reads a BERT checkpoint's tensors (names under `pre`) into the kernels' layout.
+struct Reader<'a> {
+    ckpt: &'a Checkpoint,
+    pre: &'a str,
+    /// C.
+    c: usize,
+}
+
+impl Reader<'_> {
+    fn key(&self, n: &str) -> String {
+        format!("{}{n}", self.pre)
+    }
+
+    /// A plain tensor, read as stored.
+    fn plain<T>(
+        &self,
+        make: &mut Make<T>,
+        n: &str,
+        rows: usize,
+        cols: usize,
+        linear: bool,
+    ) -> Result<T> {
+        let k = self.key(n);
+        let mut read = |row0: usize, count: usize, out: &mut Vec<f32>| {
+            self.ckpt.read_rows(&k, false, cols, row0, count, out)
         };
-    let word = plain(make, "embeddings.word_embeddings.weight", v, c, false)?;
-    // The position table with token type 0 added to every row.
-    let mut type0 = Vec::with_capacity(c);
-    ckpt.read_rows(
-        &key("embeddings.token_type_embeddings.weight"),
-        false,
-        c,
-        0,
-        1,
-        &mut type0,
-    )?;
-    let pos_key = key("embeddings.position_embeddings.weight");
-    let position = {
+        let spec = TensorSpec {
+            name: n,
+            rows,
+            cols,
+            linear,
+        };
+        let t = make(&spec, &mut read)?;
+        self.ckpt.release(&k);
+        Ok(t)
+    }
+
+    /// The position table with token type 0 added to every row (single texts use only type 0).
+    fn positions<T>(&self, make: &mut Make<T>, n_pos: usize) -> Result<T> {
+        let c = self.c;
+        let mut type0 = Vec::with_capacity(c);
+        let types = self.key("embeddings.token_type_embeddings.weight");
+        self.ckpt.read_rows(&types, false, c, 0, 1, &mut type0)?;
+        let pos_key = self.key("embeddings.position_embeddings.weight");
         let mut read = |row0: usize, count: usize, out: &mut Vec<f32>| {
             let start = out.len();
-            ckpt.read_rows(&pos_key, false, c, row0, count, out)?;
+            self.ckpt.read_rows(&pos_key, false, c, row0, count, out)?;
             for (i, v) in out[start..].iter_mut().enumerate() {
                 *v += type0[i % c];
             }
@@ -218,78 +278,49 @@ pub fn load_encoder_weights<T>(
             cols: c,
             linear: false,
         };
-        make(&spec, &mut read)?
-    };
-    let emb_ln_w = plain(make, "embeddings.LayerNorm.weight", 1, c, false)?;
-    let emb_ln_b = plain(make, "embeddings.LayerNorm.bias", 1, c, false)?;
-    let mut layers = Vec::with_capacity(cfg.num_layers);
-    for i in 0..cfg.num_layers {
-        let l = format!("encoder.layer.{i}.");
-        // Q, K and V stacked: rows [0, C) from query, [C, 2C) key, [2C, 3C) value.
-        let fused = |make: &mut Make<T>, what: &str| -> Result<T> {
-            let parts: Vec<String> = ["query", "key", "value"]
-                .iter()
-                .map(|p| key(&format!("{l}attention.self.{p}.{what}")))
-                .collect();
-            let bias = what == "bias";
-            let name = format!("{l}attention.self.qkv.{what}");
-            let mut read = |row0: usize, count: usize, out: &mut Vec<f32>| {
-                if bias {
-                    // One row: the three biases end to end.
-                    for p in &parts {
-                        ckpt.read_rows(p, false, c, 0, 1, out)?;
-                    }
-                    return Ok(());
-                }
-                // Whole runs of rows from one part at a time.
-                let mut r = row0;
-                while r < row0 + count {
-                    let (part, r0) = (r / c, r % c);
-                    let n = (c - r0).min(row0 + count - r);
-                    ckpt.read_rows(&parts[part], false, c, r0, n, out)?;
-                    r += n;
-                }
-                Ok(())
-            };
-            let spec = TensorSpec {
-                name: &name,
-                rows: if bias { 1 } else { 3 * c },
-                cols: if bias { 3 * c } else { c },
-                linear: !bias,
-            };
-            let t = make(&spec, &mut read)?;
-            for p in &parts {
-                ckpt.release(p);
-            }
-            Ok(t)
-        };
-        let qkv_w = fused(make, "weight")?;
-        let qkv_b = fused(make, "bias")?;
-        let mut t = |n: &str, rows: usize, cols: usize| {
-            plain(make, &format!("{l}{n}"), rows, cols, rows > 1)
-        };
-        layers.push(EncoderLayer {
-            qkv_w,
-            qkv_b,
-            attn_out_w: t("attention.output.dense.weight", c, c)?,
-            attn_out_b: t("attention.output.dense.bias", 1, c)?,
-            ln_1_w: t("attention.output.LayerNorm.weight", 1, c)?,
-            ln_1_b: t("attention.output.LayerNorm.bias", 1, c)?,
-            fc_w: t("intermediate.dense.weight", inner, c)?,
-            fc_b: t("intermediate.dense.bias", 1, inner)?,
-            fc_out_w: t("output.dense.weight", c, inner)?,
-            fc_out_b: t("output.dense.bias", 1, c)?,
-            ln_2_w: t("output.LayerNorm.weight", 1, c)?,
-            ln_2_b: t("output.LayerNorm.bias", 1, c)?,
-        });
+        make(&spec, &mut read)
     }
-    Ok(EncoderWeights {
-        word,
-        position,
-        emb_ln_w,
-        emb_ln_b,
-        layers,
-    })
+
+    /// Layer `l`'s query, key and value `what` (weight or bias) stacked: rows [0, C) from
+    /// query, [C, 2C) key, [2C, 3C) value.
+    fn qkv<T>(&self, make: &mut Make<T>, l: &str, what: &str) -> Result<T> {
+        let (c, ckpt) = (self.c, self.ckpt);
+        let parts: Vec<String> = ["query", "key", "value"]
+            .iter()
+            .map(|p| self.key(&format!("{l}attention.self.{p}.{what}")))
+            .collect();
+        let bias = what == "bias";
+        let name = format!("{l}attention.self.qkv.{what}");
+        let mut read = |row0: usize, count: usize, out: &mut Vec<f32>| {
+            if bias {
+                // One row: the three biases end to end.
+                for p in &parts {
+                    ckpt.read_rows(p, false, c, 0, 1, out)?;
+                }
+                return Ok(());
+            }
+            // Whole runs of rows from one part at a time.
+            let mut r = row0;
+            while r < row0 + count {
+                let (part, r0) = (r / c, r % c);
+                let n = (c - r0).min(row0 + count - r);
+                ckpt.read_rows(&parts[part], false, c, r0, n, out)?;
+                r += n;
+            }
+            Ok(())
+        };
+        let spec = TensorSpec {
+            name: &name,
+            rows: if bias { 1 } else { 3 * c },
+            cols: if bias { 3 * c } else { c },
+            linear: !bias,
+        };
+        let t = make(&spec, &mut read)?;
+        for p in &parts {
+            ckpt.release(p);
+        }
+        Ok(t)
+    }
 }
 
 /// All weights as host f32 vectors in the kernels' layout (for the CPU reference forward).

@@ -4,6 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::Engine;
+use crate::gpu::registry::{Key, Layout};
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
 
 /// A WGSL kernel family: `shaders/{name}.wgsl`, whose main entry point is also `{name}`,
@@ -545,10 +546,10 @@ impl Linear {
     /// `epilogues` (a model builds the three it uses: each pipeline costs compile time at load).
     pub fn new(
         gpu: &Engine,
-        family: &str,
-        entry: &str,
-        layout: &wgpu::PipelineLayout,
-        constants: &[(&str, f64)],
+        family: &'static str,
+        entry: &'static str,
+        layout: Layout,
+        constants: &[(&'static str, f64)],
         epilogues: &[Epilogue],
     ) -> Self {
         let by_epilogue = Epilogue::ALL.map(|e| {
@@ -665,18 +666,32 @@ pub fn subgroups_of_8(gpu: &Engine) -> bool {
     gpu.device.features().contains(wgpu::Features::SUBGROUP) && gpu.info.subgroup_min_size >= 8
 }
 
-/// Compiles kernel `name` (entry point of the same name) with its override `constants`.
+/// Kernel `name` (entry point of the same name) with its override `constants`, from the
+/// device's pipeline registry.
 pub fn pipeline(
     gpu: &Engine,
-    name: &str,
-    layout: Option<&wgpu::PipelineLayout>,
-    constants: &[(&str, f64)],
+    name: &'static str,
+    layout: Option<Layout>,
+    constants: &[(&'static str, f64)],
 ) -> wgpu::ComputePipeline {
     entry_pipeline(gpu, name, name, layout, constants)
 }
 
-/// Compiles entry point `entry` of kernel family `family` (e.g. `gemv` in `matmul.wgsl`).
+/// Entry point `entry` of kernel family `family` (e.g. `gemv` in `matmul.wgsl`), from the
+/// device's pipeline registry (built on first request). `None`: the layout wgpu derives.
 pub fn entry_pipeline(
+    gpu: &Engine,
+    family: &'static str,
+    entry: &'static str,
+    layout: Option<Layout>,
+    constants: &[(&'static str, f64)],
+) -> wgpu::ComputePipeline {
+    let key = constants.iter().fold(Key::new(family, entry), |k, &(n, v)| k.with(n, v as u32));
+    gpu.registry.get(gpu, &key.layout(layout.unwrap_or(Layout::Derived)))
+}
+
+/// Compiles entry point `entry` of kernel family `family` (the registry's builder).
+pub(crate) fn compile(
     gpu: &Engine,
     family: &str,
     entry: &str,
@@ -719,26 +734,26 @@ impl Pipelines {
         head_size: Option<u32>,
         epilogues: &[Epilogue],
     ) -> Self {
-        let weights: &[(&str, f64)] = &[
+        let weights: &[(&'static str, f64)] = &[
             ("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64),
             ("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u8 as f64),
         ];
-        let head: &[(&str, f64)] = &[("HS", head_size.unwrap_or(0) as f64)];
+        let head: &[(&'static str, f64)] = &[("HS", head_size.unwrap_or(0) as f64)];
         let norm = [weights, &[("NORM", 1.0)]].concat();
         // matmul and gemv share one explicit layout, so one bind group serves both and the
         // choice between them can be made per step.
-        let linear = linear_layout(gpu, false);
+        let linear = Layout::Linear { textures: false, extra: Extra::None };
         let texture = textures.then(|| {
-            let linear_texture = linear_layout(gpu, true);
+            let linear_texture = Layout::Linear { textures: true, extra: Extra::None };
             // Decode's qkv projection fuses the attention where the head size allows (and the
             // output projection then appends to the cache), else only the cache append.
             let attends = attends_in_gemv(gpu, head_size);
             let appends = subgroups_of_8(gpu) && !attends;
-            let kv_layout = linear_layout_with(gpu, true, Extra::Kv);
-            let attend_layout = linear_layout_with(gpu, true, Extra::Attend);
+            let kv_layout = Layout::Linear { textures: true, extra: Extra::Kv };
+            let attend_layout = Layout::Linear { textures: true, extra: Extra::Attend };
             let hs = ("HS", head_size.unwrap_or(0) as f64);
             let with_hs = |c: &[(&'static str, f64)]| [c, &[hs]].concat();
-            let kv_pipe = |entry: &str, layout: &wgpu::PipelineLayout, c: &[(&str, f64)]| {
+            let kv_pipe = |entry: &'static str, layout: Layout, c: &[(&'static str, f64)]| {
                 entry_pipeline(gpu, "matmul_texture_subgroup", entry, Some(layout), c)
             };
             TexturePipelines {
@@ -746,7 +761,7 @@ impl Pipelines {
                     gpu,
                     "matmul_texture",
                     "matmul_texture",
-                    &linear_texture,
+                    linear_texture,
                     weights,
                     epilogues,
                 ),
@@ -755,7 +770,7 @@ impl Pipelines {
                         gpu,
                         "matmul_texture_subgroup",
                         "matmul_texture_subgroup",
-                        &linear_texture,
+                        linear_texture,
                         weights,
                         epilogues,
                     )
@@ -764,28 +779,28 @@ impl Pipelines {
                     gpu,
                     "matmul_texture",
                     "gemv_texture",
-                    &linear_texture,
+                    linear_texture,
                     weights,
                     epilogues,
                 ),
-                gemv_texture_kv: appends.then(|| kv_pipe("gemv_texture_kv", &kv_layout, weights)),
+                gemv_texture_kv: appends.then(|| kv_pipe("gemv_texture_kv", kv_layout, weights)),
                 gemv_texture_kv_norm: appends
-                    .then(|| kv_pipe("gemv_texture_kv", &kv_layout, &norm)),
+                    .then(|| kv_pipe("gemv_texture_kv", kv_layout, &norm)),
                 gemv_texture_attention: attends
-                    .then(|| kv_pipe("gemv_texture_attention", &attend_layout, &with_hs(weights))),
+                    .then(|| kv_pipe("gemv_texture_attention", attend_layout, &with_hs(weights))),
                 gemv_texture_attention_norm: attends
-                    .then(|| kv_pipe("gemv_texture_attention", &attend_layout, &with_hs(&norm))),
+                    .then(|| kv_pipe("gemv_texture_attention", attend_layout, &with_hs(&norm))),
                 gemv_texture_append: attends.then(|| {
                     let residual = [weights, &[("EPILOGUE", Epilogue::Residual as u32 as f64)]];
-                    let layout = linear_layout_with(gpu, true, Extra::Deferred);
-                    kv_pipe("gemv_texture_append", &layout, &residual.concat())
+                    let layout = Layout::Linear { textures: true, extra: Extra::Deferred };
+                    kv_pipe("gemv_texture_append", layout, &residual.concat())
                 }),
                 gemv_texture_norm: subgroups_of_8(gpu).then(|| {
                     Linear::new(
                         gpu,
                         "matmul_texture_subgroup",
                         "gemv_texture_subgroup",
-                        &linear_texture,
+                        linear_texture,
                         &norm,
                         epilogues,
                     )
@@ -795,7 +810,7 @@ impl Pipelines {
                         gpu,
                         "matmul_texture_subgroup",
                         "gemv_texture_subgroup",
-                        &linear_texture,
+                        linear_texture,
                         weights,
                         epilogues,
                     )
@@ -805,7 +820,7 @@ impl Pipelines {
                         gpu,
                         "matmul_texture_subgroup",
                         "gemv_texture_argmax",
-                        Some(&linear_layout_with(gpu, true, Extra::Partials)),
+                        Some(Layout::Linear { textures: true, extra: Extra::Partials }),
                         weights,
                     )
                 }),
@@ -825,8 +840,8 @@ impl Pipelines {
         Pipelines {
             embed: pipeline(gpu, "embed", None, weights),
             layernorm: pipeline(gpu, "layernorm", None, &[]),
-            matmul: Linear::new(gpu, "matmul", "matmul", &linear, weights, epilogues),
-            gemv: Linear::new(gpu, "matmul", "gemv", &linear, weights, epilogues),
+            matmul: Linear::new(gpu, "matmul", "matmul", linear, weights, epilogues),
+            gemv: Linear::new(gpu, "matmul", "gemv", linear, weights, epilogues),
             gemv_subgroup: gpu
                 .device
                 .features()
@@ -836,7 +851,7 @@ impl Pipelines {
                         gpu,
                         "gemv_subgroup",
                         "gemv_subgroup",
-                        &linear,
+                        linear,
                         weights,
                         epilogues,
                     )
@@ -857,16 +872,10 @@ impl Pipelines {
     }
 }
 
-/// step, params (uniform); a, w (read: buffers, or rgba32float storage textures); bias (read);
-/// out (read-write); with textures also gemv_texture's input x (uniform, 64 KiB) and the NORM
-/// pipelines' row sums (read; a placeholder for the others).
-pub(crate) fn linear_layout(gpu: &Engine, textures: bool) -> wgpu::PipelineLayout {
-    linear_layout_with(gpu, textures, Extra::None)
-}
-
-/// What a fused GEMV's layout adds to `linear_layout`'s texture bindings.
+/// What a fused GEMV's layout adds to the linear layers' texture bindings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Extra {
+pub enum Extra {
+    /// Nothing.
     None,
     /// gemv_texture_kv's KV-cache textures (7, 8; write-only).
     Kv,
@@ -878,7 +887,11 @@ pub(crate) enum Extra {
     Deferred,
 }
 
-/// `linear_layout`, with the bindings `extra` adds.
+/// The linear layers' layout, shared by every linear pipeline of an operand layout so one bind
+/// group serves all: step, params (uniform); a, w (read: buffers, or with `textures`
+/// rgba32float storage textures); bias (read); out (read-write); with textures also
+/// gemv_texture's input x (uniform, 64 KiB) and the NORM pipelines' row sums (read; a
+/// placeholder for the others); then what `extra` adds.
 pub(crate) fn linear_layout_with(gpu: &Engine, textures: bool, extra: Extra) -> wgpu::PipelineLayout {
     // Inputs are rgba32float; weights raw bits (f32 or f16) in rgba32uint.
     let operand = |binding: u32| wgpu::BindGroupLayoutEntry {

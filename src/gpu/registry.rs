@@ -79,7 +79,7 @@ impl Registry {
         };
         let constants: Vec<(&str, f64)> =
             key.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
-        let pipe = kernels::entry_pipeline(gpu, key.family, key.entry, layout.as_ref(), &constants);
+        let pipe = kernels::compile(gpu, key.family, key.entry, layout.as_ref(), &constants);
         map.insert(key.clone(), pipe.clone());
         pipe
     }
