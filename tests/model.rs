@@ -16,22 +16,6 @@ fn load(name: &str, opts: &LoadOptions) -> Model {
     Model::load(gpu(), &fixture(name), opts).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// `n` greedy tokens after `prompt`, one decode step each after the prefill.
-fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut s = Session::new(model).unwrap();
-    let mut out = vec![s.next_token(prompt, Pick::Greedy).unwrap()];
-    while out.len() < n {
-        out.push(s.next_token(&[*out.last().unwrap()], Pick::Greedy).unwrap());
-    }
-    out
-}
-
-fn full_sequence(e: &Expected) -> Vec<u32> {
-    let mut ids = e.prompt_ids.clone();
-    ids.extend(&e.greedy_ids[..e.greedy_ids.len() - 1]);
-    ids
-}
-
 #[test]
 fn logits_match_transformers() {
     for name in FIXTURES {

@@ -29,25 +29,6 @@ const DECODERS: &[&str] = &[
     "xglm-tiny",
 ];
 
-fn full_sequence(e: &Expected) -> Vec<u32> {
-    let mut ids = e.prompt_ids.clone();
-    ids.extend(&e.greedy_ids[..e.greedy_ids.len() - 1]);
-    ids
-}
-
-/// Greedy tokens, one decode step each after the prefill.
-fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut s = Session::new(model).unwrap();
-    let mut out = vec![s.next_token(prompt, wgpt::Pick::Greedy).unwrap()];
-    while out.len() < n {
-        out.push(
-            s.next_token(&[*out.last().unwrap()], wgpt::Pick::Greedy)
-                .unwrap(),
-        );
-    }
-    out
-}
-
 #[test]
 fn every_rule_on_and_off_matches_transformers() {
     for name in DECODERS {

@@ -35,36 +35,9 @@ pub fn graph<'w, T>(cfg: &Config, w: &'w Weights<T>) -> Graph<&'w T> {
 pub fn pre_ln_block<'w, T>(g: &mut Builder<&'w T>, cfg: &Config, l: usize, w: &'w LayerWeights<T>) {
     let eps = cfg.layer_norm_epsilon;
     g.layer_norm(Act::X, Act::Ln, &w.ln_1_w, &w.ln_1_b, eps);
-    g.linear(
-        Act::Ln,
-        Act::Qkv,
-        &w.c_attn_w,
-        Some(&w.c_attn_b),
-        Then::Store,
-    );
-    g.causal_attention(Act::Qkv, Act::AttY, l);
-    g.linear(
-        Act::AttY,
-        Act::X,
-        &w.attn_proj_w,
-        Some(&w.attn_proj_b),
-        Then::Add,
-    );
+    super::attn(g, l, w, Act::Ln, Act::X);
     g.layer_norm(Act::X, Act::Ln, &w.ln_2_w, &w.ln_2_b, eps);
-    g.linear(
-        Act::Ln,
-        Act::FcH,
-        &w.c_fc_w,
-        Some(&w.c_fc_b),
-        Then::Act(cfg.activation),
-    );
-    g.linear(
-        Act::FcH,
-        Act::X,
-        &w.mlp_proj_w,
-        Some(&w.mlp_proj_b),
-        Then::Add,
-    );
+    super::mlp(g, cfg, w, Act::Ln, Act::X);
 }
 
 /// GPT-2's checkpoint keeps every tensor under wgpt's name; `conv1d` ones stored [in, out].

@@ -12,7 +12,8 @@ pub mod opt;
 pub mod xglm;
 
 use crate::config::{Config, Family};
-use crate::graph::{Dims, Graph};
+use crate::graph::{Act, Builder, Dims, Graph, Then};
+use crate::loader::LayerWeights;
 use crate::loader::{Part, Weights};
 
 /// The forward pass of a decoder of `cfg`'s family over weights `w`.
@@ -55,4 +56,36 @@ fn decoder_dims(cfg: &Config) -> Dims {
 /// The output head: `lm_head`, or the token table when tied.
 fn head<T>(w: &Weights<T>) -> &T {
     w.lm_head.as_ref().unwrap_or(&w.wte)
+}
+
+/// A decoder block's attention: `resid += c_proj(attention(c_attn(inp)))`, causal over layer
+/// `l`'s KV cache.
+fn attn<'w, T>(g: &mut Builder<&'w T>, l: usize, w: &'w LayerWeights<T>, inp: Act, resid: Act) {
+    g.linear(inp, Act::Qkv, &w.c_attn_w, Some(&w.c_attn_b), Then::Store);
+    g.causal_attention(Act::Qkv, Act::AttY, l);
+    g.linear(
+        Act::AttY,
+        resid,
+        &w.attn_proj_w,
+        Some(&w.attn_proj_b),
+        Then::Add,
+    );
+}
+
+/// A decoder block's feed-forward: `resid += mlp_proj(act(c_fc(inp)))`.
+fn mlp<'w, T>(g: &mut Builder<&'w T>, cfg: &Config, w: &'w LayerWeights<T>, inp: Act, resid: Act) {
+    g.linear(
+        inp,
+        Act::FcH,
+        &w.c_fc_w,
+        Some(&w.c_fc_b),
+        Then::Act(cfg.activation),
+    );
+    g.linear(
+        Act::FcH,
+        resid,
+        &w.mlp_proj_w,
+        Some(&w.mlp_proj_b),
+        Then::Add,
+    );
 }

@@ -51,36 +51,9 @@ pub fn graph<'w, T>(cfg: &Config, w: &'w Weights<T>) -> Graph<&'w T> {
 /// `x += attn(x); ln = ln_1(x); ln += mlp(ln); x = ln_2(ln)`.
 fn post_ln_block<'w, T>(g: &mut Builder<&'w T>, cfg: &Config, l: usize, w: &'w LayerWeights<T>) {
     let eps = cfg.layer_norm_epsilon;
-    g.linear(
-        Act::X,
-        Act::Qkv,
-        &w.c_attn_w,
-        Some(&w.c_attn_b),
-        Then::Store,
-    );
-    g.causal_attention(Act::Qkv, Act::AttY, l);
-    g.linear(
-        Act::AttY,
-        Act::X,
-        &w.attn_proj_w,
-        Some(&w.attn_proj_b),
-        Then::Add,
-    );
+    super::attn(g, l, w, Act::X, Act::X);
     g.layer_norm(Act::X, Act::Ln, &w.ln_1_w, &w.ln_1_b, eps);
-    g.linear(
-        Act::Ln,
-        Act::FcH,
-        &w.c_fc_w,
-        Some(&w.c_fc_b),
-        Then::Act(cfg.activation),
-    );
-    g.linear(
-        Act::FcH,
-        Act::Ln,
-        &w.mlp_proj_w,
-        Some(&w.mlp_proj_b),
-        Then::Add,
-    );
+    super::mlp(g, cfg, w, Act::Ln, Act::Ln);
     g.layer_norm(Act::Ln, Act::X, &w.ln_2_w, &w.ln_2_b, eps);
 }
 

@@ -221,3 +221,24 @@ pub fn minilm_dir() -> PathBuf {
          (.ci/run does) or point WGPT_MINILM_DIR at a folder holding it"
     );
 }
+
+/// The fixture's prompt and its greedy continuation but the last token: the sequence whose
+/// logits transformers saved.
+pub fn full_sequence(e: &Expected) -> Vec<u32> {
+    let mut ids = e.prompt_ids.clone();
+    ids.extend(&e.greedy_ids[..e.greedy_ids.len() - 1]);
+    ids
+}
+
+/// `n` greedy tokens after `prompt`, one decode step each after the prefill.
+pub fn greedy(model: &wgpt::Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut s = wgpt::Session::new(model).unwrap();
+    let mut out = vec![s.next_token(prompt, wgpt::Pick::Greedy).unwrap()];
+    while out.len() < n {
+        out.push(
+            s.next_token(&[*out.last().unwrap()], wgpt::Pick::Greedy)
+                .unwrap(),
+        );
+    }
+    out
+}
