@@ -254,10 +254,7 @@ impl EncoderModel {
                 Ok(t)
             })?;
             let caps = Caps::new(&gpu, textures, config.head_size());
-            let fusions = match opts.fuse {
-                Some(f) => f,
-                None => Fusions::from_env()?.unwrap_or_default(),
-            };
+            let fusions = opts.fusions()?;
             gpu.wait()?;
             log::info!(
                 "loaded encoder: {} layers, C = {c}, V = {} ({}, linear layers in {}) in {:.2} s",

@@ -657,7 +657,13 @@ pub struct TexturePipelines {
 /// (`gemv_texture_attention`) for heads of `head_size`: the lanes of a head's 8-lane workgroup
 /// hold HS / 32 texels each of its query, key, value and output, at most 8.
 pub fn attends_in_gemv(gpu: &Engine, head_size: Option<u32>) -> bool {
-    subgroups_of_8(gpu) && head_size.is_some_and(|hs| hs % 32 == 0 && (32..=256).contains(&hs))
+    subgroups_of_8(gpu) && head_size.is_some_and(gemv_attention_head_size)
+}
+
+/// Head sizes gemv_texture_attention takes: HS / 32 texels per lane of a head's 8-lane
+/// workgroup, at most 8.
+pub fn gemv_attention_head_size(hs: u32) -> bool {
+    hs.is_multiple_of(32) && (32..=256).contains(&hs)
 }
 
 /// Whether the device has subgroups of at least 8 lanes, as matmul_texture_subgroup.wgsl

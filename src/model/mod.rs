@@ -39,6 +39,16 @@ pub struct LoadOptions {
     pub fuse: Option<Fusions>,
 }
 
+impl LoadOptions {
+    /// The fusion rules this load asks for: `fuse`, else `WGPT_FUSE`'s, else every rule.
+    pub fn fusions(&self) -> Result<Fusions> {
+        match self.fuse {
+            Some(f) => Ok(f),
+            None => Ok(Fusions::from_env()?.unwrap_or_default()),
+        }
+    }
+}
+
 /// A load-progress callback: (weights uploaded so far, weights in all).
 #[derive(Clone)]
 pub struct Progress(pub Arc<dyn Fn(u64, u64) + Send + Sync>);
@@ -194,7 +204,7 @@ impl Model {
     ) -> Result<Model> {
         let zero = gpu.storage("zero", 4);
         let caps = Caps::new(&gpu, texture_linear, config.head_size());
-        let fusions = fusions(opts)?;
+        let fusions = opts.fusions()?;
         // The callers folded the norms at upload under the same condition.
         let norms_folded = folds_layer_norms(&gpu, &config, texture_linear, opts)?;
         let mut weights = weights;
@@ -514,20 +524,12 @@ fn folds_layer_norms(
     textures: bool,
     opts: &LoadOptions,
 ) -> Result<bool> {
-    Ok(fusions(opts)?.has(Rule::FoldNorm)
+    Ok(opts.fusions()?.has(Rule::FoldNorm)
         && cfg.pre_ln
         && opts.dtype != WeightDtype::F32
         && textures
         && kernels::subgroups_of_8(gpu)
         && cfg.n_embd as u32 <= kernels::wg::GEMV_UNIFORM_FLOATS)
-}
-
-/// The fusion rules a load asks for: its own, else `WGPT_FUSE`'s, else every rule.
-fn fusions(opts: &LoadOptions) -> Result<Fusions> {
-    match opts.fuse {
-        Some(f) => Ok(f),
-        None => Ok(Fusions::from_env()?.unwrap_or_default()),
-    }
 }
 
 /// Sets the row sums of every block's c_attn and c_fc weights as stored, which the GEMVs with a

@@ -73,8 +73,9 @@ impl Caps {
     /// Whether decode's qkv projection can run the attention too: a head's 8-lane workgroup
     /// holds HS / 32 texels each of its query, key, value and output, at most 8.
     pub fn attends(&self) -> bool {
-        let hs = self.head_size;
-        self.textures && self.subgroups8 && hs.is_multiple_of(32) && (32..=256).contains(&hs)
+        self.textures
+            && self.subgroups8
+            && crate::gpu::kernels::gemv_attention_head_size(self.head_size)
     }
 }
 
