@@ -7,6 +7,7 @@ const EPILOGUE_GELU: u32 = 1u;
 const EPILOGUE_RESIDUAL: u32 = 2u;
 const EPILOGUE_RELU: u32 = 3u;
 const EPILOGUE_GELU_ERF: u32 = 4u;
+const EPILOGUE_SILU: u32 = 5u;
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 
 // GELU as GPT-2 computes it (transformers' gelu_new, the tanh approximation).
@@ -37,6 +38,8 @@ fn activate4(code: u32, x: vec4<f32>) -> vec4<f32> {
         case EPILOGUE_GELU: { return vec4(gelu(x.x), gelu(x.y), gelu(x.z), gelu(x.w)); }
         case EPILOGUE_GELU_ERF: { return vec4(gelu_erf(x.x), gelu_erf(x.y), gelu_erf(x.z), gelu_erf(x.w)); }
         case EPILOGUE_RELU: { return max(x, vec4(0.0)); }
+        // x / (1 + e^-x); exp overflows to inf for x < -88, giving the right limit 0.
+        case EPILOGUE_SILU: { return x / (1.0 + exp(-x)); }
         default: { return x; }
     }
 }

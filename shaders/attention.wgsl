@@ -8,13 +8,15 @@
 //                            of its own sequence, rows spans[t].x .. spans[t].x + spans[t].y, and
 //                            none of the others (the key padding mask, as row ranges).
 
-struct Params { C: u32, NH: u32, HS: u32, scale: f32 }
+// Grouped-query attention: query head h reads key/value head h / (NH / NKV).
+
+struct Params { NH: u32, NKV: u32, HS: u32, scale: f32 }
 
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> qkv: array<f32>;        // (T, 3C)
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;    // (n_ctx, C)
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;    // (n_ctx, C)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (T, C)
+@group(0) @binding(2) var<storage, read> qkv: array<f32>;        // (T, (NH + 2 NKV) HS)
+@group(0) @binding(3) var<storage, read> k_cache: array<f32>;    // (n_ctx, NKV HS)
+@group(0) @binding(4) var<storage, read> v_cache: array<f32>;    // (n_ctx, NKV HS)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (T, NH HS)
 @group(0) @binding(6) var<storage, read> spans: array<vec2<u32>>;  // (T) bidirectional only
 
 // The head size, fixed when the pipeline is built for one model (0: read p.HS at run time); a
@@ -33,11 +35,12 @@ fn head_size() -> u32 { return select(p.HS, HS, HS != 0u); }
 
 // Query t of head h over cache rows base .. base + n_keys (workgroup-uniform arguments).
 fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32) {
-    let C = p.C;
     let HS = head_size();
     let hoff = h * HS;
+    let kv_w = p.NKV * HS;
+    let koff = h / (p.NH / p.NKV) * HS;
 
-    for (var d = lid; d < HS; d += BLOCK) { q[d] = qkv[t * 3u * C + hoff + d] * p.scale; }
+    for (var d = lid; d < HS; d += BLOCK) { q[d] = qkv[t * (p.NH * HS + 2u * kv_w) + hoff + d] * p.scale; }
     workgroupBarrier();
 
     var m = NEG;
@@ -48,7 +51,7 @@ fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32) {
         var s = NEG;
         if (j < n_keys) {
             s = 0.0;
-            let krow = (base + j) * C + hoff;
+            let krow = (base + j) * kv_w + koff;
             for (var d = 0u; d < HS; d++) { s += q[d] * k_cache[krow + d]; }
         }
         probs[lid] = s;
@@ -66,7 +69,7 @@ fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32) {
         for (var i = 0u; i < nb; i++) {
             let pr = probs[i];
             l += pr;
-            let vrow = (base + j0 + i) * C + hoff;
+            let vrow = (base + j0 + i) * kv_w + koff;
             for (var di = 0u; di < DIMS_PER_INVOCATION; di++) {
                 let d = lid + di * BLOCK;
                 if (d < HS) { acc[di] += pr * v_cache[vrow + d]; }
@@ -77,7 +80,7 @@ fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32) {
     }
     for (var di = 0u; di < DIMS_PER_INVOCATION; di++) {
         let d = lid + di * BLOCK;
-        if (d < HS) { out[t * C + hoff + d] = acc[di] / l; }
+        if (d < HS) { out[t * p.NH * HS + hoff + d] = acc[di] / l; }
     }
 }
 

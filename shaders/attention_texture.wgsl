@@ -1,5 +1,5 @@
 // Attention for the texture layout (CPU adapters): the KV cache lives in rgba32float textures
-// (n_ctx rows, C / 4 texels; texel = four consecutive dims), written by kv_append_texture and
+// (n_ctx rows, NKV HS / 4 texels; texel = four consecutive dims), written by kv_append_texture and
 // read here. On lavapipe a texel load is one vectorised fetch where a buffer load is a per-lane
 // scalar loop, and barriers are costly; so here there are neither buffers for K, V nor barriers:
 // each invocation owns one (head, query) and runs the online softmax over its keys alone, with
@@ -10,13 +10,15 @@
 //                                    the rows spans[t].x .. spans[t].x + spans[t].y of its own
 //                                    sequence (the key padding mask, as row ranges).
 
-struct Params { C: u32, NH: u32, HS: u32, scale: f32 }
+// Query head h reads key/value head h / (NH / NKV) (grouped-query attention).
+
+struct Params { NH: u32, NKV: u32, HS: u32, scale: f32 }
 
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> qkv: array<f32>;                       // (T, 3C)
-@group(0) @binding(3) var k_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, C/4)
-@group(0) @binding(4) var v_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, C/4)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;                 // (T, C)
+@group(0) @binding(2) var<storage, read> qkv: array<f32>;                       // (T, (NH + 2 NKV) HS)
+@group(0) @binding(3) var k_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, NKV HS / 4)
+@group(0) @binding(4) var v_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, NKV HS / 4)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;                 // (T, NH HS)
 @group(0) @binding(6) var<storage, read> spans: array<vec2<u32>>;               // (T) bidirectional only
 
 // The head size, fixed when the pipeline is built for one model (0: read p.HS at run time).
@@ -32,8 +34,8 @@ fn head_size() -> u32 { return select(p.HS, HS, HS != 0u); }
 // Query t of head h over cache rows base .. base + n_keys.
 fn attend(h: u32, t: u32, base: u32, n_keys: u32) {
     let hs4 = head_size() / 4u;
-    let x0 = h * hs4;  // this head's first texel column
-    let qrow = t * 3u * p.C + h * head_size();
+    let x0 = h / (p.NH / p.NKV) * hs4;  // its key head's first texel column
+    let qrow = t * (p.NH + 2u * p.NKV) * head_size() + h * head_size();
     var q: array<vec4<f32>, MAX_HS4>;
     var acc: array<vec4<f32>, MAX_HS4>;
     for (var d = 0u; d < hs4; d++) {
@@ -56,7 +58,7 @@ fn attend(h: u32, t: u32, base: u32, n_keys: u32) {
         }
         m = m_new;
     }
-    let orow = t * p.C + h * head_size();
+    let orow = (t * p.NH + h) * head_size();
     for (var d = 0u; d < hs4; d++) {
         let y = acc[d] / l;
         out[orow + 4u * d] = y.x;

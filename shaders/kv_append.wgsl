@@ -2,21 +2,20 @@
 // row at its position in its sequence's slot (step.wgsl is prepended). The cache lives in VRAM
 // for the whole session.
 
-struct Params { C: u32, _a: u32, _b: u32, _c: u32 }
+struct Params { Q: u32, KV: u32, _a: u32, _b: u32 }
 
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> qkv: array<f32>;            // (T, 3C): q | k | v
-@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;  // (slots * n_ctx, C)
-@group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;  // (slots * n_ctx, C)
+@group(0) @binding(2) var<storage, read> qkv: array<f32>;            // (T, Q + 2 KV): q | k | v
+@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;  // (slots * n_ctx, KV)
+@group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;  // (slots * n_ctx, KV)
 
 @compute @workgroup_size(64)
 fn kv_append(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     let t = gid.y;
-    if (c >= p.C || t >= step.rows) { return; }
-    let src = t * 3u * p.C;
-    let dst = (slot_base(t) + position(t)) * p.C + c;
-    k_cache[dst] = qkv[src + p.C + c];
-    v_cache[dst] = qkv[src + 2u * p.C + c];
+    if (c >= p.KV || t >= step.rows) { return; }
+    let src = t * (p.Q + 2u * p.KV) + p.Q;
+    let dst = (slot_base(t) + position(t)) * p.KV + c;
+    k_cache[dst] = qkv[src + c];
+    v_cache[dst] = qkv[src + p.KV + c];
 }
-

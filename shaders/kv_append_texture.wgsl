@@ -1,21 +1,21 @@
 // kv_append for the texture layout: this step's keys and values from qkv into the KV-cache
-// textures (slots * n_ctx rows, C / 4 texels) that attention_texture reads (step.wgsl is
+// textures (slots * n_ctx rows, KV / 4 texels) that attention_texture reads (step.wgsl is
 // prepended).
 
-struct Params { C: u32, _a: u32, _b: u32, _c: u32 }
+struct Params { Q: u32, KV: u32, _a: u32, _b: u32 }
 
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> qkv: array<f32>;                     // (T, 3C)
-@group(0) @binding(3) var k_cache: texture_storage_2d<rgba32float, write>;     // (n_ctx, C/4)
-@group(0) @binding(4) var v_cache: texture_storage_2d<rgba32float, write>;     // (n_ctx, C/4)
+@group(0) @binding(2) var<storage, read> qkv: array<f32>;                     // (T, Q + 2 KV)
+@group(0) @binding(3) var k_cache: texture_storage_2d<rgba32float, write>;     // (n_ctx, KV / 4)
+@group(0) @binding(4) var v_cache: texture_storage_2d<rgba32float, write>;     // (n_ctx, KV / 4)
 
 @compute @workgroup_size(64)
 fn kv_append_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c4 = gid.x;
     let t = gid.y;
-    if (c4 * 4u >= p.C || t >= step.rows) { return; }
-    let k = t * 3u * p.C + p.C + 4u * c4;
-    let v = k + p.C;
+    if (c4 * 4u >= p.KV || t >= step.rows) { return; }
+    let k = t * (p.Q + 2u * p.KV) + p.Q + 4u * c4;
+    let v = k + p.KV;
     let row = vec2(c4, slot_base(t) + position(t));
     textureStore(k_cache, row, vec4(qkv[k], qkv[k + 1u], qkv[k + 2u], qkv[k + 3u]));
     textureStore(v_cache, row, vec4(qkv[v], qkv[v + 1u], qkv[v + 2u], qkv[v + 3u]));

@@ -1,6 +1,7 @@
 // LayerNorm over the last dimension, one workgroup per row.
 // Two passes (mean, then mean of squared deviations) as PyTorch does: the one-pass
 // E[x^2] - E[x]^2 form loses digits when |mean| >> std, which residual streams do have.
+// With RMS, Llama's RMSNorm: x / sqrt(mean(x^2) + eps) * weight (no mean, no bias).
 
 struct Params { C: u32, eps: f32, _a: u32, _b: u32 }
 
@@ -10,6 +11,9 @@ struct Params { C: u32, eps: f32, _a: u32, _b: u32 }
 @group(0) @binding(3) var<storage, read> weight: array<f32>;     // (C)
 @group(0) @binding(4) var<storage, read> bias: array<f32>;       // (C)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (rows, C)
+
+// RMSNorm instead of LayerNorm.
+override RMS: bool = false;
 
 const WG: u32 = 128u;
 var<workgroup> red: array<f32, WG>;
@@ -35,9 +39,12 @@ fn layernorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     let src = (step.row0 + r) * p.C;
     let n = f32(p.C);
 
-    var s = 0.0;
-    for (var c = lid; c < p.C; c += WG) { s += inp[src + c]; }
-    let mean = workgroup_sum(lid, s) / n;
+    var mean = 0.0;
+    if (!RMS) {
+        var s = 0.0;
+        for (var c = lid; c < p.C; c += WG) { s += inp[src + c]; }
+        mean = workgroup_sum(lid, s) / n;
+    }
 
     var v = 0.0;
     for (var c = lid; c < p.C; c += WG) {
@@ -48,6 +55,8 @@ fn layernorm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
 
     let dst = r * p.C;
     for (var c = lid; c < p.C; c += WG) {
-        out[dst + c] = (inp[src + c] - mean) * rstd * weight[c] + bias[c];
+        var y = (inp[src + c] - mean) * rstd * weight[c];
+        if (!RMS) { y += bias[c]; }
+        out[dst + c] = y;
     }
 }

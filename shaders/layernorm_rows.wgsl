@@ -12,6 +12,9 @@ struct Params { C: u32, eps: f32, _a: u32, _b: u32 }
 @group(0) @binding(4) var<storage, read> bias: array<vec4<f32>>;       // (C / 4)
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;  // (rows, C / 4)
 
+// RMSNorm instead of LayerNorm (layernorm_rows only): no mean, no bias.
+override RMS: bool = false;
+
 @compute @workgroup_size(8)
 fn layernorm_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x;
@@ -20,9 +23,12 @@ fn layernorm_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     let src = (step.row0 + r) * c4;
     let n = f32(p.C);
 
-    var s = vec4(0.0);
-    for (var c = 0u; c < c4; c++) { s += inp[src + c]; }
-    let mean = dot(s, vec4(1.0)) / n;
+    var mean = 0.0;
+    if (!RMS) {
+        var s = vec4(0.0);
+        for (var c = 0u; c < c4; c++) { s += inp[src + c]; }
+        mean = dot(s, vec4(1.0)) / n;
+    }
 
     var v = vec4(0.0);
     for (var c = 0u; c < c4; c++) {
@@ -33,7 +39,9 @@ fn layernorm_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
 
     let dst = r * c4;
     for (var c = 0u; c < c4; c++) {
-        out[dst + c] = (inp[src + c] - mean) * rstd * weight[c] + bias[c];
+        var y = (inp[src + c] - mean) * rstd * weight[c];
+        if (!RMS) { y += bias[c]; }
+        out[dst + c] = y;
     }
 }
 

@@ -697,15 +697,7 @@ impl Micro<'_> {
                 .create_view(&Default::default())
         });
         // Attention: one decode query over contexts of 128..1024 keys, and a 128-token prefill.
-        let att = gpu.uniform(
-            "att",
-            &AttentionParams {
-                c,
-                nh,
-                hs: 64,
-                scale: 0.125,
-            },
-        );
+        let att = gpu.uniform("att", &AttentionParams::heads(nh, 64));
         let (k_cache, v_cache) = (self.f32s(1024 * c), self.f32s(1024 * c));
         for (t, ctx) in [(1u32, 128u32), (1, 512), (1, 1024), (128, 128)] {
             let (qkv, out, st) = (

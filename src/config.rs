@@ -4,10 +4,13 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use crate::graph::NormKind;
+
 use crate::{Error, Result};
 
 /// Families wgpt can run. Listed in the error for any other `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "opt", "xglm"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] =
+    &["gpt2", "opt", "xglm", "llama", "mistral", "qwen2", "phi3"];
 
 /// The checkpoint family: decides tensor names (in the loader) and the variant choices below.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +21,22 @@ pub enum Family {
     Opt,
     /// XGLM: sinusoidal positions, erf GELU, pre-LN, scaled token embeddings.
     Xglm,
+    /// Llama and its kin (Mistral, Qwen2, SmolLM2, TinyLlama): RMSNorm, rotary positions,
+    /// gated SiLU feed-forward, grouped-query attention; `model_type` names the variant.
+    Llama(LlamaKind),
+}
+
+/// Which Llama-family checkpoint: they differ only in naming and biases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LlamaKind {
+    /// `llama`: optional `attention_bias` / `mlp_bias`.
+    Llama,
+    /// `mistral`: no biases.
+    Mistral,
+    /// `qwen2`: biases on q, k and v only.
+    Qwen2,
+    /// `phi3`: q, k, v fused in `qkv_proj`, gate and up fused in `gate_up_proj`.
+    Phi3,
 }
 
 /// The feed-forward non-linearity, fused into the up-projection's epilogue.
@@ -29,6 +48,8 @@ pub enum Activation {
     GeluErf,
     /// max(x, 0).
     Relu,
+    /// x sigmoid(x) (SiLU), gating the Llama family's feed-forward.
+    Silu,
 }
 
 /// How positions enter the residual stream.
@@ -39,11 +60,104 @@ pub enum Positions {
     /// The fixed sine/cosine table (tensor2tensor layout: sines then cosines), computed on the
     /// GPU at load.
     Sinusoidal,
+    /// Rotary embeddings on each head's queries and keys ([`Rope`]); no table in the stream.
+    Rotary,
+}
+
+/// Rotary position embeddings: head dims i and i + HS/2 rotated by position × `inv_freq[i]`
+/// (transformers' `rotate_half` layout).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    /// `rope_theta`: the base of the frequencies.
+    pub theta: f64,
+    /// How the frequencies are stretched for long contexts.
+    pub scaling: RopeScaling,
+}
+
+/// `rope_scaling` / `rope_parameters`' `rope_type`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// `default`: none.
+    None,
+    /// `linear`: every frequency divided by `factor`.
+    Linear {
+        /// The divisor.
+        factor: f64,
+    },
+    /// `llama3`: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
+    Llama3 {
+        /// The divisor of low frequencies.
+        factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are divided.
+        low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// `original_max_position_embeddings`.
+        original: f64,
+    },
+}
+
+impl Rope {
+    /// The (HS / 2) inverse frequencies as transformers computes them
+    /// (`_compute_default_rope_parameters` and its linear and llama3 variants).
+    pub fn inv_freq(&self, hs: usize) -> Vec<f32> {
+        (0..hs / 2)
+            .map(|i| {
+                // f32 exponent, as torch's arange(0, dim, 2).float() / dim.
+                let e = (2 * i) as f32 / hs as f32;
+                let f = 1.0 / self.theta.powf(e as f64);
+                let f = match self.scaling {
+                    RopeScaling::None => f,
+                    RopeScaling::Linear { factor } => f / factor,
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor: lo,
+                        high_freq_factor: hi,
+                        original,
+                    } => {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < original / hi {
+                            f
+                        } else if wavelen > original / lo {
+                            f / factor
+                        } else {
+                            let smooth = (original / wavelen - lo) / (hi - lo);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    }
+                };
+                f as f32
+            })
+            .collect()
+    }
+}
+
+/// Which optional tensors a decoder's checkpoint has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Biases {
+    /// On the q, k, v projection.
+    pub qkv: bool,
+    /// On the attention's output projection.
+    pub out: bool,
+    /// On the feed-forward's projections.
+    pub mlp: bool,
+    /// On the norms (layer norms have one; RMS norms none).
+    pub norm: bool,
+}
+
+impl Biases {
+    /// Every bias (GPT-2, OPT, XGLM).
+    pub const ALL: Biases = Biases {
+        qkv: true,
+        out: true,
+        mlp: true,
+        norm: true,
+    };
 }
 
 /// Decoder hyper-parameters, in GPT-2's names whatever the family. Letters used across the
-/// crate: C = `n_embd`, NH = `n_head`, HS = C / NH, L = `n_layer`, V = `vocab_size`,
-/// n_ctx = `n_positions`.
+/// crate: C = `n_embd`, NH = `n_head`, NKV = `n_kv_head`, HS = `head_dim` (C / NH unless
+/// config.json says otherwise), L = `n_layer`, V = `vocab_size`, n_ctx = `n_positions`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// V: vocabulary size, the rows of `wte` and the length of the logits.
@@ -56,10 +170,24 @@ pub struct Config {
     pub n_layer: usize,
     /// NH: attention heads per block.
     pub n_head: usize,
+    /// NKV: key and value heads (NH, or fewer for grouped-query attention: query head h reads
+    /// key head h / (NH / NKV)).
+    pub n_kv_head: usize,
+    /// HS: the width of one attention head.
+    pub head_dim: usize,
     /// Width of the MLP hidden layer (4C unless config.json says otherwise).
     pub n_inner: usize,
-    /// Epsilon added to the variance in every layer norm (1e-5 by default).
+    /// The feed-forward is `down(act(x Wg) * (x Wu))` (Llama's SwiGLU) rather than
+    /// `down(act(x W))`.
+    pub gated: bool,
+    /// Layer norms, or RMS norms (no mean, no bias).
+    pub norm: NormKind,
+    /// Epsilon added to the variance in every norm (1e-5 by default).
     pub layer_norm_epsilon: f32,
+    /// The rotary embedding of [`Positions::Rotary`] models.
+    pub rope: Option<Rope>,
+    /// Which optional biases the checkpoint has.
+    pub biases: Biases,
     /// Whether the output head reuses `wte` (true by default); when false the checkpoint must
     /// hold `lm_head.weight`.
     pub tie_word_embeddings: bool,
@@ -119,6 +247,19 @@ struct RawConfig {
     layer_norm_elementwise_affine: Option<bool>,
     _remove_final_layer_norm: Option<bool>,
     scale_embedding: Option<bool>,
+    intermediate_size: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    hidden_act: Option<String>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    rope_parameters: Option<serde_json::Value>,
+    partial_rotary_factor: Option<f64>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
 }
 
 /// The file beside config.json with generation defaults (end-of-sequence ids).
@@ -183,7 +324,57 @@ impl Config {
             embed_scale: 1.0,
             pre_ln: true,
             word_embed_dim: 768,
+            ..Self::plain(768, 12)
         }
+    }
+
+    /// The fields every family before Llama shares: NKV = NH, HS = C / NH, layer norms with
+    /// biases everywhere, a plain feed-forward, no rotary embedding.
+    fn plain(n_embd: usize, n_head: usize) -> Config {
+        Config {
+            vocab_size: 0,
+            n_positions: 0,
+            n_embd,
+            n_layer: 0,
+            n_head,
+            n_kv_head: n_head,
+            head_dim: n_embd / n_head.max(1),
+            n_inner: 4 * n_embd,
+            gated: false,
+            norm: NormKind::Layer,
+            layer_norm_epsilon: 1e-5,
+            rope: None,
+            biases: Biases::ALL,
+            tie_word_embeddings: true,
+            eos_token_ids: Vec::new(),
+            family: Family::Gpt2,
+            activation: Activation::GeluTanh,
+            positions: Positions::Learned,
+            position_offset: 0,
+            embed_scale: 1.0,
+            pre_ln: true,
+            word_embed_dim: n_embd,
+        }
+    }
+
+    /// The width of the queries, NH × HS (C unless config.json sets `head_dim`).
+    pub fn q_width(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// The width of the keys (and of the values), NKV × HS: one KV-cache row.
+    pub fn kv_width(&self) -> usize {
+        self.n_kv_head * self.head_dim
+    }
+
+    /// The width of the fused q, k, v projection's output, (NH + 2 NKV) × HS.
+    pub fn qkv_width(&self) -> usize {
+        self.q_width() + 2 * self.kv_width()
+    }
+
+    /// Rows of the feed-forward's first projection: n_inner, twice that when gated.
+    pub fn fc_rows(&self) -> usize {
+        self.n_inner * (1 + self.gated as usize)
     }
 
     /// Whether token embeddings are projected into and out of the residual stream (E != C).
@@ -191,29 +382,53 @@ impl Config {
         self.word_embed_dim != self.n_embd
     }
 
-    /// HS = C / NH, the width of one attention head.
+    /// HS, the width of one attention head.
     pub fn head_size(&self) -> usize {
-        self.n_embd / self.n_head
+        self.head_dim
     }
 
     /// One line naming the family and its variant choices (for logs and `wgpt info --model`).
     pub fn describe(&self) -> String {
+        let positions = match &self.rope {
+            Some(r) => format!(
+                "rotary positions (theta {}, scaling {:?})",
+                r.theta, r.scaling
+            ),
+            None => format!(
+                "{:?} positions (offset {})",
+                self.positions, self.position_offset
+            ),
+        };
+        let b = self.biases;
         format!(
-            "{:?}: {} layers, C = {}, E = {}, NH = {}, n_inner = {}, V = {}, n_ctx = {}; {:?} \
-             feed-forward, {:?} positions (offset {}), {}, embedding scale {}",
+            "{:?}: {} layers, C = {}, E = {}, NH = {}, NKV = {}, HS = {}, n_inner = {}, V = {}, \
+             n_ctx = {}; {}{:?} feed-forward, {positions}, {:?} norms (eps {}), {}, biases on \
+             qkv {} / out {} / mlp {} / norms {}, embedding scale {}, {} head",
             self.family,
             self.n_layer,
             self.n_embd,
             self.word_embed_dim,
             self.n_head,
+            self.n_kv_head,
+            self.head_dim,
             self.n_inner,
             self.vocab_size,
             self.n_positions,
+            if self.gated { "gated " } else { "" },
             self.activation,
-            self.positions,
-            self.position_offset,
+            self.norm,
+            self.layer_norm_epsilon,
             if self.pre_ln { "pre-LN" } else { "post-LN" },
-            self.embed_scale
+            b.qkv,
+            b.out,
+            b.mlp,
+            b.norm,
+            self.embed_scale,
+            if self.tie_word_embeddings {
+                "tied"
+            } else {
+                "untied"
+            },
         )
     }
 
@@ -262,6 +477,10 @@ impl Config {
             "gpt2" => Self::gpt2_fields(&f)?,
             "opt" => Self::opt_fields(&f)?,
             "xglm" => Self::xglm_fields(&f)?,
+            "llama" => Self::llama_fields(&f, LlamaKind::Llama)?,
+            "mistral" => Self::llama_fields(&f, LlamaKind::Mistral)?,
+            "qwen2" => Self::llama_fields(&f, LlamaKind::Qwen2)?,
+            "phi3" => Self::llama_fields(&f, LlamaKind::Phi3)?,
             _ => {
                 return Err(Error::UnsupportedModel {
                     path: path.to_path_buf(),
@@ -287,12 +506,13 @@ impl Config {
                     .into(),
             ));
         }
+        let n_head = f.need(f.raw.n_head, "n_head")?;
         Ok(Config {
             vocab_size: f.need(f.raw.vocab_size, "vocab_size")?,
             n_positions: f.need(f.raw.n_positions, "n_positions")?,
             n_embd,
             n_layer: f.need(f.raw.n_layer, "n_layer")?,
-            n_head: f.need(f.raw.n_head, "n_head")?,
+            n_head,
             n_inner: match f.raw.n_inner {
                 Some(n) => f.need(Some(n), "n_inner")?,
                 None => 4 * n_embd,
@@ -315,6 +535,7 @@ impl Config {
             embed_scale: 1.0,
             pre_ln: true,
             word_embed_dim: n_embd,
+            ..Self::plain(n_embd, n_head)
         })
     }
 
@@ -331,12 +552,13 @@ impl Config {
                     .into(),
             ));
         }
+        let n_head = f.need(f.raw.num_attention_heads, "num_attention_heads")?;
         Ok(Config {
             vocab_size: f.need(f.raw.vocab_size, "vocab_size")?,
             n_positions: f.need(f.raw.max_position_embeddings, "max_position_embeddings")?,
             n_embd,
             n_layer: f.need(f.raw.num_hidden_layers, "num_hidden_layers")?,
-            n_head: f.need(f.raw.num_attention_heads, "num_attention_heads")?,
+            n_head,
             n_inner: f.need(f.raw.ffn_dim, "ffn_dim")?,
             // OPT's layer norms are nn.LayerNorm with the default epsilon.
             layer_norm_epsilon: 1e-5,
@@ -352,18 +574,20 @@ impl Config {
                 Some(e) => f.need(Some(e), "word_embed_proj_dim")?,
                 None => n_embd,
             },
+            ..Self::plain(n_embd, n_head)
         })
     }
 
     /// XGLM's config.json names.
     fn xglm_fields(f: &Fields) -> Result<Config> {
         let n_embd = f.need(f.raw.d_model, "d_model")?;
+        let n_head = f.need(f.raw.attention_heads, "attention_heads")?;
         Ok(Config {
             vocab_size: f.need(f.raw.vocab_size, "vocab_size")?,
             n_positions: f.need(f.raw.max_position_embeddings, "max_position_embeddings")?,
             n_embd,
             n_layer: f.need(f.raw.num_layers, "num_layers")?,
-            n_head: f.need(f.raw.attention_heads, "attention_heads")?,
+            n_head,
             n_inner: f.need(f.raw.ffn_dim, "ffn_dim")?,
             // XGLM's layer norms are nn.LayerNorm with the default epsilon.
             layer_norm_epsilon: 1e-5,
@@ -380,6 +604,78 @@ impl Config {
             },
             pre_ln: true,
             word_embed_dim: n_embd,
+            ..Self::plain(n_embd, n_head)
+        })
+    }
+
+    /// The Llama family's config.json names (Llama, Mistral, Qwen2, Phi-3).
+    fn llama_fields(f: &Fields, kind: LlamaKind) -> Result<Config> {
+        let r = f.raw;
+        let n_embd = f.need(r.hidden_size, "hidden_size")?;
+        let n_head = f.need(r.num_attention_heads, "num_attention_heads")?;
+        let n_kv_head = match r.num_key_value_heads {
+            Some(n) => f.need(Some(n), "num_key_value_heads")?,
+            None => n_head,
+        };
+        let head_dim = match r.head_dim {
+            Some(n) => f.need(Some(n), "head_dim")?,
+            None => n_embd / n_head,
+        };
+        if r.partial_rotary_factor.is_some_and(|p| p != 1.0) {
+            return Err(f.bad("partial_rotary_factor other than 1.0 is not supported".into()));
+        }
+        let mut n_positions = f.need(r.max_position_embeddings, "max_position_embeddings")?;
+        // Mistral's sliding window: within it, attention is plain causal attention, so the
+        // context is capped there and every result stays exact.
+        let windowed = match kind {
+            LlamaKind::Mistral => true,
+            LlamaKind::Qwen2 => r.use_sliding_window == Some(true),
+            _ => false,
+        };
+        if let (true, Some(w)) = (windowed, r.sliding_window.filter(|&w| w > 0)) {
+            n_positions = n_positions.min(w);
+        }
+        let (attn_bias, mlp_bias) = (r.attention_bias == Some(true), r.mlp_bias == Some(true));
+        let biases = match kind {
+            LlamaKind::Qwen2 => Biases {
+                qkv: true,
+                out: false,
+                mlp: false,
+                norm: false,
+            },
+            _ => Biases {
+                qkv: attn_bias,
+                out: attn_bias,
+                mlp: mlp_bias,
+                norm: false,
+            },
+        };
+        let activation = match r.hidden_act.as_deref().unwrap_or("silu") {
+            "silu" | "swish" => Activation::Silu,
+            other => {
+                return Err(f.bad(format!(
+                    "hidden_act {other:?} is not supported; wgpt computes silu for this family"
+                )));
+            }
+        };
+        Ok(Config {
+            vocab_size: f.need(r.vocab_size, "vocab_size")?,
+            n_positions,
+            n_layer: f.need(r.num_hidden_layers, "num_hidden_layers")?,
+            n_kv_head,
+            head_dim,
+            n_inner: f.need(r.intermediate_size, "intermediate_size")?,
+            gated: true,
+            norm: NormKind::Rms,
+            layer_norm_epsilon: r.rms_norm_eps.unwrap_or(1e-6) as f32,
+            rope: Some(f.rope()?),
+            biases,
+            tie_word_embeddings: r.tie_word_embeddings.unwrap_or(kind != LlamaKind::Phi3),
+            eos_token_ids: token_ids(r.eos_token_id.as_ref()),
+            family: Family::Llama(kind),
+            activation,
+            positions: Positions::Rotary,
+            ..Self::plain(n_embd, n_head)
         })
     }
 
@@ -387,9 +683,21 @@ impl Config {
     fn check_shapes(&self, f: &Fields) -> Result<()> {
         let cfg = self;
         let (n_embd, n_head) = (cfg.n_embd, cfg.n_head);
-        if n_embd % n_head != 0 {
+        if (cfg.rope.is_none() && cfg.q_width() != n_embd) || cfg.head_dim == 0 {
             return Err(f.bad(format!(
                 "n_embd = {n_embd} is not divisible by n_head = {n_head}"
+            )));
+        }
+        if cfg.n_head % cfg.n_kv_head != 0 {
+            return Err(f.bad(format!(
+                "num_attention_heads = {n_head} is not a multiple of num_key_value_heads = {}",
+                cfg.n_kv_head
+            )));
+        }
+        if cfg.rope.is_some() && cfg.head_dim % 2 != 0 {
+            return Err(f.bad(format!(
+                "head size {} is odd; rotary embeddings rotate pairs of dims",
+                cfg.head_dim
             )));
         }
         // The linear kernels read rows as vec4. Every published size of these families does.
@@ -411,7 +719,7 @@ impl Config {
         }
         // Sizes beyond u32 cannot be indexed by the kernels; real checkpoints are far below.
         let largest = cfg.vocab_size.max(cfg.n_positions + cfg.position_offset) as u64
-            * cfg.n_inner.max(3 * n_embd) as u64;
+            * cfg.fc_rows().max(cfg.qkv_width()) as u64;
         if largest > u32::MAX as u64 {
             return Err(f.bad("a weight matrix has more than 2^32 elements".into()));
         }
@@ -435,6 +743,47 @@ impl Fields<'_> {
 
     fn need(&self, v: Option<usize>, name: &str) -> Result<usize> {
         size_field(v, name).map_err(|m| self.bad(m))
+    }
+
+    /// The rotary embedding: transformers 4's `rope_theta` and `rope_scaling`, or
+    /// transformers 5's `rope_parameters` (which holds the theta too).
+    fn rope(&self) -> Result<Rope> {
+        let params = self.raw.rope_parameters.as_ref().filter(|v| v.is_object());
+        let scaling = params.or(self.raw.rope_scaling.as_ref().filter(|v| v.is_object()));
+        let num = |key: &str| scaling.and_then(|s| s.get(key)).and_then(|v| v.as_f64());
+        let theta = num("rope_theta")
+            .filter(|_| params.is_some())
+            .or(self.raw.rope_theta)
+            .unwrap_or(10000.0);
+        let kind = scaling
+            .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        let need = |key: &str| {
+            num(key).ok_or_else(|| self.bad(format!("rope scaling {kind:?} has no {key:?}")))
+        };
+        let scaling = match kind {
+            "default" => RopeScaling::None,
+            "linear" => RopeScaling::Linear {
+                factor: need("factor")?,
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: need("factor")?,
+                low_freq_factor: need("low_freq_factor")?,
+                high_freq_factor: need("high_freq_factor")?,
+                original: need("original_max_position_embeddings")?,
+            },
+            other => {
+                return Err(self.bad(format!(
+                    "rope scaling {other:?} is not supported; wgpt computes default, linear and \
+                     llama3"
+                )));
+            }
+        };
+        if !(theta > 0.0) {
+            return Err(self.bad(format!("rope_theta = {theta} must be positive")));
+        }
+        Ok(Rope { theta, scaling })
     }
 
     fn activation(&self, default: &str) -> Result<Activation> {
@@ -540,10 +889,137 @@ mod tests {
         assert_eq!(xglm.embed_scale, 32.0);
     }
 
+    const SMOLLM2: &str = r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false,
+        "bos_token_id": 1, "eos_token_id": 2, "head_dim": 64, "hidden_act": "silu",
+        "hidden_size": 576, "intermediate_size": 1536, "max_position_embeddings": 8192,
+        "mlp_bias": false, "model_type": "llama", "num_attention_heads": 9,
+        "num_hidden_layers": 30, "num_key_value_heads": 3, "rms_norm_eps": 1e-05,
+        "rope_scaling": null, "rope_theta": 100000, "tie_word_embeddings": true,
+        "vocab_size": 49152"#;
+
+    #[test]
+    fn reads_llama_family_configs() {
+        let cfg = parse(&format!("{SMOLLM2}}}")).unwrap();
+        assert_eq!(cfg.family, Family::Llama(LlamaKind::Llama));
+        assert_eq!((cfg.n_head, cfg.n_kv_head, cfg.head_dim), (9, 3, 64));
+        assert_eq!(
+            (cfg.q_width(), cfg.kv_width(), cfg.qkv_width()),
+            (576, 192, 960)
+        );
+        assert_eq!((cfg.n_inner, cfg.fc_rows()), (1536, 3072));
+        assert!(cfg.gated && cfg.tie_word_embeddings && cfg.norm == NormKind::Rms);
+        assert_eq!(
+            cfg.biases,
+            Biases {
+                qkv: false,
+                out: false,
+                mlp: false,
+                norm: false
+            }
+        );
+        let rope = cfg.rope.clone().unwrap();
+        assert_eq!((rope.theta, rope.scaling), (100000.0, RopeScaling::None));
+        assert_eq!(cfg.activation, Activation::Silu);
+        assert_eq!(cfg.layer_norm_epsilon, 1e-5);
+
+        // Llama 3.2's scaling, in transformers 4's spelling and in transformers 5's.
+        let v4 = r#""rope_theta": 500000.0, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}"#;
+        let v5 = r#""rope_parameters": {"rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}"#;
+        let base = SMOLLM2.replace(r#""rope_scaling": null, "rope_theta": 100000,"#, "");
+        let want = Rope {
+            theta: 500000.0,
+            scaling: RopeScaling::Llama3 {
+                factor: 32.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original: 8192.0,
+            },
+        };
+        for spelling in [v4, v5] {
+            assert_eq!(
+                parse(&format!("{base}, {spelling}}}")).unwrap().rope,
+                Some(want.clone())
+            );
+        }
+        let linear = r#""rope_scaling": {"type": "linear", "factor": 2.0}"#;
+        let cfg = parse(&format!("{base}, {linear}}}")).unwrap();
+        assert_eq!(
+            cfg.rope.unwrap().scaling,
+            RopeScaling::Linear { factor: 2.0 }
+        );
+
+        // Qwen2: biases on q, k, v only; Mistral: the context capped at the sliding window.
+        let qwen = SMOLLM2.replace(r#""model_type": "llama""#, r#""model_type": "qwen2""#);
+        let cfg = parse(&format!("{qwen}}}")).unwrap();
+        assert_eq!(cfg.family, Family::Llama(LlamaKind::Qwen2));
+        assert!(cfg.biases.qkv && !cfg.biases.out && !cfg.biases.mlp);
+        let mistral = SMOLLM2.replace(r#""model_type": "llama""#, r#""model_type": "mistral""#);
+        let cfg = parse(&format!(r#"{mistral}, "sliding_window": 4096}}"#)).unwrap();
+        assert_eq!(cfg.n_positions, 4096);
+        let phi3 = SMOLLM2.replace(r#""model_type": "llama""#, r#""model_type": "phi3""#);
+        assert_eq!(
+            parse(&format!("{phi3}}}")).unwrap().family,
+            Family::Llama(LlamaKind::Phi3)
+        );
+    }
+
+    #[test]
+    fn llama3_frequencies_match_transformers() {
+        // transformers' _compute_llama3_parameters for Llama 3.2 (theta 5e5, factor 32, 1, 4,
+        // 8192) at HS = 64: the first (kept), a smoothed middle one, the last (divided).
+        let rope = Rope {
+            theta: 500000.0,
+            scaling: RopeScaling::Llama3 {
+                factor: 32.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original: 8192.0,
+            },
+        };
+        let f = rope.inv_freq(64);
+        assert_eq!(f.len(), 32);
+        assert_eq!(f[0], 1.0);
+        let plain = Rope {
+            theta: 500000.0,
+            scaling: RopeScaling::None,
+        }
+        .inv_freq(64);
+        assert!((f[31] / plain[31] - 1.0 / 32.0).abs() < 1e-6);
+        assert!(
+            f[20] < plain[20] && f[20] > plain[20] / 32.0
+                || f[20] == plain[20]
+                || f[20] == plain[20] / 32.0
+        );
+    }
+
+    #[test]
+    fn rejects_llama_variants_it_cannot_run() {
+        let err = |json: &str| parse(json).unwrap_err().to_string();
+        let base = SMOLLM2.replace(r#""rope_scaling": null, "#, "");
+        assert!(
+            err(&format!(
+                r#"{base}, "rope_scaling": {{"rope_type": "yarn", "factor": 4.0}}}}"#
+            ))
+            .contains("yarn")
+        );
+        assert!(
+            err(&format!(
+                r#"{base}, "rope_scaling": {{"rope_type": "llama3", "factor": 4.0}}}}"#
+            ))
+            .contains("low_freq_factor")
+        );
+        let nine = SMOLLM2.replace(r#""num_key_value_heads": 3"#, r#""num_key_value_heads": 4"#);
+        assert!(err(&format!("{nine}}}")).contains("num_key_value_heads = 4"));
+        let gelu = SMOLLM2.replace(r#""hidden_act": "silu""#, r#""hidden_act": "gelu""#);
+        assert!(err(&format!("{gelu}}}")).contains("hidden_act"));
+    }
+
     #[test]
     fn rejects_what_the_kernels_cannot_run() {
         let err = |json: &str| parse(json).unwrap_err().to_string();
-        assert!(err(r#"{"model_type": "llama"}"#).contains("gpt2, opt, xglm"));
+        assert!(err(r#"{"model_type": "mamba"}"#).contains("gpt2, opt, xglm, llama"));
         assert!(err(r#"{"n_embd": 4}"#).contains("model_type"));
         assert!(err(r#"{"model_type": "gpt2", "n_embd": 10, "n_head": 5, "n_layer": 1, "n_positions": 8, "vocab_size": 9}"#)
             .contains("multiples of 4"));

@@ -83,6 +83,16 @@ pub enum Error {
         msg: String,
     },
 
+    /// A chat template does not parse, or fails while rendering (its own `raise_exception`
+    /// included).
+    #[error("{path}: chat template: {msg}")]
+    ChatTemplate {
+        /// tokenizer_config.json or chat_template.jinja.
+        path: PathBuf,
+        /// The reason, with the template's line.
+        msg: String,
+    },
+
     /// The `tokenizers` crate failed to encode text or decode ids.
     #[error("tokenizer: {0}")]
     Encode(String),

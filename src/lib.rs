@@ -25,7 +25,7 @@
 //! let gpu = wgpt::Engine::new(None)?;
 //! let dir = std::path::Path::new("assets/default");
 //! let model = wgpt::Model::load(gpu, dir, &Default::default())?;
-//! let tokenizer = wgpt::Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+//! let tokenizer = wgpt::Tokenizer::from_dir(dir)?;
 //! let mut session = wgpt::Session::new(&model)?;
 //! let ids = tokenizer.encode("The borrow checker")?;
 //! let opts = wgpt::GenerateOptions { max_tokens: 20, ..Default::default() };
@@ -49,6 +49,7 @@ macro_rules! internal_mods {
 }
 
 pub mod bench;
+pub mod chat;
 pub mod config;
 #[cfg(feature = "default-model")]
 pub mod default_model;
@@ -72,6 +73,7 @@ internal_mods!(loader, reference);
 #[doc(hidden)]
 pub mod fuzz;
 
+pub use chat::{ChatTemplate, Message};
 pub use config::Config;
 pub use encoder::{Embeddings, EncoderModel};
 pub use error::{Error, Result};

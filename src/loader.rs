@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::config::{Config, Family};
+use crate::config::{Config, Family, Positions};
 use crate::families::checkpoint_parts;
 use crate::{Error, Result};
 
@@ -198,7 +198,7 @@ impl Checkpoint {
         self.tensors.get(name).ok_or_else(|| {
             Error::tensor(
                 name,
-                "is missing from the checkpoint; is this a GPT-2 model saved by transformers?",
+                "is missing from the checkpoint; was it saved by transformers for the model_type config.json names?",
             )
         })
     }
@@ -378,67 +378,68 @@ pub fn parse_index(text: &str, path: &Path) -> Result<Vec<String>> {
     Ok(files)
 }
 
-/// One block's weights. Linear weights are (out, in); shapes use C, NH, HS, L as in the config.
+/// One block's weights, in the kernels' layout and GPT-2's names whatever the family. Linear
+/// weights are (out, in); shapes use the letters of [`Config`]. Biases a family lacks are
+/// `None`.
 pub struct LayerWeights<T> {
-    /// `ln_1.weight` (C): gain of the layer norm before attention.
+    /// `ln_1.weight` (C): gain of the norm before attention.
     pub ln_1_w: T,
     /// `ln_1.bias` (C).
-    pub ln_1_b: T,
-    /// `attn.c_attn.weight` (3C, C): fused Q, K, V projection.
+    pub ln_1_b: Option<T>,
+    /// `attn.c_attn.weight` ((NH + 2 NKV) HS, C): fused Q, K, V projection.
     pub c_attn_w: T,
-    /// `attn.c_attn.bias` (3C).
-    pub c_attn_b: T,
-    /// `attn.c_proj.weight` (C, C): attention output projection.
+    /// `attn.c_attn.bias` ((NH + 2 NKV) HS).
+    pub c_attn_b: Option<T>,
+    /// `attn.c_proj.weight` (C, NH HS): attention output projection.
     pub attn_proj_w: T,
     /// `attn.c_proj.bias` (C).
-    pub attn_proj_b: T,
-    /// `ln_2.weight` (C): gain of the layer norm before the MLP.
+    pub attn_proj_b: Option<T>,
+    /// `ln_2.weight` (C): gain of the norm before the MLP.
     pub ln_2_w: T,
     /// `ln_2.bias` (C).
-    pub ln_2_b: T,
-    /// `mlp.c_fc.weight` (n_inner, C), n_inner = 4C by default: MLP up-projection.
+    pub ln_2_b: Option<T>,
+    /// `mlp.c_fc.weight` (n_inner, C), n_inner = 4C by default: MLP up-projection; gated
+    /// feed-forwards stack the gate's rows, then the up-projection's (2 n_inner, C).
     pub c_fc_w: T,
-    /// `mlp.c_fc.bias` (n_inner).
-    pub c_fc_b: T,
+    /// `mlp.c_fc.bias` (n_inner, or 2 n_inner when gated).
+    pub c_fc_b: Option<T>,
     /// `mlp.c_proj.weight` (C, n_inner): MLP down-projection.
     pub mlp_proj_w: T,
     /// `mlp.c_proj.bias` (C).
-    pub mlp_proj_b: T,
+    pub mlp_proj_b: Option<T>,
 }
 
 impl<T> LayerWeights<T> {
     /// Every tensor of the block.
-    pub fn all(&self) -> [&T; 12] {
-        [
-            &self.ln_1_w,
-            &self.ln_1_b,
-            &self.c_attn_w,
-            &self.c_attn_b,
-            &self.attn_proj_w,
-            &self.attn_proj_b,
-            &self.ln_2_w,
-            &self.ln_2_b,
-            &self.c_fc_w,
-            &self.c_fc_b,
-            &self.mlp_proj_w,
-            &self.mlp_proj_b,
-        ]
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        [&self.ln_1_w, &self.c_attn_w, &self.attn_proj_w]
+            .into_iter()
+            .chain([&self.ln_2_w, &self.c_fc_w, &self.mlp_proj_w])
+            .chain(self.ln_1_b.as_ref())
+            .chain(self.c_attn_b.as_ref())
+            .chain(self.attn_proj_b.as_ref())
+            .chain(self.ln_2_b.as_ref())
+            .chain(self.c_fc_b.as_ref())
+            .chain(self.mlp_proj_b.as_ref())
     }
 }
 
-/// A GPT-2's weights, stored as `T` (host vectors or GPU tensors).
+/// A decoder's weights, stored as `T` (host vectors or GPU tensors).
 pub struct Weights<T> {
     /// `wte.weight` (V, E): token embeddings (also the output head when tied); E = C but in
     /// OPT models with `word_embed_proj_dim`.
     pub wte: T,
-    /// `wpe.weight` (n_ctx, C): learned absolute position embeddings.
-    pub wpe: T,
+    /// `wpe.weight` (n_ctx, C): absolute position embeddings (learned, or XGLM's sinusoids);
+    /// `None` for rotary models.
+    pub wpe: Option<T>,
+    /// `rope.inv_freq` (HS / 2): a rotary model's frequencies, computed from config.json.
+    pub inv_freq: Option<T>,
     /// The L transformer blocks, in order.
     pub layers: Vec<LayerWeights<T>>,
-    /// `ln_f.weight` (C): gain of the final layer norm.
+    /// `ln_f.weight` (C): gain of the final norm.
     pub ln_f_w: T,
     /// `ln_f.bias` (C).
-    pub ln_f_b: T,
+    pub ln_f_b: Option<T>,
     /// (V, E); `None` when the head is tied to `wte`.
     pub lm_head: Option<T>,
     /// OPT's `project_in.weight` (C, E), when E != C: embeddings into the residual stream.
@@ -450,8 +451,11 @@ pub struct Weights<T> {
 impl<T> Weights<T> {
     /// Every tensor, each once (a tied head is `wte`).
     pub fn all(&self) -> impl Iterator<Item = &T> {
-        [&self.wte, &self.wpe, &self.ln_f_w, &self.ln_f_b]
+        [&self.wte, &self.ln_f_w]
             .into_iter()
+            .chain(self.wpe.as_ref())
+            .chain(self.inv_freq.as_ref())
+            .chain(self.ln_f_b.as_ref())
             .chain(self.layers.iter().flat_map(|l| l.all()))
             .chain(self.lm_head.as_ref())
             .chain(self.project_in.as_ref())
@@ -521,6 +525,7 @@ pub fn load_weights<T>(
     })?;
     let extra = match cfg.family {
         Family::Gpt2 => format!("h.{}.ln_1.weight", cfg.n_layer),
+        Family::Llama(_) => format!("layers.{}.input_layernorm.weight", cfg.n_layer),
         _ => format!("layers.{}.self_attn_layer_norm.weight", cfg.n_layer),
     };
     if ckpt.contains(&extra) {
@@ -542,9 +547,13 @@ pub fn load_weights<T>(
                 _ => (row0, n),
             };
             if parts.is_empty() {
-                // Sinusoidal positions: the CPU formula (the GPU computes its own copy).
-                let table = crate::reference::sinusoid(row0 + n, cols, cfg.position_offset);
-                out.extend(&table[row0 * cols..]);
+                // Computed tables: rotary frequencies, or sinusoidal positions (the CPU
+                // formula; the GPU computes its own copy).
+                let table = match &cfg.rope {
+                    Some(rope) => rope.inv_freq(cfg.head_dim),
+                    None => crate::reference::sinusoid(row0 + n, cols, cfg.position_offset),
+                };
+                out.extend(&table[row0 * width..(row0 + n) * width]);
                 return Ok(());
             }
             let (mut first, mut at) = (row0, 0);
@@ -585,6 +594,8 @@ pub fn build_weights<T>(
     mut make: impl FnMut(&str, usize, usize, bool) -> Result<T>,
 ) -> Result<Weights<T>> {
     let (c, v, n_ctx, inner) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
+    let b = cfg.biases;
+    let (qkv, q, fc) = (cfg.qkv_width(), cfg.q_width(), cfg.fc_rows());
     let mut layers = Vec::with_capacity(cfg.n_layer);
     for i in 0..cfg.n_layer {
         let mut t = |n: &str, rows: usize, cols: usize, conv1d: bool| {
@@ -592,27 +603,33 @@ pub fn build_weights<T>(
         };
         layers.push(LayerWeights {
             ln_1_w: t("ln_1.weight", 1, c, false)?,
-            ln_1_b: t("ln_1.bias", 1, c, false)?,
-            c_attn_w: t("attn.c_attn.weight", 3 * c, c, true)?,
-            c_attn_b: t("attn.c_attn.bias", 1, 3 * c, false)?,
-            attn_proj_w: t("attn.c_proj.weight", c, c, true)?,
-            attn_proj_b: t("attn.c_proj.bias", 1, c, false)?,
+            ln_1_b: b.norm.then(|| t("ln_1.bias", 1, c, false)).transpose()?,
+            c_attn_w: t("attn.c_attn.weight", qkv, c, true)?,
+            c_attn_b: b.qkv.then(|| t("attn.c_attn.bias", 1, qkv, false)).transpose()?,
+            attn_proj_w: t("attn.c_proj.weight", c, q, true)?,
+            attn_proj_b: b.out.then(|| t("attn.c_proj.bias", 1, c, false)).transpose()?,
             ln_2_w: t("ln_2.weight", 1, c, false)?,
-            ln_2_b: t("ln_2.bias", 1, c, false)?,
-            c_fc_w: t("mlp.c_fc.weight", inner, c, true)?,
-            c_fc_b: t("mlp.c_fc.bias", 1, inner, false)?,
+            ln_2_b: b.norm.then(|| t("ln_2.bias", 1, c, false)).transpose()?,
+            c_fc_w: t("mlp.c_fc.weight", fc, c, true)?,
+            c_fc_b: b.mlp.then(|| t("mlp.c_fc.bias", 1, fc, false)).transpose()?,
             mlp_proj_w: t("mlp.c_proj.weight", c, inner, true)?,
-            mlp_proj_b: t("mlp.c_proj.bias", 1, c, false)?,
+            mlp_proj_b: b.mlp.then(|| t("mlp.c_proj.bias", 1, c, false)).transpose()?,
         });
     }
     let e = cfg.word_embed_dim;
     let projects = cfg.projects_embeddings();
+    let rotary = cfg.positions == Positions::Rotary;
     Ok(Weights {
         wte: make("wte.weight", v, e, false)?,
-        wpe: make("wpe.weight", n_ctx, c, false)?,
+        wpe: (!rotary)
+            .then(|| make("wpe.weight", n_ctx, c, false))
+            .transpose()?,
+        inv_freq: rotary
+            .then(|| make("rope.inv_freq", 1, cfg.head_dim / 2, false))
+            .transpose()?,
         layers,
         ln_f_w: make("ln_f.weight", 1, c, false)?,
-        ln_f_b: make("ln_f.bias", 1, c, false)?,
+        ln_f_b: b.norm.then(|| make("ln_f.bias", 1, c, false)).transpose()?,
         lm_head: if explicit_head {
             Some(make("lm_head.weight", v, e, false)?)
         } else {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::config::{Activation, Config};
-use crate::graph::{Act, Graph, Keys, Op, Then};
+use crate::graph::{Act, Graph, Keys, NormKind, Op, Then};
 use crate::loader::Weights;
 
 /// embed.wgsl: `x[t] = wte[tokens[t]] + wpe[pos0 + t]`. wte (V, C), wpe (n_ctx, C) → (T, C)
@@ -32,6 +32,100 @@ pub fn layernorm(x: &[f32], weight: &[f32], bias: &[f32], c: usize, eps: f32) ->
         }
     }
     out
+}
+
+/// layernorm.wgsl with RMS: Llama's RMSNorm over rows of width C, x / sqrt(mean(x²) + eps) · w.
+pub fn rms_norm(x: &[f32], weight: &[f32], c: usize, eps: f32) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (row, o) in x.chunks(c).zip(out.chunks_mut(c)) {
+        let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / c as f64;
+        let rstd = 1.0 / (ms + eps as f64).sqrt();
+        for i in 0..c {
+            o[i] = (row[i] as f64 * rstd * weight[i] as f64) as f32;
+        }
+    }
+    out
+}
+
+/// The attention heads of a qkv row (T, (NH + 2 NKV) HS): NH query heads, NKV key and value
+/// heads (query head h reads key head h / (NH / NKV)), each HS wide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    /// NH.
+    pub nh: usize,
+    /// NKV.
+    pub nkv: usize,
+    /// HS.
+    pub hs: usize,
+}
+
+impl Heads {
+    /// NH heads splitting C, each with its own key and value head (GPT-2's).
+    pub fn mha(c: usize, nh: usize) -> Heads {
+        Heads { nh, nkv: nh, hs: c / nh }
+    }
+
+    /// NH HS, where the keys start in a qkv row.
+    pub fn q(&self) -> usize {
+        self.nh * self.hs
+    }
+
+    /// NKV HS: one KV-cache row.
+    pub fn kv(&self) -> usize {
+        self.nkv * self.hs
+    }
+
+    /// A qkv row's width.
+    pub fn qkv(&self) -> usize {
+        self.q() + 2 * self.kv()
+    }
+}
+
+/// rope.wgsl: rotary embeddings on the query and key heads of qkv (T, (NH + 2 NKV) HS) in
+/// place, row t at position pos0 + t: dims i and i + HS/2 of each head turned by the f32 angle
+/// position × inv_freq[i] (cos and sin in f64, as accurate as the f32 angle allows).
+pub fn rope(qkv: &mut [f32], inv_freq: &[f32], h: Heads, pos0: usize) {
+    let half = h.hs / 2;
+    for (t, row) in qkv.chunks_mut(h.qkv()).enumerate() {
+        for head in row[..h.q() + h.kv()].chunks_mut(h.hs) {
+            for i in 0..half {
+                let a = ((pos0 + t) as f32 * inv_freq[i]) as f64;
+                let (sin, cos) = a.sin_cos();
+                let (x1, x2) = (head[i] as f64, head[i + half] as f64);
+                head[i] = (x1 * cos - x2 * sin) as f32;
+                head[i + half] = (x2 * cos + x1 * sin) as f32;
+            }
+        }
+    }
+}
+
+/// elementwise.wgsl's `gate`: rows [gate | up] (T, 2 width) → act(gate) · up (T, width).
+pub fn gate(x: &[f32], width: usize, act: Activation) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len() / 2);
+    for row in x.chunks(2 * width) {
+        let mut g = row[..width].to_vec();
+        activate(&mut g, act);
+        out.extend(g.iter().zip(&row[width..]).map(|(g, u)| g * u));
+    }
+    out
+}
+
+/// An activation in place.
+pub fn activate(x: &mut [f32], act: Activation) {
+    match act {
+        Activation::GeluTanh => gelu(x),
+        Activation::GeluErf => gelu_erf(x),
+        Activation::Relu => relu(x),
+        Activation::Silu => silu(x),
+    }
+}
+
+/// x / (1 + e^-x).
+pub fn silu(x: &mut [f32]) {
+    for v in x {
+        let z = *v as f64;
+        *v = (z / (1.0 + (-z).exp())) as f32;
+    }
 }
 
 /// matmul.wgsl: out (M, N) = a (M, K) @ w (N, K)^T + bias (N).
@@ -85,50 +179,48 @@ pub fn q8_round_trip(w: &[f32]) -> Vec<f32> {
     dequantize_q8(&q, &s)
 }
 
-/// kv_append.wgsl: writes the k and v thirds of qkv (T, 3C) into the caches (n_ctx, C) at pos0.
-pub fn kv_append(qkv: &[f32], k_cache: &mut [f32], v_cache: &mut [f32], c: usize, pos0: usize) {
-    for (t, row) in qkv.chunks(3 * c).enumerate() {
-        let dst = (pos0 + t) * c;
-        k_cache[dst..dst + c].copy_from_slice(&row[c..2 * c]);
-        v_cache[dst..dst + c].copy_from_slice(&row[2 * c..3 * c]);
+/// kv_append.wgsl: writes the keys and values of qkv (T, (NH + 2 NKV) HS) into the caches
+/// (n_ctx, NKV HS) at pos0.
+pub fn kv_append(qkv: &[f32], k_cache: &mut [f32], v_cache: &mut [f32], h: Heads, pos0: usize) {
+    let (q, kv) = (h.q(), h.kv());
+    for (t, row) in qkv.chunks(h.qkv()).enumerate() {
+        let dst = (pos0 + t) * kv;
+        k_cache[dst..dst + kv].copy_from_slice(&row[q..q + kv]);
+        v_cache[dst..dst + kv].copy_from_slice(&row[q + kv..q + 2 * kv]);
     }
 }
 
-/// attention.wgsl: causal softmax attention of the queries in qkv (T, 3C) at positions pos0 + t
-/// over the caches (n_ctx, C). Plain softmax over the materialised scores, no online tricks.
-pub fn attention(
-    qkv: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    c: usize,
-    nh: usize,
-    pos0: usize,
-) -> Vec<f32> {
-    attend(qkv, k_cache, v_cache, c, nh, |t| 0..pos0 + t + 1)
+/// attention.wgsl: causal softmax attention of the queries in qkv (T, (NH + 2 NKV) HS) at
+/// positions pos0 + t over the caches (n_ctx, NKV HS) → (T, NH HS). Plain softmax over the
+/// materialised scores, no online tricks.
+pub fn attention(qkv: &[f32], k_cache: &[f32], v_cache: &[f32], h: Heads, pos0: usize) -> Vec<f32> {
+    attend(qkv, k_cache, v_cache, h, |t| 0..pos0 + t + 1)
 }
 
-/// Softmax attention of each query row t of qkv (T, 3C) over the key and value rows
-/// `keys(t)` of k, v (rows, C), head by head, in f64. (T, C).
+/// Softmax attention of each query row t of qkv over the key and value rows `keys(t)` of k, v
+/// (rows, NKV HS), head by head, in f64. (T, NH HS).
 fn attend(
     qkv: &[f32],
     k: &[f32],
     v: &[f32],
-    c: usize,
-    nh: usize,
+    heads: Heads,
     keys: impl Fn(usize) -> std::ops::Range<usize>,
 ) -> Vec<f32> {
-    let hs = c / nh;
-    let t_len = qkv.len() / (3 * c);
+    let Heads { nh, hs, .. } = heads;
+    let (w, kv, group) = (heads.qkv(), heads.kv(), nh / heads.nkv);
+    let t_len = qkv.len() / w;
     let scale = 1.0 / (hs as f64).sqrt();
+    let c = heads.q();
     let mut out = vec![0.0; t_len * c];
     for t in 0..t_len {
         let keys = keys(t);
         for h in 0..nh {
-            let q = &qkv[t * 3 * c + h * hs..t * 3 * c + (h + 1) * hs];
+            let q = &qkv[t * w + h * hs..t * w + (h + 1) * hs];
+            let kh = h / group * hs;
             let scores: Vec<f64> = keys
                 .clone()
                 .map(|j| {
-                    let kr = &k[j * c + h * hs..j * c + (h + 1) * hs];
+                    let kr = &k[j * kv + kh..j * kv + kh + hs];
                     q.iter()
                         .zip(kr)
                         .map(|(&a, &b)| a as f64 * b as f64)
@@ -143,7 +235,7 @@ fn attend(
                 let y: f64 = keys
                     .clone()
                     .zip(&exps)
-                    .map(|(j, e)| e * v[j * c + h * hs + d] as f64)
+                    .map(|(j, e)| e * v[j * kv + kh + d] as f64)
                     .sum();
                 out[t * c + h * hs + d] = (y / sum) as f32;
             }
@@ -226,8 +318,13 @@ pub fn run(g: &Graph<&Vec<f32>>, seqs: &[&[u32]]) -> Vec<f32> {
     let mut acts: HashMap<Act, Vec<f32>> = HashMap::new();
     let mut caches: HashMap<usize, (Vec<f32>, Vec<f32>)> = HashMap::new();
     let mut last = Act::X;
+    let d = &g.dims;
+    let heads = Heads {
+        nh: d.n_head,
+        nkv: d.n_kv_head,
+        hs: d.head_size,
+    };
     for op in g.body.iter().chain(&g.head) {
-        let d = &g.dims;
         let (out, value) = match op {
             Op::Embed { tokens: table, positions, width, packed, out } => {
                 let mut x = vec![0.0; tokens.len() * width];
@@ -244,35 +341,42 @@ pub fn run(g: &Graph<&Vec<f32>>, seqs: &[&[u32]]) -> Vec<f32> {
                 }
                 (*out, x)
             }
+            Op::Norm { kind: NormKind::Rms, inp, out, gain, eps, .. } => (*out, rms_norm(&acts[inp], gain, d.c, *eps)),
             Op::Norm { inp, out, gain, bias, eps, .. } => {
                 let zeros = vec![0.0; gain.len()];
                 let b = bias.map_or(&zeros, |b| b);
                 (*out, layernorm(&acts[inp], gain, b, d.c, *eps))
             }
+            Op::Rope { qkv, inv_freq } => {
+                let mut x = acts.remove(qkv).unwrap_or_default();
+                rope(&mut x, inv_freq, heads, 0);
+                (*qkv, x)
+            }
+            Op::Gate { inp, out, act } => (*out, gate(&acts[inp], d.inner, *act)),
             Op::Linear { inp, out, dense, then } => {
                 let (k, n) = (d.width(*inp), d.width(*out));
                 let mut y = matmul(&acts[inp], dense.w, dense.b.map(|b| b.as_slice()), k, n);
                 match then {
                     Then::Store => {}
-                    Then::Act(Activation::GeluTanh) => gelu(&mut y),
-                    Then::Act(Activation::GeluErf) => gelu_erf(&mut y),
-                    Then::Act(Activation::Relu) => relu(&mut y),
+                    Then::Act(a) => activate(&mut y, *a),
                     Then::Add => residual(&mut y, &acts[out]),
                 }
                 (*out, y)
             }
             Op::Attention { qkv, out, keys, n_head, .. } => {
                 let qkv = &acts[qkv];
-                let rows = qkv.len() / (3 * d.c);
+                let rows = qkv.len() / heads.qkv();
                 let layer = match keys {
                     Keys::Cache { layer } => *layer,
                     Keys::Sequence => usize::MAX,
                 };
-                let (k, v) = caches.entry(layer).or_insert_with(|| (vec![0.0; rows * d.c], vec![0.0; rows * d.c]));
-                kv_append(qkv, k, v, d.c, 0);
+                let cache = || vec![0.0; rows * heads.kv()];
+                let (k, v) = caches.entry(layer).or_insert_with(|| (cache(), cache()));
+                kv_append(qkv, k, v, heads, 0);
+                let h = Heads { nh: *n_head, ..heads };
                 let y = match keys {
-                    Keys::Cache { .. } => attention(qkv, k, v, d.c, *n_head, 0),
-                    Keys::Sequence => attention_bidirectional(qkv, k, v, d.c, *n_head, &row_spans),
+                    Keys::Cache { .. } => attention(qkv, k, v, h, 0),
+                    Keys::Sequence => attention_bidirectional(qkv, k, v, h, &row_spans),
                 };
                 (*out, y)
             }
@@ -438,17 +542,16 @@ pub fn embed_packed(
 }
 
 /// attention.wgsl's `attention_bidirectional` (and attention_texture.wgsl's): query row t of qkv
-/// (T, 3C) attends to the key and value rows `spans[t][0] .. + spans[t][1]` of k, v (T, C), its own
+/// attends to the key and value rows `spans[t][0] .. + spans[t][1]` of k, v, its own
 /// sequence's, with a plain softmax over the materialised scores.
 pub fn attention_bidirectional(
     qkv: &[f32],
     k: &[f32],
     v: &[f32],
-    c: usize,
-    nh: usize,
+    h: Heads,
     spans: &[[u32; 2]],
 ) -> Vec<f32> {
-    attend(qkv, k, v, c, nh, |t| {
+    attend(qkv, k, v, h, |t| {
         spans[t][0] as usize..(spans[t][0] + spans[t][1]) as usize
     })
 }

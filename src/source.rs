@@ -70,7 +70,7 @@ impl ModelSource {
     /// The model's tokenizer.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         match self {
-            ModelSource::Dir(d) => Tokenizer::from_file(&d.join(loader::TOKENIZER_FILE)),
+            ModelSource::Dir(d) => Tokenizer::from_dir(d),
             #[cfg(feature = "default-model")]
             ModelSource::Embedded => crate::default_model::tokenizer(),
         }

@@ -12,6 +12,9 @@ use crate::{Error, Result};
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: Arc<tokenizers::Tokenizer>,
+    /// A BOS id [`encode`](Self::encode) prepends itself: tokenizer_config.json asks for one
+    /// (`add_bos_token`) that the post-processor does not add.
+    bos: Option<u32>,
 }
 
 impl Tokenizer {
@@ -50,7 +53,28 @@ impl Tokenizer {
         let inner = parsed.map_err(|e| bad(e.to_string()))?;
         Ok(Tokenizer {
             inner: Arc::new(inner),
+            bos: None,
         })
+    }
+
+    /// A model folder's tokenizer: `tokenizer.json`, with tokenizer_config.json's
+    /// `add_bos_token` honoured as transformers does (its BOS prepended when the post-processor
+    /// does not add one already).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let mut tok = Self::from_file(&dir.join(crate::loader::TOKENIZER_FILE))?;
+        let cfg = crate::chat::TokenizerConfig::from_dir(dir)?;
+        if cfg.add_bos_token == Some(true) {
+            let bos = cfg.bos_token().and_then(|b| tok.token_id(&b));
+            let path = dir.join(crate::chat::TOKENIZER_CONFIG_FILE);
+            let bos = bos.ok_or_else(|| Error::Tokenizer {
+                path,
+                msg: "add_bos_token is true but bos_token is not a token of tokenizer.json".into(),
+            })?;
+            if tok.encode("a")?.first() != Some(&bos) {
+                tok.bos = Some(bos);
+            }
+        }
+        Ok(tok)
     }
 
     /// Token ids of a prompt as transformers' `tokenizer(text)` makes them: with the special
@@ -70,7 +94,11 @@ impl Tokenizer {
             .inner
             .encode(text, special)
             .map_err(|e| Error::Encode(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        let bos = self.bos.filter(|_| special);
+        Ok(bos
+            .into_iter()
+            .chain(enc.get_ids().iter().copied())
+            .collect())
     }
 
     /// For encoders: drops the truncation and padding a `tokenizer.json` may carry (all-MiniLM-L6-v2's

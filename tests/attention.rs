@@ -15,11 +15,11 @@ fn cpu_attention(model_dir: &std::path::Path, tokens: &[u32]) -> Vec<Vec<Vec<Vec
     let (c, nh, inner, eps) = (cfg.n_embd, cfg.n_head, cfg.n_inner, cfg.layer_norm_epsilon);
     let hs = c / nh;
     let t_len = tokens.len();
-    let mut x = embed(tokens, &w.wte, &w.wpe, c, 0);
+    let mut x = embed(tokens, &w.wte, w.wpe.as_ref().unwrap(), c, 0);
     let mut out = Vec::new();
     for lw in &w.layers {
-        let ln = layernorm(&x, &lw.ln_1_w, &lw.ln_1_b, c, eps);
-        let qkv = matmul(&ln, &lw.c_attn_w, Some(&lw.c_attn_b), c, 3 * c);
+        let ln = layernorm(&x, &lw.ln_1_w, lw.ln_1_b.as_ref().unwrap(), c, eps);
+        let qkv = matmul(&ln, &lw.c_attn_w, lw.c_attn_b.as_deref(), c, 3 * c);
         let mut heads = vec![Vec::new(); nh];
         let mut att_y = vec![0.0f32; t_len * c];
         for (h, rows) in heads.iter_mut().enumerate() {
@@ -50,14 +50,14 @@ fn cpu_attention(model_dir: &std::path::Path, tokens: &[u32]) -> Vec<Vec<Vec<Vec
         out.push(heads);
         residual(
             &mut x,
-            &matmul(&att_y, &lw.attn_proj_w, Some(&lw.attn_proj_b), c, c),
+            &matmul(&att_y, &lw.attn_proj_w, lw.attn_proj_b.as_deref(), c, c),
         );
-        let ln = layernorm(&x, &lw.ln_2_w, &lw.ln_2_b, c, eps);
-        let mut fc_h = matmul(&ln, &lw.c_fc_w, Some(&lw.c_fc_b), c, inner);
+        let ln = layernorm(&x, &lw.ln_2_w, lw.ln_2_b.as_ref().unwrap(), c, eps);
+        let mut fc_h = matmul(&ln, &lw.c_fc_w, lw.c_fc_b.as_deref(), c, inner);
         gelu(&mut fc_h);
         residual(
             &mut x,
-            &matmul(&fc_h, &lw.mlp_proj_w, Some(&lw.mlp_proj_b), inner, c),
+            &matmul(&fc_h, &lw.mlp_proj_w, lw.mlp_proj_b.as_deref(), inner, c),
         );
     }
     out

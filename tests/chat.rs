@@ -109,13 +109,13 @@ fn chat_bad_model_and_options() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("config.json"),
-        r#"{"model_type": "llama", "hidden_size": 64}"#,
+        r#"{"model_type": "mamba", "hidden_size": 64}"#,
     )
     .unwrap();
     let o = chat(&["--model", dir.path().to_str().unwrap()], "hi\n");
     let err = String::from_utf8(o.stderr).unwrap();
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("unsupported model_type \"llama\""), "{err}");
+    assert!(err.contains("unsupported model_type \"mamba\""), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     let o = chat(&["-n", "0"], "");
     let err = String::from_utf8(o.stderr).unwrap();

@@ -259,7 +259,7 @@ fn bad_folders_give_clear_errors() {
     let d = copy_of("gpt2-tiny");
     let cfg = std::fs::read_to_string(d.path().join("config.json"))
         .unwrap()
-        .replace("\"gpt2\"", "\"llama\"");
+        .replace("\"gpt2\"", "\"mamba\"");
     std::fs::write(d.path().join("config.json"), cfg).unwrap();
     fails_with(
         &[
@@ -271,7 +271,7 @@ fn bad_folders_give_clear_errors() {
             "--out",
             "/tmp/x.npy",
         ],
-        &["unsupported model_type \"llama\"", "supports: gpt2"],
+        &["unsupported model_type \"mamba\"", "supports: gpt2"],
     );
 
     let d = copy_of("gpt2-tiny");

@@ -6,11 +6,11 @@ mod common;
 
 use common::*;
 use wgpt::gpu::kernels::{
-    ArgmaxParams, AttentionParams, EmbedParams, Epilogue, Kv, LayerNormParams, LinearIo,
-    MatmulParams, Pipelines, SampleParams, Step, WidthParams, bind, bind_at, linear_binds, wg,
+    ArgmaxParams, AttentionParams, EmbedParams, Epilogue, Kv, KvParams, LayerNormParams, LinearIo,
+    MatmulParams, Pipelines, SampleParams, Step, bind, bind_at, linear_binds, wg,
 };
 use wgpt::gpu::tensor::{GpuTensor, TextureChunk, WeightDtype, encode};
-use wgpt::reference;
+use wgpt::reference::{self, Heads};
 
 struct Harness {
     gpu: std::sync::Arc<wgpt::Engine>,
@@ -34,14 +34,14 @@ impl Harness {
         let s = Step::new(rows as u32, row0 as u32, pos0 as u32);
         self.gpu.uniform("step", &s)
     }
-    fn width(&self, w: usize) -> wgpu::Buffer {
-        self.gpu.uniform(
-            "width",
-            &WidthParams {
-                width: w as u32,
-                _pad: [0; 3],
-            },
-        )
+    /// kv_append's widths for these heads.
+    fn kv_widths(&self, h: Heads) -> wgpu::Buffer {
+        let p = KvParams {
+            q: h.q() as u32,
+            kv: h.kv() as u32,
+            _pad: [0; 2],
+        };
+        self.gpu.uniform("kv", &p)
     }
     fn run(&self, pipe: &wgpu::ComputePipeline, bufs: &[&wgpu::Buffer], x: u32, y: u32) {
         dispatch(self, pipe, &bind(&self.gpu, pipe, "test", bufs), x, y);
@@ -276,22 +276,17 @@ fn kv_append_and_attention_match_cpu() {
         let step = h.step(t, 0, pos0);
         h.run(
             &h.p.kv_append,
-            &[&step, &h.width(c), &qkvb, &kb, &vb],
+            &[&step, &h.kv_widths(Heads::mha(c, nh)), &qkvb, &kb, &vb],
             (c as u32).div_ceil(64),
             t as u32,
         );
-        reference::kv_append(&qkv, &mut k_cache, &mut v_cache, c, pos0);
+        reference::kv_append(&qkv, &mut k_cache, &mut v_cache, Heads::mha(c, nh), pos0);
         assert_eq!(h.read(&kb), k_cache, "kv_append k");
         assert_eq!(h.read(&vb), v_cache, "kv_append v");
 
         let out = h.f32s(&vec![f32::NAN; t * c]);
-        let params = AttentionParams {
-            c: c as u32,
-            nh: nh as u32,
-            hs: hs as u32,
-            scale: 1.0 / (hs as f32).sqrt(),
-        };
-        let want = reference::attention(&qkv, &k_cache, &v_cache, c, nh, pos0);
+        let params = AttentionParams::heads(nh as u32, hs as u32);
+        let want = reference::attention(&qkv, &k_cache, &v_cache, Heads::mha(c, nh), pos0);
         // The generic pipeline (head size read at run time) and one with it fixed, as models
         // build it.
         let fixed = wgpt::gpu::kernels::pipeline(&h.gpu, "attention", None, &[("HS", hs as f64)]);
@@ -356,12 +351,7 @@ fn batched_rows_use_their_slots() {
         let k_all = random(b * n_ctx * c, 42, 1.0);
         let v_all = random(b * n_ctx * c, 43, 1.0);
         let qkv = random(b * 3 * c, 44, 2.0);
-        let params = AttentionParams {
-            c: c as u32,
-            nh: nh as u32,
-            hs: hs as u32,
-            scale: 1.0 / (hs as f32).sqrt(),
-        };
+        let params = AttentionParams::heads(nh as u32, hs as u32);
         let (qb, pu, out) = (
             h.f32s(&qkv),
             h.gpu.uniform("p", &params),
@@ -376,7 +366,7 @@ fn batched_rows_use_their_slots() {
             let (kt, vt) = (t(&k_all), t(&v_all));
             let tp = h.p.textures();
             let view = wgpu::BindingResource::TextureView;
-            let w = h.width(c);
+            let w = h.kv_widths(Heads::mha(c, nh));
             let res = vec![
                 stepb.as_entire_binding(),
                 w.as_entire_binding(),
@@ -412,7 +402,7 @@ fn batched_rows_use_their_slots() {
             let (kb, vb) = (h.f32s(&k_all), h.f32s(&v_all));
             h.run(
                 &h.p.kv_append,
-                &[&stepb, &h.width(c), &qb, &kb, &vb],
+                &[&stepb, &h.kv_widths(Heads::mha(c, nh)), &qb, &kb, &vb],
                 (c as u32).div_ceil(64),
                 b as u32,
             );
@@ -429,8 +419,8 @@ fn batched_rows_use_their_slots() {
             let slot = r * n_ctx * c..(r + 1) * n_ctx * c;
             let (mut k, mut vv) = (k_all[slot.clone()].to_vec(), v_all[slot].to_vec());
             let row = &qkv[r * 3 * c..(r + 1) * 3 * c];
-            reference::kv_append(row, &mut k, &mut vv, c, pos[r]);
-            let want = reference::attention(row, &k, &vv, c, nh, pos[r]);
+            reference::kv_append(row, &mut k, &mut vv, Heads::mha(c, nh), pos[r]);
+            let want = reference::attention(row, &k, &vv, Heads::mha(c, nh), pos[r]);
             // As the single-sequence attention: convex combinations of values in [-1, 1].
             worst = worst.max(close(&got[r * c..(r + 1) * c], &want, 1e-5));
         }
@@ -942,7 +932,7 @@ fn texture_gemv_attention_matches_cpu() {
                 );
                 kc.extend_from_slice(&got_qkv[c..2 * c]);
                 vc.extend_from_slice(&got_qkv[2 * c..]);
-                let want_att = reference::attention(&got_qkv, &kc, &vc, c, nh, pos);
+                let want_att = reference::attention(&got_qkv, &kc, &vc, Heads::mha(c, nh), pos);
                 // Convex combinations of values in [-1, 1] (the step's own up to ~|qkv|), f32
                 // online softmax against f64: as attention_texture, 1e-5 of the largest value.
                 let da = close(&h.read(&att_y), &want_att, 1e-5);
@@ -1222,7 +1212,7 @@ fn texture_kv_append_and_attention_match_cpu() {
         };
         for (rows, n, at) in steps {
             let b = h.f32s(rows);
-            let (step, w) = (h.step(n, 0, at), h.width(c));
+            let (step, w) = (h.step(n, 0, at), h.kv_widths(Heads::mha(c, nh)));
             let res = vec![
                 step.as_entire_binding(),
                 w.as_entire_binding(),
@@ -1243,15 +1233,16 @@ fn texture_kv_append_and_attention_match_cpu() {
                 ((c / 4) as u32).div_ceil(64),
                 n as u32,
             );
-            reference::kv_append(&rows[..n * 3 * c], &mut k_cache, &mut v_cache, c, at);
+            reference::kv_append(
+                &rows[..n * 3 * c],
+                &mut k_cache,
+                &mut v_cache,
+                Heads::mha(c, nh),
+                at,
+            );
         }
         let out = h.f32s(&vec![f32::NAN; t * c]);
-        let params = AttentionParams {
-            c: c as u32,
-            nh: nh as u32,
-            hs: hs as u32,
-            scale: 1.0 / (hs as f32).sqrt(),
-        };
+        let params = AttentionParams::heads(nh as u32, hs as u32);
         let (step, pu, qb) = (
             h.step(t, 0, pos0),
             h.gpu.uniform("p", &params),
@@ -1265,7 +1256,7 @@ fn texture_kv_append_and_attention_match_cpu() {
             wgpu::BindingResource::TextureView(&v_tex),
             out.as_entire_binding(),
         ];
-        let want = reference::attention(&qkv, &k_cache, &v_cache, c, nh, pos0);
+        let want = reference::attention(&qkv, &k_cache, &v_cache, Heads::mha(c, nh), pos0);
         let fixed =
             wgpt::gpu::kernels::pipeline(&h.gpu, "attention_texture", None, &[("HS", hs as f64)]);
         for (pipe, name) in [
@@ -1706,15 +1697,10 @@ fn bidirectional_attention_matches_cpu() {
             let (rows, _) = packed_spans(&lengths);
             let qkv = random(t * 3 * c, 36, 2.0);
             let (mut k, mut v) = (vec![0.0; t * c], vec![0.0; t * c]);
-            reference::kv_append(&qkv, &mut k, &mut v, c, 0);
-            let want = reference::attention_bidirectional(&qkv, &k, &v, c, nh, &rows);
+            reference::kv_append(&qkv, &mut k, &mut v, Heads::mha(c, nh), 0);
+            let want = reference::attention_bidirectional(&qkv, &k, &v, Heads::mha(c, nh), &rows);
             let out = h.f32s(&vec![f32::NAN; t * c]);
-            let params = AttentionParams {
-                c: c as u32,
-                nh: nh as u32,
-                hs: hs as u32,
-                scale: 1.0 / (hs as f32).sqrt(),
-            };
+            let params = AttentionParams::heads(nh as u32, hs as u32);
             let (step, pu, qb, sb) = (
                 h.step(t, 0, 0),
                 gpu.uniform("p", &params),
@@ -1792,6 +1778,247 @@ fn pool_matches_cpu() {
                     "pool {mode:?} normalize={normalize} lengths={lengths:?} C={c}: max diff {d:e}"
                 );
             }
+        }
+    }
+}
+
+/// RMSNorm (layernorm.wgsl and layernorm_rows.wgsl with RMS) against its twin, rows offset
+/// from zero mean so a kernel that still subtracted the mean would fail.
+#[test]
+fn rms_norm_matches_cpu() {
+    let h = Harness::new();
+    let rows = wgpt::gpu::kernels::entry_pipeline;
+    let pipes = [
+        (
+            rows(&h.gpu, "layernorm", "layernorm", None, &[("RMS", 1.0)]),
+            [(1, 33, 0), (7, 60, 2), (33, 769, 1)],
+            false,
+        ),
+        (
+            rows(
+                &h.gpu,
+                "layernorm_rows",
+                "layernorm_rows",
+                None,
+                &[("RMS", 1.0)],
+            ),
+            [(1, 4, 0), (7, 60, 2), (33, 772, 1)],
+            true,
+        ),
+    ];
+    for (pipe, shapes, per_row) in pipes {
+        for (t, c, row0) in shapes {
+            let x: Vec<f32> = random((row0 + t) * c, 51, 2.0)
+                .iter()
+                .map(|v| v + 3.0)
+                .collect();
+            let w = random(c, 52, 1.0);
+            let want = reference::rms_norm(&x[row0 * c..], &w, c, 1e-6);
+            let out = h.f32s(&vec![f32::NAN; t * c]);
+            let params = LayerNormParams {
+                c: c as u32,
+                eps: 1e-6,
+                _pad: [0; 2],
+            };
+            // No bias: the planner binds a 16-byte placeholder, which RMS never reads.
+            let bufs = [
+                &h.step(t, row0, 0),
+                &h.gpu.uniform("p", &params),
+                &h.f32s(&x),
+                &h.f32s(&w),
+                &h.f32s(&[0.0; 4]),
+                &out,
+            ];
+            let groups = if per_row {
+                (t as u32).div_ceil(8)
+            } else {
+                t as u32
+            };
+            h.run(&pipe, &bufs, groups, 1);
+            // Normalised values are O(1) times |w| <= 1; f32 sums of C <= 772 squares: ~1e-6.
+            let d = close(&h.read(&out), &want, 1e-5);
+            println!("rms_norm (per row: {per_row}) T={t} C={c}: max diff {d:e}");
+        }
+    }
+}
+
+/// rope.wgsl against its twin: head counts not powers of two, fewer key heads than query heads,
+/// positions far past 2π (the kernel reduces the angle; the twin takes cos and sin in f64), and
+/// llama3-scaled frequencies.
+#[test]
+fn rope_matches_cpu() {
+    use wgpt::config::{Rope, RopeScaling};
+    let h = Harness::new();
+    let pipe = wgpt::gpu::kernels::pipeline(&h.gpu, "rope", None, &[]);
+    let llama3 = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original: 16.0,
+    };
+    let cases = [
+        (1, 4, 2, 16, 0, RopeScaling::None),
+        (7, 3, 1, 20, 5, RopeScaling::Linear { factor: 2.0 }),
+        (33, 5, 5, 12, 40, RopeScaling::None),
+        (7, 6, 2, 64, 20_000, llama3),
+    ];
+    for (t, nh, nkv, hs, pos0, scaling) in cases {
+        let heads = Heads { nh, nkv, hs };
+        let inv_freq = Rope {
+            theta: 10000.0,
+            scaling,
+        }
+        .inv_freq(hs);
+        let mut qkv = random(t * heads.qkv(), 53, 2.0);
+        let buf = h.f32s(&qkv);
+        let params = AttentionParams {
+            nkv: nkv as u32,
+            ..AttentionParams::heads(nh as u32, hs as u32)
+        };
+        let bufs = [
+            &h.step(t, 0, pos0),
+            &h.gpu.uniform("p", &params),
+            &h.f32s(&inv_freq),
+            &buf,
+        ];
+        let pairs = ((nh + nkv) * hs / 2) as u32;
+        h.run(&pipe, &bufs, pairs.div_ceil(64), t as u32);
+        reference::rope(&mut qkv, &inv_freq, heads, pos0);
+        // |x| <= 2; cos and sin of a reduced f32 angle are within a few ulps of the f64 ones
+        // taken of the same f32 angle: ~1e-6 of the values (values are left alone: exact).
+        let d = close(&h.read(&buf), &qkv, 4e-6);
+        println!("rope T={t} NH={nh} NKV={nkv} HS={hs} pos0={pos0}: max diff {d:e}");
+    }
+}
+
+/// elementwise.wgsl's gate (SwiGLU's silu(gate) * up) against its twin, widths not a multiple
+/// of the 64-wide workgroup, gates deep into both tails.
+#[test]
+fn gate_matches_cpu() {
+    let h = Harness::new();
+    let act = Epilogue::Silu as u32 as f64;
+    let pipe =
+        wgpt::gpu::kernels::entry_pipeline(&h.gpu, "elementwise", "gate", None, &[("ACT", act)]);
+    for (t, width) in [(1, 60), (7, 130), (33, 64)] {
+        let x = random(t * 2 * width, 54, 30.0);
+        let want = reference::gate(&x, width, wgpt::config::Activation::Silu);
+        let out = h.f32s(&vec![f32::NAN; t * width]);
+        let params = wgpt::gpu::kernels::WidthParams {
+            width: width as u32,
+            _pad: [0; 3],
+        };
+        let bufs = [
+            &h.step(t, 0, 0),
+            &h.gpu.uniform("p", &params),
+            &h.f32s(&x),
+            &out,
+        ];
+        h.run(&pipe, &bufs, (width as u32).div_ceil(64), t as u32);
+        // One exp and a few roundings per value, |values| up to ~900: 1e-6 relative.
+        let d = close(&h.read(&out), &want, 1e-6);
+        println!("gate T={t} width={width}: max diff {d:e}");
+    }
+}
+
+/// Grouped- and multi-query attention (NKV < NH, query head h reads key head h / (NH / NKV)),
+/// and heads whose total width is not C: kv_append and attention in both layouts against the
+/// twins, over keys already in the cache.
+#[test]
+fn grouped_query_attention_matches_cpu() {
+    let h = Harness::new();
+    let tp = h.p.textures();
+    // (T, NH, NKV, HS, pos0): groups of 2, 3 and 6, one query head per key head, HS = 12..64.
+    for (t, nh, nkv, hs, pos0) in [
+        (1, 4, 2, 16, 0),
+        (7, 6, 2, 12, 3),
+        (33, 3, 1, 20, 40),
+        (7, 6, 1, 64, 70),
+        (1, 5, 5, 8, 9),
+    ] {
+        let heads = Heads { nh, nkv, hs };
+        let n_ctx = pos0 + t + 2;
+        let k0 = random(n_ctx * heads.kv(), 55, 1.0);
+        let v0 = random(n_ctx * heads.kv(), 56, 1.0);
+        let qkv = random(t * heads.qkv(), 57, 2.0);
+        let (mut k, mut v) = (k0.clone(), v0.clone());
+        reference::kv_append(&qkv, &mut k, &mut v, heads, pos0);
+        let want = reference::attention(&qkv, &k, &v, heads, pos0);
+        let params = AttentionParams {
+            nkv: nkv as u32,
+            ..AttentionParams::heads(nh as u32, hs as u32)
+        };
+        let (step, pu, qb, widths) = (
+            h.step(t, 0, pos0),
+            h.gpu.uniform("p", &params),
+            h.f32s(&qkv),
+            h.kv_widths(heads),
+        );
+        for textures in [false, true] {
+            let out = h.f32s(&vec![f32::NAN; t * heads.q()]);
+            if textures {
+                let tex = |data: &[f32]| {
+                    h.gpu
+                        .texture_init("kv", data, n_ctx, heads.kv())
+                        .create_view(&Default::default())
+                };
+                let (kt, vt) = (tex(&k0), tex(&v0));
+                let view = wgpu::BindingResource::TextureView;
+                let res = vec![
+                    step.as_entire_binding(),
+                    widths.as_entire_binding(),
+                    qb.as_entire_binding(),
+                    view(&kt),
+                    view(&vt),
+                ];
+                let bg =
+                    wgpt::gpu::kernels::bind_resources(&h.gpu, &tp.kv_append_texture, "t", res);
+                dispatch(
+                    &h,
+                    &tp.kv_append_texture,
+                    &bg,
+                    ((heads.kv() / 4) as u32).div_ceil(64),
+                    t as u32,
+                );
+                let res = vec![
+                    step.as_entire_binding(),
+                    pu.as_entire_binding(),
+                    qb.as_entire_binding(),
+                    view(&kt),
+                    view(&vt),
+                    out.as_entire_binding(),
+                ];
+                let bg =
+                    wgpt::gpu::kernels::bind_resources(&h.gpu, &tp.attention_texture, "t", res);
+                dispatch(
+                    &h,
+                    &tp.attention_texture,
+                    &bg,
+                    (nh as u32).div_ceil(8),
+                    t as u32,
+                );
+            } else {
+                let (kb, vb) = (h.f32s(&k0), h.f32s(&v0));
+                h.run(
+                    &h.p.kv_append,
+                    &[&step, &widths, &qb, &kb, &vb],
+                    (heads.kv() as u32).div_ceil(64),
+                    t as u32,
+                );
+                assert_eq!(h.read(&kb), k, "kv_append k");
+                assert_eq!(h.read(&vb), v, "kv_append v");
+                h.run(
+                    &h.p.attention,
+                    &[&step, &pu, &qb, &kb, &vb, &out],
+                    nh as u32,
+                    t as u32,
+                );
+            }
+            // Convex combinations of values in [-1, 1]; online softmax in f32 over <= 105 keys:
+            // ~1e-6, as for plain attention.
+            let d = close(&h.read(&out), &want, 1e-5);
+            println!(
+                "GQA attention (textures: {textures}) T={t} NH={nh} NKV={nkv} HS={hs} pos0={pos0}: max diff {d:e}"
+            );
         }
     }
 }

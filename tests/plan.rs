@@ -17,7 +17,8 @@ use wgpt::{
 const LOGIT_TOL: f32 = 1e-3;
 
 /// Every decoder fixture: GPT-2 (f32, f16, bf16, odd shapes), OPT pre- and post-LN, OPT with
-/// a BOS-adding tokenizer, XGLM.
+/// a BOS-adding tokenizer, XGLM, and the Llama family (GQA, MQA with llama3 scaling and every
+/// bias, Mistral with HS != C / NH, Qwen2's q/k/v biases, Phi-3's fused projections).
 const DECODERS: &[&str] = &[
     "gpt2-tiny",
     "gpt2-odd",
@@ -27,6 +28,11 @@ const DECODERS: &[&str] = &[
     "opt-postln",
     "opt-bos",
     "xglm-tiny",
+    "llama-gqa",
+    "llama3-mqa",
+    "mistral-hd",
+    "qwen2-tiny",
+    "phi3-tiny",
 ];
 
 #[test]

@@ -20,13 +20,8 @@ pub fn graph<'w, T>(
     mode: PoolMode,
     normalize: bool,
 ) -> Graph<&'w T> {
-    let dims = Dims {
-        c: cfg.hidden_size,
-        inner: cfg.intermediate_size,
-        embed: cfg.hidden_size,
-        vocab: 0,
-        n_head: cfg.num_heads,
-    };
+    let (c, inner) = (cfg.hidden_size, cfg.intermediate_size);
+    let dims = Dims::plain(c, inner, c, 0, cfg.num_heads);
     let eps = cfg.layer_norm_eps;
     let act = match cfg.activation {
         Epilogue::Gelu => Activation::GeluTanh,
@@ -34,7 +29,7 @@ pub fn graph<'w, T>(
     };
     let mut g = Builder::new(dims);
     g.embed_packed(&w.word, &w.position, Act::Ln);
-    g.layer_norm(Act::Ln, Act::X, &w.emb_ln_w, &w.emb_ln_b, eps);
+    g.layer_norm(Act::Ln, Act::X, &w.emb_ln_w, Some(&w.emb_ln_b), eps);
     for lw in &w.layers {
         g.linear(Act::X, Act::Qkv, &lw.qkv_w, Some(&lw.qkv_b), Then::Store);
         g.bidirectional_attention(Act::Qkv, Act::AttY);
@@ -45,7 +40,7 @@ pub fn graph<'w, T>(
             Some(&lw.attn_out_b),
             Then::Add,
         );
-        g.layer_norm(Act::X, Act::Ln, &lw.ln_1_w, &lw.ln_1_b, eps);
+        g.layer_norm(Act::X, Act::Ln, &lw.ln_1_w, Some(&lw.ln_1_b), eps);
         g.linear(Act::Ln, Act::FcH, &lw.fc_w, Some(&lw.fc_b), Then::Act(act));
         g.linear(
             Act::FcH,
@@ -54,7 +49,7 @@ pub fn graph<'w, T>(
             Some(&lw.fc_out_b),
             Then::Add,
         );
-        g.layer_norm(Act::Ln, Act::X, &lw.ln_2_w, &lw.ln_2_b, eps);
+        g.layer_norm(Act::Ln, Act::X, &lw.ln_2_w, Some(&lw.ln_2_b), eps);
     }
     g.pool(Act::X, Act::Pooled, mode, normalize);
     g.finish()

@@ -15,7 +15,7 @@ use crate::loader::{LayerWeights, Part, Weights};
 /// GPT-2's forward pass (and XGLM's, whose embedding alone differs).
 pub fn graph<'w, T>(cfg: &Config, w: &'w Weights<T>) -> Graph<&'w T> {
     let mut g = Builder::new(super::decoder_dims(cfg));
-    g.embed(Some((&w.wte, cfg.embed_scale)), Some(&w.wpe), Act::X);
+    g.embed(Some((&w.wte, cfg.embed_scale)), w.wpe.as_ref(), Act::X);
     for (l, lw) in w.layers.iter().enumerate() {
         pre_ln_block(&mut g, cfg, l, lw);
     }
@@ -24,7 +24,7 @@ pub fn graph<'w, T>(cfg: &Config, w: &'w Weights<T>) -> Graph<&'w T> {
         Act::X,
         Act::Lnf,
         &w.ln_f_w,
-        &w.ln_f_b,
+        w.ln_f_b.as_ref(),
         cfg.layer_norm_epsilon,
     );
     g.linear(Act::Lnf, Act::Logits, super::head(w), None, Then::Store);
@@ -34,9 +34,9 @@ pub fn graph<'w, T>(cfg: &Config, w: &'w Weights<T>) -> Graph<&'w T> {
 /// `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`.
 pub fn pre_ln_block<'w, T>(g: &mut Builder<&'w T>, cfg: &Config, l: usize, w: &'w LayerWeights<T>) {
     let eps = cfg.layer_norm_epsilon;
-    g.layer_norm(Act::X, Act::Ln, &w.ln_1_w, &w.ln_1_b, eps);
+    g.layer_norm(Act::X, Act::Ln, &w.ln_1_w, w.ln_1_b.as_ref(), eps);
     super::attn(g, l, w, Act::Ln, Act::X);
-    g.layer_norm(Act::X, Act::Ln, &w.ln_2_w, &w.ln_2_b, eps);
+    g.layer_norm(Act::X, Act::Ln, &w.ln_2_w, w.ln_2_b.as_ref(), eps);
     super::mlp(g, cfg, w, Act::Ln, Act::X);
 }
 

@@ -2,12 +2,13 @@
 //! block and a head compute, from the family's weights. Nothing here knows the adapter, the
 //! operand layout or the weight format; the planner ([`crate::plan`]) decides those.
 //!
-//! Decoders (GPT-2, OPT, XGLM) share [`crate::loader::Weights`], the kernels' layout of a
+//! Decoders (GPT-2, OPT, XGLM, the Llama family) share [`crate::loader::Weights`], the kernels' layout of a
 //! decoder's tensors; each family says where its checkpoint keeps them ([`checkpoint_parts`]).
 //! BERT encoders have their own weight set ([`crate::encoder::EncoderWeights`]).
 
 pub mod bert;
 pub mod gpt2;
+pub mod llama;
 pub mod opt;
 pub mod xglm;
 
@@ -22,6 +23,7 @@ pub fn decoder<'w, T>(cfg: &Config, w: &'w Weights<T>) -> Graph<&'w T> {
         Family::Gpt2 => gpt2::graph(cfg, w),
         Family::Opt => opt::graph(cfg, w),
         Family::Xglm => xglm::graph(cfg, w),
+        Family::Llama(_) => llama::graph(cfg, w),
     }
 }
 
@@ -39,17 +41,22 @@ pub fn checkpoint_parts(
         Family::Gpt2 => gpt2::parts(name, rows, cols, conv1d),
         Family::Opt => opt::parts(cfg, name, rows, cols),
         Family::Xglm => xglm::parts(cfg, name, rows, cols),
+        Family::Llama(_) => llama::parts(cfg, name, rows, cols),
     }
 }
 
 /// A decoder's widths.
 fn decoder_dims(cfg: &Config) -> Dims {
     Dims {
-        c: cfg.n_embd,
-        inner: cfg.n_inner,
-        embed: cfg.word_embed_dim,
-        vocab: cfg.vocab_size,
-        n_head: cfg.n_head,
+        n_kv_head: cfg.n_kv_head,
+        head_size: cfg.head_dim,
+        ..Dims::plain(
+            cfg.n_embd,
+            cfg.n_inner,
+            cfg.word_embed_dim,
+            cfg.vocab_size,
+            cfg.n_head,
+        )
     }
 }
 
@@ -61,13 +68,13 @@ fn head<T>(w: &Weights<T>) -> &T {
 /// A decoder block's attention: `resid += c_proj(attention(c_attn(inp)))`, causal over layer
 /// `l`'s KV cache.
 fn attn<'w, T>(g: &mut Builder<&'w T>, l: usize, w: &'w LayerWeights<T>, inp: Act, resid: Act) {
-    g.linear(inp, Act::Qkv, &w.c_attn_w, Some(&w.c_attn_b), Then::Store);
+    g.linear(inp, Act::Qkv, &w.c_attn_w, w.c_attn_b.as_ref(), Then::Store);
     g.causal_attention(Act::Qkv, Act::AttY, l);
     g.linear(
         Act::AttY,
         resid,
         &w.attn_proj_w,
-        Some(&w.attn_proj_b),
+        w.attn_proj_b.as_ref(),
         Then::Add,
     );
 }
@@ -78,14 +85,14 @@ fn mlp<'w, T>(g: &mut Builder<&'w T>, cfg: &Config, w: &'w LayerWeights<T>, inp:
         inp,
         Act::FcH,
         &w.c_fc_w,
-        Some(&w.c_fc_b),
+        w.c_fc_b.as_ref(),
         Then::Act(cfg.activation),
     );
     g.linear(
         Act::FcH,
         resid,
         &w.mlp_proj_w,
-        Some(&w.mlp_proj_b),
+        w.mlp_proj_b.as_ref(),
         Then::Add,
     );
 }

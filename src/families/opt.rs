@@ -19,9 +19,9 @@ pub fn graph<'w, T>(cfg: &Config, w: &'w Weights<T>) -> Graph<&'w T> {
     let mut g = Builder::new(super::decoder_dims(cfg));
     let eps = cfg.layer_norm_epsilon;
     match &w.project_in {
-        None => g.embed(Some((&w.wte, cfg.embed_scale)), Some(&w.wpe), Act::X),
+        None => g.embed(Some((&w.wte, cfg.embed_scale)), w.wpe.as_ref(), Act::X),
         Some(project_in) => {
-            g.embed(None, Some(&w.wpe), Act::X);
+            g.embed(None, w.wpe.as_ref(), Act::X);
             g.embed(Some((&w.wte, cfg.embed_scale)), None, Act::Emb);
             g.linear(Act::Emb, Act::X, project_in, None, Then::Add);
         }
@@ -36,7 +36,7 @@ pub fn graph<'w, T>(cfg: &Config, w: &'w Weights<T>) -> Graph<&'w T> {
     // Post-LN has no final norm: the stream ends in the last block's final_layer_norm, which the
     // loader hands over as ln_f, applied again to that block's Ln (so the head's rows are picked).
     let stream = if cfg.pre_ln { Act::X } else { Act::Ln };
-    g.layer_norm(stream, Act::Lnf, &w.ln_f_w, &w.ln_f_b, eps);
+    g.layer_norm(stream, Act::Lnf, &w.ln_f_w, w.ln_f_b.as_ref(), eps);
     match &w.project_out {
         None => g.linear(Act::Lnf, Act::Logits, super::head(w), None, Then::Store),
         Some(project_out) => {
@@ -52,9 +52,9 @@ pub fn graph<'w, T>(cfg: &Config, w: &'w Weights<T>) -> Graph<&'w T> {
 fn post_ln_block<'w, T>(g: &mut Builder<&'w T>, cfg: &Config, l: usize, w: &'w LayerWeights<T>) {
     let eps = cfg.layer_norm_epsilon;
     super::attn(g, l, w, Act::X, Act::X);
-    g.layer_norm(Act::X, Act::Ln, &w.ln_1_w, &w.ln_1_b, eps);
+    g.layer_norm(Act::X, Act::Ln, &w.ln_1_w, w.ln_1_b.as_ref(), eps);
     super::mlp(g, cfg, w, Act::Ln, Act::Ln);
-    g.layer_norm(Act::Ln, Act::X, &w.ln_2_w, &w.ln_2_b, eps);
+    g.layer_norm(Act::Ln, Act::X, &w.ln_2_w, w.ln_2_b.as_ref(), eps);
 }
 
 /// Where OPT's checkpoint keeps wgpt's decoder tensor `name`.

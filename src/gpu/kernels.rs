@@ -55,6 +55,7 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("matmul_texture_subgroup" after "step", "activation", "linear", "matmul_texture"),
     // A linear layer's epilogue as its own dispatch (plans without the epilogue fusion).
     kernel!("elementwise" after "step", "activation"),
+    kernel!("rope" after "step"),
     kernel!("kv_append" after "step"),
     kernel!("kv_append_texture" after "step"),
     kernel!("attention" after "step"),
@@ -198,16 +199,19 @@ pub enum Epilogue {
     Relu = 3,
     /// The exact (erf) GELU: XGLM's feed-forward.
     GeluErf = 4,
+    /// x sigmoid(x): the Llama family's gate (elementwise.wgsl's `gate`).
+    Silu = 5,
 }
 
 impl Epilogue {
     /// Every epilogue, in declaration order.
-    pub const ALL: [Epilogue; 5] = [
+    pub const ALL: [Epilogue; 6] = [
         Epilogue::Store,
         Epilogue::Gelu,
         Epilogue::Residual,
         Epilogue::Relu,
         Epilogue::GeluErf,
+        Epilogue::Silu,
     ];
 
     /// The epilogue that applies a model's feed-forward activation.
@@ -216,6 +220,7 @@ impl Epilogue {
             crate::config::Activation::GeluTanh => Epilogue::Gelu,
             crate::config::Activation::GeluErf => Epilogue::GeluErf,
             crate::config::Activation::Relu => Epilogue::Relu,
+            crate::config::Activation::Silu => Epilogue::Silu,
         }
     }
 }
@@ -249,26 +254,51 @@ pub fn sinusoid_frequencies(c: usize) -> Vec<[f32; 2]> {
 }
 
 /// Mirrors `struct Params` in attention.wgsl and attention_texture.wgsl: causal attention of
-/// the step's queries (in qkv (T, 3C)) over the KV cache, written to (T, C).
+/// the step's queries (in qkv (T, (NH + 2 NKV) HS)) over the KV cache (rows of NKV HS),
+/// written to (T, NH HS). Also rope.wgsl's (`scale` unused).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct AttentionParams {
-    /// C: embedding width (row stride of the cache and of the output).
-    pub c: u32,
-    /// NH: number of heads.
+    /// NH: query heads.
     pub nh: u32,
-    /// HS: head size, C / NH (at most [`MAX_HEAD_SIZE`](crate::config::MAX_HEAD_SIZE)).
+    /// NKV: key and value heads (NH divides by it).
+    pub nkv: u32,
+    /// HS: head size (at most [`MAX_HEAD_SIZE`](crate::config::MAX_HEAD_SIZE)).
     pub hs: u32,
     /// Multiplies the queries: 1 / sqrt(HS).
     pub scale: f32,
 }
 
-/// One width, for kv_append (mirrors `struct Params { C, .. }` in kv_append.wgsl and
-/// kv_append_texture.wgsl).
+impl AttentionParams {
+    /// NH heads of HS, each with its own key and value head.
+    pub fn heads(nh: u32, hs: u32) -> Self {
+        AttentionParams {
+            nh,
+            nkv: nh,
+            hs,
+            scale: 1.0 / (hs as f32).sqrt(),
+        }
+    }
+}
+
+/// Mirrors `struct Params` in kv_append.wgsl and kv_append_texture.wgsl: the widths of the
+/// queries and of the keys in a qkv row (T, Q + 2 KV).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct KvParams {
+    /// Q: NH HS, where the keys start.
+    pub q: u32,
+    /// KV: NKV HS, one cache row.
+    pub kv: u32,
+    /// Padding to 16 bytes.
+    pub _pad: [u32; 2],
+}
+
+/// One width, for elementwise.wgsl (mirrors its `struct Params { width, .. }`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct WidthParams {
-    /// C: values per row of the K and V caches.
+    /// Values per row.
     pub width: u32,
     /// Padding to 16 bytes.
     pub _pad: [u32; 3],
@@ -538,7 +568,7 @@ pub fn linear_binds(
 /// One linear-layer kernel compiled once per [`Epilogue`] it is built for (an override constant
 /// in linear.wgsl). All share one explicit layout, so a bind group made with any serves all.
 pub struct Linear {
-    by_epilogue: [Option<wgpu::ComputePipeline>; 5],
+    by_epilogue: [Option<wgpu::ComputePipeline>; Epilogue::ALL.len()],
 }
 
 impl Linear {

@@ -17,12 +17,14 @@ pub enum Act {
     X,
     /// (T, C): a norm's output (post-LN blocks keep their stream here between norms).
     Ln,
-    /// (T, 3C): queries, keys and values, heads side by side.
+    /// (T, (NH + 2 NKV) HS): queries, keys and values, heads side by side.
     Qkv,
-    /// (T, C): the attention's output, heads side by side.
+    /// (T, NH HS): the attention's output, heads side by side.
     AttY,
     /// (T, n_inner): the feed-forward's hidden layer.
     FcH,
+    /// (T, 2 n_inner): a gated feed-forward's gate (first half) and up projections.
+    GateUp,
     /// (T, E): token embeddings before an input projection.
     Emb,
     /// (head rows, C): the final norm of the rows the head sees.
@@ -40,6 +42,8 @@ pub enum Act {
 pub enum NormKind {
     /// (x - mean) / sqrt(var + eps) * gain + bias.
     Layer,
+    /// x / sqrt(mean(x²) + eps) * gain (Llama's RMSNorm).
+    Rms,
 }
 
 /// Which keys and values an attention reads.
@@ -122,11 +126,28 @@ pub enum Op<W> {
         /// The epilogue.
         then: Then,
     },
+    /// Rotary position embeddings on `qkv`'s queries and keys, in place: in each head, dims i
+    /// and i + HS/2 rotated by the row's position × `inv_freq[i]`.
+    Rope {
+        /// (rows, (NH + 2 NKV) HS).
+        qkv: Act,
+        /// (HS / 2).
+        inv_freq: W,
+    },
+    /// `out = act(inp[:, :n]) * inp[:, n:]`, n = n_inner: a gated feed-forward's hidden layer.
+    Gate {
+        /// (rows, 2 n_inner): gate, then up.
+        inp: Act,
+        /// (rows, n_inner).
+        out: Act,
+        /// Applied to the gate.
+        act: Activation,
+    },
     /// Scaled dot-product attention of `qkv`'s queries over `keys`, written to `out`.
     Attention {
-        /// (rows, 3C): queries, keys, values.
+        /// (rows, (NH + 2 NKV) HS): queries, keys, values.
         qkv: Act,
-        /// (rows, C).
+        /// (rows, NH HS).
         out: Act,
         /// Which keys and values each query sees.
         keys: Keys,
@@ -173,15 +194,44 @@ pub struct Dims {
     pub vocab: usize,
     /// NH.
     pub n_head: usize,
+    /// NKV: key and value heads (query head h reads key head h / (NH / NKV)).
+    pub n_kv_head: usize,
+    /// HS.
+    pub head_size: usize,
 }
 
 impl Dims {
+    /// Widths of a model whose heads split C evenly and have their own keys.
+    pub fn plain(c: usize, inner: usize, embed: usize, vocab: usize, n_head: usize) -> Dims {
+        Dims {
+            c,
+            inner,
+            embed,
+            vocab,
+            n_head,
+            n_kv_head: n_head,
+            head_size: c / n_head.max(1),
+        }
+    }
+
+    /// NH HS: the queries' width.
+    pub fn q_width(&self) -> usize {
+        self.n_head * self.head_size
+    }
+
+    /// NKV HS: the keys' width, one KV-cache row.
+    pub fn kv_width(&self) -> usize {
+        self.n_kv_head * self.head_size
+    }
+
     /// Values per row of `act`.
     pub fn width(&self, act: Act) -> usize {
         match act {
-            Act::X | Act::Ln | Act::AttY | Act::Lnf | Act::Pooled => self.c,
-            Act::Qkv => 3 * self.c,
+            Act::X | Act::Ln | Act::Lnf | Act::Pooled => self.c,
+            Act::AttY => self.q_width(),
+            Act::Qkv => self.q_width() + 2 * self.kv_width(),
             Act::FcH => self.inner,
+            Act::GateUp => 2 * self.inner,
             Act::Emb | Act::Proj => self.embed,
             Act::Logits => self.vocab,
         }
@@ -244,15 +294,37 @@ impl<W> Builder<W> {
     }
 
     /// `out = layer_norm(inp) * gain + bias`.
-    pub fn layer_norm(&mut self, inp: Act, out: Act, gain: W, bias: W, eps: f32) {
+    pub fn layer_norm(&mut self, inp: Act, out: Act, gain: W, bias: Option<W>, eps: f32) {
         self.push(Op::Norm {
             kind: NormKind::Layer,
             inp,
             out,
             gain,
-            bias: Some(bias),
+            bias,
             eps,
         });
+    }
+
+    /// `out = rms_norm(inp) * gain`.
+    pub fn rms_norm(&mut self, inp: Act, out: Act, gain: W, eps: f32) {
+        self.push(Op::Norm {
+            kind: NormKind::Rms,
+            inp,
+            out,
+            gain,
+            bias: None,
+            eps,
+        });
+    }
+
+    /// Rotary embeddings on `qkv`'s queries and keys.
+    pub fn rope(&mut self, qkv: Act, inv_freq: W) {
+        self.push(Op::Rope { qkv, inv_freq });
+    }
+
+    /// `out = act(gate) * up`, from `inp` = [gate | up].
+    pub fn gate(&mut self, inp: Act, out: Act, act: Activation) {
+        self.push(Op::Gate { inp, out, act });
     }
 
     /// `out = then(inp Wᵀ + b)`.
@@ -282,7 +354,7 @@ impl<W> Builder<W> {
             out,
             keys,
             n_head: d.n_head,
-            scale: 1.0 / ((d.c / d.n_head) as f32).sqrt(),
+            scale: 1.0 / (d.head_size as f32).sqrt(),
         });
     }
 

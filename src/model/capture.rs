@@ -29,7 +29,7 @@ pub(super) struct Capture {
 
 impl Session {
     /// Turns the attention debug path on or off. On: every following step also copies each
-    /// layer's queries and keys back to the host (L x T x 3C floats per step), for
+    /// layer's queries and keys back to the host (L x T x (NH + 2 NKV) HS floats per step), for
     /// [`Session::attention_weights`]. Turn it on before the prompt (or after [`Session::reset`])
     /// to see every token's attention. Off (the default) costs nothing.
     pub fn set_attention_capture(&mut self, on: bool) {
@@ -41,7 +41,7 @@ impl Session {
             return;
         }
         let cfg = &self.model.config;
-        let layer_stride = (self.t_max * 3 * cfg.n_embd * 4) as u64;
+        let layer_stride = (self.t_max * cfg.qkv_width() * 4) as u64;
         let buf = self
             .model
             .gpu
@@ -66,7 +66,7 @@ impl Session {
     /// off, started mid-sequence, or missed a step).
     pub fn attention_positions(&self) -> usize {
         match &self.capture {
-            Some(c) if c.from == 0 && !c.gap => c.q[0].len() / self.model.config.n_embd,
+            Some(c) if c.from == 0 && !c.gap => c.q[0].len() / self.model.config.q_width(),
             _ => 0,
         }
     }
@@ -94,13 +94,15 @@ impl Session {
                 self.attention_positions()
             )));
         }
-        let (c, hs) = (cfg.n_embd, cfg.head_size());
+        let (qw, kw, hs) = (cfg.q_width(), cfg.kv_width(), cfg.head_size());
         let (q, k) = (&cap.q[layer], &cap.k[layer]);
         let scale = 1.0 / (hs as f32).sqrt();
-        let qh = &q[query * c + head * hs..query * c + (head + 1) * hs];
+        let qh = &q[query * qw + head * hs..query * qw + (head + 1) * hs];
+        // Grouped-query attention: query head h reads key head h / (NH / NKV).
+        let kh0 = head / (cfg.n_head / cfg.n_kv_head) * hs;
         let mut w: Vec<f32> = (0..=query)
             .map(|j| {
-                let kh = &k[j * c + head * hs..j * c + (head + 1) * hs];
+                let kh = &k[j * kw + kh0..j * kw + kh0 + hs];
                 qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale
             })
             .collect();
@@ -121,8 +123,8 @@ impl Session {
             return Ok(());
         };
         let cfg = &self.model.config;
-        let c = cfg.n_embd;
-        if cap.from + cap.q[0].len() / c != pos0 {
+        let (qw, kw, w) = (cfg.q_width(), cfg.kv_width(), cfg.qkv_width());
+        if cap.from + cap.q[0].len() / qw != pos0 {
             cap.gap = true;
         }
         let gpu = &self.model.gpu;
@@ -131,9 +133,9 @@ impl Session {
         let stride = cap.layer_stride as usize / 4;
         for l in 0..cfg.n_layer {
             for r in 0..rows {
-                let row = &floats[l * stride + r * 3 * c..l * stride + (r + 1) * 3 * c];
-                cap.q[l].extend_from_slice(&row[..c]);
-                cap.k[l].extend_from_slice(&row[c..2 * c]);
+                let row = &floats[l * stride + r * w..l * stride + (r + 1) * w];
+                cap.q[l].extend_from_slice(&row[..qw]);
+                cap.k[l].extend_from_slice(&row[qw..qw + kw]);
             }
         }
         Ok(())

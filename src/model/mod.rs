@@ -12,7 +12,7 @@ pub use session::{Pick, Session};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{Config, Positions};
+use crate::config::{Config, NormKind, Positions};
 use crate::gpu::Engine;
 use crate::gpu::kernels::{self, FillParams};
 use crate::gpu::registry::{Key, Layout};
@@ -202,7 +202,8 @@ impl Model {
         texture_linear: bool,
         t0: std::time::Instant,
     ) -> Result<Model> {
-        let zero = gpu.storage("zero", 4);
+        // Bound where a tensor is absent (a bias); 16 bytes: kernels reading vec4 need that.
+        let zero = gpu.storage("zero", 16);
         let caps = Caps::new(&gpu, texture_linear, config.head_size());
         let fusions = opts.fusions()?;
         // The callers folded the norms at upload under the same condition.
@@ -293,6 +294,18 @@ impl Model {
             buf
         };
         let weights = loader::build_weights(&config, false, |name, rows, cols, _| {
+            if let (Some(rope), "rope.inv_freq") = (&config.rope, name) {
+                let f = rope.inv_freq(config.head_dim);
+                let buf = gpu.storage_init(name, bytemuck::cast_slice(&f));
+                return GpuTensor::with_chunks(
+                    name,
+                    1,
+                    cols,
+                    WeightDtype::F32,
+                    u64::MAX,
+                    |_, _, _| Ok(buf.clone()),
+                );
+            }
             let center = if name.contains("ln_") && name.ends_with(".weight") {
                 1.0
             } else {
@@ -392,14 +405,14 @@ impl Model {
             config.n_positions,
             config.n_layer
         );
-        let widest = config.n_inner.max(3 * config.n_embd) as u64 * 4;
+        let widest = config.fc_rows().max(config.qkv_width()) as u64 * 4;
         if widest > max_chunk_bytes {
             return Err(Error::Limits(format!(
                 "one weight row needs {widest} bytes in one binding, the adapter allows \
                  {max_chunk_bytes}; {totals}; try another adapter"
             )));
         }
-        let kv_layer = config.n_positions as u64 * config.n_embd as u64 * 4;
+        let kv_layer = config.n_positions as u64 * config.kv_width() as u64 * 4;
         if kv_layer > max_chunk_bytes {
             return Err(Error::Limits(format!(
                 "one layer's KV cache ({} positions x {} wide, f32) needs {kv_layer} bytes in one \
@@ -407,10 +420,10 @@ impl Model {
                  {}, max_buffer_size {}); {totals}. Try a model with a smaller context \
                  (n_positions at most {}) or another adapter",
                 config.n_positions,
-                config.n_embd,
+                config.kv_width(),
                 gpu.limits.max_storage_buffer_binding_size,
                 gpu.limits.max_buffer_size,
-                max_chunk_bytes / (config.n_embd as u64 * 4)
+                max_chunk_bytes / (config.kv_width() as u64 * 4)
             )));
         }
         log::info!("{totals}");
@@ -428,7 +441,7 @@ impl Model {
         let weights = loader::build_weights(config, !config.tie_word_embeddings, count)
             .map(|w| w.all().sum::<u64>())
             .unwrap_or(0);
-        let kv = 2 * (config.n_layer * config.n_positions * config.n_embd) as u64 * 4;
+        let kv = 2 * (config.n_layer * config.n_positions * config.kv_width()) as u64 * 4;
         (weights, kv)
     }
 
@@ -465,7 +478,7 @@ impl Model {
         let w = &self.weights;
         self.weight_bytes()
             - w.wte.bytes()
-            - w.wpe.bytes()
+            - w.wpe.as_ref().map_or(0, |t| t.bytes())
             - w.lm_head.as_ref().map_or(0, |t| t.bytes())
             + self.head().bytes()
     }
@@ -474,14 +487,11 @@ impl Model {
     /// (QK^T and AV over on average t/2 keys) and the head for the last row.
     pub fn prefill_flops(&self, t: usize) -> f64 {
         let c = &self.config;
-        let (l, ce, inner, t) = (
-            c.n_layer as f64,
-            c.n_embd as f64,
-            c.n_inner as f64,
-            t as f64,
-        );
-        let matmul = 2.0 * t * l * (4.0 * ce * ce + 2.0 * ce * inner);
-        let attention = 2.0 * l * t * t * ce;
+        let (l, ce, t) = (c.n_layer as f64, c.n_embd as f64, t as f64);
+        let (qkv, q) = (c.qkv_width() as f64, c.q_width() as f64);
+        let ffn = (c.fc_rows() + c.n_inner) as f64;
+        let matmul = 2.0 * t * l * ce * (qkv + q + ffn);
+        let attention = 2.0 * l * t * t * q;
         matmul + attention + 2.0 * c.vocab_size as f64 * ce
     }
 
@@ -526,6 +536,7 @@ fn folds_layer_norms(
 ) -> Result<bool> {
     Ok(opts.fusions()?.has(Rule::FoldNorm)
         && cfg.pre_ln
+        && cfg.norm == NormKind::Layer
         && opts.dtype != WeightDtype::F32
         && textures
         && kernels::subgroups_of_8(gpu)
@@ -600,15 +611,16 @@ type FillBuffer<'a> =
 /// q8 quantises blocks of 32 weights along K (n_embd, or n_inner for the MLP's down-projection).
 fn check_q8(cfg: &Config, dtype: WeightDtype) -> Result<()> {
     let block = crate::gpu::tensor::Q8_BLOCK;
-    if dtype == WeightDtype::Q8
-        && !(cfg.n_embd.is_multiple_of(block) && cfg.n_inner.is_multiple_of(block))
-    {
+    let ks = [cfg.n_embd, cfg.n_inner, cfg.q_width()];
+    if dtype == WeightDtype::Q8 && !ks.iter().all(|k| k.is_multiple_of(block)) {
         return Err(Error::DtypeUnsupported {
             dtype: "q8",
             what: format!(
-                "n_embd ({}) and n_inner ({}) multiples of {block} (it quantises blocks of {block} \
-                 along each row)",
-                cfg.n_embd, cfg.n_inner
+                "n_embd ({}), n_inner ({}) and NH x HS ({}) multiples of {block} (it quantises \
+                 blocks of {block} along each row)",
+                cfg.n_embd,
+                cfg.n_inner,
+                cfg.q_width()
             ),
         });
     }
@@ -627,11 +639,11 @@ fn is_linear(name: &str) -> bool {
 fn texture_linear(gpu: &Engine, cfg: &Config, opts: &LoadOptions) -> Result<bool> {
     let max_texels = gpu.limits.max_texture_dimension_2d as usize;
     // Activations are copied into textures row by row: rows of K floats must be 256-byte aligned.
-    let fits = cfg.n_embd.is_multiple_of(64)
-        && cfg.n_inner.is_multiple_of(64)
-        && cfg.word_embed_dim.is_multiple_of(64)
+    let fits = [cfg.n_embd, cfg.n_inner, cfg.word_embed_dim, cfg.q_width()]
+        .iter()
+        .all(|w| w.is_multiple_of(64))
         && cfg.head_size().is_multiple_of(4)
-        && cfg.n_inner.max(cfg.n_embd) / 4 <= max_texels
+        && cfg.n_inner.max(cfg.n_embd).max(cfg.q_width()) / 4 <= max_texels
         && cfg.n_positions <= max_texels;
     let limits = crate::gpu::texture_layout_limits();
     match opts.layout {
@@ -644,10 +656,11 @@ fn texture_linear(gpu: &Engine, cfg: &Config, opts: &LoadOptions) -> Result<bool
             Ok(true)
         }
         WeightLayout::Texture => Err(Error::Input(format!(
-            "the texture layout needs n_embd ({}) and n_inner ({}) multiples of 64 and a head size ({}) \
-             that is a multiple of 4; use the buffer layout",
+            "the texture layout needs n_embd ({}), n_inner ({}) and NH x HS ({}) multiples of 64 \
+             and a head size ({}) that is a multiple of 4; use the buffer layout",
             cfg.n_embd,
             cfg.n_inner,
+            cfg.q_width(),
             cfg.head_size()
         ))),
     }

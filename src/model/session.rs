@@ -26,10 +26,12 @@ pub(super) struct Activations {
     pub(super) tokens: wgpu::Buffer, // (T) u32
     pub(super) x: wgpu::Buffer,      // (T, C) residual stream
     pub(super) ln: wgpu::Buffer,     // (T, C) layernorm output
-    pub(super) qkv: wgpu::Buffer,    // (T, 3C)
-    pub(super) att_y: wgpu::Buffer,  // (T, C) attention output, heads side by side
+    pub(super) qkv: wgpu::Buffer,    // (T, (NH + 2 NKV) HS)
+    pub(super) att_y: wgpu::Buffer,  // (T, NH HS) attention output, heads side by side
     pub(super) fc_h: wgpu::Buffer,   // (T, n_inner) MLP hidden
-    pub(super) lnf: wgpu::Buffer,    // (head_rows, C) final layernorm of the rows the head sees
+    /// A gated feed-forward's gate and up projections, (T, 2 n_inner).
+    pub(super) gate_up: Option<wgpu::Buffer>,
+    pub(super) lnf: wgpu::Buffer, // (head_rows, C) final layernorm of the rows the head sees
     pub(super) logits: wgpu::Buffer,
     /// With embedding projections: token embeddings before project_in, (T, E).
     pub(super) emb: Option<wgpu::Buffer>,
@@ -55,14 +57,16 @@ pub(super) struct Activations {
 struct InputTextures {
     /// The residual stream x, copied in for layernorm_rows_texture (multi-row steps).
     x: wgpu::Texture, // (T, C)
-    c: wgpu::Texture,     // (T, C): ln and att_y
+    c: wgpu::Texture, // (T, C): ln (and att_y when NH HS = C)
+    /// (T, NH HS): att_y, when its width is not C.
+    att_y: Option<wgpu::Texture>,
     inner: wgpu::Texture, // (T, n_inner): fc_h
     head: wgpu::Texture,  // (head_rows, C): lnf
     /// With embedding projections: (T, E) for emb, and (head_rows, E) for proj.
     words: Option<(wgpu::Texture, wgpu::Texture)>,
 }
 
-/// One sequence in progress on a [`Model`]: its KV cache (L layers of (n_ctx, C) keys and
+/// One sequence in progress on a [`Model`]: its KV cache (L layers of (n_ctx, NKV HS) keys and
 /// values, in VRAM), scratch activations for one step (as many tokens as fit the adapter's
 /// largest binding, up to n_ctx; longer inputs run in several steps), and every bind group of
 /// the forward pass, built once. A step brings back only the chosen token id (4 bytes);
@@ -144,14 +148,15 @@ impl Session {
         let gpu = &model.gpu;
         let cfg = &model.config;
         let (c, v, inner) = (cfg.n_embd, cfg.vocab_size, cfg.n_inner);
+        let (q_w, kv_w, qkv_w) = (cfg.q_width(), cfg.kv_width(), cfg.qkv_width());
         let maxb = model.max_chunk_bytes as usize;
         let cache_rows = slots * n_ctx;
         let max_rows = match model.texture_linear {
             true => gpu.limits.max_texture_dimension_2d as usize,
-            false => maxb / (4 * c),
+            false => maxb / (4 * kv_w),
         };
         if cache_rows > max_rows {
-            let layer = 2 * cache_rows as u64 * c as u64 * 4;
+            let layer = 2 * cache_rows as u64 * kv_w as u64 * 4;
             return Err(Error::Limits(format!(
                 "a KV cache for {slots} sequence(s) of {n_ctx} positions needs {cache_rows} rows \
                  ({layer} bytes of keys and values) per layer, the adapter allows {max_rows} rows in \
@@ -160,7 +165,7 @@ impl Session {
                 max_rows / slots.max(1)
             )));
         }
-        let t_max = n_ctx.min(maxb / (4 * inner.max(3 * c)));
+        let t_max = n_ctx.min(maxb / (4 * cfg.fc_rows().max(qkv_w).max(c)));
         let head_rows = t_max.min(maxb / (4 * v));
         if head_rows == 0 {
             return Err(Error::Limits(format!(
@@ -170,7 +175,7 @@ impl Session {
         let f = |n: usize| (n * 4) as u64;
         let kv = if model.texture_linear {
             let tex = |name: &str, l: usize| {
-                gpu.texture(&format!("{name}.{l}"), cache_rows, c)
+                gpu.texture(&format!("{name}.{l}"), cache_rows, kv_w)
                     .create_view(&Default::default())
             };
             KvCache::Textures {
@@ -178,7 +183,8 @@ impl Session {
                 v: (0..cfg.n_layer).map(|l| tex("v_cache", l)).collect(),
             }
         } else {
-            let buf = |name: &str, l: usize| gpu.storage(&format!("{name}.{l}"), f(cache_rows * c));
+            let buf =
+                |name: &str, l: usize| gpu.storage(&format!("{name}.{l}"), f(cache_rows * kv_w));
             KvCache::Buffers {
                 k: (0..cfg.n_layer).map(|l| buf("k_cache", l)).collect(),
                 v: (0..cfg.n_layer).map(|l| buf("v_cache", l)).collect(),
@@ -194,9 +200,12 @@ impl Session {
             // Post-LN blocks feed x itself to c_attn.
             x: linear_input("x", f(t_max * c)),
             ln: linear_input("ln", f(t_max * c)),
-            qkv: gpu.storage("qkv", f(t_max * 3 * c)),
-            att_y: linear_input("att_y", f(t_max * c)),
+            qkv: gpu.storage("qkv", f(t_max * qkv_w)),
+            att_y: linear_input("att_y", f(t_max * q_w)),
             fc_h: linear_input("fc_h", f(t_max * inner)),
+            gate_up: cfg
+                .gated
+                .then(|| gpu.storage("gate_up", f(t_max * 2 * inner))),
             lnf: linear_input("lnf", f(head_rows * c)),
             logits: gpu.storage("logits", f(head_rows * v)),
             token: gpu.storage("token", 16),
@@ -216,6 +225,7 @@ impl Session {
             textures: model.texture_linear.then(|| InputTextures {
                 x: gpu.texture("x_texture", t_max, c),
                 c: gpu.texture("ln_texture", t_max, c),
+                att_y: (q_w != c).then(|| gpu.texture("att_y_texture", t_max, q_w)),
                 inner: gpu.texture("fc_h_texture", t_max, inner),
                 head: gpu.texture("lnf_texture", head_rows, c),
                 words: cfg.projects_embeddings().then(|| {
@@ -295,7 +305,7 @@ impl Session {
         }
         let mut other = Session::with_slots(&self.model, 1, self.n_ctx)?;
         let gpu = &self.model.gpu;
-        let c = self.model.config.n_embd as u64;
+        let c = self.model.config.kv_width() as u64;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         match (&self.kv, &other.kv) {
             (KvCache::Buffers { k, v }, KvCache::Buffers { k: k2, v: v2 }) => {
@@ -340,6 +350,24 @@ impl Session {
         self.capture_reset();
     }
 
+    /// Forgets every position from `pos` on, keeping the cache before it: the sequence continues
+    /// from there (a chat whose re-rendered history differs from the tokens generated, a
+    /// rejected draft). The cache rows after `pos` are overwritten by the next steps.
+    pub fn truncate(&mut self, pos: usize) -> Result<()> {
+        if self.pending.is_some() {
+            return Err(Error::SessionState(
+                "cannot truncate while a step is in flight: collect its token first",
+            ));
+        }
+        if pos < self.pos {
+            self.pos = pos;
+            self.history.truncate(pos);
+            // The attention history kept for capture is of the old positions.
+            self.capture_reset();
+        }
+        Ok(())
+    }
+
     /// Dispatches per forward step with one token (body + head + pick).
     pub fn dispatches_per_token(&self) -> usize {
         let decode = Bucket::Decode as usize;
@@ -371,13 +399,14 @@ impl Session {
             &a.tokens, &a.x, &a.ln, &a.qkv, &a.att_y, &a.fc_h, &a.lnf, &a.logits, &a.token,
         ]
         .into_iter()
+        .chain(a.gate_up.iter())
         .chain(a.emb.iter())
         .chain(a.proj.iter())
         .map(|b| b.size())
         .sum::<u64>()
             + a.logits_read.as_ref().map_or(0, |b| b.size());
         let cfg = &self.model.config;
-        scratch + (2 * cfg.n_layer * self.n_ctx * cfg.n_embd * 4) as u64
+        scratch + (2 * cfg.n_layer * self.n_ctx * cfg.kv_width() * 4) as u64
     }
 
     /// Runs one greedy step of `tokens` with each dispatch in its own timed compute pass and
@@ -730,7 +759,7 @@ impl Session {
         let Some(cap) = &self.capture else {
             return plan::record(enc, ops, rows, 1, None);
         };
-        let bytes = (rows as usize * 3 * self.model.config.n_embd * 4) as u64;
+        let bytes = (rows as usize * self.model.config.qkv_width() * 4) as u64;
         let mut copy = |enc: &mut wgpu::CommandEncoder, layer: usize| {
             let at = layer as u64 * cap.layer_stride;
             enc.copy_buffer_to_buffer(&self.act.qkv, 0, &cap.buf, at, bytes);
@@ -758,6 +787,7 @@ impl Activations {
             (Act::Lnf, self.lnf.clone()),
             (Act::Logits, self.logits.clone()),
         ]);
+        acts.extend(self.gate_up.clone().map(|b| (Act::GateUp, b)));
         acts.extend(self.emb.clone().map(|b| (Act::Emb, b)));
         acts.extend(self.proj.clone().map(|b| (Act::Proj, b)));
         let mut textures = HashMap::new();
@@ -765,7 +795,7 @@ impl Activations {
             for (act, tex) in [
                 (Act::X, &t.x),
                 (Act::Ln, &t.c),
-                (Act::AttY, &t.c),
+                (Act::AttY, t.att_y.as_ref().unwrap_or(&t.c)),
                 (Act::FcH, &t.inner),
                 (Act::Lnf, &t.head),
             ] {

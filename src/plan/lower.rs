@@ -6,12 +6,12 @@ use std::collections::HashMap;
 
 use crate::gpu::Engine;
 use crate::gpu::kernels::{
-    self, AttentionParams, EmbedParams, Epilogue, Extra, Kv, LayerNormParams, LinearIo, PoolParams,
-    WidthParams, wg,
+    self, AttentionParams, EmbedParams, Epilogue, Extra, Kv, KvParams, LayerNormParams, LinearIo,
+    PoolParams, WidthParams, wg,
 };
 use crate::gpu::registry::{Key, Layout};
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
-use crate::graph::{Act, Dense, Dims, Keys, Op, Then};
+use crate::graph::{Act, Dense, Dims, Keys, NormKind, Op, Then};
 use crate::plan::rules::{Fuse, KvFuse};
 use crate::plan::{Bucket, Caps, Dim, Dispatch, Io, KvCache};
 
@@ -67,6 +67,8 @@ impl<'a> Lower<'a> {
                 Op::Embed { .. } => out.extend(self.embed(op, step)),
                 Op::Norm { .. } => out.push(self.norm(op, f, step)),
                 Op::Linear { .. } => out.extend(self.linear(op, f, bucket, step)),
+                Op::Rope { .. } => out.push(self.rope(op, step)),
+                Op::Gate { .. } => out.push(self.gate(op, step)),
                 Op::Attention { .. } => out.extend(self.attention(op, f, step)),
                 Op::Pool { .. } => out.push(self.pool(op)),
             }
@@ -179,12 +181,12 @@ impl<'a> Lower<'a> {
     /// layernorm_rows (one invocation per row), or norm_texture's layernorm_rows_texture.
     fn norm(&mut self, op: &Op<&GpuTensor>, f: &Fuse, step: &wgpu::Buffer) -> Dispatch {
         let Op::Norm {
+            kind,
             inp,
             out,
             gain,
             bias,
             eps,
-            ..
         } = op
         else {
             unreachable!()
@@ -210,7 +212,7 @@ impl<'a> Lower<'a> {
                 [Dim::Rows, Dim::Fixed(1)],
             ),
         };
-        let pipe = self.pipe(key);
+        let pipe = self.pipe(key.with("RMS", (*kind == NormKind::Rms) as u32));
         let r = [
             step,
             &params,
@@ -442,6 +444,44 @@ impl<'a> Lower<'a> {
         }
     }
 
+    /// Rotary embeddings on the step's queries and keys, in place (one invocation per pair).
+    fn rope(&mut self, op: &Op<&GpuTensor>, step: &wgpu::Buffer) -> Dispatch {
+        let Op::Rope { qkv, inv_freq } = op else {
+            unreachable!()
+        };
+        let d = self.dims;
+        let (nh, nkv, hs) = (d.n_head as u32, d.n_kv_head as u32, d.head_size as u32);
+        let params = AttentionParams {
+            nkv,
+            ..AttentionParams::heads(nh, hs)
+        };
+        let params = self.uniform("rope", [nh << 16 | nkv, hs], &params);
+        let pipe = self.pipe(Key::new("rope", "rope"));
+        let r = [step, &params, inv_freq.single(), self.buf(*qkv)];
+        let bind = kernels::bind(self.gpu, &pipe, "rope", &r);
+        let pairs = (nh + nkv) * hs / 2;
+        let grid = [Dim::Fixed(pairs.div_ceil(wg::ELEMENTWISE)), Dim::Rows];
+        Dispatch::new(pipe, bind, grid, "rope")
+    }
+
+    /// A gated feed-forward's hidden layer: `out = act(gate) * up`.
+    fn gate(&mut self, op: &Op<&GpuTensor>, step: &wgpu::Buffer) -> Dispatch {
+        let Op::Gate { inp, out, act } = op else {
+            unreachable!()
+        };
+        let width = self.dims.width(*out);
+        let params = self.width(width);
+        let key = Key::new("elementwise", "gate").with("ACT", Epilogue::activation(*act) as u32);
+        let pipe = self.pipe(key);
+        let r = [step, &params, self.buf(*inp), self.buf(*out)];
+        let bind = kernels::bind(self.gpu, &pipe, "gate", &r);
+        let grid = [
+            Dim::Fixed((width as u32).div_ceil(wg::ELEMENTWISE)),
+            Dim::Rows,
+        ];
+        Dispatch::new(pipe, bind, grid, "gate")
+    }
+
     /// A linear's unfused epilogue: `out = act(out)`, or `out += tmp`.
     fn then(&mut self, then: Then, out: Act, width: usize, step: &wgpu::Buffer) -> Dispatch {
         let params = self.width(width);
@@ -498,19 +538,26 @@ impl<'a> Lower<'a> {
         else {
             unreachable!()
         };
-        let (c, nh) = (self.dims.c as u32, *n_head as u32);
+        let d = self.dims;
+        let (nh, nkv, hs) = (*n_head as u32, d.n_kv_head as u32, d.head_size as u32);
+        let (q_w, kv_w) = (d.q_width() as u32, d.kv_width() as u32);
         let layer = match keys {
             Keys::Cache { layer } => *layer,
             Keys::Sequence => 0,
         };
         let params = AttentionParams {
-            c,
             nh,
-            hs: c / nh,
+            nkv,
+            hs,
             scale: *scale,
         };
-        let params = self.uniform("attention", [c, scale.to_bits()], &params);
-        let width = self.width(c as usize);
+        let params = self.uniform("attention", [nh << 16 | nkv, scale.to_bits()], &params);
+        let widths = KvParams {
+            q: q_w,
+            kv: kv_w,
+            _pad: [0; 2],
+        };
+        let widths = self.uniform("kv", [q_w, kv_w], &widths);
         let textures = self.caps.textures;
         let family = if textures {
             "attention_texture"
@@ -544,7 +591,7 @@ impl<'a> Lower<'a> {
         if !f.appended {
             let r = vec![
                 step.as_entire_binding(),
-                width.as_entire_binding(),
+                widths.as_entire_binding(),
                 qkv.as_entire_binding(),
                 k.clone(),
                 v.clone(),
@@ -558,7 +605,7 @@ impl<'a> Lower<'a> {
             ops.push(Dispatch::new(
                 append,
                 bind,
-                [Dim::Fixed(c.div_ceil(per)), Dim::Rows],
+                [Dim::Fixed(kv_w.div_ceil(per)), Dim::Rows],
                 append_name,
             ));
         }

@@ -311,6 +311,8 @@ fn read_later(ops: &[Op<&GpuTensor>], from: usize, act: Act) -> bool {
                 *out == act,
             ),
             Op::Attention { qkv, out, .. } => (*qkv == act, *out == act),
+            Op::Rope { qkv, .. } => (*qkv == act, false),
+            Op::Gate { inp, out, .. } => (*inp == act, *out == act),
             Op::Pool { inp, out, .. } => (*inp == act, *out == act),
         };
         if reads {
