@@ -8,6 +8,9 @@ const EPILOGUE_RESIDUAL: u32 = 2u;
 const EPILOGUE_RELU: u32 = 3u;
 const EPILOGUE_GELU_ERF: u32 = 4u;
 const EPILOGUE_SILU: u32 = 5u;
+// A linear layer whose outputs are interleaved (gate, up) pairs, storing silu(gate) * up
+// (linear.wgsl's store4).
+const EPILOGUE_GATED_SILU: u32 = 6u;
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 
 // GELU as GPT-2 computes it (transformers' gelu_new, the tanh approximation).

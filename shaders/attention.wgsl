@@ -1,7 +1,8 @@
 // Multi-head self-attention, flash style: keys are visited in blocks of 64 with an online
 // softmax (running max m, running sum l, rescaled accumulator), so no T x T score matrix exists.
 // One workgroup per (head, query). Each invocation scores one key of a block and owns up to 4
-// output dims (head size <= 256). step.wgsl is prepended. Two entry points:
+// output dims (head size <= 256). step.wgsl and rotary.wgsl are prepended: with ROPE, the
+// causal entry rotates its query as it loads it (its keys were rotated into the cache). Two entry points:
 //   attention:               causal (decoders): query t sits at position(t) and sees keys
 //                            0 ..= position(t) of its sequence's slot of the KV cache.
 //   attention_bidirectional: encoders: sequences packed in the step's rows; query t sees every key
@@ -17,7 +18,8 @@ struct Params { NH: u32, NKV: u32, HS: u32, scale: f32 }
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;    // (n_ctx, NKV HS)
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;    // (n_ctx, NKV HS)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (T, NH HS)
-@group(0) @binding(6) var<storage, read> spans: array<vec2<u32>>;  // (T) bidirectional only
+@group(0) @binding(7) var<storage, read> spans: array<vec2<u32>>;  // (T) bidirectional only
+@group(0) @binding(6) var<storage, read> inv_freq: array<f32>;     // (HS / 2) with ROPE
 
 // The head size, fixed when the pipeline is built for one model (0: read p.HS at run time); a
 // constant bound lets the driver unroll the loops over the head.
@@ -40,7 +42,12 @@ fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32) {
     let kv_w = p.NKV * HS;
     let koff = h / (p.NH / p.NKV) * HS;
 
-    for (var d = lid; d < HS; d += BLOCK) { q[d] = qkv[t * (p.NH * HS + 2u * kv_w) + hoff + d] * p.scale; }
+    let qrow = t * (p.NH * HS + 2u * kv_w) + hoff;
+    for (var d = lid; d < HS; d += BLOCK) {
+        var x = qkv[qrow + d];
+        if (ROPE) { x = rotated(qrow, d, HS, position(t)); }
+        q[d] = x * p.scale;
+    }
     workgroupBarrier();
 
     var m = NEG;

@@ -3,7 +3,8 @@
 // read here. On lavapipe a texel load is one vectorised fetch where a buffer load is a per-lane
 // scalar loop, and barriers are costly; so here there are neither buffers for K, V nor barriers:
 // each invocation owns one (head, query) and runs the online softmax over its keys alone, with
-// its query and accumulator in registers (HS % 4 == 0, HS <= 256). step.wgsl is prepended.
+// its query and accumulator in registers (HS % 4 == 0, HS <= 256). step.wgsl and rotary.wgsl
+// are prepended: with ROPE, the causal entry rotates its query as it loads it.
 //   attention_texture:               causal: query t sees keys 0 ..= position(t) of its
 //                                    sequence's cache slot.
 //   attention_texture_bidirectional: encoders, sequences packed in the step's rows: query t sees
@@ -19,7 +20,8 @@ struct Params { NH: u32, NKV: u32, HS: u32, scale: f32 }
 @group(0) @binding(3) var k_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, NKV HS / 4)
 @group(0) @binding(4) var v_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, NKV HS / 4)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;                 // (T, NH HS)
-@group(0) @binding(6) var<storage, read> spans: array<vec2<u32>>;               // (T) bidirectional only
+@group(0) @binding(7) var<storage, read> spans: array<vec2<u32>>;               // (T) bidirectional only
+@group(0) @binding(6) var<storage, read> inv_freq: array<f32>;                  // (HS / 2) with ROPE
 
 // The head size, fixed when the pipeline is built for one model (0: read p.HS at run time).
 // A constant bound lets the driver unroll the loops over the head and keep q and acc in
@@ -40,7 +42,14 @@ fn attend(h: u32, t: u32, base: u32, n_keys: u32) {
     var acc: array<vec4<f32>, MAX_HS4>;
     for (var d = 0u; d < hs4; d++) {
         let i = qrow + 4u * d;
-        q[d] = vec4(qkv[i], qkv[i + 1u], qkv[i + 2u], qkv[i + 3u]) * p.scale;
+        var x = vec4(qkv[i], qkv[i + 1u], qkv[i + 2u], qkv[i + 3u]);
+        if (ROPE) {
+            let pos = position(t);
+            let hs = head_size();
+            x = vec4(rotated(qrow, 4u * d, hs, pos), rotated(qrow, 4u * d + 1u, hs, pos),
+                     rotated(qrow, 4u * d + 2u, hs, pos), rotated(qrow, 4u * d + 3u, hs, pos));
+        }
+        q[d] = x * p.scale;
         acc[d] = vec4(0.0);
     }
     var m = NEG;

@@ -21,15 +21,15 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[at] += inp[at];
 }
 
-// out = act(gate) * up, from inp's rows [gate | up] (rows, 2 width): a gated feed-forward's
-// hidden layer (Llama's SwiGLU).
+// out = act(gate) * up, from inp's rows of interleaved pairs (gate i, up i) (rows, 2 width): a
+// gated feed-forward's hidden layer (Llama's SwiGLU).
 @compute @workgroup_size(64)
 fn gate(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     let r = gid.y;
     if (i >= p.width || r >= step.rows) { return; }
-    let at = 2u * r * p.width + i;
-    out[r * p.width + i] = activate4(ACT, vec4(inp[at])).x * inp[at + p.width];
+    let at = 2u * (r * p.width + i);
+    out[r * p.width + i] = activate4(ACT, vec4(inp[at])).x * inp[at + 1u];
 }
 
 // out = act(out).

@@ -44,6 +44,15 @@ fn bias4(n0: u32) -> vec4<f32> {
 // access is a loop over the lanes: per-output stores made matmul_texture ~30% slower).
 fn store4(m: u32, n0: u32, acc: vec4<f32>, b: vec4<f32>) {
     var v = acc + b;
+    if (EPILOGUE == EPILOGUE_GATED_SILU) {
+        // Interleaved (gate, up) outputs: the pairs (n0, n0 + 1) and (n0 + 2, n0 + 3) become
+        // outputs (col0 + n0) / 2 and the next of a row half as wide (N and col0 are even).
+        let o = m * (p.ldo / 2u) + (p.col0 + n0) / 2u;
+        let g = activate4(EPILOGUE_SILU, vec4(v.x, v.z, 0.0, 0.0));
+        if (n0 + 1u < p.N) { out[o] = g.x * v.y; }
+        if (n0 + 3u < p.N) { out[o + 1u] = g.y * v.w; }
+        return;
+    }
     let i = m * p.ldo + p.col0 + n0;
     if (EPILOGUE == EPILOGUE_RESIDUAL) {
         for (var j = 0u; j < 4u; j++) {

@@ -156,6 +156,8 @@ fn gemv_block_q8(kb: u32, n: u32, xs: array<vec4<f32>, 8>) -> f32 {
 // projections. f32 sums of K terms; var = E[x^2] - mean^2 in f32 loses ~log2(1 + mean^2 / var)
 // bits, negligible for a residual stream whose mean is small next to its spread.
 override NORM: bool = false;
+// With NORM, the fused norm is an RMSNorm (Llama's): out = W' x / rms(x) + b', no mean.
+override RMS: bool = false;
 
 @group(0) @binding(9) var<storage, read> rowsum: array<f32>;  // (col0 + N) NORM only
 
@@ -163,6 +165,7 @@ override NORM: bool = false;
 // squares s2 of the row (every lane must call it: subgroup sums).
 fn norm4(n0: u32, sums: vec4<f32>, s1: f32, s2: f32) -> vec4<f32> {
     let k = f32(p.K);
+    if (RMS) { return inverseSqrt(subgroupAdd(s2) / k + p.ln_eps) * sums; }
     let mean = subgroupAdd(s1) / k;
     let var_ = max(subgroupAdd(s2) / k - mean * mean, 0.0);
     let rstd = inverseSqrt(var_ + p.ln_eps);

@@ -699,6 +699,8 @@ impl Micro<'_> {
         // Attention: one decode query over contexts of 128..1024 keys, and a 128-token prefill.
         let att = gpu.uniform("att", &AttentionParams::heads(nh, 64));
         let (k_cache, v_cache) = (self.f32s(1024 * c), self.f32s(1024 * c));
+        // ROPE's frequencies: unread (the constant is off), bound all the same.
+        let inv_freq = self.f32s(4);
         for (t, ctx) in [(1u32, 128u32), (1, 512), (1, 1024), (128, 128)] {
             let (qkv, out, st) = (
                 self.f32s(t * 3 * c),
@@ -714,6 +716,7 @@ impl Micro<'_> {
                     Tex(&kv_tex[0]),
                     Tex(&kv_tex[1]),
                     out.as_entire_binding(),
+                    inv_freq.as_entire_binding(),
                 ];
                 let bg = bind_resources(gpu, &p.textures().attention_texture, "bench", r);
                 (
@@ -731,7 +734,7 @@ impl Micro<'_> {
                     gpu,
                     &p.attention,
                     "bench",
-                    &[&st, &att, &qkv, &k_cache, &v_cache, &out],
+                    &[&st, &att, &qkv, &k_cache, &v_cache, &out, &inv_freq],
                 );
                 (
                     "attention",

@@ -195,6 +195,18 @@ impl ChatTemplate {
     }
 }
 
+/// The ids that end a reply: the model's end-of-sequence ids and the template's `eos_token`
+/// (Qwen2.5's `<|im_end|>`, Llama 3's `<|eot_id|>`).
+pub fn end_of_turn_ids(template: &ChatTemplate, tok: &crate::Tokenizer, eos: &[u32]) -> Vec<u32> {
+    let mut ids = eos.to_vec();
+    if let Some(id) = tok.token_id(&template.eos_token) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
 /// A `chat_template` value: the string, or the `default` of a list of `{name, template}`.
 fn named_default(v: Option<&serde_json::Value>, path: &Path) -> Result<Option<String>> {
     let bad = |msg: &str| Error::ChatTemplate {

@@ -518,8 +518,11 @@ pub fn load_weights<T>(
     }
     // Every shape and dtype first: fail before any upload.
     build_weights(cfg, explicit_head, |name, rows, cols, conv1d| {
-        for p in checkpoint_parts(cfg, name, rows, cols, conv1d) {
-            ckpt.check(&p.key, &p.stored)?;
+        let parts = checkpoint_parts(cfg, name, rows, cols, conv1d);
+        let stored: std::collections::BTreeMap<&str, &[usize]> =
+            parts.iter().map(|p| (p.key.as_str(), &p.stored[..])).collect();
+        for (key, shape) in stored {
+            ckpt.check(key, shape)?;
         }
         Ok(())
     })?;
@@ -569,8 +572,9 @@ pub fn load_weights<T>(
             Ok(())
         };
         let t = make(name, rows, cols, &mut read)?;
-        for p in &parts {
-            ckpt.release(&p.key);
+        let keys: std::collections::BTreeSet<&str> = parts.iter().map(|p| p.key.as_str()).collect();
+        for key in keys {
+            ckpt.release(key);
         }
         Ok(t)
     })
@@ -650,8 +654,9 @@ pub fn build_weights<T>(
 /// streams in: LN(x) W^T + b = x̂ (W diag(gain))^T + (b + W bias) with x̂ = (x - mean) / std, so
 /// the norms become plain standardisation (gain 1, bias 0 uploaded in their place) and a decode
 /// GEMV can standardise its input itself instead of a layernorm dispatch running first
-/// (matmul_texture_subgroup.wgsl's NORM). Relies on [`build_weights`]' order within a block:
-/// ln_1's gain and bias, then c_attn's weight and bias (ln_2 and c_fc likewise).
+/// (matmul_texture_subgroup.wgsl's NORM). RMS norms fold the same way, gain only (the GEMV's
+/// NORM with RMS divides by the root mean square, no mean). Relies on [`build_weights`]' order
+/// within a block: ln_1's gain and bias, then c_attn's weight and bias (ln_2 and c_fc likewise).
 #[derive(Default)]
 pub struct LnFold {
     gain: Vec<f32>,

@@ -99,15 +99,12 @@ pub fn rope(qkv: &mut [f32], inv_freq: &[f32], h: Heads, pos0: usize) {
     }
 }
 
-/// elementwise.wgsl's `gate`: rows [gate | up] (T, 2 width) → act(gate) · up (T, width).
-pub fn gate(x: &[f32], width: usize, act: Activation) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len() / 2);
-    for row in x.chunks(2 * width) {
-        let mut g = row[..width].to_vec();
-        activate(&mut g, act);
-        out.extend(g.iter().zip(&row[width..]).map(|(g, u)| g * u));
-    }
-    out
+/// elementwise.wgsl's `gate`: interleaved pairs (gate i, up i) → act(gate i) · up i, so
+/// (T, 2 width) → (T, width).
+pub fn gate(x: &[f32], act: Activation) -> Vec<f32> {
+    let mut g: Vec<f32> = x.iter().step_by(2).copied().collect();
+    activate(&mut g, act);
+    g.iter().zip(x.iter().skip(1).step_by(2)).map(|(g, u)| g * u).collect()
 }
 
 /// An activation in place.
@@ -352,7 +349,7 @@ pub fn run(g: &Graph<&Vec<f32>>, seqs: &[&[u32]]) -> Vec<f32> {
                 rope(&mut x, inv_freq, heads, 0);
                 (*qkv, x)
             }
-            Op::Gate { inp, out, act } => (*out, gate(&acts[inp], d.inner, *act)),
+            Op::Gate { inp, out, act } => (*out, gate(&acts[inp], *act)),
             Op::Linear { inp, out, dense, then } => {
                 let (k, n) = (d.width(*inp), d.width(*out));
                 let mut y = matmul(&acts[inp], dense.w, dense.b.map(|b| b.as_slice()), k, n);

@@ -76,6 +76,15 @@ impl ModelSource {
         }
     }
 
+    /// The model's chat template, if it ships one (the embedded model does not).
+    pub fn chat_template(&self) -> Result<Option<crate::ChatTemplate>> {
+        match self {
+            ModelSource::Dir(d) => crate::ChatTemplate::from_dir(d),
+            #[cfg(feature = "default-model")]
+            ModelSource::Embedded => Ok(None),
+        }
+    }
+
     /// The weights, opened (mapped or in place).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         match self {

@@ -39,9 +39,15 @@ impl Harness {
         let p = KvParams {
             q: h.q() as u32,
             kv: h.kv() as u32,
-            _pad: [0; 2],
+            hs: h.hs as u32,
+            _pad: 0,
         };
         self.gpu.uniform("kv", &p)
+    }
+    /// A placeholder for a binding a kernel only reads under a constant that is off (ROPE's
+    /// frequencies).
+    fn none(&self) -> wgpu::Buffer {
+        self.f32s(&[0.0; 4])
     }
     fn run(&self, pipe: &wgpu::ComputePipeline, bufs: &[&wgpu::Buffer], x: u32, y: u32) {
         dispatch(self, pipe, &bind(&self.gpu, pipe, "test", bufs), x, y);
@@ -276,7 +282,14 @@ fn kv_append_and_attention_match_cpu() {
         let step = h.step(t, 0, pos0);
         h.run(
             &h.p.kv_append,
-            &[&step, &h.kv_widths(Heads::mha(c, nh)), &qkvb, &kb, &vb],
+            &[
+                &step,
+                &h.kv_widths(Heads::mha(c, nh)),
+                &qkvb,
+                &kb,
+                &vb,
+                &h.none(),
+            ],
             (c as u32).div_ceil(64),
             t as u32,
         );
@@ -293,7 +306,15 @@ fn kv_append_and_attention_match_cpu() {
         for (pipe, name) in [(&h.p.attention, "run-time HS"), (&fixed, "fixed HS")] {
             h.run(
                 pipe,
-                &[&step, &h.gpu.uniform("p", &params), &qkvb, &kb, &vb, &out],
+                &[
+                    &step,
+                    &h.gpu.uniform("p", &params),
+                    &qkvb,
+                    &kb,
+                    &vb,
+                    &out,
+                    &h.none(),
+                ],
                 nh as u32,
                 t as u32,
             );
@@ -311,6 +332,7 @@ fn kv_append_and_attention_match_cpu() {
 #[test]
 fn batched_rows_use_their_slots() {
     let h = Harness::new();
+    let none = h.none();
     let (c, nh, n_ctx, v) = (60, 5, 72, 11);
     let (c4, nh4) = (64, 4); // the texture kernels need C % 4 == 0 and HS % 4 == 0
     let pos = [0usize, 5, 64, 70, 1];
@@ -373,6 +395,7 @@ fn batched_rows_use_their_slots() {
                 qb.as_entire_binding(),
                 view(&kt),
                 view(&vt),
+                none.as_entire_binding(),
             ];
             let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, &tp.kv_append_texture, "t", res);
             dispatch(
@@ -389,6 +412,7 @@ fn batched_rows_use_their_slots() {
                 view(&kt),
                 view(&vt),
                 out.as_entire_binding(),
+                none.as_entire_binding(),
             ];
             let bg = wgpt::gpu::kernels::bind_resources(&h.gpu, &tp.attention_texture, "t", res);
             dispatch(
@@ -402,13 +426,20 @@ fn batched_rows_use_their_slots() {
             let (kb, vb) = (h.f32s(&k_all), h.f32s(&v_all));
             h.run(
                 &h.p.kv_append,
-                &[&stepb, &h.kv_widths(Heads::mha(c, nh)), &qb, &kb, &vb],
+                &[
+                    &stepb,
+                    &h.kv_widths(Heads::mha(c, nh)),
+                    &qb,
+                    &kb,
+                    &vb,
+                    &h.none(),
+                ],
                 (c as u32).div_ceil(64),
                 b as u32,
             );
             h.run(
                 &h.p.attention,
-                &[&stepb, &pu, &qb, &kb, &vb, &out],
+                &[&stepb, &pu, &qb, &kb, &vb, &out, &h.none()],
                 nh as u32,
                 b as u32,
             );
@@ -435,12 +466,18 @@ fn batched_rows_use_their_slots() {
 #[test]
 fn linear_epilogues_match_cpu() {
     let h = Harness::new();
-    for (m, k, n) in [(1, 36, 17), (7, 60, 45), (33, 68, 100)] {
+    for (m, k, n) in [(1, 36, 17), (7, 60, 45), (33, 68, 100), (7, 60, 46)] {
         let a = random(m * k, 21, 3.0);
         let w = random(n * k, 22, 1.0);
         let b = random(n, 23, 1.0);
         let x0 = random(m * n, 24, 1.0);
         let plain = reference::matmul(&a, &w, Some(&b), k, n);
+        // Interleaved (gate, up) outputs: the first half of each output row is silu(g) * u.
+        let mut gated = x0.clone();
+        for (row, g) in gated.chunks_mut(n).zip(plain.chunks(n)) {
+            let v = reference::gate(g, wgpt::config::Activation::Silu);
+            row[..n / 2].copy_from_slice(&v);
+        }
         let mut gelu = plain.clone();
         reference::gelu(&mut gelu);
         let mut resid = x0.clone();
@@ -448,17 +485,24 @@ fn linear_epilogues_match_cpu() {
         let (mut relu, mut gelu_erf) = (plain.clone(), plain.clone());
         reference::relu(&mut relu);
         reference::gelu_erf(&mut gelu_erf);
-        for (epi, want) in [
+        let mut cases = vec![
             (Epilogue::Gelu, &gelu),
             (Epilogue::Residual, &resid),
             (Epilogue::Relu, &relu),
             (Epilogue::GeluErf, &gelu_erf),
-        ] {
+        ];
+        if n % 2 == 0 {
+            cases.push((Epilogue::GatedSilu, &gated));
+        }
+        for (epi, want) in cases {
+            // The gated rows are half as wide: ldo / 2 apart in the output (which keeps x0's
+            // layout here, n wide, so the output stride is passed as 2n).
+            let ldo = if epi == Epilogue::GatedSilu { 2 * n } else { n };
             for (name, pipe) in linear_kernels(&h.p, epi) {
                 let params = MatmulParams {
                     k: k as u32,
                     n: n as u32,
-                    ldo: n as u32,
+                    ldo: ldo as u32,
                     col0: 0,
                     has_bias: 1,
                     kv_c: 0,
@@ -1184,6 +1228,7 @@ fn read_texture(h: &Harness, tex: &wgpu::Texture) -> Vec<f32> {
 #[test]
 fn texture_kv_append_and_attention_match_cpu() {
     let h = Harness::new();
+    let none = h.none();
     // (T, C, NH, pos0): HS = 16, 64, 16, 256 (the largest supported); keys up to 73.
     for (t, c, nh, pos0) in [
         (1, 64, 4, 0),
@@ -1219,6 +1264,7 @@ fn texture_kv_append_and_attention_match_cpu() {
                 b.as_entire_binding(),
                 wgpu::BindingResource::TextureView(&k_tex),
                 wgpu::BindingResource::TextureView(&v_tex),
+                none.as_entire_binding(),
             ];
             let bg = wgpt::gpu::kernels::bind_resources(
                 &h.gpu,
@@ -1255,6 +1301,7 @@ fn texture_kv_append_and_attention_match_cpu() {
             wgpu::BindingResource::TextureView(&k_tex),
             wgpu::BindingResource::TextureView(&v_tex),
             out.as_entire_binding(),
+            none.as_entire_binding(),
         ];
         let want = reference::attention(&qkv, &k_cache, &v_cache, Heads::mha(c, nh), pos0);
         let fixed =
@@ -1667,6 +1714,7 @@ fn embed_packed_matches_cpu() {
 #[test]
 fn bidirectional_attention_matches_cpu() {
     let h = Harness::new();
+    let none = h.none();
     let gpu = &h.gpu;
     let buffer_pipe =
         wgpt::gpu::kernels::entry_pipeline(gpu, "attention", "attention_bidirectional", None, &[]);
@@ -1721,6 +1769,7 @@ fn bidirectional_attention_matches_cpu() {
                     wgpu::BindingResource::TextureView(&kt),
                     wgpu::BindingResource::TextureView(&vt),
                     out.as_entire_binding(),
+                    none.as_entire_binding(),
                     sb.as_entire_binding(),
                 ];
                 let bg = wgpt::gpu::kernels::bind_resources(gpu, &texture_pipe, "t", res);
@@ -1730,7 +1779,7 @@ fn bidirectional_attention_matches_cpu() {
                 let (kb, vb) = (h.f32s(&k), h.f32s(&v));
                 h.run(
                     &buffer_pipe,
-                    &[&step, &pu, &qb, &kb, &vb, &out, &sb],
+                    &[&step, &pu, &qb, &kb, &vb, &out, &h.none(), &sb],
                     nh as u32,
                     t as u32,
                 );
@@ -1901,7 +1950,7 @@ fn gate_matches_cpu() {
         wgpt::gpu::kernels::entry_pipeline(&h.gpu, "elementwise", "gate", None, &[("ACT", act)]);
     for (t, width) in [(1, 60), (7, 130), (33, 64)] {
         let x = random(t * 2 * width, 54, 30.0);
-        let want = reference::gate(&x, width, wgpt::config::Activation::Silu);
+        let want = reference::gate(&x, wgpt::config::Activation::Silu);
         let out = h.f32s(&vec![f32::NAN; t * width]);
         let params = wgpt::gpu::kernels::WidthParams {
             width: width as u32,
@@ -1922,11 +1971,17 @@ fn gate_matches_cpu() {
 
 /// Grouped- and multi-query attention (NKV < NH, query head h reads key head h / (NH / NKV)),
 /// and heads whose total width is not C: kv_append and attention in both layouts against the
-/// twins, over keys already in the cache.
+/// twins, over keys already in the cache; and with ROPE (the rope_attend fusion), kv_append
+/// rotating the keys it caches and the attention its queries, against rope.wgsl's twin first.
 #[test]
 fn grouped_query_attention_matches_cpu() {
+    use wgpt::gpu::kernels::{bind_resources, entry_pipeline};
     let h = Harness::new();
     let tp = h.p.textures();
+    let inv_freq = wgpt::config::Rope {
+        theta: 10000.0,
+        scaling: wgpt::config::RopeScaling::None,
+    };
     // (T, NH, NKV, HS, pos0): groups of 2, 3 and 6, one query head per key head, HS = 12..64.
     for (t, nh, nkv, hs, pos0) in [
         (1, 4, 2, 16, 0),
@@ -1940,85 +1995,96 @@ fn grouped_query_attention_matches_cpu() {
         let k0 = random(n_ctx * heads.kv(), 55, 1.0);
         let v0 = random(n_ctx * heads.kv(), 56, 1.0);
         let qkv = random(t * heads.qkv(), 57, 2.0);
-        let (mut k, mut v) = (k0.clone(), v0.clone());
-        reference::kv_append(&qkv, &mut k, &mut v, heads, pos0);
-        let want = reference::attention(&qkv, &k, &v, heads, pos0);
+        let freq = inv_freq.inv_freq(hs);
         let params = AttentionParams {
             nkv: nkv as u32,
             ..AttentionParams::heads(nh as u32, hs as u32)
         };
-        let (step, pu, qb, widths) = (
+        let (step, pu, qb, widths, fb) = (
             h.step(t, 0, pos0),
             h.gpu.uniform("p", &params),
             h.f32s(&qkv),
             h.kv_widths(heads),
+            h.f32s(&freq),
         );
-        for textures in [false, true] {
-            let out = h.f32s(&vec![f32::NAN; t * heads.q()]);
-            if textures {
-                let tex = |data: &[f32]| {
-                    h.gpu
-                        .texture_init("kv", data, n_ctx, heads.kv())
-                        .create_view(&Default::default())
-                };
-                let (kt, vt) = (tex(&k0), tex(&v0));
-                let view = wgpu::BindingResource::TextureView;
-                let res = vec![
-                    step.as_entire_binding(),
-                    widths.as_entire_binding(),
-                    qb.as_entire_binding(),
-                    view(&kt),
-                    view(&vt),
-                ];
-                let bg =
-                    wgpt::gpu::kernels::bind_resources(&h.gpu, &tp.kv_append_texture, "t", res);
-                dispatch(
-                    &h,
-                    &tp.kv_append_texture,
-                    &bg,
-                    ((heads.kv() / 4) as u32).div_ceil(64),
-                    t as u32,
-                );
-                let res = vec![
-                    step.as_entire_binding(),
-                    pu.as_entire_binding(),
-                    qb.as_entire_binding(),
-                    view(&kt),
-                    view(&vt),
-                    out.as_entire_binding(),
-                ];
-                let bg =
-                    wgpt::gpu::kernels::bind_resources(&h.gpu, &tp.attention_texture, "t", res);
-                dispatch(
-                    &h,
-                    &tp.attention_texture,
-                    &bg,
-                    (nh as u32).div_ceil(8),
-                    t as u32,
-                );
-            } else {
-                let (kb, vb) = (h.f32s(&k0), h.f32s(&v0));
-                h.run(
-                    &h.p.kv_append,
-                    &[&step, &widths, &qb, &kb, &vb],
-                    (heads.kv() as u32).div_ceil(64),
-                    t as u32,
-                );
-                assert_eq!(h.read(&kb), k, "kv_append k");
-                assert_eq!(h.read(&vb), v, "kv_append v");
-                h.run(
-                    &h.p.attention,
-                    &[&step, &pu, &qb, &kb, &vb, &out],
-                    nh as u32,
-                    t as u32,
+        for rope in [false, true] {
+            let mut rotated = qkv.clone();
+            if rope {
+                reference::rope(&mut rotated, &freq, heads, pos0);
+            }
+            let (mut k, mut v) = (k0.clone(), v0.clone());
+            reference::kv_append(&rotated, &mut k, &mut v, heads, pos0);
+            let want = reference::attention(&rotated, &k, &v, heads, pos0);
+            let c = [("ROPE", rope as u8 as f64)];
+            for textures in [false, true] {
+                let out = h.f32s(&vec![f32::NAN; t * heads.q()]);
+                if textures {
+                    let tex = |data: &[f32]| {
+                        h.gpu
+                            .texture_init("kv", data, n_ctx, heads.kv())
+                            .create_view(&Default::default())
+                    };
+                    let (kt, vt) = (tex(&k0), tex(&v0));
+                    let view = wgpu::BindingResource::TextureView;
+                    let append =
+                        entry_pipeline(&h.gpu, "kv_append_texture", "kv_append_texture", None, &c);
+                    let res = vec![
+                        step.as_entire_binding(),
+                        widths.as_entire_binding(),
+                        qb.as_entire_binding(),
+                        view(&kt),
+                        view(&vt),
+                        fb.as_entire_binding(),
+                    ];
+                    let bg = bind_resources(&h.gpu, &append, "t", res);
+                    dispatch(
+                        &h,
+                        &append,
+                        &bg,
+                        ((heads.kv() / 4) as u32).div_ceil(64),
+                        t as u32,
+                    );
+                    let attend =
+                        entry_pipeline(&h.gpu, "attention_texture", "attention_texture", None, &c);
+                    let res = vec![
+                        step.as_entire_binding(),
+                        pu.as_entire_binding(),
+                        qb.as_entire_binding(),
+                        view(&kt),
+                        view(&vt),
+                        out.as_entire_binding(),
+                        fb.as_entire_binding(),
+                    ];
+                    let bg = bind_resources(&h.gpu, &attend, "t", res);
+                    dispatch(&h, &attend, &bg, (nh as u32).div_ceil(8), t as u32);
+                } else {
+                    let (kb, vb) = (h.f32s(&k0), h.f32s(&v0));
+                    let append = entry_pipeline(&h.gpu, "kv_append", "kv_append", None, &c);
+                    h.run(
+                        &append,
+                        &[&step, &widths, &qb, &kb, &vb, &fb],
+                        (heads.kv() as u32).div_ceil(64),
+                        t as u32,
+                    );
+                    // Cached keys: copies, or the rotation's few roundings (|k| <= 2).
+                    let kd = max_abs_diff(&h.read(&kb), &k);
+                    assert!(kd <= 1e-6, "kv_append k (rope: {rope}): {kd}");
+                    assert_eq!(h.read(&vb), v, "kv_append v");
+                    let attend = entry_pipeline(&h.gpu, "attention", "attention", None, &c);
+                    h.run(
+                        &attend,
+                        &[&step, &pu, &qb, &kb, &vb, &out, &fb],
+                        nh as u32,
+                        t as u32,
+                    );
+                }
+                // Convex combinations of values in [-1, 1]; online softmax in f32 over <= 105
+                // keys: ~1e-6, as for plain attention; rotated queries and keys add a few ulps.
+                let d = close(&h.read(&out), &want, 1e-5);
+                println!(
+                    "GQA attention (textures: {textures}, rope: {rope}) T={t} NH={nh} NKV={nkv} HS={hs} pos0={pos0}: max diff {d:e}"
                 );
             }
-            // Convex combinations of values in [-1, 1]; online softmax in f32 over <= 105 keys:
-            // ~1e-6, as for plain attention.
-            let d = close(&h.read(&out), &want, 1e-5);
-            println!(
-                "GQA attention (textures: {textures}) T={t} NH={nh} NKV={nkv} HS={hs} pos0={pos0}: max diff {d:e}"
-            );
         }
     }
 }

@@ -175,7 +175,14 @@ fn each_rule_fires_and_can_be_switched_off() {
             Some(Rule::QkvAttend) => 2,
             Some(Rule::FoldNorm) => 4,
             Some(Rule::Epilogue) => 6,
-            Some(Rule::QkvAppend | Rule::HeadArgmax | Rule::NormTexture) => 0,
+            // GPT-2 has neither a gated feed-forward nor rotary embeddings.
+            Some(
+                Rule::QkvAppend
+                | Rule::HeadArgmax
+                | Rule::NormTexture
+                | Rule::GateEpilogue
+                | Rule::RopeAttend,
+            ) => 0,
             None => 2 * 2 + 4 + 6,
         };
         assert_eq!(n, all + saved, "{fuse:?}");
@@ -190,6 +197,44 @@ fn each_rule_fires_and_can_be_switched_off() {
     let without_attend = Fusions::all().set(Rule::QkvAttend, false);
     let (_, [n, _, _], _) = run(without_attend.set(Rule::QkvAppend, false));
     assert_eq!(n, all + 2 + 2, "-qkv_attend,-qkv_append");
+}
+
+/// The Llama family's rules, each switched off alone on a GQA fixture in both layouts: the
+/// same logits over a prefill and decode steps, the same greedy tokens, and the plan longer by
+/// what the rule saves (gate_epilogue the gate, rope_attend the rope, one dispatch per layer).
+#[test]
+fn llama_rules_fire_and_can_be_switched_off() {
+    let dir = fixture("llama-gqa");
+    let e = expected(&dir);
+    let l = 2;
+    for layout in [WeightLayout::Buffer, WeightLayout::Texture] {
+        let run = |fuse: Fusions| {
+            let opts = LoadOptions {
+                layout,
+                fuse: Some(fuse),
+                ..Default::default()
+            };
+            let model = Model::load(gpu(), &dir, &opts).unwrap();
+            let mut s = Session::new(&model).unwrap();
+            let logits = s.logits(&full_sequence(&e)).unwrap();
+            let plan = s.dispatches_per_token();
+            (logits, plan, greedy(&model, &e.prompt_ids, 8))
+        };
+        let (want, all, tokens) = run(Fusions::all());
+        for rule in [Rule::GateEpilogue, Rule::RopeAttend] {
+            let (got, n, t) = run(Fusions::all().set(rule, false));
+            let diff = max_abs_diff(&got, &want);
+            println!(
+                "llama-gqa {layout:?} -{}: {n} dispatches per token (all: {all}), max |logit diff| = {diff:.2e}",
+                rule.name()
+            );
+            // The same f32 arithmetic in other kernels: cos and sin of the same angles, the
+            // same products; only the order of a few sums may differ.
+            assert!(diff < 1e-4, "{rule:?}: {diff}");
+            assert_eq!(t, tokens, "{rule:?}");
+            assert_eq!(n, all + l, "{rule:?} saves one dispatch per layer");
+        }
+    }
 }
 
 /// all-MiniLM-L6-v2 with every rule on and off: the same embeddings.

@@ -201,9 +201,17 @@ struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The text to continue, tokenized as transformers' `tokenizer(text)` does (with the
-    /// special tokens the tokenizer adds, such as OPT's leading </s>).
+    /// special tokens the tokenizer adds, such as OPT's leading </s>). With --chat, the user's
+    /// message.
     #[arg(long, short)]
     prompt: String,
+    /// Treat --prompt as one user turn: render it with the model's chat template (as
+    /// transformers' apply_chat_template with add_generation_prompt) and generate the reply.
+    #[arg(long)]
+    chat: bool,
+    /// With --chat: a system turn before the user's.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     /// Tokens to generate.
     #[arg(long, short = 'n', default_value_t = 64)]
     max_tokens: usize,
@@ -270,6 +278,12 @@ struct ChatArgs {
     /// Sampler seed; turn i uses seed + i (/seed).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The system turn, for a model with a chat template.
+    #[arg(long, conflicts_with = "raw")]
+    system: Option<String>,
+    /// Continue text even when the model has a chat template (each line continues the text).
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Args)]
@@ -414,7 +428,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
     // Read the config, tokenize and check the context before paying for the GPU upload.
     let config = source.config()?;
     let tok = source.tokenizer()?;
-    let prompt_ids = tok.encode(&a.prompt)?;
+    let (prompt_ids, eos) = match a.chat {
+        true => chat_prompt(&source, &tok, &config, &a)?,
+        false => (tok.encode(&a.prompt)?, None),
+    };
     let needed = if a.context_shift.is_some() {
         1
     } else {
@@ -431,10 +448,13 @@ fn generate(a: GenerateArgs) -> Result<()> {
         stop_at_eos: !a.ignore_eos,
         context_shift: a.context_shift,
         stop: a.stop.clone(),
+        eos_token_ids: eos,
         ..Default::default()
     };
     let stdout = std::io::stdout();
-    print!("{}", a.prompt);
+    if !a.chat {
+        print!("{}", a.prompt);
+    }
     stdout.lock().flush().ok();
     let out = wgpt::generate_ids(&mut session, Some(&tok), &prompt_ids, &opts, |t| {
         let mut s = stdout.lock();
@@ -487,6 +507,29 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--chat`: the user's turn (after `--system`'s) rendered with the model's chat template, its
+/// ids (the template writes the special tokens), and the ids that end a reply.
+fn chat_prompt(
+    source: &ModelSource,
+    tok: &wgpt::Tokenizer,
+    config: &wgpt::Config,
+    a: &GenerateArgs,
+) -> Result<(Vec<u32>, Option<Vec<u32>>)> {
+    let Some(template) = source.chat_template()? else {
+        bail!(
+            "{} has no chat template (tokenizer_config.json's chat_template or chat_template.jinja); \
+             leave out --chat to continue the text as it is",
+            source.describe()
+        );
+    };
+    let mut messages: Vec<wgpt::Message> =
+        a.system.iter().map(|s| wgpt::Message::system(s)).collect();
+    messages.push(wgpt::Message::user(&a.prompt));
+    let text = template.render(&messages, true)?;
+    let eos = wgpt::chat::end_of_turn_ids(&template, tok, &config.eos_token_ids);
+    Ok((tok.encode_plain(&text)?, Some(eos)))
+}
+
 fn chat_command(a: ChatArgs) -> Result<()> {
     let sampling = wgpt::Sampling {
         temperature: a.temperature,
@@ -506,8 +549,22 @@ fn chat_command(a: ChatArgs) -> Result<()> {
         );
     }
     let tok = source.tokenizer()?;
+    let template = match a.raw {
+        true => None,
+        false => source.chat_template()?,
+    };
+    if template.is_none() && a.system.is_some() {
+        bail!(
+            "{} has no chat template, so there is no system turn: leave out --system",
+            source.describe()
+        );
+    }
+    let dialog = template.map(|t| {
+        let eos = wgpt::chat::end_of_turn_ids(&t, &tok, &config.eos_token_ids);
+        chat::Dialog::new(t, a.system.as_deref(), eos)
+    });
     let model = load_source(&source, &a.model, Some(progress_bar()))?;
-    chat::run(&model, &tok, sampling, a.max_tokens, a.seed)
+    chat::run(&model, &tok, dialog, sampling, a.max_tokens, a.seed)
 }
 
 fn logits(a: LogitsArgs) -> Result<()> {

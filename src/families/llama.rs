@@ -9,9 +9,10 @@
 //! logits = norm(x) lm_headᵀ
 //! ```
 //! Checkpoint: `model.` prefix (stripped by the loader), nn.Linear weights ([out, in]); q, k, v
-//! (and gate, up) stacked into one matrix here, as Phi-3 stores them already (`qkv_proj`,
-//! `gate_up_proj`). Qwen2 has biases on q, k, v; Llama on every projection when
-//! `attention_bias` / `mlp_bias` say so.
+//! stacked into one matrix here, as Phi-3 stores them already (`qkv_proj`); gate and up rows
+//! interleaved into one (`g0 u0 g1 u1 ...`, Phi-3's `gate_up_proj` split and interleaved), so
+//! a projection's store can apply the gate to neighbouring outputs. Qwen2 has biases on q, k,
+//! v; Llama on every projection when `attention_bias` / `mlp_bias` say so.
 
 use crate::config::{Config, Family, LlamaKind};
 use crate::graph::{Act, Builder, Graph, Then};
@@ -53,7 +54,7 @@ fn attn<'w, T>(g: &mut Builder<&'w T>, l: usize, w: &'w LayerWeights<T>, inv_fre
     g.linear(Act::AttY, Act::X, &w.attn_proj_w, b, Then::Add);
 }
 
-/// `x += down(act(ln Wg) * (ln Wu))`.
+/// `x += down(act(ln Wg) * (ln Wu))`, the gate and up outputs interleaved in GateUp.
 fn gated_mlp<'w, T>(g: &mut Builder<&'w T>, cfg: &Config, w: &'w LayerWeights<T>) {
     g.linear(
         Act::Ln,
@@ -113,7 +114,31 @@ pub fn parts(cfg: &Config, name: &str, rows: usize, cols: usize) -> Vec<Part> {
             &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
             &[q, kv, kv],
         ),
-        ("mlp.c_fc", LlamaKind::Phi3) => whole(key("mlp.gate_up_proj")),
-        _ => stack(&["mlp.gate_proj", "mlp.up_proj"], &[inner, inner]),
+        ("mlp.c_fc", LlamaKind::Phi3) => {
+            let fused = key("mlp.gate_up_proj");
+            interleave([(fused.clone(), 0), (fused, inner)], 2 * inner, rows, cols)
+        }
+        _ => {
+            let [g, u] = [key("mlp.gate_proj"), key("mlp.up_proj")];
+            interleave([(g, 0), (u, 0)], inner, rows, cols)
+        }
     }
+}
+
+/// Gate row j, then up row j, for every j < n_inner: single rows of the stored tensors
+/// `(key, first row)` of `stored` rows (elements, for biases).
+fn interleave(parts: [(String, usize); 2], stored: usize, rows: usize, cols: usize) -> Vec<Part> {
+    let (shape, pairs) = match rows {
+        1 => (vec![stored], cols / 2),
+        _ => (vec![stored, cols], rows / 2),
+    };
+    (0..pairs)
+        .flat_map(|j| {
+            parts.clone().map(|(key, at)| Part {
+                rows: 1,
+                skip: at + j,
+                ..Part::whole(key, shape.clone(), false)
+            })
+        })
+        .collect()
 }

@@ -55,11 +55,11 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("matmul_texture_subgroup" after "step", "activation", "linear", "matmul_texture"),
     // A linear layer's epilogue as its own dispatch (plans without the epilogue fusion).
     kernel!("elementwise" after "step", "activation"),
-    kernel!("rope" after "step"),
-    kernel!("kv_append" after "step"),
-    kernel!("kv_append_texture" after "step"),
-    kernel!("attention" after "step"),
-    kernel!("attention_texture" after "step"),
+    kernel!("rope" after "step", "rotary"),
+    kernel!("kv_append" after "step", "rotary"),
+    kernel!("kv_append_texture" after "step", "rotary"),
+    kernel!("attention" after "step", "rotary"),
+    kernel!("attention_texture" after "step", "rotary"),
     kernel!("argmax"),
     kernel!("sample"),
     kernel!("fill_random"),
@@ -201,17 +201,21 @@ pub enum Epilogue {
     GeluErf = 4,
     /// x sigmoid(x): the Llama family's gate (elementwise.wgsl's `gate`).
     Silu = 5,
+    /// Outputs are interleaved (gate, up) pairs; stores silu(gate) * up, half as many: the
+    /// gated feed-forward's up-projection with its gate fused in (the `gate_epilogue` rule).
+    GatedSilu = 6,
 }
 
 impl Epilogue {
     /// Every epilogue, in declaration order.
-    pub const ALL: [Epilogue; 6] = [
+    pub const ALL: [Epilogue; 7] = [
         Epilogue::Store,
         Epilogue::Gelu,
         Epilogue::Residual,
         Epilogue::Relu,
         Epilogue::GeluErf,
         Epilogue::Silu,
+        Epilogue::GatedSilu,
     ];
 
     /// The epilogue that applies a model's feed-forward activation.
@@ -282,7 +286,7 @@ impl AttentionParams {
 }
 
 /// Mirrors `struct Params` in kv_append.wgsl and kv_append_texture.wgsl: the widths of the
-/// queries and of the keys in a qkv row (T, Q + 2 KV).
+/// queries and of the keys in a qkv row (T, Q + 2 KV), and the head size (for ROPE).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct KvParams {
@@ -290,8 +294,10 @@ pub struct KvParams {
     pub q: u32,
     /// KV: NKV HS, one cache row.
     pub kv: u32,
+    /// HS.
+    pub hs: u32,
     /// Padding to 16 bytes.
-    pub _pad: [u32; 2],
+    pub _pad: u32,
 }
 
 /// One width, for elementwise.wgsl (mirrors its `struct Params { width, .. }`).

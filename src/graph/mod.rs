@@ -23,7 +23,8 @@ pub enum Act {
     AttY,
     /// (T, n_inner): the feed-forward's hidden layer.
     FcH,
-    /// (T, 2 n_inner): a gated feed-forward's gate (first half) and up projections.
+    /// (T, 2 n_inner): a gated feed-forward's gate and up projections, interleaved
+    /// (g0 u0 g1 u1 ...).
     GateUp,
     /// (T, E): token embeddings before an input projection.
     Emb,
@@ -134,9 +135,9 @@ pub enum Op<W> {
         /// (HS / 2).
         inv_freq: W,
     },
-    /// `out = act(inp[:, :n]) * inp[:, n:]`, n = n_inner: a gated feed-forward's hidden layer.
+    /// `out[:, j] = act(inp[:, 2j]) * inp[:, 2j + 1]`: a gated feed-forward's hidden layer.
     Gate {
-        /// (rows, 2 n_inner): gate, then up.
+        /// (rows, 2 n_inner): gate and up outputs interleaved.
         inp: Act,
         /// (rows, n_inner).
         out: Act,
@@ -322,7 +323,7 @@ impl<W> Builder<W> {
         self.push(Op::Rope { qkv, inv_freq });
     }
 
-    /// `out = act(gate) * up`, from `inp` = [gate | up].
+    /// `out = act(gate) * up`, from `inp`'s interleaved (gate, up) pairs.
     pub fn gate(&mut self, inp: Act, out: Act, act: Activation) {
         self.push(Op::Gate { inp, out, act });
     }

@@ -12,7 +12,7 @@ pub use session::{Pick, Session};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{Config, NormKind, Positions};
+use crate::config::{Config, Positions};
 use crate::gpu::Engine;
 use crate::gpu::kernels::{self, FillParams};
 use crate::gpu::registry::{Key, Layout};
@@ -536,7 +536,6 @@ fn folds_layer_norms(
 ) -> Result<bool> {
     Ok(opts.fusions()?.has(Rule::FoldNorm)
         && cfg.pre_ln
-        && cfg.norm == NormKind::Layer
         && opts.dtype != WeightDtype::F32
         && textures
         && kernels::subgroups_of_8(gpu)

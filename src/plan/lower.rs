@@ -61,15 +61,26 @@ impl<'a> Lower<'a> {
         head: bool,
     ) -> Vec<Dispatch> {
         let mut out = Vec::new();
-        for (op, f) in ops.iter().zip(fuse).filter(|(_, f)| !f.skip) {
+        // A rope the next attention applies (rope_attend): its frequencies.
+        let mut rope = None;
+        for (op, f) in ops.iter().zip(fuse) {
             let step = &self.io.steps[head as usize];
+            if f.skip {
+                if let Op::Rope { inv_freq, .. } = op {
+                    rope = Some(*inv_freq);
+                }
+                continue;
+            }
             match op {
                 Op::Embed { .. } => out.extend(self.embed(op, step)),
                 Op::Norm { .. } => out.push(self.norm(op, f, step)),
                 Op::Linear { .. } => out.extend(self.linear(op, f, bucket, step)),
                 Op::Rope { .. } => out.push(self.rope(op, step)),
                 Op::Gate { .. } => out.push(self.gate(op, step)),
-                Op::Attention { .. } => out.extend(self.attention(op, f, step)),
+                Op::Attention { .. } => {
+                    let rope = rope.take().filter(|_| f.rope);
+                    out.extend(self.attention(op, f, step, rope));
+                }
                 Op::Pool { .. } => out.push(self.pool(op)),
             }
         }
@@ -289,6 +300,7 @@ impl<'a> Lower<'a> {
         };
         let Dense { w, b } = *dense;
         let epilogue = match (f.split_then, then) {
+            _ if f.gate_into.is_some() => Epilogue::GatedSilu,
             (true, _) | (_, Then::Store) => Epilogue::Store,
             (_, Then::Act(a)) => Epilogue::activation(*a),
             (_, Then::Add) => Epilogue::Residual,
@@ -296,7 +308,7 @@ impl<'a> Lower<'a> {
         let tmp = self.io.tmp.as_ref();
         let result = match (f.split_then, then) {
             (true, Then::Add) => tmp.expect("a plan without the epilogue rule has a tmp buffer"),
-            _ => self.buf(*out),
+            _ => self.buf(f.gate_into.unwrap_or(*out)),
         };
         let (key, gemv) = self.linear_key(w, f, bucket, epilogue);
         let pipe = self.pipe(key);
@@ -305,14 +317,14 @@ impl<'a> Lower<'a> {
         let io = LinearIo {
             step,
             // A folded norm's GEMV standardises the norm's input itself.
-            inp: f.norm_of.map_or(self.buf(*inp), |(x, _)| self.buf(x)),
+            inp: f.norm_of.map_or(self.buf(*inp), |(x, ..)| self.buf(x)),
             input_texture: view.as_ref(),
             bias: (b.map_or(&self.io.zero, |b| b.single()), b.is_some()),
             out: result,
             kv: f.kv.map(|kv| self.kv(kv)),
             ln: f
                 .norm_of
-                .map(|(_, eps)| (w.row_sums.as_ref().expect("fold_norm checked"), eps)),
+                .map(|(_, eps, _)| (w.row_sums.as_ref().expect("fold_norm checked"), eps)),
             partials: self.io.partials.as_ref().filter(|_| f.argmax),
         };
         let attends = matches!(f.kv, Some(KvFuse::Attend { .. }));
@@ -385,14 +397,17 @@ impl<'a> Lower<'a> {
         }
         let gemv = bucket == Bucket::Decode && w.cols as u32 <= wg::GEMV_UNIFORM_FLOATS;
         let sub = "matmul_texture_subgroup";
-        let norm = f.norm_of.is_some() as u32;
+        let rms = matches!(f.norm_of, Some((.., NormKind::Rms))) as u32;
+        let normed = |key: Key| {
+            key.with("NORM", f.norm_of.is_some() as u32)
+                .with("RMS", rms)
+        };
         let (key, extra) = match (gemv, f.kv, f.argmax) {
-            (true, Some(KvFuse::Append { .. }), _) => (
-                Key::new(sub, "gemv_texture_kv").with("NORM", norm),
-                Extra::Kv,
-            ),
+            (true, Some(KvFuse::Append { .. }), _) => {
+                (normed(Key::new(sub, "gemv_texture_kv")), Extra::Kv)
+            }
             (true, Some(KvFuse::Attend { .. }), _) => {
-                let key = Key::new(sub, "gemv_texture_attention").with("NORM", norm);
+                let key = normed(Key::new(sub, "gemv_texture_attention"));
                 (key.with("HS", self.caps.head_size), Extra::Attend)
             }
             (true, Some(KvFuse::Deferred { .. }), _) => (
@@ -401,9 +416,7 @@ impl<'a> Lower<'a> {
             ),
             (true, None, true) => (Key::new(sub, "gemv_texture_argmax"), Extra::Partials),
             (true, None, false) if self.caps.subgroups8 => (
-                Key::new(sub, "gemv_texture_subgroup")
-                    .with("NORM", norm)
-                    .with("EPILOGUE", e),
+                normed(Key::new(sub, "gemv_texture_subgroup")).with("EPILOGUE", e),
                 Extra::None,
             ),
             (true, None, false) => (
@@ -526,8 +539,15 @@ impl<'a> Lower<'a> {
     }
 
     /// Appends the step's keys and values to the cache (unless a projection did), then the
-    /// attention: causal over the cache, or bidirectional within each packed sequence.
-    fn attention(&mut self, op: &Op<&GpuTensor>, f: &Fuse, step: &wgpu::Buffer) -> Vec<Dispatch> {
+    /// attention: causal over the cache, or bidirectional within each packed sequence. With
+    /// `rope` (the rope_attend fusion: its frequencies), both rotate as they read.
+    fn attention(
+        &mut self,
+        op: &Op<&GpuTensor>,
+        f: &Fuse,
+        step: &wgpu::Buffer,
+        rope: Option<&GpuTensor>,
+    ) -> Vec<Dispatch> {
         let Op::Attention {
             qkv,
             out,
@@ -540,11 +560,6 @@ impl<'a> Lower<'a> {
         };
         let d = self.dims;
         let (nh, nkv, hs) = (*n_head as u32, d.n_kv_head as u32, d.head_size as u32);
-        let (q_w, kv_w) = (d.q_width() as u32, d.kv_width() as u32);
-        let layer = match keys {
-            Keys::Cache { layer } => *layer,
-            Keys::Sequence => 0,
-        };
         let params = AttentionParams {
             nh,
             nkv,
@@ -552,17 +567,21 @@ impl<'a> Lower<'a> {
             scale: *scale,
         };
         let params = self.uniform("attention", [nh << 16 | nkv, scale.to_bits()], &params);
-        let widths = KvParams {
-            q: q_w,
-            kv: kv_w,
-            _pad: [0; 2],
+        let layer = match keys {
+            Keys::Cache { layer } => *layer,
+            Keys::Sequence => 0,
         };
-        let widths = self.uniform("kv", [q_w, kv_w], &widths);
+        let inv_freq = rope.map_or(&self.io.zero, |t| t.single());
+        let [k, v] = self.cache(layer);
+        let qkv = self.buf(*qkv);
+        let mut ops = Vec::new();
+        if !f.appended {
+            ops.push(self.kv_append(step, qkv, [k.clone(), v.clone()], rope));
+        }
         let textures = self.caps.textures;
-        let family = if textures {
-            "attention_texture"
-        } else {
-            "attention"
+        let family = match textures {
+            true => "attention_texture",
+            false => "attention",
         };
         let entry = match (textures, keys) {
             (true, Keys::Cache { .. }) => "attention_texture",
@@ -570,68 +589,81 @@ impl<'a> Lower<'a> {
             (false, Keys::Cache { .. }) => "attention",
             (false, Keys::Sequence) => "attention_bidirectional",
         };
-        let attend = self.pipe(Key::new(family, entry).with("HS", self.caps.head_size));
-        let append_name = if textures {
-            "kv_append_texture"
-        } else {
-            "kv_append"
-        };
-        let append = self.pipe(Key::new(append_name, append_name));
-        let (k, v) = match &self.io.kv {
-            KvCache::Buffers { k, v } => {
-                (k[layer].as_entire_binding(), v[layer].as_entire_binding())
-            }
-            KvCache::Textures { k, v } => (
-                wgpu::BindingResource::TextureView(&k[layer]),
-                wgpu::BindingResource::TextureView(&v[layer]),
-            ),
-        };
-        let qkv = self.buf(*qkv);
-        let mut ops = Vec::new();
-        if !f.appended {
-            let r = vec![
-                step.as_entire_binding(),
-                widths.as_entire_binding(),
-                qkv.as_entire_binding(),
-                k.clone(),
-                v.clone(),
-            ];
-            let bind = kernels::bind_resources(self.gpu, &append, append_name, r);
-            let per = if textures {
-                4 * wg::KV_APPEND
-            } else {
-                wg::KV_APPEND
-            };
-            ops.push(Dispatch::new(
-                append,
-                bind,
-                [Dim::Fixed(kv_w.div_ceil(per)), Dim::Rows],
-                append_name,
-            ));
-        }
+        let key = Key::new(family, entry).with("HS", self.caps.head_size);
+        let attend = self.pipe(key.with("ROPE", rope.is_some() as u32));
         let mut r = vec![
-            step.as_entire_binding(),
-            params.as_entire_binding(),
-            qkv.as_entire_binding(),
-            k,
-            v,
+            (0, step.as_entire_binding()),
+            (1, params.as_entire_binding()),
+            (2, qkv.as_entire_binding()),
+            (3, k),
+            (4, v),
+            (5, self.buf(*out).as_entire_binding()),
+            (6, inv_freq.as_entire_binding()),
         ];
-        r.push(self.buf(*out).as_entire_binding());
         if *keys == Keys::Sequence {
             let [rows, _] = self.io.spans.as_ref().expect("packed sequences have spans");
-            r.push(rows.as_entire_binding());
+            r.push((7, rows.as_entire_binding()));
         }
-        let bind = kernels::bind_resources(self.gpu, &attend, entry, r);
-        let x = if textures {
-            nh.div_ceil(wg::ATTENTION_TEXTURE)
-        } else {
-            nh
+        let bind = kernels::bind_at(self.gpu, &attend, entry, r);
+        let x = match textures {
+            true => nh.div_ceil(wg::ATTENTION_TEXTURE),
+            false => nh,
         };
         ops.push(Dispatch {
             attends: true,
             ..Dispatch::new(attend, bind, [Dim::Fixed(x), Dim::Rows], family)
         });
         ops
+    }
+
+    /// Layer `layer`'s key and value caches, as bindings.
+    fn cache(&self, layer: usize) -> [wgpu::BindingResource<'a>; 2] {
+        let io: &'a Io = self.io;
+        match &io.kv {
+            KvCache::Buffers { k, v } => {
+                [k[layer].as_entire_binding(), v[layer].as_entire_binding()]
+            }
+            KvCache::Textures { k, v } => [
+                wgpu::BindingResource::TextureView(&k[layer]),
+                wgpu::BindingResource::TextureView(&v[layer]),
+            ],
+        }
+    }
+
+    /// The step's keys and values from `qkv` into the cache, the keys rotated with `rope`.
+    fn kv_append(
+        &mut self,
+        step: &wgpu::Buffer,
+        qkv: &wgpu::Buffer,
+        [k, v]: [wgpu::BindingResource; 2],
+        rope: Option<&GpuTensor>,
+    ) -> Dispatch {
+        let d = self.dims;
+        let (q_w, kv_w) = (d.q_width() as u32, d.kv_width() as u32);
+        let widths = KvParams {
+            q: q_w,
+            kv: kv_w,
+            hs: d.head_size as u32,
+            _pad: 0,
+        };
+        let widths = self.uniform("kv", [q_w, kv_w], &widths);
+        let (name, per) = match self.caps.textures {
+            true => ("kv_append_texture", 4 * wg::KV_APPEND),
+            false => ("kv_append", wg::KV_APPEND),
+        };
+        let pipe = self.pipe(Key::new(name, name).with("ROPE", rope.is_some() as u32));
+        let inv_freq = rope.map_or(&self.io.zero, |t| t.single());
+        let r = vec![
+            step.as_entire_binding(),
+            widths.as_entire_binding(),
+            qkv.as_entire_binding(),
+            k,
+            v,
+            inv_freq.as_entire_binding(),
+        ];
+        let bind = kernels::bind_resources(self.gpu, &pipe, name, r);
+        let grid = [Dim::Fixed(kv_w.div_ceil(per)), Dim::Rows];
+        Dispatch::new(pipe, bind, grid, name)
     }
 
     /// One vector per packed sequence (one workgroup each).

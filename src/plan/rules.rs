@@ -4,6 +4,7 @@
 //! off at load ([`crate::LoadOptions::fuse`], or `WGPT_FUSE=-qkv_attend`) for A/B runs.
 
 use crate::Error;
+use crate::config::Activation;
 use crate::gpu::kernels::wg;
 use crate::gpu::tensor::GpuTensor;
 use crate::graph::{Act, Keys, NormKind, Op, Then};
@@ -33,17 +34,25 @@ pub enum Rule {
     /// Multi-row steps' pre-LN norms read a texture copy of the stream and write the next
     /// linear layer's input texture themselves (layernorm_rows_texture), saving its copy.
     NormTexture,
+    /// A gated feed-forward's up-projection applies the gate in its store (silu(gate) * up of
+    /// its interleaved outputs: linear.wgsl's GATED_SILU epilogue) instead of a gate dispatch.
+    GateEpilogue,
+    /// Rotary embeddings applied where the keys and queries are read: kv_append rotates the
+    /// keys it caches, the attention its queries (ROPE in both), instead of a rope dispatch.
+    RopeAttend,
 }
 
 impl Rule {
     /// Every rule, in the order the planner applies them.
-    pub const ALL: [Rule; 6] = [
+    pub const ALL: [Rule; 8] = [
         Rule::Epilogue,
         Rule::QkvAttend,
         Rule::QkvAppend,
         Rule::FoldNorm,
         Rule::HeadArgmax,
         Rule::NormTexture,
+        Rule::GateEpilogue,
+        Rule::RopeAttend,
     ];
 
     /// The rule's name in `WGPT_FUSE` and `--fuse`.
@@ -55,13 +64,15 @@ impl Rule {
             Rule::FoldNorm => "fold_norm",
             Rule::HeadArgmax => "head_argmax",
             Rule::NormTexture => "norm_texture",
+            Rule::GateEpilogue => "gate_epilogue",
+            Rule::RopeAttend => "rope_attend",
         }
     }
 }
 
 /// Which rules may apply: every one by default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fusions(u8);
+pub struct Fusions(u16);
 
 impl Default for Fusions {
     fn default() -> Self {
@@ -85,14 +96,14 @@ impl Fusions {
 
     /// Whether `rule` is on.
     pub fn has(self, rule: Rule) -> bool {
-        self.0 & (1 << rule as u8) != 0
+        self.0 & (1 << rule as u16) != 0
     }
 
     /// These fusions with `rule` on or off.
     pub fn set(self, rule: Rule, on: bool) -> Fusions {
         match on {
-            true => Fusions(self.0 | 1 << rule as u8),
-            false => Fusions(self.0 & !(1 << rule as u8)),
+            true => Fusions(self.0 | 1 << rule as u16),
+            false => Fusions(self.0 & !(1 << rule as u16)),
         }
     }
 
@@ -173,8 +184,8 @@ pub(crate) struct Fuse {
     /// A linear that touches its layer's KV cache.
     pub kv: Option<KvFuse>,
     /// A linear that standardises this activation itself (its folded norm's input), with the
-    /// norm's epsilon.
-    pub norm_of: Option<(Act, f32)>,
+    /// norm's epsilon and kind.
+    pub norm_of: Option<(Act, f32, NormKind)>,
     /// The head's linear leaving argmax candidates.
     pub argmax: bool,
     /// A norm writing the input texture of the linear after it.
@@ -183,6 +194,11 @@ pub(crate) struct Fuse {
     pub input_ready: bool,
     /// An attention whose key and value a projection appends.
     pub appended: bool,
+    /// A linear whose store applies the gate after it, writing the gate's output.
+    pub gate_into: Option<Act>,
+    /// An attention that applies the rotary embedding before it (to its queries, and to the
+    /// keys its kv_append caches).
+    pub rope: bool,
 }
 
 /// How a decode GEMV touches its layer's KV cache ([`crate::gpu::kernels::Kv`]).
@@ -215,6 +231,8 @@ pub(crate) fn apply(
             Rule::HeadArgmax => {}
             Rule::NormTexture if !head => norm_texture(ops, caps, bucket, &mut fuse),
             Rule::NormTexture => {}
+            Rule::GateEpilogue => gate_epilogue(ops, &mut fuse),
+            Rule::RopeAttend => rope_attend(ops, &mut fuse),
         }
     }
     if !fusions.has(Rule::Epilogue) {
@@ -325,20 +343,20 @@ fn read_later(ops: &[Op<&GpuTensor>], from: usize, act: Act) -> bool {
     false
 }
 
-/// [norm(a → b), linear(b → …)] at `i`, with `b` read by nothing after: the norm's input `a`
-/// and epsilon.
-fn norm_feeding_linear(ops: &[Op<&GpuTensor>], i: usize) -> Option<(Act, f32)> {
+/// [norm(a → b), linear(b → …)] at `i`, with `b` read by nothing after: the norm's input `a`,
+/// epsilon and kind.
+fn norm_feeding_linear(ops: &[Op<&GpuTensor>], i: usize) -> Option<(Act, f32, NormKind)> {
     match (&ops[i], ops.get(i + 1)) {
         (
             Op::Norm {
-                kind: NormKind::Layer,
+                kind,
                 inp,
                 out,
                 eps,
                 ..
             },
             Some(Op::Linear { inp: next, .. }),
-        ) if next == out && !read_later(ops, i + 2, *out) => Some((*inp, *eps)),
+        ) if next == out && !read_later(ops, i + 2, *out) => Some((*inp, *eps, *kind)),
         _ => None,
     }
 }
@@ -382,12 +400,56 @@ fn head_argmax(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [
     }
 }
 
+/// [linear → a (Store), gate(a → b, SiLU)] becomes the linear storing b.
+fn gate_epilogue(ops: &[Op<&GpuTensor>], fuse: &mut [Fuse]) {
+    for i in 0..ops.len().saturating_sub(1) {
+        if let (
+            Op::Linear {
+                out,
+                then: Then::Store,
+                ..
+            },
+            Op::Gate {
+                inp,
+                out: gated,
+                act: Activation::Silu,
+            },
+        ) = (&ops[i], &ops[i + 1])
+            && out == inp
+            && !read_later(ops, i + 2, *out)
+        {
+            fuse[i].gate_into = Some(*gated);
+            fuse[i + 1].skip = true;
+        }
+    }
+}
+
+/// [rope(qkv), attention(qkv, causal)] becomes the attention rotating as it reads.
+fn rope_attend(ops: &[Op<&GpuTensor>], fuse: &mut [Fuse]) {
+    for i in 0..ops.len().saturating_sub(1) {
+        if let (
+            Op::Rope { qkv, .. },
+            Op::Attention {
+                qkv: read,
+                keys: Keys::Cache { .. },
+                ..
+            },
+        ) = (&ops[i], &ops[i + 1])
+            && qkv == read
+            && !read_later(ops, i + 2, *qkv)
+        {
+            fuse[i].skip = true;
+            fuse[i + 1].rope = true;
+        }
+    }
+}
+
 fn norm_texture(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [Fuse]) {
     if !caps.textures || bucket == Bucket::Decode {
         return;
     }
     for i in 0..ops.len() {
-        let Some((x, _)) = norm_feeding_linear(ops, i) else {
+        let Some((x, ..)) = norm_feeding_linear(ops, i) else {
             continue;
         };
         let Op::Norm { bias: Some(_), .. } = &ops[i] else {

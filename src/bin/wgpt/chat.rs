@@ -1,6 +1,8 @@
-//! `wgpt chat`: an interactive session. Each line of input continues the text, the model's
-//! continuation streams back, and the whole conversation stays in one [`Session`]'s KV cache
-//! (only the new text is run through the model each turn). Lines starting with `/` are commands.
+//! `wgpt chat`: an interactive session. With a model that has a chat template, each line is a
+//! user turn: the conversation is rendered anew with the template, only the suffix the cache
+//! does not hold yet is run through the model, and the reply ends at the end-of-turn token.
+//! Without one (or with `--raw`), each line continues the text. Either way the conversation
+//! stays in one [`Session`]'s KV cache. Lines starting with `/` are commands.
 //!
 //! stdout carries only the model's text; prompts, command replies, tokens/s and candidate lists
 //! go to stderr. When stdin is not a terminal there are no prompts and no colours, so a script
@@ -11,7 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, bail};
-use wgpt::{GenerateOptions, Generator, Model, Pick, Sampling, Session, StopReason, Tokenizer};
+use wgpt::{
+    ChatTemplate, GenerateOptions, Generation, Generator, Message, Model, Pick, Sampling, Session,
+    StopReason, Tokenizer,
+};
 
 const HELP: &str = "\
 commands:
@@ -40,12 +45,40 @@ struct Chat<'a> {
     pending: Option<u32>,
     turns: u64,
     tty: bool,
+    /// With a chat template: the conversation as messages.
+    dialog: Option<Dialog>,
 }
 
-/// Runs the chat loop on `model` until EOF or `/quit`.
+/// A conversation rendered by the model's chat template.
+pub struct Dialog {
+    template: ChatTemplate,
+    /// The system turn (if any), then user and assistant turns.
+    messages: Vec<Message>,
+    /// The ids that end a reply.
+    eos: Vec<u32>,
+}
+
+impl Dialog {
+    /// A conversation with `template`, opened by a system turn if `system` is given.
+    pub fn new(template: ChatTemplate, system: Option<&str>, eos: Vec<u32>) -> Dialog {
+        Dialog {
+            template,
+            messages: system.map(Message::system).into_iter().collect(),
+            eos,
+        }
+    }
+
+    /// Forgets every turn but the system's.
+    fn reset(&mut self) {
+        self.messages.retain(|m| m.role == "system");
+    }
+}
+
+/// Runs the chat loop on `model` until EOF or `/quit`; with a `dialog`, lines are user turns.
 pub fn run(
     model: &Model,
     tok: &Tokenizer,
+    dialog: Option<Dialog>,
     sampling: Sampling,
     max_tokens: usize,
     seed: u64,
@@ -80,10 +113,15 @@ pub fn run(
         pending: None,
         turns: 0,
         tty,
+        dialog,
     };
     if tty {
+        let mode = match chat.dialog {
+            Some(_) => "Each line is your turn",
+            None => "Type text to continue",
+        };
         eprintln!(
-            "wgpt chat: {} on {} ({:?}); context {} tokens. Type text to continue, /help for commands, Ctrl-D to leave.",
+            "wgpt chat: {} on {} ({:?}); context {} tokens. {mode}, /help for commands, Ctrl-D to leave.",
             model.config.describe(),
             model.gpu.info.name,
             model.gpu.info.backend,
@@ -159,6 +197,9 @@ fn command(cmd: &str, s: &mut Settings, chat: &mut Chat) -> Result<bool> {
         "reset" => {
             chat.session.reset();
             chat.pending = None;
+            if let Some(d) = &mut chat.dialog {
+                d.reset();
+            }
             eprintln!("conversation forgotten");
             return Ok(false);
         }
@@ -221,6 +262,73 @@ impl Settings {
 impl Chat<'_> {
     /// Continues the conversation with `text` and streams the model's reply.
     fn turn(&mut self, text: &str, s: &Settings, cancel: &Arc<AtomicBool>) -> Result<()> {
+        let n_ctx = self.session.n_ctx();
+        let (ids, max_tokens) = match self.dialog.is_some() {
+            true => self.user_turn(text, s.max_tokens)?,
+            false => self.continuation(text, s.max_tokens)?,
+        };
+        let eos = self.dialog.as_ref().map(|d| d.eos.clone());
+        let g = self.reply(&ids, max_tokens, s, cancel, eos)?;
+        if let Some(d) = &mut self.dialog {
+            d.messages.push(Message::assistant(&g.text));
+        }
+        let stopped = match g.stopped_by {
+            StopReason::Cancelled => ", stopped by Ctrl-C",
+            StopReason::Eos => ", end of turn",
+            _ => "",
+        };
+        let line = format!(
+            "[{} tokens, {:.1} tok/s, prefill {} tokens at {:.1} tok/s, context {}/{n_ctx}{stopped}]",
+            g.ids.len(),
+            g.decode_tok_s(),
+            g.prompt_ids.len(),
+            g.prefill_tok_s(),
+            self.session.position() + self.pending.is_some() as usize,
+        );
+        if self.tty {
+            eprintln!("\x1b[2m{line}\x1b[0m");
+        } else {
+            eprintln!("{line}");
+        }
+        Ok(())
+    }
+
+    /// A user turn: the conversation rendered with the template, and the ids of it the cache
+    /// does not hold yet (the cache is cut back to where the two first differ). The oldest
+    /// exchanges make way when the conversation outgrows the context.
+    fn user_turn(&mut self, text: &str, max_tokens: usize) -> Result<(Vec<u32>, usize)> {
+        let n_ctx = self.session.n_ctx();
+        let d = self.dialog.as_mut().expect("a dialog");
+        d.messages.push(Message::user(text));
+        let ids = loop {
+            let ids = self
+                .tok
+                .encode_plain(&d.template.render(&d.messages, true)?)?;
+            if ids.len() + max_tokens.min(n_ctx / 2) <= n_ctx {
+                break ids;
+            }
+            let first = d.messages.iter().take_while(|m| m.role == "system").count();
+            if d.messages.len() - first <= 1 {
+                d.messages.pop();
+                bail!(
+                    "that turn is {} tokens; the model's context holds {n_ctx}",
+                    ids.len()
+                );
+            }
+            d.messages
+                .drain(first..(first + 2).min(d.messages.len() - 1));
+            eprintln!("(context full: the oldest exchange is dropped)");
+        };
+        let cached = self.session.tokens();
+        let same = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count();
+        let keep = same.min(ids.len() - 1);
+        self.session.truncate(keep)?;
+        self.pending = None;
+        Ok((ids[keep..].to_vec(), max_tokens.min(n_ctx - ids.len())))
+    }
+
+    /// Raw text: `text` continues the running text on a new line.
+    fn continuation(&mut self, text: &str, max_tokens: usize) -> Result<(Vec<u32>, usize)> {
         // After the first turn the new text starts on a new line of the running text.
         let sep = if self.session.position() > 0 || self.pending.is_some() {
             "\n"
@@ -235,7 +343,7 @@ impl Chat<'_> {
             _ => self.tok.encode_plain(&format!("{sep}{text}"))?,
         });
         let n_ctx = self.session.n_ctx();
-        let max_tokens = s.max_tokens.min(n_ctx.saturating_sub(ids.len() + 1));
+        let max_tokens = max_tokens.min(n_ctx.saturating_sub(ids.len() + 1));
         if max_tokens == 0 {
             bail!(
                 "that text is {} tokens; the model's context holds {n_ctx}",
@@ -256,17 +364,30 @@ impl Chat<'_> {
             );
             ids = all;
         }
+        Ok((ids, max_tokens))
+    }
+
+    /// Runs `ids` and streams up to `max_tokens` of reply to stdout.
+    fn reply(
+        &mut self,
+        ids: &[u32],
+        max_tokens: usize,
+        s: &Settings,
+        cancel: &Arc<AtomicBool>,
+        eos: Option<Vec<u32>>,
+    ) -> Result<Generation> {
         self.session.set_top_candidates(s.top);
         let opts = GenerateOptions {
             max_tokens,
             sampling: s.sampling,
             seed: s.seed.wrapping_add(self.turns),
             cancel: Some(cancel.clone()),
+            eos_token_ids: eos,
             ..Default::default()
         };
         self.turns += 1;
         let tok = self.tok;
-        let mut generator = Generator::new(&mut self.session, Some(tok), &ids, &opts)?;
+        let mut generator = Generator::new(&mut self.session, Some(tok), ids, &opts)?;
         let mut out = std::io::stdout();
         if self.tty {
             eprint!("\x1b[36m");
@@ -287,25 +408,7 @@ impl Chat<'_> {
         }
         writeln!(out)?;
         out.flush()?;
-        let stopped = match g.stopped_by {
-            StopReason::Cancelled => ", stopped by Ctrl-C",
-            StopReason::Eos => ", end of text",
-            _ => "",
-        };
-        let line = format!(
-            "[{} tokens, {:.1} tok/s, prefill {} tokens at {:.1} tok/s, context {}/{n_ctx}{stopped}]",
-            g.ids.len(),
-            g.decode_tok_s(),
-            g.prompt_ids.len(),
-            g.prefill_tok_s(),
-            self.session.position() + self.pending.is_some() as usize,
-        );
-        if self.tty {
-            eprintln!("\x1b[2m{line}\x1b[0m");
-        } else {
-            eprintln!("{line}");
-        }
-        Ok(())
+        Ok(g)
     }
 
     /// Prints the `n` likeliest next tokens after the conversation so far, leaving it as it is
