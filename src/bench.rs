@@ -430,22 +430,68 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
-/// Named GPT-2 shapes for `--shape`.
+/// The names [`shape`] knows.
+pub const SHAPES: &[&str] = &[
+    "gpt2",
+    "gpt2-medium",
+    "gpt2-large",
+    "gpt2-xl",
+    "smollm2-135m",
+    "qwen2.5-0.5b",
+    "llama-3.2-1b",
+];
+
+/// Named model shapes for `--shape`: GPT-2's sizes, and the Llama-family models people run
+/// locally, from their config.json (contexts capped at 8192 positions, so one session's KV
+/// cache fits the bindings of small adapters; llama-bench measures far shorter ones).
 pub fn shape(name: &str) -> Option<crate::Config> {
-    let base = crate::Config::gpt2();
+    let llama = |json: &str| {
+        crate::Config::from_json(json, std::path::Path::new(name)).expect("a valid shape")
+    };
     let (n_layer, n_embd, n_head) = match name {
         "gpt2" => (12, 768, 12),
         "gpt2-medium" => (24, 1024, 16),
         "gpt2-large" => (36, 1280, 20),
         "gpt2-xl" => (48, 1600, 25),
+        // HuggingFaceTB/SmolLM2-135M(-Instruct).
+        "smollm2-135m" => {
+            return Some(llama(
+                r#"{"model_type": "llama", "hidden_size": 576,
+            "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
+            "num_hidden_layers": 30, "vocab_size": 49152, "rope_theta": 100000,
+            "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "tie_word_embeddings": true}"#,
+            ));
+        }
+        // Qwen/Qwen2.5-0.5B(-Instruct): q, k, v biases.
+        "qwen2.5-0.5b" => {
+            return Some(llama(
+                r#"{"model_type": "qwen2", "hidden_size": 896,
+            "intermediate_size": 4864, "num_attention_heads": 14, "num_key_value_heads": 2,
+            "num_hidden_layers": 24, "vocab_size": 151936, "rope_theta": 1000000.0,
+            "max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "tie_word_embeddings": true}"#,
+            ));
+        }
+        // meta-llama/Llama-3.2-1B(-Instruct): llama3 scaling (its context is 131072).
+        "llama-3.2-1b" => {
+            return Some(llama(
+                r#"{"model_type": "llama", "hidden_size": 2048,
+            "intermediate_size": 8192, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "head_dim": 64, "num_hidden_layers": 16, "vocab_size": 128256, "rope_theta": 500000.0,
+            "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+            "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "tie_word_embeddings": true}"#,
+            ));
+        }
         _ => return None,
     };
     Some(crate::Config {
         n_layer,
         n_embd,
         n_head,
+        n_kv_head: n_head,
+        head_dim: n_embd / n_head,
         n_inner: 4 * n_embd,
-        ..base
+        ..crate::Config::gpt2()
     })
 }
 

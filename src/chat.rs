@@ -199,11 +199,10 @@ impl ChatTemplate {
 /// (Qwen2.5's `<|im_end|>`, Llama 3's `<|eot_id|>`).
 pub fn end_of_turn_ids(template: &ChatTemplate, tok: &crate::Tokenizer, eos: &[u32]) -> Vec<u32> {
     let mut ids = eos.to_vec();
-    if let Some(id) = tok.token_id(&template.eos_token) {
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
+    let extra = tok
+        .token_id(&template.eos_token)
+        .filter(|id| !ids.contains(id));
+    ids.extend(extra);
     ids
 }
 

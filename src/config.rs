@@ -310,20 +310,8 @@ impl Config {
         Config {
             vocab_size: 50257,
             n_positions: 1024,
-            n_embd: 768,
             n_layer: 12,
-            n_head: 12,
-            n_inner: 3072,
-            layer_norm_epsilon: 1e-5,
-            tie_word_embeddings: true,
             eos_token_ids: vec![50256],
-            family: Family::Gpt2,
-            activation: Activation::GeluTanh,
-            positions: Positions::Learned,
-            position_offset: 0,
-            embed_scale: 1.0,
-            pre_ln: true,
-            word_embed_dim: 768,
             ..Self::plain(768, 12)
         }
     }
@@ -387,49 +375,133 @@ impl Config {
         self.head_dim
     }
 
-    /// One line naming the family and its variant choices (for logs and `wgpt info --model`).
-    pub fn describe(&self) -> String {
-        let positions = match &self.rope {
-            Some(r) => format!(
-                "rotary positions (theta {}, scaling {:?})",
-                r.theta, r.scaling
+    /// The family's name as config.json's `model_type` spells it.
+    pub fn model_type(&self) -> &'static str {
+        match self.family {
+            Family::Gpt2 => "gpt2",
+            Family::Opt => "opt",
+            Family::Xglm => "xglm",
+            Family::Llama(LlamaKind::Llama) => "llama",
+            Family::Llama(LlamaKind::Mistral) => "mistral",
+            Family::Llama(LlamaKind::Qwen2) => "qwen2",
+            Family::Llama(LlamaKind::Phi3) => "phi3",
+        }
+    }
+
+    /// What the family chose, as (aspect, choice) lines for `wgpt info --model`: sizes, norm,
+    /// positions, feed-forward, attention heads, biases, embeddings.
+    pub fn choices(&self) -> Vec<(&'static str, String)> {
+        let (nh, nkv) = (self.n_head, self.n_kv_head);
+        let norm = match self.norm {
+            NormKind::Layer => "LayerNorm",
+            NormKind::Rms => "RMSNorm",
+        };
+        let placement = if self.pre_ln {
+            "before each sublayer"
+        } else {
+            "after each residual add"
+        };
+        let act = match self.activation {
+            Activation::GeluTanh => "GELU (tanh)",
+            Activation::GeluErf => "GELU (erf)",
+            Activation::Relu => "ReLU",
+            Activation::Silu => "SiLU",
+        };
+        let ffn = match self.gated {
+            true => format!("gated: down({act}(x Wg) * (x Wu))"),
+            false => format!("down({act}(x Wup))"),
+        };
+        let heads = match (nh / nkv, nkv) {
+            (1, _) => format!("multi-head, {nh} heads of {}", self.head_dim),
+            (_, 1) => format!(
+                "multi-query: {nh} query heads of {} share one key/value head",
+                self.head_dim
             ),
-            None => format!(
-                "{:?} positions (offset {})",
-                self.positions, self.position_offset
+            (g, _) => format!(
+                "grouped-query: {nh} query heads of {} in {nkv} groups of {g}",
+                self.head_dim
             ),
         };
         let b = self.biases;
-        format!(
-            "{:?}: {} layers, C = {}, E = {}, NH = {}, NKV = {}, HS = {}, n_inner = {}, V = {}, \
-             n_ctx = {}; {}{:?} feed-forward, {positions}, {:?} norms (eps {}), {}, biases on \
-             qkv {} / out {} / mlp {} / norms {}, embedding scale {}, {} head",
-            self.family,
-            self.n_layer,
-            self.n_embd,
-            self.word_embed_dim,
-            self.n_head,
-            self.n_kv_head,
-            self.head_dim,
-            self.n_inner,
-            self.vocab_size,
-            self.n_positions,
-            if self.gated { "gated " } else { "" },
-            self.activation,
-            self.norm,
-            self.layer_norm_epsilon,
-            if self.pre_ln { "pre-LN" } else { "post-LN" },
-            b.qkv,
-            b.out,
-            b.mlp,
-            b.norm,
-            self.embed_scale,
-            if self.tie_word_embeddings {
-                "tied"
-            } else {
-                "untied"
-            },
-        )
+        let biases: Vec<&str> = [
+            (b.qkv, "q/k/v"),
+            (b.out, "attention out"),
+            (b.mlp, "feed-forward"),
+            (b.norm, "norms"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+        let mut embeddings = match self.tie_word_embeddings {
+            true => "head tied to the token embeddings".to_string(),
+            false => "untied head (lm_head)".to_string(),
+        };
+        if self.embed_scale != 1.0 {
+            embeddings += &format!(", tokens scaled by {}", self.embed_scale);
+        }
+        if self.projects_embeddings() {
+            embeddings += &format!(
+                ", {}-wide embeddings projected in and out",
+                self.word_embed_dim
+            );
+        }
+        vec![
+            ("family", self.model_type().to_string()),
+            (
+                "size",
+                format!(
+                    "{} layers, C = {}, n_inner = {}, V = {}, context {}",
+                    self.n_layer, self.n_embd, self.n_inner, self.vocab_size, self.n_positions
+                ),
+            ),
+            (
+                "norm",
+                format!("{norm} {placement} (eps {})", self.layer_norm_epsilon),
+            ),
+            ("positions", self.positions_choice()),
+            ("feed-forward", ffn),
+            ("attention", heads),
+            (
+                "biases",
+                if biases.is_empty() {
+                    "none".into()
+                } else {
+                    biases.join(", ")
+                },
+            ),
+            ("embeddings", embeddings),
+        ]
+    }
+
+    fn positions_choice(&self) -> String {
+        let Some(rope) = &self.rope else {
+            let offset = match self.position_offset {
+                0 => String::new(),
+                n => format!(" (offset {n})"),
+            };
+            return format!("{:?} table{offset}", self.positions).to_lowercase();
+        };
+        let scaling = match rope.scaling {
+            RopeScaling::None => String::new(),
+            RopeScaling::Linear { factor } => format!(", linear scaling x{factor}"),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original,
+            } => format!(
+                ", llama3 scaling x{factor} (low {low_freq_factor}, high {high_freq_factor}, original context {original})"
+            ),
+        };
+        format!("rotary (theta {}{scaling})", rope.theta)
+    }
+
+    /// One line naming the family and its variant choices (for logs).
+    pub fn describe(&self) -> String {
+        let c = self.choices();
+        let rest: Vec<String> = c[1..].iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        format!("{}: {}", c[0].1, rest.join("; "))
     }
 
     /// Reads and checks `config.json`, and takes the end-of-sequence ids of a
@@ -688,13 +760,13 @@ impl Config {
                 "n_embd = {n_embd} is not divisible by n_head = {n_head}"
             )));
         }
-        if cfg.n_head % cfg.n_kv_head != 0 {
+        if !cfg.n_head.is_multiple_of(cfg.n_kv_head) {
             return Err(f.bad(format!(
                 "num_attention_heads = {n_head} is not a multiple of num_key_value_heads = {}",
                 cfg.n_kv_head
             )));
         }
-        if cfg.rope.is_some() && cfg.head_dim % 2 != 0 {
+        if cfg.rope.is_some() && !cfg.head_dim.is_multiple_of(2) {
             return Err(f.bad(format!(
                 "head size {} is odd; rotary embeddings rotate pairs of dims",
                 cfg.head_dim
@@ -780,7 +852,8 @@ impl Fields<'_> {
                 )));
             }
         };
-        if !(theta > 0.0) {
+        // Also refuses NaN.
+        if theta.is_nan() || theta <= 0.0 {
             return Err(self.bad(format!("rope_theta = {theta} must be positive")));
         }
         Ok(Rope { theta, scaling })

@@ -154,10 +154,15 @@ fn info_lists_adapters() {
     let o = wgpt(&["info", "--model", p(&fixture("opt-postln"))]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8(o.stdout).unwrap();
-    assert!(
-        out.contains("Opt") && out.contains("post-LN") && out.contains("Relu"),
-        "{out}"
-    );
+    for choice in [
+        "family       opt",
+        "LayerNorm after each residual add",
+        "down(ReLU(x Wup))",
+        "64-wide embeddings projected in and out",
+        "chat         none",
+    ] {
+        assert!(out.contains(choice), "{choice:?} not in {out}");
+    }
 }
 
 /// OPT and XGLM folders generate through the CLI exactly as GPT-2 ones: transformers' greedy.

@@ -1977,7 +1977,6 @@ fn gate_matches_cpu() {
 fn grouped_query_attention_matches_cpu() {
     use wgpt::gpu::kernels::{bind_resources, entry_pipeline};
     let h = Harness::new();
-    let tp = h.p.textures();
     let inv_freq = wgpt::config::Rope {
         theta: 10000.0,
         scaling: wgpt::config::RopeScaling::None,

@@ -1,6 +1,8 @@
 //! `wgpt-demo`: a desktop window (egui / eframe) on the same wgpu device as the model. Type a
 //! prompt and watch the text stream in token by token, the likeliest next tokens at each step, and
-//! what each token attends to, layer by layer and head by head.
+//! what each token attends to, layer by layer and head by head. With a model that has a chat
+//! template the box holds your turn: the conversation is rendered by the template, the reply
+//! ends at the end-of-turn token and joins the conversation ("New chat" forgets it).
 //!
 //! Generation runs on a worker thread that owns the [`Session`]; the window drains its events
 //! each frame and never waits on the GPU, so rendering does not stall generation (nor the other
@@ -21,14 +23,15 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use eframe::egui::{self, Color32, RichText, Sense, Stroke, Vec2};
 use wgpt::{
-    Engine, GenerateOptions, Generator, LoadOptions, Model, ModelSource, Sampling, Session,
-    Tokenizer,
+    ChatTemplate, Engine, GenerateOptions, Generator, LoadOptions, Message, Model, ModelSource,
+    Sampling, Session, Tokenizer,
 };
 
 #[derive(Parser)]
 #[command(name = "wgpt-demo", version, about = "wgpt's desktop demo window")]
 struct Cli {
-    /// A Hugging Face GPT-2 folder. Default: the small model embedded in the binary.
+    /// A Hugging Face decoder folder (GPT-2, OPT, XGLM, Llama, Mistral, Qwen2, Phi-3). Default:
+    /// the small model embedded in the binary.
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// Start with this prompt (and run it at once when --screenshot is given).
@@ -49,14 +52,36 @@ struct Cli {
     /// Window size in logical pixels, WIDTHxHEIGHT.
     #[arg(long, default_value = "1280x800")]
     size: String,
+    /// The system turn of a chat (models with a chat template).
+    #[arg(long, conflicts_with = "raw")]
+    system: Option<String>,
+    /// Continue text even when the model has a chat template.
+    #[arg(long)]
+    raw: bool,
 }
 
 /// A request to the worker.
 struct Job {
+    /// Text to continue, or a conversation rendered by the chat template.
     prompt: String,
+    /// `prompt` is a rendered conversation: the template wrote its special tokens.
+    rendered: bool,
     opts: GenerateOptions,
     top: usize,
     attention: bool,
+}
+
+/// The demo's chat mode: a conversation rendered anew by the model's template each turn.
+struct Chat {
+    template: ChatTemplate,
+    /// The system turn, then the user and assistant turns so far.
+    messages: Vec<Message>,
+    /// The user turn of the run in progress, added with the reply when it ends.
+    asked: Option<String>,
+    /// The ids that end a reply.
+    eos: Vec<u32>,
+    /// Chat (on) or plain text continuation (off).
+    on: bool,
 }
 
 /// What the worker reports, in order.
@@ -75,8 +100,12 @@ enum Event {
         from: usize,
         rows: Vec<Vec<Vec<Vec<f32>>>>,
     },
-    /// The run ended: decode tokens/s and why.
-    Done { decode_tok_s: f64, why: String },
+    /// The run ended: decode tokens/s, why, and the generated text.
+    Done {
+        decode_tok_s: f64,
+        why: String,
+        text: String,
+    },
     /// The run failed.
     Failed(String),
 }
@@ -112,6 +141,27 @@ fn run(cli: Cli) -> Result<()> {
     let config = source.config()?;
     let tokenizer = source.tokenizer()?;
     let checkpoint = source.checkpoint()?;
+    let template = match cli.raw {
+        true => None,
+        false => source.chat_template()?,
+    };
+    let chat = template.map(|t| {
+        let eos = wgpt::chat::end_of_turn_ids(&t, &tokenizer, &config.eos_token_ids);
+        let system = cli.system.as_deref().map(Message::system);
+        Chat {
+            template: t,
+            messages: system.into_iter().collect(),
+            asked: None,
+            eos,
+            on: true,
+        }
+    });
+    if chat.is_none() && cli.system.is_some() {
+        anyhow::bail!(
+            "{} has no chat template: leave out --system",
+            source.describe()
+        );
+    }
     log::info!("{}: {}", source.describe(), config.describe());
 
     let options = eframe::NativeOptions {
@@ -136,7 +186,9 @@ fn run(cli: Cli) -> Result<()> {
             let gpu = Engine::from_device(rs.device.clone(), rs.queue.clone())?;
             let model = Model::from_checkpoint(gpu, config, &checkpoint, &LoadOptions::default())?;
             drop(checkpoint);
-            Ok(Box::new(DemoApp::new(cc, model, tokenizer, cli, error2)?))
+            Ok(Box::new(DemoApp::new(
+                cc, model, tokenizer, cli, chat, error2,
+            )?))
         }),
     );
     if let Some(e) = error.lock().ok().and_then(|e| e.clone()) {
@@ -207,6 +259,8 @@ struct DemoApp {
     after_tokens: usize,
     shot_done: Arc<AtomicBool>,
     error: Arc<Mutex<Option<String>>>,
+    /// With a chat template.
+    chat: Option<Chat>,
 }
 
 impl DemoApp {
@@ -215,6 +269,7 @@ impl DemoApp {
         model: Model,
         tokenizer: Tokenizer,
         cli: Cli,
+        chat: Option<Chat>,
         error: Arc<Mutex<Option<String>>>,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
@@ -231,10 +286,10 @@ impl DemoApp {
             jobs,
             events,
             cancel: Arc::new(AtomicBool::new(false)),
-            prompt: cli
-                .prompt
-                .clone()
-                .unwrap_or_else(|| "The borrow checker".into()),
+            prompt: cli.prompt.clone().unwrap_or_else(|| match chat {
+                Some(_) => "Why is the sky blue?".into(),
+                None => "The borrow checker".into(),
+            }),
             sampling: Sampling {
                 temperature: 0.7,
                 top_k: 40,
@@ -267,6 +322,7 @@ impl DemoApp {
             after_tokens: cli.after_tokens.max(1),
             shot_done: Arc::new(AtomicBool::new(false)),
             error,
+            chat,
         };
         if app.screenshot.is_some() {
             app.start();
@@ -282,15 +338,33 @@ impl DemoApp {
         }
         self.cancel.store(true, Ordering::SeqCst);
         self.cancel = Arc::new(AtomicBool::new(false));
-        let opts = GenerateOptions {
+        let mut opts = GenerateOptions {
             max_tokens: self.max_tokens,
             sampling: self.sampling,
             seed: self.seed,
             cancel: Some(self.cancel.clone()),
             ..Default::default()
         };
+        let (prompt, rendered) = match self.chat.as_mut().filter(|c| c.on) {
+            Some(chat) => {
+                let mut messages = chat.messages.clone();
+                messages.push(Message::user(&self.prompt));
+                let text = match chat.template.render(&messages, true) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.status = format!("error: {e}");
+                        return;
+                    }
+                };
+                chat.asked = Some(self.prompt.clone());
+                opts.eos_token_ids = Some(chat.eos.clone());
+                (text, true)
+            }
+            None => (self.prompt.clone(), false),
+        };
         let job = Job {
-            prompt: self.prompt.clone(),
+            prompt,
+            rendered,
             opts,
             top: self.top_n,
             attention: self.show_attention,
@@ -365,8 +439,19 @@ impl DemoApp {
                     self.attention.truncate(from);
                     self.attention.extend(rows);
                 }
-                Event::Done { decode_tok_s, why } => {
+                Event::Done {
+                    decode_tok_s,
+                    why,
+                    text,
+                } => {
                     self.running = false;
+                    // A chat turn ends: the exchange joins the conversation, the box empties.
+                    let asked = self.chat.as_mut().and_then(|c| c.asked.take());
+                    if let (Some(chat), Some(asked)) = (&mut self.chat, asked) {
+                        chat.messages.push(Message::user(&asked));
+                        chat.messages.push(Message::assistant(&text));
+                        self.prompt.clear();
+                    }
                     self.status = format!(
                         "{} tokens, {decode_tok_s:.1} tok/s decode ({why})",
                         self.generated
@@ -426,6 +511,19 @@ impl DemoApp {
     }
 
     fn controls(&mut self, ui: &mut egui::Ui) {
+        if let Some(chat) = &mut self.chat {
+            ui.heading("Chat");
+            ui.checkbox(&mut chat.on, "chat with the model's template")
+                .on_hover_text("off: the box's text is continued as it is");
+            let turns = chat.messages.iter().filter(|m| m.role == "user").count();
+            ui.horizontal(|ui| {
+                ui.label(format!("{turns} turns so far"));
+                if ui.button("New chat").clicked() {
+                    chat.messages.retain(|m| m.role == "system");
+                }
+            });
+            ui.separator();
+        }
         ui.heading("Sampling");
         let s = &mut self.sampling;
         ui.add(egui::Slider::new(&mut s.temperature, 0.0..=2.0).text("temperature"));
@@ -709,7 +807,10 @@ impl eframe::App for DemoApp {
                     egui::TextEdit::multiline(&mut self.prompt)
                         .desired_rows(2)
                         .desired_width(ui.available_width() - 110.0)
-                        .hint_text("a prompt"),
+                        .hint_text(match self.chat.as_ref().is_some_and(|c| c.on) {
+                            true => "your message",
+                            false => "a prompt",
+                        }),
                 );
                 let go = ctx.input(|i| i.modifiers.command && i.key_pressed(egui::Key::Enter));
                 ui.vertical(|ui| {
@@ -819,7 +920,10 @@ fn run_job(
     job: &Job,
     send: &dyn Fn(Event) -> bool,
 ) -> Result<()> {
-    let ids = tok.encode(&job.prompt)?;
+    let ids = match job.rendered {
+        true => tok.encode_plain(&job.prompt)?,
+        false => tok.encode(&job.prompt)?,
+    };
     if ids.is_empty() {
         anyhow::bail!("the prompt is empty");
     }
@@ -886,6 +990,7 @@ fn run_job(
     send(Event::Done {
         decode_tok_s: g.decode_tok_s(),
         why: format!("{:?}", g.stopped_by).to_lowercase(),
+        text: g.text.clone(),
     });
     Ok(())
 }

@@ -54,7 +54,7 @@ enum Command {
     Logits(LogitsArgs),
     /// List the adapters wgpu sees, with their limits and features.
     Info(InfoArgs),
-    /// Prefill and decode figures for an adapter: a model folder or a GPT-2 shape with random weights.
+    /// Prefill and decode figures for an adapter: a model folder or a named shape with random weights.
     /// Given an encoder folder (BERT), embedding throughput at batch sizes 1, 8 and 32 instead.
     Bench(BenchArgs),
     /// Sentence embeddings of texts with an encoder folder (BERT family, e.g. all-MiniLM-L6-v2),
@@ -135,7 +135,8 @@ struct BenchArgs {
     /// A model folder (or hub id) to benchmark.
     #[arg(long, short, conflicts_with = "shape")]
     model: Option<PathBuf>,
-    /// A GPT-2 shape with random weights generated on the GPU: gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+    /// A model shape with random weights generated on the GPU: gpt2, gpt2-medium, gpt2-large,
+    /// gpt2-xl, smollm2-135m, qwen2.5-0.5b, llama-3.2-1b.
     #[arg(long)]
     shape: Option<String>,
     /// How weight matrices are stored on the GPU: f32, f16 or q8.
@@ -598,8 +599,17 @@ fn logits(a: LogitsArgs) -> Result<()> {
 
 fn info(a: InfoArgs) -> Result<()> {
     if let Some(dir) = &a.model {
-        let cfg = ModelSource::dir(dir)?.config()?;
-        println!("model {}: {}", dir.display(), cfg.describe());
+        let source = ModelSource::dir(dir)?;
+        let cfg = source.config()?;
+        println!("model {}", dir.display());
+        for (aspect, choice) in cfg.choices() {
+            println!("    {aspect:<12} {choice}");
+        }
+        let template = match source.chat_template()? {
+            Some(_) => "yes (wgpt chat and generate --chat render it)",
+            None => "none (text continuation)",
+        };
+        println!("    {:<12} {template}", "chat");
     }
     let all = wgpt::gpu::adapters();
     if all.is_empty() {
@@ -702,7 +712,10 @@ fn bench(a: BenchArgs) -> Result<()> {
     let (model, source, file_bytes) = match (&a.model, &a.shape) {
         (_, Some(name)) => {
             let cfg = wgpt::bench::shape(name).with_context(|| {
-                format!("unknown --shape {name:?}; use gpt2, gpt2-medium, gpt2-large or gpt2-xl")
+                format!(
+                    "unknown --shape {name:?}; use one of {}",
+                    wgpt::bench::SHAPES.join(", ")
+                )
             })?;
             (
                 Model::random(gpu, cfg, &load, 1)?,

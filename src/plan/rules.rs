@@ -403,24 +403,23 @@ fn head_argmax(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [
 /// [linear → a (Store), gate(a → b, SiLU)] becomes the linear storing b.
 fn gate_epilogue(ops: &[Op<&GpuTensor>], fuse: &mut [Fuse]) {
     for i in 0..ops.len().saturating_sub(1) {
-        if let (
-            Op::Linear {
-                out,
-                then: Then::Store,
-                ..
-            },
-            Op::Gate {
-                inp,
-                out: gated,
-                act: Activation::Silu,
-            },
-        ) = (&ops[i], &ops[i + 1])
-            && out == inp
-            && !read_later(ops, i + 2, *out)
-        {
-            fuse[i].gate_into = Some(*gated);
-            fuse[i + 1].skip = true;
-        }
+        let gated = match (&ops[i], &ops[i + 1]) {
+            (
+                Op::Linear {
+                    out,
+                    then: Then::Store,
+                    ..
+                },
+                Op::Gate {
+                    inp,
+                    out: gated,
+                    act: Activation::Silu,
+                },
+            ) if out == inp && !read_later(ops, i + 2, *out) => *gated,
+            _ => continue,
+        };
+        fuse[i].gate_into = Some(gated);
+        fuse[i + 1].skip = true;
     }
 }
 
@@ -435,11 +434,11 @@ fn rope_attend(ops: &[Op<&GpuTensor>], fuse: &mut [Fuse]) {
                 ..
             },
         ) = (&ops[i], &ops[i + 1])
-            && qkv == read
-            && !read_later(ops, i + 2, *qkv)
         {
-            fuse[i].skip = true;
-            fuse[i + 1].rope = true;
+            if qkv == read && !read_later(ops, i + 2, *qkv) {
+                fuse[i].skip = true;
+                fuse[i + 1].rope = true;
+            }
         }
     }
 }
