@@ -19,7 +19,7 @@ struct Params { NH: u32, NKV: u32, HS: u32, scale: f32 }
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;    // (n_ctx, NKV HS)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (T, NH HS)
 @group(0) @binding(7) var<storage, read> spans: array<vec2<u32>>;  // (T) bidirectional only
-@group(0) @binding(6) var<storage, read> inv_freq: array<f32>;     // (HS / 2) with ROPE
+@group(0) @binding(6) var<uniform> inv_freq: array<vec4<f32>, 32>;  // (HS / 2) with ROPE
 
 // The head size, fixed when the pipeline is built for one model (0: read p.HS at run time); a
 // constant bound lets the driver unroll the loops over the head.

@@ -8,7 +8,7 @@ struct Params { Q: u32, KV: u32, HS: u32, _b: u32 }
 @group(0) @binding(2) var<storage, read> qkv: array<f32>;                     // (T, Q + 2 KV)
 @group(0) @binding(3) var k_cache: texture_storage_2d<rgba32float, write>;     // (n_ctx, KV / 4)
 @group(0) @binding(4) var v_cache: texture_storage_2d<rgba32float, write>;     // (n_ctx, KV / 4)
-@group(0) @binding(5) var<storage, read> inv_freq: array<f32>;                // (HS / 2) with ROPE
+@group(0) @binding(5) var<uniform> inv_freq: array<vec4<f32>, 32>;  // (HS / 2) with ROPE
 
 @compute @workgroup_size(64)
 fn kv_append_texture(@builtin(global_invocation_id) gid: vec3<u32>) {

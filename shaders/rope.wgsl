@@ -5,7 +5,7 @@
 struct Params { NH: u32, NKV: u32, HS: u32, _a: u32 }
 
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> inv_freq: array<f32>;    // (HS / 2)
+@group(0) @binding(2) var<uniform> inv_freq: array<vec4<f32>, 32>;  // (HS / 2)
 @group(0) @binding(3) var<storage, read_write> qkv: array<f32>;   // (T, (NH + 2 NKV) HS)
 
 @compute @workgroup_size(64)

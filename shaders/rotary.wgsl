@@ -1,7 +1,9 @@
 // Rotary position embeddings (transformers' `rotate_half` layout): in each query and key head,
 // dims i and i + HS/2 turn by the angle position × inv_freq[i]. Prepended to rope.wgsl, and to
 // kv_append*.wgsl and attention*.wgsl, which rotate as they read with ROPE (the rope_attend
-// fusion). The kernel declares `qkv` (its rows of queries, keys, values) and `inv_freq` (HS / 2).
+// fusion). The kernel declares `qkv` (its rows of queries, keys, values) and the uniform
+// `inv_freq` (HS / 2 <= 128 frequencies, four per vec4: a uniform, so the attention stays within
+// the four storage buffers wgpt asks of an adapter).
 
 // The kernels that read q or k rotate them first (rope_attend); rope.wgsl ignores it.
 override ROPE: bool = false;
@@ -23,7 +25,8 @@ fn cos_sin(a: f32) -> vec2<f32> {
 // Dim d of the HS-wide head starting at qkv[at], rotated for position `pos`.
 fn rotated(at: u32, d: u32, hs: u32, pos: u32) -> f32 {
     let half = hs / 2u;
-    let cs = cos_sin(f32(pos) * inv_freq[d % half]);
+    let i = d % half;
+    let cs = cos_sin(f32(pos) * inv_freq[i / 4u][i % 4u]);
     if (d < half) { return qkv[at + d] * cs.x - qkv[at + d + half] * cs.y; }
     return qkv[at + d] * cs.x + qkv[at + d - half] * cs.y;
 }

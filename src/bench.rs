@@ -746,7 +746,7 @@ impl Micro<'_> {
         let att = gpu.uniform("att", &AttentionParams::heads(nh, 64));
         let (k_cache, v_cache) = (self.f32s(1024 * c), self.f32s(1024 * c));
         // ROPE's frequencies: unread (the constant is off), bound all the same.
-        let inv_freq = self.f32s(4);
+        let inv_freq = crate::gpu::kernels::rope_uniform(self.gpu, "none", &[]);
         for (t, ctx) in [(1u32, 128u32), (1, 512), (1, 1024), (128, 128)] {
             let (qkv, out, st) = (
                 self.f32s(t * 3 * c),

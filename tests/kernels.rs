@@ -45,9 +45,9 @@ impl Harness {
         self.gpu.uniform("kv", &p)
     }
     /// A placeholder for a binding a kernel only reads under a constant that is off (ROPE's
-    /// frequencies).
+    /// frequencies, a uniform).
     fn none(&self) -> wgpu::Buffer {
-        self.f32s(&[0.0; 4])
+        wgpt::gpu::kernels::rope_uniform(&self.gpu, "none", &[])
     }
     fn run(&self, pipe: &wgpu::ComputePipeline, bufs: &[&wgpu::Buffer], x: u32, y: u32) {
         dispatch(self, pipe, &bind(&self.gpu, pipe, "test", bufs), x, y);
@@ -1927,7 +1927,7 @@ fn rope_matches_cpu() {
         let bufs = [
             &h.step(t, 0, pos0),
             &h.gpu.uniform("p", &params),
-            &h.f32s(&inv_freq),
+            &wgpt::gpu::kernels::rope_uniform(&h.gpu, "f", &inv_freq),
             &buf,
         ];
         let pairs = ((nh + nkv) * hs / 2) as u32;
@@ -2004,7 +2004,7 @@ fn grouped_query_attention_matches_cpu() {
             h.gpu.uniform("p", &params),
             h.f32s(&qkv),
             h.kv_widths(heads),
-            h.f32s(&freq),
+            wgpt::gpu::kernels::rope_uniform(&h.gpu, "f", &freq),
         );
         for rope in [false, true] {
             let mut rotated = qkv.clone();

@@ -151,10 +151,10 @@ fn decode_plan_and_description() {
     assert!(!kernels.contains(&"rope") && !kernels.contains(&"gate"));
     let d = model.config.describe();
     for part in [
-        "NKV = 2",
-        "gated Silu",
-        "rotary positions (theta 10000",
-        "Rms norms",
+        "grouped-query: 4 query heads of 16 in 2 groups of 2",
+        "gated: down(SiLU(x Wg) * (x Wu))",
+        "rotary (theta 10000)",
+        "RMSNorm before each sublayer",
         "untied",
     ] {
         assert!(d.contains(part), "{part:?} not in {d}");
@@ -356,4 +356,32 @@ fn cli_chat_uses_the_template() {
     // turn, so only its reply's end and the new turn run (far fewer than the whole).
     let whole = ids_of("multi_turn").len();
     assert!(prefills[1] < whole / 2, "{prefills:?} of {whole}");
+}
+
+/// A device with only the limits wgpt asks for (four storage buffers and three uniforms per
+/// kernel): the Llama kernels fit them (rotary frequencies in a uniform), the tokens are
+/// transformers'.
+#[test]
+fn runs_within_the_required_limits() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("no GPU adapter: install mesa-vulkan-drivers for lavapipe");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpt::gpu::required_limits().using_resolution(adapter.limits()),
+        ..Default::default()
+    }))
+    .unwrap();
+    let engine = wgpt::Engine::from_device(device, queue).unwrap();
+    let dir = fixture("llama3-mqa");
+    let e = expected(&dir);
+    for fuse in [wgpt::Fusions::all(), wgpt::Fusions::none()] {
+        let opts = LoadOptions {
+            layout: WeightLayout::Buffer,
+            fuse: Some(fuse),
+            ..Default::default()
+        };
+        let model = Model::load(engine.clone(), &dir, &opts).unwrap();
+        assert_eq!(greedy(&model, &e.prompt_ids, 16), e.greedy_ids[..16]);
+    }
 }

@@ -285,6 +285,19 @@ impl AttentionParams {
     }
 }
 
+/// Rotary frequencies a uniform holds (rotary.wgsl's `inv_freq`): HS / 2 for HS up to
+/// [`MAX_HEAD_SIZE`](crate::config::MAX_HEAD_SIZE).
+pub const ROPE_FREQS: usize = 128;
+
+/// rotary.wgsl's `inv_freq` uniform: `freqs` padded with zeros to [`ROPE_FREQS`].
+pub fn rope_uniform(gpu: &Engine, label: &str, freqs: &[f32]) -> wgpu::Buffer {
+    let mut padded = [0f32; ROPE_FREQS];
+    for (p, f) in padded.iter_mut().zip(freqs) {
+        *p = *f;
+    }
+    gpu.uniform(label, &padded)
+}
+
 /// Mirrors `struct Params` in kv_append.wgsl and kv_append_texture.wgsl: the widths of the
 /// queries and of the keys in a qkv row (T, Q + 2 KV), and the head size (for ROPE).
 #[repr(C)]

@@ -161,6 +161,11 @@ impl Model {
             if name == "wpe.weight" && config.positions == Positions::Sinusoidal {
                 return sinusoid_table(&gpu, rows, cols, config.position_offset);
             }
+            if name == "rope.inv_freq" {
+                let mut freqs = Vec::new();
+                read(0, 1, &mut freqs)?;
+                return Ok(inv_freq_tensor(&gpu, &freqs));
+            }
             let dtype = stored_as(name, rows, opts.dtype);
             if textures && is_linear(name) {
                 let textures =
@@ -662,6 +667,20 @@ fn texture_linear(gpu: &Engine, cfg: &Config, opts: &LoadOptions) -> Result<bool
             cfg.q_width(),
             cfg.head_size()
         ))),
+    }
+}
+
+/// A rotary model's frequencies (HS / 2), as the uniform rotary.wgsl reads.
+fn inv_freq_tensor(gpu: &Engine, freqs: &[f32]) -> GpuTensor {
+    let buf = kernels::rope_uniform(gpu, "rope.inv_freq", freqs);
+    let chunk = crate::gpu::tensor::Chunk {
+        buffer: buf,
+        row0: 0,
+        rows: 1,
+    };
+    GpuTensor {
+        chunks: vec![chunk],
+        ..GpuTensor::from_textures(1, freqs.len(), WeightDtype::F32, Vec::new())
     }
 }
 

@@ -571,7 +571,8 @@ impl<'a> Lower<'a> {
             Keys::Cache { layer } => *layer,
             Keys::Sequence => 0,
         };
-        let inv_freq = rope.map_or(&self.io.zero, |t| t.single());
+        let none = self.no_rope();
+        let inv_freq = rope.map_or(&none, |t| t.single());
         let [k, v] = self.cache(layer);
         let qkv = self.buf(*qkv);
         let mut ops = Vec::new();
@@ -616,6 +617,11 @@ impl<'a> Lower<'a> {
         ops
     }
 
+    /// The frequencies bound where ROPE is off (never read).
+    fn no_rope(&mut self) -> wgpu::Buffer {
+        self.uniform("no_rope", [0, 0], &[0f32; kernels::ROPE_FREQS])
+    }
+
     /// Layer `layer`'s key and value caches, as bindings.
     fn cache(&self, layer: usize) -> [wgpu::BindingResource<'a>; 2] {
         let io: &'a Io = self.io;
@@ -652,7 +658,8 @@ impl<'a> Lower<'a> {
             false => ("kv_append", wg::KV_APPEND),
         };
         let pipe = self.pipe(Key::new(name, name).with("ROPE", rope.is_some() as u32));
-        let inv_freq = rope.map_or(&self.io.zero, |t| t.single());
+        let none = self.no_rope();
+        let inv_freq = rope.map_or(&none, |t| t.single());
         let r = vec![
             step.as_entire_binding(),
             widths.as_entire_binding(),
