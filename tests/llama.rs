@@ -385,3 +385,45 @@ fn runs_within_the_required_limits() {
         assert_eq!(greedy(&model, &e.prompt_ids, 16), e.greedy_ids[..16]);
     }
 }
+
+/// `wgpt bench`'s Llama shapes build with random weights made on the GPU (their rotary
+/// frequencies computed, not random) and decode in both layouts.
+#[test]
+fn bench_shapes_run() {
+    for name in ["smollm2-135m", "qwen2.5-0.5b", "llama-3.2-1b"] {
+        let cfg = wgpt::bench::shape(name).unwrap();
+        assert_eq!(
+            cfg.model_type(),
+            if name.starts_with("qwen") {
+                "qwen2"
+            } else {
+                "llama"
+            }
+        );
+        // Two layers and a short context keep it small; the widths are the model's.
+        let cfg = wgpt::Config {
+            n_layer: 2,
+            n_positions: 64,
+            ..cfg
+        };
+        for layout in [WeightLayout::Buffer, WeightLayout::Texture] {
+            let opts = LoadOptions {
+                layout,
+                dtype: WeightDtype::Q8,
+                ..Default::default()
+            };
+            let model = Model::random(gpu(), cfg.clone(), &opts, 7).unwrap();
+            let mut s = Session::new(&model).unwrap();
+            let logits = s.logits(&[1, 2, 3]).unwrap();
+            assert!(logits.iter().all(|x| x.is_finite()), "{name} {layout:?}");
+            let mut next = wgpt::reference::argmax(&logits[logits.len() - cfg.vocab_size..]);
+            for _ in 0..3 {
+                next = s.next_token(&[next], wgpt::Pick::Greedy).unwrap();
+            }
+            println!(
+                "{name} {layout:?}: {} dispatches per token",
+                s.dispatches_per_token()
+            );
+        }
+    }
+}

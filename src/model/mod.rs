@@ -300,16 +300,7 @@ impl Model {
         };
         let weights = loader::build_weights(&config, false, |name, rows, cols, _| {
             if let (Some(rope), "rope.inv_freq") = (&config.rope, name) {
-                let f = rope.inv_freq(config.head_dim);
-                let buf = gpu.storage_init(name, bytemuck::cast_slice(&f));
-                return GpuTensor::with_chunks(
-                    name,
-                    1,
-                    cols,
-                    WeightDtype::F32,
-                    u64::MAX,
-                    |_, _, _| Ok(buf.clone()),
-                );
+                return Ok(inv_freq_tensor(&gpu, &rope.inv_freq(config.head_dim)));
             }
             let center = if name.contains("ln_") && name.ends_with(".weight") {
                 1.0
