@@ -27,8 +27,6 @@ override HS: u32 = 0u;
 
 const BLOCK: u32 = 64u;
 const DIMS_PER_INVOCATION: u32 = 4u;
-// Below any real score, yet finite: exp(NEG - x) is a clean 0 where -inf could give NaN.
-const NEG: f32 = -3.0e38;
 
 var<workgroup> q: array<f32, 256>;     // (HS) this head's query, pre-scaled by 1/sqrt(HS)
 var<workgroup> probs: array<f32, BLOCK>;
@@ -66,8 +64,9 @@ fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32) {
         let nb = min(BLOCK, n_keys - j0);
         var block_max = NEG;
         for (var i = 0u; i < nb; i++) { block_max = max(block_max, probs[i]); }
-        let m_new = max(m, block_max);
-        let corr = exp(m - m_new);
+        let mc = online_max(m, block_max);
+        let m_new = mc.x;
+        let corr = mc.y;
         workgroupBarrier();
         probs[lid] = exp(s - m_new);
         workgroupBarrier();

@@ -29,7 +29,6 @@ struct Params { NH: u32, NKV: u32, HS: u32, scale: f32 }
 override HS: u32 = 0u;
 
 const MAX_HS4: u32 = 64u;
-const NEG: f32 = -3.0e38;
 
 fn head_size() -> u32 { return select(p.HS, HS, HS != 0u); }
 
@@ -58,8 +57,9 @@ fn attend(h: u32, t: u32, base: u32, n_keys: u32) {
         let j = base + jj;
         var s = 0.0;
         for (var d = 0u; d < hs4; d++) { s += dot(q[d], textureLoad(k_cache, vec2(x0 + d, j))); }
-        let m_new = max(m, s);
-        let corr = exp(m - m_new);
+        let mc = online_max(m, s);
+        let m_new = mc.x;
+        let corr = mc.y;
         let pj = exp(s - m_new);
         l = l * corr + pj;
         for (var d = 0u; d < hs4; d++) {

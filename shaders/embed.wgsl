@@ -13,26 +13,18 @@ struct Params { C: u32, tok0: u32, tok_rows: u32, scale: f32, tokens: u32, posit
 @group(0) @binding(4) var<storage, read> wpe: array<f32>;      // (n_ctx, C)
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;  // (T, C)
 
-// The token table is stored like the head's weights (it is the head when tied): f32 bits, two
-// halves per word when WEIGHT_F16, or with WEIGHT_Q8 rows of C int8 (four per word) then a scale
-// area in which row 4 g + j holds, at word 4 i + r, the scale of block 4 i + j of row 4 g + r
-// (see matmul.wgsl; each chunk starts a row group).
-override WEIGHT_F16: bool = false;
-override WEIGHT_Q8: bool = false;
+// The token table is stored like the head's weights (it is the head when tied), in the
+// pipeline's WEIGHT_FORMAT (format.wgsl; each chunk starts a q8 row group).
 
 // Element c of row r.
 fn wte_at(r: u32, c: u32) -> f32 {
-    if (WEIGHT_Q8) {
-        let rw = p.C / 4u + 4u * ((p.C + 127u) / 128u);
-        let q = extractBits(bitcast<i32>(wte[r * rw + c / 4u]), 8u * (c % 4u), 8u);
-        let b = c / 32u;
-        let s = (r - r % 4u + b % 4u) * rw + p.C / 4u + 4u * (b / 4u) + r % 4u;
-        return f32(q) * bitcast<f32>(wte[s]);
+    if (WEIGHT_FORMAT == FORMAT_Q8) {
+        let q = i8_at(wte[r * q8_row_words(p.C) + c / 4u], c % 4u);
+        return q * bitcast<f32>(wte[q8_scale_word(r, c / Q8_BLOCK, p.C)]);
     }
     let i = r * p.C + c;
-    if (WEIGHT_F16) {
-        let pair = unpack2x16float(wte[i / 2u]);
-        return select(pair.x, pair.y, (i & 1u) == 1u);
+    if (WEIGHT_FORMAT == FORMAT_F16) {
+        return f16_at(wte[i / 2u], i % 2u);
     }
     return bitcast<f32>(wte[i]);
 }

@@ -7,12 +7,10 @@ struct Params { n: u32, seed: u32, scale: f32, center: f32, row_words: u32, q_wo
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;  // (n) words
 
-// Two halves per word (f16 weights) instead of one f32.
-override PACK_F16: bool = false;
-// q8 rows of row_words words: q_words of random int8 (four per word, in [-127, 127]), then
-// block scales of scale / 127 (so weights span +-scale, centre ignored). With q_rows != 0 the
-// rows are a transposed weight texture's: the first q_rows rows int8, the rest scales.
-override PACK_Q8: bool = false;
+// Words in the WEIGHT_FORMAT (format.wgsl, prepended): f32, two halves per word (f16), or q8
+// rows of row_words words: q_words of random int8 (four per word, in [-127, 127]), then block
+// scales of scale / 127 (so weights span +-scale, centre ignored). With q_rows != 0 the rows are
+// a transposed weight texture's: the first q_rows rows int8, the rest scales.
 
 // PCG hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020).
 fn pcg(v: u32) -> u32 {
@@ -26,7 +24,7 @@ fn fill_random(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let i = gid.x + gid.y * nwg.x * 256u;
     if (i >= p.n) { return; }
     let r = pcg(i ^ pcg(p.seed));
-    if (PACK_Q8) {
+    if (WEIGHT_FORMAT == FORMAT_Q8) {
         let int8 = select(i % p.row_words < p.q_words, i / p.row_words < p.q_rows, p.q_rows != 0u);
         if (int8) {
             // The hash's four bytes, each mod 255, less 127.
@@ -38,7 +36,7 @@ fn fill_random(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         return;
     }
     let v = p.center + p.scale * (f32(r >> 8u) / 16777216.0 * 2.0 - 1.0);
-    if (PACK_F16) {
+    if (WEIGHT_FORMAT == FORMAT_F16) {
         let v2 = p.center + p.scale * (f32(pcg(r) >> 8u) / 16777216.0 * 2.0 - 1.0);
         out[i] = pack2x16float(vec2(v, v2));
     } else {

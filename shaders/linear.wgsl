@@ -22,11 +22,6 @@ struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, kv_c: u32, l
 // Its codes and activations are activation.wgsl's.
 override EPILOGUE: u32 = 0u;
 
-// Four signed bytes of a q8 weight word (lowest byte first) as f32.
-fn i8x4(word: u32) -> vec4<f32> {
-    return vec4<f32>(unpack4xI8(word));
-}
-
 // The bias of outputs n0 .. n0 + 4 (0 past N, or without a bias), loaded once for all the rows
 // of a block of outputs.
 fn bias4(n0: u32) -> vec4<f32> {

@@ -9,33 +9,24 @@
 @group(0) @binding(2) var<storage, read> a: array<vec4<f32>>;     // (M, K), M = step.rows
 @group(0) @binding(3) var<storage, read> w: array<u32>;           // (N, K) f32, f16 or q8 words
 
-// Weights are raw words: f32 bits, two IEEE halves per word when WEIGHT_F16, or with WEIGHT_Q8
-// int8s (four per word) and one f32 scale per 32 along K: a row is its K / 4 int8 words, then
-// a scale area in which row 4 g + j holds, at word 4 i + r, the scale of block 4 i + j of row
-// 4 g + r (gpu/tensor.rs `encode`; chunks start at a group and are padded to whole groups).
-// Set per model at pipeline creation; computed in f32 either way.
-override WEIGHT_F16: bool = false;
-override WEIGHT_Q8: bool = false;
+// Weights are raw words in the pipeline's WEIGHT_FORMAT (format.wgsl and the format_*.wgsl
+// decoders): f32 bits, f16 pairs, or q8 int8s with their block scales. Computed in f32 either
+// way.
 
 // Words of one stored weight row.
 fn row_words() -> u32 {
-    if (WEIGHT_Q8) { return p.K / 4u + 4u * ((p.K + 127u) / 128u); }
-    if (WEIGHT_F16) { return p.K / 2u; }
+    if (WEIGHT_FORMAT == FORMAT_Q8) { return q8_row_words(p.K); }
+    if (WEIGHT_FORMAT == FORMAT_F16) { return f16_row_words(p.K); }
     return p.K;
-}
-
-// Word of the q8 scale of block b of row n.
-fn q8_scale_word(n: u32, b: u32) -> u32 {
-    return (n - n % 4u + b % 4u) * row_words() + p.K / 4u + 4u * (b / 4u) + n % 4u;
 }
 
 // Weights 4 k4 .. 4 k4 + 4 of row n, as f32.
 fn w4(n: u32, k4: u32) -> vec4<f32> {
     let rw = n * row_words();
-    if (WEIGHT_Q8) {
-        return i8x4(w[rw + k4]) * bitcast<f32>(w[q8_scale_word(n, k4 / 8u)]);
+    if (WEIGHT_FORMAT == FORMAT_Q8) {
+        return i8x4(w[rw + k4]) * bitcast<f32>(w[q8_scale_word(n, k4 / 8u, p.K)]);
     }
-    if (WEIGHT_F16) {
+    if (WEIGHT_FORMAT == FORMAT_F16) {
         let j = rw + 2u * k4;
         return vec4(unpack2x16float(w[j]), unpack2x16float(w[j + 1u]));
     }
@@ -111,7 +102,7 @@ fn gemv_partial(m: u32, n0: u32, lane: u32) -> vec4<f32> {
     let n3 = min(n0 + 3u, p.N - 1u);
     let one = vec4(1.0);
     var c = vec4(0.0);
-    if (WEIGHT_Q8) {
+    if (WEIGHT_FORMAT == FORMAT_Q8) {
         // Per block of 32: the int8 dot products, then the four rows' scales (one vec4: n0
         // starts a row group).
         let rw = row_words();
@@ -127,7 +118,7 @@ fn gemv_partial(m: u32, n0: u32, lane: u32) -> vec4<f32> {
                 d2 += x * i8x4(w[n2 * rw + k]);
                 d3 += x * i8x4(w[n3 * rw + k]);
             }
-            let s = q8_scale_word(n0, b);
+            let s = q8_scale_word(n0, b, p.K);
             let scales = vec4(
                 bitcast<f32>(w[s]),
                 bitcast<f32>(w[s + 1u]),

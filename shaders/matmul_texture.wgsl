@@ -1,12 +1,10 @@
 // Linear layers with operands in read-only storage textures (linear.wgsl is prepended): a row of
 // the input texture is a row of the input, a column of the weight texture a row of the weight
 // (transposed, so that lanes computing neighbouring outputs fetch neighbouring texels). An input
-// texel holds four consecutive values along K, a weight texel four f32, with WEIGHT_F16 eight
-// halves, with WEIGHT_Q8 sixteen int8 (raw bits in rgba32uint). A q8 row is K / 16 texels of
-// int8 then K / 128 texels (rounded up) of f32 scales:
-// texel i of row 4 g + j holds block 4 i + j's scales of rows 4 g .. 4 g + 4 (gpu/tensor.rs
-// `encode`), so the four rows an invocation computes (n0 = 4 gid.x starts a group) take one
-// scale fetch per block of 32 weights (two int8 texels each).
+// texel holds four consecutive values along K, a weight texel (raw bits in rgba32uint) four
+// f32, eight f16 or sixteen q8 int8, per the pipeline's WEIGHT_FORMAT (format.wgsl; the q8
+// scale layout is format_q8.wgsl's: the four rows an invocation computes, n0 = 4 gid.x starting
+// a group, take one scale fetch per block of 32 weights, two int8 texels each).
 // On CPU adapters (lavapipe) a storage-buffer load costs a bounds-checked scalar load per lane
 // and component, while a texel load is one vectorised fetch: measured on lavapipe at GPT-2's
 // shapes, these kernels are ~10x (GEMV) to ~15x (GEMM) faster than the buffer ones. The
@@ -25,9 +23,6 @@
 // GPT-2's shapes, decode 10.4 -> 15.6 tok/s over copying the row into a texture.
 @group(0) @binding(6) var<uniform> x: array<vec4<f32>, 4096>;
 
-override WEIGHT_F16: bool = false;
-override WEIGHT_Q8: bool = false;
-
 // Texel k of weight row n: the weight textures are transposed (gpu/mod.rs `weight_texture`),
 // row n is texture column n.
 fn wtexel(k: u32, n: u32) -> vec4<u32> {
@@ -41,16 +36,12 @@ fn w4(k4: u32, n: u32) -> vec4<f32> {
 
 // Eight f16 weights of row n, texel k8, as two vec4 (columns 0 and 1).
 fn w8(k8: u32, n: u32) -> mat2x4<f32> {
-    let t = wtexel(k8, n);
-    return mat2x4(
-        vec4(unpack2x16float(t.x), unpack2x16float(t.y)),
-        vec4(unpack2x16float(t.z), unpack2x16float(t.w)),
-    );
+    return f16x8(wtexel(k8, n));
 }
 
 // The f32 scales of block b of q8 rows n0 .. n0 + 4 (n0 a multiple of 4).
 fn block_scales(b: u32, n0: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(wtexel(p.K / 16u + b / 4u, n0 + b % 4u));
+    return bitcast<vec4<f32>>(wtexel(q8_scale_texel(b, p.K), n0 + b % 4u));
 }
 
 fn dot4(x: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
@@ -76,7 +67,7 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     var r1 = vec4(0.0);
     var r2 = vec4(0.0);
     var r3 = vec4(0.0);
-    if (WEIGHT_Q8) {
+    if (WEIGHT_FORMAT == FORMAT_Q8) {
         // Per block of 32 (two weight texels, eight input texels): the columns' block scales,
         // then the int8s dequantised with them. Dequantising per weight costs one multiply per
         // four multiply-adds here and keeps fewer values live than scaling per-block sums.
@@ -100,7 +91,7 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
                 }
             }
         }
-    } else if (WEIGHT_F16) {
+    } else if (WEIGHT_FORMAT == FORMAT_F16) {
         // One weight texel covers two input texels.
         for (var k = 0u; k < p.K / 8u; k++) {
             let w0 = w8(k, n0);
@@ -171,11 +162,11 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n2 = min(n0 + 2u, nl);
     let n3 = min(n0 + 3u, nl);
     let row = m * (p.K / 4u);
-    if (WEIGHT_Q8) {
+    if (WEIGHT_FORMAT == FORMAT_Q8) {
         store4(m, n0, gemv_q8(row, n0, n1, n2, n3), bias4(n0));
         return;
     }
-    if (!WEIGHT_F16) {
+    if (WEIGHT_FORMAT != FORMAT_F16) {
         store4(m, n0, gemv_f32(row, vec4(n0, n1, n2, n3)), bias4(n0));
         return;
     }

@@ -13,7 +13,7 @@
 // (f32: two texels; f16: one).
 fn pair_weights(kb: u32, s: u32, n: u32) -> mat2x4<f32> {
     var r: mat2x4<f32>;
-    if (WEIGHT_F16) {
+    if (WEIGHT_FORMAT == FORMAT_F16) {
         r = w8(4u * kb + s, n);
     } else {
         r = mat2x4(w4(8u * kb + 2u * s, n), w4(8u * kb + 2u * s + 1u, n));
@@ -103,7 +103,7 @@ fn matmul_texture_subgroup(
         let x5 = array(subgroupBroadcast(a0, 5u), subgroupBroadcast(a1, 5u), subgroupBroadcast(a2, 5u), subgroupBroadcast(a3, 5u));
         let x6 = array(subgroupBroadcast(a0, 6u), subgroupBroadcast(a1, 6u), subgroupBroadcast(a2, 6u), subgroupBroadcast(a3, 6u));
         let x7 = array(subgroupBroadcast(a0, 7u), subgroupBroadcast(a1, 7u), subgroupBroadcast(a2, 7u), subgroupBroadcast(a3, 7u));
-        if (WEIGHT_Q8) {
+        if (WEIGHT_FORMAT == FORMAT_Q8) {
             // The four columns' scales of this block (n0 starts a group of four stored rows).
             let sc = block_scales(kb, n0);
             quad_q8(kb, 0u, n, sc, x0, x1, x2, x3, &r);
@@ -199,7 +199,7 @@ fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
     // input made f32 decode on lavapipe 15-20% slower (p50 per token, alternated runs at GPT-2's
     // shape; likely register spills: eight fetched texels per column next to the broadcast
     // inputs), where q8 gained 20% and f16 a little.
-    if (!WEIGHT_F16 && !WEIGHT_Q8) {
+    if (WEIGHT_FORMAT == FORMAT_F32) {
         if (NORM) {
             for (var kb = 0u; kb < p.K / 32u; kb++) {
                 let xl = x[row + 8u * kb + lane];
@@ -222,7 +222,7 @@ fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
             s2 += dot(xl, xl);
         }
         let xs = lanes8(xl);
-        if (WEIGHT_Q8) {
+        if (WEIGHT_FORMAT == FORMAT_Q8) {
             let d = vec4(
                 gemv_block_q8(kb, n.x, xs),
                 gemv_block_q8(kb, n.y, xs),
@@ -238,7 +238,7 @@ fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
         }
     }
     var sums = r0;
-    if (!WEIGHT_Q8) { sums = vec4(dot(r0, one), dot(r1, one), dot(r2, one), dot(r3, one)); }
+    if (WEIGHT_FORMAT != FORMAT_Q8) { sums = vec4(dot(r0, one), dot(r1, one), dot(r2, one), dot(r3, one)); }
     if (NORM) { return norm4(n0, sums, s1, s2); }
     return sums;
 }
@@ -339,8 +339,6 @@ fn gemv_texture_argmax(
 // arrays' indices constant); HS / 32 texels per lane, at most MAX_HT.
 override HS: u32 = 64u;
 const MAX_HT: u32 = 8u;
-// Below any real score, yet finite: exp(NEG - m) is a clean 0.
-const NEG: f32 = -3.0e38;
 
 @compute @workgroup_size(8)
 fn gemv_texture_attention(
@@ -392,8 +390,9 @@ fn gemv_texture_attention(
         var s = 0.0;
         for (var d = 0u; d < HS / 4u; d++) { s += dot(qf[d], textureLoad(k_past, vec2(xh + d, row))); }
         s = select(NEG, s, j0 + lane < n);
-        let m_new = max(m, subgroupMax(s));
-        let corr = exp(m - m_new);
+        let mc = online_max(m, subgroupMax(s));
+        let m_new = mc.x;
+        let corr = mc.y;
         let pj = exp(s - m_new);
         l = l * corr + subgroupAdd(pj);
         let pb = array(

@@ -2087,3 +2087,42 @@ fn grouped_query_attention_matches_cpu() {
         }
     }
 }
+
+/// Every weight format's WGSL decoder (format_*.wgsl, read here through the embedding's gather
+/// of token rows) gives exactly its CPU dequantisation (`Format::decode`), rows not a multiple
+/// of q8's group of four, blocks spread over two scale texels.
+#[test]
+fn every_format_decodes_as_its_cpu_twin() {
+    let h = Harness::new();
+    let (v, c, t) = (7, 160, 9);
+    let table = random(v * c, 61, 2.0);
+    let tokens: Vec<u32> = (0..t).map(|i| ((i * 5 + 2) % v) as u32).collect();
+    for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+        let f = dtype.format();
+        let bytes = f.encode(&table, c);
+        let rows = f.decode(&bytes, v, c);
+        let code = [("WEIGHT_FORMAT", f.code() as f64)];
+        let pipe = wgpt::gpu::kernels::pipeline(&h.gpu, "embed", None, &code);
+        let x = h.f32s(&vec![f32::NAN; t * c]);
+        let params = EmbedParams {
+            positions: 0,
+            ..EmbedParams::new(c as u32, 0, v as u32, 1.0)
+        };
+        let bufs = [
+            &h.step(t, 0, 0),
+            &h.gpu.uniform("p", &params),
+            &h.u32s(&tokens),
+            &h.gpu.storage_init("table", &bytes),
+            &h.f32s(&[0.0; 4]),
+            &x,
+        ];
+        h.run(&pipe, &bufs, (c as u32).div_ceil(64), t as u32);
+        let want: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&tok| rows[tok as usize * c..(tok as usize + 1) * c].to_vec())
+            .collect();
+        // A decode is a bit pattern and at most one multiply (q8's scale): exact.
+        assert_eq!(h.read(&x), want, "{}", f.name());
+        println!("{}: {t} rows of {c} decoded exactly", f.name());
+    }
+}

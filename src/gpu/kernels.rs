@@ -43,26 +43,26 @@ macro_rules! kernel {
 
 /// Every kernel wgpt ships, in forward-pass order.
 pub const KERNELS: &[KernelSource] = &[
-    kernel!("embed" after "step"),
+    kernel!("embed" after "step", "format", "format_f16", "format_q8"),
     kernel!("layernorm" after "step"),
     kernel!("layernorm_rows" after "step"),
-    kernel!("matmul" after "step", "activation", "linear"),
+    kernel!("matmul" after "step", "activation", "format", "format_f16", "format_q8", "linear"),
     // matmul.wgsl's gemv with subgroup reductions, for adapters with the SUBGROUP feature (a
     // module of its own: naga rejects subgroup operations anywhere in a module without it).
-    kernel!("gemv_subgroup" after "step", "activation", "linear", "matmul"),
-    kernel!("matmul_texture" after "step", "activation", "linear"),
+    kernel!("gemv_subgroup" after "step", "activation", "format", "format_f16", "format_q8", "linear", "matmul"),
+    kernel!("matmul_texture" after "step", "activation", "format", "format_f16", "format_q8", "linear"),
     // matmul_texture with inputs broadcast across subgroups (a module of its own, as above).
-    kernel!("matmul_texture_subgroup" after "step", "activation", "linear", "matmul_texture"),
+    kernel!("matmul_texture_subgroup" after "step", "activation", "format", "format_f16", "format_q8", "softmax", "linear", "matmul_texture"),
     // A linear layer's epilogue as its own dispatch (plans without the epilogue fusion).
     kernel!("elementwise" after "step", "activation"),
     kernel!("rope" after "step", "rotary"),
     kernel!("kv_append" after "step", "rotary"),
     kernel!("kv_append_texture" after "step", "rotary"),
-    kernel!("attention" after "step", "rotary"),
-    kernel!("attention_texture" after "step", "rotary"),
+    kernel!("attention" after "step", "rotary", "softmax"),
+    kernel!("attention_texture" after "step", "rotary", "softmax"),
     kernel!("argmax"),
     kernel!("sample"),
-    kernel!("fill_random"),
+    kernel!("fill_random" after "format"),
     kernel!("sinusoid"),
     kernel!("pool"),
 ];
@@ -790,8 +790,7 @@ impl Pipelines {
         epilogues: &[Epilogue],
     ) -> Self {
         let weights: &[(&'static str, f64)] = &[
-            ("WEIGHT_F16", (dtype == WeightDtype::F16) as u8 as f64),
-            ("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u8 as f64),
+            ("WEIGHT_FORMAT", dtype.format().code() as f64),
         ];
         let head: &[(&'static str, f64)] = &[("HS", head_size.unwrap_or(0) as f64)];
         let norm = [weights, &[("NORM", 1.0)]].concat();

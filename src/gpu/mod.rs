@@ -1,7 +1,7 @@
 //! The GPU: adapter choice, device, limits, error capture, and small buffer helpers.
 
-// The kernels' pipelines and bindings, and the weight encodings.
-internal_mods!(kernels, registry, tensor);
+// The kernels' pipelines and bindings, the weight formats and weight storage.
+internal_mods!(format, kernels, registry, tensor);
 
 use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex};

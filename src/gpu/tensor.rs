@@ -23,37 +23,22 @@ pub enum WeightDtype {
     Q8,
 }
 
-/// Weights per q8 scale.
-pub const Q8_BLOCK: usize = 32;
-/// Rows whose scales of one block share a 16-byte texel (the four rows one invocation of the
-/// linear kernels computes, so one fetch serves them all).
-pub const Q8_GROUP: usize = 4;
+pub use crate::gpu::format::{Q8_BLOCK, Q8_GROUP};
 
 impl WeightDtype {
     /// Bytes one stored row of `cols` weights takes (for q8: the int8s and the padded scales).
     pub fn row_bytes(self, cols: usize) -> usize {
-        match self {
-            WeightDtype::F32 => 4 * cols,
-            WeightDtype::F16 => 2 * cols,
-            WeightDtype::Q8 => cols + 16 * cols.div_ceil(4 * Q8_BLOCK),
-        }
+        self.format().row_bytes(cols)
     }
 
-    /// Rows stored for a matrix of `rows` rows: q8 pads to whole groups of [`Q8_GROUP`].
+    /// Rows stored for a matrix of `rows` rows: padded to whole groups of its format's.
     pub fn stored_rows(self, rows: usize) -> usize {
-        match self {
-            WeightDtype::Q8 => rows.next_multiple_of(Q8_GROUP),
-            _ => rows,
-        }
+        rows.next_multiple_of(self.format().group())
     }
 
-    /// `"f32"` or `"f16"`, the spelling [`FromStr`](std::str::FromStr) accepts.
+    /// `"f32"`, `"f16"` or `"q8"`, the spelling [`FromStr`](std::str::FromStr) accepts.
     pub fn name(self) -> &'static str {
-        match self {
-            WeightDtype::F32 => "f32",
-            WeightDtype::F16 => "f16",
-            WeightDtype::Q8 => "q8",
-        }
+        self.format().name()
     }
 }
 
@@ -288,58 +273,21 @@ fn blocks(n: usize, cols: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).step_by(per).map(move |r| (r, per.min(n - r)))
 }
 
-/// q8 quantises blocks of 32 weights along a row: rows must be whole blocks.
+/// Block formats quantise whole blocks along a row: rows must be whole blocks.
 fn check_cols(label: &str, cols: usize, dtype: WeightDtype) -> Result<()> {
-    if dtype == WeightDtype::Q8 && !cols.is_multiple_of(Q8_BLOCK) {
+    let block = dtype.format().block();
+    if !cols.is_multiple_of(block) {
         return Err(Error::DtypeUnsupported {
-            dtype: "q8",
-            what: format!(
-                "rows of a multiple of {Q8_BLOCK} weights, but {label} has rows of {cols}"
-            ),
+            dtype: dtype.name(),
+            what: format!("rows of a multiple of {block} weights, but {label} has rows of {cols}"),
         });
     }
     Ok(())
 }
 
 /// Row-major rows of `cols` f32 values as the little-endian bytes of `dtype`, `row_bytes(cols)`
-/// per stored row; the first row starts a q8 row group.
-///
-/// q8: each block of 32 is quantised as [`crate::reference::quantize_q8`] does (scale =
-/// max |w| / 127, q = round(w / scale)); a row is its `cols` int8, then a scale area of texels
-/// (16 bytes, four f32) in which row `4 g + j` of group `g` holds, in texel `i`, the scales of
-/// block `4 i + j` of rows `4 g .. 4 g + 4` (zeros where there is no such block or row). The
-/// linear kernels then read one texel for the scales of the four rows an invocation computes.
-/// Rows are padded with zeros to whole groups.
+/// per stored row ([`Format::encode`](crate::gpu::format::Format::encode)); the first row
+/// starts a group. Rows are padded with zeros to whole groups.
 pub fn encode(values: &[f32], cols: usize, dtype: WeightDtype) -> Vec<u8> {
-    match dtype {
-        WeightDtype::F32 => bytemuck::cast_slice(values).to_vec(),
-        WeightDtype::F16 => {
-            let halves: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
-            bytemuck::cast_slice(&halves).to_vec()
-        }
-        WeightDtype::Q8 => {
-            let row_bytes = dtype.row_bytes(cols);
-            let rows = values.len() / cols.max(1);
-            let mut out = vec![0u8; dtype.stored_rows(rows) * row_bytes];
-            for (r, row) in values.chunks(cols).enumerate() {
-                let (g, j) = (r / Q8_GROUP * Q8_GROUP, r % Q8_GROUP);
-                for (b, block) in row.chunks(Q8_BLOCK).enumerate() {
-                    let scale = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-                    let q = &mut out[r * row_bytes + b * Q8_BLOCK..][..Q8_BLOCK];
-                    for (d, &v) in q.iter_mut().zip(block) {
-                        let x = if scale > 0.0 {
-                            (v / scale).round()
-                        } else {
-                            0.0
-                        };
-                        *d = x.clamp(-127.0, 127.0) as i8 as u8;
-                    }
-                    // Block b's scales of the group live in row g + b % 4, texel b / 4.
-                    let at = (g + b % Q8_GROUP) * row_bytes + cols + 16 * (b / Q8_GROUP) + 4 * j;
-                    out[at..at + 4].copy_from_slice(&scale.to_le_bytes());
-                }
-            }
-            out
-        }
-    }
+    dtype.format().encode(values, cols)
 }

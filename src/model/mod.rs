@@ -347,22 +347,12 @@ impl Model {
             }
             Ok(t)
         })?;
-        let fill_pipe = |f16: bool, q8: bool| {
-            let c = [("PACK_F16", f16 as u8 as f64), ("PACK_Q8", q8 as u8 as f64)];
-            kernels::pipeline(&gpu, "fill_random", None, &c)
-        };
-        let fill_f32 = fill_pipe(false, false);
-        let fill_f16 = fill_pipe(true, false);
-        let fill_q8 = fill_pipe(false, true);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for (buf, params, dtype) in &fills {
-                let pipe = match dtype {
-                    WeightDtype::F32 => &fill_f32,
-                    WeightDtype::F16 => &fill_f16,
-                    WeightDtype::Q8 => &fill_q8,
-                };
+                let code = [("WEIGHT_FORMAT", dtype.format().code() as f64)];
+                let pipe = &kernels::pipeline(&gpu, "fill_random", None, &code);
                 let bind = kernels::bind(
                     &gpu,
                     pipe,
@@ -544,8 +534,7 @@ fn folds_layer_norms(
 fn folded_row_sums(gpu: &Engine, weights: &mut Weights<GpuTensor>, zero: &wgpu::Buffer) {
     let c = weights.layers.first().map_or(0, |l| l.c_attn_w.cols);
     let key = Key::new("matmul_texture_subgroup", "gemv_texture_subgroup")
-        .with("WEIGHT_F16", (weights.wte.dtype == WeightDtype::F16) as u32)
-        .with("WEIGHT_Q8", (weights.wte.dtype == WeightDtype::Q8) as u32)
+        .with("WEIGHT_FORMAT", weights.wte.dtype.format().code())
         .layout(Layout::Linear {
             textures: true,
             extra: kernels::Extra::None,

@@ -27,10 +27,9 @@ pub(super) struct Lower<'a> {
     gain_bias: HashMap<wgpu::Buffer, wgpu::Buffer>,
 }
 
-/// The override constants of a weight's storage.
+/// The override constant of a weight's storage format (format.wgsl's WEIGHT_FORMAT).
 fn stored(key: Key, dtype: WeightDtype) -> Key {
-    key.with("WEIGHT_F16", (dtype == WeightDtype::F16) as u32)
-        .with("WEIGHT_Q8", (dtype == WeightDtype::Q8) as u32)
+    key.with("WEIGHT_FORMAT", dtype.format().code())
 }
 
 impl<'a> Lower<'a> {
