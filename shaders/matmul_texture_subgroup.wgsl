@@ -149,7 +149,7 @@ fn gemv_block_q8(kb: u32, n: u32, xs: array<vec4<f32>, 8>) -> f32 {
 
 // With NORM the input is the residual stream x and the layer norm before this layer is fused
 // in: its gain and bias were folded into the weights and bias at load (W' = W diag(gain),
-// b' = b + W bias: model/mod.rs), so out = W' (x - mean) / std + b'
+// b' = b + W bias: loader.rs's LnFold), so out = W' (x - mean) / std + b'
 // = rstd (W' x - mean rowsum(W')) + b', with rowsum(W') computed at load by this kernel itself
 // (on a row of ones) and the row's mean and variance summed by the lanes from the input vec4s
 // they load anyway. Decode then needs no layernorm dispatch before the qkv and MLP

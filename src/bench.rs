@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Model, Pick, Session};
+use crate::runtime::{Model, Pick, Session};
 use crate::{Error, Result};
 
 /// Bumped whenever a field changes meaning or disappears (adding fields keeps the version).

@@ -56,13 +56,11 @@ pub mod default_model;
 pub mod encoder;
 pub mod error;
 pub mod families;
-pub mod generate;
 pub mod gpu;
 pub mod graph;
 pub mod hub;
-pub mod model;
 pub mod plan;
-pub mod sampler;
+pub mod runtime;
 pub mod source;
 pub mod tokenizer;
 
@@ -77,14 +75,14 @@ pub use chat::{ChatTemplate, Message};
 pub use config::Config;
 pub use encoder::{Embeddings, EncoderModel};
 pub use error::{Error, Result};
-pub use generate::{
-    GenerateOptions, Generation, Generator, OwnedGenerator, StopReason, TokenEvent, generate_ids,
-};
 pub use gpu::Engine;
 pub use gpu::tensor::WeightDtype;
 pub use loader::Checkpoint;
-pub use model::{Batch, LoadOptions, Model, Pick, Progress, Session, WeightLayout};
 pub use plan::{Fusions, Rule};
-pub use sampler::Sampling;
+pub use runtime::generate::{
+    GenerateOptions, Generation, Generator, OwnedGenerator, StopReason, TokenEvent, generate_ids,
+};
+pub use runtime::sampler::Sampling;
+pub use runtime::{Batch, LoadOptions, Model, Pick, Progress, Session, WeightLayout};
 pub use source::ModelSource;
 pub use tokenizer::Tokenizer;

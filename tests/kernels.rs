@@ -536,7 +536,7 @@ fn sinusoid_table_matches_f64() {
     let h = Harness::new();
     for c in [1024usize, 36] {
         let n_ctx = 2049;
-        let got = wgpt::model::sinusoid_table(&h.gpu, n_ctx, c, 2).unwrap();
+        let got = wgpt::runtime::sinusoid_table(&h.gpu, n_ctx, c, 2).unwrap();
         let got = h.read(&got.chunks[0].buffer);
         let want = reference::sinusoid(n_ctx, c, 2);
         let d = max_abs_diff(&got, &want);

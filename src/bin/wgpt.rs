@@ -438,7 +438,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     } else {
         a.max_tokens
     };
-    wgpt::generate::check_context(prompt_ids.len(), needed, config.n_positions)?;
+    wgpt::runtime::generate::check_context(prompt_ids.len(), needed, config.n_positions)?;
     let (model, _) = load(&a.model)?;
     let mut session = Session::new(&model)?;
     session.set_top_candidates(a.top as usize);

@@ -41,8 +41,8 @@ use crate::gpu::kernels::Step;
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
 use crate::graph::Act;
 use crate::loader::{self, Checkpoint};
-use crate::model::{LoadOptions, Progress, WeightLayout};
 use crate::plan::{Bucket, Caps, Fusions, Io, KvCache, Plan, Rule};
+use crate::runtime::{LoadOptions, Progress, WeightLayout};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 

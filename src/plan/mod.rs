@@ -279,5 +279,5 @@ pub fn copy_rows_to_texture(
     tex: &wgpu::Texture,
     rows: u32,
 ) {
-    crate::model::copy_rows_to_texture(enc, buf, tex, rows, tex.width() * 16);
+    crate::runtime::copy_rows_to_texture(enc, buf, tex, rows, tex.width() * 16);
 }

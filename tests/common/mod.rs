@@ -75,7 +75,7 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// Deterministic pseudo-random values in [-scale, scale).
 pub fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut rng = wgpt::generate::SplitMix64(seed);
+    let mut rng = wgpt::runtime::generate::SplitMix64(seed);
     (0..n)
         .map(|_| (rng.next_f32() * 2.0 - 1.0) * scale)
         .collect()

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Instant;
 
-use crate::model::Session;
-use crate::sampler::Sampling;
+use crate::runtime::Session;
+use crate::runtime::sampler::Sampling;
 use crate::tokenizer::{TokenStream, Tokenizer};
 use crate::{Error, Result};
 

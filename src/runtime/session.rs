@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use crate::gpu::kernels::{self, ArgmaxParams, MAX_TOP, SampleParams, Step};
 use crate::gpu::registry::Key;
 use crate::graph::Act;
-use crate::model::Model;
 use crate::plan::{self, Bucket, Dim, Dispatch, Io, KvCache, Plan, Rule};
-use crate::sampler::Sampling;
+use crate::runtime::Model;
+use crate::runtime::sampler::Sampling;
 use crate::{Error, Result};
 
 /// How the next token is chosen from the last position's logits, on the GPU.

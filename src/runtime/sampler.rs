@@ -2,7 +2,7 @@
 //! step. The work happens on the GPU (`shaders/sample.wgsl`); the CPU twin is
 //! [`crate::reference::sample_filtered`].
 
-use crate::model::Pick;
+use crate::runtime::Pick;
 use crate::{Error, Result};
 
 /// How to choose tokens. The default is greedy.

@@ -1,9 +1,12 @@
-//! GPT-2 on the GPU: [`Model`] holds the weights and pipelines (built once at load); a
-//! [`Session`] holds one sequence's KV cache, scratch activations and bind groups, and runs steps;
-//! a [`Batch`] advances several sequences in one forward pass.
+//! The runtime: [`Model`] holds a decoder's weights on the GPU (uploaded once at load); a
+//! [`Session`] holds one sequence's KV cache, scratch activations and its plan's bind groups,
+//! and runs steps; a [`Batch`] advances several sequences in one forward pass; [`generate`]
+//! streams tokens from a session, and [`sampler`] holds the sampling settings.
 
 mod batch;
 mod capture;
+pub mod generate;
+pub mod sampler;
 mod session;
 
 pub use batch::Batch;

@@ -4,9 +4,9 @@
 
 use crate::gpu::kernels::{self, ArgmaxParams, MAX_BATCH, Step};
 use crate::gpu::registry::Key;
-use crate::model::Model;
-use crate::model::session::{Pick, Section, Session};
 use crate::plan::{Dim, Dispatch};
+use crate::runtime::Model;
+use crate::runtime::session::{Pick, Section, Session};
 use crate::{Error, Result};
 
 /// B sequences on one model, decoded together (greedy). Prefill each with
