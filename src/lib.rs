@@ -12,6 +12,8 @@
 //!                                   ln_f(x[last]) @ wteᵀ ─> logits (V) ─ argmax / sample ─> id
 //! ```
 //!
+//! That is GPT-2's block; the Llama family's reads `x += o_proj(attention(rope(qkv(rms_norm(x)))));
+//! x += down(silu(gate(h)) * up(h)), h = rms_norm(x)`, with fewer key heads than query heads.
 //! Each model family is described once in model terms ([`families`], as a [`graph`]); one
 //! planner ([`plan`]) lowers it to kernels for the adapter, with every fusion a named rule that
 //! can be switched off ([`Fusions`], `WGPT_FUSE`). See `docs/ARCHITECTURE.md`.
