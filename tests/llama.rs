@@ -427,3 +427,82 @@ fn bench_shapes_run() {
         }
     }
 }
+
+/// A copy of fixture `name` in a temporary folder, for breaking one file of it.
+fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(fixture(name)).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+    }
+    tmp
+}
+
+/// `wgpt args...` fails with exit code 1, no panic, and every needle in its stderr.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = wgpt_cmd().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {n:?} not in {err}");
+    }
+}
+
+/// Bad Llama-family folders and chat templates: one clear error naming the file or tensor.
+#[test]
+fn bad_llama_folders_and_templates() {
+    // A template that raises, one that does not parse, tokenizer_config.json that is not JSON.
+    let tmp = copy_fixture("qwen2-tiny");
+    let d = tmp.path().to_str().unwrap().to_string();
+    let chat = ["generate", "--model", &d, "--chat", "--prompt", "hi"];
+    let config = |template: &str| {
+        let v = serde_json::json!({"chat_template": template, "eos_token": "<|im_end|>"});
+        std::fs::write(tmp.path().join("tokenizer_config.json"), v.to_string()).unwrap();
+    };
+    config("{{ raise_exception('System role not supported') }}");
+    fails_with(
+        &chat,
+        &["tokenizer_config.json", "System role not supported"],
+    );
+    config("{% for m in messages %}");
+    fails_with(&chat, &["tokenizer_config.json", "chat template"]);
+    std::fs::write(
+        tmp.path().join("tokenizer_config.json"),
+        "{\"chat_template\": ",
+    )
+    .unwrap();
+    fails_with(&chat, &["tokenizer_config.json"]);
+
+    // A key projection of the wrong shape (config.json says 2 KV heads, the weights 4).
+    let tmp = copy_fixture("llama-gqa");
+    let d = tmp.path().to_str().unwrap().to_string();
+    let config = std::fs::read_to_string(tmp.path().join("config.json")).unwrap();
+    let wrong = config.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 4");
+    std::fs::write(tmp.path().join("config.json"), wrong).unwrap();
+    let generate = ["generate", "--model", &d, "--prompt", "hi", "-n", "2"];
+    fails_with(&generate, &["layers.0.self_attn.k_proj.weight", "shape"]);
+    // Rotary scaling wgpt does not compute.
+    let yarn = config.replace(
+        "\"rope_type\": \"default\"",
+        "\"rope_type\": \"yarn\", \"factor\": 4.0",
+    );
+    std::fs::write(tmp.path().join("config.json"), yarn).unwrap();
+    fails_with(&generate, &["config.json", "yarn"]);
+    // A missing tensor names itself.
+    std::fs::write(tmp.path().join("config.json"), &config).unwrap();
+    let st = tmp.path().join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+    let renamed = header.replace(
+        "model.layers.1.mlp.up_proj.weight",
+        "model.layers.1.mlp.upp_proj.weight",
+    );
+    assert_eq!(renamed.len(), header.len() + 1);
+    let mut out = ((n + 1) as u64).to_le_bytes().to_vec();
+    out.extend(renamed.as_bytes());
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(&st, out).unwrap();
+    fails_with(&generate, &["layers.1.mlp.up_proj.weight", "missing"]);
+}
