@@ -83,6 +83,15 @@ pub enum Error {
         msg: String,
     },
 
+    /// A GGUF file is malformed, truncated or holds what wgpt does not read.
+    #[error("{path}: {msg}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        msg: String,
+    },
+
     /// A chat template does not parse, or fails while rendering (its own `raise_exception`
     /// included).
     #[error("{path}: chat template: {msg}")]

@@ -10,7 +10,25 @@ use crate::loader::{self, Checkpoint};
 use crate::tokenizer::Tokenizer;
 
 /// The fuzz targets, by name: the folders under `fuzz/corpus/` and `fuzz/regressions/`.
-pub const TARGETS: &[&str] = &["config", "checkpoint", "index", "tokenizer", "prompt"];
+pub const TARGETS: &[&str] = &[
+    "config",
+    "checkpoint",
+    "index",
+    "tokenizer",
+    "prompt",
+    "gguf",
+];
+
+/// A GGUF file: the header, metadata and tensor table, then every tensor's bytes.
+pub fn gguf(data: &[u8]) {
+    let Ok(g) = crate::gguf::Gguf::from_bytes(data.to_vec(), Path::new("model.gguf")) else {
+        return;
+    };
+    let _ = g.type_histogram();
+    for t in &g.tensors {
+        assert_eq!(g.tensor_bytes(t).len() as u64, t.bytes, "{}", t.name);
+    }
+}
 
 /// `config.json` as a decoder's and as an encoder's config.
 pub fn config(data: &[u8]) {

@@ -66,9 +66,9 @@ pub mod runtime;
 pub mod source;
 pub mod tokenizer;
 
-// The checkpoint reader and the CPU twins; the fuzz entry points exist only for the fuzz
+// The checkpoint readers (safetensors, GGUF) and the CPU twins; the fuzz entry points exist only for the fuzz
 // targets and their corpus replay.
-internal_mods!(loader, reference);
+internal_mods!(gguf, loader, reference);
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod fuzz;

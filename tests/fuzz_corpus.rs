@@ -44,6 +44,7 @@ fn corpus_and_regressions_replay_without_panics() {
                 "index" => wgpt::fuzz::index(data),
                 "tokenizer" => wgpt::fuzz::tokenizer(data),
                 "prompt" => wgpt::fuzz::prompt(&tok, data),
+                "gguf" => wgpt::fuzz::gguf(data),
                 other => panic!("no replay for fuzz target {other}"),
             };
             let t0 = std::time::Instant::now();

