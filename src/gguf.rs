@@ -98,37 +98,192 @@ pub struct TensorType {
 
 /// ggml's tensor types (ggml.h `ggml_type`, with their block sizes from ggml-common.h).
 pub const TENSOR_TYPES: &[TensorType] = &[
-    TensorType { id: 0, name: "F32", block: 1, bytes: 4 },
-    TensorType { id: 1, name: "F16", block: 1, bytes: 2 },
-    TensorType { id: 2, name: "Q4_0", block: 32, bytes: 18 },
-    TensorType { id: 3, name: "Q4_1", block: 32, bytes: 20 },
-    TensorType { id: 6, name: "Q5_0", block: 32, bytes: 22 },
-    TensorType { id: 7, name: "Q5_1", block: 32, bytes: 24 },
-    TensorType { id: 8, name: "Q8_0", block: 32, bytes: 34 },
-    TensorType { id: 9, name: "Q8_1", block: 32, bytes: 36 },
-    TensorType { id: 10, name: "Q2_K", block: 256, bytes: 84 },
-    TensorType { id: 11, name: "Q3_K", block: 256, bytes: 110 },
-    TensorType { id: 12, name: "Q4_K", block: 256, bytes: 144 },
-    TensorType { id: 13, name: "Q5_K", block: 256, bytes: 176 },
-    TensorType { id: 14, name: "Q6_K", block: 256, bytes: 210 },
-    TensorType { id: 15, name: "Q8_K", block: 256, bytes: 292 },
-    TensorType { id: 16, name: "IQ2_XXS", block: 256, bytes: 66 },
-    TensorType { id: 17, name: "IQ2_XS", block: 256, bytes: 74 },
-    TensorType { id: 18, name: "IQ3_XXS", block: 256, bytes: 98 },
-    TensorType { id: 19, name: "IQ1_S", block: 256, bytes: 50 },
-    TensorType { id: 20, name: "IQ4_NL", block: 32, bytes: 18 },
-    TensorType { id: 21, name: "IQ3_S", block: 256, bytes: 110 },
-    TensorType { id: 22, name: "IQ2_S", block: 256, bytes: 82 },
-    TensorType { id: 23, name: "IQ4_XS", block: 256, bytes: 136 },
-    TensorType { id: 24, name: "I8", block: 1, bytes: 1 },
-    TensorType { id: 25, name: "I16", block: 1, bytes: 2 },
-    TensorType { id: 26, name: "I32", block: 1, bytes: 4 },
-    TensorType { id: 27, name: "I64", block: 1, bytes: 8 },
-    TensorType { id: 28, name: "F64", block: 1, bytes: 8 },
-    TensorType { id: 29, name: "IQ1_M", block: 256, bytes: 56 },
-    TensorType { id: 30, name: "BF16", block: 1, bytes: 2 },
-    TensorType { id: 34, name: "TQ1_0", block: 256, bytes: 54 },
-    TensorType { id: 35, name: "TQ2_0", block: 256, bytes: 66 },
+    TensorType {
+        id: 0,
+        name: "F32",
+        block: 1,
+        bytes: 4,
+    },
+    TensorType {
+        id: 1,
+        name: "F16",
+        block: 1,
+        bytes: 2,
+    },
+    TensorType {
+        id: 2,
+        name: "Q4_0",
+        block: 32,
+        bytes: 18,
+    },
+    TensorType {
+        id: 3,
+        name: "Q4_1",
+        block: 32,
+        bytes: 20,
+    },
+    TensorType {
+        id: 6,
+        name: "Q5_0",
+        block: 32,
+        bytes: 22,
+    },
+    TensorType {
+        id: 7,
+        name: "Q5_1",
+        block: 32,
+        bytes: 24,
+    },
+    TensorType {
+        id: 8,
+        name: "Q8_0",
+        block: 32,
+        bytes: 34,
+    },
+    TensorType {
+        id: 9,
+        name: "Q8_1",
+        block: 32,
+        bytes: 36,
+    },
+    TensorType {
+        id: 10,
+        name: "Q2_K",
+        block: 256,
+        bytes: 84,
+    },
+    TensorType {
+        id: 11,
+        name: "Q3_K",
+        block: 256,
+        bytes: 110,
+    },
+    TensorType {
+        id: 12,
+        name: "Q4_K",
+        block: 256,
+        bytes: 144,
+    },
+    TensorType {
+        id: 13,
+        name: "Q5_K",
+        block: 256,
+        bytes: 176,
+    },
+    TensorType {
+        id: 14,
+        name: "Q6_K",
+        block: 256,
+        bytes: 210,
+    },
+    TensorType {
+        id: 15,
+        name: "Q8_K",
+        block: 256,
+        bytes: 292,
+    },
+    TensorType {
+        id: 16,
+        name: "IQ2_XXS",
+        block: 256,
+        bytes: 66,
+    },
+    TensorType {
+        id: 17,
+        name: "IQ2_XS",
+        block: 256,
+        bytes: 74,
+    },
+    TensorType {
+        id: 18,
+        name: "IQ3_XXS",
+        block: 256,
+        bytes: 98,
+    },
+    TensorType {
+        id: 19,
+        name: "IQ1_S",
+        block: 256,
+        bytes: 50,
+    },
+    TensorType {
+        id: 20,
+        name: "IQ4_NL",
+        block: 32,
+        bytes: 18,
+    },
+    TensorType {
+        id: 21,
+        name: "IQ3_S",
+        block: 256,
+        bytes: 110,
+    },
+    TensorType {
+        id: 22,
+        name: "IQ2_S",
+        block: 256,
+        bytes: 82,
+    },
+    TensorType {
+        id: 23,
+        name: "IQ4_XS",
+        block: 256,
+        bytes: 136,
+    },
+    TensorType {
+        id: 24,
+        name: "I8",
+        block: 1,
+        bytes: 1,
+    },
+    TensorType {
+        id: 25,
+        name: "I16",
+        block: 1,
+        bytes: 2,
+    },
+    TensorType {
+        id: 26,
+        name: "I32",
+        block: 1,
+        bytes: 4,
+    },
+    TensorType {
+        id: 27,
+        name: "I64",
+        block: 1,
+        bytes: 8,
+    },
+    TensorType {
+        id: 28,
+        name: "F64",
+        block: 1,
+        bytes: 8,
+    },
+    TensorType {
+        id: 29,
+        name: "IQ1_M",
+        block: 256,
+        bytes: 56,
+    },
+    TensorType {
+        id: 30,
+        name: "BF16",
+        block: 1,
+        bytes: 2,
+    },
+    TensorType {
+        id: 34,
+        name: "TQ1_0",
+        block: 256,
+        bytes: 54,
+    },
+    TensorType {
+        id: 35,
+        name: "TQ2_0",
+        block: 256,
+        bytes: 66,
+    },
 ];
 
 /// One tensor of the table.
@@ -191,13 +346,19 @@ impl Gguf {
     }
 
     fn parse(path: &Path, bytes: Shard) -> Result<Gguf> {
-        let mut r = Reader { path, bytes: &bytes, at: 0 };
+        let mut r = Reader {
+            path,
+            bytes: &bytes,
+            at: 0,
+        };
         if r.take(4)? != MAGIC {
             return Err(r.bad("is not a GGUF file (no \"GGUF\" magic)".into()));
         }
         let version = r.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(r.bad(format!("is GGUF version {version}; wgpt reads versions 2 and 3")));
+            return Err(r.bad(format!(
+                "is GGUF version {version}; wgpt reads versions 2 and 3"
+            )));
         }
         let n_tensors = r.count("tensor count", 8 + 4 + 8 + 4 + 8)?;
         let n_kv = r.count("metadata count", 8 + 4 + 1)?;
@@ -240,7 +401,10 @@ impl Gguf {
         let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
             if !t.offset.is_multiple_of(alignment) {
-                let msg = format!("tensor {:?} starts at {}, not a multiple of the alignment {alignment}", t.name, t.offset);
+                let msg = format!(
+                    "tensor {:?} starts at {}, not a multiple of the alignment {alignment}",
+                    t.name, t.offset
+                );
                 return Err(self.bad(msg));
             }
             match t.offset.checked_add(t.bytes) {
@@ -289,7 +453,9 @@ impl Gguf {
     /// The stored bytes of `t` (one of this file's tensors: checked against the file at parse).
     pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
         let start = (self.data_start + t.offset) as usize;
-        self.bytes.get(start..start + t.bytes as usize).unwrap_or_default()
+        self.bytes
+            .get(start..start + t.bytes as usize)
+            .unwrap_or_default()
     }
 
     /// How many tensors of each type the file holds, by type name.
@@ -322,7 +488,11 @@ impl Reader<'_> {
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8]> {
-        let Some(s) = self.at.checked_add(n).and_then(|end| self.bytes.get(self.at..end)) else {
+        let Some(s) = self
+            .at
+            .checked_add(n)
+            .and_then(|end| self.bytes.get(self.at..end))
+        else {
             return Err(self.bad(format!(
                 "ends at byte {} while {n} more bytes were expected at {}; the file is truncated",
                 self.bytes.len(),
@@ -362,7 +532,8 @@ impl Reader<'_> {
     fn string(&mut self) -> Result<String> {
         let n = self.count("string length", 1)?;
         let s = self.take(n)?;
-        String::from_utf8(s.to_vec()).map_err(|_| self.bad("holds a string that is not UTF-8".into()))
+        String::from_utf8(s.to_vec())
+            .map_err(|_| self.bad("holds a string that is not UTF-8".into()))
     }
 
     fn value(&mut self, ty: u32, depth: usize) -> Result<Value> {
@@ -394,7 +565,9 @@ impl Reader<'_> {
             11 => Value::I64(i64::from_le_bytes(self.array()?)),
             12 => Value::F64(f64::from_le_bytes(self.array()?)),
             9 => return Err(self.bad("nests arrays deeper than any GGUF writer does".into())),
-            other => return Err(self.bad(format!("holds a metadata value of unknown type {other}"))),
+            other => {
+                return Err(self.bad(format!("holds a metadata value of unknown type {other}")));
+            }
         })
     }
 
@@ -402,7 +575,9 @@ impl Reader<'_> {
         let name = self.string()?;
         let n_dims = self.u32()? as usize;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(self.bad(format!("tensor {name:?} has {n_dims} dimensions (1 to {MAX_DIMS})")));
+            return Err(self.bad(format!(
+                "tensor {name:?} has {n_dims} dimensions (1 to {MAX_DIMS})"
+            )));
         }
         let mut dims = Vec::with_capacity(n_dims);
         for _ in 0..n_dims {
@@ -425,7 +600,11 @@ impl Reader<'_> {
                     ty.name, dims[0], ty.block
                 )));
             }
-            None => return Err(self.bad(format!("tensor {name:?} has dimensions {dims:?} whose product overflows"))),
+            None => {
+                return Err(self.bad(format!(
+                    "tensor {name:?} has dimensions {dims:?} whose product overflows"
+                )));
+            }
         };
         Ok(TensorInfo {
             name,

@@ -58,6 +58,7 @@ pub mod default_model;
 pub mod encoder;
 pub mod error;
 pub mod families;
+pub mod gguf;
 pub mod gpu;
 pub mod graph;
 pub mod hub;
@@ -66,9 +67,9 @@ pub mod runtime;
 pub mod source;
 pub mod tokenizer;
 
-// The checkpoint readers (safetensors, GGUF) and the CPU twins; the fuzz entry points exist only for the fuzz
+// The checkpoint reader and the CPU twins; the fuzz entry points exist only for the fuzz
 // targets and their corpus replay.
-internal_mods!(gguf, loader, reference);
+internal_mods!(loader, reference);
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod fuzz;

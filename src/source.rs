@@ -33,6 +33,18 @@ impl ModelSource {
     /// A decoder folder (or a hub id, `ORG/NAME`, resolved in the local Hugging Face cache:
     /// [`crate::hub`]), refused with a clear message when it is missing or holds an encoder.
     pub fn dir(dir: &Path) -> Result<Self> {
+        if dir.is_file()
+            && dir
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Err(Error::Input(format!(
+                "{} is a GGUF file: wgpt reads its metadata (`wgpt info --model FILE.gguf`) but \
+                 does not run GGUF weights yet; use the model's Hugging Face folder (config.json, \
+                 model.safetensors, tokenizer.json)",
+                dir.display()
+            )));
+        }
         let dir = &crate::hub::model_dir(dir)?;
         if !dir.is_dir() {
             return Err(Error::io(

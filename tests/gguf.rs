@@ -354,3 +354,41 @@ fn reads_a_real_smollm2_file() {
         "{sum} of {data}"
     );
 }
+
+/// `wgpt info --model FILE.gguf` reads the metadata; commands that would run the weights say
+/// they cannot yet, naming the file and what to use instead.
+#[test]
+fn cli_reads_gguf_metadata() {
+    let path = smollm2_gguf();
+    let wgpt = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wgpt"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = wgpt(&["info", "--model", path.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for part in [
+        "architecture llama",
+        "30 layers, C = 576, n_inner = 1536, 9 heads / 3 KV heads",
+        "context      8192",
+        "272 tensors: F32 x61, Q4_1 x210, Q8_0 x1",
+        "chat         yes",
+    ] {
+        assert!(out.contains(part), "{part:?} not in {out}");
+    }
+    let o = wgpt(&[
+        "generate",
+        "--model",
+        path.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is a GGUF file") && err.contains("Hugging Face folder"),
+        "{err}"
+    );
+}

@@ -598,19 +598,88 @@ fn logits(a: LogitsArgs) -> Result<()> {
 }
 
 fn info(a: InfoArgs) -> Result<()> {
-    if let Some(dir) = &a.model {
-        let source = ModelSource::dir(dir)?;
-        let cfg = source.config()?;
-        println!("model {}", dir.display());
-        for (aspect, choice) in cfg.choices() {
-            println!("    {aspect:<12} {choice}");
+    match &a.model {
+        Some(file)
+            if file
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf")) =>
+        {
+            gguf_info(file)?
         }
-        let template = match source.chat_template()? {
-            Some(_) => "yes (wgpt chat and generate --chat render it)",
-            None => "none (text continuation)",
-        };
-        println!("    {:<12} {template}", "chat");
+        Some(dir) => model_info(dir)?,
+        None => {}
     }
+    adapters_info(a.adapter.as_deref())
+}
+
+/// `wgpt info --model FILE.gguf`: the architecture, its sizes, the tensor types, the context and
+/// whether a chat template is present, from the metadata.
+fn gguf_info(file: &std::path::Path) -> Result<()> {
+    use wgpt::gguf::{Gguf, Value};
+    let g = Gguf::open(file)?;
+    let arch = g
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .unwrap_or("(none)");
+    let num = |k: &str| match g.get(&format!("{arch}.{k}")).and_then(Value::as_f64) {
+        Some(v) => v.to_string(),
+        None => "-".into(),
+    };
+    println!("model {} (GGUF v{})", file.display(), g.version);
+    let name = g.get("general.name").and_then(Value::as_str).unwrap_or("-");
+    println!("    {:<12} {arch} ({name})", "architecture");
+    println!(
+        "    {:<12} {} layers, C = {}, n_inner = {}, {} heads / {} KV heads",
+        "size",
+        num("block_count"),
+        num("embedding_length"),
+        num("feed_forward_length"),
+        num("attention.head_count"),
+        num("attention.head_count_kv"),
+    );
+    println!("    {:<12} {}", "context", num("context_length"));
+    println!(
+        "    {:<12} rope theta {}, rms eps {}",
+        "positions",
+        num("rope.freq_base"),
+        num("attention.layer_norm_rms_epsilon")
+    );
+    let types: Vec<String> = (g.type_histogram().iter())
+        .map(|(t, n)| format!("{t} x{n}"))
+        .collect();
+    println!(
+        "    {:<12} {} tensors: {}",
+        "tensors",
+        g.tensors.len(),
+        types.join(", ")
+    );
+    let template = g.get("tokenizer.chat_template").is_some();
+    println!(
+        "    {:<12} {}",
+        "chat",
+        if template { "yes" } else { "none" }
+    );
+    Ok(())
+}
+
+/// `wgpt info --model DIR`: the family's choices, from config.json.
+fn model_info(dir: &std::path::Path) -> Result<()> {
+    let source = ModelSource::dir(dir)?;
+    let cfg = source.config()?;
+    println!("model {}", dir.display());
+    for (aspect, choice) in cfg.choices() {
+        println!("    {aspect:<12} {choice}");
+    }
+    let template = match source.chat_template()? {
+        Some(_) => "yes (wgpt chat and generate --chat render it)",
+        None => "none (text continuation)",
+    };
+    println!("    {:<12} {template}", "chat");
+    Ok(())
+}
+
+/// The adapters wgpu finds (or the one `adapter` names), with their limits and features.
+fn adapters_info(adapter: Option<&str>) -> Result<()> {
     let all = wgpt::gpu::adapters();
     if all.is_empty() {
         return Err(wgpt::Error::NoAdapter {
@@ -618,7 +687,7 @@ fn info(a: InfoArgs) -> Result<()> {
         }
         .into());
     }
-    let wanted = a.adapter.as_deref().map(str::to_lowercase);
+    let wanted = adapter.map(str::to_lowercase);
     let mut shown = 0;
     for ad in &all {
         if let Some(w) = &wanted {
@@ -668,7 +737,7 @@ fn info(a: InfoArgs) -> Result<()> {
             .map(|a| format!("{}: {}", a.index, a.info.name))
             .collect();
         return Err(wgpt::Error::AdapterNotFound {
-            wanted: a.adapter.unwrap_or_default(),
+            wanted: adapter.unwrap_or_default().to_string(),
             available: names.join("; "),
         }
         .into());
