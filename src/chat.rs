@@ -135,6 +135,31 @@ impl ChatTemplate {
         Ok(Some(template))
     }
 
+    /// A GGUF file's template (`tokenizer.chat_template`), with the BOS and EOS tokens its
+    /// metadata names; `None` when it has none.
+    pub fn from_gguf(g: &crate::gguf::Gguf) -> Result<Option<ChatTemplate>> {
+        use crate::gguf::Value;
+        let Some(source) = g.get("tokenizer.chat_template").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let tokens = match g.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(t)) => t.as_slice(),
+            _ => &[],
+        };
+        let token = |key: &str| {
+            let id = g.get(key).and_then(Value::as_u64)?;
+            tokens.get(id as usize)?.as_str().map(str::to_string)
+        };
+        let template = ChatTemplate {
+            source: source.to_string(),
+            bos_token: token("tokenizer.ggml.bos_token_id").unwrap_or_default(),
+            eos_token: token("tokenizer.ggml.eos_token_id").unwrap_or_default(),
+            path: g.path().to_path_buf(),
+        };
+        template.environment()?;
+        Ok(Some(template))
+    }
+
     /// A template from its source text and special tokens.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
         let template = ChatTemplate {

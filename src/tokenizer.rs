@@ -33,6 +33,11 @@ impl Tokenizer {
         Self::parse(&bytes, path)
     }
 
+    /// A GGUF file's tokenizer, from its metadata ([`crate::gguf::Gguf::tokenizer_json`]).
+    pub fn from_gguf(g: &crate::gguf::Gguf) -> Result<Self> {
+        Self::parse(g.tokenizer_json()?.as_bytes(), g.path())
+    }
+
     /// Parses the contents of a `tokenizer.json` already in memory.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         Self::parse(bytes, Path::new("<memory>"))

@@ -392,3 +392,94 @@ fn cli_reads_gguf_metadata() {
         "{err}"
     );
 }
+
+/// SmolLM2's tokenizer built from the GGUF metadata gives transformers' ids (its GGUF loader's
+/// tokenizer, `tests/fixtures/gguf/make_token_cases.py`) on emoji, CJK, code, whitespace runs,
+/// contractions and control tokens in the text, and decodes back to the text.
+#[test]
+fn tokenizer_from_gguf_metadata_matches_transformers() {
+    let g = Gguf::open(&smollm2_gguf()).unwrap();
+    let tok = wgpt::Tokenizer::from_gguf(&g).unwrap();
+    assert_eq!(tok.vocab_size(), 49152);
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("gguf/smollm2_tokens.json")).unwrap(),
+    )
+    .unwrap();
+    for case in cases["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(ids, want, "{text:?}");
+        assert_eq!(tok.decode(&ids).unwrap(), text, "{text:?}");
+    }
+    assert_eq!(tok.token_id("<|im_end|>"), Some(2));
+}
+
+/// Tokenizers wgpt does not build are refused by name.
+#[test]
+fn unknown_tokenizers_are_refused_by_name() {
+    let s = |v: &str| {
+        let mut b = Vec::new();
+        string(&mut b, v.as_bytes());
+        b
+    };
+    let mut w = Writer::new(32);
+    w.kv("tokenizer.ggml.model", 8, &s("llama"));
+    let err = parse(w.bytes())
+        .unwrap()
+        .tokenizer_json()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("bad.gguf: ") && err.contains("\"llama\""),
+        "{err}"
+    );
+    let mut tokens = 8u32.to_le_bytes().to_vec();
+    tokens.extend(1u64.to_le_bytes());
+    string(&mut tokens, b"a");
+    let mut merges = 8u32.to_le_bytes().to_vec();
+    merges.extend(0u64.to_le_bytes());
+    let mut w = Writer::new(32);
+    w.kv("tokenizer.ggml.model", 8, &s("gpt2"))
+        .kv("tokenizer.ggml.pre", 8, &s("chameleon"))
+        .kv("tokenizer.ggml.tokens", 9, &tokens)
+        .kv("tokenizer.ggml.merges", 9, &merges);
+    let err = parse(w.bytes())
+        .unwrap()
+        .tokenizer_json()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"chameleon\""), "{err}");
+    let mut w = Writer::new(32);
+    w.kv("tokenizer.ggml.model", 8, &s("gpt2"));
+    let err = parse(w.bytes())
+        .unwrap()
+        .tokenizer_json()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tokenizer.ggml.tokens"), "{err}");
+}
+
+/// The chat template in the GGUF's metadata renders as transformers renders it, and its ids
+/// (from the tokenizer built from the same metadata) are transformers'.
+#[test]
+fn chat_template_from_gguf_metadata_matches_transformers() {
+    let g = Gguf::open(&smollm2_gguf()).unwrap();
+    let tok = wgpt::Tokenizer::from_gguf(&g).unwrap();
+    let template = wgpt::ChatTemplate::from_gguf(&g)
+        .unwrap()
+        .expect("a template");
+    assert_eq!(template.eos_token, "<|im_end|>");
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("gguf/smollm2_tokens.json")).unwrap(),
+    )
+    .unwrap();
+    for chat in cases["chats"].as_array().unwrap() {
+        let messages: Vec<wgpt::Message> =
+            serde_json::from_value(chat["messages"].clone()).unwrap();
+        let text = template.render(&messages, true).unwrap();
+        assert_eq!(text, chat["text"].as_str().unwrap());
+        let want: Vec<u32> = serde_json::from_value(chat["ids"].clone()).unwrap();
+        assert_eq!(tok.encode_plain(&text).unwrap(), want);
+    }
+}
