@@ -370,9 +370,10 @@ fn cli_reads_gguf_metadata() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for part in [
-        "architecture llama",
-        "30 layers, C = 576, n_inner = 1536, 9 heads / 3 KV heads",
-        "context      8192",
+        "family       llama",
+        "30 layers, C = 576, n_inner = 1536, V = 49152, context 8192",
+        "grouped-query: 9 query heads of 64 in 3 groups of 3",
+        "rotary (theta 100000)",
         "272 tensors: F32 x61, Q4_1 x210, Q8_0 x1",
         "chat         yes",
     ] {
@@ -389,6 +390,36 @@ fn cli_reads_gguf_metadata() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains("is a GGUF file") && err.contains("Hugging Face folder"),
+        "{err}"
+    );
+}
+
+/// SmolLM2's hyper-parameters from its `llama.*` keys: those of its config.json.
+#[test]
+fn config_from_gguf_metadata() {
+    let g = Gguf::open(&smollm2_gguf()).unwrap();
+    let c = g.config().unwrap();
+    assert_eq!(c.model_type(), "llama");
+    assert_eq!(
+        (c.n_layer, c.n_embd, c.n_inner, c.vocab_size),
+        (30, 576, 1536, 49152)
+    );
+    assert_eq!(
+        (c.n_head, c.n_kv_head, c.head_dim, c.n_positions),
+        (9, 3, 64, 8192)
+    );
+    assert_eq!(c.rope.as_ref().unwrap().theta, 100000.0);
+    assert!((c.layer_norm_epsilon - 1e-5).abs() < 1e-9);
+    assert!(c.tie_word_embeddings && c.gated);
+    assert_eq!(c.eos_token_ids, [2]);
+    // Architectures wgpt does not run are refused by name.
+    let mut s = Vec::new();
+    string(&mut s, b"mamba");
+    let mut w = Writer::new(32);
+    w.kv("general.architecture", 8, &s);
+    let err = parse(w.bytes()).unwrap().config().unwrap_err().to_string();
+    assert!(
+        err.contains("\"mamba\"") && err.contains("llama, qwen2 and gpt2"),
         "{err}"
     );
 }

@@ -612,38 +612,21 @@ fn info(a: InfoArgs) -> Result<()> {
     adapters_info(a.adapter.as_deref())
 }
 
-/// `wgpt info --model FILE.gguf`: the architecture, its sizes, the tensor types, the context and
-/// whether a chat template is present, from the metadata.
+/// `wgpt info --model FILE.gguf`: the family's choices as for a folder (from the `<arch>.*`
+/// metadata), the histogram of tensor types, and whether a chat template is present.
 fn gguf_info(file: &std::path::Path) -> Result<()> {
     use wgpt::gguf::{Gguf, Value};
     let g = Gguf::open(file)?;
-    let arch = g
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .unwrap_or("(none)");
-    let num = |k: &str| match g.get(&format!("{arch}.{k}")).and_then(Value::as_f64) {
-        Some(v) => v.to_string(),
-        None => "-".into(),
-    };
-    println!("model {} (GGUF v{})", file.display(), g.version);
     let name = g.get("general.name").and_then(Value::as_str).unwrap_or("-");
-    println!("    {:<12} {arch} ({name})", "architecture");
-    println!(
-        "    {:<12} {} layers, C = {}, n_inner = {}, {} heads / {} KV heads",
-        "size",
-        num("block_count"),
-        num("embedding_length"),
-        num("feed_forward_length"),
-        num("attention.head_count"),
-        num("attention.head_count_kv"),
-    );
-    println!("    {:<12} {}", "context", num("context_length"));
-    println!(
-        "    {:<12} rope theta {}, rms eps {}",
-        "positions",
-        num("rope.freq_base"),
-        num("attention.layer_norm_rms_epsilon")
-    );
+    println!("model {} (GGUF v{}, {name})", file.display(), g.version);
+    match g.config() {
+        Ok(cfg) => {
+            for (aspect, choice) in cfg.choices() {
+                println!("    {aspect:<12} {choice}");
+            }
+        }
+        Err(e) => println!("    {:<12} {e}", "config"),
+    }
     let types: Vec<String> = (g.type_histogram().iter())
         .map(|(t, n)| format!("{t} x{n}"))
         .collect();
