@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use crate::loader::Shard;
+
 use crate::{Error, Result};
 
 /// The first four bytes of every GGUF file.
@@ -313,21 +315,6 @@ pub struct Gguf {
     pub tensors: Vec<TensorInfo>,
     /// Where the data section starts in the file.
     pub data_start: u64,
-}
-
-enum Shard {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for Shard {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Shard::Mapped(m) => m,
-            Shard::Owned(v) => v,
-        }
-    }
 }
 
 impl Gguf {

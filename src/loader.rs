@@ -39,7 +39,7 @@ struct Entry {
 
 /// One shard's bytes: a read-only mapping of its file, a buffer handed in
 /// ([`Checkpoint::from_bytes`]), or bytes embedded in the binary ([`Checkpoint::from_static`]).
-enum Shard {
+pub(crate) enum Shard {
     Mapped(Mmap),
     Owned(Vec<u8>),
     Static(&'static [u8]),
