@@ -514,3 +514,45 @@ fn chat_template_from_gguf_metadata_matches_transformers() {
         assert_eq!(tok.encode_plain(&text).unwrap(), want);
     }
 }
+
+/// Every block format wgpt reads, dequantised as ggml does: gguf-py's `quants.dequantize` of
+/// the same blocks (`tests/fixtures/gguf/make_quant_cases.py`), 1024 values a type.
+#[test]
+fn block_formats_dequantize_as_ggml() {
+    let g = Gguf::open(&common::fixture("gguf/quants.gguf")).unwrap();
+    for ty in [
+        "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
+    ] {
+        let t = g.tensor(ty).unwrap();
+        assert_eq!(t.ty.name, ty);
+        let got = g.dequantize(t).unwrap();
+        let want = g
+            .dequantize(g.tensor(&format!("{ty}.expected")).unwrap())
+            .unwrap();
+        assert_eq!(got.len(), 1024, "{ty}");
+        // The same f32 products and sums as ggml's (and numpy's), in the same order: exact.
+        println!(
+            "{ty}: max |wgpt - ggml| = {:e}",
+            common::max_abs_diff(&got, &want)
+        );
+        assert_eq!(got, want, "{ty}");
+    }
+    // A type wgpt does not read is refused, naming it and the tensor.
+    let mut w = Writer::new(32);
+    w.tensor("blk.0.ffn_up.weight", &[256], 10, &[0; 84], None);
+    let g2 = parse(w.bytes()).unwrap();
+    let err = g2.dequantize(&g2.tensors[0]).unwrap_err().to_string();
+    assert!(
+        err.contains("Q2_K") && err.contains("blk.0.ffn_up.weight"),
+        "{err}"
+    );
+    // SmolLM2's own blocks (Q4_1 matrices, a Q8_0 embedding) dequantise to finite values.
+    let real = Gguf::open(&smollm2_gguf()).unwrap();
+    for name in ["blk.0.attn_q.weight", "token_embd.weight"] {
+        let v = real.dequantize(real.tensor(name).unwrap()).unwrap();
+        assert!(
+            v.iter().all(|x| x.is_finite()) && v.iter().any(|&x| x != 0.0),
+            "{name}"
+        );
+    }
+}
