@@ -676,14 +676,15 @@ impl Gguf {
                     "rstrip": false, "normalized": false, "special": *ty == TOKEN_CONTROL})
             })
             .collect();
+        // The byte-level step splits by GPT-2's regex itself unless a split replaced it
+        // (smollm's digit split comes before GPT-2's regex, not instead of it).
         let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
-            "trim_offsets": true, "use_regex": split.is_none()});
+            "trim_offsets": true, "use_regex": split.is_none() || pre == "smollm"});
         let pre_tokenizer = match split {
-            None => byte_level.clone(),
+            None => byte_level,
             Some(regex) => serde_json::json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-                if pre == "smollm" { serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
-                    "trim_offsets": true, "use_regex": true}) } else { byte_level.clone() },
+                byte_level,
             ]}),
         };
         let bos = self

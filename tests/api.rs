@@ -32,15 +32,7 @@ fn continue_greedy(s: &mut Session, prompt: &[u32], n: usize) -> Vec<u32> {
 /// hands them to wgpt, and generates the tokens transformers gives.
 #[test]
 fn app_owned_device_generates() {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
-        .expect("no GPU adapter: install mesa-vulkan-drivers for lavapipe");
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: wgpt::gpu::required_limits().using_resolution(adapter.limits()),
-        ..Default::default()
-    }))
-    .unwrap();
+    let (device, queue) = app_device();
     let engine = Engine::from_device(device.clone(), queue).unwrap();
     let dir = fixture("gpt2-tiny");
     let e = expected(&dir);

@@ -424,6 +424,12 @@ fn config_from_gguf_metadata() {
     );
 }
 
+/// `tests/fixtures/gguf/smollm2_tokens.json`: transformers' ids of texts and chats.
+fn token_cases() -> serde_json::Value {
+    let text = std::fs::read_to_string(common::fixture("gguf/smollm2_tokens.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 /// SmolLM2's tokenizer built from the GGUF metadata gives transformers' ids (its GGUF loader's
 /// tokenizer, `tests/fixtures/gguf/make_token_cases.py`) on emoji, CJK, code, whitespace runs,
 /// contractions and control tokens in the text, and decodes back to the text.
@@ -432,10 +438,7 @@ fn tokenizer_from_gguf_metadata_matches_transformers() {
     let g = Gguf::open(&smollm2_gguf()).unwrap();
     let tok = wgpt::Tokenizer::from_gguf(&g).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
-    let cases: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::fixture("gguf/smollm2_tokens.json")).unwrap(),
-    )
-    .unwrap();
+    let cases = token_cases();
     for case in cases["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
@@ -501,10 +504,7 @@ fn chat_template_from_gguf_metadata_matches_transformers() {
         .unwrap()
         .expect("a template");
     assert_eq!(template.eos_token, "<|im_end|>");
-    let cases: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::fixture("gguf/smollm2_tokens.json")).unwrap(),
-    )
-    .unwrap();
+    let cases = token_cases();
     for chat in cases["chats"].as_array().unwrap() {
         let messages: Vec<wgpt::Message> =
             serde_json::from_value(chat["messages"].clone()).unwrap();

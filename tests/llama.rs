@@ -363,15 +363,7 @@ fn cli_chat_uses_the_template() {
 /// transformers'.
 #[test]
 fn runs_within_the_required_limits() {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
-        .expect("no GPU adapter: install mesa-vulkan-drivers for lavapipe");
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: wgpt::gpu::required_limits().using_resolution(adapter.limits()),
-        ..Default::default()
-    }))
-    .unwrap();
+    let (device, queue) = app_device();
     let engine = wgpt::Engine::from_device(device, queue).unwrap();
     let dir = fixture("llama3-mqa");
     let e = expected(&dir);

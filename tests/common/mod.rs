@@ -19,6 +19,20 @@ pub fn gpu() -> Arc<Engine> {
     }
 }
 
+/// A device as an application makes it for rendering, asking for no more than the limits wgpt
+/// requires (`wgpt::gpu::required_limits`): (device, queue).
+pub fn app_device() -> (wgpu::Device, wgpu::Queue) {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("no GPU adapter: install mesa-vulkan-drivers for lavapipe");
+    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpt::gpu::required_limits().using_resolution(adapter.limits()),
+        ..Default::default()
+    }))
+    .unwrap()
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
