@@ -7,15 +7,17 @@
 //           (see below). At one row the tiled matmul wastes 31/32 of its work; this does none.
 
 @group(0) @binding(2) var<storage, read> a: array<vec4<f32>>;     // (M, K), M = step.rows
-@group(0) @binding(3) var<storage, read> w: array<u32>;           // (N, K) f32, f16 or q8 words
+@group(0) @binding(3) var<storage, read> w: array<u32>;           // (N, K) f32, f16, q8 or q4 words
 
 // Weights are raw words in the pipeline's WEIGHT_FORMAT (format.wgsl and the format_*.wgsl
-// decoders): f32 bits, f16 pairs, or q8 int8s with their block scales. Computed in f32 either
+// decoders): f32 bits, f16 pairs, q8 int8s with their block scales, or q4 nibbles with their block scales
+// and minimums. Computed in f32 either
 // way.
 
 // Words of one stored weight row.
 fn row_words() -> u32 {
     if (WEIGHT_FORMAT == FORMAT_Q8) { return q8_row_words(p.K); }
+    if (WEIGHT_FORMAT == FORMAT_Q4) { return q4_row_words(p.K); }
     if (WEIGHT_FORMAT == FORMAT_F16) { return f16_row_words(p.K); }
     return p.K;
 }
@@ -25,6 +27,13 @@ fn w4(n: u32, k4: u32) -> vec4<f32> {
     let rw = n * row_words();
     if (WEIGHT_FORMAT == FORMAT_Q8) {
         return i8x4(w[rw + k4]) * bitcast<f32>(w[q8_scale_word(n, k4 / 8u, p.K)]);
+    }
+    if (WEIGHT_FORMAT == FORMAT_Q4) {
+        // Word k4 / 2 holds weights 4 k4 .. 4 k4 + 4 in its low nibbles when k4 is even.
+        let word = w[rw + k4 / 2u];
+        let q = select(q4_hi(word), q4_lo(word), k4 % 2u == 0u);
+        let s = q4_scale_word(n, k4 / 8u, p.K);
+        return q * bitcast<f32>(w[s]) + bitcast<f32>(w[s + 4u]);
     }
     if (WEIGHT_FORMAT == FORMAT_F16) {
         let j = rw + 2u * k4;
@@ -126,6 +135,33 @@ fn gemv_partial(m: u32, n0: u32, lane: u32) -> vec4<f32> {
                 bitcast<f32>(w[s + 3u]),
             );
             c += vec4(dot(d0, one), dot(d1, one), dot(d2, one), dot(d3, one)) * scales;
+        }
+    } else if (WEIGHT_FORMAT == FORMAT_Q4) {
+        // Per block of 32 (four words a row): the nibbles' dot products and the inputs' sum,
+        // then sum_k x (q s + m) = s (x . q) + m sum(x) with the four rows' scales and mins.
+        let rw = row_words();
+        for (var b = lane; b < K4 / 8u; b += GEMV_LANES) {
+            var d = vec4(0.0);
+            var sx = vec4(0.0);
+            for (var j = 0u; j < 4u; j++) {
+                let xl = a[ar + 8u * b + 2u * j];
+                let xh = a[ar + 8u * b + 2u * j + 1u];
+                sx += xl + xh;
+                let w0 = w[n0 * rw + 4u * b + j];
+                let w1 = w[n1 * rw + 4u * b + j];
+                let w2 = w[n2 * rw + 4u * b + j];
+                let w3 = w[n3 * rw + 4u * b + j];
+                d += vec4(
+                    dot(xl, q4_lo(w0)) + dot(xh, q4_hi(w0)),
+                    dot(xl, q4_lo(w1)) + dot(xh, q4_hi(w1)),
+                    dot(xl, q4_lo(w2)) + dot(xh, q4_hi(w2)),
+                    dot(xl, q4_lo(w3)) + dot(xh, q4_hi(w3)),
+                );
+            }
+            let s = q4_scale_word(n0, b, p.K);
+            let scales = vec4(bitcast<f32>(w[s]), bitcast<f32>(w[s + 1u]), bitcast<f32>(w[s + 2u]), bitcast<f32>(w[s + 3u]));
+            let mins = vec4(bitcast<f32>(w[s + 4u]), bitcast<f32>(w[s + 5u]), bitcast<f32>(w[s + 6u]), bitcast<f32>(w[s + 7u]));
+            c += d * scales + dot(sx, one) * mins;
         }
     } else {
         for (var k = lane; k < K4; k += GEMV_LANES) {

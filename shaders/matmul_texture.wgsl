@@ -2,9 +2,9 @@
 // the input texture is a row of the input, a column of the weight texture a row of the weight
 // (transposed, so that lanes computing neighbouring outputs fetch neighbouring texels). An input
 // texel holds four consecutive values along K, a weight texel (raw bits in rgba32uint) four
-// f32, eight f16 or sixteen q8 int8, per the pipeline's WEIGHT_FORMAT (format.wgsl; the q8
-// scale layout is format_q8.wgsl's: the four rows an invocation computes, n0 = 4 gid.x starting
-// a group, take one scale fetch per block of 32 weights, two int8 texels each).
+// f32, eight f16, sixteen q8 int8 or thirty-two q4 nibbles, per the pipeline's WEIGHT_FORMAT
+// (format.wgsl; the q8 and q4 scale layouts are format_q8.wgsl's and format_q4.wgsl's: the four rows an invocation computes, n0 = 4 gid.x starting
+// a group, take one scale fetch per block of 32 weights, two int8 texels or one q4 texel each).
 // On CPU adapters (lavapipe) a storage-buffer load costs a bounds-checked scalar load per lane
 // and component, while a texel load is one vectorised fetch: measured on lavapipe at GPT-2's
 // shapes, these kernels are ~10x (GEMV) to ~15x (GEMM) faster than the buffer ones. The
@@ -42,6 +42,13 @@ fn w8(k8: u32, n: u32) -> mat2x4<f32> {
 // The f32 scales of block b of q8 rows n0 .. n0 + 4 (n0 a multiple of 4).
 fn block_scales(b: u32, n0: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(wtexel(q8_scale_texel(b, p.K), n0 + b % 4u));
+}
+
+// The f32 scales, then minimums, of block b of q4 rows n0 .. n0 + 4 (n0 a multiple of 4).
+fn q4_block_scales(b: u32, n0: u32) -> mat2x4<f32> {
+    let t = q4_scale_texel(b, p.K);
+    let r = n0 + b % 4u;
+    return mat2x4(bitcast<vec4<f32>>(wtexel(t, r)), bitcast<vec4<f32>>(wtexel(t + 1u, r)));
 }
 
 fn dot4(x: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
@@ -89,6 +96,30 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
                     r2 += dot4(textureLoad(a, vec2(ka, m2)), w0, w1, w2, w3);
                     r3 += dot4(textureLoad(a, vec2(ka, m3)), w0, w1, w2, w3);
                 }
+            }
+        }
+    } else if (WEIGHT_FORMAT == FORMAT_Q4) {
+        // Per block of 32 (one weight texel, eight input texels): the columns' scales and
+        // minimums, then each word's nibbles dequantised with them.
+        for (var b = 0u; b < p.K / 32u; b++) {
+            let sm = q4_block_scales(b, n0);
+            let t0 = wtexel(b, n0);
+            let t1 = wtexel(b, n1);
+            let t2 = wtexel(b, n2);
+            let t3 = wtexel(b, n3);
+            for (var q = 0u; q < 8u; q++) {
+                let ka = 8u * b + q;
+                let j = q / 2u;
+                var u = vec4(t0[j], t1[j], t2[j], t3[j]);
+                if (q % 2u == 1u) { u = u >> vec4(4u); }
+                let w0 = q4_lo(u.x) * sm[0].x + sm[1].x;
+                let w1 = q4_lo(u.y) * sm[0].y + sm[1].y;
+                let w2 = q4_lo(u.z) * sm[0].z + sm[1].z;
+                let w3 = q4_lo(u.w) * sm[0].w + sm[1].w;
+                r0 += dot4(textureLoad(a, vec2(ka, m0)), w0, w1, w2, w3);
+                r1 += dot4(textureLoad(a, vec2(ka, m1)), w0, w1, w2, w3);
+                r2 += dot4(textureLoad(a, vec2(ka, m2)), w0, w1, w2, w3);
+                r3 += dot4(textureLoad(a, vec2(ka, m3)), w0, w1, w2, w3);
             }
         }
     } else if (WEIGHT_FORMAT == FORMAT_F16) {
@@ -152,6 +183,33 @@ fn gemv_q8(row: u32, n0: u32, n1: u32, n2: u32, n3: u32) -> vec4<f32> {
     return acc;
 }
 
+// Block b of q4 weight row n dotted with inputs xs (the block's eight input texels), unscaled.
+fn q4_block_dot(b: u32, n: u32, xs: array<vec4<f32>, 8>) -> f32 {
+    let t = wtexel(b, n);
+    return dot(xs[0], q4_lo(t.x)) + dot(xs[1], q4_hi(t.x)) + dot(xs[2], q4_lo(t.y))
+        + dot(xs[3], q4_hi(t.y)) + dot(xs[4], q4_lo(t.z)) + dot(xs[5], q4_hi(t.z))
+        + dot(xs[6], q4_lo(t.w)) + dot(xs[7], q4_hi(t.w));
+}
+
+// The sum of a block's inputs, which each row's minimum multiplies.
+fn sum8(xs: array<vec4<f32>, 8>) -> f32 {
+    return dot(xs[0] + xs[1] + xs[2] + xs[3] + xs[4] + xs[5] + xs[6] + xs[7], vec4(1.0));
+}
+
+// gemv_texture with q4 weights: per block of 32 the four rows' nibble dot products, then
+// sum_k x (q s + m) = s (x . q) + m sum(x) with their scales and minimums.
+fn gemv_q4(row: u32, n0: u32, n1: u32, n2: u32, n3: u32) -> vec4<f32> {
+    var acc = vec4(0.0);
+    for (var b = 0u; b < p.K / 32u; b++) {
+        let i = row + 8u * b;
+        let xs = array(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
+        let d = vec4(q4_block_dot(b, n0, xs), q4_block_dot(b, n1, xs), q4_block_dot(b, n2, xs), q4_block_dot(b, n3, xs));
+        let sm = q4_block_scales(b, n0);
+        acc += d * sm[0] + sum8(xs) * sm[1];
+    }
+    return acc;
+}
+
 @compute @workgroup_size(8)
 fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n0 = gid.x * 4u;
@@ -164,6 +222,10 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = m * (p.K / 4u);
     if (WEIGHT_FORMAT == FORMAT_Q8) {
         store4(m, n0, gemv_q8(row, n0, n1, n2, n3), bias4(n0));
+        return;
+    }
+    if (WEIGHT_FORMAT == FORMAT_Q4) {
+        store4(m, n0, gemv_q4(row, n0, n1, n2, n3), bias4(n0));
         return;
     }
     if (WEIGHT_FORMAT != FORMAT_F16) {

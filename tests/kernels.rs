@@ -648,8 +648,6 @@ fn f16_weights_match_cpu_on_rounded_weights() {
 #[test]
 fn q8_weights_match_cpu_on_dequantised_weights() {
     let h = Harness::new();
-    let p8 = Pipelines::new(&h.gpu, WeightDtype::Q8, false, None, &Epilogue::ALL);
-    h.gpu.check().expect("q8 pipelines compile");
     // Three rows (one partial group of four, padded with zeros), K / 32 = 5 blocks (a partial
     // scale texel).
     let (rows, k) = (3, 160);
@@ -680,6 +678,23 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
         }
     }
 
+    block_formats_match_cpu(&h, WeightDtype::Q8);
+}
+
+/// q4 weights (nibbles, an f32 scale and minimum per 32 along K) in the buffer kernels, as
+/// [`q8_weights_match_cpu_on_dequantised_weights`] tests q8's.
+#[test]
+fn q4_weights_match_cpu_on_dequantised_weights() {
+    let h = Harness::new();
+    block_formats_match_cpu(&h, WeightDtype::Q4);
+}
+
+/// matmul and gemv (the weight split in two row chunks as a split head is) and embed (a split
+/// token table) with a block format's weights against the CPU twins on the dequantised weights.
+/// K multiples of 32 (the block) but not of 128 (a partial scale texel); M, N ragged.
+fn block_formats_match_cpu(h: &Harness, dtype: WeightDtype) {
+    let p = Pipelines::new(&h.gpu, dtype, false, None, &Epilogue::ALL);
+    h.gpu.check().expect("pipelines compile");
     for (m, k, n) in [
         (1, 32, 17),
         (2, 96, 45),
@@ -691,8 +706,8 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
         let a = random(m * k, 41, 1.0);
         let w = random(n * k, 42, 1.0);
         let b = random(n, 43, 1.0);
-        let want = reference::matmul(&a, &reference::q8_round_trip(&w), Some(&b), k, n);
-        for (name, pipe) in linear_kernels(&p8, Epilogue::Store) {
+        let want = reference::matmul(&a, &stored_weights(&w, dtype), Some(&b), k, n);
+        for (name, pipe) in linear_kernels(&p, Epilogue::Store) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
             let n1 = n / 3 + 1;
             for (c0, c1) in [(0, n1), (n1, n)] {
@@ -708,7 +723,7 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
                 };
                 let chunk = h
                     .gpu
-                    .storage_init("w8", &encode(&w[c0 * k..c1 * k], k, WeightDtype::Q8));
+                    .storage_init("w8", &encode(&w[c0 * k..c1 * k], k, dtype));
                 let bufs = [
                     &h.step(m, 0, 0),
                     &h.gpu.uniform("p", &params),
@@ -720,11 +735,12 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
                 let (x, y) = linear_grid(name, (c1 - c0) as u32, m as u32);
                 h.run(pipe, &bufs, x, y);
             }
-            // The int8s are exact in f32 and each block's scale is applied once to its f32 sum:
-            // no more roundings than with f32 weights, so the f32 test's bound (sums of K <= 800
-            // terms of size <= 1, f32 against f64, relative to the largest output).
+            // The int8s (nibbles) are exact in f32 and each block's scale (and minimum) is applied
+            // once to its f32 sums: no more roundings than with f32 weights, so the f32 test's
+            // bound (sums of K <= 800 terms of size <= 1, f32 against f64, relative to the
+            // largest output).
             let d = close(&h.read(&out), &want, 1e-5);
-            println!("{name} q8 M={m} K={k} N={n}: max diff {d:e}");
+            println!("{name} {dtype:?} M={m} K={k} N={n}: max diff {d:e}");
         }
     }
 
@@ -738,7 +754,7 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
         let params = EmbedParams::new(c as u32, r0 as u32, (r1 - r0) as u32, 1.0);
         let chunk = h
             .gpu
-            .storage_init("wte8", &encode(&wte[r0 * c..r1 * c], c, WeightDtype::Q8));
+            .storage_init("wte8", &encode(&wte[r0 * c..r1 * c], c, dtype));
         let bufs = [
             &h.step(t, 0, pos0),
             &h.gpu.uniform("p", &params),
@@ -747,12 +763,13 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
             &h.f32s(&wpe),
             &x,
         ];
-        h.run(&p8.embed, &bufs, (c as u32).div_ceil(64), t as u32);
+        h.run(&p.embed, &bufs, (c as u32).div_ceil(64), t as u32);
     }
-    let want = reference::embed(&tokens, &reference::q8_round_trip(&wte), &wpe, c, pos0);
-    // One f32 product q * scale, as the twin's dequantisation, and one add: exact.
-    let d = close(&h.read(&x), &want, 0.0);
-    println!("embed q8 T={t} C={c}: max diff {d:e}");
+    let want = reference::embed(&tokens, &stored_weights(&wte, dtype), &wpe, c, pos0);
+    // One f32 product q * scale (plus q4's minimum), as the twin's dequantisation, and one
+    // add; a GPU may fuse q4's product and minimum (one rounding fewer): 1e-6 relative.
+    let d = close(&h.read(&x), &want, 1e-6);
+    println!("embed {dtype:?} T={t} C={c}: max diff {d:e}");
 }
 
 /// The texture-operand linear kernels (used on CPU adapters) against the CPU twin, epilogues
@@ -763,7 +780,7 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
 #[test]
 fn texture_linear_kernels_match_cpu() {
     let h = Harness::new();
-    for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+    for dtype in WeightDtype::ALL {
         let p = Pipelines::new(&h.gpu, dtype, true, None, &Epilogue::ALL);
         for (m, k, n) in [
             (1, 64, 17),
@@ -823,7 +840,7 @@ fn texture_gemv_kv_appends_to_cache() {
     // (C, slot, position, n_ctx): C / 4 texels of a cache row are a multiple of 256 bytes, as
     // the readback copy needs.
     for (c, slot, pos, n_ctx) in [(64, 0, 0, 3), (192, 1, 5, 7)] {
-        for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+        for dtype in WeightDtype::ALL {
             let p = Pipelines::new(&h.gpu, dtype, true, None, &[Epilogue::Store]);
             let pipe = p.textures().gemv_texture_kv.as_ref();
             // Must exist on adapters with subgroups of 8 (lavapipe), so that it is tested.
@@ -901,7 +918,7 @@ fn texture_gemv_attention_matches_cpu() {
             wgpt::gpu::kernels::attends_in_gemv(gpu, Some(hs as u32)),
             "lavapipe has it"
         );
-        for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+        for dtype in WeightDtype::ALL {
             let p = Pipelines::new(gpu, dtype, true, Some(hs as u32), &[Epilogue::Store]);
             let t = p.textures();
             let (Some(plain), Some(norm), Some(append)) = (
@@ -1044,7 +1061,7 @@ fn texture_gemv_with_fused_norm_matches_cpu() {
     let eps = 1e-5;
     // (K, N): N = 3C' for gemv_texture_kv's cache (C' a multiple of 4); K up to GPT-2's width.
     for (k, n) in [(64, 96), (192, 48), (768, 12)] {
-        for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+        for dtype in WeightDtype::ALL {
             let p = Pipelines::new(&h.gpu, dtype, true, None, &Epilogue::ALL);
             let t = p.textures();
             // Must exist on adapters with subgroups of 8 (lavapipe), so that they are tested.
@@ -1109,7 +1126,7 @@ fn texture_gemv_argmax_picks_first_largest() {
     let h = Harness::new();
     let sg8 = wgpt::gpu::kernels::subgroups_of_8(&h.gpu);
     let k = 64;
-    for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+    for dtype in WeightDtype::ALL {
         let p = Pipelines::new(&h.gpu, dtype, true, None, &[Epilogue::Store]);
         let t = p.textures();
         // Must exist on adapters with subgroups of 8 (lavapipe), so that it is tested.
@@ -1329,7 +1346,7 @@ fn texture_kv_append_and_attention_match_cpu() {
 fn weight_texture_written_in_blocks_matches_cpu() {
     let h = Harness::new();
     let (m, k, n, split) = (5, 128, 37, 12);
-    for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+    for dtype in WeightDtype::ALL {
         let p = Pipelines::new(&h.gpu, dtype, true, None, &[Epilogue::Store]);
         let a = random(m * k, 34, 1.0);
         let w = random(n * k, 35, 1.0);
@@ -1351,12 +1368,10 @@ fn weight_texture_written_in_blocks_matches_cpu() {
 }
 
 /// Weights as a texture of `dtype` stores them: what the CPU twin multiplies by.
+/// (Rows are whole blocks of 32, so the blocks of `w` cut into rows of 32 are the same.)
 fn stored_weights(w: &[f32], dtype: WeightDtype) -> Vec<f32> {
-    match dtype {
-        WeightDtype::F32 => w.to_vec(),
-        WeightDtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
-        WeightDtype::Q8 => reference::q8_round_trip(w),
-    }
+    let f = dtype.format();
+    f.decode(&f.encode(w, 32), w.len() / 32, 32)
 }
 
 /// A (rows, cols) weight held in one texture, as the loader makes them.
@@ -2097,7 +2112,7 @@ fn every_format_decodes_as_its_cpu_twin() {
     let (v, c, t) = (7, 160, 9);
     let table = random(v * c, 61, 2.0);
     let tokens: Vec<u32> = (0..t).map(|i| ((i * 5 + 2) % v) as u32).collect();
-    for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8] {
+    for dtype in WeightDtype::ALL {
         let f = dtype.format();
         let bytes = f.encode(&table, c);
         let rows = f.decode(&bytes, v, c);

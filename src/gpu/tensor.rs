@@ -21,11 +21,23 @@ pub enum WeightDtype {
     /// a scale area of K / 128 16-byte texels (rounded up) holding scales of its group of four
     /// rows: see [`encode`]. Needs K % 32 == 0; storage is padded to whole groups of four rows.
     Q8,
+    /// Unsigned 4-bit weights with an f32 scale and minimum per block of 32 along a row (like
+    /// llama.cpp's Q4_1; GGUF's Q4_0, Q4_1 and Q4_K load into it exactly): see
+    /// [`crate::gpu::format::Q4`]. Needs K % 32 == 0.
+    Q4,
 }
 
 pub use crate::gpu::format::{Q8_BLOCK, Q8_GROUP};
 
 impl WeightDtype {
+    /// Every storage format.
+    pub const ALL: [WeightDtype; 4] = [
+        WeightDtype::F32,
+        WeightDtype::F16,
+        WeightDtype::Q8,
+        WeightDtype::Q4,
+    ];
+
     /// Bytes one stored row of `cols` weights takes (for q8: the int8s and the padded scales).
     pub fn row_bytes(self, cols: usize) -> usize {
         self.format().row_bytes(cols)
@@ -36,7 +48,7 @@ impl WeightDtype {
         rows.next_multiple_of(self.format().group())
     }
 
-    /// `"f32"`, `"f16"` or `"q8"`, the spelling [`FromStr`](std::str::FromStr) accepts.
+    /// `"f32"`, `"f16"`, `"q8"` or `"q4"`, the spelling [`FromStr`](std::str::FromStr) accepts.
     pub fn name(self) -> &'static str {
         self.format().name()
     }
@@ -49,10 +61,11 @@ impl std::str::FromStr for WeightDtype {
             "f32" => Ok(WeightDtype::F32),
             "f16" => Ok(WeightDtype::F16),
             "q8" => Ok(WeightDtype::Q8),
+            "q4" => Ok(WeightDtype::Q4),
             other => Err(Error::option(
                 "LoadOptions::dtype",
                 format!("{other:?}"),
-                "f32, f16 or q8",
+                "f32, f16, q8 or q4",
             )),
         }
     }

@@ -159,7 +159,7 @@ impl Model {
         let total = loader::build_weights(&config, ckpt.explicit_head(), count)?
             .all()
             .sum::<u64>();
-        check_q8(&config, opts.dtype)?;
+        check_blocks(&config, opts.dtype)?;
         let upload = |name: &str, rows, cols, read: &mut loader::ReadRows| -> Result<GpuTensor> {
             if name == "wpe.weight" && config.positions == Positions::Sinusoidal {
                 return sinusoid_table(&gpu, rows, cols, config.position_offset);
@@ -286,6 +286,7 @@ impl Model {
                         dtype,
                         transposed: bool| {
             let words = rows * pitch / 4;
+            let bits = if dtype == WeightDtype::Q4 { 4 } else { 8 };
             let buf = gpu.storage(label, words as u64 * 4);
             salt = salt.wrapping_add(0x9E37_79B9);
             let params = FillParams {
@@ -294,8 +295,13 @@ impl Model {
                 scale: values.1,
                 center: values.0,
                 row_words: (pitch / 4) as u32,
-                q_words: (cols / 4) as u32,
-                q_rows: if transposed { (cols / 16) as u32 } else { 0 },
+                // Words and texels of the quantised values (q8's int8s, q4's nibbles).
+                q_words: (cols * bits / 32) as u32,
+                q_rows: if transposed {
+                    (cols * bits / 128) as u32
+                } else {
+                    0
+                },
                 _pad: 0,
             };
             fills.push((buf.clone(), params, dtype));
@@ -315,7 +321,7 @@ impl Model {
             let folded = fold && (name.contains(".ln_1.") || name.contains(".ln_2."));
             let values = (center, if folded { 0.0 } else { 0.02 });
             let dtype = stored_as(name, rows, opts.dtype);
-            check_q8(&config, dtype)?;
+            check_blocks(&config, dtype)?;
             let row_bytes = dtype.row_bytes(cols);
             // A texture copy: filled as a buffer whose rows are padded to the 256 bytes a
             // buffer-to-texture copy needs, copied in once the fills have run.
@@ -595,13 +601,14 @@ fn stored_as(name: &str, rows: usize, dtype: WeightDtype) -> WeightDtype {
 type FillBuffer<'a> =
     dyn FnMut(&str, usize, usize, usize, (f32, f32), WeightDtype, bool) -> wgpu::Buffer + 'a;
 
-/// q8 quantises blocks of 32 weights along K (n_embd, or n_inner for the MLP's down-projection).
-fn check_q8(cfg: &Config, dtype: WeightDtype) -> Result<()> {
-    let block = crate::gpu::tensor::Q8_BLOCK;
+/// Block formats (q8, q4) quantise blocks of 32 weights along K (n_embd, or n_inner for the
+/// MLP's down-projection).
+fn check_blocks(cfg: &Config, dtype: WeightDtype) -> Result<()> {
+    let block = dtype.format().block();
     let ks = [cfg.n_embd, cfg.n_inner, cfg.q_width()];
-    if dtype == WeightDtype::Q8 && !ks.iter().all(|k| k.is_multiple_of(block)) {
+    if !ks.iter().all(|k| k.is_multiple_of(block)) {
         return Err(Error::DtypeUnsupported {
-            dtype: "q8",
+            dtype: dtype.name(),
             what: format!(
                 "n_embd ({}), n_inner ({}) and NH x HS ({}) multiples of {block} (it quantises \
                  blocks of {block} along each row)",
