@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::gguf::Gguf;
 use crate::loader::{self, Checkpoint};
 use crate::{Config, Engine, Error, LoadOptions, Model, Result, Tokenizer};
 
@@ -12,6 +13,8 @@ use crate::{Config, Engine, Error, LoadOptions, Model, Result, Tokenizer};
 pub enum ModelSource {
     /// A Hugging Face folder: `config.json`, `model.safetensors` (or shards), `tokenizer.json`.
     Dir(PathBuf),
+    /// A GGUF file (`*.gguf`): weights, config, tokenizer and chat template in one.
+    Gguf(PathBuf),
     /// `assets/default`, embedded in the binary (see [`crate::default_model`]).
     #[cfg(feature = "default-model")]
     Embedded,
@@ -30,20 +33,11 @@ impl ModelSource {
         }
     }
 
-    /// A decoder folder (or a hub id, `ORG/NAME`, resolved in the local Hugging Face cache:
+    /// A decoder folder or GGUF file (or a hub id, `ORG/NAME`, resolved in the local Hugging Face cache:
     /// [`crate::hub`]), refused with a clear message when it is missing or holds an encoder.
     pub fn dir(dir: &Path) -> Result<Self> {
-        if dir.is_file()
-            && dir
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
-            return Err(Error::Input(format!(
-                "{} is a GGUF file: wgpt reads its metadata (`wgpt info --model FILE.gguf`) but \
-                 does not run GGUF weights yet; use the model's Hugging Face folder (config.json, \
-                 model.safetensors, tokenizer.json)",
-                dir.display()
-            )));
+        if crate::gguf::is_gguf_path(dir) {
+            return Ok(ModelSource::Gguf(dir.to_path_buf()));
         }
         let dir = &crate::hub::model_dir(dir)?;
         if !dir.is_dir() {
@@ -64,7 +58,7 @@ impl ModelSource {
     /// The folder's path, or the embedded model's name.
     pub fn describe(&self) -> String {
         match self {
-            ModelSource::Dir(d) => d.display().to_string(),
+            ModelSource::Dir(d) | ModelSource::Gguf(d) => d.display().to_string(),
             #[cfg(feature = "default-model")]
             ModelSource::Embedded => crate::default_model::NAME.to_string(),
         }
@@ -74,6 +68,7 @@ impl ModelSource {
     pub fn config(&self) -> Result<Config> {
         match self {
             ModelSource::Dir(d) => Config::from_file(&d.join(loader::CONFIG_FILE)),
+            ModelSource::Gguf(f) => Gguf::open(f)?.config(),
             #[cfg(feature = "default-model")]
             ModelSource::Embedded => crate::default_model::config(),
         }
@@ -83,6 +78,7 @@ impl ModelSource {
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         match self {
             ModelSource::Dir(d) => Tokenizer::from_dir(d),
+            ModelSource::Gguf(f) => Tokenizer::from_gguf(&Gguf::open(f)?),
             #[cfg(feature = "default-model")]
             ModelSource::Embedded => crate::default_model::tokenizer(),
         }
@@ -92,21 +88,28 @@ impl ModelSource {
     pub fn chat_template(&self) -> Result<Option<crate::ChatTemplate>> {
         match self {
             ModelSource::Dir(d) => crate::ChatTemplate::from_dir(d),
+            ModelSource::Gguf(f) => crate::ChatTemplate::from_gguf(&Gguf::open(f)?),
             #[cfg(feature = "default-model")]
             ModelSource::Embedded => Ok(None),
         }
     }
 
-    /// The weights, opened (mapped or in place).
+    /// The weights, opened (mapped or in place); a GGUF file has no safetensors checkpoint
+    /// (the CPU reference reads [`crate::gguf::Gguf::dequantize`] instead).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         match self {
             ModelSource::Dir(d) => Checkpoint::open(d),
+            ModelSource::Gguf(f) => Err(Error::Input(format!(
+                "{} is a GGUF file, which has no safetensors checkpoint",
+                f.display()
+            ))),
             #[cfg(feature = "default-model")]
             ModelSource::Embedded => crate::default_model::checkpoint(),
         }
     }
 
-    /// Bytes of safetensors the weights take (the files, or the embedded bytes).
+    /// Bytes the weights take on disk (the safetensors files, the GGUF file, or the embedded
+    /// bytes).
     pub fn checkpoint_bytes(&self) -> u64 {
         match self {
             ModelSource::Dir(d) => std::fs::read_dir(d)
@@ -117,6 +120,7 @@ impl ModelSource {
                 .filter_map(|e| e.metadata().ok())
                 .map(|m| m.len())
                 .sum(),
+            ModelSource::Gguf(f) => std::fs::metadata(f).map_or(0, |m| m.len()),
             #[cfg(feature = "default-model")]
             ModelSource::Embedded => crate::default_model::WEIGHTS.len() as u64,
         }
@@ -125,7 +129,7 @@ impl ModelSource {
     /// Uploads the weights (as [`Model::load`]).
     pub fn load(&self, gpu: Arc<Engine>, opts: &LoadOptions) -> Result<Model> {
         match self {
-            ModelSource::Dir(d) => Model::load(gpu, d, opts),
+            ModelSource::Dir(d) | ModelSource::Gguf(d) => Model::load(gpu, d, opts),
             #[cfg(feature = "default-model")]
             ModelSource::Embedded => crate::default_model::load(gpu, opts),
         }

@@ -5,12 +5,12 @@ use super::{Gguf, TensorInfo};
 use crate::Result;
 
 /// An f16 stored little-endian at `b[0..2]`.
-fn f16_at(b: &[u8]) -> f32 {
+pub(super) fn f16_at(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[0], b[1]]).to_f32()
 }
 
 /// Q4_K's and Q5_K's 6-bit scale and minimum of sub-block `j` (ggml's `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     let (sc, m) = if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -23,7 +23,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
 }
 
 /// One block of `ty` as ggml dequantises it (ggml-quants.c `dequantize_row_*`), into `y`.
-fn dequantize_block(ty: &str, b: &[u8], y: &mut Vec<f32>) {
+pub(super) fn dequantize_block(ty: &str, b: &[u8], y: &mut Vec<f32>) {
     match ty {
         "F32" => y.push(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         "F16" => y.push(f16_at(b)),

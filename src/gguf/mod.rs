@@ -16,8 +16,19 @@ use crate::{Error, Result};
 mod config;
 mod dequant;
 mod tokenizer;
+mod weights;
+
+pub use weights::{Source, packed_as};
 
 pub use dequant::DEQUANTIZED;
+
+/// Whether `path` names a GGUF file (a file ending in `.gguf`) rather than a model folder.
+pub fn is_gguf_path(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
 
 /// The first four bytes of every GGUF file.
 pub const MAGIC: &[u8; 4] = b"GGUF";

@@ -121,6 +121,18 @@ impl Q8 {
     }
 }
 
+impl Q8 {
+    /// Stores block `b` of row `r`: its 32 int8 and its scale.
+    pub(crate) fn put_block(&self, out: &mut [u8], cols: usize, r: usize, b: usize, q: &[i8; 32], d: f32) {
+        let at = r * self.row_bytes(cols) + b * Q8_BLOCK;
+        for (o, &v) in out[at..at + Q8_BLOCK].iter_mut().zip(q) {
+            *o = v as u8;
+        }
+        let sc = self.scale_at(r, b, cols);
+        out[sc..sc + 4].copy_from_slice(&d.to_le_bytes());
+    }
+}
+
 impl Format for Q8 {
     fn name(&self) -> &'static str {
         "q8"

@@ -124,6 +124,22 @@ impl GpuTensor {
         max_bytes: u64,
         read: &mut ReadRows,
     ) -> Result<Self> {
+        let mut encoded = f32_rows_encoded(read, cols, dtype);
+        Self::upload_encoded(gpu, label, rows, cols, dtype, max_bytes, &mut encoded)
+    }
+
+    /// [`GpuTensor::upload`] from rows already in `dtype`'s encoding: `read(row0, n)` gives rows
+    /// `row0 .. row0 + n` (`row0` starting a group) as [`encode`] lays them out (a GGUF file's
+    /// blocks, repacked).
+    pub fn upload_encoded(
+        gpu: &Engine,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+        max_bytes: u64,
+        read: &mut ReadEncoded,
+    ) -> Result<Self> {
         check_cols(label, cols, dtype)?;
         let row_bytes = dtype.row_bytes(cols);
         Self::with_chunks(label, rows, cols, dtype, max_bytes, |name, row0, n| {
@@ -140,12 +156,9 @@ impl GpuTensor {
                 let mut view = buf
                     .get_mapped_range_mut(..)
                     .map_err(|e| Error::Gpu(format!("cannot map {name} for upload: {e:?}")))?;
-                let mut block = Vec::new();
                 for (r, nb) in blocks(n, cols) {
-                    block.clear();
-                    read(row0 + r, nb, &mut block)?;
+                    let encoded = read(row0 + r, nb)?;
                     let at = r * row_bytes;
-                    let encoded = encode(&block, cols, dtype);
                     view.slice(at..at + encoded.len()).copy_from_slice(&encoded);
                 }
             }
@@ -165,18 +178,32 @@ impl GpuTensor {
         max_rows: usize,
         read: &mut ReadRows,
     ) -> Result<Vec<TextureChunk>> {
+        let mut encoded = f32_rows_encoded(read, cols, dtype);
+        Self::upload_texture_encoded(gpu, label, rows, cols, dtype, max_rows, &mut encoded)
+    }
+
+    /// [`GpuTensor::upload_texture`] from rows already encoded, as [`GpuTensor::upload_encoded`].
+    pub fn upload_texture_encoded(
+        gpu: &Engine,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        dtype: WeightDtype,
+        max_rows: usize,
+        read: &mut ReadEncoded,
+    ) -> Result<Vec<TextureChunk>> {
         check_cols(label, cols, dtype)?;
         let mut failed = None;
         let chunks = Self::texture_chunks(label, rows, max_rows, |name, row0, n| {
             let tex = gpu.weight_texture(name, n, cols, dtype);
-            let mut block = Vec::new();
             for (r, nb) in blocks(n, cols) {
-                block.clear();
-                if let Err(e) = read(row0 + r, nb, &mut block) {
-                    failed.get_or_insert(e);
-                    break;
+                match read(row0 + r, nb) {
+                    Ok(encoded) => gpu.write_weight_rows(&tex, r as u32, &encoded),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        break;
+                    }
                 }
-                gpu.write_weight_rows(&tex, r as u32, &encode(&block, cols, dtype));
             }
             tex
         });
@@ -276,6 +303,23 @@ impl GpuTensor {
     /// Size of the matrix in bytes as stored (q8: int8s, scales and padding rows), one copy.
     pub fn bytes(&self) -> u64 {
         (self.dtype.stored_rows(self.rows) * self.dtype.row_bytes(self.cols)) as u64
+    }
+}
+
+/// Rows already in a dtype's encoding: `read(row0, n)`, see [`GpuTensor::upload_encoded`].
+pub type ReadEncoded<'a> = dyn FnMut(usize, usize) -> Result<Vec<u8>> + 'a;
+
+/// An encoded-rows reader over an f32 one.
+fn f32_rows_encoded<'a>(
+    read: &'a mut ReadRows,
+    cols: usize,
+    dtype: WeightDtype,
+) -> impl FnMut(usize, usize) -> Result<Vec<u8>> + 'a {
+    let mut block = Vec::new();
+    move |row0, n| {
+        block.clear();
+        read(row0, n, &mut block)?;
+        Ok(encode(&block, cols, dtype))
     }
 }
 

@@ -6,6 +6,7 @@
 mod batch;
 mod capture;
 pub mod generate;
+mod gguf;
 pub mod sampler;
 mod session;
 
@@ -119,7 +120,11 @@ pub struct Model {
 impl Model {
     /// Loads a Hugging Face decoder folder (GPT-2, OPT, XGLM: config.json + model.safetensors or
     /// its shards), or a hub id (`ORG/NAME`) from the local Hugging Face cache ([`crate::hub`]).
+    /// A GGUF file (`*.gguf`) loads as [`Model::from_gguf`] does.
     pub fn load(gpu: Arc<Engine>, dir: &Path, opts: &LoadOptions) -> Result<Model> {
+        if crate::gguf::is_gguf_path(dir) {
+            return Self::from_gguf(gpu, &crate::gguf::Gguf::open(dir)?, opts);
+        }
         let dir = &crate::hub::model_dir(dir)?;
         if !dir.is_dir() {
             return Err(Error::io(
@@ -198,24 +203,30 @@ impl Model {
         if weights.lm_head.is_some() {
             weights.wte.textures.clear();
         }
-        Self::finish(gpu, config, weights, opts, max_chunk_bytes, textures, t0)
+        Self::finish(
+            gpu,
+            config,
+            weights,
+            opts,
+            (max_chunk_bytes, textures, fold),
+            t0,
+        )
     }
 
+    /// The model over uploaded weights; `(max_chunk_bytes, texture_linear, norms_folded)` as
+    /// the upload decided them.
     fn finish(
         gpu: Arc<Engine>,
         config: Config,
         weights: Weights<GpuTensor>,
         opts: &LoadOptions,
-        max_chunk_bytes: u64,
-        texture_linear: bool,
+        (max_chunk_bytes, texture_linear, norms_folded): (u64, bool, bool),
         t0: std::time::Instant,
     ) -> Result<Model> {
         // Bound where a tensor is absent (a bias); 16 bytes: kernels reading vec4 need that.
         let zero = gpu.storage("zero", 16);
         let caps = Caps::new(&gpu, texture_linear, config.head_size());
         let fusions = opts.fusions()?;
-        // The callers folded the norms at upload under the same condition.
-        let norms_folded = folds_layer_norms(&gpu, &config, texture_linear, opts)?;
         let mut weights = weights;
         if norms_folded {
             folded_row_sums(&gpu, &mut weights, &zero);
@@ -378,7 +389,14 @@ impl Model {
             copy_rows_to_texture(&mut enc, buf, tex, tex.height(), *pitch);
         }
         gpu.queue.submit([enc.finish()]);
-        Self::finish(gpu, config, weights, opts, max_chunk_bytes, textures, t0)
+        Self::finish(
+            gpu,
+            config,
+            weights,
+            opts,
+            (max_chunk_bytes, textures, fold),
+            t0,
+        )
     }
 
     /// The binding size weights are split below. Before anything is allocated, errors (naming

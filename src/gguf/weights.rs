@@ -1,0 +1,334 @@
+//! A GGUF file's tensors in the kernels' layout (the names of [`crate::loader::Weights`]):
+//! llama.cpp's names mapped to wgpt's, Llama's Q and K rows put back in Hugging Face's order
+//! (convert_hf_to_gguf permutes them for ggml's rotary layout; transformers' GGUF loader undoes
+//! it the same way), gate and up rows interleaved as the Llama family reads them, and each
+//! matrix's blocks repacked whole into the GPU format that holds its type exactly
+//! ([`packed_as`]): VRAM about the file's size, never an f32 copy of a packed matrix.
+
+use super::dequant::{dequantize_block, f16_at, scale_min_k4};
+use super::{Gguf, TensorInfo};
+use crate::Result;
+use crate::config::{Config, Family};
+use crate::gpu::format::{Format, Q4, Q8};
+use crate::gpu::tensor::WeightDtype;
+
+/// The GPU format that holds ggml type `ty` exactly (BF16 widened to f32), or `None` for the
+/// types that are dequantised to f32 at load (Q5_1, Q5_K, Q6_K: no packed GPU format yet).
+pub fn packed_as(ty: &str) -> Option<WeightDtype> {
+    Some(match ty {
+        "F32" | "BF16" => WeightDtype::F32,
+        "F16" => WeightDtype::F16,
+        // Q5_0's values (q - 16) are int8s with one scale per 32: q8 holds them exactly.
+        "Q8_0" | "Q5_0" => WeightDtype::Q8,
+        "Q4_0" | "Q4_1" | "Q4_K" => WeightDtype::Q4,
+        _ => return None,
+    })
+}
+
+/// One tensor of the kernels' layout, found in a GGUF file: every row (element, for a vector)
+/// is a row of one of the file's tensors.
+pub struct Source<'a> {
+    gguf: &'a Gguf,
+    parts: Vec<&'a TensorInfo>,
+    /// For each row: (index into `parts`, row there).
+    rows: Vec<(usize, usize)>,
+    /// Values per row (1 for a vector: its elements are read as rows).
+    cols: usize,
+    /// How it is stored on the GPU: the parts' common packed format, else f32.
+    pub dtype: WeightDtype,
+}
+
+/// How a part's rows map into the kernels' tensor.
+#[derive(Clone, Copy, PartialEq)]
+enum Order {
+    AsStored,
+    /// Undo convert_hf_to_gguf's permutation of Llama's Q or K, heads of `hs` rows.
+    Unpermute {
+        hs: usize,
+    },
+}
+
+impl Gguf {
+    /// Where the kernels' tensor `name` ((rows, cols); a vector is one row) is in the file, its
+    /// parts' shapes checked against `cfg`.
+    pub(crate) fn source(
+        &self,
+        cfg: &Config,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Source<'_>> {
+        let vector = rows == 1;
+        let (rows, cols) = if vector { (cols, 1) } else { (rows, cols) };
+        let layout = file_names(cfg, name)
+            .ok_or_else(|| self.bad(format!("holds no tensor for wgpt's {name}")))?;
+        let mut parts = Vec::new();
+        let mut map = Vec::with_capacity(rows);
+        // Gate and up: the only tensor of two parts, interleaved row by row.
+        let gated = layout.len() == 2;
+        for (i, (key, order)) in layout.iter().enumerate() {
+            let t = self.tensor(key).ok_or_else(|| {
+                self.bad(format!(
+                    "has no tensor {key:?}, which a {} model needs",
+                    cfg.model_type()
+                ))
+            })?;
+            let part_rows = if gated {
+                rows / 2
+            } else {
+                part_rows(cfg, name, i, rows)
+            };
+            let want: Vec<u64> = match vector {
+                true => vec![part_rows as u64],
+                false => vec![cols as u64, part_rows as u64],
+            };
+            if t.dims != want {
+                return Err(self.bad(format!(
+                    "tensor {key:?} has shape {:?}, the file's metadata implies {want:?}",
+                    t.dims
+                )));
+            }
+            parts.push(t);
+            if !gated {
+                map.extend((0..part_rows).map(|r| (i, order.source_row(r))));
+            }
+        }
+        if gated {
+            map = (0..rows).map(|r| (r % 2, r / 2)).collect();
+        }
+        let types: Vec<Option<WeightDtype>> = parts.iter().map(|t| packed_as(t.ty.name)).collect();
+        let dtype = match types[0] {
+            Some(d) if !vector && types.iter().all(|t| *t == Some(d)) => d,
+            _ => WeightDtype::F32,
+        };
+        Ok(Source {
+            gguf: self,
+            parts,
+            rows: map,
+            cols,
+            dtype,
+        })
+    }
+}
+
+impl Gguf {
+    /// Refuses a file with tensors of a type wgpt cannot read, naming the types and the
+    /// tensors (the first few of each).
+    pub(crate) fn check_types(&self) -> Result<()> {
+        let mut bad: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for t in &self.tensors {
+            if !super::DEQUANTIZED.contains(&t.ty.name) {
+                bad.entry(t.ty.name).or_default().push(&t.name);
+            }
+        }
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = (bad.iter())
+            .map(|(ty, names)| {
+                let more = names.len().saturating_sub(3);
+                let shown = names[..names.len().min(3)].join(", ");
+                match more {
+                    0 => format!("{ty} ({shown})"),
+                    _ => format!("{ty} ({shown} and {more} more)"),
+                }
+            })
+            .collect();
+        Err(self.bad(format!(
+            "has tensors of types wgpt does not run: {}; it runs {} (requantize with llama.cpp's \
+             llama-quantize, e.g. to Q4_K_M or Q8_0)",
+            list.join("; "),
+            super::DEQUANTIZED.join(", ")
+        )))
+    }
+}
+
+impl Order {
+    /// The stored row holding the kernels' row `r`. convert_hf_to_gguf stores Hugging Face's row
+    /// `h HS + j HS/2 + i` (head h, half j) at `h HS + 2 i + j`.
+    fn source_row(self, r: usize) -> usize {
+        match self {
+            Order::AsStored => r,
+            Order::Unpermute { hs } => {
+                let (h, j, i) = (r / hs, r % hs / (hs / 2), r % (hs / 2));
+                h * hs + 2 * i + j
+            }
+        }
+    }
+}
+
+/// Rows of part `i` of the kernels' tensor `name`: q, k, v of a fused projection.
+fn part_rows(cfg: &Config, name: &str, i: usize, rows: usize) -> usize {
+    if name.contains("attn.c_attn.") && cfg.family != Family::Gpt2 {
+        [cfg.q_width(), cfg.kv_width(), cfg.kv_width()][i]
+    } else {
+        rows
+    }
+}
+
+/// The file's tensors making up the kernels' tensor `name`, in order.
+fn file_names(cfg: &Config, name: &str) -> Option<Vec<(String, Order)>> {
+    let plain = |key: &str| Some(vec![(key.to_string(), Order::AsStored)]);
+    let (layer, rest) = match name.strip_prefix("h.").and_then(|r| r.split_once('.')) {
+        Some((l, rest)) => (l, rest),
+        None => {
+            return match name {
+                "wte.weight" => plain("token_embd.weight"),
+                "wpe.weight" => plain("position_embd.weight"),
+                "ln_f.weight" => plain("output_norm.weight"),
+                "ln_f.bias" => plain("output_norm.bias"),
+                "lm_head.weight" => plain("output.weight"),
+                _ => None,
+            };
+        }
+    };
+    let (stem, kind) = rest.rsplit_once('.')?;
+    let key = |t: &str| format!("blk.{layer}.{t}.{kind}");
+    let gpt2 = cfg.family == Family::Gpt2;
+    let file = match stem {
+        "ln_1" => "attn_norm",
+        "ln_2" => "ffn_norm",
+        "attn.c_proj" => "attn_output",
+        "mlp.c_proj" => "ffn_down",
+        "attn.c_attn" if gpt2 => "attn_qkv",
+        "mlp.c_fc" if gpt2 => "ffn_up",
+        "attn.c_attn" => {
+            // Llama's Q and K are permuted; Qwen2's (NEOX rotary in ggml) are not.
+            let llama = cfg.model_type() == "llama" || cfg.model_type() == "mistral";
+            let order = |hs| match llama {
+                true => Order::Unpermute { hs },
+                false => Order::AsStored,
+            };
+            let hs = cfg.head_dim;
+            return Some(vec![
+                (key("attn_q"), order(hs)),
+                (key("attn_k"), order(hs)),
+                (key("attn_v"), Order::AsStored),
+            ]);
+        }
+        "mlp.c_fc" => {
+            return Some(vec![
+                (key("ffn_gate"), Order::AsStored),
+                (key("ffn_up"), Order::AsStored),
+            ]);
+        }
+        _ => return None,
+    };
+    plain(&key(file))
+}
+
+impl Source<'_> {
+    /// Rows `row0 .. row0 + n` as f32, dequantised as ggml does, appended to `out`.
+    pub fn read_f32(&self, row0: usize, n: usize, out: &mut Vec<f32>) {
+        for &(p, r) in &self.rows[row0..row0 + n] {
+            let t = self.parts[p];
+            for block in self.raw_row(t, r).chunks_exact(t.ty.bytes) {
+                dequantize_block(t.ty.name, block, out);
+            }
+        }
+    }
+
+    /// Rows `row0 .. row0 + n` (`row0` starting a group of the format's) as [`Self::dtype`]
+    /// stores them: packed blocks repacked, not dequantised.
+    pub fn encoded(&self, row0: usize, n: usize) -> Vec<u8> {
+        let cols = self.cols;
+        match self.dtype {
+            WeightDtype::Q8 => {
+                let mut out = vec![0u8; self.dtype.stored_rows(n) * Q8.row_bytes(cols)];
+                self.each_block(row0, n, |t, r, b, block| {
+                    let (q, d) = q8_block(t.ty.name, block);
+                    Q8.put_block(&mut out, cols, r, b, &q, d);
+                });
+                out
+            }
+            WeightDtype::Q4 => {
+                let mut out = Q4.zeroed(n, cols);
+                self.each_block(row0, n, |t, r, b, block| {
+                    let (q, s, m) = q4_block(t.ty.name, block, b % 8);
+                    Q4.put_block(&mut out, cols, r, b, &q, s, m);
+                });
+                out
+            }
+            dtype => {
+                let mut values = Vec::with_capacity(n * cols);
+                self.read_f32(row0, n, &mut values);
+                dtype.format().encode(&values, cols)
+            }
+        }
+    }
+
+    /// Calls `f(tensor, row, block of 32, its bytes)` for every block of 32 weights of rows
+    /// `row0 .. row0 + n` (rows counted from `row0`); a 256-weight block is passed once per 32.
+    fn each_block(
+        &self,
+        row0: usize,
+        n: usize,
+        mut f: impl FnMut(&TensorInfo, usize, usize, &[u8]),
+    ) {
+        for (i, &(p, r)) in self.rows[row0..row0 + n].iter().enumerate() {
+            let t = self.parts[p];
+            for (j, block) in self.raw_row(t, r).chunks_exact(t.ty.bytes).enumerate() {
+                for sub in 0..t.ty.block / 32 {
+                    f(t, i, j * t.ty.block / 32 + sub, block);
+                }
+            }
+        }
+    }
+
+    /// The stored bytes of row `r` of `t`.
+    fn raw_row<'b>(&'b self, t: &TensorInfo, r: usize) -> &'b [u8] {
+        let row_bytes = (self.cols_of(t) / t.ty.block) * t.ty.bytes;
+        &self.gguf.tensor_bytes(t)[r * row_bytes..(r + 1) * row_bytes]
+    }
+
+    /// Values per stored row of `t` (1 for a vector, whose elements are its rows).
+    fn cols_of(&self, t: &TensorInfo) -> usize {
+        if t.dims.len() == 1 { 1 } else { self.cols }
+    }
+}
+
+/// A Q8_0 or Q5_0 block as q8's int8s and scale: exact (ggml's value is q d either way).
+fn q8_block(ty: &str, b: &[u8]) -> ([i8; 32], f32) {
+    let d = f16_at(b);
+    let mut q = [0i8; 32];
+    match ty {
+        "Q8_0" => q.iter_mut().zip(&b[2..34]).for_each(|(o, &v)| *o = v as i8),
+        _ => {
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            for j in 0..16 {
+                let lo = (b[6 + j] & 0xF) as u32 | (((qh >> j) << 4) & 0x10);
+                let hi = (b[6 + j] >> 4) as u32 | ((qh >> (j + 12)) & 0x10);
+                q[j] = lo as i8 - 16;
+                q[j + 16] = hi as i8 - 16;
+            }
+        }
+    }
+    (q, d)
+}
+
+/// Sub-block `sub` (of 32 weights) of a Q4_0, Q4_1 or Q4_K block as q4's nibbles, scale and
+/// minimum, w = q s + m: exact, each of ggml's values ((q - 8) d, q d + m, d sc q - dmin m)
+/// being representable and the sum rounding once.
+fn q4_block(ty: &str, b: &[u8], sub: usize) -> ([u8; 32], f32, f32) {
+    let mut q = [0u8; 32];
+    if ty == "Q4_K" {
+        // 8 sub-blocks of 32 in 256; the k-th 32 bytes hold sub-block 2k in their low nibbles
+        // and 2k + 1 in the high ones.
+        let (d, dmin) = (f16_at(b), f16_at(&b[2..]));
+        let (sc, mn) = scale_min_k4(sub, &b[4..16]);
+        let bytes = &b[16 + 32 * (sub / 2)..][..32];
+        for (o, &v) in q.iter_mut().zip(bytes) {
+            *o = if sub % 2 == 1 { v >> 4 } else { v & 0xF };
+        }
+        return (q, d * sc, -(dmin * mn));
+    }
+    let (qs, s, m) = match ty {
+        "Q4_0" => (&b[2..18], f16_at(b), -8.0 * f16_at(b)),
+        _ => (&b[4..20], f16_at(b), f16_at(&b[2..])),
+    };
+    for j in 0..16 {
+        q[j] = qs[j] & 0xF;
+        q[j + 16] = qs[j] >> 4;
+    }
+    (q, s, m)
+}

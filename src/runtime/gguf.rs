@@ -1,0 +1,101 @@
+//! Loading a GGUF file: its metadata as the config, its tensors uploaded packed
+//! ([`crate::gguf::Source`]), one tensor at a time straight from the mapped file.
+
+use std::sync::Arc;
+
+use super::{LoadOptions, Model, Progress, inv_freq_tensor, is_linear, texture_linear};
+use crate::gguf::Gguf;
+use crate::gpu::Engine;
+use crate::gpu::tensor::{GpuTensor, WeightDtype};
+use crate::loader;
+use crate::{Config, Result};
+
+impl Model {
+    /// Loads a GGUF file's model: the config from its metadata ([`Gguf::config`]), each matrix
+    /// uploaded in the GPU format that holds its block type exactly
+    /// ([`crate::gguf::packed_as`]; `opts.dtype` does not apply), vectors as f32. The layer
+    /// norms stay separate dispatches: folding their gains needs the weights in f32.
+    pub fn from_gguf(gpu: Arc<Engine>, gguf: &Gguf, opts: &LoadOptions) -> Result<Model> {
+        let config = gguf.config()?;
+        gguf.check_types()?;
+        gpu.clone()
+            .scoped(|| Self::upload_gguf(gpu, config, gguf, opts))
+    }
+
+    fn upload_gguf(
+        gpu: Arc<Engine>,
+        config: Config,
+        gguf: &Gguf,
+        opts: &LoadOptions,
+    ) -> Result<Model> {
+        let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
+        let textures = texture_linear(&gpu, &config, opts)?;
+        let max_rows = gpu.limits.max_texture_dimension_2d as usize;
+        let t0 = std::time::Instant::now();
+        let explicit_head = gguf.tensor("output.weight").is_some();
+        let count = |_: &str, rows: usize, cols: usize, _| Ok((rows * cols) as u64);
+        let total = loader::build_weights(&config, explicit_head, count)?
+            .all()
+            .sum::<u64>();
+        let mut done = 0;
+        let mut weights = loader::build_weights(&config, explicit_head, |name, rows, cols, _| {
+            if name == "rope.inv_freq" {
+                let rope = config
+                    .rope
+                    .as_ref()
+                    .expect("rotary models have a rope config");
+                return Ok(inv_freq_tensor(&gpu, &rope.inv_freq(config.head_dim)));
+            }
+            let src = gguf.source(&config, name, rows, cols)?;
+            let dtype = if rows > 1 {
+                src.dtype
+            } else {
+                WeightDtype::F32
+            };
+            if dtype == WeightDtype::F32 && rows > 1 {
+                log::warn!("{name}: its GGUF blocks have no packed GPU format yet; stored as f32");
+            }
+            // A vector's source rows are its elements.
+            let width = if rows == 1 { cols } else { 1 };
+            let mut read = |row0: usize, n: usize| Ok(src.encoded(row0 * width, n * width));
+            let t = if textures && is_linear(name) {
+                let chunks = GpuTensor::upload_texture_encoded(
+                    &gpu, name, rows, cols, dtype, max_rows, &mut read,
+                )?;
+                GpuTensor::from_textures(rows, cols, dtype, chunks)
+            } else {
+                let mut t = GpuTensor::upload_encoded(
+                    &gpu,
+                    name,
+                    rows,
+                    cols,
+                    dtype,
+                    max_chunk_bytes,
+                    &mut read,
+                )?;
+                if textures && name == "wte.weight" && !explicit_head {
+                    t.textures = GpuTensor::upload_texture_encoded(
+                        &gpu, name, rows, cols, dtype, max_rows, &mut read,
+                    )?;
+                }
+                t
+            };
+            done += (rows * cols) as u64;
+            if let Some(Progress(report)) = &opts.progress {
+                report(done, total);
+            }
+            Ok(t)
+        })?;
+        if weights.lm_head.is_some() {
+            weights.wte.textures.clear();
+        }
+        Self::finish(
+            gpu,
+            config,
+            weights,
+            opts,
+            (max_chunk_bytes, textures, false),
+            t0,
+        )
+    }
+}
