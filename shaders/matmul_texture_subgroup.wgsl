@@ -190,10 +190,17 @@ fn gemv_block_q8(kb: u32, n: u32, xs: array<vec4<f32>, 8>) -> f32 {
 // projections. f32 sums of K terms; var = E[x^2] - mean^2 in f32 loses ~log2(1 + mean^2 / var)
 // bits, negligible for a residual stream whose mean is small next to its spread.
 override NORM: bool = false;
-// With NORM, the fused norm is an RMSNorm (Llama's): out = W' x / rms(x) + b', no mean.
+// With NORM, the fused norm is an RMSNorm (Llama's): out = W (gain x) / rms(x) + b, no mean;
+// the gain scales the input as the lanes load it (binding 9 holds it), so packed weights (a
+// GGUF file's) need no folding. f16, q8 and q4 only: the f32 path reads x unscaled.
 override RMS: bool = false;
 
-@group(0) @binding(9) var<storage, read> rowsum: array<f32>;  // (col0 + N) NORM only
+@group(0) @binding(9) var<storage, read> rowsum: array<f32>;  // NORM: (col0 + N) row sums; RMS: (K) gain
+
+// The RMSNorm gain of input vec4 t.
+fn gain4(t: u32) -> vec4<f32> {
+    return vec4(rowsum[4u * t], rowsum[4u * t + 1u], rowsum[4u * t + 2u], rowsum[4u * t + 3u]);
+}
 
 // rstd (sums - mean rowsum) for outputs n0 .. n0 + 4, from the lanes' partial sum s1 and sum of
 // squares s2 of the row (every lane must call it: subgroup sums).
@@ -250,11 +257,12 @@ fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
     var r2 = vec4(0.0);
     var r3 = vec4(0.0);
     for (var kb = 0u; kb < p.K / 32u; kb++) {
-        let xl = x[row + 8u * kb + lane];
+        var xl = x[row + 8u * kb + lane];
         if (NORM) {
             s1 += dot(xl, one);
             s2 += dot(xl, xl);
         }
+        if (NORM && RMS) { xl *= gain4(8u * kb + lane); }
         let xs = lanes8(xl);
         if (WEIGHT_FORMAT == FORMAT_Q8) {
             let d = vec4(

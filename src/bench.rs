@@ -226,7 +226,9 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
         );
         return Err(Error::option("bench::Options::prompt_lens", p, &expected));
     }
-    let mut session = Session::new(model)?;
+    // A cache for the longest run, as llama-bench sizes its context (n_prompt + n_gen).
+    let longest = opts.prompt_lens.iter().max().unwrap_or(&0) + opts.gen_tokens;
+    let mut session = Session::with_context(model, longest.max(1))?;
     let weight_bytes = model.decode_weight_bytes() as f64;
     let mut runs = Vec::new();
     // One untimed pass first: drivers compile pipelines lazily on first use (lavapipe's JIT
@@ -319,7 +321,7 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
         },
         model: ModelReport {
             source: opts.source.clone(),
-            dtype: model.dtype().name().into(),
+            dtype: model.weight_formats(),
             layout: if model.uses_textures() {
                 "texture"
             } else {

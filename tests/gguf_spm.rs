@@ -115,17 +115,15 @@ fn gguf(kvs: &[(&str, Kv)]) -> Vec<u8> {
     out
 }
 
-/// A tiny llama vocabulary with no byte tokens, plus `extra` metadata.
-fn tiny(name: &str, extra: &[(&str, Kv)]) -> wgpt::Result<wgpt::Tokenizer> {
-    let tokens: &[&str] = &["<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab"];
+/// A llama vocabulary of `tokens` (`<unk>`, `<s>`, `</s>` first), no byte tokens, plus `extra`
+/// metadata.
+fn spm(name: &str, tokens: &[&str], extra: &[(&str, Kv)]) -> wgpt::Result<wgpt::Tokenizer> {
+    let types: Vec<i32> = (0..tokens.len()).map(|i| [2, 3, 3, 1][i.min(3)]).collect();
     let mut kvs = vec![
         ("general.architecture", Kv::Str("llama")),
         ("tokenizer.ggml.model", Kv::Str("llama")),
         ("tokenizer.ggml.tokens", Kv::Strs(tokens)),
-        (
-            "tokenizer.ggml.token_type",
-            Kv::I32s(&[2, 3, 3, 1, 1, 1, 1, 1]),
-        ),
+        ("tokenizer.ggml.token_type", Kv::I32s(&types)),
         ("tokenizer.ggml.bos_token_id", Kv::U32(1)),
         ("tokenizer.ggml.eos_token_id", Kv::U32(2)),
         ("tokenizer.ggml.unknown_token_id", Kv::U32(0)),
@@ -135,12 +133,18 @@ fn tiny(name: &str, extra: &[(&str, Kv)]) -> wgpt::Result<wgpt::Tokenizer> {
     wgpt::Tokenizer::from_gguf(&g)
 }
 
+const TINY: &[&str] = &["<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab"];
+
+fn tiny(name: &str, extra: &[(&str, Kv)]) -> wgpt::Result<wgpt::Tokenizer> {
+    spm(name, TINY, extra)
+}
+
 const SCORES: &[f32] = &[0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -0.5, -0.7];
 
 /// Merges ranked by score: `▁a` (-0.5) before `ab` (-0.7), so "ab" (`▁ab`) is `▁a b`; with the
 /// scores reversed `▁ ab`; with merges in the file, those. A character with neither a token nor
-/// byte tokens is the unknown token, a run of them one (sentencepiece's and llama.cpp's
-/// behaviour; transformers 5.24 sets no unk_token and drops such characters).
+/// byte tokens is the unknown token, a run of them one, as sentencepiece does (transformers 5.24
+/// sets no unk_token and drops such characters: `[1, 6, 3]` for "a cd").
 #[test]
 fn merges_rank_by_score_and_unknown_characters_are_unk() {
     let tok = tiny("tiny.gguf", &[("tokenizer.ggml.scores", Kv::F32s(SCORES))]).unwrap();
@@ -156,6 +160,24 @@ fn merges_rank_by_score_and_unknown_characters_are_unk() {
     let merges = ("tokenizer.ggml.merges", Kv::Strs(&["a b", "▁ a"]));
     let tok = tiny("tiny.gguf", &[merges]).unwrap();
     assert_eq!(tok.encode("ab").unwrap(), [1, 3, 7]);
+}
+
+/// Merges of equal score rank by their left half's length in characters, longest first, not by
+/// vocabulary order or length in bytes: in "xx日z", `xx 日` (2 characters, 2 bytes) goes before
+/// `日 z` (1 character, 3 bytes, earlier in the vocabulary), as transformers' `generate_merges`.
+#[test]
+fn merges_of_equal_score_rank_by_length_in_characters() {
+    let tokens = [
+        "<unk>", "<s>", "</s>", "▁", "x", "日", "z", "xx", "日z", "xx日",
+    ];
+    let scores = [0.0, 0.0, 0.0, -5.0, -6.0, -7.0, -8.0, -1.0, -2.0, -2.0];
+    let tok = spm(
+        "ties.gguf",
+        &tokens,
+        &[("tokenizer.ggml.scores", Kv::F32s(&scores))],
+    )
+    .unwrap();
+    assert_eq!(tok.encode("xx日z").unwrap(), [1, 3, 9, 6]);
 }
 
 /// Scores that are missing, too few or not numbers, and SentencePiece variants wgpt does not

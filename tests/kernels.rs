@@ -1116,6 +1116,69 @@ fn texture_gemv_with_fused_norm_matches_cpu() {
     }
 }
 
+/// gemv_texture_subgroup with an RMSNorm fused in (NORM and RMS: the norm's gain scales the
+/// input as it is loaded, the weights stay as stored, so packed GGUF weights need no folding)
+/// against the CPU twin: RMSNorm with a gain far from 1, then the linear layer, for every
+/// format but f32 (whose NORM path reads its input unscaled; the planner does not fold there).
+#[test]
+fn texture_gemv_with_fused_rms_norm_matches_cpu() {
+    let h = Harness::new();
+    if !wgpt::gpu::kernels::subgroups_of_8(&h.gpu) {
+        return;
+    }
+    let eps = 1e-5;
+    for (k, n) in [(64, 36), (192, 20), (576, 12)] {
+        for dtype in [WeightDtype::F16, WeightDtype::Q8, WeightDtype::Q4] {
+            let layout = wgpt::gpu::registry::Layout::Linear {
+                textures: true,
+                extra: wgpt::gpu::kernels::Extra::None,
+            };
+            let constants = [
+                ("WEIGHT_FORMAT", dtype.format().code() as f64),
+                ("NORM", 1.0),
+                ("RMS", 1.0),
+            ];
+            let linear = wgpt::gpu::kernels::Linear::new(
+                &h.gpu,
+                "matmul_texture_subgroup",
+                "gemv_texture_subgroup",
+                layout,
+                &constants,
+                &[Epilogue::Store],
+            );
+            let pipe = linear.get(Epilogue::Store);
+            let x: Vec<f32> = random(k, 46, 3.0).iter().map(|v| v + 0.5).collect();
+            let gain: Vec<f32> = random(k, 47, 1.0).iter().map(|v| 1.0 + v).collect();
+            let w = random(n * k, 48, 1.0);
+            let b = random(n, 49, 1.0);
+            let xn = reference::rms_norm(&x, &gain, k, eps);
+            let want = reference::matmul(&xn, &stored_weights(&w, dtype), Some(&b), k, n);
+            let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype);
+            let wt = texture_tensor(wt, n, k, dtype);
+            let (xt, xu) = linear_input(&h, &x, 1, k);
+            let (bb, gb, step) = (h.f32s(&b), h.f32s(&gain), h.step(1, 0, 0));
+            let out = h.f32s(&vec![f32::NAN; n]);
+            let io = LinearIo {
+                step: &step,
+                inp: &xu,
+                input_texture: Some(&xt),
+                bias: (&bb, true),
+                out: &out,
+                kv: None,
+                ln: Some((&gb, eps)),
+                partials: None,
+            };
+            for (bg, cols) in linear_binds(&h.gpu, pipe, &wt, &io) {
+                dispatch(&h, pipe, &bg, cols.div_ceil(4).div_ceil(8), 1);
+            }
+            // K terms of size <= ~|gain x| (~7) in f32 against f64, times 1 / rms: 1e-4
+            // relative to the largest output, as the layer-norm test.
+            let d = close(&h.read(&out), &want, 1e-4);
+            println!("gemv_texture_subgroup NORM+RMS {dtype:?} K={k} N={n}: max diff {d:e}");
+        }
+    }
+}
+
 /// gemv_texture_argmax (the head's GEMV leaving each workgroup's largest logit) then
 /// argmax_partials, against the CPU twin: the logits, and a token that is exactly the first
 /// largest of the logits the GPU stored, over two weight chunks, with the largest logit tied

@@ -30,8 +30,8 @@ use wgpt::{
 #[derive(Parser)]
 #[command(name = "wgpt-demo", version, about = "wgpt's desktop demo window")]
 struct Cli {
-    /// A Hugging Face decoder folder (GPT-2, OPT, XGLM, Llama, Mistral, Qwen2, Phi-3). Default:
-    /// the small model embedded in the binary.
+    /// A Hugging Face decoder folder (GPT-2, OPT, XGLM, Llama, Mistral, Qwen2, Phi-3) or a GGUF
+    /// file. Default: the small model embedded in the binary.
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// Start with this prompt (and run it at once when --screenshot is given).

@@ -132,7 +132,7 @@ llama-bench's flags work too: -p 512 -n 128 -r 5 -o md|csv|json|jsonl prints its
 (pp512: the prompt's prefill; tg128: 128 tokens decoded from a one-token start), each as
 the mean t/s ± standard deviation over the repetitions.")]
 struct BenchArgs {
-    /// A model folder (or hub id) to benchmark.
+    /// A model folder, GGUF file (or hub id) to benchmark.
     #[arg(long, short, conflicts_with = "shape")]
     model: Option<PathBuf>,
     /// A model shape with random weights generated on the GPU: gpt2, gpt2-medium, gpt2-large,
@@ -178,17 +178,19 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// A decoder: a Hugging Face folder (GPT-2, OPT or XGLM: config.json, model.safetensors,
-    /// tokenizer.json) or a hub id ORG/NAME already in the Hugging Face cache (nothing is
-    /// downloaded). Default: the small model embedded in wgpt.
+    /// A decoder: a Hugging Face folder (GPT-2, OPT, XGLM, Llama, Mistral, Qwen2, Phi-3:
+    /// config.json, model.safetensors, tokenizer.json), a GGUF file (llama, qwen2, gpt2; run
+    /// packed) or a hub id ORG/NAME already in the Hugging Face cache (nothing is downloaded).
+    /// Default: the small model embedded in wgpt.
     #[arg(long, short, env = "WGPT_MODEL")]
     model: Option<PathBuf>,
     /// Adapter index or part of its name (see `wgpt info`). Default: the high-performance one.
     #[arg(long, env = "WGPT_ADAPTER")]
     adapter: Option<String>,
-    /// How weight matrices are stored on the GPU: f32, f16 (half the memory and bandwidth) or q8
-    /// (int8 with an f32 scale per 32 weights, quantised at load: ~0.28x f32; needs n_embd and
-    /// n_inner multiples of 32). Computation stays f32.
+    /// How weight matrices are stored on the GPU: f32, f16 (half the memory and bandwidth), q8
+    /// (int8 with an f32 scale per 32 weights, quantised at load: ~0.28x f32) or q4 (4-bit with
+    /// an f32 scale and minimum per 32: ~0.19x f32); q8 and q4 need n_embd and n_inner multiples
+    /// of 32. A GGUF file keeps its own formats. Computation stays f32.
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
     /// Where the linear layers' operands live: auto (textures on CPU adapters such as lavapipe,

@@ -62,18 +62,25 @@ impl<'a> Lower<'a> {
         let mut out = Vec::new();
         // A rope the next attention applies (rope_attend): its frequencies.
         let mut rope = None;
+        // A norm the next linear applies (fold_norm): its gain.
+        let mut gain = None;
         for (op, f) in ops.iter().zip(fuse) {
             let step = &self.io.steps[head as usize];
             if f.skip {
-                if let Op::Rope { inv_freq, .. } = op {
-                    rope = Some(*inv_freq);
+                match op {
+                    Op::Rope { inv_freq, .. } => rope = Some(*inv_freq),
+                    Op::Norm { gain: g, .. } => gain = Some(*g),
+                    _ => {}
                 }
                 continue;
             }
             match op {
                 Op::Embed { .. } => out.extend(self.embed(op, step)),
                 Op::Norm { .. } => out.push(self.norm(op, f, step)),
-                Op::Linear { .. } => out.extend(self.linear(op, f, bucket, step)),
+                Op::Linear { .. } => {
+                    let gain = gain.take().filter(|_| f.norm_of.is_some());
+                    out.extend(self.linear(op, f, bucket, step, gain));
+                }
                 Op::Rope { .. } => out.push(self.rope(op, step)),
                 Op::Gate { .. } => out.push(self.gate(op, step)),
                 Op::Attention { .. } => {
@@ -287,6 +294,7 @@ impl<'a> Lower<'a> {
         f: &Fuse,
         bucket: Bucket,
         step: &wgpu::Buffer,
+        norm_gain: Option<&GpuTensor>,
     ) -> Vec<Dispatch> {
         let Op::Linear {
             inp,
@@ -321,9 +329,12 @@ impl<'a> Lower<'a> {
             bias: (b.map_or(&self.io.zero, |b| b.single()), b.is_some()),
             out: result,
             kv: f.kv.map(|kv| self.kv(kv)),
-            ln: f
-                .norm_of
-                .map(|(_, eps, _)| (w.row_sums.as_ref().expect("fold_norm checked"), eps)),
+            // A folded RMSNorm's GEMV takes the norm's gain (it scales its input), a layer
+            // norm's the row sums of the weights its gain and bias were folded into.
+            ln: f.norm_of.map(|(_, eps, kind)| match kind {
+                NormKind::Rms => (norm_gain.expect("fold_norm skipped its norm").single(), eps),
+                NormKind::Layer => (w.row_sums.as_ref().expect("fold_norm checked"), eps),
+            }),
             partials: self.io.partials.as_ref().filter(|_| f.argmax),
         };
         let attends = matches!(f.kv, Some(KvFuse::Attend { .. }));

@@ -6,7 +6,7 @@
 use crate::Error;
 use crate::config::Activation;
 use crate::gpu::kernels::wg;
-use crate::gpu::tensor::GpuTensor;
+use crate::gpu::tensor::{GpuTensor, WeightDtype};
 use crate::graph::{Act, Keys, NormKind, Op, Then};
 use crate::plan::{Bucket, Caps};
 
@@ -373,7 +373,23 @@ fn fold_norm(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [Fu
             Some(KvFuse::Attend { .. }) => true,
             Some(KvFuse::Deferred { .. }) => false,
         };
-        if w.row_sums.is_some() && decode_gemv(caps, bucket, w) && shapes {
+        // A layer norm folds into weights at load (their row sums then exist); an RMSNorm's
+        // gain scales the GEMV's input instead, in any weight format but f32 (whose NORM GEMV
+        // reads its input unscaled: gemv_f32).
+        // Not the head's final norm: a prefill's head reads the last row of the norm's input,
+        // which the GEMV would not find.
+        let head = matches!(
+            ops[i + 1],
+            Op::Linear {
+                out: Act::Logits,
+                ..
+            }
+        );
+        let foldable = match x.2 {
+            NormKind::Layer => w.row_sums.is_some(),
+            NormKind::Rms => w.dtype != WeightDtype::F32 && !head,
+        };
+        if foldable && decode_gemv(caps, bucket, w) && shapes {
             fuse[i].skip = true;
             fuse[i + 1].norm_of = Some(x);
         }

