@@ -530,3 +530,26 @@ fn block_formats_dequantize_as_ggml() {
         );
     }
 }
+
+/// A file with tensors of types wgpt does not run (Q2_K, IQ4_NL) is refused before anything is
+/// uploaded: one error naming the file, each type and the tensors using it.
+#[test]
+fn unsupported_block_types_are_refused_by_name() {
+    let mut w = sample();
+    w.tensor("blk.0.attn_q.weight", &[256, 2], 10, &[0; 168], None) // Q2_K: 84 bytes a 256
+        .tensor("blk.1.attn_q.weight", &[256], 10, &[0; 84], None)
+        .tensor("blk.0.ffn_up.weight", &[32], 20, &[0; 18], None); // IQ4_NL: 18 bytes a 32
+    let g = parse(w.bytes()).unwrap();
+    let err = match wgpt::Model::from_gguf(common::gpu(), &g, &Default::default()) {
+        Ok(_) => panic!("a Q2_K file loaded"),
+        Err(e) => e.to_string(),
+    };
+    for needle in [
+        "bad.gguf",
+        "Q2_K (blk.0.attn_q.weight, blk.1.attn_q.weight)",
+        "IQ4_NL (blk.0.ffn_up.weight)",
+        "Q4_K",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+}

@@ -638,6 +638,16 @@ fn gguf_info(file: &std::path::Path) -> Result<()> {
         g.tensors.len(),
         types.join(", ")
     );
+    // How each type runs: packed in a GPU format, or dequantised to f32.
+    let on_gpu: Vec<String> = (g.type_histogram().keys())
+        .map(|t| match wgpt::gguf::packed_as(t) {
+            Some(d) if *t == "F32" || *t == "F16" || *t == "BF16" => format!("{t} as {}", d.name()),
+            Some(d) => format!("{t} packed as {}", d.name()),
+            None if wgpt::gguf::DEQUANTIZED.contains(t) => format!("{t} dequantised to f32"),
+            None => format!("{t} not supported"),
+        })
+        .collect();
+    println!("    {:<12} {}", "on the GPU", on_gpu.join(", "));
     let template = g.get("tokenizer.chat_template").is_some();
     println!(
         "    {:<12} {}",

@@ -16,8 +16,8 @@ impl Model {
     /// ([`crate::gguf::packed_as`]; `opts.dtype` does not apply), vectors as f32. The layer
     /// norms stay separate dispatches: folding their gains needs the weights in f32.
     pub fn from_gguf(gpu: Arc<Engine>, gguf: &Gguf, opts: &LoadOptions) -> Result<Model> {
-        let config = gguf.config()?;
         gguf.check_types()?;
+        let config = gguf.config()?;
         if opts.dtype != WeightDtype::F32 {
             log::warn!(
                 "a GGUF file keeps its own block formats: dtype {} ignored",
