@@ -9,7 +9,7 @@ struct Params { C: u32, tok0: u32, tok_rows: u32, scale: f32, tokens: u32, posit
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;   // (T)
-@group(0) @binding(3) var<storage, read> wte: array<u32>;      // (tok_rows, C): rows tok0.. of (V, C), f32, f16, q8 or q4 words
+@group(0) @binding(3) var<storage, read> wte: array<u32>;      // (tok_rows, C): rows tok0.. of (V, C), f32, f16, q8 or nibble-format words
 @group(0) @binding(4) var<storage, read> wpe: array<f32>;      // (n_ctx, C)
 @group(0) @binding(5) var<storage, read_write> x: array<f32>;  // (T, C)
 
@@ -22,10 +22,15 @@ fn wte_at(r: u32, c: u32) -> f32 {
         let q = i8_at(wte[r * q8_row_words(p.C) + c / 4u], c % 4u);
         return q * bitcast<f32>(wte[q8_scale_word(r, c / Q8_BLOCK, p.C)]);
     }
-    if (WEIGHT_FORMAT == FORMAT_Q4) {
-        let q = q4_at(wte[r * q4_row_words(p.C) + c / 8u], c % 8u);
-        let s = q4_scale_word(r, c / Q4_BLOCK, p.C);
-        return q * bitcast<f32>(wte[s]) + bitcast<f32>(wte[s + 4u]);
+    if (is_nibbles()) {
+        let rw = r * qn_row_words(p.C);
+        let b = c / Q4_BLOCK;
+        let i = c % Q4_BLOCK;
+        let hw = rw + qn_high_word(b, p.C);
+        let v = qn_at(wte[rw + c / 8u], vec2(wte[hw], wte[hw + select(0u, 1u, WEIGHT_FORMAT == FORMAT_Q6)]), i);
+        let s = qn_scale_word(r, b, p.C);
+        let sm = qn_sm(bitcast<f32>(wte[s]), bitcast<f32>(wte[s + 4u]), i / 8u);
+        return v * sm.x + sm.y;
     }
     let i = r * p.C + c;
     if (WEIGHT_FORMAT == FORMAT_F16) {

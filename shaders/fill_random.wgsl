@@ -10,8 +10,8 @@ struct Params { n: u32, seed: u32, scale: f32, center: f32, row_words: u32, q_wo
 // Words in the WEIGHT_FORMAT (format.wgsl, prepended): f32, two halves per word (f16), or q8
 // rows of row_words words: q_words of random int8 (four per word, in [-127, 127]), then block
 // scales of scale / 127 (so weights span +-scale, centre ignored). With q_rows != 0 the rows are
-// a transposed weight texture's: the first q_rows rows int8, the rest scales. q4 likewise, with
-// random nibbles and scale pairs (scale / 7.5, then -scale).
+// a transposed weight texture's: the first q_rows rows int8, the rest scales. The nibble formats
+// likewise, with random value planes and their pairs of f32.
 
 // PCG hash (Jarzynski & Olano, "Hash Functions for GPU Rendering", 2020).
 fn pcg(v: u32) -> u32 {
@@ -36,15 +36,18 @@ fn fill_random(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         }
         return;
     }
-    if (WEIGHT_FORMAT == FORMAT_Q4) {
-        // Nibbles: any word. Scale area: pairs of texels, scales (so weights span +-scale)
-        // then minimums.
-        let nibbles = select(i % p.row_words < p.q_words, i / p.row_words < p.q_rows, p.q_rows != 0u);
+    if (WEIGHT_FORMAT == FORMAT_Q4 || WEIGHT_FORMAT == FORMAT_Q5 || WEIGHT_FORMAT == FORMAT_Q6) {
+        // Nibble and high-bit planes: any word. Scale area: pairs of texels, q4 and q5 scales
+        // (so weights span +-scale) then minimums, q6 two texels of half scales.
+        let values = select(i % p.row_words < p.q_words, i / p.row_words < p.q_rows, p.q_rows != 0u);
         let area = select(i % p.row_words - p.q_words, (i / p.row_words - p.q_rows) * 4u, p.q_rows != 0u);
-        if (nibbles) {
+        let top = select(15.0, 31.0, WEIGHT_FORMAT == FORMAT_Q5);
+        if (values) {
             out[i] = r;
+        } else if (WEIGHT_FORMAT == FORMAT_Q6) {
+            out[i] = bitcast<u32>(p.scale / 32.0);
         } else {
-            out[i] = bitcast<u32>(select(-p.scale, p.scale / 7.5, area / 4u % 2u == 0u));
+            out[i] = bitcast<u32>(select(-p.scale, 2.0 * p.scale / top, area / 4u % 2u == 0u));
         }
         return;
     }

@@ -7,5 +7,7 @@ const FORMAT_F32: u32 = 0u;
 const FORMAT_F16: u32 = 1u;
 const FORMAT_Q8: u32 = 2u;
 const FORMAT_Q4: u32 = 3u;
+const FORMAT_Q5: u32 = 4u;
+const FORMAT_Q6: u32 = 5u;
 
 override WEIGHT_FORMAT: u32 = FORMAT_F32;

@@ -7,17 +7,17 @@
 //           (see below). At one row the tiled matmul wastes 31/32 of its work; this does none.
 
 @group(0) @binding(2) var<storage, read> a: array<vec4<f32>>;     // (M, K), M = step.rows
-@group(0) @binding(3) var<storage, read> w: array<u32>;           // (N, K) f32, f16, q8 or q4 words
+@group(0) @binding(3) var<storage, read> w: array<u32>;           // (N, K) f32, f16, q8 or nibble-format words
 
 // Weights are raw words in the pipeline's WEIGHT_FORMAT (format.wgsl and the format_*.wgsl
-// decoders): f32 bits, f16 pairs, q8 int8s with their block scales, or q4 nibbles with their block scales
-// and minimums. Computed in f32 either
+// decoders): f32 bits, f16 pairs, q8 int8s with their block scales, or a nibble format's values with their
+// block scales (format_nibbles.wgsl). Computed in f32 either
 // way.
 
 // Words of one stored weight row.
 fn row_words() -> u32 {
     if (WEIGHT_FORMAT == FORMAT_Q8) { return q8_row_words(p.K); }
-    if (WEIGHT_FORMAT == FORMAT_Q4) { return q4_row_words(p.K); }
+    if (is_nibbles()) { return qn_row_words(p.K); }
     if (WEIGHT_FORMAT == FORMAT_F16) { return f16_row_words(p.K); }
     return p.K;
 }
@@ -28,12 +28,16 @@ fn w4(n: u32, k4: u32) -> vec4<f32> {
     if (WEIGHT_FORMAT == FORMAT_Q8) {
         return i8x4(w[rw + k4]) * bitcast<f32>(w[q8_scale_word(n, k4 / 8u, p.K)]);
     }
-    if (WEIGHT_FORMAT == FORMAT_Q4) {
+    if (is_nibbles()) {
         // Word k4 / 2 holds weights 4 k4 .. 4 k4 + 4 in its low nibbles when k4 is even.
+        let b = k4 / 8u;
+        let j = k4 % 8u / 2u;
         let word = w[rw + k4 / 2u];
-        let q = select(q4_hi(word), q4_lo(word), k4 % 2u == 0u);
-        let s = q4_scale_word(n, k4 / 8u, p.K);
-        return q * bitcast<f32>(w[s]) + bitcast<f32>(w[s + 4u]);
+        let h = high_words(rw, b);
+        let v = select(qn_hi(word, h, j), qn_lo(word, h, j), k4 % 2u == 0u);
+        let s = qn_scale_word(n, b, p.K);
+        let sm = qn_sm(bitcast<f32>(w[s]), bitcast<f32>(w[s + 4u]), j);
+        return v * sm.x + sm.y;
     }
     if (WEIGHT_FORMAT == FORMAT_F16) {
         let j = rw + 2u * k4;
@@ -41,6 +45,12 @@ fn w4(n: u32, k4: u32) -> vec4<f32> {
     }
     let j = rw + 4u * k4;
     return bitcast<vec4<f32>>(vec4(w[j], w[j + 1u], w[j + 2u], w[j + 3u]));
+}
+
+// The high words of block b of the row starting at word rw (nibble formats).
+fn high_words(rw: u32, b: u32) -> vec2<u32> {
+    let i = rw + qn_high_word(b, p.K);
+    return vec2(w[i], w[i + select(0u, 1u, WEIGHT_FORMAT == FORMAT_Q6)]);
 }
 
 const TILE: u32 = 32u;   // output rows and columns per workgroup
@@ -136,12 +146,18 @@ fn gemv_partial(m: u32, n0: u32, lane: u32) -> vec4<f32> {
             );
             c += vec4(dot(d0, one), dot(d1, one), dot(d2, one), dot(d3, one)) * scales;
         }
-    } else if (WEIGHT_FORMAT == FORMAT_Q4) {
-        // Per block of 32 (four words a row): the nibbles' dot products and the inputs' sum,
-        // then sum_k x (q s + m) = s (x . q) + m sum(x) with the four rows' scales and mins.
+    } else if (is_nibbles()) {
+        // Per block of 32 (four nibble words a row): the unscaled values' dot products with
+        // each half of the block's inputs and the inputs' sum, then qn_combine scales them with
+        // the four rows' f32 pairs (sum_k x (v s + m) = s (x . v) + m sum(x) for q4 and q5).
         let rw = row_words();
         for (var b = lane; b < K4 / 8u; b += GEMV_LANES) {
-            var d = vec4(0.0);
+            let h0 = high_words(n0 * rw, b);
+            let h1 = high_words(n1 * rw, b);
+            let h2 = high_words(n2 * rw, b);
+            let h3 = high_words(n3 * rw, b);
+            var lo = vec4(0.0);
+            var hi = vec4(0.0);
             var sx = vec4(0.0);
             for (var j = 0u; j < 4u; j++) {
                 let xl = a[ar + 8u * b + 2u * j];
@@ -151,17 +167,20 @@ fn gemv_partial(m: u32, n0: u32, lane: u32) -> vec4<f32> {
                 let w1 = w[n1 * rw + 4u * b + j];
                 let w2 = w[n2 * rw + 4u * b + j];
                 let w3 = w[n3 * rw + 4u * b + j];
-                d += vec4(
-                    dot(xl, q4_lo(w0)) + dot(xh, q4_hi(w0)),
-                    dot(xl, q4_lo(w1)) + dot(xh, q4_hi(w1)),
-                    dot(xl, q4_lo(w2)) + dot(xh, q4_hi(w2)),
-                    dot(xl, q4_lo(w3)) + dot(xh, q4_hi(w3)),
+                let d = vec4(
+                    dot(xl, qn_lo(w0, h0, j)) + dot(xh, qn_hi(w0, h0, j)),
+                    dot(xl, qn_lo(w1, h1, j)) + dot(xh, qn_hi(w1, h1, j)),
+                    dot(xl, qn_lo(w2, h2, j)) + dot(xh, qn_hi(w2, h2, j)),
+                    dot(xl, qn_lo(w3, h3, j)) + dot(xh, qn_hi(w3, h3, j)),
                 );
+                if (j < 2u) { lo += d; } else { hi += d; }
             }
-            let s = q4_scale_word(n0, b, p.K);
-            let scales = vec4(bitcast<f32>(w[s]), bitcast<f32>(w[s + 1u]), bitcast<f32>(w[s + 2u]), bitcast<f32>(w[s + 3u]));
-            let mins = vec4(bitcast<f32>(w[s + 4u]), bitcast<f32>(w[s + 5u]), bitcast<f32>(w[s + 6u]), bitcast<f32>(w[s + 7u]));
-            c += d * scales + dot(sx, one) * mins;
+            let s = qn_scale_word(n0, b, p.K);
+            let sm = mat2x4(
+                vec4(bitcast<f32>(w[s]), bitcast<f32>(w[s + 1u]), bitcast<f32>(w[s + 2u]), bitcast<f32>(w[s + 3u])),
+                vec4(bitcast<f32>(w[s + 4u]), bitcast<f32>(w[s + 5u]), bitcast<f32>(w[s + 6u]), bitcast<f32>(w[s + 7u])),
+            );
+            c += qn_combine(lo, hi, dot(sx, one), sm);
         }
     } else {
         for (var k = lane; k < K4; k += GEMV_LANES) {

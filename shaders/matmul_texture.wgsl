@@ -2,9 +2,10 @@
 // the input texture is a row of the input, a column of the weight texture a row of the weight
 // (transposed, so that lanes computing neighbouring outputs fetch neighbouring texels). An input
 // texel holds four consecutive values along K, a weight texel (raw bits in rgba32uint) four
-// f32, eight f16, sixteen q8 int8 or thirty-two q4 nibbles, per the pipeline's WEIGHT_FORMAT
-// (format.wgsl; the q8 and q4 scale layouts are format_q8.wgsl's and format_q4.wgsl's: the four rows an invocation computes, n0 = 4 gid.x starting
-// a group, take one scale fetch per block of 32 weights, two int8 texels or one q4 texel each).
+// f32, eight f16, sixteen q8 int8 or a nibble format's block of 32, per the pipeline's
+// WEIGHT_FORMAT (format.wgsl; the q8 and nibble layouts are format_q8.wgsl's and
+// format_nibbles.wgsl's: the four rows an invocation computes, n0 = 4 gid.x starting
+// a group, take one scale fetch per block of 32 weights, two int8 texels or one nibble texel each).
 // On CPU adapters (lavapipe) a storage-buffer load costs a bounds-checked scalar load per lane
 // and component, while a texel load is one vectorised fetch: measured on lavapipe at GPT-2's
 // shapes, these kernels are ~10x (GEMV) to ~15x (GEMM) faster than the buffer ones. The
@@ -44,11 +45,22 @@ fn block_scales(b: u32, n0: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(wtexel(q8_scale_texel(b, p.K), n0 + b % 4u));
 }
 
-// The f32 scales, then minimums, of block b of q4 rows n0 .. n0 + 4 (n0 a multiple of 4).
-fn q4_block_scales(b: u32, n0: u32) -> mat2x4<f32> {
-    let t = q4_scale_texel(b, p.K);
+// The two f32 (scales and minimums, or q6's half scales) of block b of nibble-format rows
+// n0 .. n0 + 4 (n0 a multiple of 4).
+fn qn_block_scales(b: u32, n0: u32) -> mat2x4<f32> {
+    let t = qn_scale_texel(b, p.K);
     let r = n0 + b % 4u;
     return mat2x4(bitcast<vec4<f32>>(wtexel(t, r)), bitcast<vec4<f32>>(wtexel(t + 1u, r)));
+}
+
+// The high words of block b of nibble-format row n.
+fn qn_high_texel(b: u32, n: u32) -> vec2<u32> {
+    if (WEIGHT_FORMAT == FORMAT_Q5) { return vec2(wtexel(p.K / 32u + b / 4u, n)[b % 4u], 0u); }
+    if (WEIGHT_FORMAT == FORMAT_Q6) {
+        let t = wtexel(p.K / 32u + b / 2u, n);
+        return select(t.xy, t.zw, b % 2u == 1u);
+    }
+    return vec2(0u);
 }
 
 fn dot4(x: vec4<f32>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> vec4<f32> {
@@ -98,24 +110,40 @@ fn matmul_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
                 }
             }
         }
-    } else if (WEIGHT_FORMAT == FORMAT_Q4) {
-        // Per block of 32 (one weight texel, eight input texels): the columns' scales and
-        // minimums, then each word's nibbles dequantised with them.
+    } else if (is_nibbles()) {
+        // Per block of 32 (one nibble texel, eight input texels): the columns' scales and
+        // minimums (q6: half scales) and high bits, then each word's values dequantised.
         for (var b = 0u; b < p.K / 32u; b++) {
-            let sm = q4_block_scales(b, n0);
+            let sm = qn_block_scales(b, n0);
             let t0 = wtexel(b, n0);
             let t1 = wtexel(b, n1);
             let t2 = wtexel(b, n2);
             let t3 = wtexel(b, n3);
+            let h0 = qn_high_texel(b, n0);
+            let h1 = qn_high_texel(b, n1);
+            let h2 = qn_high_texel(b, n2);
+            let h3 = qn_high_texel(b, n3);
             for (var q = 0u; q < 8u; q++) {
                 let ka = 8u * b + q;
                 let j = q / 2u;
-                var u = vec4(t0[j], t1[j], t2[j], t3[j]);
-                if (q % 2u == 1u) { u = u >> vec4(4u); }
-                let w0 = q4_lo(u.x) * sm[0].x + sm[1].x;
-                let w1 = q4_lo(u.y) * sm[0].y + sm[1].y;
-                let w2 = q4_lo(u.z) * sm[0].z + sm[1].z;
-                let w3 = q4_lo(u.w) * sm[0].w + sm[1].w;
+                let s0 = qn_sm(sm[0].x, sm[1].x, j);
+                let s1 = qn_sm(sm[0].y, sm[1].y, j);
+                let s2 = qn_sm(sm[0].z, sm[1].z, j);
+                let s3 = qn_sm(sm[0].w, sm[1].w, j);
+                var v0 = qn_lo(t0[j], h0, j);
+                var v1 = qn_lo(t1[j], h1, j);
+                var v2 = qn_lo(t2[j], h2, j);
+                var v3 = qn_lo(t3[j], h3, j);
+                if (q % 2u == 1u) {
+                    v0 = qn_hi(t0[j], h0, j);
+                    v1 = qn_hi(t1[j], h1, j);
+                    v2 = qn_hi(t2[j], h2, j);
+                    v3 = qn_hi(t3[j], h3, j);
+                }
+                let w0 = v0 * s0.x + s0.y;
+                let w1 = v1 * s1.x + s1.y;
+                let w2 = v2 * s2.x + s2.y;
+                let w3 = v3 * s3.x + s3.y;
                 r0 += dot4(textureLoad(a, vec2(ka, m0)), w0, w1, w2, w3);
                 r1 += dot4(textureLoad(a, vec2(ka, m1)), w0, w1, w2, w3);
                 r2 += dot4(textureLoad(a, vec2(ka, m2)), w0, w1, w2, w3);
@@ -183,12 +211,16 @@ fn gemv_q8(row: u32, n0: u32, n1: u32, n2: u32, n3: u32) -> vec4<f32> {
     return acc;
 }
 
-// Block b of q4 weight row n dotted with inputs xs (the block's eight input texels), unscaled.
-fn q4_block_dot(b: u32, n: u32, xs: array<vec4<f32>, 8>) -> f32 {
+// Block b of nibble-format weight row n dotted with inputs xs (the block's eight input
+// texels), unscaled: the first half's (words 0-1) and the second's (2-3).
+fn qn_block_dot(b: u32, n: u32, xs: array<vec4<f32>, 8>) -> vec2<f32> {
     let t = wtexel(b, n);
-    return dot(xs[0], q4_lo(t.x)) + dot(xs[1], q4_hi(t.x)) + dot(xs[2], q4_lo(t.y))
-        + dot(xs[3], q4_hi(t.y)) + dot(xs[4], q4_lo(t.z)) + dot(xs[5], q4_hi(t.z))
-        + dot(xs[6], q4_lo(t.w)) + dot(xs[7], q4_hi(t.w));
+    let h = qn_high_texel(b, n);
+    let lo = dot(xs[0], qn_lo(t.x, h, 0u)) + dot(xs[1], qn_hi(t.x, h, 0u))
+        + dot(xs[2], qn_lo(t.y, h, 1u)) + dot(xs[3], qn_hi(t.y, h, 1u));
+    let hi = dot(xs[4], qn_lo(t.z, h, 2u)) + dot(xs[5], qn_hi(t.z, h, 2u))
+        + dot(xs[6], qn_lo(t.w, h, 3u)) + dot(xs[7], qn_hi(t.w, h, 3u));
+    return vec2(lo, hi);
 }
 
 // The sum of a block's inputs, which each row's minimum multiplies.
@@ -196,16 +228,25 @@ fn sum8(xs: array<vec4<f32>, 8>) -> f32 {
     return dot(xs[0] + xs[1] + xs[2] + xs[3] + xs[4] + xs[5] + xs[6] + xs[7], vec4(1.0));
 }
 
-// gemv_texture with q4 weights: per block of 32 the four rows' nibble dot products, then
-// sum_k x (q s + m) = s (x . q) + m sum(x) with their scales and minimums.
-fn gemv_q4(row: u32, n0: u32, n1: u32, n2: u32, n3: u32) -> vec4<f32> {
+// Four columns' block kb results from inputs xs (nibble formats): their halves' dot products
+// scaled by qn_combine.
+fn qn_block4(kb: u32, n: vec4<u32>, n0: u32, xs: array<vec4<f32>, 8>) -> vec4<f32> {
+    let d0 = qn_block_dot(kb, n.x, xs);
+    let d1 = qn_block_dot(kb, n.y, xs);
+    let d2 = qn_block_dot(kb, n.z, xs);
+    let d3 = qn_block_dot(kb, n.w, xs);
+    let lo = vec4(d0.x, d1.x, d2.x, d3.x);
+    let hi = vec4(d0.y, d1.y, d2.y, d3.y);
+    return qn_combine(lo, hi, sum8(xs), qn_block_scales(kb, n0));
+}
+
+// gemv_texture with nibble-format weights: per block of 32 the four rows' results (qn_block4).
+fn gemv_qn(row: u32, n0: u32, n1: u32, n2: u32, n3: u32) -> vec4<f32> {
     var acc = vec4(0.0);
     for (var b = 0u; b < p.K / 32u; b++) {
         let i = row + 8u * b;
         let xs = array(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u], x[i + 7u]);
-        let d = vec4(q4_block_dot(b, n0, xs), q4_block_dot(b, n1, xs), q4_block_dot(b, n2, xs), q4_block_dot(b, n3, xs));
-        let sm = q4_block_scales(b, n0);
-        acc += d * sm[0] + sum8(xs) * sm[1];
+        acc += qn_block4(b, vec4(n0, n1, n2, n3), n0, xs);
     }
     return acc;
 }
@@ -224,8 +265,8 @@ fn gemv_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
         store4(m, n0, gemv_q8(row, n0, n1, n2, n3), bias4(n0));
         return;
     }
-    if (WEIGHT_FORMAT == FORMAT_Q4) {
-        store4(m, n0, gemv_q4(row, n0, n1, n2, n3), bias4(n0));
+    if (is_nibbles()) {
+        store4(m, n0, gemv_qn(row, n0, n1, n2, n3), bias4(n0));
         return;
     }
     if (WEIGHT_FORMAT != FORMAT_F16) {

@@ -75,23 +75,29 @@ fn q8_step(x: array<vec4<f32>, 4>, words: vec4<u32>, sc: vec4<f32>, r: ptr<funct
     (*r)[3] += dot4(x[3], w0, w1, w2, w3);
 }
 
-// q4, word j of block kb: xl and xh are the rows' inputs at K texels 2 j and 2 j + 1 of the
-// block, words[c] column c's word j, sm the columns' scales and minimums.
-fn q4_step(
+// Nibble formats, word j of block kb: xl and xh are the rows' inputs at K texels 2 j and
+// 2 j + 1 of the block, words[c] column c's word j, h its high words, sm the columns' two f32.
+fn qn_step(
     xl: array<vec4<f32>, 4>,
     xh: array<vec4<f32>, 4>,
     words: vec4<u32>,
+    h: array<vec2<u32>, 4>,
+    j: u32,
     sm: mat2x4<f32>,
     r: ptr<function, array<vec4<f32>, 4>>,
 ) {
-    let l0 = q4_lo(words.x) * sm[0].x + sm[1].x;
-    let l1 = q4_lo(words.y) * sm[0].y + sm[1].y;
-    let l2 = q4_lo(words.z) * sm[0].z + sm[1].z;
-    let l3 = q4_lo(words.w) * sm[0].w + sm[1].w;
-    let h0 = q4_hi(words.x) * sm[0].x + sm[1].x;
-    let h1 = q4_hi(words.y) * sm[0].y + sm[1].y;
-    let h2 = q4_hi(words.z) * sm[0].z + sm[1].z;
-    let h3 = q4_hi(words.w) * sm[0].w + sm[1].w;
+    let s0 = qn_sm(sm[0].x, sm[1].x, j);
+    let s1 = qn_sm(sm[0].y, sm[1].y, j);
+    let s2 = qn_sm(sm[0].z, sm[1].z, j);
+    let s3 = qn_sm(sm[0].w, sm[1].w, j);
+    let l0 = qn_lo(words.x, h[0], j) * s0.x + s0.y;
+    let l1 = qn_lo(words.y, h[1], j) * s1.x + s1.y;
+    let l2 = qn_lo(words.z, h[2], j) * s2.x + s2.y;
+    let l3 = qn_lo(words.w, h[3], j) * s3.x + s3.y;
+    let h0 = qn_hi(words.x, h[0], j) * s0.x + s0.y;
+    let h1 = qn_hi(words.y, h[1], j) * s1.x + s1.y;
+    let h2 = qn_hi(words.z, h[2], j) * s2.x + s2.y;
+    let h3 = qn_hi(words.w, h[3], j) * s3.x + s3.y;
     (*r)[0] += dot4(xl[0], l0, l1, l2, l3) + dot4(xh[0], h0, h1, h2, h3);
     (*r)[1] += dot4(xl[1], l0, l1, l2, l3) + dot4(xh[1], h0, h1, h2, h3);
     (*r)[2] += dot4(xl[2], l0, l1, l2, l3) + dot4(xh[2], h0, h1, h2, h3);
@@ -131,17 +137,18 @@ fn matmul_texture_subgroup(
             let sc = block_scales(kb, n0);
             quad_q8(kb, 0u, n, sc, x0, x1, x2, x3, &r);
             quad_q8(kb, 1u, n, sc, x4, x5, x6, x7, &r);
-        } else if (WEIGHT_FORMAT == FORMAT_Q4) {
-            // One texel per column holds the whole block.
-            let sm = q4_block_scales(kb, n0);
+        } else if (is_nibbles()) {
+            // One texel per column holds the block's nibbles.
+            let sm = qn_block_scales(kb, n0);
             let t0 = wtexel(kb, n.x);
             let t1 = wtexel(kb, n.y);
             let t2 = wtexel(kb, n.z);
             let t3 = wtexel(kb, n.w);
-            q4_step(x0, x1, vec4(t0.x, t1.x, t2.x, t3.x), sm, &r);
-            q4_step(x2, x3, vec4(t0.y, t1.y, t2.y, t3.y), sm, &r);
-            q4_step(x4, x5, vec4(t0.z, t1.z, t2.z, t3.z), sm, &r);
-            q4_step(x6, x7, vec4(t0.w, t1.w, t2.w, t3.w), sm, &r);
+            let h = array(qn_high_texel(kb, n.x), qn_high_texel(kb, n.y), qn_high_texel(kb, n.z), qn_high_texel(kb, n.w));
+            qn_step(x0, x1, vec4(t0.x, t1.x, t2.x, t3.x), h, 0u, sm, &r);
+            qn_step(x2, x3, vec4(t0.y, t1.y, t2.y, t3.y), h, 1u, sm, &r);
+            qn_step(x4, x5, vec4(t0.z, t1.z, t2.z, t3.z), h, 2u, sm, &r);
+            qn_step(x6, x7, vec4(t0.w, t1.w, t2.w, t3.w), h, 3u, sm, &r);
         } else {
             pair(kb, 0u, n, x0, x1, &r);
             pair(kb, 1u, n, x2, x3, &r);
@@ -251,7 +258,7 @@ fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
         }
         return gemv_f32(row, n);
     }
-    // f16: per column a vec4 of partial sums; q8 and q4: the four columns' sums.
+    // f16: per column a vec4 of partial sums; q8 and nibble formats: the four columns' sums.
     var r0 = vec4(0.0);
     var r1 = vec4(0.0);
     var r2 = vec4(0.0);
@@ -272,15 +279,8 @@ fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
                 gemv_block_q8(kb, n.w, xs),
             );
             r0 += d * block_scales(kb, n0);
-        } else if (WEIGHT_FORMAT == FORMAT_Q4) {
-            let d = vec4(
-                q4_block_dot(kb, n.x, xs),
-                q4_block_dot(kb, n.y, xs),
-                q4_block_dot(kb, n.z, xs),
-                q4_block_dot(kb, n.w, xs),
-            );
-            let sm = q4_block_scales(kb, n0);
-            r0 += d * sm[0] + sum8(xs) * sm[1];
+        } else if (is_nibbles()) {
+            r0 += qn_block4(kb, n, n0, xs);
         } else {
             r0 += gemv_block(kb, n.x, xs);
             r1 += gemv_block(kb, n.y, xs);
@@ -289,7 +289,7 @@ fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
         }
     }
     var sums = r0;
-    if (WEIGHT_FORMAT != FORMAT_Q8 && WEIGHT_FORMAT != FORMAT_Q4) { sums = vec4(dot(r0, one), dot(r1, one), dot(r2, one), dot(r3, one)); }
+    if (WEIGHT_FORMAT != FORMAT_Q8 && !is_nibbles()) { sums = vec4(dot(r0, one), dot(r1, one), dot(r2, one), dot(r3, one)); }
     if (NORM) { return norm4(n0, sums, s1, s2); }
     return sums;
 }

@@ -553,3 +553,38 @@ fn unsupported_block_types_are_refused_by_name() {
         assert!(err.contains(needle), "{needle:?} not in: {err}");
     }
 }
+
+/// Every block type repacked for the GPU (`Gguf::pack`: q8, the nibble formats, f16, f32)
+/// decodes to exactly ggml's values (the `.expected` tensors gguf-py wrote): the packed formats
+/// hold GGUF's blocks without loss.
+#[test]
+fn packed_formats_hold_every_block_type_exactly() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/quants.gguf");
+    let g = Gguf::open(&path).unwrap();
+    let mut seen = Vec::new();
+    for t in g.tensors.iter().filter(|t| !t.name.ends_with(".expected")) {
+        let (dtype, bytes) = g.pack(t).unwrap();
+        let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+        let got = dtype.format().decode(&bytes, rows, cols);
+        let want = g
+            .dequantize(g.tensor(&format!("{}.expected", t.name)).unwrap())
+            .unwrap();
+        // Equal as numbers (bit for bit but for the sign of zero: ggml's (q - 8) d is -0 where
+        // q d - 8 d is +0).
+        let bad = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            (got.len(), bad),
+            (want.len(), 0),
+            "{} packed as {}",
+            t.name,
+            dtype.name()
+        );
+        seen.push(format!("{} as {}", t.ty.name, dtype.name()));
+    }
+    println!("{}", seen.join(", "));
+    assert_eq!(
+        seen.len(),
+        10,
+        "F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K"
+    );
+}

@@ -15,34 +15,45 @@ fn cases() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn tokenizer(file: &str) -> wgpt::Tokenizer {
-    let g = Gguf::open(&common::fixture(&format!("gguf/spm/{file}"))).unwrap();
-    wgpt::Tokenizer::from_gguf(&g).unwrap()
+/// `ids` decoded whole, and streamed one id at a time, are `want`.
+fn check_decode(tok: &wgpt::Tokenizer, ids: &[u32], want: &str, what: &str) {
+    assert_eq!(tok.decode(ids).unwrap(), want, "{what}");
+    let mut stream = tok.stream();
+    let mut streamed = String::new();
+    for &id in ids {
+        streamed.extend(stream.push(tok, id).unwrap());
+    }
+    streamed.extend(stream.finish(tok).unwrap());
+    assert_eq!(streamed, want, "{what}, streamed");
 }
 
-/// Every case of `file`: transformers' ids (BOS, EOS as the file asks), its decode of them
-/// (special tokens kept), and the same text streamed one id at a time.
+/// Every case of `file`: transformers' ids with special tokens (BOS, EOS as the file asks) and
+/// without, its decodes of them (special tokens kept), the same decodes streamed, and its
+/// added tokens (which are special, which not).
 fn check_file(file: &str) {
-    let tok = tokenizer(file);
+    let path = common::fixture(&format!("gguf/spm/{file}"));
+    let g = Gguf::open(&path).unwrap();
+    let tok = wgpt::Tokenizer::from_gguf(&g).unwrap();
     assert_eq!(tok.vocab_size(), 800);
     assert_eq!(tok.token_id("<s>"), Some(1));
     let all = cases();
+    let json: serde_json::Value = serde_json::from_str(&g.tokenizer_json().unwrap()).unwrap();
+    assert_eq!(json["added_tokens"], all[file]["added_tokens"], "{file}");
     let cases = all[file]["cases"].as_array().unwrap();
     assert!(cases.len() >= 15);
+    let ids = |case: &serde_json::Value, key: &str| -> Vec<u32> {
+        serde_json::from_value(case[key].clone()).unwrap()
+    };
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
-        let ids = tok.encode(text).unwrap();
-        assert_eq!(ids, want, "{file}: {text:?}");
+        let what = format!("{file}: {text:?}");
+        assert_eq!(tok.encode(text).unwrap(), ids(case, "ids"), "{what}");
+        let plain = ids(case, "plain_ids");
+        assert_eq!(tok.encode_plain(text).unwrap(), plain, "{what}, plain");
         let decoded = case["decoded"].as_str().unwrap();
-        assert_eq!(tok.decode(&ids).unwrap(), decoded, "{file}: {text:?}");
-        let mut stream = tok.stream();
-        let mut streamed = String::new();
-        for &id in &ids {
-            streamed.extend(stream.push(&tok, id).unwrap());
-        }
-        streamed.extend(stream.finish(&tok).unwrap());
-        assert_eq!(streamed, decoded, "{file}: streamed {text:?}");
+        check_decode(&tok, &ids(case, "ids"), decoded, &what);
+        let decoded = case["plain_decoded"].as_str().unwrap();
+        check_decode(&tok, &plain, decoded, &format!("{what}, plain"));
     }
 }
 

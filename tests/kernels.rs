@@ -681,12 +681,15 @@ fn q8_weights_match_cpu_on_dequantised_weights() {
     block_formats_match_cpu(&h, WeightDtype::Q8);
 }
 
-/// q4 weights (nibbles, an f32 scale and minimum per 32 along K) in the buffer kernels, as
+/// The nibble formats (q4, q5: 4 or 5 bits with an f32 scale and minimum per 32 along K; q6: 6
+/// bits with a scale per 16) in the buffer kernels, as
 /// [`q8_weights_match_cpu_on_dequantised_weights`] tests q8's.
 #[test]
-fn q4_weights_match_cpu_on_dequantised_weights() {
+fn nibble_weights_match_cpu_on_dequantised_weights() {
     let h = Harness::new();
-    block_formats_match_cpu(&h, WeightDtype::Q4);
+    for dtype in [WeightDtype::Q4, WeightDtype::Q5, WeightDtype::Q6] {
+        block_formats_match_cpu(&h, dtype);
+    }
 }
 
 /// matmul and gemv (the weight split in two row chunks as a split head is) and embed (a split
@@ -1128,7 +1131,7 @@ fn texture_gemv_with_fused_rms_norm_matches_cpu() {
     }
     let eps = 1e-5;
     for (k, n) in [(64, 36), (192, 20), (576, 12)] {
-        for dtype in [WeightDtype::F16, WeightDtype::Q8, WeightDtype::Q4] {
+        for dtype in WeightDtype::ALL.into_iter().skip(1) {
             let layout = wgpt::gpu::registry::Layout::Linear {
                 textures: true,
                 extra: wgpt::gpu::kernels::Extra::None,

@@ -51,10 +51,10 @@ fn added_token(id: usize, content: &str, special: bool) -> serde_json::Value {
 /// The merges transformers derives from a SentencePiece vocabulary that lists none
 /// (`tokenization_utils_base.generate_merges`): every split of a token into two tokens, ranked
 /// by the whole token's score, highest first, then by the halves' lengths in characters, longest
-/// first; ties stay in vocabulary order, each token's splits ordered by the halves' ids.
+/// first; ties stay in vocabulary order. (transformers also orders each token's splits by the
+/// halves' ids first, but the ranking never ties two splits of one token, so that is moot.)
 fn spm_merges<'a>(tokens: &[&'a str], scores: &[f64]) -> Vec<[&'a str; 2]> {
-    // A token listed twice keeps its last id and score, as a Python dict does.
-    let id: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    // A token listed twice keeps its first place and its last score, as a Python dict does.
     let score: HashMap<&str, f64> = tokens.iter().copied().zip(scores.iter().copied()).collect();
     let mut seen = HashSet::new();
     let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
@@ -62,14 +62,12 @@ fn spm_merges<'a>(tokens: &[&'a str], scores: &[f64]) -> Vec<[&'a str; 2]> {
         if !seen.insert(token) {
             continue;
         }
-        let start = merges.len();
         for (at, _) in token.char_indices().skip(1) {
             let (l, r) = token.split_at(at);
-            if id.contains_key(l) && id.contains_key(r) {
+            if score.contains_key(l) && score.contains_key(r) {
                 merges.push((score[token], l.chars().count(), r.chars().count(), l, r));
             }
         }
-        merges[start..].sort_by_key(|m| (id[m.3], id[m.4]));
     }
     // Stable, so equal keys keep their order, as Python's `sorted(..., reverse=True)` does.
     merges.sort_by(|a, b| {
@@ -229,7 +227,7 @@ impl Gguf {
             let id = self.get(key).and_then(Value::as_u64)?;
             (id < tokens.len() as u64).then_some(id as usize)
         };
-        // The named ones are special even when their token_type is normal (an unk of type 2).
+        // BOS, EOS, unknown and padding are special whatever their token_type (unknown's is 2).
         let types = self.token_types(tokens.len());
         let named: Vec<usize> = NAMED_IDS.iter().filter_map(|k| id(k)).collect();
         let added: Vec<serde_json::Value> = (tokens.iter().enumerate())
@@ -243,7 +241,8 @@ impl Gguf {
             .map(|(id, t)| (t.to_string(), id.into()))
             .collect();
         let prefix = self.flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
-        // "first": no `▁` before text that follows a special token in the input.
+        // transformers' "first": a `▁` before the text only, not after a special token in it, and
+        // none where it starts with a space (llama.cpp would prepend one there too).
         let scheme = if prefix { "first" } else { "never" };
         let mut decoders = vec![
             json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),

@@ -9,18 +9,19 @@ use super::dequant::{dequantize_block, f16_at, scale_min_k4};
 use super::{Gguf, TensorInfo};
 use crate::Result;
 use crate::config::{Config, Family};
-use crate::gpu::format::{Format, Q4, Q8};
+use crate::gpu::format::{Format, Q4, Q5, Q6, Q8};
 use crate::gpu::tensor::WeightDtype;
 
 /// The GPU format that holds ggml type `ty` exactly (BF16 widened to f32), or `None` for the
-/// types that are dequantised to f32 at load (Q5_1, Q5_K, Q6_K: no packed GPU format yet).
+/// types wgpt does not read.
 pub fn packed_as(ty: &str) -> Option<WeightDtype> {
     Some(match ty {
         "F32" | "BF16" => WeightDtype::F32,
         "F16" => WeightDtype::F16,
-        // Q5_0's values (q - 16) are int8s with one scale per 32: q8 holds them exactly.
-        "Q8_0" | "Q5_0" => WeightDtype::Q8,
+        "Q8_0" => WeightDtype::Q8,
         "Q4_0" | "Q4_1" | "Q4_K" => WeightDtype::Q4,
+        "Q5_0" | "Q5_1" | "Q5_K" => WeightDtype::Q5,
+        "Q6_K" => WeightDtype::Q6,
         _ => return None,
     })
 }
@@ -143,6 +144,29 @@ impl Gguf {
     }
 }
 
+impl Gguf {
+    /// A 2-D tensor's rows as the GPU stores them: the format holding its type exactly
+    /// ([`packed_as`]) and its bytes, repacked block by block (never dequantised); what
+    /// [`crate::gpu::format::Format::decode`] of them gives is [`Gguf::dequantize`]'s values.
+    pub fn pack(&self, t: &TensorInfo) -> Result<(WeightDtype, Vec<u8>)> {
+        let (Some(dtype), &[cols, rows]) = (packed_as(t.ty.name), &t.dims[..]) else {
+            return Err(self.bad(format!(
+                "tensor {:?} ({}, shape {:?}) is not a 2-D matrix of a type wgpt reads",
+                t.name, t.ty.name, t.dims
+            )));
+        };
+        let (rows, cols) = (rows as usize, cols as usize);
+        let src = Source {
+            gguf: self,
+            parts: vec![t],
+            rows: (0..rows).map(|r| (0, r)).collect(),
+            cols,
+            dtype,
+        };
+        Ok((dtype, src.encoded(0, rows)))
+    }
+}
+
 impl Order {
     /// The stored row holding the kernels' row `r`. convert_hf_to_gguf stores Hugging Face's row
     /// `h HS + j HS/2 + i` (head h, half j) at `h HS + 2 i + j`.
@@ -235,17 +259,22 @@ impl Source<'_> {
         match self.dtype {
             WeightDtype::Q8 => {
                 let mut out = vec![0u8; self.dtype.stored_rows(n) * Q8.row_bytes(cols)];
-                self.each_block(row0, n, |t, r, b, block| {
-                    let (q, d) = q8_block(t.ty.name, block);
+                self.each_block(row0, n, |_, r, b, block| {
+                    let (q, d) = q8_block(block);
                     Q8.put_block(&mut out, cols, r, b, &q, d);
                 });
                 out
             }
-            WeightDtype::Q4 => {
-                let mut out = Q4.zeroed(n, cols);
+            WeightDtype::Q4 | WeightDtype::Q5 | WeightDtype::Q6 => {
+                let f = match self.dtype {
+                    WeightDtype::Q4 => &Q4,
+                    WeightDtype::Q5 => &Q5,
+                    _ => &Q6,
+                };
+                let mut out = f.zeroed(n, cols);
                 self.each_block(row0, n, |t, r, b, block| {
-                    let (q, s, m) = q4_block(t.ty.name, block, b % 8);
-                    Q4.put_block(&mut out, cols, r, b, &q, s, m);
+                    let (v, s, m) = nibble_block(t.ty.name, block, b % 8);
+                    f.put_block(&mut out, cols, r, b, &v, s, m);
                 });
                 out
             }
@@ -287,48 +316,68 @@ impl Source<'_> {
     }
 }
 
-/// A Q8_0 or Q5_0 block as q8's int8s and scale: exact (ggml's value is q d either way).
-fn q8_block(ty: &str, b: &[u8]) -> ([i8; 32], f32) {
-    let d = f16_at(b);
+/// A Q8_0 block as q8's int8s and scale: exact (ggml's value is q d either way).
+fn q8_block(b: &[u8]) -> ([i8; 32], f32) {
     let mut q = [0i8; 32];
-    match ty {
-        "Q8_0" => q.iter_mut().zip(&b[2..34]).for_each(|(o, &v)| *o = v as i8),
-        _ => {
-            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-            for j in 0..16 {
-                let lo = (b[6 + j] & 0xF) as u32 | (((qh >> j) << 4) & 0x10);
-                let hi = (b[6 + j] >> 4) as u32 | ((qh >> (j + 12)) & 0x10);
-                q[j] = lo as i8 - 16;
-                q[j + 16] = hi as i8 - 16;
-            }
-        }
-    }
-    (q, d)
+    q.iter_mut().zip(&b[2..34]).for_each(|(o, &v)| *o = v as i8);
+    (q, f16_at(b))
 }
 
-/// Sub-block `sub` (of 32 weights) of a Q4_0, Q4_1 or Q4_K block as q4's nibbles, scale and
-/// minimum, w = q s + m: exact, each of ggml's values ((q - 8) d, q d + m, d sc q - dmin m)
-/// being representable and the sum rounding once.
-fn q4_block(ty: &str, b: &[u8], sub: usize) -> ([u8; 32], f32, f32) {
-    let mut q = [0u8; 32];
-    if ty == "Q4_K" {
-        // 8 sub-blocks of 32 in 256; the k-th 32 bytes hold sub-block 2k in their low nibbles
-        // and 2k + 1 in the high ones.
-        let (d, dmin) = (f16_at(b), f16_at(&b[2..]));
-        let (sc, mn) = scale_min_k4(sub, &b[4..16]);
-        let bytes = &b[16 + 32 * (sub / 2)..][..32];
-        for (o, &v) in q.iter_mut().zip(bytes) {
-            *o = if sub % 2 == 1 { v >> 4 } else { v & 0xF };
+/// Sub-block `sub` (of 32 weights) of a block of a 4-, 5- or 6-bit type as the nibble formats'
+/// values and two f32: q4 and q5 w = v s + m, q6 w = (v - 32) s per half. Exact: each of ggml's
+/// values ((q - 8) d, q d + m, d sc q - dmin m, d sc (q - 32), ...) is representable and is
+/// what the one product and sum give.
+fn nibble_block(ty: &str, b: &[u8], sub: usize) -> ([u8; 32], f32, f32) {
+    let mut v = [0u8; 32];
+    let d = f16_at(b);
+    match ty {
+        "Q4_0" | "Q4_1" | "Q5_0" | "Q5_1" => {
+            let one = ty.ends_with('1');
+            let qh = match ty.starts_with("Q5") {
+                true => u32::from_le_bytes(b[2 + 2 * one as usize..][..4].try_into().expect("4")),
+                false => 0,
+            };
+            let qs = &b[b.len() - 16..];
+            for j in 0..16 {
+                v[j] = (qs[j] & 15) | ((((qh >> j) & 1) as u8) << 4);
+                v[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+            }
+            let m = match (one, ty.starts_with("Q5")) {
+                (true, _) => f16_at(&b[2..]),
+                (false, false) => -8.0 * d,
+                (false, true) => -16.0 * d,
+            };
+            (v, d, m)
         }
-        return (q, d * sc, -(dmin * mn));
+        "Q4_K" | "Q5_K" => {
+            // 8 sub-blocks of 32 in 256; the k-th 32 bytes of qs hold sub-block 2k in their low
+            // nibbles and 2k + 1 in the high ones; Q5_K's bit `sub` of qh[l] is the fifth bit.
+            let (sc, mn) = scale_min_k4(sub, &b[4..16]);
+            let (qh, qs) = match ty {
+                "Q5_K" => (Some(&b[16..48]), &b[48..176]),
+                _ => (None, &b[16..144]),
+            };
+            for (l, o) in v.iter_mut().enumerate() {
+                let byte = qs[32 * (sub / 2) + l];
+                let nibble = if sub % 2 == 1 { byte >> 4 } else { byte & 15 };
+                let high = qh.map_or(0, |h| (h[l] >> sub) & 1);
+                *o = nibble | (high << 4);
+            }
+            (v, d * sc, -(f16_at(&b[2..]) * mn))
+        }
+        _ => {
+            // Q6_K: halves of 128 (ql 64 bytes, qh 32, 8 int8 scales each); sub-block t of a
+            // half takes ql[l] or ql[l + 32], low or high nibble, and qh[l]'s bits 2t, 2t + 1.
+            let (n, t) = (sub / 4, sub % 4);
+            let (ql, qh, sc) = (&b[64 * n..], &b[128 + 32 * n..], &b[192 + 8 * n..]);
+            let d = f16_at(&b[208..]);
+            for (l, o) in v.iter_mut().enumerate() {
+                let byte = ql[l + 32 * (t % 2)];
+                let nibble = if t >= 2 { byte >> 4 } else { byte & 15 };
+                *o = nibble | (((qh[l] >> (2 * t)) & 3) << 4);
+            }
+            let s = |i: usize| d * (sc[2 * t + i] as i8) as f32;
+            (v, s(0), s(1))
+        }
     }
-    let (qs, s, m) = match ty {
-        "Q4_0" => (&b[2..18], f16_at(b), -8.0 * f16_at(b)),
-        _ => (&b[4..20], f16_at(b), f16_at(&b[2..])),
-    };
-    for j in 0..16 {
-        q[j] = qs[j] & 0xF;
-        q[j + 16] = qs[j] >> 4;
-    }
-    (q, s, m)
 }

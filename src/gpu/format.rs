@@ -22,6 +22,10 @@ pub trait Format: Sync {
     }
     /// Bytes one stored row of `cols` weights takes.
     fn row_bytes(&self, cols: usize) -> usize;
+    /// Bytes of a stored row before its scale area (all of it for plain floats).
+    fn value_bytes(&self, cols: usize) -> usize {
+        self.row_bytes(cols)
+    }
     /// Row-major rows of `cols` values (the first starting a group) as stored:
     /// `row_bytes(cols)` per row, rows padded to whole groups.
     fn encode(&self, values: &[f32], cols: usize) -> Vec<u8>;
@@ -40,14 +44,27 @@ pub struct F16;
 /// `4 g .. 4 g + 4` (zeros where there is no such block or row), so the four rows one
 /// invocation computes read their block's scales in one fetch. `format_q8.wgsl` decodes it.
 pub struct Q8;
-/// Unsigned 4-bit weights with an f32 scale and minimum per block of [`Q4_BLOCK`] along a row,
-/// w = q scale + min: GGUF's Q4_0, Q4_1 and Q4_K repack into it exactly (`crate::gguf`). A row
-/// is its `cols / 8` words of nibbles (word `j` of a block holds weights `8 j .. 8 j + 4` in
-/// the low nibbles of its bytes and `8 j + 4 .. 8 j + 8` in the high ones, so a 16-byte texel
-/// is one block), then a scale area of `cols / 128` 32-byte pairs of texels (rounded up) in
-/// which row `4 g + j` holds, in pair `i`, the scales then the minimums of block `4 i + j` of
-/// rows `4 g .. 4 g + 4`. `format_q4.wgsl` decodes it.
-pub struct Q4;
+/// 4-, 5- and 6-bit weights in blocks of [`Q4_BLOCK`] along a row: the low four bits of every
+/// weight in a nibble plane (word `j` of a block holds weights `8 j .. 8 j + 4` in the low
+/// nibbles of its bytes and `8 j + 4 .. 8 j + 8` in the high ones, so a 16-byte texel is one
+/// block), then a plane of the high bits (q5: one word a block, bit `i` of weight `i`; q6: two
+/// words a block, two bits a weight, weights 0-15 in the first), padded to whole texels, then a
+/// scale area of `cols / 128` 32-byte pairs of texels (rounded up) in which row `4 g + j`
+/// holds, in pair `i`, two f32 of block `4 i + j` for each of rows `4 g .. 4 g + 4`: q4 and q5
+/// a scale and a minimum, w = v s + m; q6 the scales of the block's two halves of 16,
+/// w = (v - 32) s. GGUF's Q4_0, Q4_1 and Q4_K repack into q4, Q5_0, Q5_1 and Q5_K into q5,
+/// Q6_K into q6, exactly (`crate::gguf`). `format_q4.wgsl` decodes them.
+pub struct Nibbles {
+    /// Bits above the nibble: 0, 1 or 2.
+    high: usize,
+}
+
+/// 4-bit weights: [`Nibbles`] with no high plane (like llama.cpp's Q4_1).
+pub static Q4: Nibbles = Nibbles { high: 0 };
+/// 5-bit weights: [`Nibbles`] with one high bit (like llama.cpp's Q5_1).
+pub static Q5: Nibbles = Nibbles { high: 1 };
+/// 6-bit weights with a scale per 16: [`Nibbles`] with two high bits (like llama.cpp's Q6_K).
+pub static Q6: Nibbles = Nibbles { high: 2 };
 
 /// Weights per q8 scale.
 pub const Q8_BLOCK: usize = 32;
@@ -64,6 +81,8 @@ impl WeightDtype {
             WeightDtype::F16 => &F16,
             WeightDtype::Q8 => &Q8,
             WeightDtype::Q4 => &Q4,
+            WeightDtype::Q5 => &Q5,
+            WeightDtype::Q6 => &Q6,
         }
     }
 }
@@ -149,6 +168,9 @@ impl Format for Q8 {
     fn row_bytes(&self, cols: usize) -> usize {
         cols + 16 * cols.div_ceil(Q8_GROUP * Q8_BLOCK)
     }
+    fn value_bytes(&self, cols: usize) -> usize {
+        cols
+    }
     /// Each block of 32 quantised as [`crate::reference::quantize_q8`] does: scale =
     /// max |w| / 127, q = round(w / scale).
     fn encode(&self, values: &[f32], cols: usize) -> Vec<u8> {
@@ -183,21 +205,41 @@ impl Format for Q8 {
     }
 }
 
-impl Q4 {
-    /// Where the scale of block `b` of row `r` sits in a matrix of rows of `cols` (its minimum
-    /// is 16 bytes on).
-    fn scale_at(&self, r: usize, b: usize, cols: usize) -> usize {
-        let g = r / Q8_GROUP * Q8_GROUP;
-        (g + b % Q8_GROUP) * self.row_bytes(cols) + cols / 2 + 32 * (b / Q8_GROUP) + 4 * (r % Q8_GROUP)
+impl Nibbles {
+    /// Bytes of the high-bit plane of a row of `cols`, padded to whole texels.
+    fn high_bytes(&self, cols: usize) -> usize {
+        (cols * self.high).div_ceil(128) * 16
     }
 
-    /// Stores block `b` of row `r`: its 32 nibbles and its scale and minimum (w = q s + m).
-    pub(crate) fn put_block(&self, out: &mut [u8], cols: usize, r: usize, b: usize, q: &[u8; 32], s: f32, m: f32) {
-        let at = r * self.row_bytes(cols) + b * 16;
+    /// Where the first f32 of block `b` of row `r` sits in a matrix of rows of `cols` (the
+    /// second is 16 bytes on).
+    fn scale_at(&self, r: usize, b: usize, cols: usize) -> usize {
+        let g = r / Q8_GROUP * Q8_GROUP;
+        let area = cols / 2 + self.high_bytes(cols);
+        (g + b % Q8_GROUP) * self.row_bytes(cols) + area + 32 * (b / Q8_GROUP) + 4 * (r % Q8_GROUP)
+    }
+
+    /// Stores block `b` of row `r`: its 32 values (below 2^(4 + high)) and its two f32 (q4, q5:
+    /// scale and minimum; q6: the halves' scales).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn put_block(&self, out: &mut [u8], cols: usize, r: usize, b: usize, v: &[u8; 32], s: f32, m: f32) {
+        let row = r * self.row_bytes(cols);
         for j in 0..4 {
             for i in 0..4 {
-                out[at + 4 * j + i] = q[8 * j + i] | (q[8 * j + 4 + i] << 4);
+                out[row + 16 * b + 4 * j + i] = (v[8 * j + i] & 15) | ((v[8 * j + 4 + i] & 15) << 4);
             }
+        }
+        let plane = row + cols / 2;
+        for (i, &x) in v.iter().enumerate() {
+            let hi = (x >> 4) as u32;
+            let (word, bit) = match self.high {
+                0 => continue,
+                1 => (b, i),
+                _ => (2 * b + i / 16, 2 * (i % 16)),
+            };
+            let at = plane + 4 * word;
+            let w = u32::from_le_bytes(out[at..at + 4].try_into().expect("4 bytes")) | (hi << bit);
+            out[at..at + 4].copy_from_slice(&w.to_le_bytes());
         }
         let sc = self.scale_at(r, b, cols);
         out[sc..sc + 4].copy_from_slice(&s.to_le_bytes());
@@ -208,14 +250,57 @@ impl Q4 {
     pub(crate) fn zeroed(&self, rows: usize, cols: usize) -> Vec<u8> {
         vec![0u8; rows.next_multiple_of(Q8_GROUP) * self.row_bytes(cols)]
     }
+
+    /// One block's values and its two f32, quantised from `w`: q4 and q5 as ggml's Q4_1 and
+    /// Q5_1 (min and max; v = round((w - min) / scale)), q6 as a symmetric Q6_K without the
+    /// super-block (per half: scale = max |w| / 31, v = round(w / scale) + 32).
+    fn quantize(&self, w: &[f32]) -> ([u8; 32], f32, f32) {
+        let mut v = [0u8; 32];
+        if self.high == 2 {
+            let scale = |h: &[f32]| h.iter().fold(0f32, |m, x| m.max(x.abs())) / 31.0;
+            let (s0, s1) = (scale(&w[..16]), scale(&w[16..]));
+            for (i, (d, &x)) in v.iter_mut().zip(w).enumerate() {
+                let s = if i < 16 { s0 } else { s1 };
+                let q = if s > 0.0 { (x / s).round() } else { 0.0 };
+                *d = (q.clamp(-32.0, 31.0) + 32.0) as u8;
+            }
+            return (v, s0, s1);
+        }
+        let top = ((16usize << self.high) - 1) as f32;
+        let lo = w.iter().fold(f32::INFINITY, |m, &x| m.min(x));
+        let hi = w.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let scale = (hi - lo) / top;
+        for (d, &x) in v.iter_mut().zip(w) {
+            let q = if scale > 0.0 { ((x - lo) / scale).round() } else { 0.0 };
+            *d = q.clamp(0.0, top) as u8;
+        }
+        (v, scale, lo)
+    }
+
+    /// Value `i` (unscaled, below 2^(4 + high)) of block `b` of row `r`.
+    fn value(&self, bytes: &[u8], cols: usize, r: usize, b: usize, i: usize) -> u32 {
+        let row = r * self.row_bytes(cols);
+        let byte = bytes[row + 16 * b + 4 * (i / 8) + i % 4];
+        let nibble = if i % 8 < 4 { byte & 15 } else { byte >> 4 } as u32;
+        let word = |w: usize| {
+            let at = row + cols / 2 + 4 * w;
+            u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+        };
+        let high = match self.high {
+            0 => 0,
+            1 => (word(b) >> i) & 1,
+            _ => (word(2 * b + i / 16) >> (2 * (i % 16))) & 3,
+        };
+        nibble | (high << 4)
+    }
 }
 
-impl Format for Q4 {
+impl Format for Nibbles {
     fn name(&self) -> &'static str {
-        "q4"
+        ["q4", "q5", "q6"][self.high]
     }
     fn code(&self) -> u32 {
-        3
+        3 + self.high as u32
     }
     fn block(&self) -> usize {
         Q4_BLOCK
@@ -224,39 +309,34 @@ impl Format for Q4 {
         Q8_GROUP
     }
     fn row_bytes(&self, cols: usize) -> usize {
-        cols / 2 + 32 * cols.div_ceil(Q8_GROUP * Q4_BLOCK)
+        cols / 2 + self.high_bytes(cols) + 32 * cols.div_ceil(Q8_GROUP * Q4_BLOCK)
     }
-    /// Each block of 32 quantised as ggml's Q4_1 does: min = the smallest weight, scale =
-    /// (max - min) / 15, q = round((w - min) / scale).
+    fn value_bytes(&self, cols: usize) -> usize {
+        cols / 2 + self.high_bytes(cols)
+    }
     fn encode(&self, values: &[f32], cols: usize) -> Vec<u8> {
         let rows = values.len() / cols.max(1);
         let mut out = self.zeroed(rows, cols);
         for (r, row) in values.chunks(cols).enumerate() {
             for (b, block) in row.chunks(Q4_BLOCK).enumerate() {
-                let lo = block.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-                let hi = block.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let scale = (hi - lo) / 15.0;
-                let mut q = [0u8; 32];
-                for (d, &v) in q.iter_mut().zip(block) {
-                    let x = if scale > 0.0 { ((v - lo) / scale).round() } else { 0.0 };
-                    *d = x.clamp(0.0, 15.0) as u8;
-                }
-                self.put_block(&mut out, cols, r, b, &q, scale, lo);
+                let (v, s, m) = self.quantize(block);
+                self.put_block(&mut out, cols, r, b, &v, s, m);
             }
         }
         out
     }
     fn decode(&self, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
-        let row_bytes = self.row_bytes(cols);
         let f32_at = |at: usize| f32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let mut out = Vec::with_capacity(rows * cols);
         for r in 0..rows {
             for c in 0..cols {
                 let (b, i) = (c / Q4_BLOCK, c % Q4_BLOCK);
-                let byte = bytes[r * row_bytes + 16 * b + 4 * (i / 8) + i % 4];
-                let q = if i % 8 < 4 { byte & 15 } else { byte >> 4 };
-                let sc = self.scale_at(r, b, cols);
-                out.push(q as f32 * f32_at(sc) + f32_at(sc + 16));
+                let v = self.value(bytes, cols, r, b, i) as f32;
+                let (s, m) = (f32_at(self.scale_at(r, b, cols)), f32_at(self.scale_at(r, b, cols) + 16));
+                out.push(match self.high {
+                    2 => (v - 32.0) * if i < 16 { s } else { m },
+                    _ => v * s + m,
+                });
             }
         }
         out
@@ -275,7 +355,7 @@ mod tests {
         let values: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i / cols) as f32))
             .collect();
-        for dtype in [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8, WeightDtype::Q4] {
+        for dtype in WeightDtype::ALL {
             let f = dtype.format();
             let bytes = f.encode(&values, cols);
             assert_eq!(bytes.len(), rows.next_multiple_of(f.group()) * f.row_bytes(cols));
@@ -287,20 +367,31 @@ mod tests {
                     .chunks(cols)
                     .flat_map(crate::reference::q8_round_trip)
                     .collect(),
-                WeightDtype::Q4 => values.chunks(32).flat_map(q4_round_trip).collect(),
+                WeightDtype::Q4 => values.chunks(32).flat_map(|b| min_max_round_trip(b, 15.0)).collect(),
+                WeightDtype::Q5 => values.chunks(32).flat_map(|b| min_max_round_trip(b, 31.0)).collect(),
+                WeightDtype::Q6 => values.chunks(16).flat_map(symmetric_round_trip).collect(),
             };
             assert_eq!(got, want, "{}", f.name());
         }
     }
 
-    /// Q4_1's quantisation of one block, written out independently of the encoder.
-    fn q4_round_trip(block: &[f32]) -> Vec<f32> {
+    /// Q4_1's (top 15) and Q5_1's (31) quantisation of one block, written out independently
+    /// of the encoder.
+    fn min_max_round_trip(block: &[f32], top: f32) -> Vec<f32> {
         let lo = block.iter().cloned().fold(f32::INFINITY, f32::min);
         let hi = block.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let s = (hi - lo) / 15.0;
+        let s = (hi - lo) / top;
         block
             .iter()
-            .map(|&v| ((v - lo) / s).round().clamp(0.0, 15.0) * s + lo)
+            .map(|&v| ((v - lo) / s).round().clamp(0.0, top) * s + lo)
+            .collect()
+    }
+
+    /// q6's quantisation of a half-block of 16: v - 32 = round(w / s), s = max |w| / 31.
+    fn symmetric_round_trip(half: &[f32]) -> Vec<f32> {
+        let s = half.iter().fold(0f32, |m, v| m.max(v.abs())) / 31.0;
+        half.iter()
+            .map(|&v| (v / s).round().clamp(-32.0, 31.0) * s)
             .collect()
     }
 }

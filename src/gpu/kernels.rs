@@ -43,16 +43,16 @@ macro_rules! kernel {
 
 /// Every kernel wgpt ships, in forward-pass order.
 pub const KERNELS: &[KernelSource] = &[
-    kernel!("embed" after "step", "format", "format_f16", "format_q8", "format_q4"),
+    kernel!("embed" after "step", "format", "format_f16", "format_q8", "format_nibbles"),
     kernel!("layernorm" after "step"),
     kernel!("layernorm_rows" after "step"),
-    kernel!("matmul" after "step", "activation", "format", "format_f16", "format_q8", "format_q4", "linear"),
+    kernel!("matmul" after "step", "activation", "format", "format_f16", "format_q8", "format_nibbles", "linear"),
     // matmul.wgsl's gemv with subgroup reductions, for adapters with the SUBGROUP feature (a
     // module of its own: naga rejects subgroup operations anywhere in a module without it).
-    kernel!("gemv_subgroup" after "step", "activation", "format", "format_f16", "format_q8", "format_q4", "linear", "matmul"),
-    kernel!("matmul_texture" after "step", "activation", "format", "format_f16", "format_q8", "format_q4", "linear"),
+    kernel!("gemv_subgroup" after "step", "activation", "format", "format_f16", "format_q8", "format_nibbles", "linear", "matmul"),
+    kernel!("matmul_texture" after "step", "activation", "format", "format_f16", "format_q8", "format_nibbles", "linear"),
     // matmul_texture with inputs broadcast across subgroups (a module of its own, as above).
-    kernel!("matmul_texture_subgroup" after "step", "activation", "format", "format_f16", "format_q8", "format_q4", "softmax", "linear", "matmul_texture"),
+    kernel!("matmul_texture_subgroup" after "step", "activation", "format", "format_f16", "format_q8", "format_nibbles", "softmax", "linear", "matmul_texture"),
     // A linear layer's epilogue as its own dispatch (plans without the epilogue fusion).
     kernel!("elementwise" after "step", "activation"),
     kernel!("rope" after "step", "rotary"),

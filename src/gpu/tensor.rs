@@ -23,19 +23,25 @@ pub enum WeightDtype {
     Q8,
     /// Unsigned 4-bit weights with an f32 scale and minimum per block of 32 along a row (like
     /// llama.cpp's Q4_1; GGUF's Q4_0, Q4_1 and Q4_K load into it exactly): see
-    /// [`crate::gpu::format::Q4`]. Needs K % 32 == 0.
+    /// [`crate::gpu::format::Nibbles`]. Needs K % 32 == 0.
     Q4,
+    /// 5-bit weights, as q4 with a plane of high bits (like Q5_1; GGUF's Q5_0, Q5_1 and Q5_K).
+    Q5,
+    /// 6-bit weights with a scale per 16 (like Q6_K, which loads into it exactly).
+    Q6,
 }
 
 pub use crate::gpu::format::{Q8_BLOCK, Q8_GROUP};
 
 impl WeightDtype {
     /// Every storage format.
-    pub const ALL: [WeightDtype; 4] = [
+    pub const ALL: [WeightDtype; 6] = [
         WeightDtype::F32,
         WeightDtype::F16,
         WeightDtype::Q8,
         WeightDtype::Q4,
+        WeightDtype::Q5,
+        WeightDtype::Q6,
     ];
 
     /// Bytes one stored row of `cols` weights takes (for q8: the int8s and the padded scales).
@@ -48,7 +54,7 @@ impl WeightDtype {
         rows.next_multiple_of(self.format().group())
     }
 
-    /// `"f32"`, `"f16"`, `"q8"` or `"q4"`, the spelling [`FromStr`](std::str::FromStr) accepts.
+    /// `"f32"`, `"f16"`, `"q8"`, `"q6"`, `"q5"` or `"q4"`, the spelling [`FromStr`](std::str::FromStr) accepts.
     pub fn name(self) -> &'static str {
         self.format().name()
     }
@@ -62,10 +68,12 @@ impl std::str::FromStr for WeightDtype {
             "f16" => Ok(WeightDtype::F16),
             "q8" => Ok(WeightDtype::Q8),
             "q4" => Ok(WeightDtype::Q4),
+            "q5" => Ok(WeightDtype::Q5),
+            "q6" => Ok(WeightDtype::Q6),
             other => Err(Error::option(
                 "LoadOptions::dtype",
                 format!("{other:?}"),
-                "f32, f16, q8 or q4",
+                "f32, f16, q8, q6, q5 or q4",
             )),
         }
     }

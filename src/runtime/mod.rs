@@ -294,10 +294,10 @@ impl Model {
                         cols: usize,
                         pitch: usize,
                         values: (f32, f32),
-                        dtype,
+                        dtype: WeightDtype,
                         transposed: bool| {
             let words = rows * pitch / 4;
-            let bits = if dtype == WeightDtype::Q4 { 4 } else { 8 };
+            let quantised = dtype.format().value_bytes(cols);
             let buf = gpu.storage(label, words as u64 * 4);
             salt = salt.wrapping_add(0x9E37_79B9);
             let params = FillParams {
@@ -306,10 +306,10 @@ impl Model {
                 scale: values.1,
                 center: values.0,
                 row_words: (pitch / 4) as u32,
-                // Words and texels of the quantised values (q8's int8s, q4's nibbles).
-                q_words: (cols * bits / 32) as u32,
+                // Words and texels of the quantised values (q8's int8s, the nibble planes).
+                q_words: (quantised / 4) as u32,
                 q_rows: if transposed {
-                    (cols * bits / 128) as u32
+                    (quantised / 16) as u32
                 } else {
                     0
                 },
