@@ -329,8 +329,8 @@ fn reads_a_real_smollm2_file() {
     );
 }
 
-/// `wgpt info --model FILE.gguf` reads the metadata; commands that would run the weights say
-/// they cannot yet, naming the file and what to use instead.
+/// `wgpt info --model FILE.gguf` reads the metadata and says how each type runs; `generate`
+/// and `logits` run the file.
 #[test]
 fn cli_reads_gguf_metadata() {
     let path = common::smollm2_gguf();
@@ -350,22 +350,38 @@ fn cli_reads_gguf_metadata() {
         "rotary (theta 100000)",
         "272 tensors: F32 x61, Q4_1 x210, Q8_0 x1",
         "chat         yes",
+        "on the GPU   F32 as f32, Q4_1 packed as q4, Q8_0 packed as q8",
     ] {
         assert!(out.contains(part), "{part:?} not in {out}");
     }
-    let o = wgpt(&[
-        "generate",
-        "--model",
-        path.to_str().unwrap(),
+    let file = path.to_str().unwrap();
+    let args = [
         "--prompt",
-        "hi",
+        "The capital of France is",
+        "-n",
+        "2",
+        "--temperature",
+        "0",
+    ];
+    let o = wgpt(&[&["generate", "--model", file][..], &args].concat());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("The capital of France is Paris."), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("l.npy");
+    let npy = npy.to_str().unwrap();
+    let o = wgpt(&[
+        "logits",
+        "--model",
+        file,
+        "--ids",
+        "504,3575,282",
+        "-o",
+        npy,
     ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("is a GGUF file") && err.contains("Hugging Face folder"),
-        "{err}"
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (shape, _) = common::read_npy(Path::new(npy));
+    assert_eq!(shape, [3, 49152]);
 }
 
 /// SmolLM2's hyper-parameters from its `llama.*` keys: those of its config.json.
@@ -432,14 +448,14 @@ fn unknown_tokenizers_are_refused_by_name() {
         b
     };
     let mut w = Writer::new(32);
-    w.kv("tokenizer.ggml.model", 8, &s("llama"));
+    w.kv("tokenizer.ggml.model", 8, &s("rwkv"));
     let err = parse(w.bytes())
         .unwrap()
         .tokenizer_json()
         .unwrap_err()
         .to_string();
     assert!(
-        err.starts_with("bad.gguf: ") && err.contains("\"llama\""),
+        err.starts_with("bad.gguf: ") && err.contains("\"rwkv\""),
         "{err}"
     );
     let mut tokens = 8u32.to_le_bytes().to_vec();
