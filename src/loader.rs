@@ -45,6 +45,31 @@ pub(crate) enum Shard {
     Static(&'static [u8]),
 }
 
+impl Shard {
+    /// Lets the OS drop the mapped pages of bytes `start .. end` (whole pages inside it; they
+    /// come back from the file if read again). Nothing for bytes in memory.
+    pub(crate) fn release(&self, start: usize, end: usize) {
+        #[cfg(unix)]
+        if let Shard::Mapped(map) = self {
+            let page = 4096;
+            let start = start.next_multiple_of(page);
+            if end > start {
+                // SAFETY: the mapping is private and read-only; DONTNEED only discards pages,
+                // which are re-read from the unchanged file on the next access.
+                unsafe {
+                    let _ = map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    );
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (start, end);
+    }
+}
+
 impl std::ops::Deref for Shard {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -289,24 +314,8 @@ impl Checkpoint {
     /// Lets the OS drop the pages of tensor `name` from memory (they come back from the file if
     /// read again), so a load's resident memory stays near one tensor, not the whole file.
     pub fn release(&self, name: &str) {
-        #[cfg(unix)]
         if let Some(e) = self.tensors.get(name) {
-            let Shard::Mapped(map) = &self.shards[e.shard].1 else {
-                return;
-            };
-            let page = 4096;
-            let start = e.start.next_multiple_of(page);
-            if e.end > start {
-                // SAFETY: the mapping is private and read-only; DONTNEED only discards pages,
-                // which are re-read from the unchanged file on the next access.
-                unsafe {
-                    let _ = map.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        start,
-                        e.end - start,
-                    );
-                }
-            }
+            self.shards[e.shard].1.release(e.start, e.end);
         }
     }
 

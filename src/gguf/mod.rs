@@ -462,6 +462,13 @@ impl Gguf {
             .unwrap_or_default()
     }
 
+    /// Lets the OS drop the mapped pages of `t` (re-read from the file if used again), so a
+    /// load's resident memory stays near one tensor.
+    pub fn release(&self, t: &TensorInfo) {
+        let start = (self.data_start + t.offset) as usize;
+        self.bytes.release(start, start + t.bytes as usize);
+    }
+
     /// How many tensors of each type the file holds, by type name.
     pub fn type_histogram(&self) -> BTreeMap<&'static str, usize> {
         let mut h = BTreeMap::new();

@@ -286,6 +286,13 @@ impl Source<'_> {
         }
     }
 
+    /// Lets the OS drop the file pages of this tensor's parts (after its upload).
+    pub fn release(&self) {
+        for t in &self.parts {
+            self.gguf.release(t);
+        }
+    }
+
     /// Calls `f(tensor, row, block of 32, its bytes)` for every block of 32 weights of rows
     /// `row0 .. row0 + n` (rows counted from `row0`); a 256-weight block is passed once per 32.
     fn each_block(

@@ -86,6 +86,7 @@ impl Model {
                 }
                 t
             };
+            src.release();
             done += (rows * cols) as u64;
             if let Some(Progress(report)) = &opts.progress {
                 report(done, total);
