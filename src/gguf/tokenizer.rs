@@ -25,7 +25,8 @@ const NAMED_IDS: [&str; 4] = [
 /// mapping: `None` for GPT-2's own regex (the byte-level pre-tokenizer's).
 fn pre_split(pre: &str) -> std::result::Result<Option<&'static str>, String> {
     Ok(match pre {
-        "gpt2" | "default" => None,
+        // llama.cpp writes "gpt-2" (and "phi-2", "roberta-bpe") for GPT-2's own regex.
+        "gpt-2" | "gpt2" | "phi-2" | "roberta-bpe" | "default" => None,
         // Digits one by one, then GPT-2's regex (llama.cpp's LLAMA_VOCAB_PRE_TYPE_SMOLLM).
         "smollm" => Some(r"\p{N}"),
         "llama3" | "llama-bpe" => Some(
@@ -36,7 +37,7 @@ fn pre_split(pre: &str) -> std::result::Result<Option<&'static str>, String> {
         ),
         other => {
             return Err(format!(
-                "has tokenizer.ggml.pre {other:?}; wgpt builds gpt2, smollm, llama-bpe and qwen2"
+                "has tokenizer.ggml.pre {other:?}; wgpt builds gpt-2, smollm, llama-bpe and qwen2"
             ));
         }
     })
