@@ -87,5 +87,5 @@ pub use runtime::generate::{
 };
 pub use runtime::sampler::Sampling;
 pub use runtime::{Batch, LoadOptions, Model, Pick, Progress, Session, WeightLayout};
-pub use source::ModelSource;
+pub use source::{ModelSource, Opened};
 pub use tokenizer::Tokenizer;

@@ -108,6 +108,15 @@ impl ModelSource {
         }
     }
 
+    /// The weights opened (a mapped checkpoint or GGUF file, its headers checked), to upload
+    /// later with [`Opened::upload`]: an app can report a bad file before it opens a window.
+    pub fn open(&self) -> Result<Opened> {
+        match self {
+            ModelSource::Gguf(f) => Ok(Opened::Gguf(Gguf::open(f)?)),
+            _ => Ok(Opened::Checkpoint(self.checkpoint()?)),
+        }
+    }
+
     /// Bytes the weights take on disk (the safetensors files, the GGUF file, or the embedded
     /// bytes).
     pub fn checkpoint_bytes(&self) -> u64 {
@@ -132,6 +141,24 @@ impl ModelSource {
             ModelSource::Dir(d) | ModelSource::Gguf(d) => Model::load(gpu, d, opts),
             #[cfg(feature = "default-model")]
             ModelSource::Embedded => crate::default_model::load(gpu, opts),
+        }
+    }
+}
+
+/// A model's weights, opened but not uploaded ([`ModelSource::open`]).
+pub enum Opened {
+    /// A safetensors checkpoint (a folder's, or the embedded model's).
+    Checkpoint(Checkpoint),
+    /// A GGUF file.
+    Gguf(Gguf),
+}
+
+impl Opened {
+    /// Uploads the weights to `gpu`, checked against `config` (a GGUF file's own).
+    pub fn upload(&self, gpu: Arc<Engine>, config: Config, opts: &LoadOptions) -> Result<Model> {
+        match self {
+            Opened::Checkpoint(c) => Model::from_checkpoint(gpu, config, c, opts),
+            Opened::Gguf(g) => Model::from_gguf(gpu, g, opts),
         }
     }
 }

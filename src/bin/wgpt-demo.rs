@@ -140,7 +140,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     let config = source.config()?;
     let tokenizer = source.tokenizer()?;
-    let checkpoint = source.checkpoint()?;
+    let weights = source.open()?;
     let template = match cli.raw {
         true => None,
         false => source.chat_template()?,
@@ -184,8 +184,8 @@ fn run(cli: Cli) -> Result<()> {
                 .ok_or("eframe started without its wgpu renderer")?;
             // One device for the window and the model.
             let gpu = Engine::from_device(rs.device.clone(), rs.queue.clone())?;
-            let model = Model::from_checkpoint(gpu, config, &checkpoint, &LoadOptions::default())?;
-            drop(checkpoint);
+            let model = weights.upload(gpu, config, &LoadOptions::default())?;
+            drop(weights);
             Ok(Box::new(DemoApp::new(
                 cc, model, tokenizer, cli, chat, error2,
             )?))
