@@ -160,6 +160,33 @@ fn llama_cpp_files_of_every_block_type_match_transformers() {
     }
 }
 
+/// A GGUF `gpt2` file (the gpt2-tiny fixture converted by llama.cpp): the folder's
+/// transformers logits and greedy reply, in both layouts.
+#[test]
+fn gpt2_gguf_matches_its_folder() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let e = common::expected(&dir.join("gpt2-tiny"));
+    let (_, want) = common::read_npy(&dir.join("gpt2-tiny/logits.npy"));
+    for layout in [WeightLayout::Buffer, WeightLayout::Texture] {
+        let model = load(&dir.join("gguf/gpt2-tiny.gguf"), layout);
+        let got = Session::new(&model)
+            .unwrap()
+            .logits(&common::full_sequence(&e))
+            .unwrap();
+        let d = common::max_abs_diff(&got, &want);
+        println!("gpt2 GGUF {layout:?}: max |logit diff| {d:.2e}");
+        // The folder's f32 weights, converted unchanged: tests/model.rs's bound for the folder
+        // itself (f32 summation order against PyTorch's; measured 3.2e-5).
+        assert!(d < 1e-3, "{layout:?}: {d}");
+        let n = e.greedy_ids.len();
+        assert_eq!(
+            common::greedy(&model, &e.prompt_ids, n),
+            e.greedy_ids,
+            "{layout:?}"
+        );
+    }
+}
+
 /// The check: `printf 'What is the capital of France?\n' | wgpt chat --model
 /// SmolLM2-135M-Instruct.Q4_1.gguf --temperature 0` answers with Paris.
 #[test]
