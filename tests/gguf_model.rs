@@ -160,30 +160,36 @@ fn llama_cpp_files_of_every_block_type_match_transformers() {
     }
 }
 
-/// A GGUF `gpt2` file (the gpt2-tiny fixture converted by llama.cpp): the folder's
-/// transformers logits and greedy reply, in both layouts.
+/// GGUF `gpt2` and `qwen2` files (the gpt2-tiny and qwen2-tiny fixtures converted by
+/// llama.cpp): the folders' transformers logits and greedy replies, in both layouts, and the
+/// same prompt ids from the file's tokenizer.
 #[test]
-fn gpt2_gguf_matches_its_folder() {
+fn gpt2_and_qwen2_ggufs_match_their_folders() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let e = common::expected(&dir.join("gpt2-tiny"));
-    let (_, want) = common::read_npy(&dir.join("gpt2-tiny/logits.npy"));
-    for layout in [WeightLayout::Buffer, WeightLayout::Texture] {
-        let model = load(&dir.join("gguf/gpt2-tiny.gguf"), layout);
-        let got = Session::new(&model)
-            .unwrap()
-            .logits(&common::full_sequence(&e))
-            .unwrap();
-        let d = common::max_abs_diff(&got, &want);
-        println!("gpt2 GGUF {layout:?}: max |logit diff| {d:.2e}");
-        // The folder's f32 weights, converted unchanged: tests/model.rs's bound for the folder
-        // itself (f32 summation order against PyTorch's; measured 3.2e-5).
-        assert!(d < 1e-3, "{layout:?}: {d}");
-        let n = e.greedy_ids.len();
-        assert_eq!(
-            common::greedy(&model, &e.prompt_ids, n),
-            e.greedy_ids,
-            "{layout:?}"
-        );
+    for name in ["gpt2-tiny", "qwen2-tiny"] {
+        let e = common::expected(&dir.join(name));
+        let (_, want) = common::read_npy(&dir.join(name).join("logits.npy"));
+        let path = dir.join(format!("gguf/{name}.gguf"));
+        let tok = wgpt::Tokenizer::from_gguf(&wgpt::gguf::Gguf::open(&path).unwrap()).unwrap();
+        assert_eq!(tok.encode(&e.prompt).unwrap(), e.prompt_ids, "{name}");
+        for layout in [WeightLayout::Buffer, WeightLayout::Texture] {
+            let model = load(&path, layout);
+            let got = Session::new(&model)
+                .unwrap()
+                .logits(&common::full_sequence(&e))
+                .unwrap();
+            let d = common::max_abs_diff(&got, &want);
+            println!("{name} GGUF {layout:?}: max |logit diff| {d:.2e}");
+            // The folder's f32 weights, converted unchanged: tests/model.rs's bound for the
+            // folders themselves (f32 summation order against PyTorch's).
+            assert!(d < 1e-3, "{name} {layout:?}: {d}");
+            let n = e.greedy_ids.len();
+            assert_eq!(
+                common::greedy(&model, &e.prompt_ids, n),
+                e.greedy_ids,
+                "{name} {layout:?}"
+            );
+        }
     }
 }
 
