@@ -37,6 +37,8 @@ pub struct Source<'a> {
     cols: usize,
     /// How it is stored on the GPU: the parts' common packed format, else f32.
     pub dtype: WeightDtype,
+    /// Its parts are of different types (a fused q/k/v whose v is Q6_K): stored as f32.
+    pub mixed: bool,
 }
 
 /// How a part's rows map into the kernels' tensor.
@@ -98,8 +100,9 @@ impl Gguf {
             map = (0..rows).map(|r| (r % 2, r / 2)).collect();
         }
         let types: Vec<Option<WeightDtype>> = parts.iter().map(|t| packed_as(t.ty.name)).collect();
+        let mixed = types.iter().any(|t| *t != types[0]);
         let dtype = match types[0] {
-            Some(d) if !vector && types.iter().all(|t| *t == Some(d)) => d,
+            Some(d) if !vector && !mixed => d,
             _ => WeightDtype::F32,
         };
         Ok(Source {
@@ -108,6 +111,7 @@ impl Gguf {
             rows: map,
             cols,
             dtype,
+            mixed,
         })
     }
 }
@@ -162,6 +166,7 @@ impl Gguf {
             rows: (0..rows).map(|r| (0, r)).collect(),
             cols,
             dtype,
+            mixed: false,
         };
         Ok((dtype, src.encoded(0, rows)))
     }

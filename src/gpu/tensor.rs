@@ -318,7 +318,7 @@ impl GpuTensor {
 pub type ReadEncoded<'a> = dyn FnMut(usize, usize) -> Result<Vec<u8>> + 'a;
 
 /// An encoded-rows reader over an f32 one.
-fn f32_rows_encoded<'a>(
+pub(crate) fn f32_rows_encoded<'a>(
     read: &'a mut ReadRows,
     cols: usize,
     dtype: WeightDtype,

@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
-use super::{LoadOptions, Model, Progress, inv_freq_tensor, is_linear, texture_linear};
+use super::{
+    LoadOptions, Model, Placement, Progress, inv_freq_tensor, texture_linear, upload_tensor,
+};
 use crate::gguf::Gguf;
 use crate::gpu::Engine;
-use crate::gpu::tensor::{GpuTensor, WeightDtype};
+use crate::gpu::tensor::WeightDtype;
 use crate::loader;
 use crate::{Config, Result};
 
@@ -36,15 +38,15 @@ impl Model {
     ) -> Result<Model> {
         let max_chunk_bytes = Self::check_fits(&gpu, &config, opts)?;
         let textures = texture_linear(&gpu, &config, opts)?;
-        let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         let t0 = std::time::Instant::now();
         let explicit_head = gguf.tensor("output.weight").is_some();
+        let placement = Placement::new(&gpu, textures, max_chunk_bytes, !explicit_head);
         let count = |_: &str, rows: usize, cols: usize, _| Ok((rows * cols) as u64);
         let total = loader::build_weights(&config, explicit_head, count)?
             .all()
             .sum::<u64>();
         let mut done = 0;
-        let mut weights = loader::build_weights(&config, explicit_head, |name, rows, cols, _| {
+        let weights = loader::build_weights(&config, explicit_head, |name, rows, cols, _| {
             if name == "rope.inv_freq" {
                 let rope = config
                     .rope
@@ -58,34 +60,13 @@ impl Model {
             } else {
                 WeightDtype::F32
             };
-            if dtype == WeightDtype::F32 && rows > 1 {
-                log::warn!("{name}: its GGUF blocks have no packed GPU format yet; stored as f32");
+            if src.mixed {
+                log::warn!("{name}: made of GGUF tensors of different types; stored as f32");
             }
             // A vector's source rows are its elements.
             let width = if rows == 1 { cols } else { 1 };
             let mut read = |row0: usize, n: usize| Ok(src.encoded(row0 * width, n * width));
-            let t = if textures && is_linear(name) {
-                let chunks = GpuTensor::upload_texture_encoded(
-                    &gpu, name, rows, cols, dtype, max_rows, &mut read,
-                )?;
-                GpuTensor::from_textures(rows, cols, dtype, chunks)
-            } else {
-                let mut t = GpuTensor::upload_encoded(
-                    &gpu,
-                    name,
-                    rows,
-                    cols,
-                    dtype,
-                    max_chunk_bytes,
-                    &mut read,
-                )?;
-                if textures && name == "wte.weight" && !explicit_head {
-                    t.textures = GpuTensor::upload_texture_encoded(
-                        &gpu, name, rows, cols, dtype, max_rows, &mut read,
-                    )?;
-                }
-                t
-            };
+            let t = upload_tensor(&gpu, &placement, name, (rows, cols), dtype, &mut read)?;
             src.release();
             done += (rows * cols) as u64;
             if let Some(Progress(report)) = &opts.progress {
@@ -93,9 +74,6 @@ impl Model {
             }
             Ok(t)
         })?;
-        if weights.lm_head.is_some() {
-            weights.wte.textures.clear();
-        }
         Self::finish(
             gpu,
             config,

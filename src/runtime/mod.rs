@@ -158,7 +158,7 @@ impl Model {
         let textures = texture_linear(&gpu, &config, opts)?;
         let fold = folds_layer_norms(&gpu, &config, textures, opts)?;
         let mut folding = loader::LnFold::default();
-        let max_rows = gpu.limits.max_texture_dimension_2d as usize;
+        let placement = Placement::new(&gpu, textures, max_chunk_bytes, !ckpt.explicit_head());
         let t0 = std::time::Instant::now();
         let count = |_: &str, rows: usize, cols: usize, _| Ok((rows * cols) as u64);
         let total = loader::build_weights(&config, ckpt.explicit_head(), count)?
@@ -175,21 +175,11 @@ impl Model {
                 return Ok(inv_freq_tensor(&gpu, &freqs));
             }
             let dtype = stored_as(name, rows, opts.dtype);
-            if textures && is_linear(name) {
-                let textures =
-                    GpuTensor::upload_texture(&gpu, name, rows, cols, dtype, max_rows, read)?;
-                return Ok(GpuTensor::from_textures(rows, cols, dtype, textures));
-            }
-            let mut t = GpuTensor::upload(&gpu, name, rows, cols, dtype, max_chunk_bytes, read)?;
-            if textures && name == "wte.weight" {
-                // The embedding reads buffers; a tied head reads the same matrix as textures.
-                t.textures =
-                    GpuTensor::upload_texture(&gpu, name, rows, cols, dtype, max_rows, read)?;
-            }
-            Ok(t)
+            let mut read = crate::gpu::tensor::f32_rows_encoded(read, cols, dtype);
+            upload_tensor(&gpu, &placement, name, (rows, cols), dtype, &mut read)
         };
         let mut done = 0;
-        let mut weights = loader::load_weights(ckpt, &config, |name, rows, cols, read| {
+        let weights = loader::load_weights(ckpt, &config, |name, rows, cols, read| {
             let t = match fold {
                 true => folding.make(name, rows, cols, read, upload)?,
                 false => upload(name, rows, cols, read)?,
@@ -200,9 +190,6 @@ impl Model {
             }
             Ok(t)
         })?;
-        if weights.lm_head.is_some() {
-            weights.wte.textures.clear();
-        }
         Self::finish(
             gpu,
             config,
@@ -617,6 +604,54 @@ fn folded_row_sums(gpu: &Engine, weights: &mut Weights<GpuTensor>, zero: &wgpu::
         }
     }
     gpu.queue.submit([enc.finish()]);
+}
+
+/// Where a load stores its tensors.
+pub(crate) struct Placement {
+    /// The linear layers read textures.
+    textures: bool,
+    /// Rows of one weight texture at most.
+    max_rows: usize,
+    /// Bytes of one buffer at most.
+    max_chunk_bytes: u64,
+    /// The head is the token table (textures for the head, buffers for the embedding).
+    tied: bool,
+}
+
+impl Placement {
+    pub(crate) fn new(gpu: &Engine, textures: bool, max_chunk_bytes: u64, tied: bool) -> Self {
+        let max_rows = gpu.limits.max_texture_dimension_2d as usize;
+        Placement {
+            textures,
+            max_rows,
+            max_chunk_bytes,
+            tied,
+        }
+    }
+}
+
+/// Uploads one tensor from rows encoded as `dtype`: a linear layer's matrix as textures in the
+/// texture layout, anything else as buffers, and a tied token table as both (the embedding
+/// reads buffers, the head textures).
+pub(crate) fn upload_tensor(
+    gpu: &Engine,
+    p: &Placement,
+    name: &str,
+    (rows, cols): (usize, usize),
+    dtype: WeightDtype,
+    read: &mut crate::gpu::tensor::ReadEncoded,
+) -> Result<GpuTensor> {
+    if p.textures && is_linear(name) {
+        let chunks =
+            GpuTensor::upload_texture_encoded(gpu, name, rows, cols, dtype, p.max_rows, read)?;
+        return Ok(GpuTensor::from_textures(rows, cols, dtype, chunks));
+    }
+    let mut t = GpuTensor::upload_encoded(gpu, name, rows, cols, dtype, p.max_chunk_bytes, read)?;
+    if p.textures && p.tied && name == "wte.weight" {
+        t.textures =
+            GpuTensor::upload_texture_encoded(gpu, name, rows, cols, dtype, p.max_rows, read)?;
+    }
+    Ok(t)
 }
 
 /// The storage of tensor `name`: the matrices the linear kernels and the embedding read take the
