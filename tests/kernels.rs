@@ -1083,8 +1083,7 @@ fn texture_gemv_with_fused_norm_matches_cpu() {
             let sums: Vec<f32> = stored.chunks(k).map(|r| r.iter().sum()).collect();
             let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype);
             let wt = texture_tensor(wt, n, k, dtype);
-            let (xt, xu) = linear_input(&h, &x, 1, k);
-            let (bb, sb, step) = (h.f32s(&b), h.f32s(&sums), h.step(1, 0, 0));
+            let (bb, sb) = (h.f32s(&b), h.f32s(&sums));
             let cache = [0, 1].map(|_| h.gpu.texture("kv", 1, n / 3));
             let views = cache.each_ref().map(|t| t.create_view(&Default::default()));
             for (name, pipe, kv) in [
@@ -1095,24 +1094,11 @@ fn texture_gemv_with_fused_norm_matches_cpu() {
                     Some(Kv::Append([&views[0], &views[1]])),
                 ),
             ] {
-                let out = h.f32s(&vec![f32::NAN; n]);
-                let io = LinearIo {
-                    step: &step,
-                    inp: &xu,
-                    input_texture: Some(&xt),
-                    bias: (&bb, true),
-                    out: &out,
-                    kv,
-                    ln: Some((&sb, eps)),
-                    partials: None,
-                };
-                for (bg, cols) in linear_binds(&h.gpu, pipe, &wt, &io) {
-                    dispatch(&h, pipe, &bg, cols.div_ceil(4).div_ceil(8), 1);
-                }
+                let out = norm_gemv(&h, pipe, &wt, &x, (&bb, (&sb, eps)), kv);
                 // K terms of size <= ~|x| (3.5) in f32 against f64, times rstd, and the mean
                 // times the row sums (E[x^2] - mean^2 loses a few bits more): 1e-4 relative to the
                 // largest output.
-                let d = close(&h.read(&out), &want, 1e-4);
+                let d = close(&out, &want, 1e-4);
                 println!("{name} NORM {dtype:?} K={k} N={n}: max diff {d:e}");
             }
         }
@@ -1158,28 +1144,42 @@ fn texture_gemv_with_fused_rms_norm_matches_cpu() {
             let want = reference::matmul(&xn, &stored_weights(&w, dtype), Some(&b), k, n);
             let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype);
             let wt = texture_tensor(wt, n, k, dtype);
-            let (xt, xu) = linear_input(&h, &x, 1, k);
-            let (bb, gb, step) = (h.f32s(&b), h.f32s(&gain), h.step(1, 0, 0));
-            let out = h.f32s(&vec![f32::NAN; n]);
-            let io = LinearIo {
-                step: &step,
-                inp: &xu,
-                input_texture: Some(&xt),
-                bias: (&bb, true),
-                out: &out,
-                kv: None,
-                ln: Some((&gb, eps)),
-                partials: None,
-            };
-            for (bg, cols) in linear_binds(&h.gpu, pipe, &wt, &io) {
-                dispatch(&h, pipe, &bg, cols.div_ceil(4).div_ceil(8), 1);
-            }
+            let (bb, gb) = (h.f32s(&b), h.f32s(&gain));
+            let out = norm_gemv(&h, pipe, &wt, &x, (&bb, (&gb, eps)), None);
             // K terms of size <= ~|gain x| (~7) in f32 against f64, times 1 / rms: 1e-4
             // relative to the largest output, as the layer-norm test.
-            let d = close(&h.read(&out), &want, 1e-4);
+            let d = close(&out, &want, 1e-4);
             println!("gemv_texture_subgroup NORM+RMS {dtype:?} K={k} N={n}: max diff {d:e}");
         }
     }
+}
+
+/// A decode GEMV with a norm fused in (`pipe`, NORM) over input row `x`: its outputs, with
+/// `(bias, (row sums or RMS gain, eps))` bound and the cache of `kv` when it appends.
+fn norm_gemv(
+    h: &Harness,
+    pipe: &wgpu::ComputePipeline,
+    wt: &GpuTensor,
+    x: &[f32],
+    (bias, ln): (&wgpu::Buffer, (&wgpu::Buffer, f32)),
+    kv: Option<Kv>,
+) -> Vec<f32> {
+    let (xt, xu) = linear_input(h, x, 1, x.len());
+    let (step, out) = (h.step(1, 0, 0), h.f32s(&vec![f32::NAN; wt.rows]));
+    let io = LinearIo {
+        step: &step,
+        inp: &xu,
+        input_texture: Some(&xt),
+        bias: (bias, true),
+        out: &out,
+        kv,
+        ln: Some(ln),
+        partials: None,
+    };
+    for (bg, cols) in linear_binds(&h.gpu, pipe, wt, &io) {
+        dispatch(h, pipe, &bg, cols.div_ceil(4).div_ceil(8), 1);
+    }
+    h.read(&out)
 }
 
 /// gemv_texture_argmax (the head's GEMV leaving each workgroup's largest logit) then
