@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{
-    LoadOptions, Model, Placement, Progress, inv_freq_tensor, texture_linear, upload_tensor,
-};
+use super::{LoadOptions, Model, Placement, inv_freq_tensor, texture_linear, upload_tensor};
 use crate::gguf::Gguf;
 use crate::gpu::Engine;
 use crate::gpu::tensor::WeightDtype;
@@ -68,10 +66,7 @@ impl Model {
             let mut read = |row0: usize, n: usize| Ok(src.encoded(row0 * width, n * width));
             let t = upload_tensor(&gpu, &placement, name, (rows, cols), dtype, &mut read)?;
             src.release();
-            done += (rows * cols) as u64;
-            if let Some(Progress(report)) = &opts.progress {
-                report(done, total);
-            }
+            opts.advance(&mut done, (rows * cols) as u64, total);
             Ok(t)
         })?;
         Self::finish(

@@ -44,6 +44,14 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// Counts `n` more weights uploaded and reports to [`LoadOptions::progress`].
+    pub(crate) fn advance(&self, done: &mut u64, n: u64, total: u64) {
+        *done += n;
+        if let Some(Progress(report)) = &self.progress {
+            report(*done, total);
+        }
+    }
+
     /// The fusion rules this load asks for: `fuse`, else `WGPT_FUSE`'s, else every rule.
     pub fn fusions(&self) -> Result<Fusions> {
         match self.fuse {
@@ -184,10 +192,7 @@ impl Model {
                 true => folding.make(name, rows, cols, read, upload)?,
                 false => upload(name, rows, cols, read)?,
             };
-            done += (rows * cols) as u64;
-            if let Some(Progress(report)) = &opts.progress {
-                report(done, total);
-            }
+            opts.advance(&mut done, (rows * cols) as u64, total);
             Ok(t)
         })?;
         Self::finish(
