@@ -6,7 +6,9 @@ the way `wgpt bench` times wgpt, written as a `wgpt-bench/1` report so that
     python tools/torch_bench.py --shape gpt2 > torch.json
     wgpt bench --compare wgpt.json torch.json
 
-puts both on one table. Run the two alternately in one session: on a shared or virtual machine
+puts both on one table (`--model DIR` or `--model FILE.gguf` times a real model instead:
+transformers dequantises a GGUF file to f32, the "PyTorch eager on the dequantised model" of
+the GGUF issue). Run the two alternately in one session: on a shared or virtual machine
 the same program varies by 15-30% from one minute to the next, so only ratios measured side by
 side mean anything (README, "Results").
 
@@ -50,9 +52,29 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+def load(a, dtype):
+    """The model to time, and how the report names it: --model's, or a random GPT-2 of --shape."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    if a.model:
+        path = Path(a.model)
+        gguf = dict(gguf_file=path.name) if path.suffix == ".gguf" else {}
+        folder = path.parent if gguf else path
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **gguf)
+        return model.eval(), str(path)
+    n_layer, n_embd, n_head = SHAPES[a.shape]
+    model = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head))
+    return model.eval().to(dtype), f"random:{a.shape}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="gpt2", choices=sorted(SHAPES))
+    ap.add_argument("--model", help="a Hugging Face folder or a GGUF file (transformers "
+                    "dequantises it to f32, as `from_pretrained(dir, gguf_file=...)` does) "
+                    "instead of a random --shape")
     ap.add_argument("--prompt-len", default="128", help="comma-separated, e.g. 128,512")
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=1)
@@ -61,22 +83,20 @@ def main():
     a = ap.parse_args()
 
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    n_layer, n_embd, n_head = SHAPES[a.shape]
-    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head)
-    t0 = time.perf_counter()
-    model = GPT2LMHeadModel(cfg).eval()
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
-    model = model.to(dtype)
+    t0 = time.perf_counter()
+    model, source = load(a, dtype)
     load_s = time.perf_counter() - t0
-    params = sum(p.numel() for p in model.parameters())  # the tied head counted once
-    c, inner, v, l = n_embd, 4 * n_embd, cfg.vocab_size, n_layer
-    # Weights a decode step reads: the blocks, ln_f and the head (not the embedding tables).
-    block_params = params - v * c - cfg.n_positions * c
-    weight_bytes = (block_params + v * c) * (4 if a.dtype == "f32" else 2)
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())  # a tied head counted once
+    c, v = cfg.hidden_size, cfg.vocab_size
+    l, n_positions = cfg.num_hidden_layers, cfg.max_position_embeddings
+    # Weights a decode step reads: all but the embedding tables, plus the head.
+    tables = v * c + (n_positions * c if cfg.model_type == "gpt2" else 0)
+    weight_bytes = (params - tables + v * c) * (4 if a.dtype == "f32" else 2)
 
     def step(ids, past):
         out = model(ids, past_key_values=past, use_cache=True)
@@ -85,8 +105,8 @@ def main():
     runs = []
     with torch.inference_mode():
         for p in [int(x) for x in a.prompt_len.split(",")]:
-            if p + a.gen > cfg.n_positions:
-                sys.exit(f"--prompt-len {p} plus --gen {a.gen} exceeds n_positions = {cfg.n_positions}")
+            if p + a.gen > n_positions:
+                sys.exit(f"--prompt-len {p} plus --gen {a.gen} exceeds n_positions = {n_positions}")
             ids = torch.tensor([[(i * 7919 + 13) % v for i in range(p)]])
             step(ids[:, :8], None)  # warm-up (allocator, kernels)
             prefill, decode, steps = [], [], []
@@ -103,7 +123,7 @@ def main():
             prefill_s = statistics.median(prefill)
             decode_s = statistics.median(decode)
             p50 = percentile(steps, 0.5) if steps else 0.0
-            flops = 2 * p * l * (4 * c * c + 2 * c * inner) + 2 * l * p * p * c + 2 * v * c
+            flops = 2 * p * (params - tables) + 2 * l * p * p * c + 2 * v * c
             runs.append({
                 "prompt_len": p,
                 "gen_tokens": a.gen,
@@ -130,14 +150,14 @@ def main():
             "driver_info": cpu_name(),
         },
         "model": {
-            "source": f"random:{a.shape}",
+            "source": source,
             "dtype": a.dtype,
             "layout": "",
-            "n_layer": n_layer,
-            "n_embd": n_embd,
-            "n_head": n_head,
+            "n_layer": l,
+            "n_embd": c,
+            "n_head": cfg.num_attention_heads,
             "vocab_size": v,
-            "n_positions": cfg.n_positions,
+            "n_positions": n_positions,
             "params": params,
         },
         "load_s": load_s,
