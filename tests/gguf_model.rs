@@ -160,13 +160,13 @@ fn llama_cpp_files_of_every_block_type_match_transformers() {
     }
 }
 
-/// GGUF `gpt2` and `qwen2` files (the gpt2-tiny and qwen2-tiny fixtures converted by
-/// llama.cpp): the folders' transformers logits and greedy replies, in both layouts, and the
-/// same prompt ids from the file's tokenizer.
+/// GGUF `gpt2`, `qwen2` and Mistral (as `llama`, F16, head_dim != C / NH) files, the fixture
+/// folders converted by llama.cpp: the folders' transformers logits and greedy replies, in both
+/// layouts, and the same prompt ids from the file's tokenizer.
 #[test]
-fn gpt2_and_qwen2_ggufs_match_their_folders() {
+fn converted_folders_match_their_references() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    for name in ["gpt2-tiny", "qwen2-tiny"] {
+    for name in ["gpt2-tiny", "qwen2-tiny", "mistral-hd"] {
         let e = common::expected(&dir.join(name));
         let (_, want) = common::read_npy(&dir.join(name).join("logits.npy"));
         let path = dir.join(format!("gguf/{name}.gguf"));
