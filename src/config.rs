@@ -95,6 +95,9 @@ pub enum RopeScaling {
         /// `original_max_position_embeddings`.
         original: f64,
     },
+    /// A divisor per frequency (HS / 2): a GGUF file's `rope_freqs` tensor, which is how
+    /// llama.cpp writes Llama 3.1's and 3.2's llama3 scaling.
+    Factors(Vec<f32>),
 }
 
 impl Rope {
@@ -106,15 +109,17 @@ impl Rope {
                 // f32 exponent, as torch's arange(0, dim, 2).float() / dim.
                 let e = (2 * i) as f32 / hs as f32;
                 let f = 1.0 / self.theta.powf(e as f64);
-                let f = match self.scaling {
+                let f = match &self.scaling {
                     RopeScaling::None => f,
                     RopeScaling::Linear { factor } => f / factor,
+                    RopeScaling::Factors(div) => f / div[i] as f64,
                     RopeScaling::Llama3 {
                         factor,
                         low_freq_factor: lo,
                         high_freq_factor: hi,
                         original,
                     } => {
+                        let (factor, lo, hi, original) = (*factor, *lo, *hi, *original);
                         let wavelen = 2.0 * std::f64::consts::PI / f;
                         if wavelen < original / hi {
                             f
@@ -482,8 +487,9 @@ impl Config {
             };
             return format!("{:?} table{offset}", self.positions).to_lowercase();
         };
-        let scaling = match rope.scaling {
+        let scaling = match &rope.scaling {
             RopeScaling::None => String::new(),
+            RopeScaling::Factors(_) => ", per-frequency factors (rope_freqs)".into(),
             RopeScaling::Linear { factor } => format!(", linear scaling x{factor}"),
             RopeScaling::Llama3 {
                 factor,

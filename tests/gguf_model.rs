@@ -160,13 +160,14 @@ fn llama_cpp_files_of_every_block_type_match_transformers() {
     }
 }
 
-/// GGUF `gpt2`, `qwen2` and Mistral (as `llama`, F16, head_dim != C / NH) files, the fixture
-/// folders converted by llama.cpp: the folders' transformers logits and greedy replies, in both
-/// layouts, and the same prompt ids from the file's tokenizer.
+/// GGUF `gpt2`, `qwen2`, Mistral (as `llama`, F16, head_dim != C / NH) and Llama 3 (BF16, MQA,
+/// attention and MLP biases, llama3 rope scaling written as a `rope_freqs` tensor) files, the
+/// fixture folders converted by llama.cpp: the folders' transformers logits and greedy replies,
+/// in both layouts, and the same prompt ids from the file's tokenizer.
 #[test]
 fn converted_folders_match_their_references() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    for name in ["gpt2-tiny", "qwen2-tiny", "mistral-hd"] {
+    for name in ["gpt2-tiny", "qwen2-tiny", "mistral-hd", "llama3-mqa"] {
         let e = common::expected(&dir.join(name));
         let (_, want) = common::read_npy(&dir.join(name).join("logits.npy"));
         let path = dir.join(format!("gguf/{name}.gguf"));

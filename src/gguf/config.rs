@@ -25,13 +25,6 @@ impl Gguf {
             .collect();
         let mut json = match arch {
             "llama" | "qwen2" => {
-                if self.tensor("rope_freqs.weight").is_some() {
-                    return Err(self.bad(
-                        "scales its rotary frequencies with a rope_freqs tensor (Llama 3.1's \
-                         scaling), which wgpt does not read yet"
-                            .into(),
-                    ));
-                }
                 serde_json::json!({
                     "model_type": arch,
                     "hidden_size": num("embedding_length"),
@@ -44,6 +37,10 @@ impl Gguf {
                     "rms_norm_eps": num("attention.layer_norm_rms_epsilon"),
                     "rope_theta": num("rope.freq_base"),
                     "vocab_size": n_vocab,
+                    // Llama's optional biases, as the tensors say (Qwen2's q/k/v ones are its
+                    // family's default).
+                    "attention_bias": (arch == "llama").then(|| self.tensor("blk.0.attn_q.bias").is_some()),
+                    "mlp_bias": (arch == "llama").then(|| self.tensor("blk.0.ffn_up.bias").is_some()),
                 })
             }
             "gpt2" => serde_json::json!({
@@ -82,6 +79,33 @@ impl Gguf {
                 serde_json::json!({"type": kind, "factor": factor}),
             );
         }
-        crate::Config::from_json(&json.to_string(), &self.path)
+        let mut cfg = crate::Config::from_json(&json.to_string(), &self.path)?;
+        self.rope_factors(&mut cfg)?;
+        Ok(cfg)
+    }
+
+    /// A `rope_freqs` tensor (how llama.cpp writes Llama 3.1's and 3.2's llama3 scaling): a
+    /// divisor per rotary frequency, replacing any other scaling.
+    fn rope_factors(&self, cfg: &mut crate::Config) -> Result<()> {
+        let Some(t) = self.tensor("rope_freqs.weight") else {
+            return Ok(());
+        };
+        let half = cfg.head_dim / 2;
+        let rope = match cfg.rope.as_mut() {
+            Some(rope) if t.dims == [half as u64] => rope,
+            _ => {
+                return Err(self.bad(format!(
+                    "has a rope_freqs tensor of shape {:?}, but the model's rotary embedding has \
+                     {half} frequencies",
+                    t.dims
+                )));
+            }
+        };
+        let factors = self.dequantize(t)?;
+        if factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+            return Err(self.bad("has rope_freqs factors that are not positive numbers".into()));
+        }
+        rope.scaling = crate::config::RopeScaling::Factors(factors);
+        Ok(())
     }
 }
