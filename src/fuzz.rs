@@ -19,7 +19,9 @@ pub const TARGETS: &[&str] = &[
     "gguf",
 ];
 
-/// A GGUF file: the header, metadata and tensor table, then every tensor's bytes.
+/// A GGUF file: the header, metadata and tensor table, then every tensor's bytes, dequantised
+/// and repacked for the GPU (small tensors: the fuzzer's inputs are), and the config and
+/// tokenizer its metadata make.
 pub fn gguf(data: &[u8]) {
     let Ok(g) = crate::gguf::Gguf::from_bytes(data.to_vec(), Path::new("model.gguf")) else {
         return;
@@ -27,7 +29,13 @@ pub fn gguf(data: &[u8]) {
     let _ = g.type_histogram();
     for t in &g.tensors {
         assert_eq!(g.tensor_bytes(t).len() as u64, t.bytes, "{}", t.name);
+        if t.bytes <= 1 << 16 {
+            let _ = g.dequantize(t);
+            let _ = g.pack(t);
+        }
     }
+    let _ = g.config();
+    let _ = g.tokenizer_json();
 }
 
 /// `config.json` as a decoder's and as an encoder's config.
