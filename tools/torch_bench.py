@@ -63,6 +63,10 @@ def load(a, dtype):
         gguf = dict(gguf_file=path.name) if path.suffix == ".gguf" else {}
         folder = path.parent if gguf else path
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **gguf)
+        # Out of the mapped safetensors file into process memory: a machine that reclaims page
+        # cache under a run (DAMON) would otherwise make it re-read weights from disk.
+        for p in model.parameters():
+            p.data = p.data.clone()
         return model.eval(), str(path)
     n_layer, n_embd, n_head = SHAPES[a.shape]
     model = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head))
@@ -98,8 +102,12 @@ def main():
     tables = v * c + (n_positions * c if cfg.model_type == "gpt2" else 0)
     weight_bytes = (params - tables + v * c) * (4 if a.dtype == "f32" else 2)
 
+    # Only the last position's logits, as llama.cpp and wgpt compute in a prefill.
+    import inspect
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
     def step(ids, past):
-        out = model(ids, past_key_values=past, use_cache=True)
+        out = model(ids, past_key_values=past, use_cache=True, **keep)
         return out.logits[:, -1].argmax(-1, keepdim=True), out.past_key_values
 
     runs = []
