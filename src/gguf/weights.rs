@@ -85,6 +85,13 @@ impl Gguf {
                 true => vec![part_rows as u64],
                 false => vec![cols as u64, part_rows as u64],
             };
+            if vector && t.ty.block != 1 {
+                return Err(self.bad(format!(
+                    "tensor {key:?} is a vector stored as {}; wgpt reads vectors (norms, biases) \
+                     as F32, F16 or BF16",
+                    t.ty.name
+                )));
+            }
             if t.dims != want {
                 return Err(self.bad(format!(
                     "tensor {key:?} has shape {:?}, the file's metadata implies {want:?}",
