@@ -505,10 +505,10 @@ fn q8_dtype_generates_and_refuses_odd_widths() {
         "--prompt",
         "hi",
         "--dtype",
-        "q4",
+        "q3",
     ]);
     assert!(
-        !o.status.success() && stderr(&o).contains("f32, f16 or q8"),
+        !o.status.success() && stderr(&o).contains("f32, f16, q8, q6, q5 or q4"),
         "{}",
         stderr(&o)
     );

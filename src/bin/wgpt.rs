@@ -87,7 +87,7 @@ struct EncoderArgs {
     /// Adapter index or part of its name (see `wgpt info`).
     #[arg(long, env = "WGPT_ADAPTER")]
     adapter: Option<String>,
-    /// How weight matrices are stored on the GPU: f32, f16 or q8.
+    /// How weight matrices are stored on the GPU: f32, f16, q8, q6, q5 or q4.
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
     /// Where the linear layers' operands live: auto, buffer or texture.
@@ -139,7 +139,7 @@ struct BenchArgs {
     /// gpt2-xl, smollm2-135m, qwen2.5-0.5b, llama-3.2-1b.
     #[arg(long)]
     shape: Option<String>,
-    /// How weight matrices are stored on the GPU: f32, f16 or q8.
+    /// How weight matrices are stored on the GPU: f32, f16, q8, q6, q5 or q4.
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
     /// Where the linear layers' operands live: auto, buffer or texture.
