@@ -407,7 +407,7 @@ fn errors_speak_the_librarys_api() {
         "{e}"
     );
     errors.push(e);
-    errors.push("q4".parse::<wgpt::WeightDtype>().unwrap_err());
+    errors.push("q3".parse::<wgpt::WeightDtype>().unwrap_err());
     errors.push(
         Model::load(gpu(), Path::new("/no/such/folder"), &odd)
             .err()
