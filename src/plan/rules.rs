@@ -24,9 +24,11 @@ pub enum Rule {
     /// Decode's qkv projection appends the key and value to the cache (gemv_texture_kv), where
     /// the attention is not fused in. Texture layout, subgroups of 8, chunks of whole texels.
     QkvAppend,
-    /// A pre-LN norm folded into the projection after it: its gain and bias in the weights at
-    /// load (`loader::LnFold`), its standardisation in decode's GEMV (NORM), its dispatch gone.
-    /// Texture layout, subgroups of 8, f16 or q8 weights.
+    /// A pre-LN norm folded into the projection after it, its dispatch gone: a layer norm's
+    /// gain and bias in the weights at load (`loader::LnFold`) and its standardisation in
+    /// decode's GEMV (NORM); an RMSNorm's gain scaling that GEMV's input (RMS), so packed
+    /// weights need no folding. Texture layout, subgroups of 8, weights not f32; not the
+    /// head's final norm.
     FoldNorm,
     /// Decode's head GEMV leaves per-workgroup argmax candidates, so greedy picking reads
     /// ceil(V / 32) candidates instead of V logits (gemv_texture_argmax, argmax_partials).
