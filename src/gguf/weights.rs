@@ -37,7 +37,8 @@ pub struct Source<'a> {
     cols: usize,
     /// How it is stored on the GPU: the parts' common packed format, else f32.
     pub dtype: WeightDtype,
-    /// Its parts are of different types (a fused q/k/v whose v is Q6_K): stored as f32.
+    /// A matrix whose parts are of different types (a fused q/k/v whose v is Q6_K): stored as
+    /// f32.
     pub mixed: bool,
 }
 
@@ -107,7 +108,8 @@ impl Gguf {
             map = (0..rows).map(|r| (r % 2, r / 2)).collect();
         }
         let types: Vec<Option<WeightDtype>> = parts.iter().map(|t| packed_as(t.ty.name)).collect();
-        let mixed = types.iter().any(|t| *t != types[0]);
+        // Vectors are f32 whatever their parts are stored as.
+        let mixed = !vector && types.iter().any(|t| *t != types[0]);
         let dtype = match types[0] {
             Some(d) if !vector && !mixed => d,
             _ => WeightDtype::F32,
