@@ -1,8 +1,9 @@
-// Sampling from row 0 of the logits, all on the GPU (only the chosen id and two floats come
+// Sampling from rows of the logits, all on the GPU (only the chosen id and three floats come
 // back): a repetition penalty over the recent tokens, temperature, then top-k, top-p and min-p
 // as one threshold on the scaled logits, and an inverse-CDF draw at u (uniform in [0, 1) from the
-// host's seeded generator). Every sum runs in a fixed order, so a seed gives the same tokens on
-// the same adapter every time.
+// host's seeded generator). One workgroup per row, each with its own settings (a batched decode
+// samples every sequence its own way; a session uses row 0). Every sum runs in a fixed order, so
+// a seed gives the same tokens on the same adapter every time.
 //   top-k: the largest t with count(s >= t) >= k (ties at the k-th value are all kept);
 //   top-p: within that, the largest t whose kept mass is >= top_p of it (the smallest nucleus);
 //   min-p: s >= max + ln(min_p), i.e. probability >= min_p x the top probability.
@@ -17,13 +18,20 @@ struct Params {
     top_p: f32,        // 1 = off
     min_p: f32,        // 0 = off
     penalty: f32,      // 1 = off
-    n_recent: u32,     // valid entries of `recent`
+    n_recent: u32,     // entries of `recent` from recent0 that are this row's window
+    recent0: u32,
+    sampled: u32,      // 0: the row is not sampled (a greedy row of a batch)
+    _a: u32,
+    _b: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> logits: array<f32>;  // (rows, V), row 0 is used
-@group(0) @binding(2) var<storage, read_write> result: array<u32>;  // [token, threshold bits, logprob bits, _]
-@group(0) @binding(3) var<storage, read> recent: array<u32>;        // (window) recent token ids
+const MAX_ROWS: u32 = 64u;  // kernels::MAX_BATCH
+@group(0) @binding(0) var<uniform> rows: array<Params, MAX_ROWS>;
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;  // (rows, V)
+// (rows, 4): token, threshold bits, log-prob bits (filtered distribution), log-prob bits (the
+// model's own distribution: softmax of the penalised logits at temperature 1)
+@group(0) @binding(2) var<storage, read_write> result: array<u32>;
+@group(0) @binding(3) var<storage, read> recent: array<u32>;        // each row's recent token ids
 
 const WG: u32 = 256u;
 const STEPS: u32 = 24u;
@@ -32,7 +40,10 @@ var<workgroup> found_lane: u32;
 var<workgroup> remaining: f32;
 var<workgroup> log_total: f32;
 
-fn scaled(i: u32) -> f32 { return logits[i] / p.temperature; }
+// Logit i of row r, scaled by the row's temperature. (Row r's settings are read where they are
+// used, rows[r], rather than kept in a private variable: WGSL's uniformity analysis must see
+// them as uniform, since they steer loops that hold barriers.)
+fn scaled(r: u32, i: u32) -> f32 { return logits[r * rows[r].V + i] / rows[r].temperature; }
 
 fn wg_max(lid: u32, v: f32) -> f32 {
     red[lid] = v;
@@ -59,34 +70,41 @@ fn wg_sum(lid: u32, v: f32) -> f32 {
 }
 
 // Number of scaled logits >= t, and their softmax mass relative to exp(mx).
-fn count_at_least(lid: u32, t: f32) -> f32 {
+fn count_at_least(r: u32, lid: u32, t: f32) -> f32 {
+    let p = rows[r];
     var n = 0.0;
-    for (var i = lid; i < p.V; i += WG) { if (scaled(i) >= t) { n += 1.0; } }
+    for (var i = lid; i < p.V; i += WG) { if (scaled(r, i) >= t) { n += 1.0; } }
     return wg_sum(lid, n);
 }
 
-fn mass_at_least(lid: u32, t: f32, mx: f32) -> f32 {
+fn mass_at_least(r: u32, lid: u32, t: f32, mx: f32) -> f32 {
+    let p = rows[r];
     var m = 0.0;
     for (var i = lid; i < p.V; i += WG) {
-        let s = scaled(i);
+        let s = scaled(r, i);
         if (s >= t) { m += exp(s - mx); }
     }
     return wg_sum(lid, m);
 }
 
 @compute @workgroup_size(WG)
-fn sample(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
+    let r = wg.x;
+    let p = rows[r];
+    if (p.sampled == 0u) { return; }
+    let row0 = r * p.V;
+    let out = r * 4u;
 
     // 1. Repetition penalty (CTRL / transformers): once per distinct recent token.
     if (p.penalty != 1.0) {
         for (var i = lid; i < p.n_recent; i += WG) {
-            let id = recent[i];
+            let id = recent[p.recent0 + i];
             var first = id < p.V;
-            for (var j = 0u; j < i; j++) { if (recent[j] == id) { first = false; } }
+            for (var j = 0u; j < i; j++) { if (recent[p.recent0 + j] == id) { first = false; } }
             if (first) {
-                let l = logits[id];
-                logits[id] = select(l * p.penalty, l / p.penalty, l > 0.0);
+                let l = logits[row0 + id];
+                logits[row0 + id] = select(l * p.penalty, l / p.penalty, l > 0.0);
             }
         }
         storageBarrier();
@@ -97,12 +115,16 @@ fn sample(@builtin(local_invocation_id) lid3: vec3<u32>) {
     var hi_l = -3.4e38;
     var lo_l = 3.4e38;
     for (var i = lid; i < p.V; i += WG) {
-        let s = scaled(i);
+        let s = scaled(r, i);
         hi_l = max(hi_l, s);
         lo_l = min(lo_l, s);
     }
     let mx = wg_max(lid, hi_l);
     let mn = -wg_max(lid, -lo_l);
+    // The model's own normaliser (temperature 1) relative to its largest logit, mx T.
+    var z1 = 0.0;
+    for (var i = lid; i < p.V; i += WG) { z1 += exp(logits[row0 + i] - mx * p.temperature); }
+    let log_z1 = log(wg_sum(lid, z1));
 
     // 3. top-k threshold.
     var t = mn;
@@ -111,18 +133,18 @@ fn sample(@builtin(local_invocation_id) lid3: vec3<u32>) {
         var hi = mx;
         for (var it = 0u; it < STEPS; it++) {
             let mid = 0.5 * (lo + hi);
-            if (count_at_least(lid, mid) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
+            if (count_at_least(r, lid, mid) >= f32(p.top_k)) { lo = mid; } else { hi = mid; }
         }
         t = lo;
     }
     // 4. top-p within what top-k kept.
     if (p.top_p < 1.0) {
-        let goal = p.top_p * mass_at_least(lid, t, mx);
+        let goal = p.top_p * mass_at_least(r, lid, t, mx);
         var lo = t;
         var hi = mx;
         for (var it = 0u; it < STEPS; it++) {
             let mid = 0.5 * (lo + hi);
-            if (mass_at_least(lid, mid, mx) >= goal) { lo = mid; } else { hi = mid; }
+            if (mass_at_least(r, lid, mid, mx) >= goal) { lo = mid; } else { hi = mid; }
         }
         t = lo;
     }
@@ -136,7 +158,7 @@ fn sample(@builtin(local_invocation_id) lid3: vec3<u32>) {
     let b = min(a + span, p.V);
     var part = 0.0;
     for (var i = a; i < b; i++) {
-        let s = scaled(i);
+        let s = scaled(r, i);
         if (s >= t) { part += exp(s - mx); }
     }
     red[lid] = part;
@@ -158,7 +180,7 @@ fn sample(@builtin(local_invocation_id) lid3: vec3<u32>) {
         }
         found_lane = lane;
         remaining = goal;
-        result[1] = bitcast<u32>(t);
+        result[out + 1u] = bitcast<u32>(t);
         log_total = log(total);
     }
     workgroupBarrier();
@@ -166,7 +188,7 @@ fn sample(@builtin(local_invocation_id) lid3: vec3<u32>) {
         var goal = remaining;
         var pick = b;
         for (var i = a; i < b; i++) {
-            let s = scaled(i);
+            let s = scaled(r, i);
             if (s >= t) {
                 pick = i;  // the last kept one, should rounding exhaust the goal
                 let e = exp(s - mx);
@@ -174,8 +196,9 @@ fn sample(@builtin(local_invocation_id) lid3: vec3<u32>) {
                 goal -= e;
             }
         }
-        result[0] = pick;
-        // log-probability of the pick under the filtered distribution
-        result[2] = bitcast<u32>(scaled(pick) - mx - log_total);
+        result[out] = pick;
+        // log-probability of the pick under the filtered distribution, and under the model's
+        result[out + 2u] = bitcast<u32>(scaled(r, pick) - mx - log_total);
+        result[out + 3u] = bitcast<u32>(logits[row0 + pick] - mx * p.temperature - log_z1);
     }
 }

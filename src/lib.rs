@@ -86,6 +86,8 @@ pub use runtime::generate::{
     GenerateOptions, Generation, Generator, OwnedGenerator, StopReason, TokenEvent, generate_ids,
 };
 pub use runtime::sampler::Sampling;
-pub use runtime::{Batch, LoadOptions, Model, Pick, Progress, Session, WeightLayout};
+pub use runtime::{
+    Batch, BatchRow, BatchToken, LoadOptions, Model, Pick, Progress, Session, WeightLayout,
+};
 pub use source::{ModelSource, Opened};
 pub use tokenizer::Tokenizer;

@@ -317,6 +317,122 @@ fn batched_decode_matches_single_sessions() {
     }
 }
 
+/// Continuous batching: sequences join and leave between steps (a freed slot is reused), a step
+/// takes any subset of the slots in any order, and each row picks its own way (greedy, or
+/// sampled with its own settings, draw and penalty window). Every sequence gets the tokens a
+/// session alone gets with the same draws, and the same model log-probabilities.
+#[test]
+fn batch_rows_join_leave_and_sample_like_single_sessions() {
+    use wgpt::{BatchRow, Sampling};
+    let sample = |temperature, top_k, top_p, repeat_penalty| Sampling {
+        temperature,
+        top_k,
+        top_p,
+        repeat_penalty,
+        repeat_window: 8,
+        ..Default::default()
+    };
+    let settings = [
+        Sampling::default(),
+        sample(0.8, 20, 1.0, 1.0),
+        sample(1.2, 0, 0.9, 1.3),
+        sample(0.0, 0, 1.0, 1.5), // greedy with a penalty: the sampler's path
+        sample(0.9, 0, 1.0, 1.0),
+    ];
+    for layout in [wgpt::WeightLayout::Buffer, wgpt::WeightLayout::Texture] {
+        let dir = fixture("gpt2-tiny");
+        let opts = LoadOptions {
+            layout,
+            ..Default::default()
+        };
+        let model = Model::load(gpu(), &dir, &opts).unwrap();
+        let e = expected(&dir);
+        let prompts: Vec<Vec<u32>> = (0..settings.len())
+            .map(|i| {
+                (e.prompt_ids[i % 3..].iter())
+                    .map(|t| (t + 7 * i as u32) % 384)
+                    .collect()
+            })
+            .collect();
+        let draws = |i: usize, k: usize| ((i * 31 + k * 17) % 97) as f32 / 97.0;
+        let steps = 6;
+        // Alone: one session each.
+        let alone: Vec<Vec<(u32, f32)>> = (0..settings.len())
+            .map(|i| {
+                let mut s = Session::with_context(&model, 64).unwrap();
+                s.set_top_candidates(3);
+                let mut fed = prompts[i].clone();
+                (0..steps)
+                    .map(|k| {
+                        let id = s.next_token(&fed, settings[i].pick(draws(i, k))).unwrap();
+                        fed = vec![id];
+                        let lp = (s.last_model_logprob())
+                            .unwrap_or_else(|| s.top_candidates()[0].1.ln());
+                        (id, lp)
+                    })
+                    .collect()
+            })
+            .collect();
+        // Together: 3 slots for 5 sequences; sequence i starts at step 2 i / 2 ... and takes
+        // the first free slot; rows go in reverse order of slot.
+        let mut batch = wgpt::Batch::with_context(&model, 3, 64).unwrap();
+        batch.set_top_candidates(3);
+        let mut got: Vec<Vec<(u32, f32)>> = vec![Vec::new(); settings.len()];
+        let mut slot_of: Vec<Option<usize>> = vec![None; settings.len()];
+        let mut next: Vec<u32> = prompts.iter().map(|p| *p.last().unwrap()).collect();
+        let (mut waiting, mut tick, mut worst) = (0..settings.len(), 0, 0f32);
+        let mut joined = waiting.next();
+        while got.iter().any(|g| g.len() < steps) {
+            let busy: Vec<usize> = slot_of.iter().flatten().copied().collect();
+            let free = (0..3).find(|s| !busy.contains(s));
+            if let (Some(i), Some(slot)) = (joined.filter(|_| tick % 2 == 0), free) {
+                batch.reset(slot);
+                let p = &prompts[i];
+                if p.len() > 1 {
+                    batch.feed(slot, &p[..p.len() - 1]).unwrap();
+                }
+                slot_of[i] = Some(slot);
+                joined = waiting.next();
+            }
+            let mut rows: Vec<(usize, BatchRow)> = (0..settings.len())
+                .filter_map(|i| slot_of[i].map(|seq| (i, seq)))
+                .map(|(i, seq)| {
+                    let pick = settings[i].pick(draws(i, got[i].len()));
+                    (
+                        i,
+                        BatchRow {
+                            seq,
+                            token: next[i],
+                            pick,
+                        },
+                    )
+                })
+                .collect();
+            rows.sort_by_key(|(_, r)| std::cmp::Reverse(r.seq));
+            let only: Vec<BatchRow> = rows.iter().map(|(_, r)| *r).collect();
+            let out = batch.decode(&only).unwrap();
+            for ((i, _), t) in rows.iter().zip(out) {
+                let want = alone[*i][got[*i].len()];
+                worst = worst.max((t.logprob - want.1).abs());
+                assert_eq!(t.top.len(), 3);
+                got[*i].push((t.id, t.logprob));
+                next[*i] = t.id;
+                if got[*i].len() == steps {
+                    slot_of[*i] = None; // leaves; its slot is reset when reused
+                }
+            }
+            tick += 1;
+        }
+        let ids = |v: &Vec<Vec<(u32, f32)>>| -> Vec<Vec<u32>> {
+            v.iter().map(|s| s.iter().map(|t| t.0).collect()).collect()
+        };
+        assert_eq!(ids(&got), ids(&alone), "{layout:?}");
+        // Batched rows and one row sum in different orders: a few ulps of logits of size ~10.
+        println!("{layout:?}: max |batched - alone| log-probability {worst:e}");
+        assert!(worst < 1e-4, "{worst}");
+    }
+}
+
 fn argmax(row: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
@@ -338,4 +454,15 @@ fn batch_rejects_bad_input() {
     assert!(err.to_string().contains("one token per sequence"), "{err}");
     assert!(batch.step(&[1, 100_000]).is_err());
     assert!(batch.prefill(2, &[1]).is_err());
+    let row = |seq, token| wgpt::BatchRow {
+        seq,
+        token,
+        pick: Pick::Greedy,
+    };
+    let err = batch.decode(&[row(1, 1), row(1, 2)]).unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+    let err = batch.decode(&[row(5, 1)]).unwrap_err();
+    assert!(err.to_string().contains("not in the batch"), "{err}");
+    assert!(batch.decode(&[]).is_err());
+    assert!(wgpt::Batch::with_context(&model, 2, 0).is_err());
 }

@@ -1571,44 +1571,56 @@ fn sampler_filters_match_cpu() {
             ..Default::default()
         },
     ];
+    // Three rows in one dispatch, as a batched decode runs them: row 0 is greedy (inactive: the
+    // kernel must leave it alone), rows 1 and 2 sample different logits with different draws
+    // and penalty windows at different offsets of one buffer.
+    let other = random(v, 77, 3.0);
+    let recent2: Vec<u32> = vec![8, 8, 640];
+    let mut all_recent = recent.clone();
+    all_recent.extend(&recent2);
     for s in cases {
         for u in [0.0f32, 0.3, 0.77, 0.999] {
-            let params = SampleParams {
-                v: v as u32,
-                temperature: s.temperature,
-                u,
-                top_k: s.top_k,
-                top_p: s.top_p,
-                min_p: s.min_p,
-                penalty: s.repeat_penalty,
-                n_recent: recent.len() as u32,
-            };
-            let logits = h.f32s(&base);
-            let result = h.u32s(&[u32::MAX; 4]);
+            let mut rows = [<SampleParams as bytemuck::Zeroable>::zeroed(); 64];
+            rows[1] = SampleParams::new(v, &s, u, 0, recent.len());
+            rows[2] = SampleParams::new(v, &s, 1.0 - u, recent.len(), recent2.len());
+            let junk = vec![f32::NAN; v];
+            let logits = h.f32s(&[junk, base.clone(), other.clone()].concat());
+            let result = h.u32s(&[u32::MAX; 12]);
+            let params = h.gpu.uniform("p", &rows);
             h.run(
                 &h.p.sample,
-                &[
-                    &h.gpu.uniform("p", &params),
-                    &logits,
-                    &result,
-                    &h.u32s(&recent),
-                ],
-                1,
+                &[&params, &logits, &result, &h.u32s(&all_recent)],
+                3,
                 1,
             );
             let r: Vec<u32> = bytemuck::cast_slice::<f32, u32>(&h.read(&result)).to_vec();
-            let mut cpu_logits = base.clone();
-            let (want, kept) = reference::sample_filtered(&mut cpu_logits, &recent, &s, u);
-            // The kernel's threshold, applied to the same (penalised, scaled) logits.
-            let t = f32::from_bits(r[1]);
-            let gpu_kept: Vec<bool> = cpu_logits.iter().map(|&l| l / s.temperature >= t).collect();
-            let n = kept.iter().filter(|&&k| k).count();
-            assert_eq!(gpu_kept, kept, "{s:?}: kept sets differ (CPU keeps {n})");
-            assert_eq!(r[0], want, "{s:?} u={u}");
-            let lp = f32::from_bits(r[2]);
-            assert!(lp <= 1e-6 && lp.is_finite(), "log-probability {lp}");
-            if u == 0.3 {
-                println!("{s:?}: keeps {n} of {v}, drew {want}, log p = {lp:.3}");
+            assert_eq!(r[..4], [u32::MAX; 4], "the greedy row was written");
+            for (row, logits, window, u) in [(1, &base, &recent, u), (2, &other, &recent2, 1.0 - u)]
+            {
+                let r = &r[4 * row..4 * row + 4];
+                let mut cpu_logits = logits.clone();
+                let (want, kept) = reference::sample_filtered(&mut cpu_logits, window, &s, u);
+                // The kernel's threshold, applied to the same (penalised, scaled) logits.
+                let t = f32::from_bits(r[1]);
+                let gpu_kept: Vec<bool> =
+                    cpu_logits.iter().map(|&l| l / s.temperature >= t).collect();
+                let n = kept.iter().filter(|&&k| k).count();
+                assert_eq!(gpu_kept, kept, "{s:?}: kept sets differ (CPU keeps {n})");
+                assert_eq!(r[0], want, "{s:?} u={u}");
+                let lp = f32::from_bits(r[2]);
+                assert!(lp <= 1e-6 && lp.is_finite(), "log-probability {lp}");
+                // The model's log-probability: log-softmax of the penalised logits at T = 1. A
+                // sum of 1000 exp terms in f32 against f64: 1e-4 is ~100 ulps of the log.
+                let mx = cpu_logits.iter().fold(f32::MIN, |m, &l| m.max(l)) as f64;
+                let z: f64 = cpu_logits.iter().map(|&l| (l as f64 - mx).exp()).sum();
+                let model_lp = cpu_logits[want as usize] as f64 - mx - z.ln();
+                let got_lp = f32::from_bits(r[3]) as f64;
+                assert!((got_lp - model_lp).abs() < 1e-4, "{got_lp} vs {model_lp}");
+                if u == 0.3 && row == 1 {
+                    println!(
+                        "{s:?}: keeps {n} of {v}, drew {want}, log p = {lp:.3} (model {got_lp:.3})"
+                    );
+                }
             }
         }
     }

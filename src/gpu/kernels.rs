@@ -84,7 +84,7 @@ pub struct Step {
     pub pos0: u32,
     /// The KV-cache slot of the sequence (a batch holds several; a session has slot 0).
     pub slot: u32,
-    /// 1: a batched decode, row r is one token of slot r at position `pos[r]`.
+    /// 1: a batched decode, row r is one token of slot `slots[r]` at position `pos[r]`.
     pub batch: u32,
     /// KV-cache rows per slot (n_ctx).
     pub slot_rows: u32,
@@ -92,6 +92,8 @@ pub struct Step {
     pub _pad: [u32; 2],
     /// Batched decode: the position of row r's token in its slot (WGSL `array<vec4<u32>, 16>`).
     pub pos: [u32; MAX_BATCH],
+    /// Batched decode: the KV-cache slot of row r's sequence.
+    pub slots: [u32; MAX_BATCH],
 }
 
 impl Step {
@@ -323,8 +325,8 @@ pub struct WidthParams {
     pub _pad: [u32; 3],
 }
 
-/// Mirrors `struct Params` in sample.wgsl: sampling from row 0 of the logits, settings as in
-/// [`Sampling`](crate::Sampling).
+/// Mirrors `struct Params` in sample.wgsl: how one row of the logits is sampled, settings as in
+/// [`Sampling`](crate::Sampling). The kernel's uniform holds [`MAX_BATCH`] of them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct SampleParams {
@@ -342,9 +344,40 @@ pub struct SampleParams {
     pub min_p: f32,
     /// Repetition penalty on the recent tokens' logits; 1 = off.
     pub penalty: f32,
-    /// Valid entries of the `recent` token buffer the penalty looks at.
+    /// Entries of the `recent` token buffer, from `recent0`, that the penalty looks at.
     pub n_recent: u32,
+    /// Where this row's window starts in `recent`.
+    pub recent0: u32,
+    /// 0: the row is not sampled (a greedy row of a batched decode); 1: it is.
+    pub sampled: u32,
+    /// Padding to WGSL's 16-byte array stride.
+    pub _pad: [u32; 2],
 }
+
+impl SampleParams {
+    /// One row's settings: `s` at the draw `u`, penalising the `n_recent` ids from `recent0` of
+    /// the recent-token buffer. Greedy with a repetition penalty runs as a tiny temperature with
+    /// top-k 1.
+    pub fn new(v: usize, s: &crate::Sampling, u: f32, recent0: usize, n_recent: usize) -> Self {
+        let sampled = s.temperature > 0.0;
+        SampleParams {
+            v: v as u32,
+            temperature: if sampled { s.temperature } else { 1e-4 },
+            u: u.clamp(0.0, 1.0 - f32::EPSILON),
+            top_k: if sampled { s.top_k } else { 1 },
+            top_p: s.top_p,
+            min_p: s.min_p,
+            penalty: s.repeat_penalty,
+            n_recent: n_recent as u32,
+            recent0: recent0 as u32,
+            sampled: 1,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Bytes of sample.wgsl's uniform: settings for up to [`MAX_BATCH`] rows.
+pub const SAMPLE_ROWS_BYTES: u64 = (MAX_BATCH * std::mem::size_of::<SampleParams>()) as u64;
 
 /// Mirrors `struct Params` in fill_random.wgsl: fills a buffer with pseudo-random values in
 /// [center - scale, center + scale), for weights generated on the GPU (benchmarks, tests).

@@ -382,6 +382,16 @@ impl Engine {
             })
     }
 
+    /// A zero-filled uniform buffer of `bytes` (per-row settings written in place each step).
+    pub(crate) fn uniform_zeroed(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
     /// A (rows, cols) f32 matrix as an rgba32float texture: four values along a row per texel,
     /// usable as a storage texture (matmul_texture.wgsl). `cols % 4 == 0`.
     #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]

@@ -10,7 +10,7 @@ mod gguf;
 pub mod sampler;
 mod session;
 
-pub use batch::Batch;
+pub use batch::{Batch, BatchRow, BatchToken};
 pub use session::{Pick, Session};
 
 use std::path::Path;

@@ -90,6 +90,8 @@ pub struct Session {
     /// Those tokens' ids, for the repetition penalty.
     pub(super) history: Vec<u32>,
     last_logprob: Option<f32>,
+    /// The same token's log-probability under the model's own distribution.
+    model_logprob: Option<f32>,
     /// How many top candidates each step reports (0 = none), and the last step's.
     top_n: usize,
     candidates: Vec<(u32, f32)>,
@@ -244,7 +246,7 @@ impl Session {
                 .then(|| linear_input("proj", f(head_rows * cfg.word_embed_dim))),
             body_step: gpu.uniform("body_step", &Step::default()),
             head_step: gpu.uniform("head_step", &Step::default()),
-            sample: gpu.uniform("sample", &<SampleParams as bytemuck::Zeroable>::zeroed()),
+            sample: gpu.uniform_zeroed("sample", kernels::SAMPLE_ROWS_BYTES),
             tmp: (!model.fusions.has(Rule::Epilogue)).then(|| gpu.storage("tmp", f(t_max * c))),
         };
         let plan = Plan::new(
@@ -267,6 +269,7 @@ impl Session {
             pos: 0,
             history: Vec::new(),
             last_logprob: None,
+            model_logprob: None,
             top_n: 0,
             candidates: Vec::new(),
             t_max,
@@ -495,23 +498,11 @@ impl Session {
                 let window = &self.history[self.history.len().saturating_sub(s.repeat_window)..];
                 gpu.queue
                     .write_buffer(&self.act.recent, 0, bytemuck::cast_slice(window));
-                let p = SampleParams {
-                    v: self.model.config.vocab_size as u32,
-                    temperature: if s.temperature > 0.0 {
-                        s.temperature
-                    } else {
-                        1e-4
-                    },
-                    u: u.clamp(0.0, 1.0 - f32::EPSILON),
-                    top_k: if s.temperature > 0.0 { s.top_k } else { 1 },
-                    top_p: s.top_p,
-                    min_p: s.min_p,
-                    penalty: s.repeat_penalty,
-                    n_recent: window.len() as u32,
-                };
+                let v = self.model.config.vocab_size;
+                let p = SampleParams::new(v, &s, u, 0, window.len());
                 gpu.queue
                     .write_buffer(&self.act.sample, 0, bytemuck::bytes_of(&p));
-                (&self.sample, 12)
+                (&self.sample, 16)
             }
         };
         let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -535,7 +526,7 @@ impl Session {
         self.pos += last;
         self.pending = Some(PendingStep {
             read: gpu.start_read(&self.act.token_read, 16 + top_bytes),
-            sampled: read == 12,
+            sampled: read == 16,
             top_n: self.top_n,
         });
         Ok(())
@@ -575,6 +566,7 @@ impl Session {
             ])
         };
         self.last_logprob = p.sampled.then(|| f32::from_bits(word(2)));
+        self.model_logprob = p.sampled.then(|| f32::from_bits(word(3)));
         self.candidates = (0..p.top_n)
             .map(|i| (word(4 + 2 * i), f32::from_bits(word(5 + 2 * i))))
             .collect();
@@ -610,6 +602,14 @@ impl Session {
     /// after a greedy step).
     pub fn last_logprob(&self) -> Option<f32> {
         self.last_logprob
+    }
+
+    /// The log-probability of the last sampled token under the model's own distribution
+    /// (softmax at temperature 1, after any repetition penalty, before the filters), as
+    /// OpenAI's `logprobs` report it; `None` after a greedy step, whose token is the first of
+    /// [`Session::top_candidates`].
+    pub fn last_model_logprob(&self) -> Option<f32> {
+        self.model_logprob
     }
 
     /// Runs `tokens` through the model, appending them to the cache, without computing logits
