@@ -83,7 +83,8 @@ pub use gpu::tensor::WeightDtype;
 pub use loader::Checkpoint;
 pub use plan::{Fusions, Rule};
 pub use runtime::generate::{
-    GenerateOptions, Generation, Generator, OwnedGenerator, StopReason, TokenEvent, generate_ids,
+    GenerateOptions, Generation, Generator, OwnedGenerator, StopReason, TextOutput, TokenEvent,
+    generate_ids,
 };
 pub use runtime::sampler::Sampling;
 pub use runtime::{

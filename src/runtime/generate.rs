@@ -199,8 +199,7 @@ enum State {
 /// never reaches the stream.
 pub struct Generator<S> {
     session: S,
-    tokenizer: Option<Tokenizer>,
-    stream: TokenStream,
+    text: TextOutput,
     opts: GenerateOptions,
     eos: Vec<u32>,
     rng: SplitMix64,
@@ -208,10 +207,6 @@ pub struct Generator<S> {
     state: State,
     /// The last token chosen, fed back on the next step.
     last: Option<u32>,
-    /// Bytes of `out.text` handed out in events so far (the rest is held back).
-    emitted: usize,
-    /// Set when the text reached a stop string.
-    hit_stop: bool,
     t0: Instant,
     /// When the first token arrived (decode time counts from here).
     t1: Option<Instant>,
@@ -247,8 +242,7 @@ impl<S: BorrowMut<Session>> Generator<S> {
             (opts.eos_token_ids.clone()).unwrap_or_else(|| s.model().config.eos_token_ids.clone());
         Ok(Generator {
             session,
-            tokenizer: tokenizer.cloned(),
-            stream: TokenStream::default(),
+            text: TextOutput::new(tokenizer, &opts.stop),
             rng: SplitMix64(opts.seed),
             opts: opts.clone(),
             eos,
@@ -258,8 +252,6 @@ impl<S: BorrowMut<Session>> Generator<S> {
             },
             state: State::Idle,
             last: None,
-            emitted: 0,
-            hit_stop: false,
             t0: Instant::now(),
             t1: None,
             #[cfg(feature = "stream")]
@@ -362,7 +354,7 @@ impl<S: BorrowMut<Session>> Generator<S> {
             return Some(StopReason::MaxTokens);
         }
         let last = self.last?;
-        if self.hit_stop {
+        if self.text.hit_stop() {
             return Some(StopReason::StopString);
         }
         if self.opts.stop_at_eos && self.eos.contains(&last) {
@@ -385,13 +377,14 @@ impl<S: BorrowMut<Session>> Generator<S> {
         }
         // The end-of-sequence token ends the text; it is not part of it.
         let ends = self.opts.stop_at_eos && self.eos.contains(&id);
-        if let (Some(tok), false) = (&self.tokenizer, ends) {
-            let piece = self.stream.push(tok, id)?.unwrap_or_default();
-            self.out.text.push_str(&piece);
-        }
+        let piece = if ends {
+            String::new()
+        } else {
+            self.text.push(id)?
+        };
+        self.out.text.clone_from(&self.text.text);
         self.last = Some(id);
         self.out.ids.push(id);
-        let piece = self.release();
         let session = self.session.borrow();
         Ok(TokenEvent {
             id: Some(id),
@@ -399,39 +392,6 @@ impl<S: BorrowMut<Session>> Generator<S> {
             logprob: session.last_logprob(),
             top: session.top_candidates().to_vec(),
         })
-    }
-
-    /// The text that can go out now: up to a stop string (cutting it, and all after it, from
-    /// the text), else all but the longest tail that could still become one.
-    fn release(&mut self) -> String {
-        let text = &self.out.text;
-        let stops = self.opts.stop.iter().filter(|s| !s.is_empty());
-        let found = stops.clone().filter_map(|s| text.find(s.as_str())).min();
-        let end = match found {
-            Some(at) => {
-                // Text already streamed stays in `text`, so the two always agree (a stop string
-                // cannot begin inside it: that tail was held back).
-                let at = at.max(self.emitted);
-                self.hit_stop = true;
-                self.out.text.truncate(at);
-                at
-            }
-            None => {
-                let tail = &text[self.emitted..];
-                let prefixes = stops.flat_map(|s| {
-                    (1..s.len())
-                        .filter(|&n| s.is_char_boundary(n))
-                        .map(move |n| &s[..n])
-                });
-                let held = (prefixes.filter(|p| tail.ends_with(p)).map(str::len))
-                    .max()
-                    .unwrap_or(0);
-                text.len() - held
-            }
-        };
-        let piece = self.out.text[self.emitted..end].to_string();
-        self.emitted = end;
-        piece
     }
 
     /// Ends generation; the text held back (a partial character, the start of a stop string
@@ -442,21 +402,109 @@ impl<S: BorrowMut<Session>> Generator<S> {
         if let Some(t1) = self.t1 {
             self.out.decode_s = t1.elapsed().as_secs_f64();
         }
-        if reason == StopReason::StopString {
-            return Ok(None);
-        }
-        if let Some(tok) = &self.tokenizer {
-            let rest = self.stream.finish(tok)?.unwrap_or_default();
-            self.out.text.push_str(&rest);
-        }
-        let piece = self.out.text[self.emitted..].to_string();
-        self.emitted = self.out.text.len();
+        let piece = self.text.finish()?;
+        self.out.text.clone_from(&self.text.text);
         Ok((!piece.is_empty()).then_some(TokenEvent {
             id: None,
             piece,
             logprob: None,
             top: Vec::new(),
         }))
+    }
+}
+
+/// Generated text as it streams out: token ids in, text out once it decodes cleanly, and stop
+/// strings found, cut and never released (text that could be the start of one is held back until
+/// it is known not to be). What [`Generator`] streams, for an app running its own decode loop
+/// (a server over [`crate::Batch`]).
+#[derive(Clone, Default)]
+pub struct TextOutput {
+    tokenizer: Option<Tokenizer>,
+    stream: TokenStream,
+    stops: Vec<String>,
+    /// Everything decoded so far, cut before a matched stop string.
+    text: String,
+    /// Bytes of `text` released so far (the rest is held back).
+    emitted: usize,
+    hit_stop: bool,
+}
+
+impl TextOutput {
+    /// Decodes with `tokenizer` (without one, no text), stopping at `stops` (empty ones ignored).
+    pub fn new(tokenizer: Option<&Tokenizer>, stops: &[String]) -> Self {
+        TextOutput {
+            tokenizer: tokenizer.cloned(),
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds token `id`; returns the text that can go out now (often empty).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        if let Some(tok) = &self.tokenizer {
+            let piece = self.stream.push(tok, id)?.unwrap_or_default();
+            self.text.push_str(&piece);
+        }
+        Ok(self.release())
+    }
+
+    /// Ends the text: returns what was held back (a partial character, the start of a stop
+    /// string that never completed), or nothing after a stop string.
+    pub fn finish(&mut self) -> Result<String> {
+        if self.hit_stop {
+            return Ok(String::new());
+        }
+        if let Some(tok) = &self.tokenizer {
+            let rest = self.stream.finish(tok)?.unwrap_or_default();
+            self.text.push_str(&rest);
+        }
+        let piece = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        Ok(piece)
+    }
+
+    /// Whether the text has reached a stop string (generation should end).
+    pub fn hit_stop(&self) -> bool {
+        self.hit_stop
+    }
+
+    /// The text so far, cut before a matched stop string (held-back text included).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The text that can go out now: up to a stop string (cutting it, and all after it, from
+    /// the text), else all but the longest tail that could still become one.
+    fn release(&mut self) -> String {
+        let text = &self.text;
+        let found = (self.stops.iter())
+            .filter_map(|s| text.find(s.as_str()))
+            .min();
+        let end = match found {
+            Some(at) => {
+                // Text already released stays in `text`, so the two always agree (a stop string
+                // cannot begin inside it: that tail was held back).
+                let at = at.max(self.emitted);
+                self.hit_stop = true;
+                self.text.truncate(at);
+                at
+            }
+            None => {
+                let tail = &text[self.emitted..];
+                let prefixes = self.stops.iter().flat_map(|s| {
+                    (1..s.len())
+                        .filter(|&n| s.is_char_boundary(n))
+                        .map(move |n| &s[..n])
+                });
+                let held = (prefixes.filter(|p| tail.ends_with(p)).map(str::len))
+                    .max()
+                    .unwrap_or(0);
+                text.len() - held
+            }
+        };
+        let piece = self.text[self.emitted..end].to_string();
+        self.emitted = end;
+        piece
     }
 }
 
