@@ -355,7 +355,9 @@ fn batch_runs(model: &Model, opts: &Options) -> Result<Vec<BatchRun>> {
     let p = opts.prompt_lens[0];
     let mut out = Vec::new();
     for &b in &opts.batch_sizes {
-        let mut batch = crate::Batch::new(model, b)?;
+        // As llama-bench sizes its cache: the prompt and the generated tokens.
+        let n_ctx = (p + opts.gen_tokens).min(model.config.n_positions);
+        let mut batch = crate::Batch::with_context(model, b, n_ctx)?;
         let mut next = (0..b)
             .map(|i| batch.prefill(i, &prompt(p, model.config.vocab_size - i)))
             .collect::<Result<Vec<u32>>>()?;

@@ -5,6 +5,8 @@
 mod chat;
 #[path = "wgpt/llama_bench.rs"]
 mod llama_bench;
+#[path = "wgpt/serve/mod.rs"]
+mod serve;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -62,6 +64,9 @@ enum Command {
     Embed(EmbedArgs),
     /// The cosine similarity matrix of texts' sentence embeddings.
     Similarity(SimilarityArgs),
+    /// An OpenAI-compatible HTTP server (chat, completions, embeddings) on 127.0.0.1:8080:
+    /// concurrent requests are decoded together (continuous batching).
+    Serve(serve::ServeArgs),
     /// Print a shell completion script: `wgpt completions bash > ~/.local/share/bash-completion/completions/wgpt`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -329,6 +334,7 @@ fn main() {
         Command::Bench(a) => bench(a),
         Command::Embed(a) => embed(a),
         Command::Similarity(a) => similarity(a),
+        Command::Serve(a) => serve::serve(a),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

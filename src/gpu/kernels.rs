@@ -455,8 +455,11 @@ pub mod wg {
     /// matmul.wgsl's gemv (and gemv_subgroup): outputs per workgroup (its 64 lanes split K).
     pub const GEMV_OUTPUTS: u32 = 4;
     /// Steps of at most this many rows use gemv, longer ones the tiled matmul. Measured on
-    /// lavapipe (K = 768, N = 2304): at 1 row gemv is ~9x faster than the 32 x 32 tile.
-    pub const GEMV_MAX_ROWS: u32 = 4;
+    /// lavapipe (K = 768, N = 2304): at 1 row gemv is ~9x faster than the 32 x 32 tile; a
+    /// batched decode of 8 rows (SmolLM2, q4) is 1.2x (textures) and 1.7x (buffers) faster
+    /// through gemv than through the tile, which would leave 24 of its 32 rows idle.
+    /// llama.cpp's CUDA backend draws the same line (MMVQ_MAX_BATCH_SIZE = 8).
+    pub const GEMV_MAX_ROWS: u32 = 8;
     /// matmul_texture.wgsl: invocations per workgroup; each computes 4 columns (x 4 rows for
     /// matmul_texture).
     pub const LINEAR_TEXTURE: u32 = 8;

@@ -511,6 +511,16 @@ impl Model {
         self.norms_folded
     }
 
+    /// Rows of keys (or values) one layer's KV cache may hold on this adapter: one binding (or
+    /// texture) per layer, shared by every slot, so a [`crate::Batch`] of B sequences fits
+    /// `max_kv_rows() / B` positions each.
+    pub fn max_kv_rows(&self) -> usize {
+        match self.texture_linear {
+            true => self.gpu.limits.max_texture_dimension_2d as usize,
+            false => self.max_chunk_bytes as usize / (4 * self.config.kv_width()),
+        }
+    }
+
     /// Whether the linear layers read textures (see [`WeightLayout`]).
     pub fn uses_textures(&self) -> bool {
         self.texture_linear

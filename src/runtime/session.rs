@@ -153,10 +153,7 @@ impl Session {
         let (q_w, kv_w, qkv_w) = (cfg.q_width(), cfg.kv_width(), cfg.qkv_width());
         let maxb = model.max_chunk_bytes as usize;
         let cache_rows = slots * n_ctx;
-        let max_rows = match model.texture_linear {
-            true => gpu.limits.max_texture_dimension_2d as usize,
-            false => maxb / (4 * kv_w),
-        };
+        let max_rows = model.max_kv_rows();
         if cache_rows > max_rows {
             let layer = 2 * cache_rows as u64 * kv_w as u64 * 4;
             return Err(Error::Limits(format!(
