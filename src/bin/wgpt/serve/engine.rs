@@ -5,7 +5,7 @@
 //! Replies leave as they finish (or as their client goes away), freeing their slot at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 use wgpt::runtime::generate::SplitMix64;
@@ -71,6 +71,15 @@ impl Finish {
     }
 }
 
+/// What the decode loop reports to /health.
+#[derive(Default)]
+pub struct Stats {
+    /// Requests holding a KV slot.
+    pub processing: AtomicUsize,
+    /// Tokens generated since the server started.
+    pub generated: AtomicU64,
+}
+
 /// A request holding a KV slot.
 struct Active {
     job: Job,
@@ -92,6 +101,7 @@ pub fn run(
     tokenizer: Tokenizer,
     mut jobs: mpsc::Receiver<Job>,
     cancel: Arc<AtomicBool>,
+    stats: Arc<Stats>,
 ) {
     let mut slots: Vec<Option<Active>> = (0..batch.len()).map(|_| None).collect();
     let (mut arrivals, mut open) = (0u64, true);
@@ -132,7 +142,9 @@ pub fn run(
                 *slot = None;
             }
         }
-        if slots.iter().all(Option::is_none) {
+        let busy = |slots: &[Option<Active>]| slots.iter().filter(|s| s.is_some()).count();
+        stats.processing.store(busy(&slots), Ordering::Relaxed);
+        if busy(&slots) == 0 {
             if open {
                 continue;
             }
@@ -142,6 +154,8 @@ pub fn run(
         let fed = prefill_chunk(&mut batch, &mut slots);
         let t1 = std::time::Instant::now();
         let rows = decode_step(&mut batch, &mut slots);
+        stats.generated.fetch_add(rows as u64, Ordering::Relaxed);
+        stats.processing.store(busy(&slots), Ordering::Relaxed);
         log::debug!(
             "fed {fed} prompt tokens in {:.1} ms, decoded {rows} rows in {:.1} ms",
             (t1 - t0).as_secs_f64() * 1e3,

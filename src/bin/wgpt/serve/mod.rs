@@ -67,6 +67,8 @@ pub struct AppState {
 /// The decoder's side: requests go to the decode loop through `jobs`.
 struct Decoder {
     id: String,
+    slots: usize,
+    stats: Arc<engine::Stats>,
     jobs: mpsc::Sender<engine::Job>,
     tokenizer: Tokenizer,
     template: Option<wgpt::ChatTemplate>,
@@ -158,9 +160,11 @@ fn start_decoder(
     };
     let (jobs, rx) = mpsc::channel(a.queue.max(1));
     let engine_tok = tokenizer.clone();
+    let stats = Arc::new(engine::Stats::default());
+    let engine_stats = stats.clone();
     let thread = std::thread::Builder::new()
         .name("wgpt-decode".into())
-        .spawn(move || engine::run(batch, engine_tok, rx, cancel))
+        .spawn(move || engine::run(batch, engine_tok, rx, cancel, engine_stats))
         .context("cannot start the decode thread")?;
     eprintln!(
         "serving {} ({}) with {slots} slots of {n_ctx} positions on {} ({:?})",
@@ -174,6 +178,8 @@ fn start_decoder(
             Some(m) => model_id(m),
             None => "wgpt-default".into(),
         }),
+        slots,
+        stats,
         jobs,
         tokenizer,
         template,

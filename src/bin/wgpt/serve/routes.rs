@@ -30,10 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/embeddings", post(embeddings))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
-        .route(
-            "/health",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+        .route("/health", get(health))
         .nest("/v1", v1)
         .fallback(|| async {
             ApiError::status(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -43,6 +40,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", msg)
         })
         .with_state(state)
+}
+
+/// Liveness, and what the decode loop is doing (as llama-server's /health reports it).
+async fn health(State(s): Shared) -> axum::Json<Value> {
+    let mut out = json!({"status": "ok"});
+    if let Some(d) = &s.decoder {
+        let busy = d.stats.processing.load(Ordering::Relaxed);
+        out["slots_idle"] = json!(d.slots.saturating_sub(busy));
+        out["slots_processing"] = json!(busy);
+        out["requests_waiting"] = json!(d.jobs.max_capacity() - d.jobs.capacity());
+        out["tokens_generated"] = json!(d.stats.generated.load(Ordering::Relaxed));
+    }
+    axum::Json(out)
 }
 
 async fn authorize(State(s): Shared, req: Request, next: Next) -> Response {
@@ -119,6 +129,7 @@ fn submit(d: &Decoder, p: Prepared) -> Result<mpsc::UnboundedReceiver<Event>, Ap
         return Err(ApiError::bad_request("the prompt is empty"));
     }
     let max_tokens = p.settings.max_tokens()?;
+    let (sampling, stop) = (p.settings.sampling()?, p.settings.stops()?);
     let wanted = max_tokens.unwrap_or(1);
     if n + wanted > d.n_ctx {
         let msg = format!(
@@ -143,8 +154,8 @@ fn submit(d: &Decoder, p: Prepared) -> Result<mpsc::UnboundedReceiver<Event>, Ap
     );
     let job = Job {
         max_tokens: max_tokens.unwrap_or(d.n_ctx - n),
-        sampling: p.settings.sampling()?,
-        stop: p.settings.stops()?,
+        sampling,
+        stop,
         seed,
         eos,
         top_n: p.top_n,
