@@ -327,8 +327,9 @@ fn kv_append_and_attention_match_cpu() {
 }
 
 /// Batched decode (step.wgsl): one row per sequence, row r at position pos[r] of KV-cache slot
-/// r, through embed, kv_append and attention (buffer and texture variants), against the twins
-/// run per sequence on its own slot. B = 5 rows at positions 0 .. 70 (one past a 64-key block).
+/// slots[r] (rows in another order than their slots, as continuous batching leaves them),
+/// through embed, kv_append and attention (buffer and texture variants), against the twins run
+/// per sequence on its own slot. B = 5 rows at positions 0 .. 70 (one past a 64-key block).
 #[test]
 fn batched_rows_use_their_slots() {
     let h = Harness::new();
@@ -336,14 +337,15 @@ fn batched_rows_use_their_slots() {
     let (c, nh, n_ctx, v) = (60, 5, 72, 11);
     let (c4, nh4) = (64, 4); // the texture kernels need C % 4 == 0 and HS % 4 == 0
     let pos = [0usize, 5, 64, 70, 1];
+    let slots = [3usize, 0, 4, 1, 2];
     let b = pos.len();
     let mut step = Step {
         batch: 1,
         slot_rows: n_ctx as u32,
         ..Step::new(b as u32, 0, 0)
     };
-    for (p, &q) in step.pos.iter_mut().zip(&pos) {
-        *p = q as u32;
+    for r in 0..b {
+        (step.pos[r], step.slots[r]) = (pos[r] as u32, slots[r] as u32);
     }
     let stepb = h.gpu.uniform("step", &step);
 
@@ -447,7 +449,7 @@ fn batched_rows_use_their_slots() {
         let got = h.read(&out);
         let mut worst = 0f32;
         for r in 0..b {
-            let slot = r * n_ctx * c..(r + 1) * n_ctx * c;
+            let slot = slots[r] * n_ctx * c..(slots[r] + 1) * n_ctx * c;
             let (mut k, mut vv) = (k_all[slot.clone()].to_vec(), v_all[slot].to_vec());
             let row = &qkv[r * 3 * c..(r + 1) * 3 * c];
             reference::kv_append(row, &mut k, &mut vv, Heads::mha(c, nh), pos[r]);

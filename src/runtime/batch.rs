@@ -214,6 +214,12 @@ impl Batch {
     /// One token for each sequence (`tokens[i]` to sequence i), one forward pass: each
     /// sequence's greedy next token.
     pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<u32>> {
+        let rows = self.greedy_rows(tokens)?;
+        Ok(self.decode(&rows)?.into_iter().map(|t| t.id).collect())
+    }
+
+    /// One greedy row per sequence, `tokens[i]` to sequence i.
+    fn greedy_rows(&self, tokens: &[u32]) -> Result<Vec<BatchRow>> {
         if tokens.len() != self.seqs.len() {
             return Err(Error::Input(format!(
                 "a batch step takes one token per sequence: {} tokens for {} sequences",
@@ -221,14 +227,12 @@ impl Batch {
                 self.seqs.len()
             )));
         }
-        let rows: Vec<BatchRow> = (tokens.iter().enumerate())
-            .map(|(seq, &token)| BatchRow {
-                seq,
-                token,
-                pick: Pick::Greedy,
-            })
-            .collect();
-        Ok(self.decode(&rows)?.into_iter().map(|t| t.id).collect())
+        let row = |(seq, &token): (usize, &u32)| BatchRow {
+            seq,
+            token,
+            pick: Pick::Greedy,
+        };
+        Ok(tokens.iter().enumerate().map(row).collect())
     }
 
     /// One decode step of the sequences in `rows` (each at most once, in any order), one
@@ -276,20 +280,7 @@ impl Batch {
 
     /// [`Batch::step`] returning the logits of every sequence, (B, V) row-major.
     pub fn step_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let rows: Vec<BatchRow> = (tokens.iter().enumerate())
-            .map(|(seq, &token)| BatchRow {
-                seq,
-                token,
-                pick: Pick::Greedy,
-            })
-            .collect();
-        if tokens.len() != self.seqs.len() {
-            return Err(Error::Input(format!(
-                "a batch step takes one token per sequence: {} tokens for {} sequences",
-                tokens.len(),
-                self.seqs.len()
-            )));
-        }
+        let rows = self.greedy_rows(tokens)?;
         let b = self.begin_step(&rows)?;
         let gpu = self.session.model.gpu.clone();
         let mut enc = gpu.device.create_command_encoder(&Default::default());

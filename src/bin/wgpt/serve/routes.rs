@@ -301,13 +301,18 @@ async fn chat(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
     let id = format!("chatcmpl-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let head = json!({"id": id, "object": "chat.completion", "created": unix_now(), "model": d.id, "system_fingerprint": null});
     if stream {
-        return Ok(chat_stream(
-            s.clone(),
-            rx,
+        let role = json!({"role": "assistant", "content": ""});
+        let mut first = chunk(Kind::Chat, &head, None, Value::Null, None);
+        first["choices"][0]["delta"] = role;
+        let st = Streamed {
+            kind: Kind::Chat,
+            first: Some(first),
             head,
-            req.logprobs,
+            logprobs: req.logprobs,
             include_usage,
-        ));
+            offset: 0,
+        };
+        return Ok(stream_reply(s.clone(), rx, st));
     }
     let r = collect(rx).await?;
     let logprobs = req.logprobs.then(|| {
@@ -329,35 +334,59 @@ async fn chat(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
     Ok(axum::Json(out).into_response())
 }
 
-/// Server-sent events: a chunk per token (or text piece), then the finish reason, usage when
-/// asked, and `[DONE]`. A client that goes away drops the stream, which cancels the reply.
-fn chat_stream(
-    s: Arc<AppState>,
-    mut rx: mpsc::UnboundedReceiver<Event>,
+/// The two shapes of a streamed reply's chunks.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// `chat.completion.chunk`: `delta.content`, logprobs `{content: [...]}`.
+    Chat,
+    /// `text_completion`: `text`, legacy logprobs.
+    Completion,
+}
+
+/// One chunk of a streamed reply: `piece` of text, its logprobs, the finish reason.
+fn chunk(kind: Kind, head: &Value, piece: Option<&str>, lp: Value, finish: Option<&str>) -> Value {
+    let mut c = head.clone();
+    c["choices"] = match kind {
+        Kind::Chat => {
+            c["object"] = json!("chat.completion.chunk");
+            let delta = piece.map_or(json!({}), |p| json!({"content": p}));
+            json!([{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}])
+        }
+        Kind::Completion => {
+            let text = piece.unwrap_or("");
+            json!([{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}])
+        }
+    };
+    c
+}
+
+/// Server-sent events: `first` (chat's role, or completions' echo), a chunk per token (or
+/// text piece), then the finish reason, usage when asked, and `[DONE]`. A client that goes
+/// away drops the stream, which cancels the reply.
+struct Streamed {
+    kind: Kind,
     head: Value,
+    first: Option<Value>,
     logprobs: bool,
     include_usage: bool,
+    /// Bytes of text before the reply (completions' echo): where text_offset starts.
+    offset: usize,
+}
+
+fn stream_reply(
+    s: Arc<AppState>,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    st: Streamed,
 ) -> Response {
-    let chunk = move |delta: Value, lp: Value, finish: Option<&str>| {
-        let mut c = head.clone();
-        c["object"] = json!("chat.completion.chunk");
-        c["choices"] =
-            json!([{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]);
-        c
-    };
     sse(move |tx| async move {
-        let d = s.decoder.as_ref().expect("chat runs on a decoder");
+        let d = s.decoder.as_ref().expect("replies run on a decoder");
         let send = |v: Value| tx.send(Ok(Sse::default().data(v.to_string())));
-        if send(chunk(
-            json!({"role": "assistant", "content": ""}),
-            Value::Null,
-            None,
-        ))
-        .await
-        .is_err()
-        {
-            return;
+        if let Some(first) = st.first.clone() {
+            if send(first).await.is_err() {
+                return;
+            }
         }
+        let mut offset = st.offset;
         while let Some(event) = rx.recv().await {
             let out = match event {
                 Event::Token {
@@ -366,27 +395,31 @@ fn chat_stream(
                     logprob,
                     top,
                 } => {
-                    let lp = match (logprobs, id) {
-                        (true, Some(id)) => {
+                    let lp = match (st.logprobs, id, st.kind) {
+                        (true, Some(id), Kind::Chat) => {
                             json!({"content": [chat_logprob(d, id, logprob, &top)]})
+                        }
+                        (true, Some(id), Kind::Completion) => {
+                            completion_logprobs(d, &[(id, logprob, top)], offset)
                         }
                         _ => Value::Null,
                     };
+                    offset += piece.len();
                     if piece.is_empty() && lp.is_null() {
                         continue;
                     }
-                    chunk(json!({"content": piece}), lp, None)
+                    chunk(st.kind, &st.head, Some(&piece), lp, None)
                 }
                 Event::Done {
                     finish,
                     prompt_tokens,
                     completion_tokens,
                 } => {
-                    let last = chunk(json!({}), Value::Null, Some(finish.as_str()));
-                    if send(last).await.is_err() || !include_usage {
+                    let last = chunk(st.kind, &st.head, None, Value::Null, Some(finish.as_str()));
+                    if send(last).await.is_err() || !st.include_usage {
                         break;
                     }
-                    let mut u = chunk(json!({}), Value::Null, None);
+                    let mut u = chunk(st.kind, &st.head, None, Value::Null, None);
                     u["choices"] = json!([]);
                     u["usage"] = usage(prompt_tokens, completion_tokens);
                     u
@@ -484,14 +517,16 @@ async fn completions(State(s): Shared, body: Bytes) -> Result<Response, ApiError
     let head = json!({"id": id, "object": "text_completion", "created": unix_now(), "model": d.id, "system_fingerprint": null});
     let echo = req.echo.then_some(prompt_text);
     if stream {
-        return Ok(completion_stream(
-            s.clone(),
-            rx,
+        let st = Streamed {
+            kind: Kind::Completion,
+            first: (echo.as_deref())
+                .map(|e| chunk(Kind::Completion, &head, Some(e), Value::Null, None)),
             head,
-            req.logprobs.is_some(),
+            logprobs: req.logprobs.is_some(),
             include_usage,
-            echo,
-        ));
+            offset: echo.as_ref().map_or(0, String::len),
+        };
+        return Ok(stream_reply(s.clone(), rx, st));
     }
     let r = collect(rx).await?;
     let text = format!("{}{}", echo.as_deref().unwrap_or(""), r.text);
@@ -503,73 +538,6 @@ async fn completions(State(s): Shared, body: Bytes) -> Result<Response, ApiError
     out["choices"] = json!([{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": r.finish.map(Finish::as_str)}]);
     out["usage"] = usage(r.prompt_tokens, r.completion_tokens);
     Ok(axum::Json(out).into_response())
-}
-
-fn completion_stream(
-    s: Arc<AppState>,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-    head: Value,
-    logprobs: bool,
-    include_usage: bool,
-    echo: Option<String>,
-) -> Response {
-    let chunk = move |text: &str, lp: Value, finish: Option<&str>| {
-        let mut c = head.clone();
-        c["choices"] = json!([{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}]);
-        c
-    };
-    sse(move |tx| async move {
-        let d = s.decoder.as_ref().expect("completions run on a decoder");
-        let send = |v: Value| tx.send(Ok(Sse::default().data(v.to_string())));
-        if let Some(e) = &echo {
-            if send(chunk(e, Value::Null, None)).await.is_err() {
-                return;
-            }
-        }
-        let mut offset = echo.as_ref().map_or(0, String::len);
-        while let Some(event) = rx.recv().await {
-            let out = match event {
-                Event::Token {
-                    id,
-                    piece,
-                    logprob,
-                    top,
-                } => {
-                    let lp = match (logprobs, id) {
-                        (true, Some(id)) => completion_logprobs(d, &[(id, logprob, top)], offset),
-                        _ => Value::Null,
-                    };
-                    offset += piece.len();
-                    if piece.is_empty() && lp.is_null() {
-                        continue;
-                    }
-                    chunk(&piece, lp, None)
-                }
-                Event::Done {
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                } => {
-                    if send(chunk("", Value::Null, Some(finish.as_str())))
-                        .await
-                        .is_err()
-                        || !include_usage
-                    {
-                        break;
-                    }
-                    let mut u = chunk("", Value::Null, None);
-                    u["choices"] = json!([]);
-                    u["usage"] = usage(prompt_tokens, completion_tokens);
-                    u
-                }
-                Event::Failed(e) => json!({"error": {"message": e, "type": "server_error"}}),
-            };
-            if send(out).await.is_err() {
-                return;
-            }
-        }
-        let _ = tx.send(Ok(Sse::default().data("[DONE]"))).await;
-    })
 }
 
 async fn embeddings(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
