@@ -403,7 +403,10 @@ fn q8_weights_stay_close_to_transformers() {
             let model = load(name, &split);
             assert_eq!(model.wte_chunks(), 2);
             let d = max_abs_diff(&Session::new(&model).unwrap().logits(&ids).unwrap(), &got);
-            assert!(d < 1e-5, "{name}: split q8 weights differ by {d}");
+            // Smaller chunks also mean shorter steps, whose rows may go through gemv rather
+            // than the tiled matmul: the same products summed in another order, a few ulps of
+            // the logit scale (one ulp of 65.9 is 7.6e-6; measured 1.1e-5).
+            assert!(d < 1e-6 * scale, "{name}: split q8 weights differ by {d}");
         }
     }
     for name in ["gpt2-odd", "gpt2-f16-noprefix"] {

@@ -224,10 +224,10 @@ async fn listen(
     );
     let app = routes::router(state);
     let shutdown = async move {
-        let _ = tokio::signal::ctrl_c().await;
+        stop_signal().await;
         eprintln!("shutting down: finishing in-flight requests (Ctrl-C again cancels them)");
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            stop_signal().await;
             eprintln!("cancelling in-flight requests");
             cancel.store(true, Ordering::Relaxed);
         });
@@ -238,4 +238,20 @@ async fn listen(
         .context("the server failed")?;
     eprintln!("stopped");
     Ok(())
+}
+
+/// Ctrl-C, or (on Unix) SIGTERM, as service managers and containers stop a server.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -133,12 +133,11 @@ fn submit(d: &Decoder, p: Prepared) -> Result<mpsc::UnboundedReceiver<Event>, Ap
     let wanted = max_tokens.unwrap_or(1);
     if n + wanted > d.n_ctx {
         let msg = format!(
-            "this model's context is {} tokens; the prompt has {n} and {wanted} more were asked for: shorten the messages or lower max_tokens",
+            "this model's context is {} tokens; the prompt has {n} and {wanted} more were asked for: shorten the prompt or lower max_tokens",
             d.n_ctx
         );
         return Err(ApiError {
             code: Some("context_length_exceeded"),
-            param: Some("messages"),
             ..ApiError::bad_request(msg)
         });
     }
