@@ -519,26 +519,49 @@ fn memory_stays_flat_over_many_requests() {
     assert!(after < before + 4096, "{before} kB -> {after} kB");
 }
 
-/// Ctrl-C lets the request in flight finish, then the server exits cleanly.
+/// Ctrl-C lets the request in flight finish (all its tokens, its finish reason, `[DONE]`),
+/// then the server exits cleanly.
 #[test]
 fn ctrl_c_finishes_in_flight_requests_and_exits() {
-    let model = plain();
-    let mut server = Server::start(&["--model", &model, "--parallel", "2"]);
-    let body = json!({"prompt": "Once", "max_tokens": 30, "temperature": 0, "stream": true, "ignore_eos": true});
-    let pid = server.child.id().to_string();
-    let reply = std::thread::scope(|s| {
-        let h = s.spawn(|| server.post("/v1/completions", &body));
-        std::thread::sleep(Duration::from_millis(300));
-        let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-        assert!(sent.success());
-        h.join().unwrap()
-    });
-    let (text, finish, done) = join_stream(&reply, false);
-    assert!(
-        done && finish == "length" && !text.is_empty(),
-        "{}",
-        reply.body
+    let model = smollm2();
+    let mut server = Server::start(&["--model", &model, "--parallel", "2", "--ctx", "256"]);
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0,
+                      "stream": true, "ignore_eos": true, "stream_options": {"include_usage": true}})
+    .to_string();
+    let mut s = server.connect();
+    let req = format!(
+        "POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&raw).contains("data:") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended before its first chunk");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+    let reply = Response {
+        status: 200,
+        headers: vec!["content-type: text/event-stream".into()],
+        body: body.to_string(),
+    };
+    let (text, finish, done) = join_stream(&reply, false);
+    assert!(done && finish == "length" && !text.is_empty(), "{body}");
+    let events = reply.events();
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 120, "{usage}");
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = server.child.try_wait().unwrap() {

@@ -223,11 +223,12 @@ async fn listen(
         gpu.info.name
     );
     let app = routes::router(state);
+    let mut signals = StopSignals::new()?;
     let shutdown = async move {
-        stop_signal().await;
+        signals.next().await;
         eprintln!("shutting down: finishing in-flight requests (Ctrl-C again cancels them)");
         tokio::spawn(async move {
-            stop_signal().await;
+            signals.next().await;
             eprintln!("cancelling in-flight requests");
             cancel.store(true, Ordering::Relaxed);
         });
@@ -240,18 +241,37 @@ async fn listen(
     Ok(())
 }
 
-/// Ctrl-C, or (on Unix) SIGTERM, as service managers and containers stop a server.
-async fn stop_signal() {
+/// Ctrl-C, or (on Unix) SIGTERM, as service managers and containers stop a server. One
+/// listener for the server's life, so that one signal is seen once.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind| signal(kind).context("cannot listen for Ctrl-C");
+            Ok(StopSignals {
+                int: listen(SignalKind::interrupt())?,
+                term: listen(SignalKind::terminate())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
