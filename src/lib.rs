@@ -65,6 +65,7 @@ pub mod hub;
 pub mod plan;
 pub mod runtime;
 pub mod source;
+pub mod t5;
 pub mod tokenizer;
 
 // The checkpoint reader and the CPU twins; the fuzz entry points exist only for the fuzz
