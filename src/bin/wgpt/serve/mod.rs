@@ -19,7 +19,8 @@ use crate::{ModelArgs, progress_bar};
 #[derive(clap::Args)]
 #[command(after_help = "\
 Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions,
-POST /v1/embeddings. Example:
+POST /v1/embeddings. --model may also be an encoder folder (BERT family): embeddings only.
+Example:
   curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'")]
 pub struct ServeArgs {

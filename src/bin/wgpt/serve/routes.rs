@@ -39,6 +39,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             let msg = "wrong method for this endpoint";
             ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", msg)
         })
+        // A long conversation's JSON can pass axum's 2 MB default.
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         .with_state(state)
 }
 
