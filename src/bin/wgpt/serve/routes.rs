@@ -299,8 +299,7 @@ async fn chat(State(s): Shared, body: Bytes) -> Result<Response, ApiError> {
             eos: d.chat_eos.clone(),
         },
     )?;
-    let id = format!("chatcmpl-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
-    let head = json!({"id": id, "object": "chat.completion", "created": unix_now(), "model": d.id, "system_fingerprint": null});
+    let head = reply_head(Kind::Chat, &d.id);
     if stream {
         let role = json!({"role": "assistant", "content": ""});
         let mut first = chunk(Kind::Chat, &head, None, Value::Null, None);
@@ -342,6 +341,17 @@ enum Kind {
     Chat,
     /// `text_completion`: `text`, legacy logprobs.
     Completion,
+}
+
+/// The fields every reply and chunk of one request share: a fresh id, the object, the time,
+/// the model.
+fn reply_head(kind: Kind, model: &str) -> Value {
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let (id, object) = match kind {
+        Kind::Chat => (format!("chatcmpl-{n}"), "chat.completion"),
+        Kind::Completion => (format!("cmpl-{n}"), "text_completion"),
+    };
+    json!({"id": id, "object": object, "created": unix_now(), "model": model, "system_fingerprint": null})
 }
 
 /// One chunk of a streamed reply: `piece` of text, its logprobs, the finish reason.
@@ -514,8 +524,7 @@ async fn completions(State(s): Shared, body: Bytes) -> Result<Response, ApiError
             eos: d.eos.clone(),
         },
     )?;
-    let id = format!("cmpl-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
-    let head = json!({"id": id, "object": "text_completion", "created": unix_now(), "model": d.id, "system_fingerprint": null});
+    let head = reply_head(Kind::Completion, &d.id);
     let echo = req.echo.then_some(prompt_text);
     if stream {
         let st = Streamed {
