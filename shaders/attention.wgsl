@@ -8,6 +8,8 @@
 //   attention_bidirectional: encoders: sequences packed in the step's rows; query t sees every key
 //                            of its own sequence, rows spans[t].x .. spans[t].x + spans[t].y, and
 //                            none of the others (the key padding mask, as row ranges).
+// and their T5 forms, attention_biased and attention_bidirectional_biased, which add a relative
+// position bias to each score (T5 scales nothing: p.scale = 1).
 
 // Grouped-query attention: query head h reads key/value head h / (NH / NKV).
 
@@ -31,10 +33,35 @@ const DIMS_PER_INVOCATION: u32 = 4u;
 var<workgroup> q: array<f32, 256>;     // (HS) this head's query, pre-scaled by 1/sqrt(HS)
 var<workgroup> probs: array<f32, BLOCK>;
 
+// T5's relative position bias, filled by the host (t5::attention_bias): the bucket of each
+// key-query distance d clamped to [-R, R] at data[d + R], then the learned (buckets, NH) table
+// from data[w0]. Bound only by the _biased entry points; each workgroup copies its head's bias
+// by distance into `dbias` first, so the shared attend() reads workgroup memory, not the binding.
+struct PositionBias { r: u32, nh: u32, w0: u32, _a: u32, data: array<vec4<f32>, 4095> }
+@group(0) @binding(8) var<uniform> pbias: PositionBias;
+const MAX_DISTANCES: u32 = 1025u;  // 2R + 1 for R <= 512
+var<workgroup> dbias: array<f32, MAX_DISTANCES>;
+
+// Which bias attend() adds: none, or dbias by the distance from query position qpos.
+struct Bias { on: bool, qpos: u32, r: u32 }
+const NO_BIAS = Bias(false, 0u, 0u);
+
+fn bias_entry(i: u32) -> f32 { return pbias.data[i / 4u][i % 4u]; }
+
+// Copies head h's bias by distance into dbias (workgroup-uniform arguments).
+fn load_bias(h: u32, lid: u32) {
+    let n = 2u * pbias.r + 1u;
+    for (var i = lid; i < n; i += BLOCK) {
+        let bucket = u32(bias_entry(i));
+        dbias[i] = bias_entry(pbias.w0 + bucket * pbias.nh + h);
+    }
+    workgroupBarrier();
+}
+
 fn head_size() -> u32 { return select(p.HS, HS, HS != 0u); }
 
 // Query t of head h over cache rows base .. base + n_keys (workgroup-uniform arguments).
-fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32) {
+fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32, bias: Bias) {
     let HS = head_size();
     let hoff = h * HS;
     let kv_w = p.NKV * HS;
@@ -58,6 +85,10 @@ fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32) {
             s = 0.0;
             let krow = (base + j) * kv_w + koff;
             for (var d = 0u; d < HS; d++) { s += q[d] * k_cache[krow + d]; }
+            if (bias.on) {
+                let r = i32(bias.r);
+                s += dbias[u32(clamp(i32(j) - i32(bias.qpos), -r, r) + r)];
+            }
         }
         probs[lid] = s;
         workgroupBarrier();
@@ -94,7 +125,16 @@ fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32) {
 fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let t = wg.y;
     if (t >= step.rows) { return; }
-    attend(wg.x, t, lid3.x, slot_base(t), position(t) + 1u);
+    attend(wg.x, t, lid3.x, slot_base(t), position(t) + 1u, NO_BIAS);
+}
+
+@compute @workgroup_size(BLOCK)
+fn attention_biased(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let t = wg.y;
+    if (t >= step.rows) { return; }
+    load_bias(wg.x, lid3.x);
+    let bias = Bias(true, position(t), pbias.r);
+    attend(wg.x, t, lid3.x, slot_base(t), position(t) + 1u, bias);
 }
 
 @compute @workgroup_size(BLOCK)
@@ -105,5 +145,17 @@ fn attention_bidirectional(
     let t = wg.y;
     if (t >= step.rows) { return; }
     let span = spans[t];
-    attend(wg.x, t, lid3.x, span.x, span.y);
+    attend(wg.x, t, lid3.x, span.x, span.y, NO_BIAS);
+}
+
+@compute @workgroup_size(BLOCK)
+fn attention_bidirectional_biased(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid3: vec3<u32>,
+) {
+    let t = wg.y;
+    if (t >= step.rows) { return; }
+    load_bias(wg.x, lid3.x);
+    let span = spans[t];
+    attend(wg.x, t, lid3.x, span.x, span.y, Bias(true, t - span.x, pbias.r));
 }

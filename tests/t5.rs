@@ -51,6 +51,12 @@ fn bad_configs_are_named() {
     let bad = text.replace("\"t5\"", "\"gpt2\"");
     let e = T5Config::from_json(&bad, path).unwrap_err().to_string();
     assert!(e.contains("gpt2") && e.contains("t5"), "{e}");
+    let bad = text.replace(
+        "\"relative_attention_max_distance\": 128",
+        "\"relative_attention_max_distance\": 16",
+    );
+    let e = T5Config::from_json(&bad, path).unwrap_err().to_string();
+    assert!(e.contains("relative_attention_max_distance = 16"), "{e}");
     let bad = text.replace("\"d_model\"", "\"d_modelx\"");
     let e = T5Config::from_json(&bad, path).unwrap_err().to_string();
     assert!(e.contains("d_model"), "{e}");
@@ -79,6 +85,11 @@ fn relative_position_buckets_match_transformers() {
         }
     }
     assert_eq!(checked, 4 * 601);
+    // A max_distance within the exact range (a config T5Config refuses) still gives a bucket
+    // in range, never an index past the table.
+    for (d, bidirectional, max) in [(-300, false, 4), (300, true, 2), (-9, false, 8)] {
+        assert!(relative_position_bucket(d, bidirectional, 16, max) < 16);
+    }
 }
 
 /// The CPU twin: teacher-forced decoder logits within 1e-3 of the logit scale, greedy outputs
@@ -130,4 +141,141 @@ fn missing_relative_attention_bias_is_named() {
     let ckpt = Checkpoint::open(tmp.path()).unwrap();
     let err = T5Weights::load(&ckpt, &cfg).err().unwrap().to_string();
     assert!(err.contains("relative_attention_bias"), "{err}");
+}
+
+/// attention.wgsl's T5 entry points (the relative position bias added to unscaled scores)
+/// against the CPU twin: causal over a KV cache from a position offset (the decoder), and
+/// bidirectional over packed sequences (the encoder); T = 1, 7, 33 rows, NH = 3 and 5, HS 20
+/// and 12, buckets 32 / 128 and 16 / 64, distances past max_distance.
+#[test]
+fn biased_attention_kernels_match_cpu() {
+    use wgpt::gpu::kernels::{AttentionParams, Step, bind_at, entry_pipeline};
+    let gpu = wgpt::Engine::new(None).unwrap();
+    let rand = |n: usize, seed: u64, scale: f32| -> Vec<f32> {
+        let mut r = wgpt::runtime::generate::SplitMix64(seed);
+        (0..n).map(|_| (r.next_f32() * 2.0 - 1.0) * scale).collect()
+    };
+    let run = |entry: &'static str, bufs: &[(u32, &wgpu::Buffer)], nh: usize, t: usize| {
+        let pipe = entry_pipeline(&gpu, "attention", entry, None, &[]);
+        let res = bufs
+            .iter()
+            .map(|(i, b)| (*i, b.as_entire_binding()))
+            .collect();
+        let bg = bind_at(&gpu, &pipe, "t", res);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipe);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(nh as u32, t as u32, 1);
+        }
+        gpu.queue.submit([enc.finish()]);
+    };
+    for (t, nh, hs, buckets, max_d, pos0) in [
+        (1, 3, 20, 32, 128, 0),
+        (7, 5, 12, 16, 64, 3),
+        (33, 3, 20, 16, 20, 200), // keys up to 232 back: far past max_distance
+    ] {
+        let w = nh * hs;
+        let table = rand(buckets * nh, 5, 3.0);
+        let qkv = rand(t * 3 * w, 6, 1.0);
+        let keys = pos0 + t;
+        for bidirectional in [false, true] {
+            // Causal: the cache holds keys 0 .. pos0 + t (the step's own appended at the end).
+            // Bidirectional: two sequences packed in the rows, the cache is the step's rows.
+            let n_keys = if bidirectional { t } else { keys };
+            let mut k = rand(n_keys * w, 7, 1.0);
+            let mut v = rand(n_keys * w, 8, 1.0);
+            let row0 = n_keys - t;
+            for r in 0..t {
+                let at = &qkv[r * 3 * w..(r + 1) * 3 * w];
+                k[(row0 + r) * w..(row0 + r + 1) * w].copy_from_slice(&at[w..2 * w]);
+                v[(row0 + r) * w..(row0 + r + 1) * w].copy_from_slice(&at[2 * w..]);
+            }
+            let q: Vec<f32> = (0..t)
+                .flat_map(|r| qkv[r * 3 * w..r * 3 * w + w].to_vec())
+                .collect();
+            let lengths = if bidirectional && t > 1 {
+                vec![t / 3, t - t / 3]
+            } else {
+                vec![t]
+            };
+            let mut want = Vec::new();
+            let mut spans: Vec<[u32; 2]> = Vec::new();
+            let mut start = 0;
+            for &n in &lengths {
+                let (q0, tk, k0) = match bidirectional {
+                    true => (0, n, start),
+                    false => (pos0, keys, 0),
+                };
+                let bias = wgpt::t5::position_bias(&table, nh, (q0, n, tk), bidirectional, max_d);
+                let kk = &k[k0 * w..(k0 + tk) * w];
+                let vv = &v[k0 * w..(k0 + tk) * w];
+                let qq = &q[start * w..(start + n) * w];
+                if bidirectional {
+                    want.extend(reference::attend(qq, kk, vv, (nh, hs), Some(&bias), false));
+                } else {
+                    // Causal from pos0: query i sees keys 0 ..= pos0 + i, which the twin's
+                    // `causal` (keys 0 ..= i) does not express: one query at a time.
+                    for i in 0..n {
+                        let b: Vec<f32> = (0..nh)
+                            .flat_map(|h| {
+                                bias[(h * n + i) * tk..(h * n + i) * tk + pos0 + i + 1].to_vec()
+                            })
+                            .collect();
+                        let sub = |x: &[f32]| x[..(pos0 + i + 1) * w].to_vec();
+                        want.extend(reference::attend(
+                            &qq[i * w..(i + 1) * w],
+                            &sub(kk),
+                            &sub(vv),
+                            (nh, hs),
+                            Some(&b),
+                            false,
+                        ));
+                    }
+                }
+                spans.extend(std::iter::repeat_n([start as u32, n as u32], n));
+                start += n;
+            }
+            let words = wgpt::t5::attention_bias(&table, nh, bidirectional, max_d).unwrap();
+            let step = Step {
+                slot_rows: n_keys as u32,
+                ..Step::new(t as u32, 0, pos0 as u32)
+            };
+            let params = AttentionParams {
+                scale: 1.0, // T5 scales nothing
+                ..AttentionParams::heads(nh as u32, hs as u32)
+            };
+            let out = gpu.storage_init("out", bytemuck::cast_slice(&vec![f32::NAN; t * w]));
+            let buf = |name: &str, d: &[f32]| gpu.storage_init(name, bytemuck::cast_slice(d));
+            let bias_uniform = gpu.uniform_bytes("bias", bytemuck::cast_slice(&words));
+            let none = gpu.uniform("none", &[0f32; 128]);
+            let (stepb, pb) = (gpu.uniform("step", &step), gpu.uniform("p", &params));
+            let (qb, kb, vb) = (buf("qkv", &qkv), buf("k", &k), buf("v", &v));
+            let sb = gpu.storage_init("spans", bytemuck::cast_slice(&spans));
+            let mut bufs = vec![
+                (0, &stepb),
+                (1, &pb),
+                (2, &qb),
+                (3, &kb),
+                (4, &vb),
+                (5, &out),
+            ];
+            bufs.extend([(6, &none), (8, &bias_uniform)]);
+            let entry = match bidirectional {
+                true => {
+                    bufs.push((7, &sb));
+                    "attention_bidirectional_biased"
+                }
+                false => "attention_biased",
+            };
+            run(entry, &bufs, nh, t);
+            let got = gpu.download_f32(&out).unwrap();
+            let d = max_abs_diff(&got, &want);
+            println!("{entry} T={t} NH={nh} HS={hs} from {pos0}: max diff {d:e}");
+            // Convex combinations of values in [-1, 1], an online softmax in f32 over <= 233
+            // keys with scores up to ~|HS + 3|: a few f32 ulps of the exponent's sums.
+            assert!(d < 1e-5, "{entry}: {d}");
+        }
+    }
 }

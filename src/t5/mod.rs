@@ -117,6 +117,15 @@ impl T5Config {
                 )));
             }
         };
+        let (buckets, max_distance) = (
+            raw.relative_attention_num_buckets.unwrap_or(32),
+            raw.relative_attention_max_distance.unwrap_or(128),
+        );
+        if max_distance <= buckets / 2 {
+            return Err(bad(format!(
+                "relative_attention_max_distance = {max_distance} must exceed half of relative_attention_num_buckets = {buckets} (the exact distances)"
+            )));
+        }
         let pad = raw.pad_token_id.unwrap_or(0);
         let tie = raw.tie_word_embeddings.unwrap_or(true);
         Ok(T5Config {
@@ -130,12 +139,9 @@ impl T5Config {
                 Some(raw.num_decoder_layers.unwrap_or(num_layers)),
                 "num_decoder_layers",
             )?,
-            relative_attention_num_buckets: need(
-                Some(raw.relative_attention_num_buckets.unwrap_or(32)),
-                "relative_attention_num_buckets",
-            )?,
+            relative_attention_num_buckets: need(Some(buckets), "relative_attention_num_buckets")?,
             relative_attention_max_distance: need(
-                Some(raw.relative_attention_max_distance.unwrap_or(128)),
+                Some(max_distance),
                 "relative_attention_max_distance",
             )?,
             layer_norm_epsilon: raw.layer_norm_epsilon.unwrap_or(1e-6) as f32,
@@ -181,7 +187,11 @@ pub fn relative_position_bucket(
     let scaled = (n as f32 / max_exact as f32).ln()
         / ((max_distance as f64 / max_exact as f64).ln() as f32)
         * (buckets - max_exact) as f32;
-    let large = (max_exact + scaled as i64).min(buckets - 1);
+    // Clamped (scaled >= 0 whenever max_distance > max_exact, which T5Config checks): a
+    // degenerate table still gives a bucket in range, never an index past it.
+    let large = max_exact
+        .saturating_add(scaled as i64)
+        .clamp(max_exact, buckets - 1);
     (base + large) as usize
 }
 
@@ -207,4 +217,39 @@ pub fn position_bias(
         }
     }
     out
+}
+
+/// Floats attention.wgsl's `PositionBias` uniform holds after its 4-word header (64 KiB in all).
+pub const BIAS_UNIFORM_FLOATS: usize = 4095 * 4;
+
+/// attention.wgsl's `PositionBias` uniform for one stack's bias table (`relative_attention_bias`,
+/// (buckets, NH)): a header (R, NH, where the table starts), the bucket of every key-query
+/// distance clamped to [-R, R] (R = max_distance + 1: farther keys share the last bucket), then
+/// the table. As 32-bit words, ready to upload.
+pub fn attention_bias(
+    table: &[f32],
+    nh: usize,
+    bidirectional: bool,
+    max_distance: usize,
+) -> Result<Vec<u32>> {
+    let r = max_distance + 1;
+    let distances = 2 * r + 1;
+    let w0 = distances.next_multiple_of(4);
+    if distances > 1025 || w0 + table.len() > BIAS_UNIFORM_FLOATS || nh == 0 {
+        return Err(Error::Limits(format!(
+            "a relative position bias over distances up to {max_distance} with {} entries does not fit one 64 KiB uniform",
+            table.len()
+        )));
+    }
+    let buckets = table.len() / nh;
+    let mut words = vec![0u32; 4 + BIAS_UNIFORM_FLOATS];
+    words[..3].copy_from_slice(&[r as u32, nh as u32, w0 as u32]);
+    for (i, d) in (-(r as i64)..=r as i64).enumerate() {
+        let b = relative_position_bucket(d, bidirectional, buckets, max_distance);
+        words[4 + i] = (b as f32).to_bits();
+    }
+    for (i, &v) in table.iter().enumerate() {
+        words[4 + w0 + i] = v.to_bits();
+    }
+    Ok(words)
 }
