@@ -39,7 +39,7 @@ var<workgroup> probs: array<f32, BLOCK>;
 // by distance into `dbias` first, so the shared attend() reads workgroup memory, not the binding.
 struct PositionBias { r: u32, nh: u32, w0: u32, _a: u32, data: array<vec4<f32>, 4095> }
 @group(0) @binding(8) var<uniform> pbias: PositionBias;
-const MAX_DISTANCES: u32 = 1025u;  // 2R + 1 for R <= 512
+const MAX_DISTANCES: u32 = 259u;  // 2R + 1 for R <= 129 (max_distance 128, every T5's)
 var<workgroup> dbias: array<f32, MAX_DISTANCES>;
 
 // Which bias attend() adds: none, or dbias by the distance from query position qpos.

@@ -10,6 +10,8 @@
 //   attention_texture_bidirectional: encoders, sequences packed in the step's rows: query t sees
 //                                    the rows spans[t].x .. spans[t].x + spans[t].y of its own
 //                                    sequence (the key padding mask, as row ranges).
+// and their T5 forms, attention_texture_biased and attention_texture_bidirectional_biased, which
+// add a relative position bias to each score (as attention.wgsl's; T5 scales nothing).
 
 // Query head h reads key/value head h / (NH / NKV) (grouped-query attention).
 
@@ -29,11 +31,41 @@ struct Params { NH: u32, NKV: u32, HS: u32, scale: f32 }
 override HS: u32 = 0u;
 
 const MAX_HS4: u32 = 64u;
+const WG: u32 = 8u;
+
+// T5's relative position bias: attention.wgsl's PositionBias (t5::attention_bias), bound by
+// the _biased entry points only. Their workgroup (WG heads of one query) first copies each
+// head's bias by distance into `dbias`, one barrier, so the shared attend() reads workgroup
+// memory and the other entry points keep their bindings. Distances up to R = 129
+// (max_distance 128, every T5 checkpoint's).
+struct PositionBias { r: u32, nh: u32, w0: u32, _a: u32, data: array<vec4<f32>, 4095> }
+@group(0) @binding(8) var<uniform> pbias: PositionBias;
+const MAX_DISTANCES: u32 = 259u;  // 2R + 1
+var<workgroup> dbias: array<f32, 2072>;  // (WG, MAX_DISTANCES)
+
+// Which bias attend() adds: none, or row `row` of dbias by the distance from position qpos.
+struct Bias { on: bool, row: u32, qpos: u32, r: u32 }
+const NO_BIAS = Bias(false, 0u, 0u, 0u);
+
+fn bias_entry(i: u32) -> f32 { return pbias.data[i / 4u][i % 4u]; }
+
+// Copies the bias by distance of heads h0 .. h0 + WG into dbias (workgroup-uniform h0).
+fn load_bias(h0: u32, lid: u32) {
+    let n = 2u * pbias.r + 1u;
+    for (var i = lid; i < WG * n; i += WG) {
+        let h = h0 + i / n;
+        if (h < pbias.nh && i / n < WG) {
+            let bucket = u32(bias_entry(i % n));
+            dbias[(i / n) * MAX_DISTANCES + i % n] = bias_entry(pbias.w0 + bucket * pbias.nh + h);
+        }
+    }
+    workgroupBarrier();
+}
 
 fn head_size() -> u32 { return select(p.HS, HS, HS != 0u); }
 
 // Query t of head h over cache rows base .. base + n_keys.
-fn attend(h: u32, t: u32, base: u32, n_keys: u32) {
+fn attend(h: u32, t: u32, base: u32, n_keys: u32, bias: Bias) {
     let hs4 = head_size() / 4u;
     let x0 = h / (p.NH / p.NKV) * hs4;  // its key head's first texel column
     let qrow = t * (p.NH + 2u * p.NKV) * head_size() + h * head_size();
@@ -57,6 +89,10 @@ fn attend(h: u32, t: u32, base: u32, n_keys: u32) {
         let j = base + jj;
         var s = 0.0;
         for (var d = 0u; d < hs4; d++) { s += dot(q[d], textureLoad(k_cache, vec2(x0 + d, j))); }
+        if (bias.on) {
+            let r = i32(bias.r);
+            s += dbias[bias.row * MAX_DISTANCES + u32(clamp(i32(jj) - i32(bias.qpos), -r, r) + r)];
+        }
         let mc = online_max(m, s);
         let m_new = mc.x;
         let corr = mc.y;
@@ -77,19 +113,46 @@ fn attend(h: u32, t: u32, base: u32, n_keys: u32) {
     }
 }
 
-@compute @workgroup_size(8)
+@compute @workgroup_size(WG)
 fn attention_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     let h = gid.x;
     let t = gid.y;
     if (h >= p.NH || t >= step.rows) { return; }
-    attend(h, t, slot_base(t), position(t) + 1u);
+    attend(h, t, slot_base(t), position(t) + 1u, NO_BIAS);
 }
 
-@compute @workgroup_size(8)
+@compute @workgroup_size(WG)
+fn attention_texture_biased(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid3: vec3<u32>,
+) {
+    let h = wg.x * WG + lid3.x;
+    let t = wg.y;
+    if (t >= step.rows) { return; }
+    load_bias(wg.x * WG, lid3.x);
+    if (h >= p.NH) { return; }
+    attend(h, t, slot_base(t), position(t) + 1u, Bias(true, lid3.x, position(t), pbias.r));
+}
+
+@compute @workgroup_size(WG)
 fn attention_texture_bidirectional(@builtin(global_invocation_id) gid: vec3<u32>) {
     let h = gid.x;
     let t = gid.y;
     if (h >= p.NH || t >= step.rows) { return; }
     let span = spans[t];
-    attend(h, t, span.x, span.y);
+    attend(h, t, span.x, span.y, NO_BIAS);
+}
+
+@compute @workgroup_size(WG)
+fn attention_texture_bidirectional_biased(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid3: vec3<u32>,
+) {
+    let h = wg.x * WG + lid3.x;
+    let t = wg.y;
+    if (t >= step.rows) { return; }
+    load_bias(wg.x * WG, lid3.x);
+    if (h >= p.NH) { return; }
+    let span = spans[t];
+    attend(h, t, span.x, span.y, Bias(true, lid3.x, t - span.x, pbias.r));
 }

@@ -143,10 +143,10 @@ fn missing_relative_attention_bias_is_named() {
     assert!(err.contains("relative_attention_bias"), "{err}");
 }
 
-/// attention.wgsl's T5 entry points (the relative position bias added to unscaled scores)
-/// against the CPU twin: causal over a KV cache from a position offset (the decoder), and
-/// bidirectional over packed sequences (the encoder); T = 1, 7, 33 rows, NH = 3 and 5, HS 20
-/// and 12, buckets 32 / 128 and 16 / 64, distances past max_distance.
+/// The T5 entry points of attention.wgsl and attention_texture.wgsl (the relative position bias
+/// added to unscaled scores) against the CPU twin: causal over a KV cache from a position offset (the decoder), and
+/// bidirectional over packed sequences (the encoder); T = 1, 7, 33 rows, NH = 3, 5 and 9, HS 20,
+/// 12 and 8, buckets 32 / 128 and 16 / 64, distances past max_distance.
 #[test]
 fn biased_attention_kernels_match_cpu() {
     use wgpt::gpu::kernels::{AttentionParams, Step, bind_at, entry_pipeline};
@@ -155,26 +155,33 @@ fn biased_attention_kernels_match_cpu() {
         let mut r = wgpt::runtime::generate::SplitMix64(seed);
         (0..n).map(|_| (r.next_f32() * 2.0 - 1.0) * scale).collect()
     };
-    let run = |entry: &'static str, bufs: &[(u32, &wgpu::Buffer)], nh: usize, t: usize| {
-        let pipe = entry_pipeline(&gpu, "attention", entry, None, &[]);
-        let res = bufs
-            .iter()
-            .map(|(i, b)| (*i, b.as_entire_binding()))
-            .collect();
+    let run_with = |family: &'static str,
+                    entry: &'static str,
+                    res: Vec<(u32, wgpu::BindingResource)>,
+                    (x, y): (usize, usize)| {
+        let pipe = entry_pipeline(&gpu, family, entry, None, &[]);
         let bg = bind_at(&gpu, &pipe, "t", res);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.set_pipeline(&pipe);
             pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(nh as u32, t as u32, 1);
+            pass.dispatch_workgroups(x as u32, y as u32, 1);
         }
         gpu.queue.submit([enc.finish()]);
+    };
+    let run = |family, entry, bufs: &[(u32, &wgpu::Buffer)], grid| {
+        let res = bufs
+            .iter()
+            .map(|(i, b)| (*i, b.as_entire_binding()))
+            .collect();
+        run_with(family, entry, res, grid);
     };
     for (t, nh, hs, buckets, max_d, pos0) in [
         (1, 3, 20, 32, 128, 0),
         (7, 5, 12, 16, 64, 3),
         (33, 3, 20, 16, 20, 200), // keys up to 232 back: far past max_distance
+        (7, 9, 8, 32, 128, 5),    // more heads than a texture workgroup's 8
     ] {
         let w = nh * hs;
         let table = rand(buckets * nh, 5, 3.0);
@@ -269,12 +276,40 @@ fn biased_attention_kernels_match_cpu() {
                 }
                 false => "attention_biased",
             };
-            run(entry, &bufs, nh, t);
+            run("attention", entry, &bufs, (nh, t));
             let got = gpu.download_f32(&out).unwrap();
             let d = max_abs_diff(&got, &want);
             println!("{entry} T={t} NH={nh} HS={hs} from {pos0}: max diff {d:e}");
             // Convex combinations of values in [-1, 1], an online softmax in f32 over <= 233
             // keys with scores up to ~|HS + 3|: a few f32 ulps of the exponent's sums.
+            assert!(d < 1e-5, "{entry}: {d}");
+            // The texture layout's: the cache in rgba32float textures, WG = 8 heads a workgroup.
+            let tex = |name: &str, d: &[f32]| {
+                gpu.texture_init(name, d, n_keys, w)
+                    .create_view(&Default::default())
+            };
+            let (kt, vt) = (tex("k", &k), tex("v", &v));
+            let out = gpu.storage_init("out", bytemuck::cast_slice(&vec![f32::NAN; t * w]));
+            let mut res = vec![
+                (0, stepb.as_entire_binding()),
+                (1, pb.as_entire_binding()),
+                (2, qb.as_entire_binding()),
+                (3, wgpu::BindingResource::TextureView(&kt)),
+                (4, wgpu::BindingResource::TextureView(&vt)),
+                (5, out.as_entire_binding()),
+                (6, none.as_entire_binding()),
+                (8, bias_uniform.as_entire_binding()),
+            ];
+            let entry = match bidirectional {
+                true => {
+                    res.push((7, sb.as_entire_binding()));
+                    "attention_texture_bidirectional_biased"
+                }
+                false => "attention_texture_biased",
+            };
+            run_with("attention_texture", entry, res, (nh.div_ceil(8), t));
+            let d = max_abs_diff(&gpu.download_f32(&out).unwrap(), &want);
+            println!("{entry} T={t} NH={nh} HS={hs} from {pos0}: max diff {d:e}");
             assert!(d < 1e-5, "{entry}: {d}");
         }
     }

@@ -225,7 +225,7 @@ pub const BIAS_UNIFORM_FLOATS: usize = 4095 * 4;
 /// attention.wgsl's `PositionBias` uniform for one stack's bias table (`relative_attention_bias`,
 /// (buckets, NH)): a header (R, NH, where the table starts), the bucket of every key-query
 /// distance clamped to [-R, R] (R = max_distance + 1: farther keys share the last bucket), then
-/// the table. As 32-bit words, ready to upload.
+/// the table. As 32-bit words, ready to upload. `max_distance` at most 128.
 pub fn attention_bias(
     table: &[f32],
     nh: usize,
@@ -235,9 +235,11 @@ pub fn attention_bias(
     let r = max_distance + 1;
     let distances = 2 * r + 1;
     let w0 = distances.next_multiple_of(4);
-    if distances > 1025 || w0 + table.len() > BIAS_UNIFORM_FLOATS || nh == 0 {
+    // The kernels keep each head's bias by distance in workgroup memory, 259 floats a head.
+    if max_distance > 128 || w0 + table.len() > BIAS_UNIFORM_FLOATS || nh == 0 {
         return Err(Error::Limits(format!(
-            "a relative position bias over distances up to {max_distance} with {} entries does not fit one 64 KiB uniform",
+            "a relative position bias over distances up to {max_distance} with {} entries: the \
+             attention kernels hold distances up to 128 (every T5 checkpoint's) and 64 KiB of table",
             table.len()
         )));
     }
