@@ -255,7 +255,9 @@ fn biased_attention_kernels_match_cpu() {
             };
             let out = gpu.storage_init("out", bytemuck::cast_slice(&vec![f32::NAN; t * w]));
             let buf = |name: &str, d: &[f32]| gpu.storage_init(name, bytemuck::cast_slice(d));
-            let bias_uniform = gpu.uniform_bytes("bias", bytemuck::cast_slice(&words));
+            let bias_uniform = gpu.uniform_zeroed("bias", 4 * words.len() as u64);
+            gpu.queue
+                .write_buffer(&bias_uniform, 0, bytemuck::cast_slice(&words));
             let none = gpu.uniform("none", &[0f32; 128]);
             let (stepb, pb) = (gpu.uniform("step", &step), gpu.uniform("p", &params));
             let (qb, kb, vb) = (buf("qkv", &qkv), buf("k", &k), buf("v", &v));

@@ -382,19 +382,8 @@ impl Engine {
             })
     }
 
-    /// A uniform buffer holding `data`.
-    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
-    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
-    pub(crate) fn uniform_bytes(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: data,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            })
-    }
-
     /// A zero-filled uniform buffer of `bytes` (per-row settings written in place each step).
+    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
     pub(crate) fn uniform_zeroed(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

@@ -256,13 +256,9 @@ impl Batch {
             enc.copy_buffer_to_buffer(&self.picked, 0, &self.read, top_bytes, picked_bytes);
         }
         gpu.queue.submit([enc.finish()]);
-        let words: Vec<u32> =
-            bytemuck::pod_collect_to_vec(&gpu.read(&self.read, top_bytes + picked_bytes)?);
-        for row in rows {
-            let seq = &mut self.seqs[row.seq];
-            seq.pos += 1;
-            seq.history.push(row.token);
-        }
+        let bytes = top_bytes + if sampled { picked_bytes } else { 0 };
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&gpu.read(&self.read, bytes)?);
+        self.advance(rows);
         let (top, picked) = words.split_at(top_bytes as usize / 4);
         let n = n as usize;
         let out = rows.iter().enumerate().map(|(r, row)| {
@@ -287,11 +283,17 @@ impl Batch {
         self.session.record(&mut enc, Section::Body, b);
         gpu.queue.submit([enc.finish()]);
         let logits = self.session.head_logits(b as usize, 0);
-        for (s, &t) in self.seqs.iter_mut().zip(tokens) {
-            s.pos += 1;
-            s.history.push(t);
-        }
+        self.advance(&rows);
         logits
+    }
+
+    /// Appends each row's token to its sequence (once its step has run).
+    fn advance(&mut self, rows: &[BatchRow]) {
+        for row in rows {
+            let seq = &mut self.seqs[row.seq];
+            seq.pos += 1;
+            seq.history.push(row.token);
+        }
     }
 
     /// Checks `rows` and writes the step's tokens and uniforms; returns B.
