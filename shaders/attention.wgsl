@@ -9,7 +9,9 @@
 //                            of its own sequence, rows spans[t].x .. spans[t].x + spans[t].y, and
 //                            none of the others (the key padding mask, as row ranges).
 // and their T5 forms, attention_biased and attention_bidirectional_biased, which add a relative
-// position bias to each score (T5 scales nothing: p.scale = 1).
+// position bias to each score (T5 scales nothing: p.scale = 1); and T5's cross-attention,
+//   attention_cross:         query t (alone in its row of `qkv`, NH HS wide) sees every key of
+//                            the source, cache rows spans[0].x .. spans[0].x + spans[0].y.
 
 // Grouped-query attention: query head h reads key/value head h / (NH / NKV).
 
@@ -20,7 +22,7 @@ struct Params { NH: u32, NKV: u32, HS: u32, scale: f32 }
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;    // (n_ctx, NKV HS)
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;    // (n_ctx, NKV HS)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (T, NH HS)
-@group(0) @binding(7) var<storage, read> spans: array<vec2<u32>>;  // (T) bidirectional only
+@group(0) @binding(7) var<storage, read> spans: array<vec2<u32>>;  // (T) bidirectional, (1) cross
 @group(0) @binding(6) var<uniform> inv_freq: array<vec4<f32>, 32>;  // (HS / 2) with ROPE
 
 // The head size, fixed when the pipeline is built for one model (0: read p.HS at run time); a
@@ -60,14 +62,18 @@ fn load_bias(h: u32, lid: u32) {
 
 fn head_size() -> u32 { return select(p.HS, HS, HS != 0u); }
 
-// Query t of head h over cache rows base .. base + n_keys (workgroup-uniform arguments).
-fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32, bias: Bias) {
+// Floats per row of `qkv`: queries, keys and values side by side.
+fn qkv_stride() -> u32 { return (p.NH + 2u * p.NKV) * head_size(); }
+
+// Query t of head h (its row `q_stride` floats from the last) over cache rows
+// base .. base + n_keys (workgroup-uniform arguments).
+fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32, bias: Bias, q_stride: u32) {
     let HS = head_size();
     let hoff = h * HS;
     let kv_w = p.NKV * HS;
     let koff = h / (p.NH / p.NKV) * HS;
 
-    let qrow = t * (p.NH * HS + 2u * kv_w) + hoff;
+    let qrow = t * q_stride + hoff;
     for (var d = lid; d < HS; d += BLOCK) {
         var x = qkv[qrow + d];
         if (ROPE) { x = rotated(qrow, d, HS, position(t)); }
@@ -125,7 +131,7 @@ fn attend(h: u32, t: u32, lid: u32, base: u32, n_keys: u32, bias: Bias) {
 fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let t = wg.y;
     if (t >= step.rows) { return; }
-    attend(wg.x, t, lid3.x, slot_base(t), position(t) + 1u, NO_BIAS);
+    attend(wg.x, t, lid3.x, slot_base(t), position(t) + 1u, NO_BIAS, qkv_stride());
 }
 
 @compute @workgroup_size(BLOCK)
@@ -134,7 +140,7 @@ fn attention_biased(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     if (t >= step.rows) { return; }
     load_bias(wg.x, lid3.x);
     let bias = Bias(true, position(t), pbias.r);
-    attend(wg.x, t, lid3.x, slot_base(t), position(t) + 1u, bias);
+    attend(wg.x, t, lid3.x, slot_base(t), position(t) + 1u, bias, qkv_stride());
 }
 
 @compute @workgroup_size(BLOCK)
@@ -145,7 +151,7 @@ fn attention_bidirectional(
     let t = wg.y;
     if (t >= step.rows) { return; }
     let span = spans[t];
-    attend(wg.x, t, lid3.x, span.x, span.y, NO_BIAS);
+    attend(wg.x, t, lid3.x, span.x, span.y, NO_BIAS, qkv_stride());
 }
 
 @compute @workgroup_size(BLOCK)
@@ -157,5 +163,13 @@ fn attention_bidirectional_biased(
     if (t >= step.rows) { return; }
     load_bias(wg.x, lid3.x);
     let span = spans[t];
-    attend(wg.x, t, lid3.x, span.x, span.y, Bias(true, t - span.x, pbias.r));
+    attend(wg.x, t, lid3.x, span.x, span.y, Bias(true, t - span.x, pbias.r), qkv_stride());
+}
+
+@compute @workgroup_size(BLOCK)
+fn attention_cross(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let t = wg.y;
+    if (t >= step.rows) { return; }
+    let src = spans[0];
+    attend(wg.x, t, lid3.x, src.x, src.y, NO_BIAS, p.NH * head_size());
 }

@@ -11,7 +11,10 @@
 //                                    the rows spans[t].x .. spans[t].x + spans[t].y of its own
 //                                    sequence (the key padding mask, as row ranges).
 // and their T5 forms, attention_texture_biased and attention_texture_bidirectional_biased, which
-// add a relative position bias to each score (as attention.wgsl's; T5 scales nothing).
+// add a relative position bias to each score (as attention.wgsl's; T5 scales nothing); and T5's
+// cross-attention,
+//   attention_texture_cross:         query t (alone in its row of `qkv`, NH HS wide) sees every
+//                                    key of the source, rows spans[0].x .. + spans[0].y.
 
 // Query head h reads key/value head h / (NH / NKV) (grouped-query attention).
 
@@ -22,7 +25,7 @@ struct Params { NH: u32, NKV: u32, HS: u32, scale: f32 }
 @group(0) @binding(3) var k_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, NKV HS / 4)
 @group(0) @binding(4) var v_cache: texture_storage_2d<rgba32float, read>;        // (n_ctx, NKV HS / 4)
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;                 // (T, NH HS)
-@group(0) @binding(7) var<storage, read> spans: array<vec2<u32>>;               // (T) bidirectional only
+@group(0) @binding(7) var<storage, read> spans: array<vec2<u32>>;               // (T) bidirectional, (1) cross
 @group(0) @binding(6) var<uniform> inv_freq: array<vec4<f32>, 32>;  // (HS / 2) with ROPE
 
 // The head size, fixed when the pipeline is built for one model (0: read p.HS at run time).
@@ -64,11 +67,15 @@ fn load_bias(h0: u32, lid: u32) {
 
 fn head_size() -> u32 { return select(p.HS, HS, HS != 0u); }
 
-// Query t of head h over cache rows base .. base + n_keys.
-fn attend(h: u32, t: u32, base: u32, n_keys: u32, bias: Bias) {
+// Floats per row of `qkv`: queries, keys and values side by side.
+fn qkv_stride() -> u32 { return (p.NH + 2u * p.NKV) * head_size(); }
+
+// Query t of head h (its row `q_stride` floats from the last) over cache rows
+// base .. base + n_keys.
+fn attend(h: u32, t: u32, base: u32, n_keys: u32, bias: Bias, q_stride: u32) {
     let hs4 = head_size() / 4u;
     let x0 = h / (p.NH / p.NKV) * hs4;  // its key head's first texel column
-    let qrow = t * (p.NH + 2u * p.NKV) * head_size() + h * head_size();
+    let qrow = t * q_stride + h * head_size();
     var q: array<vec4<f32>, MAX_HS4>;
     var acc: array<vec4<f32>, MAX_HS4>;
     for (var d = 0u; d < hs4; d++) {
@@ -118,7 +125,7 @@ fn attention_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     let h = gid.x;
     let t = gid.y;
     if (h >= p.NH || t >= step.rows) { return; }
-    attend(h, t, slot_base(t), position(t) + 1u, NO_BIAS);
+    attend(h, t, slot_base(t), position(t) + 1u, NO_BIAS, qkv_stride());
 }
 
 @compute @workgroup_size(WG)
@@ -131,7 +138,7 @@ fn attention_texture_biased(
     if (t >= step.rows) { return; }
     load_bias(wg.x * WG, lid3.x);
     if (h >= p.NH) { return; }
-    attend(h, t, slot_base(t), position(t) + 1u, Bias(true, lid3.x, position(t), pbias.r));
+    attend(h, t, slot_base(t), position(t) + 1u, Bias(true, lid3.x, position(t), pbias.r), qkv_stride());
 }
 
 @compute @workgroup_size(WG)
@@ -140,7 +147,7 @@ fn attention_texture_bidirectional(@builtin(global_invocation_id) gid: vec3<u32>
     let t = gid.y;
     if (h >= p.NH || t >= step.rows) { return; }
     let span = spans[t];
-    attend(h, t, span.x, span.y, NO_BIAS);
+    attend(h, t, span.x, span.y, NO_BIAS, qkv_stride());
 }
 
 @compute @workgroup_size(WG)
@@ -154,5 +161,14 @@ fn attention_texture_bidirectional_biased(
     load_bias(wg.x * WG, lid3.x);
     if (h >= p.NH) { return; }
     let span = spans[t];
-    attend(h, t, span.x, span.y, Bias(true, lid3.x, t - span.x, pbias.r));
+    attend(h, t, span.x, span.y, Bias(true, lid3.x, t - span.x, pbias.r), qkv_stride());
+}
+
+@compute @workgroup_size(WG)
+fn attention_texture_cross(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let h = gid.x;
+    let t = gid.y;
+    if (h >= p.NH || t >= step.rows) { return; }
+    let src = spans[0];
+    attend(h, t, src.x, src.y, NO_BIAS, p.NH * head_size());
 }

@@ -9,8 +9,9 @@ pub use crate::graph::NormKind;
 use crate::{Error, Result};
 
 /// Families wgpt can run. Listed in the error for any other `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] =
-    &["gpt2", "opt", "xglm", "llama", "mistral", "qwen2", "phi3"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "gpt2", "opt", "xglm", "llama", "mistral", "qwen2", "phi3", "t5",
+];
 
 /// The checkpoint family: decides tensor names (in the loader) and the variant choices below.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +25,10 @@ pub enum Family {
     /// Llama and its kin (Mistral, Qwen2, SmolLM2, TinyLlama): RMSNorm, rotary positions,
     /// gated SiLU feed-forward, grouped-query attention; `model_type` names the variant.
     Llama(LlamaKind),
+    /// T5 and flan-T5 encoder-decoders ([`crate::t5`]): the decoder described here reads an
+    /// encoder's output through cross-attention; RMS norms, relative position bias, unscaled
+    /// attention.
+    T5,
 }
 
 /// Which Llama-family checkpoint: they differ only in naming and biases.
@@ -62,6 +67,9 @@ pub enum Positions {
     Sinusoidal,
     /// Rotary embeddings on each head's queries and keys ([`Rope`]); no table in the stream.
     Rotary,
+    /// T5's learned bias on each attention score by bucketed query-key distance; no table in
+    /// the stream.
+    Relative,
 }
 
 /// Rotary position embeddings: head dims i and i + HS/2 rotated by position × `inv_freq[i]`
@@ -218,6 +226,9 @@ pub struct Config {
     /// (opt-350m: 512 in a 1024-wide model), whose `project_in` (C, E) and `project_out` (E, C)
     /// map embeddings into and out of the residual stream.
     pub word_embed_dim: usize,
+    /// An encoder-decoder's own hyper-parameters (its encoder, position bias, start token);
+    /// `None` for decoder-only models.
+    pub t5: Option<Box<crate::t5::T5Config>>,
 }
 
 /// The fields of config.json we read, under each family's names; everything else is ignored,
@@ -347,6 +358,7 @@ impl Config {
             embed_scale: 1.0,
             pre_ln: true,
             word_embed_dim: n_embd,
+            t5: None,
         }
     }
 
@@ -390,6 +402,7 @@ impl Config {
             Family::Llama(LlamaKind::Mistral) => "mistral",
             Family::Llama(LlamaKind::Qwen2) => "qwen2",
             Family::Llama(LlamaKind::Phi3) => "phi3",
+            Family::T5 => "t5",
         }
     }
 
@@ -480,6 +493,15 @@ impl Config {
     }
 
     fn positions_choice(&self) -> String {
+        if let Some(t5) = &self.t5 {
+            return format!(
+                "relative position bias: {} buckets, distances up to {} (encoder {} layers, decoder {})",
+                t5.relative_attention_num_buckets,
+                t5.relative_attention_max_distance,
+                t5.num_layers,
+                t5.num_decoder_layers
+            );
+        }
         let Some(rope) = &self.rope else {
             let offset = match self.position_offset {
                 0 => String::new(),
@@ -559,6 +581,7 @@ impl Config {
             "mistral" => Self::llama_fields(&f, LlamaKind::Mistral)?,
             "qwen2" => Self::llama_fields(&f, LlamaKind::Qwen2)?,
             "phi3" => Self::llama_fields(&f, LlamaKind::Phi3)?,
+            "t5" => crate::t5::T5Config::from_json(text, path)?.decoder_config(),
             _ => {
                 return Err(Error::UnsupportedModel {
                     path: path.to_path_buf(),
@@ -761,7 +784,9 @@ impl Config {
     fn check_shapes(&self, f: &Fields) -> Result<()> {
         let cfg = self;
         let (n_embd, n_head) = (cfg.n_embd, cfg.n_head);
-        if (cfg.rope.is_none() && cfg.q_width() != n_embd) || cfg.head_dim == 0 {
+        // Rotary models and T5 may have NH HS != C; the others split C among the heads.
+        let split = cfg.rope.is_none() && cfg.positions != Positions::Relative;
+        if (split && cfg.q_width() != n_embd) || cfg.head_dim == 0 {
             return Err(f.bad(format!(
                 "n_embd = {n_embd} is not divisible by n_head = {n_head}"
             )));

@@ -416,6 +416,32 @@ pub struct LayerWeights<T> {
     pub mlp_proj_w: T,
     /// `mlp.c_proj.bias` (C).
     pub mlp_proj_b: Option<T>,
+    /// An encoder-decoder's cross-attention (its decoder blocks).
+    pub cross: Option<CrossWeights<T>>,
+}
+
+/// A decoder block's attention to the encoder's output, between its self-attention and its
+/// feed-forward (T5): `x = x + c_proj(attn(c_q(ln_x(x)), c_kv(encoder output)))`.
+pub struct CrossWeights<T> {
+    /// `ln_x.weight` (C): gain of its norm.
+    pub ln_w: T,
+    /// `cross.c_q.weight` (NH HS, C): queries, from the decoder's stream.
+    pub q_w: T,
+    /// `cross.c_kv.weight` (2 NH HS, C): keys then values, from the encoder's output.
+    pub kv_w: T,
+    /// `cross.c_proj.weight` (C, NH HS).
+    pub proj_w: T,
+}
+
+/// An encoder-decoder's encoder stack (T5), in the decoder's tensor layout: bidirectional
+/// blocks over the source, then a final norm. Named `enc.` + the decoder's names.
+pub struct EncoderStack<T> {
+    /// Its blocks (no cross-attention).
+    pub layers: Vec<LayerWeights<T>>,
+    /// `enc.ln_f.weight` (C).
+    pub ln_f_w: T,
+    /// `enc.rel_bias.weight` (buckets, NH): the bidirectional relative position bias.
+    pub position_bias: T,
 }
 
 impl<T> LayerWeights<T> {
@@ -424,6 +450,7 @@ impl<T> LayerWeights<T> {
         [&self.ln_1_w, &self.c_attn_w, &self.attn_proj_w]
             .into_iter()
             .chain([&self.ln_2_w, &self.c_fc_w, &self.mlp_proj_w])
+            .chain(self.cross.iter().flat_map(|x| [&x.ln_w, &x.q_w, &x.kv_w, &x.proj_w]))
             .chain(self.ln_1_b.as_ref())
             .chain(self.c_attn_b.as_ref())
             .chain(self.attn_proj_b.as_ref())
@@ -455,6 +482,10 @@ pub struct Weights<T> {
     pub project_in: Option<T>,
     /// OPT's `project_out.weight` (E, C), when E != C: the final hidden state to the head's E.
     pub project_out: Option<T>,
+    /// `rel_bias.weight` (buckets, NH): T5's causal relative position bias.
+    pub position_bias: Option<T>,
+    /// An encoder-decoder's encoder.
+    pub encoder: Option<Box<EncoderStack<T>>>,
 }
 
 impl<T> Weights<T> {
@@ -469,6 +500,12 @@ impl<T> Weights<T> {
             .chain(self.lm_head.as_ref())
             .chain(self.project_in.as_ref())
             .chain(self.project_out.as_ref())
+            .chain(self.position_bias.as_ref())
+            .chain(self.encoder.iter().flat_map(|e| {
+                [&e.ln_f_w, &e.position_bias]
+                    .into_iter()
+                    .chain(e.layers.iter().flat_map(|l| l.all()))
+            }))
     }
 }
 
@@ -538,6 +575,7 @@ pub fn load_weights<T>(
     let extra = match cfg.family {
         Family::Gpt2 => format!("h.{}.ln_1.weight", cfg.n_layer),
         Family::Llama(_) => format!("layers.{}.input_layernorm.weight", cfg.n_layer),
+        Family::T5 => format!("decoder.block.{}.layer.0.layer_norm.weight", cfg.n_layer),
         _ => format!("layers.{}.self_attn_layer_norm.weight", cfg.n_layer),
     };
     if ckpt.contains(&extra) {
@@ -580,7 +618,17 @@ pub fn load_weights<T>(
             }
             Ok(())
         };
-        let t = make(name, rows, cols, &mut read)?;
+        let scale = crate::families::checkpoint_scale(cfg, name);
+        let mut scaled = |row0: usize, n: usize, out: &mut Vec<f32>| {
+            let from = out.len();
+            read(row0, n, out)?;
+            out[from..].iter_mut().for_each(|v| *v *= scale);
+            Ok(())
+        };
+        let t = match scale {
+            1.0 => make(name, rows, cols, &mut read)?,
+            _ => make(name, rows, cols, &mut scaled)?,
+        };
         let keys: std::collections::BTreeSet<&str> = parts.iter().map(|p| p.key.as_str()).collect();
         for key in keys {
             ckpt.release(key);
@@ -606,35 +654,33 @@ pub fn build_weights<T>(
     explicit_head: bool,
     mut make: impl FnMut(&str, usize, usize, bool) -> Result<T>,
 ) -> Result<Weights<T>> {
-    let (c, v, n_ctx, inner) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
+    let (c, v, n_ctx) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions);
     let b = cfg.biases;
-    let (qkv, q, fc) = (cfg.qkv_width(), cfg.q_width(), cfg.fc_rows());
-    let mut layers = Vec::with_capacity(cfg.n_layer);
-    for i in 0..cfg.n_layer {
-        let mut t = |n: &str, rows: usize, cols: usize, conv1d: bool| {
-            make(&format!("h.{i}.{n}"), rows, cols, conv1d)
-        };
-        layers.push(LayerWeights {
-            ln_1_w: t("ln_1.weight", 1, c, false)?,
-            ln_1_b: b.norm.then(|| t("ln_1.bias", 1, c, false)).transpose()?,
-            c_attn_w: t("attn.c_attn.weight", qkv, c, true)?,
-            c_attn_b: b.qkv.then(|| t("attn.c_attn.bias", 1, qkv, false)).transpose()?,
-            attn_proj_w: t("attn.c_proj.weight", c, q, true)?,
-            attn_proj_b: b.out.then(|| t("attn.c_proj.bias", 1, c, false)).transpose()?,
-            ln_2_w: t("ln_2.weight", 1, c, false)?,
-            ln_2_b: b.norm.then(|| t("ln_2.bias", 1, c, false)).transpose()?,
-            c_fc_w: t("mlp.c_fc.weight", fc, c, true)?,
-            c_fc_b: b.mlp.then(|| t("mlp.c_fc.bias", 1, fc, false)).transpose()?,
-            mlp_proj_w: t("mlp.c_proj.weight", c, inner, true)?,
-            mlp_proj_b: b.mlp.then(|| t("mlp.c_proj.bias", 1, c, false)).transpose()?,
-        });
-    }
+    let layers = (0..cfg.n_layer)
+        .map(|i| build_layer(cfg, &format!("h.{i}."), cfg.t5.is_some(), &mut make))
+        .collect::<Result<Vec<_>>>()?;
+    let encoder = match &cfg.t5 {
+        Some(t5) => Some(Box::new(EncoderStack {
+            layers: (0..t5.num_layers)
+                .map(|i| build_layer(cfg, &format!("enc.h.{i}."), false, &mut make))
+                .collect::<Result<_>>()?,
+            ln_f_w: make("enc.ln_f.weight", 1, c, false)?,
+            position_bias: make(
+                "enc.rel_bias.weight",
+                t5.relative_attention_num_buckets,
+                t5.num_heads,
+                false,
+            )?,
+        })),
+        None => None,
+    };
     let e = cfg.word_embed_dim;
     let projects = cfg.projects_embeddings();
     let rotary = cfg.positions == Positions::Rotary;
+    let table = matches!(cfg.positions, Positions::Learned | Positions::Sinusoidal);
     Ok(Weights {
         wte: make("wte.weight", v, e, false)?,
-        wpe: (!rotary)
+        wpe: table
             .then(|| make("wpe.weight", n_ctx, c, false))
             .transpose()?,
         inv_freq: rotary
@@ -656,6 +702,55 @@ pub fn build_weights<T>(
             true => Some(make("project_out.weight", e, c, false)?),
             false => None,
         },
+        position_bias: match &cfg.t5 {
+            Some(t5) => Some(make(
+                "rel_bias.weight",
+                t5.relative_attention_num_buckets,
+                t5.num_heads,
+                false,
+            )?),
+            None => None,
+        },
+        encoder,
+    })
+}
+
+/// One block's tensors, named `prefix` + GPT-2's names; `cross`: with its cross-attention.
+fn build_layer<T>(
+    cfg: &Config,
+    prefix: &str,
+    cross: bool,
+    make: &mut impl FnMut(&str, usize, usize, bool) -> Result<T>,
+) -> Result<LayerWeights<T>> {
+    let (c, inner) = (cfg.n_embd, cfg.n_inner);
+    let b = cfg.biases;
+    let (qkv, q, fc) = (cfg.qkv_width(), cfg.q_width(), cfg.fc_rows());
+    let mut t = |n: &str, rows: usize, cols: usize, conv1d: bool| {
+        make(&format!("{prefix}{n}"), rows, cols, conv1d)
+    };
+    let cross = match cross {
+        true => Some(CrossWeights {
+            ln_w: t("ln_x.weight", 1, c, false)?,
+            q_w: t("cross.c_q.weight", q, c, false)?,
+            kv_w: t("cross.c_kv.weight", 2 * q, c, false)?,
+            proj_w: t("cross.c_proj.weight", c, q, false)?,
+        }),
+        false => None,
+    };
+    Ok(LayerWeights {
+        ln_1_w: t("ln_1.weight", 1, c, false)?,
+        ln_1_b: b.norm.then(|| t("ln_1.bias", 1, c, false)).transpose()?,
+        c_attn_w: t("attn.c_attn.weight", qkv, c, true)?,
+        c_attn_b: b.qkv.then(|| t("attn.c_attn.bias", 1, qkv, false)).transpose()?,
+        attn_proj_w: t("attn.c_proj.weight", c, q, true)?,
+        attn_proj_b: b.out.then(|| t("attn.c_proj.bias", 1, c, false)).transpose()?,
+        ln_2_w: t("ln_2.weight", 1, c, false)?,
+        ln_2_b: b.norm.then(|| t("ln_2.bias", 1, c, false)).transpose()?,
+        c_fc_w: t("mlp.c_fc.weight", fc, c, true)?,
+        c_fc_b: b.mlp.then(|| t("mlp.c_fc.bias", 1, fc, false)).transpose()?,
+        mlp_proj_w: t("mlp.c_proj.weight", c, inner, true)?,
+        mlp_proj_b: b.mlp.then(|| t("mlp.c_proj.bias", 1, c, false)).transpose()?,
+        cross,
     })
 }
 

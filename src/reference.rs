@@ -360,12 +360,16 @@ pub fn run(g: &Graph<&Vec<f32>>, seqs: &[&[u32]]) -> Vec<f32> {
                 }
                 (*out, y)
             }
+            // T5's ops need its encoder's output across two graphs: its twin is t5::reference.
+            Op::StoreKv { .. } | Op::Attention { keys: Keys::Cross { .. }, .. } | Op::Attention { bias: Some(_), .. } => {
+                panic!("reference::run interprets decoder-only and encoder graphs; T5's CPU twin is t5::reference")
+            }
             Op::Attention { qkv, out, keys, n_head, .. } => {
                 let qkv = &acts[qkv];
                 let rows = qkv.len() / heads.qkv();
                 let layer = match keys {
                     Keys::Cache { layer } => *layer,
-                    Keys::Sequence => usize::MAX,
+                    Keys::Sequence | Keys::Cross { .. } => usize::MAX,
                 };
                 let cache = || vec![0.0; rows * heads.kv()];
                 let (k, v) = caches.entry(layer).or_insert_with(|| (cache(), cache()));
@@ -373,7 +377,7 @@ pub fn run(g: &Graph<&Vec<f32>>, seqs: &[&[u32]]) -> Vec<f32> {
                 let h = Heads { nh: *n_head, ..heads };
                 let y = match keys {
                     Keys::Cache { .. } => attention(qkv, k, v, h, 0),
-                    Keys::Sequence => attention_bidirectional(qkv, k, v, h, &row_spans),
+                    Keys::Sequence | Keys::Cross { .. } => attention_bidirectional(qkv, k, v, h, &row_spans),
                 };
                 (*out, y)
             }

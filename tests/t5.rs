@@ -316,3 +316,57 @@ fn biased_attention_kernels_match_cpu() {
         }
     }
 }
+
+/// Loads a T5 fixture with `layout` and `dtype` on the test adapter.
+fn load_t5(name: &str, layout: wgpt::WeightLayout, dtype: wgpt::WeightDtype) -> wgpt::Model {
+    let opts = wgpt::LoadOptions {
+        layout,
+        dtype,
+        ..Default::default()
+    };
+    wgpt::Model::load(gpu(), &t5_fixture(name), &opts).unwrap()
+}
+
+/// The GPU encoder-decoder: teacher-forced decoder logits of every source against
+/// transformers', and greedy outputs identical, for both flavours, in each operand layout the
+/// widths allow (t5-v1_0's widths are multiples of 64, flan-t5-odd's are not).
+#[test]
+fn gpu_logits_and_greedy_match_transformers() {
+    use wgpt::{Pick, Session, WeightDtype, WeightLayout};
+    for (name, layouts) in [
+        (
+            "t5-v1_0",
+            &[WeightLayout::Texture, WeightLayout::Buffer][..],
+        ),
+        ("flan-t5-odd", &[WeightLayout::Buffer][..]),
+    ] {
+        let dir = t5_fixture(name);
+        let e = json(&dir.join("expected.json"));
+        for &layout in layouts {
+            let model = load_t5(name, layout, WeightDtype::F32);
+            let mut session = Session::new(&model).unwrap();
+            for (i, s) in e["sources"].as_array().unwrap().iter().enumerate() {
+                let src = ids(&s["input_ids"]);
+                session.encode(&src).unwrap();
+                let logits = session.logits(&ids(&s["decoder_ids"])).unwrap();
+                let (_, want) = read_npy(&dir.join(format!("logits_{i}.npy")));
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = max_abs_diff(&logits, &want);
+                println!(
+                    "{name} {layout:?} source {i}: max |logit diff| {d:.2e} (scale {scale:.1})"
+                );
+                // f32 sums in another order than PyTorch's through up to 5 blocks.
+                assert!(d < 1e-3 * scale, "{name} {layout:?} source {i}: {d}");
+                session.encode(&src).unwrap();
+                let start = model.config.t5.as_ref().unwrap().decoder_start_token_id;
+                let mut next = session.next_token(&[start], Pick::Greedy).unwrap();
+                let mut out = vec![next];
+                while out.len() < 16 && next != 1 {
+                    next = session.next_token(&[next], Pick::Greedy).unwrap();
+                    out.push(next);
+                }
+                assert_eq!(out, ids(&s["greedy_ids"]), "{name} {layout:?} source {i}");
+            }
+        }
+    }
+}

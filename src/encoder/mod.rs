@@ -529,6 +529,7 @@ impl Workspace {
             zero: gpu.storage("zero", 4),
             tmp: (!m.fusions.has(Rule::Epilogue)).then(|| gpu.storage("tmp", f(rows * c))),
             partials: None,
+            cross: None,
         };
         let (mode, normalize) = (m.sentence.pooling, m.sentence.normalize);
         let graph = crate::families::bert::graph(cfg, &m.weights, mode, normalize);

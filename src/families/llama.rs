@@ -55,7 +55,7 @@ fn attn<'w, T>(g: &mut Builder<&'w T>, l: usize, w: &'w LayerWeights<T>, inv_fre
 }
 
 /// `x += down(act(ln Wg) * (ln Wu))`, the gate and up outputs interleaved in GateUp.
-fn gated_mlp<'w, T>(g: &mut Builder<&'w T>, cfg: &Config, w: &'w LayerWeights<T>) {
+pub(super) fn gated_mlp<'w, T>(g: &mut Builder<&'w T>, cfg: &Config, w: &'w LayerWeights<T>) {
     g.linear(
         Act::Ln,
         Act::GateUp,
@@ -116,29 +116,11 @@ pub fn parts(cfg: &Config, name: &str, rows: usize, cols: usize) -> Vec<Part> {
         ),
         ("mlp.c_fc", LlamaKind::Phi3) => {
             let fused = key("mlp.gate_up_proj");
-            interleave([(fused.clone(), 0), (fused, inner)], 2 * inner, rows, cols)
+            super::interleave([(fused.clone(), 0), (fused, inner)], 2 * inner, rows, cols)
         }
         _ => {
             let [g, u] = [key("mlp.gate_proj"), key("mlp.up_proj")];
-            interleave([(g, 0), (u, 0)], inner, rows, cols)
+            super::interleave([(g, 0), (u, 0)], inner, rows, cols)
         }
     }
-}
-
-/// Gate row j, then up row j, for every j < n_inner: single rows of the stored tensors
-/// `(key, first row)` of `stored` rows (elements, for biases).
-fn interleave(parts: [(String, usize); 2], stored: usize, rows: usize, cols: usize) -> Vec<Part> {
-    let (shape, pairs) = match rows {
-        1 => (vec![stored], cols / 2),
-        _ => (vec![stored, cols], rows / 2),
-    };
-    (0..pairs)
-        .flat_map(|j| {
-            parts.clone().map(|(key, at)| Part {
-                rows: 1,
-                skip: at + j,
-                ..Part::whole(key, shape.clone(), false)
-            })
-        })
-        .collect()
 }

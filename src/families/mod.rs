@@ -10,6 +10,7 @@ pub mod bert;
 pub mod gpt2;
 pub mod llama;
 pub mod opt;
+pub mod t5;
 pub mod xglm;
 
 use crate::config::{Config, Family};
@@ -24,6 +25,7 @@ pub fn decoder<'w, T>(cfg: &Config, w: &'w Weights<T>) -> Graph<&'w T> {
         Family::Opt => opt::graph(cfg, w),
         Family::Xglm => xglm::graph(cfg, w),
         Family::Llama(_) => llama::graph(cfg, w),
+        Family::T5 => t5::graph(cfg, w),
     }
 }
 
@@ -42,6 +44,15 @@ pub fn checkpoint_parts(
         Family::Opt => opt::parts(cfg, name, rows, cols),
         Family::Xglm => xglm::parts(cfg, name, rows, cols),
         Family::Llama(_) => llama::parts(cfg, name, rows, cols),
+        Family::T5 => t5::parts(cfg, name, rows, cols),
+    }
+}
+
+/// What tensor `name` is multiplied by as it loads (1 but for a family's folded constant).
+pub fn checkpoint_scale(cfg: &Config, name: &str) -> f32 {
+    match cfg.family {
+        Family::T5 => t5::scale(cfg, name),
+        _ => 1.0,
     }
 }
 
@@ -95,4 +106,27 @@ fn mlp<'w, T>(g: &mut Builder<&'w T>, cfg: &Config, w: &'w LayerWeights<T>, inp:
         w.mlp_proj_b.as_ref(),
         Then::Add,
     );
+}
+
+/// Gate row j, then up row j, for every j < n_inner: single rows of the stored tensors
+/// `(key, first row)` of `stored` rows (elements, for biases).
+pub(crate) fn interleave(
+    parts: [(String, usize); 2],
+    stored: usize,
+    rows: usize,
+    cols: usize,
+) -> Vec<Part> {
+    let (shape, pairs) = match rows {
+        1 => (vec![stored], cols / 2),
+        _ => (vec![stored, cols], rows / 2),
+    };
+    (0..pairs)
+        .flat_map(|j| {
+            parts.clone().map(|(key, at)| Part {
+                rows: 1,
+                skip: at + j,
+                ..Part::whole(key, shape.clone(), false)
+            })
+        })
+        .collect()
 }

@@ -36,6 +36,10 @@ pub enum Act {
     Logits,
     /// (B, C): one pooled vector per sequence.
     Pooled,
+    /// (T, NH HS): cross-attention queries.
+    Query,
+    /// (T, 2 NKV HS): keys then values, for a cross-attention cache.
+    Kv,
 }
 
 /// How a norm standardises a row.
@@ -59,6 +63,12 @@ pub enum Keys {
     /// Bidirectional over the packed sequence a row belongs to (its span of rows), with keys
     /// and values kept only for the pass.
     Sequence,
+    /// Every row of decoder layer `layer`'s cross-attention cache (the encoder output's keys
+    /// and values, [`Op::StoreKv`]); queries alone in the attention's input (`Act::Query`).
+    Cross {
+        /// The decoder layer.
+        layer: usize,
+    },
 }
 
 /// How each sequence's rows reduce to one vector (sentence-transformers' pooling).
@@ -154,8 +164,19 @@ pub enum Op<W> {
         keys: Keys,
         /// NH.
         n_head: usize,
-        /// Multiplies the scores (1 / sqrt(HS) for every family so far).
+        /// Multiplies the scores (1 / sqrt(HS); 1 for T5).
         scale: f32,
+        /// Added to the scores by query-key distance: T5's relative position bias (its table
+        /// as [`crate::t5::attention_bias`] lays it out, one 32-bit word per f32).
+        bias: Option<W>,
+    },
+    /// `inp`'s rows (keys, then values) into decoder layer `layer`'s cross-attention cache,
+    /// from row 0: an encoder-decoder's encoder output, projected once per source.
+    StoreKv {
+        /// (T, 2 NKV HS).
+        inp: Act,
+        /// The decoder layer.
+        layer: usize,
     },
     /// One vector per packed sequence of `inp`'s rows, optionally L2-normalised.
     Pool {
@@ -235,6 +256,8 @@ impl Dims {
             Act::GateUp => 2 * self.inner,
             Act::Emb | Act::Proj => self.embed,
             Act::Logits => self.vocab,
+            Act::Query => self.q_width(),
+            Act::Kv => 2 * self.kv_width(),
         }
     }
 }
@@ -356,7 +379,26 @@ impl<W> Builder<W> {
             keys,
             n_head: d.n_head,
             scale: 1.0 / (d.head_size as f32).sqrt(),
+            bias: None,
         });
+    }
+
+    /// T5's attention: scores unscaled (its initialisation folds HS^-0.5 into the weights),
+    /// plus the relative position `bias` where given.
+    pub fn unscaled_attention(&mut self, qkv: Act, out: Act, keys: Keys, bias: Option<W>) {
+        self.push(Op::Attention {
+            qkv,
+            out,
+            keys,
+            n_head: self.graph.dims.n_head,
+            scale: 1.0,
+            bias,
+        });
+    }
+
+    /// `inp`'s keys and values into decoder layer `layer`'s cross-attention cache.
+    pub fn store_kv(&mut self, inp: Act, layer: usize) {
+        self.push(Op::StoreKv { inp, layer });
     }
 
     /// One vector per packed sequence.

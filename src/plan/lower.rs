@@ -15,6 +15,22 @@ use crate::graph::{Act, Dense, Dims, Keys, NormKind, Op, Then};
 use crate::plan::rules::{Fuse, KvFuse};
 use crate::plan::{Bucket, Caps, Dim, Dispatch, Io, KvCache};
 
+/// The attention kernel's entry point for its layout, keys and bias.
+fn attention_entry(textures: bool, keys: Keys, biased: bool) -> &'static str {
+    match (textures, keys, biased) {
+        (false, Keys::Cache { .. }, false) => "attention",
+        (false, Keys::Cache { .. }, true) => "attention_biased",
+        (false, Keys::Sequence, false) => "attention_bidirectional",
+        (false, Keys::Sequence, true) => "attention_bidirectional_biased",
+        (false, Keys::Cross { .. }, _) => "attention_cross",
+        (true, Keys::Cache { .. }, false) => "attention_texture",
+        (true, Keys::Cache { .. }, true) => "attention_texture_biased",
+        (true, Keys::Sequence, false) => "attention_texture_bidirectional",
+        (true, Keys::Sequence, true) => "attention_texture_bidirectional_biased",
+        (true, Keys::Cross { .. }, _) => "attention_texture_cross",
+    }
+}
+
 /// Lowers ops for one plan, sharing the small uniforms every op of a kind reads.
 pub(super) struct Lower<'a> {
     gpu: &'a Engine,
@@ -88,6 +104,7 @@ impl<'a> Lower<'a> {
                     out.extend(self.attention(op, f, step, rope));
                 }
                 Op::Pool { .. } => out.push(self.pool(op)),
+                Op::StoreKv { inp, layer } => out.push(self.store_kv(step, *inp, *layer)),
             }
         }
         out
@@ -548,9 +565,11 @@ impl<'a> Lower<'a> {
         )
     }
 
-    /// Appends the step's keys and values to the cache (unless a projection did), then the
-    /// attention: causal over the cache, or bidirectional within each packed sequence. With
-    /// `rope` (the rope_attend fusion: its frequencies), both rotate as they read.
+    /// Appends the step's keys and values to the cache (unless a projection did, or they are
+    /// the encoder's), then the attention: causal over the cache, bidirectional within each
+    /// packed sequence, or over the source's cross-attention cache; with a position bias, its
+    /// _biased entry point. With `rope` (the rope_attend fusion: its frequencies), keys and
+    /// queries rotate as they are read.
     fn attention(
         &mut self,
         op: &Op<&GpuTensor>,
@@ -564,6 +583,7 @@ impl<'a> Lower<'a> {
             keys,
             n_head,
             scale,
+            bias,
         } = op
         else {
             unreachable!()
@@ -577,16 +597,16 @@ impl<'a> Lower<'a> {
             scale: *scale,
         };
         let params = self.uniform("attention", [nh << 16 | nkv, scale.to_bits()], &params);
-        let layer = match keys {
-            Keys::Cache { layer } => *layer,
-            Keys::Sequence => 0,
-        };
         let none = self.no_rope();
         let inv_freq = rope.map_or(&none, |t| t.single());
-        let [k, v] = self.cache(layer);
+        let [k, v] = match keys {
+            Keys::Cache { layer } => self.cache(&self.io.kv, *layer),
+            Keys::Sequence => self.cache(&self.io.kv, 0),
+            Keys::Cross { layer } => self.cache(&self.cross().kv, *layer),
+        };
         let qkv = self.buf(*qkv);
         let mut ops = Vec::new();
-        if !f.appended {
+        if !f.appended && !matches!(keys, Keys::Cross { .. }) {
             ops.push(self.kv_append(step, qkv, [k.clone(), v.clone()], rope));
         }
         let textures = self.caps.textures;
@@ -594,12 +614,7 @@ impl<'a> Lower<'a> {
             true => "attention_texture",
             false => "attention",
         };
-        let entry = match (textures, keys) {
-            (true, Keys::Cache { .. }) => "attention_texture",
-            (true, Keys::Sequence) => "attention_texture_bidirectional",
-            (false, Keys::Cache { .. }) => "attention",
-            (false, Keys::Sequence) => "attention_bidirectional",
-        };
+        let entry = attention_entry(textures, *keys, bias.is_some());
         let key = Key::new(family, entry).with("HS", self.caps.head_size);
         let attend = self.pipe(key.with("ROPE", rope.is_some() as u32));
         let mut r = vec![
@@ -611,9 +626,16 @@ impl<'a> Lower<'a> {
             (5, self.buf(*out).as_entire_binding()),
             (6, inv_freq.as_entire_binding()),
         ];
-        if *keys == Keys::Sequence {
-            let [rows, _] = self.io.spans.as_ref().expect("packed sequences have spans");
-            r.push((7, rows.as_entire_binding()));
+        match keys {
+            Keys::Sequence => {
+                let [rows, _] = self.io.spans.as_ref().expect("packed sequences have spans");
+                r.push((7, rows.as_entire_binding()));
+            }
+            Keys::Cross { .. } => r.push((7, self.cross().span.as_entire_binding())),
+            Keys::Cache { .. } => {}
+        }
+        if let Some(b) = bias {
+            r.push((8, b.single().as_entire_binding()));
         }
         let bind = kernels::bind_at(self.gpu, &attend, entry, r);
         let x = match textures {
@@ -627,15 +649,38 @@ impl<'a> Lower<'a> {
         ops
     }
 
+    /// The cross-attention caches an encoder-decoder's plans bind.
+    fn cross(&self) -> &'a super::CrossIo {
+        let io: &'a Io = self.io;
+        io.cross
+            .as_ref()
+            .expect("an encoder-decoder's plan has cross caches")
+    }
+
+    /// `inp`'s rows (keys, then values) into decoder layer `layer`'s cross-attention cache: a
+    /// kv_append with no queries in the row, at the encoder step's positions (0 .. T).
+    fn store_kv(&mut self, step: &wgpu::Buffer, inp: Act, layer: usize) -> Dispatch {
+        let kv = self.cache(&self.cross().kv, layer);
+        let d = self.dims;
+        let (hs, kv_w) = (d.head_size as u32, d.kv_width() as u32);
+        let widths = KvParams {
+            q: 0,
+            kv: kv_w,
+            hs,
+            _pad: 0,
+        };
+        let widths = self.uniform("kv", [0, kv_w], &widths);
+        self.append(step, &widths, self.buf(inp), kv, None)
+    }
+
     /// The frequencies bound where ROPE is off (never read).
     fn no_rope(&mut self) -> wgpu::Buffer {
         self.uniform("no_rope", [0, 0], &[0f32; kernels::ROPE_FREQS])
     }
 
-    /// Layer `layer`'s key and value caches, as bindings.
-    fn cache(&self, layer: usize) -> [wgpu::BindingResource<'a>; 2] {
-        let io: &'a Io = self.io;
-        match &io.kv {
+    /// Layer `layer`'s key and value caches in `kv`, as bindings.
+    fn cache(&self, kv: &'a KvCache, layer: usize) -> [wgpu::BindingResource<'a>; 2] {
+        match kv {
             KvCache::Buffers { k, v } => {
                 [k[layer].as_entire_binding(), v[layer].as_entire_binding()]
             }
@@ -651,7 +696,7 @@ impl<'a> Lower<'a> {
         &mut self,
         step: &wgpu::Buffer,
         qkv: &wgpu::Buffer,
-        [k, v]: [wgpu::BindingResource; 2],
+        kv: [wgpu::BindingResource; 2],
         rope: Option<&GpuTensor>,
     ) -> Dispatch {
         let d = self.dims;
@@ -663,6 +708,19 @@ impl<'a> Lower<'a> {
             _pad: 0,
         };
         let widths = self.uniform("kv", [q_w, kv_w], &widths);
+        self.append(step, &widths, qkv, kv, rope)
+    }
+
+    /// kv_append (or its texture form) of `widths` from `rows` into the cache `[k, v]`.
+    fn append(
+        &mut self,
+        step: &wgpu::Buffer,
+        widths: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        [k, v]: [wgpu::BindingResource; 2],
+        rope: Option<&GpuTensor>,
+    ) -> Dispatch {
+        let kv_w = self.dims.kv_width() as u32;
         let (name, per) = match self.caps.textures {
             true => ("kv_append_texture", 4 * wg::KV_APPEND),
             false => ("kv_append", wg::KV_APPEND),
@@ -673,7 +731,7 @@ impl<'a> Lower<'a> {
         let r = vec![
             step.as_entire_binding(),
             widths.as_entire_binding(),
-            qkv.as_entire_binding(),
+            rows.as_entire_binding(),
             k,
             v,
             inv_freq.as_entire_binding(),

@@ -190,6 +190,19 @@ pub struct Io {
     pub tmp: Option<wgpu::Buffer>,
     /// (ceil(V / 32), 2) u32: the head's argmax candidates.
     pub partials: Option<wgpu::Buffer>,
+    /// An encoder-decoder's cross-attention caches, shared by its encoder's plan (which
+    /// fills them) and its decoder's (which reads them).
+    pub cross: Option<CrossIo>,
+}
+
+/// The cross-attention's keys and values: one cache per decoder layer, each (source rows,
+/// NKV HS), and where the source lies in them.
+#[derive(Clone)]
+pub struct CrossIo {
+    /// Per decoder layer.
+    pub kv: KvCache,
+    /// (1) u32 pair: the source's first cache row and its length, written with each source.
+    pub span: wgpu::Buffer,
 }
 
 /// The dispatches of a graph for every bucket.

@@ -296,8 +296,10 @@ fn qkv_attend(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [F
         let (Some(w_qkv), Some(w_proj)) = (weight(&ops[i]), ops.get(i + 2).and_then(weight)) else {
             continue;
         };
-        // The output projection reads the attention's output and adds to the stream.
-        let next = matches!(ops[i + 2], Op::Linear { inp, then: Then::Add, .. } if inp == out);
+        // The output projection reads the attention's output and adds to the stream; the
+        // fused kernel adds no position bias.
+        let next = matches!(ops[i + 2], Op::Linear { inp, then: Then::Add, .. } if inp == out)
+            && matches!(ops[i + 1], Op::Attention { bias: None, .. });
         let one = |w: &GpuTensor| w.textures.len() == 1 && decode_gemv(caps, bucket, w);
         if next && one(w_qkv) && one(w_proj) {
             fuse[i].kv = Some(KvFuse::Attend { layer, out });
@@ -334,6 +336,7 @@ fn read_later(ops: &[Op<&GpuTensor>], from: usize, act: Act) -> bool {
             Op::Rope { qkv, .. } => (*qkv == act, false),
             Op::Gate { inp, out, .. } => (*inp == act, *out == act),
             Op::Pool { inp, out, .. } => (*inp == act, *out == act),
+            Op::StoreKv { inp, .. } => (*inp == act, false),
         };
         if reads {
             return true;

@@ -8,6 +8,7 @@ mod capture;
 pub mod generate;
 mod gguf;
 pub mod sampler;
+mod seq2seq;
 mod session;
 
 pub use batch::{Batch, BatchRow, BatchToken};
@@ -181,6 +182,13 @@ impl Model {
                 let mut freqs = Vec::new();
                 read(0, 1, &mut freqs)?;
                 return Ok(inv_freq_tensor(&gpu, &freqs));
+            }
+            if let Some(t5) = config
+                .t5
+                .as_deref()
+                .filter(|_| name.ends_with("rel_bias.weight"))
+            {
+                return t5.bias_tensor(&gpu, name, rows, read);
             }
             let dtype = stored_as(name, rows, opts.dtype);
             let mut read = crate::gpu::tensor::f32_rows_encoded(read, cols, dtype);
@@ -707,9 +715,15 @@ fn check_blocks(cfg: &Config, dtype: WeightDtype) -> Result<()> {
 /// The linear layers' weight matrices (the token table when tied is handled apart).
 fn is_linear(name: &str) -> bool {
     ["lm_head.weight", "project_in.weight", "project_out.weight"].contains(&name)
-        || [".c_attn.weight", ".c_proj.weight", ".c_fc.weight"]
-            .iter()
-            .any(|s| name.ends_with(s))
+        || [
+            ".c_attn.weight",
+            ".c_proj.weight",
+            ".c_fc.weight",
+            ".c_q.weight",
+            ".c_kv.weight",
+        ]
+        .iter()
+        .any(|s| name.ends_with(s))
 }
 
 /// Whether the linear layers use textures, from the requested layout, the shapes and the adapter.

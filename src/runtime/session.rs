@@ -37,6 +37,9 @@ pub(super) struct Activations {
     pub(super) emb: Option<wgpu::Buffer>,
     /// With embedding projections: project_out(ln_f(x)), the head's input, (head_rows, E).
     pub(super) proj: Option<wgpu::Buffer>, // (head_rows, V)
+    /// An encoder-decoder's cross-attention queries (T, NH HS), and its encoder output's keys
+    /// and values for the cross caches (T, 2 NKV HS).
+    pub(super) cross: Option<[wgpu::Buffer; 2]>,
     pub(super) token: wgpu::Buffer, // (4) u32: chosen token, sampler threshold, log-prob bits
     pub(super) partials: wgpu::Buffer, // (ceil(V / 32), 2) u32: the head's argmax candidates
     pub(super) token_read: wgpu::Buffer, // (4 + 2 MAX_TOP) u32, mappable: token, then candidates
@@ -107,6 +110,8 @@ pub struct Session {
     n_ctx: usize,
     /// The attention debug path, when on (see capture.rs).
     pub(super) capture: Option<super::capture::Capture>,
+    /// An encoder-decoder's encoder pass and cross-attention caches.
+    pub(super) encoder: Option<super::seq2seq::EncoderPass>,
 }
 
 /// A step in flight: its token (and log-probability, candidates) are being read back.
@@ -241,18 +246,29 @@ impl Session {
             proj: cfg
                 .projects_embeddings()
                 .then(|| linear_input("proj", f(head_rows * cfg.word_embed_dim))),
+            cross: cfg.t5.is_some().then(|| {
+                [
+                    gpu.storage("cross_q", f(t_max * q_w)),
+                    gpu.storage("cross_kv_rows", f(t_max * 2 * kv_w)),
+                ]
+            }),
             body_step: gpu.uniform("body_step", &Step::default()),
             head_step: gpu.uniform("head_step", &Step::default()),
             sample: gpu.uniform_zeroed("sample", kernels::SAMPLE_ROWS_BYTES),
             tmp: (!model.fusions.has(Rule::Epilogue)).then(|| gpu.storage("tmp", f(t_max * c))),
         };
-        let plan = Plan::new(
-            gpu,
-            &model.graph(),
-            model.caps,
-            model.fusions,
-            &act.io(model, &kv),
-        );
+        let cross = cfg
+            .t5
+            .is_some()
+            .then(|| super::seq2seq::cross_caches(model, t_max));
+        let io = || Io {
+            cross: cross.clone(),
+            ..act.io(model, &kv)
+        };
+        let plan = Plan::new(gpu, &model.graph(), model.caps, model.fusions, &io());
+        let encoder = (act.cross.as_ref()).map(|[_, kv_rows]| {
+            super::seq2seq::EncoderPass::new(model, io(), kv_rows.clone(), t_max)
+        });
         let (argmax, sample, top_op) = pick_ops(model, &act, plan.head_argmax);
         gpu.check()?;
         Ok(Session {
@@ -275,6 +291,7 @@ impl Session {
             slot: 0,
             n_ctx,
             capture: None,
+            encoder,
         })
     }
 
@@ -307,28 +324,17 @@ impl Session {
         let gpu = &self.model.gpu;
         let c = self.model.config.kv_width() as u64;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        match (&self.kv, &other.kv) {
-            (KvCache::Buffers { k, v }, KvCache::Buffers { k: k2, v: v2 }) => {
-                for (src, dst) in k.iter().zip(k2).chain(v.iter().zip(v2)) {
-                    enc.copy_buffer_to_buffer(src, 0, dst, 0, self.pos as u64 * c * 4);
-                }
-            }
-            (KvCache::Textures { k, v }, KvCache::Textures { k: k2, v: v2 }) => {
-                for (src, dst) in k.iter().zip(k2).chain(v.iter().zip(v2)) {
-                    if self.pos > 0 {
-                        enc.copy_texture_to_texture(
-                            src.texture().as_image_copy(),
-                            dst.texture().as_image_copy(),
-                            wgpu::Extent3d {
-                                width: src.texture().width(),
-                                height: self.pos as u32,
-                                depth_or_array_layers: 1,
-                            },
-                        );
-                    }
-                }
-            }
-            _ => unreachable!("one model gives every session the same cache layout"),
+        copy_cache(&mut enc, &self.kv, &other.kv, self.pos, c * 4);
+        if let (Some(from), Some(to)) = (&self.encoder, &mut other.encoder) {
+            copy_cache(
+                &mut enc,
+                &from.cross.kv,
+                &to.cross.kv,
+                from.source_len,
+                c * 4,
+            );
+            enc.copy_buffer_to_buffer(&from.cross.span, 0, &to.cross.span, 0, 16);
+            to.source_len = from.source_len;
         }
         gpu.queue.submit([enc.finish()]);
         other.pos = self.pos;
@@ -683,6 +689,11 @@ impl Session {
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
+        if self.encoder.as_ref().is_some_and(|e| e.source_len == 0) {
+            return Err(Error::SessionState(
+                "an encoder-decoder session decodes after its source: call Session::encode first",
+            ));
+        }
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
             return Err(Error::TokenOutOfRange {
                 id,
@@ -765,6 +776,40 @@ impl Session {
     }
 }
 
+/// Copies the first `rows` rows (`row_bytes` each, as buffers) of every layer's keys and
+/// values from `from` to `to`, caches of one layout.
+fn copy_cache(
+    enc: &mut wgpu::CommandEncoder,
+    from: &KvCache,
+    to: &KvCache,
+    rows: usize,
+    row_bytes: u64,
+) {
+    match (from, to) {
+        (KvCache::Buffers { k, v }, KvCache::Buffers { k: k2, v: v2 }) => {
+            for (src, dst) in k.iter().zip(k2).chain(v.iter().zip(v2)) {
+                enc.copy_buffer_to_buffer(src, 0, dst, 0, rows as u64 * row_bytes);
+            }
+        }
+        (KvCache::Textures { k, v }, KvCache::Textures { k: k2, v: v2 }) => {
+            for (src, dst) in k.iter().zip(k2).chain(v.iter().zip(v2)) {
+                if rows > 0 {
+                    enc.copy_texture_to_texture(
+                        src.texture().as_image_copy(),
+                        dst.texture().as_image_copy(),
+                        wgpu::Extent3d {
+                            width: src.texture().width(),
+                            height: rows as u32,
+                            depth_or_array_layers: 1,
+                        },
+                    );
+                }
+            }
+        }
+        _ => unreachable!("one model gives every session the same cache layout"),
+    }
+}
+
 /// The two parts of a forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Section {
@@ -787,6 +832,7 @@ impl Activations {
         acts.extend(self.gate_up.clone().map(|b| (Act::GateUp, b)));
         acts.extend(self.emb.clone().map(|b| (Act::Emb, b)));
         acts.extend(self.proj.clone().map(|b| (Act::Proj, b)));
+        acts.extend(self.cross.clone().map(|[q, _]| (Act::Query, q)));
         let mut textures = HashMap::new();
         if let Some(t) = &self.textures {
             for (act, tex) in [
@@ -813,6 +859,7 @@ impl Activations {
             zero: model.zero.clone(),
             tmp: self.tmp.clone(),
             partials: Some(self.partials.clone()),
+            cross: None,
         }
     }
 }

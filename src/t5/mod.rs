@@ -11,6 +11,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::config::{Activation, Biases, Config, Family, Positions};
+use crate::graph::NormKind;
 use crate::{Error, Result};
 
 /// The feed-forward block's form (`feed_forward_proj`).
@@ -56,6 +58,9 @@ pub struct T5Config {
     pub decoder_start_token_id: u32,
     /// Ends the output.
     pub eos_token_id: u32,
+    /// The longest source and output wgpt plans for (`n_positions`, else 512 as T5's
+    /// tokenizers cap inputs): T5's positions are relative, so this sizes buffers only.
+    pub n_positions: usize,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +82,7 @@ struct RawConfig {
     decoder_start_token_id: Option<u32>,
     pad_token_id: Option<u32>,
     eos_token_id: Option<u32>,
+    n_positions: Option<usize>,
 }
 
 impl T5Config {
@@ -150,12 +156,54 @@ impl T5Config {
             scale_decoder_outputs: raw.scale_decoder_outputs.unwrap_or(tie),
             decoder_start_token_id: raw.decoder_start_token_id.unwrap_or(pad),
             eos_token_id: raw.eos_token_id.unwrap_or(1),
+            n_positions: need(Some(raw.n_positions.unwrap_or(512)), "n_positions")?,
         })
     }
 
     /// NH HS: the width of the attention's queries, keys and values.
     pub fn inner_dim(&self) -> usize {
         self.num_heads * self.d_kv
+    }
+
+    /// The decoder stack as the planner's decoder configuration: RMS norms before each
+    /// sublayer, no biases, relative positions, the feed-forward's form; the whole T5 config
+    /// rides along for the encoder and the position bias.
+    pub fn decoder_config(&self) -> Config {
+        let (activation, gated) = match self.feed_forward {
+            FeedForward::Relu => (Activation::Relu, false),
+            // transformers' gelu_new: the tanh approximation.
+            FeedForward::GatedGelu => (Activation::GeluTanh, true),
+        };
+        Config {
+            vocab_size: self.vocab_size,
+            n_positions: self.n_positions,
+            n_embd: self.d_model,
+            n_layer: self.num_decoder_layers,
+            n_head: self.num_heads,
+            n_kv_head: self.num_heads,
+            head_dim: self.d_kv,
+            n_inner: self.d_ff,
+            gated,
+            norm: NormKind::Rms,
+            layer_norm_epsilon: self.layer_norm_epsilon,
+            rope: None,
+            biases: Biases {
+                qkv: false,
+                out: false,
+                mlp: false,
+                norm: false,
+            },
+            tie_word_embeddings: self.tie_word_embeddings,
+            eos_token_ids: vec![self.eos_token_id],
+            family: Family::T5,
+            activation,
+            positions: Positions::Relative,
+            position_offset: 0,
+            embed_scale: 1.0,
+            pre_ln: true,
+            word_embed_dim: self.d_model,
+            t5: Some(Box::new(self.clone())),
+        }
     }
 }
 
@@ -254,4 +302,40 @@ pub fn attention_bias(
         words[4 + w0 + i] = v.to_bits();
     }
     Ok(words)
+}
+
+impl T5Config {
+    /// wgpt's tensor `name` (`rel_bias.weight`, the decoder's causal table, or
+    /// `enc.rel_bias.weight`, the encoder's bidirectional one), (buckets, NH) from `read`, as
+    /// the attention kernels' position bias uniform ([`attention_bias`]).
+    pub(crate) fn bias_tensor(
+        &self,
+        gpu: &crate::gpu::Engine,
+        name: &str,
+        rows: usize,
+        read: &mut crate::loader::ReadRows,
+    ) -> Result<crate::gpu::tensor::GpuTensor> {
+        use crate::gpu::tensor::{Chunk, GpuTensor, WeightDtype};
+        let mut table = Vec::new();
+        read(0, rows, &mut table)?;
+        let bidirectional = name.starts_with("enc.");
+        let words = attention_bias(
+            &table,
+            self.num_heads,
+            bidirectional,
+            self.relative_attention_max_distance,
+        )?;
+        let buffer = gpu.uniform_zeroed(name, (words.len() * 4) as u64);
+        gpu.queue
+            .write_buffer(&buffer, 0, bytemuck::cast_slice(&words));
+        let chunk = Chunk {
+            buffer,
+            row0: 0,
+            rows: 1,
+        };
+        Ok(GpuTensor {
+            chunks: vec![chunk],
+            ..GpuTensor::from_textures(rows, self.num_heads, WeightDtype::F32, Vec::new())
+        })
+    }
 }
