@@ -370,3 +370,137 @@ fn gpu_logits_and_greedy_match_transformers() {
         }
     }
 }
+
+/// Teacher-forced logits of t5-v1_0's first source on `model`, and transformers'.
+fn first_source_logits(model: &wgpt::Model) -> (Vec<f32>, Vec<f32>) {
+    let dir = t5_fixture("t5-v1_0");
+    let e = json(&dir.join("expected.json"));
+    let s = &e["sources"][0];
+    let mut session = wgpt::Session::new(model).unwrap();
+    session.encode(&ids(&s["input_ids"])).unwrap();
+    let logits = session.logits(&ids(&s["decoder_ids"])).unwrap();
+    (logits, read_npy(&dir.join("logits_0.npy")).1)
+}
+
+/// The same logits a token at a time: decode steps, with their own kernels and fusions.
+fn first_source_decoded(model: &wgpt::Model) -> Vec<f32> {
+    let e = json(&t5_fixture("t5-v1_0").join("expected.json"));
+    let s = &e["sources"][0];
+    let mut session = wgpt::Session::new(model).unwrap();
+    session.encode(&ids(&s["input_ids"])).unwrap();
+    let dec = ids(&s["decoder_ids"]);
+    dec.iter()
+        .flat_map(|&t| session.logits(&[t]).unwrap())
+        .collect()
+}
+
+/// f16 and q8 weights in both layouts stay near transformers' f32 logits; the buffer layout's
+/// q8 (nothing folded into it) matches the CPU twin on the same dequantised weights.
+#[test]
+fn gpu_weight_formats() {
+    use wgpt::{WeightDtype, WeightLayout};
+    let dir = t5_fixture("t5-v1_0");
+    let cfg = T5Config::from_file(&dir.join("config.json")).unwrap();
+    let e = json(&dir.join("expected.json"));
+    let s = &e["sources"][0];
+    for layout in [WeightLayout::Texture, WeightLayout::Buffer] {
+        for (dtype, tol) in [
+            // Relative to the logit scale, about 3x the measured: f16 rounds each weight by
+            // 2^-11 (measured 2.7e-3 in all), q8 by up to 1/254 of its block's largest (5.8e-2:
+            // this random init's activations grow large through the unscaled attention).
+            (WeightDtype::F16, 1e-2),
+            (WeightDtype::Q8, 0.15),
+        ] {
+            let model = load_t5("t5-v1_0", layout, dtype);
+            let (got, want) = first_source_logits(&model);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = max_abs_diff(&got, &want);
+            println!("{layout:?} {dtype:?}: max |logit diff| {d:.2e} (scale {scale:.1})");
+            assert!(d < tol * scale, "{layout:?} {dtype:?}: {d}");
+            if layout == WeightLayout::Buffer && dtype == WeightDtype::Q8 {
+                let ckpt = Checkpoint::open(&dir).unwrap();
+                let mut w = T5Weights::load(&ckpt, &cfg).unwrap();
+                quantise_matrices(&mut w);
+                let src = ids(&s["input_ids"]);
+                let enc = reference::encode(&cfg, &w, &src);
+                let twin = reference::decode_logits(&cfg, &w, &enc, &ids(&s["decoder_ids"]));
+                let d = max_abs_diff(&got, &twin);
+                println!("{layout:?} {dtype:?}: against the twin on q8 weights {d:.2e}");
+                // Both on the same dequantised weights: f32 against f64 sums.
+                assert!(d < 1e-4 * scale, "q8 twin: {d}");
+            }
+        }
+    }
+}
+
+/// Every matrix of `w` through q8 and back, as the loader stores them (vectors and the
+/// position bias tables stay f32).
+fn quantise_matrices(w: &mut T5Weights) {
+    use wgpt::reference::q8_round_trip;
+    let q = |m: &mut Vec<f32>| *m = q8_round_trip(m);
+    q(&mut w.shared);
+    w.lm_head.iter_mut().for_each(q);
+    for b in w.encoder.iter_mut().chain(w.decoder.iter_mut()) {
+        let a = &mut b.self_attn;
+        [&mut a.q, &mut a.k, &mut a.v, &mut a.o]
+            .into_iter()
+            .for_each(q);
+        if let Some((_, a)) = &mut b.cross {
+            [&mut a.q, &mut a.k, &mut a.v, &mut a.o]
+                .into_iter()
+                .for_each(q);
+        }
+        match &mut b.ff {
+            reference::Ff::Relu { wi, wo } => [wi, wo].into_iter().for_each(q),
+            reference::Ff::Gated { wi_0, wi_1, wo } => [wi_0, wi_1, wo].into_iter().for_each(q),
+        }
+    }
+}
+
+/// Every fusion rule off gives the fused plan's logits, in prefill and in decode steps: f32
+/// weights in the texture layout (its decode GEMVs append to the KV cache), f16 in buffers.
+#[test]
+fn gpu_fusions_on_and_off() {
+    use wgpt::{Fusions, WeightDtype, WeightLayout};
+    for (layout, dtype) in [
+        (WeightLayout::Texture, WeightDtype::F32),
+        (WeightLayout::Buffer, WeightDtype::F16),
+    ] {
+        let load = |fuse| {
+            let opts = wgpt::LoadOptions {
+                layout,
+                dtype,
+                fuse: Some(fuse),
+                ..Default::default()
+            };
+            wgpt::Model::load(gpu(), &t5_fixture("t5-v1_0"), &opts).unwrap()
+        };
+        let (fused, plain) = (load(Fusions::all()), load(Fusions::none()));
+        let kernels = |m: &wgpt::Model| wgpt::Session::new(m).unwrap().kernels(1).len();
+        println!(
+            "{layout:?} {dtype:?}: {} dispatches a decode step fused, {} not",
+            kernels(&fused),
+            kernels(&plain)
+        );
+        let (prefill, want) = first_source_logits(&fused);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (what, a, b) in [
+            (
+                "prefill fused vs not",
+                prefill.clone(),
+                first_source_logits(&plain).0,
+            ),
+            (
+                "decode fused vs not",
+                first_source_decoded(&fused),
+                first_source_decoded(&plain),
+            ),
+            ("decode vs prefill", first_source_decoded(&fused), prefill),
+        ] {
+            let d = max_abs_diff(&a, &b);
+            println!("{layout:?} {dtype:?} {what}: max diff {d:.2e}");
+            // The same products, summed in another order by the fused kernels.
+            assert!(d < 1e-5 * scale, "{layout:?} {dtype:?} {what}: {d}");
+        }
+    }
+}
