@@ -108,6 +108,10 @@ pub struct ModelReport {
     pub n_positions: usize,
     /// Parameter count (a tied head counted once).
     pub params: u64,
+    /// An encoder-decoder (T5): L is its decoder's, and each run's prefill is the encoder over
+    /// the prompt as its source, to the decoder's first token.
+    #[serde(default)]
+    pub encoder_decoder: bool,
 }
 
 /// One (prompt length, generated tokens) configuration, medians over the repeats.
@@ -233,7 +237,7 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
     let mut runs = Vec::new();
     // One untimed pass first: drivers compile pipelines lazily on first use (lavapipe's JIT
     // takes over a second), which is load time, not inference time.
-    session.next_token(&prompt(opts.prompt_lens[0], cfg.vocab_size), Pick::Greedy)?;
+    first_token(&mut session, &prompt(opts.prompt_lens[0], cfg.vocab_size))?;
     session.reset();
     session.next_token(&[1], Pick::Greedy)?;
     let copy = copy_bandwidth(&model.gpu)?;
@@ -243,7 +247,7 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
         for _ in 0..opts.repeat {
             session.reset();
             let t0 = Instant::now();
-            let mut next = session.next_token(&ids, Pick::Greedy)?;
+            let mut next = first_token(&mut session, &ids)?;
             prefill.push(t0.elapsed().as_secs_f64());
             let t1 = Instant::now();
             for _ in 1..opts.gen_tokens {
@@ -334,6 +338,7 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
             vocab_size: cfg.vocab_size,
             n_positions: cfg.n_positions,
             params: model.params(),
+            encoder_decoder: cfg.t5.is_some(),
         },
         load_s: opts.load_s,
         load_peak_rss_bytes: opts.load_peak_rss_bytes,
@@ -347,6 +352,20 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
         kernel_bench: Vec::new(),
         batch_runs: batch_runs(model, opts)?,
     })
+}
+
+/// The first token after a prompt of `ids`: a decoder's prefill, or an encoder-decoder's
+/// encoder pass over `ids` as its source and its decoder's first step (so its prefill figures
+/// are the encoder's tokens per second, to the first output token).
+fn first_token(session: &mut Session, ids: &[u32]) -> Result<u32> {
+    let start = (session.model().config.t5.as_deref()).map(|t5| t5.decoder_start_token_id);
+    match start {
+        Some(start) => {
+            session.encode(ids)?;
+            session.next_token(&[start], Pick::Greedy)
+        }
+        None => session.next_token(ids, Pick::Greedy),
+    }
 }
 
 /// Batched decode: B sequences prefilled with the first prompt length, then `gen_tokens` steps

@@ -305,6 +305,11 @@ struct LogitsArgs {
     /// Token ids, comma-separated (no tokenizer needed).
     #[arg(long, value_delimiter = ',')]
     ids: Option<Vec<u32>>,
+    /// Encoder-decoder models (T5): the decoder's input ids, comma-separated, starting with the
+    /// decoder start token; the source is --prompt (or --ids). Writes teacher-forced decoder
+    /// logits [T_dec, V].
+    #[arg(long, value_delimiter = ',')]
+    decoder_ids: Option<Vec<u32>>,
     /// Output .npy file.
     #[arg(long, short)]
     out: PathBuf,
@@ -442,6 +447,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
         true => chat_prompt(&source, &tok, &config, &a)?,
         false => (tok.encode(&a.prompt)?, None),
     };
+    // An encoder-decoder reads the prompt as its source and writes from its start token.
+    let (source_ids, prompt_ids) = match &config.t5 {
+        Some(t5) => (Some(prompt_ids), vec![t5.decoder_start_token_id]),
+        None => (None, prompt_ids),
+    };
     let needed = if a.context_shift.is_some() {
         1
     } else {
@@ -451,6 +461,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let (model, _) = load(&a.model)?;
     let mut session = Session::new(&model)?;
     session.set_top_candidates(a.top as usize);
+    if let Some(src) = &source_ids {
+        session.encode(src)?;
+    }
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         sampling,
@@ -462,7 +475,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         ..Default::default()
     };
     let stdout = std::io::stdout();
-    if !a.chat {
+    if !a.chat && source_ids.is_none() {
         print!("{}", a.prompt);
     }
     stdout.lock().flush().ok();
@@ -481,8 +494,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
         }
     })?;
     println!();
+    let source_note = source_ids
+        .as_ref()
+        .map_or(String::new(), |s| format!("source {} tokens, ", s.len()));
     eprintln!(
-        "prompt {} tokens, generated {} tokens | prefill {:.1} tok/s, decode {:.1} tok/s | {sampling} seed={} on {} ({:?})",
+        "{source_note}prompt {} tokens, generated {} tokens | prefill {:.1} tok/s, decode {:.1} tok/s | {sampling} seed={} on {} ({:?})",
         out.prompt_ids.len(),
         out.ids.len(),
         out.prefill_tok_s(),
@@ -494,6 +510,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if a.json {
         let summary = serde_json::json!({
             "prompt": a.prompt,
+            "source_ids": source_ids,
             "prompt_ids": out.prompt_ids,
             "ids": out.ids,
             "text": out.text,
@@ -587,8 +604,30 @@ fn logits(a: LogitsArgs) -> Result<()> {
     if ids.is_empty() {
         bail!("the input is empty: give at least one token");
     }
+    let seq2seq = source.config()?.t5.is_some();
+    match (&a.decoder_ids, seq2seq) {
+        (Some(_), false) => bail!(
+            "--decoder-ids is for encoder-decoder models (T5); {} is a decoder-only model: \
+             give its whole input with --prompt or --ids",
+            source.describe()
+        ),
+        (None, true) => bail!(
+            "{} is an encoder-decoder model: --prompt (or --ids) is the source; give the \
+             decoder's input with --decoder-ids START,a,b,...",
+            source.describe()
+        ),
+        (Some(d), true) if d.is_empty() => bail!("--decoder-ids is empty"),
+        _ => {}
+    }
     let (model, _) = load(&a.model)?;
     let mut session = Session::new(&model)?;
+    let ids = match &a.decoder_ids {
+        Some(dec) => {
+            session.encode(&ids)?;
+            dec.clone()
+        }
+        None => ids,
+    };
     let logits = session.logits(&ids)?;
     let v = model.config.vocab_size;
     let file = std::fs::File::create(&a.out)
@@ -672,9 +711,10 @@ fn model_info(dir: &std::path::Path) -> Result<()> {
     for (aspect, choice) in cfg.choices() {
         println!("    {aspect:<12} {choice}");
     }
-    let template = match source.chat_template()? {
-        Some(_) => "yes (wgpt chat and generate --chat render it)",
-        None => "none (text continuation)",
+    let template = match (source.chat_template()?, &cfg.t5) {
+        (Some(_), _) => "yes (wgpt chat and generate --chat render it)",
+        (None, Some(_)) => "none (sequence to sequence: the prompt is the source text)",
+        (None, None) => "none (text continuation)",
     };
     println!("    {:<12} {template}", "chat");
     Ok(())
@@ -891,11 +931,21 @@ fn print_bench(
             );
         }
     }
+    if m.encoder_decoder {
+        println!(
+            "         an encoder-decoder: the prompt is the source, and \"encode t/s\" its encoder \
+             pass with the decoder's first step"
+        );
+    }
     println!(
         "{:>6} {:>5} {:>12} {:>9} {:>11} {:>8} {:>8} {:>10} {:>8} {:>8} {:>9}",
         "prompt",
         "gen",
-        "prefill t/s",
+        if m.encoder_decoder {
+            "encode t/s"
+        } else {
+            "prefill t/s"
+        },
         "TTFT ms",
         "decode t/s",
         "p50 ms",

@@ -97,6 +97,13 @@ impl Batch {
                 "a batch holds 1 to {MAX_BATCH} sequences, not {sequences}"
             )));
         }
+        if model.config.t5.is_some() {
+            return Err(Error::Input(
+                "batched decoding runs decoder-only models; an encoder-decoder (T5) generates \
+                 one source at a time on a Session (Session::encode)"
+                    .into(),
+            ));
+        }
         if n_ctx == 0 || n_ctx > model.config.n_positions {
             return Err(Error::option(
                 "Batch::with_context n_ctx",
