@@ -504,3 +504,311 @@ fn gpu_fusions_on_and_off() {
         }
     }
 }
+
+/// The library's streaming path on an encoder-decoder: `Session::encode`, then a `Generator`
+/// from the start token; greedy ids as transformers' (stopping at EOS, which is kept), seeded
+/// sampling that repeats, stop strings cut the text, cancellation ends the stream.
+#[test]
+fn generator_streams_from_the_source() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use wgpt::{GenerateOptions, Generator, Sampling, Session, StopReason};
+    let dir = t5_fixture("t5-v1_0");
+    let e = json(&dir.join("expected.json"));
+    let model = load_t5("t5-v1_0", wgpt::WeightLayout::Auto, wgpt::WeightDtype::F32);
+    let tok = wgpt::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let start = [model.config.t5.as_ref().unwrap().decoder_start_token_id];
+    let mut session = Session::new(&model).unwrap();
+    let greedy = GenerateOptions {
+        max_tokens: 16,
+        ..Default::default()
+    };
+    let mut run = |src: &[u32], opts: &GenerateOptions| {
+        session.encode(src).unwrap();
+        let mut g = Generator::new(&mut session, Some(&tok), &start, opts).unwrap();
+        let mut streamed = String::new();
+        for ev in g.by_ref() {
+            let ev = ev.unwrap();
+            streamed += &ev.piece;
+            if let Some(c) = &opts.cancel {
+                c.store(true, Ordering::Relaxed);
+            }
+        }
+        let out = g.into_generation();
+        assert_eq!(streamed, out.text);
+        out
+    };
+    // Source 2's greedy output ends in EOS (id 1) within 16 tokens.
+    let s2 = &e["sources"][2];
+    let out = run(&ids(&s2["input_ids"]), &greedy);
+    assert_eq!(out.ids, ids(&s2["greedy_ids"]));
+    assert_eq!(out.stopped_by, StopReason::Eos);
+    let s0 = &e["sources"][0];
+    let src0 = ids(&s0["input_ids"]);
+    let out = run(&src0, &greedy);
+    assert_eq!(out.ids, ids(&s0["greedy_ids"]));
+    let sampled = GenerateOptions {
+        sampling: Sampling {
+            temperature: 0.9,
+            top_k: 40,
+            ..Default::default()
+        },
+        seed: 7,
+        ..greedy.clone()
+    };
+    let (a, b) = (run(&src0, &sampled), run(&src0, &sampled));
+    assert_eq!(a.ids, b.ids, "a seeded sample repeats");
+    // A stop string from the middle of the greedy text: the text ends before it.
+    let full = out.text.clone();
+    let stop = full[full.len() / 2..].chars().take(3).collect::<String>();
+    let cut = run(
+        &src0,
+        &GenerateOptions {
+            stop: vec![stop.clone()],
+            ..greedy.clone()
+        },
+    );
+    assert_eq!(cut.stopped_by, StopReason::StopString);
+    assert!(
+        full.starts_with(&cut.text) && !cut.text.contains(&stop),
+        "{cut:?}"
+    );
+    let cancel = Arc::new(AtomicBool::new(false));
+    let cancelled = run(
+        &src0,
+        &GenerateOptions {
+            cancel: Some(cancel),
+            ..greedy
+        },
+    );
+    assert_eq!(cancelled.stopped_by, StopReason::Cancelled);
+    assert_eq!(cancelled.ids.len(), 1);
+}
+
+/// Misuse and bad input get clear errors: decoding before a source, a source on a decoder-only
+/// model, an empty, too long or out-of-vocabulary source, a checkpoint missing its position
+/// bias (through the GPU loader).
+#[test]
+fn bad_input_is_refused() {
+    use wgpt::{Pick, Session};
+    let model = load_t5("t5-v1_0", wgpt::WeightLayout::Auto, wgpt::WeightDtype::F32);
+    let mut s = Session::with_context(&model, 16).unwrap();
+    let e = s.next_token(&[0], Pick::Greedy).unwrap_err().to_string();
+    assert!(e.contains("Session::encode"), "{e}");
+    let e = s.encode(&[]).unwrap_err().to_string();
+    assert!(e.contains("empty"), "{e}");
+    let e = s.encode(&[3; 17]).unwrap_err().to_string();
+    assert!(e.contains("17 tokens") && e.contains("at most 16"), "{e}");
+    let e = s.encode(&[3, 250]).unwrap_err().to_string();
+    assert!(e.contains("250"), "{e}");
+    // Still usable after the refusals.
+    s.encode(&[3, 4, 1]).unwrap();
+    s.next_token(&[0], Pick::Greedy).unwrap();
+    let e = wgpt::Batch::new(&model, 2).err().unwrap().to_string();
+    assert!(e.contains("encoder-decoder"), "{e}");
+    let gpt2 = wgpt::Model::load(gpu(), &fixture("gpt2-tiny"), &Default::default()).unwrap();
+    let e = Session::new(&gpt2)
+        .unwrap()
+        .encode(&[1, 2])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("encoder-decoder") && e.contains("decoder"),
+        "{e}"
+    );
+    // The GPU loader names a missing bias table.
+    let dir = t5_fixture("t5-v1_0");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();
+    }
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("encoder.block.0.layer.0.SelfAttention.relative"))
+        .collect();
+    safetensors::serialize_to_file(kept, None, &tmp.path().join("model.safetensors")).unwrap();
+    let e = wgpt::Model::load(gpu(), tmp.path(), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("encoder.block.0.layer.0.SelfAttention.relative_attention_bias"),
+        "{e}"
+    );
+}
+
+fn wgpt_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wgpt"))
+        .args(args)
+        .env_remove("WGPT_ADAPTER")
+        .output()
+        .expect("run wgpt")
+}
+
+/// `wgpt generate`, `logits --decoder-ids`, `info` and `bench` on a T5 folder; `--decoder-ids`
+/// refused on a decoder-only model, and its absence on a T5.
+#[test]
+fn cli_runs_encoder_decoders() {
+    let dir = t5_fixture("t5-v1_0");
+    let d = dir.to_str().unwrap();
+    let e = json(&dir.join("expected.json"));
+    let s = &e["sources"][0];
+    let text = s["text"].as_str().unwrap();
+    let o = wgpt_cli(&[
+        "generate",
+        "--model",
+        d,
+        "--prompt",
+        text,
+        "--temperature",
+        "0",
+        "-n",
+        "16",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(ids(&summary["ids"]), ids(&s["greedy_ids"]));
+    assert_eq!(ids(&summary["source_ids"]), ids(&s["input_ids"]));
+    assert_eq!(ids(&summary["prompt_ids"]), vec![0]);
+    let out = tempfile::tempdir().unwrap();
+    let npy = out.path().join("l.npy");
+    let dec: Vec<String> = ids(&s["decoder_ids"]).iter().map(u32::to_string).collect();
+    let o = wgpt_cli(&[
+        "logits",
+        "--model",
+        d,
+        "--prompt",
+        text,
+        "--decoder-ids",
+        &dec.join(","),
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (shape, got) = read_npy(&npy);
+    let (_, want) = read_npy(&dir.join("logits_0.npy"));
+    assert_eq!(shape, vec![dec.len() as u64, 250]);
+    // As the library's logits (gpu_logits_and_greedy_match_transformers).
+    assert!(
+        max_abs_diff(&got, &want) < 1e-2,
+        "{}",
+        max_abs_diff(&got, &want)
+    );
+    let o = wgpt_cli(&[
+        "logits",
+        "--model",
+        d,
+        "--prompt",
+        text,
+        "--out",
+        "/dev/null",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--decoder-ids START"),
+        "{err}"
+    );
+    let gpt2 = fixture("gpt2-tiny");
+    let o = wgpt_cli(&[
+        "logits",
+        "--model",
+        gpt2.to_str().unwrap(),
+        "--ids",
+        "1,2",
+        "--decoder-ids",
+        "0,1",
+        "--out",
+        "/dev/null",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("decoder-only"), "{err}");
+    let o = wgpt_cli(&["info", "--model", d]);
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        info.contains("relative position bias") && info.contains("encoder 2 layers"),
+        "{info}"
+    );
+    let o = wgpt_cli(&["bench", "--model", d, "-p", "8", "-n", "4", "-r", "1"]);
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && report.contains("encode t/s"),
+        "{report}"
+    );
+}
+
+/// attention_cross and attention_texture_cross (T5's cross-attention: queries alone in their
+/// rows, every key of the source from spans[0], unscaled, no bias) against the CPU twin:
+/// T = 1, 7 and 33 decoder rows over 1, 13 and 70 source rows at an offset in the cache, NH =
+/// 3, 5 and 9.
+#[test]
+fn cross_attention_kernels_match_cpu() {
+    use wgpt::gpu::kernels::{AttentionParams, Step, bind_at, entry_pipeline};
+    let gpu = wgpt::Engine::new(None).unwrap();
+    let rand = |n: usize, seed: u64| -> Vec<f32> {
+        let mut r = wgpt::runtime::generate::SplitMix64(seed);
+        (0..n).map(|_| r.next_f32() * 2.0 - 1.0).collect()
+    };
+    for (t, src, nh, hs, first) in [(1, 1, 3, 20, 0), (7, 13, 5, 12, 2), (33, 70, 9, 8, 5)] {
+        let w = nh * hs;
+        let rows = first + src;
+        let (q, k, v) = (rand(t * w, 1), rand(rows * w, 2), rand(rows * w, 3));
+        let window = |x: &[f32]| x[first * w..].to_vec();
+        let want = reference::attend(&q, &window(&k), &window(&v), (nh, hs), None, false);
+        let step = Step::new(t as u32, 0, 9); // decoder positions do not matter here
+        let params = AttentionParams {
+            scale: 1.0,
+            ..AttentionParams::heads(nh as u32, hs as u32)
+        };
+        let (stepb, pb) = (gpu.uniform("step", &step), gpu.uniform("p", &params));
+        let buf = |name: &str, d: &[f32]| gpu.storage_init(name, bytemuck::cast_slice(d));
+        let span = gpu.storage_init("span", bytemuck::cast_slice(&[first as u32, src as u32]));
+        let none = gpu.uniform("none", &[0f32; 128]);
+        let (qb, kb, vb) = (buf("q", &q), buf("k", &k), buf("v", &v));
+        let texture = |name: &str, d: &[f32]| {
+            gpu.texture_init(name, d, rows, w)
+                .create_view(&Default::default())
+        };
+        let (kt, vt) = (texture("k", &k), texture("v", &v));
+        for (family, entry, textures) in [
+            ("attention", "attention_cross", false),
+            ("attention_texture", "attention_texture_cross", true),
+        ] {
+            let out = buf("out", &vec![f32::NAN; t * w]);
+            let [kr, vr] = match textures {
+                true => [&kt, &vt].map(wgpu::BindingResource::TextureView),
+                false => [&kb, &vb].map(|b| b.as_entire_binding()),
+            };
+            let res = vec![
+                (0, stepb.as_entire_binding()),
+                (1, pb.as_entire_binding()),
+                (2, qb.as_entire_binding()),
+                (3, kr),
+                (4, vr),
+                (5, out.as_entire_binding()),
+                (6, none.as_entire_binding()),
+                (7, span.as_entire_binding()),
+            ];
+            let pipe = entry_pipeline(&gpu, family, entry, None, &[]);
+            let bg = bind_at(&gpu, &pipe, "t", res);
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipe);
+                pass.set_bind_group(0, &bg, &[]);
+                let x = if textures { nh.div_ceil(8) } else { nh };
+                pass.dispatch_workgroups(x as u32, t as u32, 1);
+            }
+            gpu.queue.submit([enc.finish()]);
+            let d = max_abs_diff(&gpu.download_f32(&out).unwrap(), &want);
+            println!("{entry} T={t} source {src} NH={nh} HS={hs}: max diff {d:e}");
+            // Convex combinations of values in [-1, 1], an online softmax in f32 over <= 70
+            // keys with scores up to |HS|: a few f32 ulps.
+            assert!(d < 1e-5, "{entry}: {d}");
+        }
+    }
+}
