@@ -568,6 +568,14 @@ fn chat_command(a: ChatArgs) -> Result<()> {
     sampling.validate()?;
     let source = decoder_source(&a.model.model)?;
     let config = source.config()?;
+    if config.t5.is_some() {
+        bail!(
+            "{} is an encoder-decoder (T5): it answers one source at a time; use wgpt generate \
+             --model {} --prompt SOURCE",
+            source.describe(),
+            source.describe()
+        );
+    }
     if a.max_tokens == 0 || a.max_tokens >= config.n_positions {
         bail!(
             "--max-tokens must be between 1 and {} (the context is {} tokens)",

@@ -88,6 +88,20 @@ impl Session {
     /// values in VRAM; the session then starts over, ready for the decoder's start token
     /// ([`crate::t5::T5Config::decoder_start_token_id`]). One forward pass of the encoder, one
     /// submission; nothing is read back.
+    ///
+    /// ```
+    /// # fn main() -> wgpt::Result<()> {
+    /// let dir = std::path::Path::new("tests/fixtures/t5/t5-v1_0"); // a tiny random T5
+    /// let model = wgpt::Model::load(wgpt::Engine::new(None)?, dir, &Default::default())?;
+    /// let tokenizer = wgpt::Tokenizer::from_dir(dir)?;
+    /// let mut session = wgpt::Session::new(&model)?;
+    /// session.encode(&tokenizer.encode("translate English to German: Hello.")?)?;
+    /// let start = model.config.t5.as_ref().map_or(0, |t5| t5.decoder_start_token_id);
+    /// let opts = wgpt::GenerateOptions { max_tokens: 8, ..Default::default() };
+    /// let out = wgpt::generate_ids(&mut session, Some(&tokenizer), &[start], &opts, |_| {})?;
+    /// assert!(!out.ids.is_empty() && out.prompt_ids == [start]);
+    /// # Ok(()) }
+    /// ```
     pub fn encode(&mut self, source: &[u32]) -> Result<()> {
         let Some(max_source) = self.encoder.as_ref().map(|e| e.max_source) else {
             return Err(Error::Input(
