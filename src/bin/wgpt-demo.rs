@@ -139,6 +139,14 @@ fn run(cli: Cli) -> Result<()> {
         None => ModelSource::from_arg(None)?,
     };
     let config = source.config()?;
+    if config.t5.is_some() {
+        anyhow::bail!(
+            "{} is an encoder-decoder (T5); the demo continues text with decoder-only models: \
+             use wgpt generate --model {} --prompt SOURCE",
+            source.describe(),
+            source.describe()
+        );
+    }
     let tokenizer = source.tokenizer()?;
     let weights = source.open()?;
     let template = match cli.raw {
