@@ -727,9 +727,14 @@ fn cli_runs_encoder_decoders() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("decoder-only"), "{err}");
-    let o = wgpt_cli(&["chat", "--model", d]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("wgpt generate"), "{err}");
+    for cmd in ["chat", "serve"] {
+        let o = wgpt_cli(&[cmd, "--model", d]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("wgpt generate"),
+            "{cmd}: {err}"
+        );
+    }
     let o = wgpt_cli(&["info", "--model", d]);
     let info = String::from_utf8_lossy(&o.stdout);
     assert!(

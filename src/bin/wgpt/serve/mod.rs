@@ -139,6 +139,14 @@ fn start_decoder(
 ) -> Result<(Decoder, std::thread::JoinHandle<()>)> {
     let source = ModelSource::from_arg(a.model.model.as_deref())?;
     let config = source.config()?;
+    if config.t5.is_some() {
+        bail!(
+            "{} is an encoder-decoder (T5): wgpt serve batches decoder-only models; run it \
+             with wgpt generate --model {} --prompt SOURCE",
+            source.describe(),
+            source.describe()
+        );
+    }
     let tokenizer = source.tokenizer()?;
     let template = source.chat_template()?;
     let model = source.load(gpu, opts)?;
