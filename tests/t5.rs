@@ -121,23 +121,27 @@ fn cpu_twin_matches_transformers() {
     }
 }
 
-/// A checkpoint without its relative attention bias is refused, naming the tensor.
-#[test]
-fn missing_relative_attention_bias_is_named() {
+/// t5-v1_0 copied without the tensors `drop` names.
+fn t5_without(drop: impl Fn(&str) -> bool) -> tempfile::TempDir {
     let dir = t5_fixture("t5-v1_0");
-    let cfg = T5Config::from_file(&dir.join("config.json")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();
     }
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
-        .tensors()
-        .into_iter()
-        .filter(|(n, _)| !n.contains("relative_attention_bias"))
-        .collect();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| !drop(n)).collect();
     safetensors::serialize_to_file(kept, None, &tmp.path().join("model.safetensors")).unwrap();
+    tmp
+}
+
+/// A checkpoint without its relative attention bias is refused, naming the tensor.
+#[test]
+fn missing_relative_attention_bias_is_named() {
+    let dir = t5_fixture("t5-v1_0");
+    let cfg = T5Config::from_file(&dir.join("config.json")).unwrap();
+    let tmp = t5_without(|n| n.contains("relative_attention_bias"));
     let ckpt = Checkpoint::open(tmp.path()).unwrap();
     let err = T5Weights::load(&ckpt, &cfg).err().unwrap().to_string();
     assert!(err.contains("relative_attention_bias"), "{err}");
@@ -617,19 +621,7 @@ fn bad_input_is_refused() {
         "{e}"
     );
     // The GPU loader names a missing bias table.
-    let dir = t5_fixture("t5-v1_0");
-    let tmp = tempfile::tempdir().unwrap();
-    for f in ["config.json", "tokenizer.json"] {
-        std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();
-    }
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
-        .tensors()
-        .into_iter()
-        .filter(|(n, _)| !n.starts_with("encoder.block.0.layer.0.SelfAttention.relative"))
-        .collect();
-    safetensors::serialize_to_file(kept, None, &tmp.path().join("model.safetensors")).unwrap();
+    let tmp = t5_without(|n| n.starts_with("encoder.block.0.layer.0.SelfAttention.relative"));
     let e = wgpt::Model::load(gpu(), tmp.path(), &Default::default())
         .err()
         .unwrap()
