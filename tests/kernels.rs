@@ -1230,7 +1230,12 @@ fn texture_gemv_argmax_picks_first_largest() {
                         dtype,
                     );
                     let view = tex.create_view(&Default::default());
-                    TextureChunk { view, row0, rows }
+                    TextureChunk {
+                        view,
+                        row0,
+                        rows,
+                        dtype,
+                    }
                 })
                 .collect();
             let wt = GpuTensor::from_textures(n, k, dtype, chunks);
@@ -1453,6 +1458,7 @@ fn texture_tensor(tex: wgpu::Texture, rows: usize, cols: usize, dtype: WeightDty
             view,
             row0: 0,
             rows,
+            dtype,
         }],
     )
 }

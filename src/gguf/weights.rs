@@ -35,11 +35,12 @@ pub struct Source<'a> {
     rows: Vec<(usize, usize)>,
     /// Values per row (1 for a vector: its elements are read as rows).
     cols: usize,
-    /// How it is stored on the GPU: the parts' common packed format, else f32.
-    pub dtype: WeightDtype,
-    /// A matrix whose parts are of different types (a fused q/k/v whose v is Q6_K): stored as
-    /// f32.
-    pub mixed: bool,
+    /// How it is stored on the GPU: its row ranges, each (first row, rows, format) (see
+    /// [`Source::runs`]).
+    runs: Vec<(usize, usize, WeightDtype)>,
+    /// A matrix whose parts are of types no one packed format holds, interleaved (a gate of
+    /// Q6_K next to an up-projection of Q5_K): stored as f32.
+    pub widened: bool,
 }
 
 /// How a part's rows map into the kernels' tensor.
@@ -107,21 +108,53 @@ impl Gguf {
         if gated {
             map = (0..rows).map(|r| (r % 2, r / 2)).collect();
         }
-        let types: Vec<Option<WeightDtype>> = parts.iter().map(|t| packed_as(t.ty.name)).collect();
-        // Vectors are f32 whatever their parts are stored as.
-        let mixed = !vector && types.iter().any(|t| *t != types[0]);
-        let dtype = match types[0] {
-            Some(d) if !vector && !mixed => d,
-            _ => WeightDtype::F32,
-        };
+        let types: Vec<WeightDtype> = (parts.iter())
+            .map(|t| packed_as(t.ty.name).unwrap_or(WeightDtype::F32))
+            .collect();
+        let (runs, widened) = runs(&map, &types, vector);
         Ok(Source {
             gguf: self,
             parts,
             rows: map,
             cols,
-            dtype,
-            mixed,
+            runs,
+            widened,
         })
+    }
+}
+
+/// The row ranges of a tensor whose row r is row `map[r].1` of part `map[r].0` (of packed
+/// format `types[part]`), each (first row, rows, format), and whether it had to be widened to
+/// f32. One range when the parts share a format (vectors are f32 whatever their parts are);
+/// one per part when they do not and lie one after another (a fused q/k/v of Q4_K, Q4_K and
+/// Q6_K: each kept packed, [`crate::gpu::tensor::GpuTensor::stack`]); interleaved parts (gate
+/// and up) of q4 and q5 in q5, which holds q4's blocks exactly, others in f32.
+fn runs(
+    map: &[(usize, usize)],
+    types: &[WeightDtype],
+    vector: bool,
+) -> (Vec<(usize, usize, WeightDtype)>, bool) {
+    let rows = map.len();
+    if vector || types.iter().all(|&t| t == types[0]) {
+        let dtype = if vector { WeightDtype::F32 } else { types[0] };
+        return (vec![(0, rows, dtype)], false);
+    }
+    // Stacked: the part changes once between parts; then neighbours of one format merge.
+    let switches = map.windows(2).filter(|w| w[0].0 != w[1].0).count();
+    if switches + 1 == types.len() {
+        let mut runs: Vec<(usize, usize, WeightDtype)> = Vec::new();
+        for (r, &(p, _)) in map.iter().enumerate() {
+            match runs.last_mut() {
+                Some((_, n, d)) if *d == types[p] => *n += 1,
+                _ => runs.push((r, 1, types[p])),
+            }
+        }
+        return (runs, false);
+    }
+    let nibbles = [WeightDtype::Q4, WeightDtype::Q5];
+    match types.iter().all(|t| nibbles.contains(t)) {
+        true => (vec![(0, rows, WeightDtype::Q5)], false),
+        false => (vec![(0, rows, WeightDtype::F32)], true),
     }
 }
 
@@ -174,10 +207,10 @@ impl Gguf {
             parts: vec![t],
             rows: (0..rows).map(|r| (0, r)).collect(),
             cols,
-            dtype,
-            mixed: false,
+            runs: vec![(0, rows, dtype)],
+            widened: false,
         };
-        Ok((dtype, src.encoded(0, rows)))
+        Ok((dtype, src.encoded(dtype, 0, rows)))
     }
 }
 
@@ -266,13 +299,19 @@ impl Source<'_> {
         }
     }
 
-    /// Rows `row0 .. row0 + n` (`row0` starting a group of the format's) as [`Self::dtype`]
-    /// stores them: packed blocks repacked, not dequantised.
-    pub fn encoded(&self, row0: usize, n: usize) -> Vec<u8> {
+    /// Its row ranges, each (first row, rows, format): one, but for a matrix of parts in
+    /// different formats (see `runs`).
+    pub fn runs(&self) -> &[(usize, usize, WeightDtype)] {
+        &self.runs
+    }
+
+    /// Rows `row0 .. row0 + n` (`row0` starting a group of the format's) as `dtype` (their
+    /// run's) stores them: packed blocks repacked, not dequantised.
+    pub fn encoded(&self, dtype: WeightDtype, row0: usize, n: usize) -> Vec<u8> {
         let cols = self.cols;
-        match self.dtype {
+        match dtype {
             WeightDtype::Q8 => {
-                let mut out = vec![0u8; self.dtype.stored_rows(n) * Q8.row_bytes(cols)];
+                let mut out = vec![0u8; dtype.stored_rows(n) * Q8.row_bytes(cols)];
                 self.each_block(row0, n, |_, r, b, block| {
                     let (q, d) = q8_block(block);
                     Q8.put_block(&mut out, cols, r, b, &q, d);
@@ -280,7 +319,7 @@ impl Source<'_> {
                 out
             }
             WeightDtype::Q4 | WeightDtype::Q5 | WeightDtype::Q6 => {
-                let f = match self.dtype {
+                let f = match dtype {
                     WeightDtype::Q4 => &Q4,
                     WeightDtype::Q5 => &Q5,
                     _ => &Q6,
@@ -400,5 +439,45 @@ fn nibble_block(ty: &str, b: &[u8], sub: usize) -> ([u8; 32], f32, f32) {
             let s = |i: usize| d * (sc[2 * t + i] as i8) as f32;
             (v, s(0), s(1))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use WeightDtype::{F32, Q4, Q5, Q6, Q8};
+
+    /// Stacked parts keep each its format; interleaved ones share q5 when q4 and q5, else f32.
+    #[test]
+    fn runs_keep_parts_packed() {
+        let stacked: Vec<(usize, usize)> = [(0, 4), (1, 2), (2, 2)]
+            .iter()
+            .flat_map(|&(p, n)| (0..n).map(move |r| (p, r)))
+            .collect();
+        assert_eq!(
+            runs(&stacked, &[Q4, Q4, Q6], false),
+            (vec![(0, 6, Q4), (6, 2, Q6)], false)
+        );
+        assert_eq!(
+            runs(&stacked, &[Q4, Q8, Q6], false),
+            (vec![(0, 4, Q4), (4, 2, Q8), (6, 2, Q6)], false)
+        );
+        assert_eq!(
+            runs(&stacked, &[Q6, Q6, Q6], false),
+            (vec![(0, 8, Q6)], false)
+        );
+        assert_eq!(
+            runs(&stacked, &[Q4, Q8, Q6], true),
+            (vec![(0, 8, F32)], false)
+        );
+        let interleaved: Vec<(usize, usize)> = (0..8).map(|r| (r % 2, r / 2)).collect();
+        assert_eq!(
+            runs(&interleaved, &[Q5, Q4], false),
+            (vec![(0, 8, Q5)], false)
+        );
+        assert_eq!(
+            runs(&interleaved, &[Q6, Q5], false),
+            (vec![(0, 8, F32)], true)
+        );
     }
 }

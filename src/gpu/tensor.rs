@@ -87,6 +87,9 @@ pub struct Chunk {
     pub row0: usize,
     /// Number of rows in this buffer.
     pub rows: usize,
+    /// How its rows are stored (a tensor stacked from parts of different formats has chunks of
+    /// each: [`GpuTensor::stack`]).
+    pub dtype: WeightDtype,
 }
 
 /// One row range of a [`GpuTensor`] held as a texture (weights: raw bits in rgba32uint, see
@@ -99,6 +102,8 @@ pub struct TextureChunk {
     pub row0: usize,
     /// Number of rows in this texture.
     pub rows: usize,
+    /// How its rows are stored.
+    pub dtype: WeightDtype,
 }
 
 /// A (rows, cols) matrix (a vector is one row) in one or more GPU buffers, or textures, or both
@@ -108,7 +113,8 @@ pub struct GpuTensor {
     pub rows: usize,
     /// Values per row.
     pub cols: usize,
-    /// How the values are stored (kernels compute in f32 either way).
+    /// How the values are stored (kernels compute in f32 either way); for a tensor stacked from
+    /// parts of different formats, its first part's (each chunk names its own).
     pub dtype: WeightDtype,
     /// Texture copies of the matrix, in row ranges, when the linear kernels read textures.
     pub textures: Vec<TextureChunk>,
@@ -202,7 +208,7 @@ impl GpuTensor {
     ) -> Result<Vec<TextureChunk>> {
         check_cols(label, cols, dtype)?;
         let mut failed = None;
-        let chunks = Self::texture_chunks(label, rows, max_rows, |name, row0, n| {
+        let chunks = Self::texture_chunks(label, rows, max_rows, dtype, |name, row0, n| {
             let tex = gpu.weight_texture(name, n, cols, dtype);
             for (r, nb) in blocks(n, cols) {
                 match read(row0 + r, nb) {
@@ -252,6 +258,7 @@ impl GpuTensor {
                 buffer: make(&name, row0, n)?,
                 row0,
                 rows: n,
+                dtype,
             });
             row0 += n;
         }
@@ -282,11 +289,13 @@ impl GpuTensor {
         }
     }
 
-    /// Row ranges of at most `max_rows`, each made into a texture by `make(label, row0, n)`.
+    /// Row ranges of at most `max_rows` stored as `dtype`, each made into a texture by
+    /// `make(label, row0, n)`.
     pub fn texture_chunks(
         label: &str,
         rows: usize,
         max_rows: usize,
+        dtype: WeightDtype,
         mut make: impl FnMut(&str, usize, usize) -> wgpu::Texture,
     ) -> Vec<TextureChunk> {
         (0..rows)
@@ -298,6 +307,7 @@ impl GpuTensor {
                     view: make(&name, row0, n).create_view(&Default::default()),
                     row0,
                     rows: n,
+                    dtype,
                 }
             })
             .collect()
@@ -310,7 +320,51 @@ impl GpuTensor {
 
     /// Size of the matrix in bytes as stored (q8: int8s, scales and padding rows), one copy.
     pub fn bytes(&self) -> u64 {
-        (self.dtype.stored_rows(self.rows) * self.dtype.row_bytes(self.cols)) as u64
+        let size = |rows: usize, d: WeightDtype| (d.stored_rows(rows) * d.row_bytes(self.cols)) as u64;
+        match self.is_mixed() {
+            false => size(self.rows, self.dtype),
+            true => self.formats().map(|(rows, d)| size(rows, d)).sum(),
+        }
+    }
+
+    /// (rows, format) of each stored piece: the buffer chunks, else the textures.
+    pub fn formats(&self) -> impl Iterator<Item = (usize, WeightDtype)> + '_ {
+        let buffers = self.chunks.iter().map(|c| (c.rows, c.dtype));
+        let textures = self.textures.iter().map(|c| (c.rows, c.dtype));
+        let (b, t) = match self.chunks.is_empty() {
+            true => (None, Some(textures)),
+            false => (Some(buffers), None),
+        };
+        b.into_iter().flatten().chain(t.into_iter().flatten())
+    }
+
+    /// Whether its pieces are stored in more than one format.
+    pub fn is_mixed(&self) -> bool {
+        self.formats().any(|(_, d)| d != self.dtype)
+    }
+
+    /// The matrices `parts` (of one width, each in its own format) one above the other: their
+    /// chunks and textures, renumbered. A GGUF file's fused q/k/v whose parts are of different
+    /// block types stays packed this way, each chunk running its format's kernel.
+    pub fn stack(parts: Vec<GpuTensor>) -> GpuTensor {
+        let mut out = GpuTensor {
+            rows: 0,
+            cols: parts.first().map_or(0, |p| p.cols),
+            dtype: parts.first().map_or(WeightDtype::F32, |p| p.dtype),
+            textures: Vec::new(),
+            chunks: Vec::new(),
+            row_sums: None,
+        };
+        for p in parts {
+            let at = out.rows;
+            out.rows += p.rows;
+            (out.chunks).extend(p.chunks.into_iter().map(|c| Chunk { row0: at + c.row0, ..c }));
+            (out.textures).extend(p.textures.into_iter().map(|c| TextureChunk {
+                row0: at + c.row0,
+                ..c
+            }));
+        }
+        out
     }
 }
 

@@ -334,8 +334,20 @@ impl<'a> Lower<'a> {
             (true, Then::Add) => tmp.expect("a plan without the epilogue rule has a tmp buffer"),
             _ => self.buf(f.gate_into.unwrap_or(*out)),
         };
-        let (key, gemv) = self.linear_key(w, f, bucket, epilogue);
+        // Each chunk runs its format's kernel (a stacked tensor's differ); one layout serves
+        // them all, so the bind groups are made with the first.
+        let formats: Vec<WeightDtype> = match self.caps.textures {
+            true => w.textures.iter().map(|c| c.dtype).collect(),
+            false => w.chunks.iter().map(|c| c.dtype).collect(),
+        };
+        let (key, gemv) = self.linear_key(w, f, bucket, epilogue, w.dtype);
         let pipe = self.pipe(key);
+        let pipes: Vec<wgpu::ComputePipeline> = (formats.iter())
+            .map(|&d| match d == w.dtype {
+                true => pipe.clone(),
+                false => self.pipe(self.linear_key(w, f, bucket, epilogue, d).0),
+            })
+            .collect();
         let input = self.caps.textures.then(|| self.texture(*inp));
         let view = input.map(|t| t.create_view(&Default::default()));
         let io = LinearIo {
@@ -387,7 +399,7 @@ impl<'a> Lower<'a> {
                 Dispatch {
                     copy: copy.map(|t| (io.inp.clone(), t.clone())),
                     attends,
-                    ..Dispatch::new(pipe.clone(), bind, grid, name)
+                    ..Dispatch::new(pipes[i].clone(), bind, grid, name)
                 }
             })
             .collect();
@@ -405,6 +417,7 @@ impl<'a> Lower<'a> {
         f: &Fuse,
         bucket: Bucket,
         epilogue: Epilogue,
+        dtype: WeightDtype,
     ) -> (Key, bool) {
         let e = epilogue as u32;
         if !self.caps.textures {
@@ -418,7 +431,7 @@ impl<'a> Lower<'a> {
                 _ => Key::new("matmul", "gemv"),
             };
             return (
-                stored(key, w.dtype).with("EPILOGUE", e).layout(layout),
+                stored(key, dtype).with("EPILOGUE", e).layout(layout),
                 bucket != Bucket::Prefill,
             );
         }
@@ -462,7 +475,7 @@ impl<'a> Lower<'a> {
             textures: true,
             extra,
         };
-        (stored(key, w.dtype).layout(layout), gemv)
+        (stored(key, dtype).layout(layout), gemv)
     }
 
     /// The cache bindings of a fused decode GEMV.

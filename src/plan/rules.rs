@@ -392,7 +392,7 @@ fn fold_norm(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [Fu
         );
         let foldable = match x.2 {
             NormKind::Layer => w.row_sums.is_some(),
-            NormKind::Rms => w.dtype != WeightDtype::F32 && !head,
+            NormKind::Rms => w.formats().all(|(_, d)| d != WeightDtype::F32) && !head,
         };
         if foldable && decode_gemv(caps, bucket, w) && shapes {
             fuse[i].skip = true;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{LoadOptions, Model, Placement, inv_freq_tensor, texture_linear, upload_tensor};
 use crate::gguf::Gguf;
 use crate::gpu::Engine;
-use crate::gpu::tensor::WeightDtype;
+use crate::gpu::tensor::{GpuTensor, WeightDtype};
 use crate::loader;
 use crate::{Config, Result};
 
@@ -53,18 +53,26 @@ impl Model {
                 return Ok(inv_freq_tensor(&gpu, &rope.inv_freq(config.head_dim)));
             }
             let src = gguf.source(&config, name, rows, cols)?;
-            let dtype = if rows > 1 {
-                src.dtype
-            } else {
-                WeightDtype::F32
-            };
-            if src.mixed {
-                log::warn!("{name}: made of GGUF tensors of different types; stored as f32");
+            if src.widened {
+                log::warn!(
+                    "{name}: interleaved GGUF tensors of types no one format holds; stored as f32"
+                );
             }
             // A vector's source rows are its elements.
             let width = if rows == 1 { cols } else { 1 };
-            let mut read = |row0: usize, n: usize| Ok(src.encoded(row0 * width, n * width));
-            let t = upload_tensor(&gpu, &placement, name, (rows, cols), dtype, &mut read)?;
+            let mut parts = Vec::new();
+            for &(row0, n, dtype) in src.runs() {
+                let shape = if rows == 1 { (1, cols) } else { (n, cols) };
+                let mut read =
+                    |r: usize, k: usize| Ok(src.encoded(dtype, (row0 + r) * width, k * width));
+                parts.push(upload_tensor(
+                    &gpu, &placement, name, shape, dtype, &mut read,
+                )?);
+            }
+            let t = match parts.len() {
+                1 => parts.pop().expect("one part"),
+                _ => GpuTensor::stack(parts),
+            };
             src.release();
             opts.advance(&mut done, (rows * cols) as u64, total);
             Ok(t)

@@ -337,7 +337,7 @@ impl Model {
             // A texture copy: filled as a buffer whose rows are padded to the 256 bytes a
             // buffer-to-texture copy needs, copied in once the fills have run.
             let mut textured = |fill: &mut FillBuffer| {
-                GpuTensor::texture_chunks(name, rows, max_rows, |label, _, n| {
+                GpuTensor::texture_chunks(name, rows, max_rows, dtype, |label, _, n| {
                     let tex = gpu.weight_texture(label, n, cols, dtype);
                     let pitch = (16 * tex.width() as usize).next_multiple_of(256);
                     let texels = tex.height() as usize;
@@ -544,9 +544,12 @@ impl Model {
     pub fn weight_formats(&self) -> String {
         let mut by: Vec<(WeightDtype, u64)> = Vec::new();
         for t in self.weights.all().filter(|t| t.rows > 1) {
-            match by.iter_mut().find(|(d, _)| *d == t.dtype) {
-                Some((_, b)) => *b += t.bytes(),
-                None => by.push((t.dtype, t.bytes())),
+            for (rows, dtype) in t.formats() {
+                let bytes = (dtype.stored_rows(rows) * dtype.row_bytes(t.cols)) as u64;
+                match by.iter_mut().find(|(d, _)| *d == dtype) {
+                    Some((_, b)) => *b += bytes,
+                    None => by.push((dtype, bytes)),
+                }
             }
         }
         by.sort_by_key(|&(_, b)| std::cmp::Reverse(b));
@@ -764,6 +767,7 @@ fn inv_freq_tensor(gpu: &Engine, freqs: &[f32]) -> GpuTensor {
         buffer: buf,
         row0: 0,
         rows: 1,
+        dtype: WeightDtype::F32,
     };
     GpuTensor {
         chunks: vec![chunk],

@@ -332,6 +332,7 @@ impl T5Config {
             buffer,
             row0: 0,
             rows: 1,
+            dtype: WeightDtype::F32,
         };
         Ok(GpuTensor {
             chunks: vec![chunk],
