@@ -12,6 +12,15 @@ use crate::runtime::Model;
 use crate::runtime::sampler::Sampling;
 use crate::{Error, Result};
 
+/// Most tokens one forward pass takes (llama.cpp's default micro-batch): longer prompts run in
+/// steps of this many. The scratch activations are sized by it, not by the context, so a
+/// session's memory beyond its KV cache does not grow with n_ctx.
+pub const MAX_STEP_ROWS: usize = 512;
+
+/// Most rows of logits one head pass writes ([`Session::logits`] reads longer inputs' in
+/// passes of this many): V floats each.
+const MAX_HEAD_ROWS: usize = 64;
+
 /// How the next token is chosen from the last position's logits, on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Pick {
@@ -169,8 +178,10 @@ impl Session {
                 max_rows / slots.max(1)
             )));
         }
-        let t_max = n_ctx.min(maxb / (4 * cfg.fc_rows().max(qkv_w).max(c)));
-        let head_rows = t_max.min(maxb / (4 * v));
+        let t_max = n_ctx
+            .min(MAX_STEP_ROWS)
+            .min(maxb / (4 * cfg.fc_rows().max(qkv_w).max(c)));
+        let head_rows = t_max.min(MAX_HEAD_ROWS).min(maxb / (4 * v));
         if head_rows == 0 {
             return Err(Error::Limits(format!(
                 "one row of logits ({v} floats) does not fit the adapter's largest binding ({maxb} bytes)"
