@@ -128,6 +128,17 @@ fn attention_texture(@builtin(global_invocation_id) gid: vec3<u32>) {
     attend(h, t, slot_base(t), position(t) + 1u, NO_BIAS, qkv_stride());
 }
 
+// attention_texture for steps of several rows: a workgroup's WG invocations are WG consecutive
+// queries of one head, so every lane works whatever NH is (by heads, SmolLM2's 9 left 7 of 16
+// idle); they read the same key rows.
+@compute @workgroup_size(WG)
+fn attention_texture_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let t = gid.x;
+    let h = gid.y;
+    if (h >= p.NH || t >= step.rows) { return; }
+    attend(h, t, slot_base(t), position(t) + 1u, NO_BIAS, qkv_stride());
+}
+
 @compute @workgroup_size(WG)
 fn attention_texture_biased(
     @builtin(workgroup_id) wg: vec3<u32>,

@@ -2144,19 +2144,35 @@ fn grouped_query_attention_matches_cpu() {
                         ((heads.kv() / 4) as u32).div_ceil(64),
                         t as u32,
                     );
-                    let attend =
-                        entry_pipeline(&h.gpu, "attention_texture", "attention_texture", None, &c);
-                    let res = vec![
-                        step.as_entire_binding(),
-                        pu.as_entire_binding(),
-                        qb.as_entire_binding(),
-                        view(&kt),
-                        view(&vt),
-                        out.as_entire_binding(),
-                        fb.as_entire_binding(),
-                    ];
-                    let bg = bind_resources(&h.gpu, &attend, "t", res);
-                    dispatch(&h, &attend, &bg, (nh as u32).div_ceil(8), t as u32);
+                    // By heads (decode), and by rows (steps of several rows): the same result.
+                    let by_rows = h.f32s(&vec![f32::NAN; t * heads.q()]);
+                    for (entry, o, grid) in [
+                        (
+                            "attention_texture",
+                            &out,
+                            ((nh as u32).div_ceil(8), t as u32),
+                        ),
+                        (
+                            "attention_texture_rows",
+                            &by_rows,
+                            ((t as u32).div_ceil(8), nh as u32),
+                        ),
+                    ] {
+                        let attend = entry_pipeline(&h.gpu, "attention_texture", entry, None, &c);
+                        let res = vec![
+                            step.as_entire_binding(),
+                            pu.as_entire_binding(),
+                            qb.as_entire_binding(),
+                            view(&kt),
+                            view(&vt),
+                            o.as_entire_binding(),
+                            fb.as_entire_binding(),
+                        ];
+                        let bg = bind_resources(&h.gpu, &attend, "t", res);
+                        dispatch(&h, &attend, &bg, grid.0, grid.1);
+                    }
+                    let d = close(&h.read(&by_rows), &want, 1e-5);
+                    println!("attention_texture_rows (rope: {rope}) T={t} NH={nh}: max diff {d:e}");
                 } else {
                     let (kb, vb) = (h.f32s(&k0), h.f32s(&v0));
                     let append = entry_pipeline(&h.gpu, "kv_append", "kv_append", None, &c);

@@ -101,7 +101,7 @@ impl<'a> Lower<'a> {
                 Op::Gate { .. } => out.push(self.gate(op, step)),
                 Op::Attention { .. } => {
                     let rope = rope.take().filter(|_| f.rope);
-                    out.extend(self.attention(op, f, step, rope));
+                    out.extend(self.attention(op, f, (step, bucket), rope));
                 }
                 Op::Pool { .. } => out.push(self.pool(op)),
                 Op::StoreKv { inp, layer } => out.push(self.store_kv(step, *inp, *layer)),
@@ -587,7 +587,7 @@ impl<'a> Lower<'a> {
         &mut self,
         op: &Op<&GpuTensor>,
         f: &Fuse,
-        step: &wgpu::Buffer,
+        (step, bucket): (&wgpu::Buffer, Bucket),
         rope: Option<&GpuTensor>,
     ) -> Vec<Dispatch> {
         let Op::Attention {
@@ -627,7 +627,16 @@ impl<'a> Lower<'a> {
             true => "attention_texture",
             false => "attention",
         };
-        let entry = attention_entry(textures, *keys, bias.is_some());
+        // Multi-row causal steps of the texture layout: a workgroup's lanes are consecutive
+        // queries of one head (all busy whatever NH is), not heads of one query.
+        let by_rows = textures
+            && bucket != Bucket::Decode
+            && matches!(keys, Keys::Cache { .. })
+            && bias.is_none();
+        let entry = match by_rows {
+            true => "attention_texture_rows",
+            false => attention_entry(textures, *keys, bias.is_some()),
+        };
         let key = Key::new(family, entry).with("HS", self.caps.head_size);
         let attend = self.pipe(key.with("ROPE", rope.is_some() as u32));
         let mut r = vec![
@@ -651,13 +660,14 @@ impl<'a> Lower<'a> {
             r.push((8, b.single().as_entire_binding()));
         }
         let bind = kernels::bind_at(self.gpu, &attend, entry, r);
-        let x = match textures {
-            true => nh.div_ceil(wg::ATTENTION_TEXTURE),
-            false => nh,
+        let grid = match (textures, by_rows) {
+            (true, true) => [Dim::RowsPer(wg::ATTENTION_TEXTURE), Dim::Fixed(nh)],
+            (true, false) => [Dim::Fixed(nh.div_ceil(wg::ATTENTION_TEXTURE)), Dim::Rows],
+            (false, _) => [Dim::Fixed(nh), Dim::Rows],
         };
         ops.push(Dispatch {
-            attends: true,
-            ..Dispatch::new(attend, bind, [Dim::Fixed(x), Dim::Rows], family)
+            attends: !matches!(keys, Keys::Cross { .. }),
+            ..Dispatch::new(attend, bind, grid, family)
         });
         ops
     }
