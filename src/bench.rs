@@ -34,6 +34,9 @@ pub struct Report {
     pub checkpoint_bytes: Option<u64>,
     /// Bytes of GPU buffers: weights plus one session's KV cache and scratch.
     pub vram_bytes: u64,
+    /// Of which the weights (what a load allocates; the session comes after its peak).
+    #[serde(default)]
+    pub weight_bytes: u64,
     /// One entry per `--prompt-len`, in the order given.
     pub runs: Vec<Run>,
     /// "gpu-timestamps" when per-kernel times come from timestamp queries, else "unavailable".
@@ -344,6 +347,7 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
         load_peak_rss_bytes: opts.load_peak_rss_bytes,
         checkpoint_bytes: opts.checkpoint_bytes,
         vram_bytes: model.weight_bytes() + session.gpu_bytes(),
+        weight_bytes: model.weight_bytes(),
         runs,
         kernel_timing: timing.into(),
         kernels_decode_ms: decode_k,

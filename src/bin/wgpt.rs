@@ -929,11 +929,17 @@ fn print_bench(
             file as f64 / 1e6
         );
         // A CPU adapter's "VRAM" is host memory too: what the load itself holds is the rest.
+        // The peak is taken after the load, before any session: only the weights are in it.
         if r.adapter.device_type == "Cpu" {
-            let rest = rss.saturating_sub(r.vram_bytes);
+            let held = if r.weight_bytes > 0 {
+                r.weight_bytes
+            } else {
+                r.vram_bytes
+            };
+            let rest = rss.saturating_sub(held);
             println!(
-                "         of which the adapter's buffers {:.1} MB (a CPU adapter), the rest {:.1} MB = {:.2} x the checkpoint",
-                r.vram_bytes as f64 / 1e6,
+                "         of which the adapter's buffers {:.1} MB (a CPU adapter: the weights), the rest {:.1} MB = {:.2} x the checkpoint",
+                held as f64 / 1e6,
                 rest as f64 / 1e6,
                 rest as f64 / file as f64
             );
