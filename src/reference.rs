@@ -369,7 +369,8 @@ pub fn run(g: &Graph<&Vec<f32>>, seqs: &[&[u32]]) -> Vec<f32> {
                 let rows = qkv.len() / heads.qkv();
                 let layer = match keys {
                     Keys::Cache { layer } => *layer,
-                    Keys::Sequence | Keys::Cross { .. } => usize::MAX,
+                    Keys::Sequence => usize::MAX,
+                    Keys::Cross { .. } => unreachable!("refused above"),
                 };
                 let cache = || vec![0.0; rows * heads.kv()];
                 let (k, v) = caches.entry(layer).or_insert_with(|| (cache(), cache()));
@@ -377,7 +378,8 @@ pub fn run(g: &Graph<&Vec<f32>>, seqs: &[&[u32]]) -> Vec<f32> {
                 let h = Heads { nh: *n_head, ..heads };
                 let y = match keys {
                     Keys::Cache { .. } => attention(qkv, k, v, h, 0),
-                    Keys::Sequence | Keys::Cross { .. } => attention_bidirectional(qkv, k, v, h, &row_spans),
+                    Keys::Sequence => attention_bidirectional(qkv, k, v, h, &row_spans),
+                    Keys::Cross { .. } => unreachable!("refused above"),
                 };
                 (*out, y)
             }

@@ -605,9 +605,12 @@ fn bad_input_is_refused() {
     assert!(e.contains("17 tokens") && e.contains("at most 16"), "{e}");
     let e = s.encode(&[3, 250]).unwrap_err().to_string();
     assert!(e.contains("250"), "{e}");
-    // Still usable after the refusals.
+    // Still usable after the refusals; a fork carries the source's cross caches along.
     s.encode(&[3, 4, 1]).unwrap();
-    s.next_token(&[0], Pick::Greedy).unwrap();
+    let first = s.next_token(&[0], Pick::Greedy).unwrap();
+    let mut f = s.fork().unwrap();
+    assert_eq!(f.source_len(), 3);
+    assert_eq!(f.logits(&[first]).unwrap(), s.logits(&[first]).unwrap());
     let e = wgpt::Batch::new(&model, 2).err().unwrap().to_string();
     assert!(e.contains("encoder-decoder"), "{e}");
     let gpt2 = wgpt::Model::load(gpu(), &fixture("gpt2-tiny"), &Default::default()).unwrap();

@@ -419,11 +419,14 @@ impl Session {
         .chain(a.gate_up.iter())
         .chain(a.emb.iter())
         .chain(a.proj.iter())
+        .chain(a.cross.iter().flatten())
         .map(|b| b.size())
         .sum::<u64>()
             + a.logits_read.as_ref().map_or(0, |b| b.size());
         let cfg = &self.model.config;
-        scratch + (2 * cfg.n_layer * self.n_ctx * cfg.kv_width() * 4) as u64
+        // An encoder-decoder's cross caches: its decoder layers' keys and values of a source.
+        let sources = self.encoder.as_ref().map_or(0, |e| e.max_source);
+        scratch + (2 * cfg.n_layer * (self.n_ctx + sources) * cfg.kv_width() * 4) as u64
     }
 
     /// Runs one greedy step of `tokens` with each dispatch in its own timed compute pass and
