@@ -111,8 +111,8 @@ pub struct ModelReport {
     pub n_positions: usize,
     /// Parameter count (a tied head counted once).
     pub params: u64,
-    /// An encoder-decoder (T5): L is its decoder's, and each run's prefill is the encoder over
-    /// the prompt as its source, to the decoder's first token.
+    /// An encoder-decoder (T5): L is its decoder's, and each run's prefill is the encoder's
+    /// pass over the prompt as its source.
     #[serde(default)]
     pub encoder_decoder: bool,
 }
@@ -249,9 +249,8 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
         let (mut prefill, mut decode, mut steps) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..opts.repeat {
             session.reset();
-            let t0 = Instant::now();
-            let mut next = first_token(&mut session, &ids)?;
-            prefill.push(t0.elapsed().as_secs_f64());
+            let (mut next, prefill_s) = first_token(&mut session, &ids)?;
+            prefill.push(prefill_s);
             let t1 = Instant::now();
             for _ in 1..opts.gen_tokens {
                 let ts = Instant::now();
@@ -358,17 +357,23 @@ pub fn run(model: &Model, opts: &Options) -> Result<Report> {
     })
 }
 
-/// The first token after a prompt of `ids`: a decoder's prefill, or an encoder-decoder's
-/// encoder pass over `ids` as its source and its decoder's first step (so its prefill figures
-/// are the encoder's tokens per second, to the first output token).
-fn first_token(session: &mut Session, ids: &[u32]) -> Result<u32> {
+/// The first token after a prompt of `ids`, and the seconds the report counts as its prefill:
+/// a decoder's whole first step, or an encoder-decoder's encoder pass over `ids` as its source
+/// alone (its decoder's first step then follows, uncounted).
+fn first_token(session: &mut Session, ids: &[u32]) -> Result<(u32, f64)> {
     let start = (session.model().config.t5.as_deref()).map(|t5| t5.decoder_start_token_id);
+    let t0 = Instant::now();
     match start {
         Some(start) => {
             session.encode(ids)?;
-            session.next_token(&[start], Pick::Greedy)
+            session.model().gpu.wait()?;
+            let encoded = t0.elapsed().as_secs_f64();
+            Ok((session.next_token(&[start], Pick::Greedy)?, encoded))
         }
-        None => session.next_token(ids, Pick::Greedy),
+        None => {
+            let next = session.next_token(ids, Pick::Greedy)?;
+            Ok((next, t0.elapsed().as_secs_f64()))
+        }
     }
 }
 

@@ -947,8 +947,8 @@ fn print_bench(
     }
     if m.encoder_decoder {
         println!(
-            "         an encoder-decoder: the prompt is the source, and \"encode t/s\" its encoder \
-             pass with the decoder's first step"
+            "         an encoder-decoder: the prompt is the source; \"encode t/s\" and TTFT are its \
+             encoder pass alone"
         );
     }
     println!(
