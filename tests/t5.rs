@@ -57,6 +57,21 @@ fn bad_configs_are_named() {
     );
     let e = T5Config::from_json(&bad, path).unwrap_err().to_string();
     assert!(e.contains("relative_attention_max_distance = 16"), "{e}");
+    let bad = text.replace(
+        "\"relative_attention_num_buckets\": 32",
+        "\"relative_attention_num_buckets\": 1",
+    );
+    let e = T5Config::from_json(&bad, path).unwrap_err().to_string();
+    assert!(e.contains("relative_attention_num_buckets = 1"), "{e}");
+    // The bucket function itself stays in range on degenerate tables (no panic).
+    for buckets in [1, 2, 3] {
+        for d in [-300i64, -1, 0, 1, 300] {
+            for bidirectional in [false, true] {
+                let b = relative_position_bucket(d, bidirectional, buckets, 128);
+                assert!(b < buckets.max(1), "{d} {bidirectional} {buckets}: {b}");
+            }
+        }
+    }
     let bad = text.replace("\"d_model\"", "\"d_modelx\"");
     let e = T5Config::from_json(&bad, path).unwrap_err().to_string();
     assert!(e.contains("d_model"), "{e}");

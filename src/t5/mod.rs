@@ -127,6 +127,12 @@ impl T5Config {
             raw.relative_attention_num_buckets.unwrap_or(32),
             raw.relative_attention_max_distance.unwrap_or(128),
         );
+        // Each direction of the encoder's bidirectional table needs a bucket of its own.
+        if buckets < 2 {
+            return Err(bad(format!(
+                "relative_attention_num_buckets = {buckets}: at least 2 (one per direction)"
+            )));
+        }
         if max_distance <= buckets / 2 {
             return Err(bad(format!(
                 "relative_attention_max_distance = {max_distance} must exceed half of relative_attention_num_buckets = {buckets} (the exact distances)"
@@ -239,7 +245,7 @@ pub fn relative_position_bucket(
     // degenerate table still gives a bucket in range, never an index past it.
     let large = max_exact
         .saturating_add(scaled as i64)
-        .clamp(max_exact, buckets - 1);
+        .clamp(max_exact, (buckets - 1).max(max_exact));
     (base + large) as usize
 }
 
