@@ -89,7 +89,7 @@ impl TokenizerConfig {
             return Ok(TokenizerConfig::default());
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+        crate::error::parse_json(&text, &path)
     }
 
     /// A special token's text: a string, or an AddedToken object's `content`.

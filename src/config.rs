@@ -552,10 +552,7 @@ impl Config {
             eos_token_id: Option<serde_json::Value>,
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let g: Generation = serde_json::from_str(&text).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let g: Generation = crate::error::parse_json(&text, path)?;
         let ids = token_ids(g.eos_token_id.as_ref());
         if !ids.is_empty() {
             self.eos_token_ids = ids;
@@ -565,10 +562,7 @@ impl Config {
 
     /// Parses config.json text; `path` only names the file in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let raw: RawConfig = crate::error::parse_json(text, path)?;
         let f = Fields { raw: &raw, path };
         let model_type = raw.model_type.clone().ok_or_else(|| {
             f.bad("no \"model_type\" field; is this a Hugging Face config.json?".into())

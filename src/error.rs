@@ -1,6 +1,6 @@
 //! The library's one error type. Every message names the thing that is wrong and what to do about it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong in wgpt. User data (files, prompts, options) never panics: it lands here.
 ///
@@ -247,6 +247,14 @@ pub enum Error {
 
 /// `Result` with wgpt's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `text` parsed as JSON into `T`; a parse error names `path`, the file it came from.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
+    serde_json::from_str(text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -355,10 +355,7 @@ pub fn parse_index(text: &str, path: &Path) -> Result<Vec<String>> {
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
-    let idx: Index = serde_json::from_str(text).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let idx: Index = crate::error::parse_json(text, path)?;
     let mut files: Vec<String> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for file in idx.weight_map.values() {

@@ -81,10 +81,7 @@ impl EncoderConfig {
 
     /// Parses config.json text; `path` only names the file in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let raw: RawConfig = crate::error::parse_json(text, path)?;
         let bad = |msg: String| Error::Config {
             path: path.to_path_buf(),
             msg,
@@ -207,10 +204,7 @@ struct SentenceBertFile {
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::error::parse_json(&text, path)
 }
 
 impl SentenceConfig {

@@ -94,10 +94,7 @@ impl T5Config {
 
     /// Parses config.json text; `path` only names the file in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let raw: RawConfig = crate::error::parse_json(text, path)?;
         let bad = |msg: String| Error::Config {
             path: path.to_path_buf(),
             msg,
