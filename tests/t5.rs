@@ -162,39 +162,48 @@ fn missing_relative_attention_bias_is_named() {
     assert!(err.contains("relative_attention_bias"), "{err}");
 }
 
+/// `n` values uniform in [-scale, scale], from `seed`.
+fn rand(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut r = wgpt::runtime::generate::SplitMix64(seed);
+    (0..n).map(|_| (r.next_f32() * 2.0 - 1.0) * scale).collect()
+}
+
+/// One dispatch of entry point `entry` of kernel family `family` over `(x, y)` workgroups, with
+/// bindings `res`.
+fn run_entry(
+    gpu: &wgpt::Engine,
+    family: &'static str,
+    entry: &'static str,
+    res: Vec<(u32, wgpu::BindingResource)>,
+    (x, y): (usize, usize),
+) {
+    use wgpt::gpu::kernels::{bind_at, entry_pipeline};
+    let pipe = entry_pipeline(gpu, family, entry, None, &[]);
+    let bg = bind_at(gpu, &pipe, "t", res);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipe);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(x as u32, y as u32, 1);
+    }
+    gpu.queue.submit([enc.finish()]);
+}
+
 /// The T5 entry points of attention.wgsl and attention_texture.wgsl (the relative position bias
 /// added to unscaled scores) against the CPU twin: causal over a KV cache from a position offset (the decoder), and
 /// bidirectional over packed sequences (the encoder); T = 1, 7, 33 rows, NH = 3, 5 and 9, HS 20,
 /// 12 and 8, buckets 32 / 128 and 16 / 64, distances past max_distance.
 #[test]
 fn biased_attention_kernels_match_cpu() {
-    use wgpt::gpu::kernels::{AttentionParams, Step, bind_at, entry_pipeline};
+    use wgpt::gpu::kernels::{AttentionParams, Step};
     let gpu = wgpt::Engine::new(None).unwrap();
-    let rand = |n: usize, seed: u64, scale: f32| -> Vec<f32> {
-        let mut r = wgpt::runtime::generate::SplitMix64(seed);
-        (0..n).map(|_| (r.next_f32() * 2.0 - 1.0) * scale).collect()
-    };
-    let run_with = |family: &'static str,
-                    entry: &'static str,
-                    res: Vec<(u32, wgpu::BindingResource)>,
-                    (x, y): (usize, usize)| {
-        let pipe = entry_pipeline(&gpu, family, entry, None, &[]);
-        let bg = bind_at(&gpu, &pipe, "t", res);
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&pipe);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(x as u32, y as u32, 1);
-        }
-        gpu.queue.submit([enc.finish()]);
-    };
     let run = |family, entry, bufs: &[(u32, &wgpu::Buffer)], grid| {
         let res = bufs
             .iter()
             .map(|(i, b)| (*i, b.as_entire_binding()))
             .collect();
-        run_with(family, entry, res, grid);
+        run_entry(&gpu, family, entry, res, grid);
     };
     for (t, nh, hs, buckets, max_d, pos0) in [
         (1, 3, 20, 32, 128, 0),
@@ -328,7 +337,7 @@ fn biased_attention_kernels_match_cpu() {
                 }
                 false => "attention_texture_biased",
             };
-            run_with("attention_texture", entry, res, (nh.div_ceil(8), t));
+            run_entry(&gpu, "attention_texture", entry, res, (nh.div_ceil(8), t));
             let d = max_abs_diff(&gpu.download_f32(&out).unwrap(), &want);
             println!("{entry} T={t} NH={nh} HS={hs} from {pos0}: max diff {d:e}");
             assert!(d < 1e-5, "{entry}: {d}");
@@ -765,16 +774,16 @@ fn cli_runs_encoder_decoders() {
 /// 3, 5 and 9.
 #[test]
 fn cross_attention_kernels_match_cpu() {
-    use wgpt::gpu::kernels::{AttentionParams, Step, bind_at, entry_pipeline};
+    use wgpt::gpu::kernels::{AttentionParams, Step};
     let gpu = wgpt::Engine::new(None).unwrap();
-    let rand = |n: usize, seed: u64| -> Vec<f32> {
-        let mut r = wgpt::runtime::generate::SplitMix64(seed);
-        (0..n).map(|_| r.next_f32() * 2.0 - 1.0).collect()
-    };
     for (t, src, nh, hs, first) in [(1, 1, 3, 20, 0), (7, 13, 5, 12, 2), (33, 70, 9, 8, 5)] {
         let w = nh * hs;
         let rows = first + src;
-        let (q, k, v) = (rand(t * w, 1), rand(rows * w, 2), rand(rows * w, 3));
+        let (q, k, v) = (
+            rand(t * w, 1, 1.0),
+            rand(rows * w, 2, 1.0),
+            rand(rows * w, 3, 1.0),
+        );
         let window = |x: &[f32]| x[first * w..].to_vec();
         let want = reference::attend(&q, &window(&k), &window(&v), (nh, hs), None, false);
         let step = Step::new(t as u32, 0, 9); // decoder positions do not matter here
@@ -811,17 +820,8 @@ fn cross_attention_kernels_match_cpu() {
                 (6, none.as_entire_binding()),
                 (7, span.as_entire_binding()),
             ];
-            let pipe = entry_pipeline(&gpu, family, entry, None, &[]);
-            let bg = bind_at(&gpu, &pipe, "t", res);
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&pipe);
-                pass.set_bind_group(0, &bg, &[]);
-                let x = if textures { nh.div_ceil(8) } else { nh };
-                pass.dispatch_workgroups(x as u32, t as u32, 1);
-            }
-            gpu.queue.submit([enc.finish()]);
+            let x = if textures { nh.div_ceil(8) } else { nh };
+            run_entry(&gpu, family, entry, res, (x, t));
             let d = max_abs_diff(&gpu.download_f32(&out).unwrap(), &want);
             println!("{entry} T={t} source {src} NH={nh} HS={hs}: max diff {d:e}");
             // Convex combinations of values in [-1, 1], an online softmax in f32 over <= 70
