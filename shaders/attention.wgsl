@@ -163,7 +163,8 @@ fn attention_bidirectional_biased(
     if (t >= step.rows) { return; }
     load_bias(wg.x, lid3.x);
     let span = spans[t];
-    attend(wg.x, t, lid3.x, span.x, span.y, Bias(true, t - span.x, pbias.r), qkv_stride());
+    let bias = Bias(true, t - span.x, pbias.r);
+    attend(wg.x, t, lid3.x, span.x, span.y, bias, qkv_stride());
 }
 
 @compute @workgroup_size(BLOCK)

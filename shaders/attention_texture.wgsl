@@ -149,7 +149,8 @@ fn attention_texture_biased(
     if (t >= step.rows) { return; }
     load_bias(wg.x * WG, lid3.x);
     if (h >= p.NH) { return; }
-    attend(h, t, slot_base(t), position(t) + 1u, Bias(true, lid3.x, position(t), pbias.r), qkv_stride());
+    let bias = Bias(true, lid3.x, position(t), pbias.r);
+    attend(h, t, slot_base(t), position(t) + 1u, bias, qkv_stride());
 }
 
 @compute @workgroup_size(WG)
@@ -172,7 +173,8 @@ fn attention_texture_bidirectional_biased(
     load_bias(wg.x * WG, lid3.x);
     if (h >= p.NH) { return; }
     let span = spans[t];
-    attend(h, t, span.x, span.y, Bias(true, lid3.x, t - span.x, pbias.r), qkv_stride());
+    let bias = Bias(true, lid3.x, t - span.x, pbias.r);
+    attend(h, t, span.x, span.y, bias, qkv_stride());
 }
 
 @compute @workgroup_size(WG)
