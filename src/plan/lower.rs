@@ -15,14 +15,17 @@ use crate::graph::{Act, Dense, Dims, Keys, NormKind, Op, Then};
 use crate::plan::rules::{Fuse, KvFuse};
 use crate::plan::{Bucket, Caps, Dim, Dispatch, Io, KvCache};
 
-/// The attention kernel's entry point for its layout, keys and bias.
-fn attention_entry(textures: bool, keys: Keys, biased: bool) -> &'static str {
+/// The attention kernel's entry point for its layout, keys and bias; `by_rows`: a multi-row
+/// causal step of the texture layout, whose workgroup's lanes are consecutive queries of one
+/// head (all busy whatever NH is), not heads of one query.
+fn attention_entry(textures: bool, keys: Keys, biased: bool, by_rows: bool) -> &'static str {
     match (textures, keys, biased) {
         (false, Keys::Cache { .. }, false) => "attention",
         (false, Keys::Cache { .. }, true) => "attention_biased",
         (false, Keys::Sequence, false) => "attention_bidirectional",
         (false, Keys::Sequence, true) => "attention_bidirectional_biased",
         (false, Keys::Cross { .. }, _) => "attention_cross",
+        (true, Keys::Cache { .. }, false) if by_rows => "attention_texture_rows",
         (true, Keys::Cache { .. }, false) => "attention_texture",
         (true, Keys::Cache { .. }, true) => "attention_texture_biased",
         (true, Keys::Sequence, false) => "attention_texture_bidirectional",
@@ -627,16 +630,8 @@ impl<'a> Lower<'a> {
             true => "attention_texture",
             false => "attention",
         };
-        // Multi-row causal steps of the texture layout: a workgroup's lanes are consecutive
-        // queries of one head (all busy whatever NH is), not heads of one query.
-        let by_rows = textures
-            && bucket != Bucket::Decode
-            && matches!(keys, Keys::Cache { .. })
-            && bias.is_none();
-        let entry = match by_rows {
-            true => "attention_texture_rows",
-            false => attention_entry(textures, *keys, bias.is_some()),
-        };
+        let entry = attention_entry(textures, *keys, bias.is_some(), bucket != Bucket::Decode);
+        let by_rows = entry == "attention_texture_rows";
         let key = Key::new(family, entry).with("HS", self.caps.head_size);
         let attend = self.pipe(key.with("ROPE", rope.is_some() as u32));
         let mut r = vec![
@@ -684,16 +679,7 @@ impl<'a> Lower<'a> {
     /// kv_append with no queries in the row, at the encoder step's positions (0 .. T).
     fn store_kv(&mut self, step: &wgpu::Buffer, inp: Act, layer: usize) -> Dispatch {
         let kv = self.cache(&self.cross().kv, layer);
-        let d = self.dims;
-        let (hs, kv_w) = (d.head_size as u32, d.kv_width() as u32);
-        let widths = KvParams {
-            q: 0,
-            kv: kv_w,
-            hs,
-            _pad: 0,
-        };
-        let widths = self.uniform("kv", [0, kv_w], &widths);
-        self.append(step, &widths, self.buf(inp), kv, None)
+        self.append(step, 0, self.buf(inp), kv, None)
     }
 
     /// The frequencies bound where ROPE is off (never read).
@@ -722,28 +708,28 @@ impl<'a> Lower<'a> {
         kv: [wgpu::BindingResource; 2],
         rope: Option<&GpuTensor>,
     ) -> Dispatch {
-        let d = self.dims;
-        let (q_w, kv_w) = (d.q_width() as u32, d.kv_width() as u32);
-        let widths = KvParams {
-            q: q_w,
-            kv: kv_w,
-            hs: d.head_size as u32,
-            _pad: 0,
-        };
-        let widths = self.uniform("kv", [q_w, kv_w], &widths);
-        self.append(step, &widths, qkv, kv, rope)
+        self.append(step, self.dims.q_width() as u32, qkv, kv, rope)
     }
 
-    /// kv_append (or its texture form) of `widths` from `rows` into the cache `[k, v]`.
+    /// kv_append (or its texture form) into the cache `[k, v]` from `rows`, whose rows hold `q`
+    /// query values and then the keys and values.
     fn append(
         &mut self,
         step: &wgpu::Buffer,
-        widths: &wgpu::Buffer,
+        q: u32,
         rows: &wgpu::Buffer,
         [k, v]: [wgpu::BindingResource; 2],
         rope: Option<&GpuTensor>,
     ) -> Dispatch {
-        let kv_w = self.dims.kv_width() as u32;
+        let d = self.dims;
+        let kv_w = d.kv_width() as u32;
+        let widths = KvParams {
+            q,
+            kv: kv_w,
+            hs: d.head_size as u32,
+            _pad: 0,
+        };
+        let widths = self.uniform("kv", [q, kv_w], &widths);
         let (name, per) = match self.caps.textures {
             true => ("kv_append_texture", 4 * wg::KV_APPEND),
             false => ("kv_append", wg::KV_APPEND),
