@@ -5,7 +5,7 @@
 
 use crate::gpu::kernels::Step;
 use crate::graph::Act;
-use crate::plan::{self, Bucket, CrossIo, Io, KvCache, Plan};
+use crate::plan::{self, Bucket, CrossIo, Io, Plan};
 use crate::runtime::Model;
 use crate::runtime::session::Session;
 use crate::{Error, Result};
@@ -26,31 +26,9 @@ pub(super) struct EncoderPass {
 /// The cross-attention caches of `model`'s decoder layers, `rows` source rows each, in the
 /// layout its other caches use.
 pub(super) fn cross_caches(model: &Model, rows: usize) -> CrossIo {
-    let gpu = &model.gpu;
-    let (layers, kv_w) = (model.config.n_layer, model.config.kv_width());
-    let kv = match model.texture_linear {
-        true => {
-            let tex = |name: &str, l: usize| {
-                gpu.texture(&format!("{name}.{l}"), rows, kv_w)
-                    .create_view(&Default::default())
-            };
-            KvCache::Textures {
-                k: (0..layers).map(|l| tex("cross_k", l)).collect(),
-                v: (0..layers).map(|l| tex("cross_v", l)).collect(),
-            }
-        }
-        false => {
-            let bytes = (rows * kv_w * 4) as u64;
-            let buf = |name: &str, l: usize| gpu.storage(&format!("{name}.{l}"), bytes);
-            KvCache::Buffers {
-                k: (0..layers).map(|l| buf("cross_k", l)).collect(),
-                v: (0..layers).map(|l| buf("cross_v", l)).collect(),
-            }
-        }
-    };
     CrossIo {
-        kv,
-        span: gpu.storage("cross_span", 16),
+        kv: super::session::kv_cache(model, ["cross_k", "cross_v"], rows),
+        span: model.gpu.storage("cross_span", 16),
     }
 }
 

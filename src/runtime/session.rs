@@ -188,23 +188,7 @@ impl Session {
             )));
         }
         let f = |n: usize| (n * 4) as u64;
-        let kv = if model.texture_linear {
-            let tex = |name: &str, l: usize| {
-                gpu.texture(&format!("{name}.{l}"), cache_rows, kv_w)
-                    .create_view(&Default::default())
-            };
-            KvCache::Textures {
-                k: (0..cfg.n_layer).map(|l| tex("k_cache", l)).collect(),
-                v: (0..cfg.n_layer).map(|l| tex("v_cache", l)).collect(),
-            }
-        } else {
-            let buf =
-                |name: &str, l: usize| gpu.storage(&format!("{name}.{l}"), f(cache_rows * kv_w));
-            KvCache::Buffers {
-                k: (0..cfg.n_layer).map(|l| buf("k_cache", l)).collect(),
-                v: (0..cfg.n_layer).map(|l| buf("v_cache", l)).collect(),
-            }
-        };
+        let kv = kv_cache(model, ["k_cache", "v_cache"], cache_rows);
         // The linear layers' inputs; gemv_texture binds them as uniforms.
         let linear_input = |name: &str, bytes: u64| match model.texture_linear {
             true => gpu.storage_uniform(name, bytes),
@@ -787,6 +771,30 @@ impl Session {
             enc.copy_buffer_to_buffer(&self.act.qkv, 0, &cap.buf, at, bytes);
         };
         plan::record(enc, ops, rows, 1, Some(&mut copy));
+    }
+}
+
+/// Keys and values of each of `model`'s layers, `rows` rows of NKV HS each, named `names`
+/// and the layer: textures in the texture layout, else buffers.
+pub(super) fn kv_cache(model: &Model, names: [&str; 2], rows: usize) -> KvCache {
+    let gpu = &model.gpu;
+    let (layers, kv_w) = (model.config.n_layer, model.config.kv_width());
+    let [k, v] = names;
+    if model.texture_linear {
+        let tex = |name: &str, l: usize| {
+            gpu.texture(&format!("{name}.{l}"), rows, kv_w)
+                .create_view(&Default::default())
+        };
+        return KvCache::Textures {
+            k: (0..layers).map(|l| tex(k, l)).collect(),
+            v: (0..layers).map(|l| tex(v, l)).collect(),
+        };
+    }
+    let bytes = (rows * kv_w * 4) as u64;
+    let buf = |name: &str, l: usize| gpu.storage(&format!("{name}.{l}"), bytes);
+    KvCache::Buffers {
+        k: (0..layers).map(|l| buf(k, l)).collect(),
+        v: (0..layers).map(|l| buf(v, l)).collect(),
     }
 }
 
