@@ -25,6 +25,7 @@ Examples:
   wgpt chat --model ./opt-125m --temperature 0.7
   wgpt bench --shape gpt2 --dtype q8 -p 512 -n 128 -o md      # llama-bench's flags and table
   wgpt embed --model ./all-MiniLM-L6-v2 \"first text\" \"second text\"
+  wgpt generate --model ./flan-t5-small --prompt \"translate English to German: Hi\"  # T5
   wgpt serve --model ./SmolLM2-135M-Instruct.Q4_1.gguf         # the OpenAI API on :8080
   wgpt info
   wgpt completions bash > /etc/bash_completion.d/wgpt
@@ -38,7 +39,8 @@ WGPT_MODEL and WGPT_ADAPTER set the defaults of --model and --adapter.";
     name = "wgpt",
     version,
     about = "Transformer inference on any GPU through wgpu and hand-written WGSL kernels: \
-             Llama-family, GPT-2, OPT and XGLM decoders, BERT sentence encoders, an OpenAI-compatible server",
+             Llama-family, GPT-2, OPT and XGLM decoders, BERT sentence encoders, T5 \
+             encoder-decoders, an OpenAI-compatible server",
     after_help = EXAMPLES
 )]
 struct Cli {
