@@ -10,6 +10,7 @@ use wgpt::gpu::kernels::{
     MatmulParams, Pipelines, SampleParams, Step, bind, bind_at, linear_binds, wg,
 };
 use wgpt::gpu::tensor::{GpuTensor, TextureChunk, WeightDtype, encode};
+use wgpt::gpu::upload::Uploader;
 use wgpt::reference::{self, Heads};
 
 struct Harness {
@@ -803,7 +804,7 @@ fn texture_linear_kernels_match_cpu() {
             let plain = reference::matmul(&a, &stored, Some(&b), k, n);
             let mut resid = x0.clone();
             reference::residual(&mut resid, &plain);
-            let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype);
+            let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype).unwrap();
             let wt = texture_tensor(wt, n, k, dtype);
             let t = p.textures();
             // The subgroup GEMM and GEMV must be there on adapters with subgroups of 8
@@ -856,7 +857,7 @@ fn texture_gemv_kv_appends_to_cache() {
             let b = random(3 * c, 42, 1.0);
             let stored = stored_weights(&w, dtype);
             let want = reference::matmul(&a, &stored, Some(&b), c, 3 * c);
-            let wt = h.gpu.weight_texture_init("w", &w, 3 * c, c, dtype);
+            let wt = h.gpu.weight_texture_init("w", &w, 3 * c, c, dtype).unwrap();
             let wt = texture_tensor(wt, 3 * c, c, dtype);
             let rows = 2 * n_ctx;
             let (k_tex, v_tex) = (h.gpu.texture("k", rows, c), h.gpu.texture("v", rows, c));
@@ -952,7 +953,7 @@ fn texture_gemv_attention_matches_cpu() {
                 },
             );
             let wt = texture_tensor(
-                gpu.weight_texture_init("w", &w, 3 * c, c, dtype),
+                gpu.weight_texture_init("w", &w, 3 * c, c, dtype).unwrap(),
                 3 * c,
                 c,
                 dtype,
@@ -1013,8 +1014,12 @@ fn texture_gemv_attention_matches_cpu() {
                 let stored2 = stored_weights(&w2, dtype);
                 let mut want = reference::matmul(&a, &stored2, Some(&b2), c, c);
                 want.iter_mut().zip(&resid).for_each(|(o, r)| *o += r);
-                let wt2 =
-                    texture_tensor(gpu.weight_texture_init("w2", &w2, c, c, dtype), c, c, dtype);
+                let wt2 = texture_tensor(
+                    gpu.weight_texture_init("w2", &w2, c, c, dtype).unwrap(),
+                    c,
+                    c,
+                    dtype,
+                );
                 let (at, au) = linear_input(&h, &a, 1, c);
                 let (bb2, out) = (h.f32s(&b2), h.f32s(&resid));
                 let io = LinearIo {
@@ -1083,7 +1088,7 @@ fn texture_gemv_with_fused_norm_matches_cpu() {
             let xn = reference::layernorm(&x, &vec![1.0; k], &vec![0.0; k], k, eps);
             let want = reference::matmul(&xn, &stored, Some(&b), k, n);
             let sums: Vec<f32> = stored.chunks(k).map(|r| r.iter().sum()).collect();
-            let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype);
+            let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype).unwrap();
             let wt = texture_tensor(wt, n, k, dtype);
             let (bb, sb) = (h.f32s(&b), h.f32s(&sums));
             let cache = [0, 1].map(|_| h.gpu.texture("kv", 1, n / 3));
@@ -1144,7 +1149,7 @@ fn texture_gemv_with_fused_rms_norm_matches_cpu() {
             let b = random(n, 49, 1.0);
             let xn = reference::rms_norm(&x, &gain, k, eps);
             let want = reference::matmul(&xn, &stored_weights(&w, dtype), Some(&b), k, n);
-            let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype);
+            let wt = h.gpu.weight_texture_init("w", &w, n, k, dtype).unwrap();
             let wt = texture_tensor(wt, n, k, dtype);
             let (bb, gb) = (h.f32s(&b), h.f32s(&gain));
             let out = norm_gemv(&h, pipe, &wt, &x, (&bb, (&gb, eps)), None);
@@ -1229,7 +1234,7 @@ fn texture_gemv_argmax_picks_first_largest() {
                         k,
                         dtype,
                     );
-                    let view = tex.create_view(&Default::default());
+                    let view = tex.unwrap().create_view(&Default::default());
                     TextureChunk {
                         view,
                         row0,
@@ -1413,8 +1418,10 @@ fn texture_kv_append_and_attention_match_cpu() {
 }
 
 /// Weight textures are transposed (weight row n is texture column n) and a checkpoint streams
-/// into them in blocks of rows: written in two blocks at an offset (a whole group of four rows,
-/// as q8 needs), a texture gives the same outputs through matmul_texture as the CPU twin.
+/// into them in blocks of rows through the uploader's staging buffer: written in two blocks at an
+/// offset (a whole group of four rows, as q8 needs; 12 rows make a staging row of 192 bytes,
+/// padded to 256), through a staging buffer of 1 KiB that each block overflows (it is submitted,
+/// then grown), a texture gives the same outputs through matmul_texture as the CPU twin.
 #[test]
 fn weight_texture_written_in_blocks_matches_cpu() {
     let h = Harness::new();
@@ -1426,10 +1433,11 @@ fn weight_texture_written_in_blocks_matches_cpu() {
         let stored = stored_weights(&w, dtype);
         let want = reference::matmul(&a, &stored, None, k, n);
         let tex = h.gpu.weight_texture("w", n, k, dtype);
-        h.gpu
-            .write_weight_rows(&tex, 0, &encode(&w[..split * k], k, dtype));
-        h.gpu
-            .write_weight_rows(&tex, split as u32, &encode(&w[split * k..], k, dtype));
+        let up = Uploader::with_capacity(&h.gpu, 1024);
+        up.weight_rows(&tex, 0, &encode(&w[..split * k], k, dtype))
+            .unwrap();
+        (up.weight_rows(&tex, split as u32, &encode(&w[split * k..], k, dtype))).unwrap();
+        up.finish().unwrap();
         let wt = texture_tensor(tex, n, k, dtype);
         let out = h.f32s(&vec![f32::NAN; m * n]);
         let pipe = p.textures().matmul_texture.get(Epilogue::Store);
@@ -1438,6 +1446,23 @@ fn weight_texture_written_in_blocks_matches_cpu() {
         let d = close(&h.read(&out), &want, 1e-5);
         println!("weights written in blocks {dtype:?} M={m} K={k} N={n}: max diff {d:e}");
     }
+}
+
+/// Buffer uploads through a 1 KiB staging buffer: pieces that fill it (submitted and reused),
+/// one bigger than it (grown), an odd-sized tail (padded to 4 bytes with zeros), bytes equal.
+#[test]
+fn uploader_writes_buffers_exactly() {
+    let h = Harness::new();
+    let bytes: Vec<u8> = (0..4097u32).map(|i| (i * 7 + i / 256) as u8).collect();
+    let dst = h.gpu.storage("dst", 4100);
+    let up = Uploader::with_capacity(&h.gpu, 1024);
+    for (from, to) in [(0, 600), (600, 1000), (1000, 2400), (2400, 4097)] {
+        up.buffer(&dst, from as u64, &bytes[from..to]).unwrap();
+    }
+    up.finish().unwrap();
+    let got: Vec<u8> = bytemuck::cast_slice(&h.read(&dst)).to_vec();
+    assert_eq!(got[..4097], bytes[..]);
+    assert_eq!(got[4097..], [0, 0, 0]);
 }
 
 /// Weights as a texture of `dtype` stores them: what the CPU twin multiplies by.
@@ -1760,7 +1785,10 @@ fn gelu_erf_epilogue_matches_cpu() {
             println!("{name} GeluErf M={m} K={k} N={n}: max diff {d:e}");
         }
         let out = h.f32s(&vec![f32::NAN; m * n]);
-        let wt = h.gpu.weight_texture_init("w", &w, n, k, WeightDtype::F32);
+        let wt = h
+            .gpu
+            .weight_texture_init("w", &w, n, k, WeightDtype::F32)
+            .unwrap();
         let wt = texture_tensor(wt, n, k, WeightDtype::F32);
         let pipe = h.p.textures().matmul_texture.get(Epilogue::GeluErf);
         run_texture_linear(&h, pipe, &a, &wt, Some(&b), &out, false);

@@ -39,6 +39,7 @@ use std::collections::HashMap;
 
 use crate::gpu::kernels::Step;
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
+use crate::gpu::upload::Uploader;
 use crate::graph::Act;
 use crate::loader::{self, Checkpoint};
 use crate::plan::{Bucket, Caps, Fusions, Io, KvCache, Plan, Rule};
@@ -223,6 +224,7 @@ impl EncoderModel {
             let total: u64 = 2 * (config.vocab_size + config.max_position_embeddings) as u64 * c as u64
                 + config.num_layers as u64 * (4 * c * c + 2 * c * inner) as u64;
             let mut done = 0u64;
+            let up = Uploader::new(&gpu);
             let weights = weights::load_encoder_weights(ckpt, &config, |spec, read| {
                 // Matrices the linear kernels or the embedding read take the model's dtype;
                 // vectors and the position table (read as f32 by embed_packed) stay f32.
@@ -233,12 +235,12 @@ impl EncoderModel {
                 };
                 let t = if textures && spec.linear {
                     let tex = GpuTensor::upload_texture(
-                        &gpu, spec.name, spec.rows, spec.cols, dtype, max_tex, read,
+                        &up, spec.name, spec.rows, spec.cols, dtype, max_tex, read,
                     )?;
                     GpuTensor::from_textures(spec.rows, spec.cols, dtype, tex)
                 } else {
                     GpuTensor::upload(
-                        &gpu,
+                        &up,
                         spec.name,
                         spec.rows,
                         spec.cols,
@@ -253,6 +255,7 @@ impl EncoderModel {
                 }
                 Ok(t)
             })?;
+            up.finish()?;
             let caps = Caps::new(&gpu, textures, config.head_size());
             let fusions = opts.fusions()?;
             gpu.wait()?;

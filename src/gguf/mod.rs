@@ -465,8 +465,13 @@ impl Gguf {
     /// Lets the OS drop the mapped pages of `t` (re-read from the file if used again), so a
     /// load's resident memory stays near one tensor.
     pub fn release(&self, t: &TensorInfo) {
+        self.release_range(t, 0, t.bytes as usize);
+    }
+
+    /// [`Gguf::release`] for bytes `from .. to` of `t`'s data.
+    pub fn release_range(&self, t: &TensorInfo, from: usize, to: usize) {
         let start = (self.data_start + t.offset) as usize;
-        self.bytes.release(start, start + t.bytes as usize);
+        self.bytes.release(start + from, start + to);
     }
 
     /// How many tensors of each type the file holds, by type name.

@@ -306,8 +306,15 @@ impl Source<'_> {
     }
 
     /// Rows `row0 .. row0 + n` (`row0` starting a group of the format's) as `dtype` (their
-    /// run's) stores them: packed blocks repacked, not dequantised.
+    /// run's) stores them: packed blocks repacked, not dequantised. Their file pages are
+    /// released once read, so a big tensor (a token table) is not held whole.
     pub fn encoded(&self, dtype: WeightDtype, row0: usize, n: usize) -> Vec<u8> {
+        let out = self.repacked(dtype, row0, n);
+        self.release_rows(row0, n);
+        out
+    }
+
+    fn repacked(&self, dtype: WeightDtype, row0: usize, n: usize) -> Vec<u8> {
         let cols = self.cols;
         match dtype {
             WeightDtype::Q8 => {
@@ -335,6 +342,21 @@ impl Source<'_> {
                 let mut values = Vec::with_capacity(n * cols);
                 self.read_f32(row0, n, &mut values);
                 dtype.format().encode(&values, cols)
+            }
+        }
+    }
+
+    /// Lets the OS drop the file pages of rows `row0 .. row0 + n`: for each part, the span from
+    /// the first to the last of its rows among them (they are near each other even where Q and
+    /// K rows are permuted; a page dropped too early is only read again).
+    fn release_rows(&self, row0: usize, n: usize) {
+        for (p, t) in self.parts.iter().enumerate() {
+            let rows = self.rows[row0..row0 + n].iter().filter(|&&(q, _)| q == p);
+            let (lo, hi) = rows.fold((usize::MAX, 0), |(lo, hi), &(_, r)| (lo.min(r), hi.max(r)));
+            if lo <= hi {
+                let row_bytes = (self.cols_of(t) / t.ty.block) * t.ty.bytes;
+                self.gguf
+                    .release_range(t, lo * row_bytes, (hi + 1) * row_bytes);
             }
         }
     }

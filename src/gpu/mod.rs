@@ -1,7 +1,7 @@
 //! The GPU: adapter choice, device, limits, error capture, and small buffer helpers.
 
 // The kernels' pipelines and bindings, the weight formats and weight storage.
-internal_mods!(format, kernels, registry, tensor);
+internal_mods!(format, kernels, registry, tensor, upload);
 
 use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex};
@@ -471,47 +471,12 @@ impl Engine {
         rows: usize,
         cols: usize,
         dtype: WeightDtype,
-    ) -> wgpu::Texture {
+    ) -> Result<wgpu::Texture> {
         let tex = self.weight_texture(label, rows, cols, dtype);
-        self.write_weight_rows(&tex, 0, &crate::gpu::tensor::encode(data, cols, dtype));
-        tex
-    }
-
-    /// Writes weight rows `row0 ..` of a [`Engine::weight_texture`] (its columns) from encoded
-    /// row-major bytes, transposing 16-byte texels on the host.
-    #[cfg_attr(feature = "internals", visibility::make(pub), doc(hidden))]
-    pub(crate) fn write_weight_rows(&self, tex: &wgpu::Texture, row0: u32, bytes: &[u8]) {
-        let texels = tex.height() as usize;
-        let rows = bytes.len() / (16 * texels);
-        let mut t = vec![0u8; bytes.len()];
-        for (r, row) in bytes.chunks_exact(16 * texels).enumerate() {
-            for (i, texel) in row.chunks_exact(16).enumerate() {
-                t[16 * (i * rows + r)..][..16].copy_from_slice(texel);
-            }
-        }
-        self.queue.write_texture(
-            wgpu::TexelCopyTextureInfo {
-                texture: tex,
-                mip_level: 0,
-                origin: wgpu::Origin3d {
-                    x: row0,
-                    y: 0,
-                    z: 0,
-                },
-                aspect: wgpu::TextureAspect::All,
-            },
-            &t,
-            wgpu::TexelCopyBufferLayout {
-                offset: 0,
-                bytes_per_row: Some(16 * rows as u32),
-                rows_per_image: None,
-            },
-            wgpu::Extent3d {
-                width: rows as u32,
-                height: texels as u32,
-                depth_or_array_layers: 1,
-            },
-        );
+        let up = upload::Uploader::new(self);
+        up.weight_rows(&tex, 0, &crate::gpu::tensor::encode(data, cols, dtype))?;
+        up.finish()?;
+        Ok(tex)
     }
 
     /// Writes whole rows of 16-byte texels, starting at row `row0`, from row-major bytes.

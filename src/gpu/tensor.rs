@@ -4,7 +4,7 @@
 //! 128 MiB on lavapipe, GPT-2's f32 token embedding is 154 MB). A matrix above that cap is stored as
 //! several row ranges; kernels that read it run once per range.
 
-use crate::gpu::Engine;
+use crate::gpu::upload::Uploader;
 use crate::loader::ReadRows;
 use crate::{Error, Result};
 
@@ -127,10 +127,10 @@ pub struct GpuTensor {
 
 impl GpuTensor {
     /// Uploads a (rows, cols) matrix stored as `dtype`, split into buffers of at most
-    /// `max_bytes`, reading it in blocks of rows from `read(row0, n, out)` straight into mapped
-    /// buffer memory: no full host copy of the matrix is ever made.
+    /// `max_bytes`, reading it in blocks of rows from `read(row0, n, out)` into `up`'s staging
+    /// buffer: no full host copy of the matrix is ever made.
     pub fn upload(
-        gpu: &Engine,
+        up: &Uploader,
         label: &str,
         rows: usize,
         cols: usize,
@@ -139,14 +139,14 @@ impl GpuTensor {
         read: &mut ReadRows,
     ) -> Result<Self> {
         let mut encoded = f32_rows_encoded(read, cols, dtype);
-        Self::upload_encoded(gpu, label, rows, cols, dtype, max_bytes, &mut encoded)
+        Self::upload_encoded(up, label, rows, cols, dtype, max_bytes, &mut encoded)
     }
 
     /// [`GpuTensor::upload`] from rows already in `dtype`'s encoding: `read(row0, n)` gives rows
     /// `row0 .. row0 + n` (`row0` starting a group) as [`encode`] lays them out (a GGUF file's
     /// blocks, repacked).
     pub fn upload_encoded(
-        gpu: &Engine,
+        up: &Uploader,
         label: &str,
         rows: usize,
         cols: usize,
@@ -158,25 +158,17 @@ impl GpuTensor {
         let row_bytes = dtype.row_bytes(cols);
         Self::with_chunks(label, rows, cols, dtype, max_bytes, |name, row0, n| {
             let bytes = (dtype.stored_rows(n) * row_bytes) as u64;
-            let buf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            let buf = up.gpu().device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(name),
                 size: bytes.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT).max(4),
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: true,
+                mapped_at_creation: false,
             });
-            {
-                let mut view = buf
-                    .get_mapped_range_mut(..)
-                    .map_err(|e| Error::Gpu(format!("cannot map {name} for upload: {e:?}")))?;
-                for (r, nb) in blocks(n, cols) {
-                    let encoded = read(row0 + r, nb)?;
-                    let at = r * row_bytes;
-                    view.slice(at..at + encoded.len()).copy_from_slice(&encoded);
-                }
+            for (r, nb) in blocks(n, cols) {
+                up.buffer(&buf, (r * row_bytes) as u64, &read(row0 + r, nb)?)?;
             }
-            buf.unmap();
             Ok(buf)
         })
     }
@@ -184,7 +176,7 @@ impl GpuTensor {
     /// Uploads a (rows, cols) matrix as weight textures (see [`Engine::weight_texture`]) of at most
     /// `max_rows` rows each, in blocks of rows from `read` like [`GpuTensor::upload`].
     pub fn upload_texture(
-        gpu: &Engine,
+        up: &Uploader,
         label: &str,
         rows: usize,
         cols: usize,
@@ -193,12 +185,12 @@ impl GpuTensor {
         read: &mut ReadRows,
     ) -> Result<Vec<TextureChunk>> {
         let mut encoded = f32_rows_encoded(read, cols, dtype);
-        Self::upload_texture_encoded(gpu, label, rows, cols, dtype, max_rows, &mut encoded)
+        Self::upload_texture_encoded(up, label, rows, cols, dtype, max_rows, &mut encoded)
     }
 
     /// [`GpuTensor::upload_texture`] from rows already encoded, as [`GpuTensor::upload_encoded`].
     pub fn upload_texture_encoded(
-        gpu: &Engine,
+        up: &Uploader,
         label: &str,
         rows: usize,
         cols: usize,
@@ -209,20 +201,16 @@ impl GpuTensor {
         check_cols(label, cols, dtype)?;
         let mut failed = None;
         let chunks = Self::texture_chunks(label, rows, max_rows, dtype, |name, row0, n| {
-            let tex = gpu.weight_texture(name, n, cols, dtype);
+            let tex = up.gpu().weight_texture(name, n, cols, dtype);
             for (r, nb) in blocks(n, cols) {
-                match read(row0 + r, nb) {
-                    Ok(encoded) => gpu.write_weight_rows(&tex, r as u32, &encoded),
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                        break;
-                    }
+                let written = read(row0 + r, nb).and_then(|e| up.weight_rows(&tex, r as u32, &e));
+                if let Err(e) = written {
+                    failed.get_or_insert(e);
+                    break;
                 }
             }
             tex
         });
-        // Hand the staged copies to the GPU now, so staging memory stays at one tensor.
-        gpu.queue.submit([]);
         failed.map_or(Ok(chunks), Err)
     }
 

@@ -65,9 +65,7 @@ impl Model {
                 let shape = if rows == 1 { (1, cols) } else { (n, cols) };
                 let mut read =
                     |r: usize, k: usize| Ok(src.encoded(dtype, (row0 + r) * width, k * width));
-                parts.push(upload_tensor(
-                    &gpu, &placement, name, shape, dtype, &mut read,
-                )?);
+                parts.push(upload_tensor(&placement, name, shape, dtype, &mut read)?);
             }
             let t = match parts.len() {
                 1 => parts.pop().expect("one part"),
@@ -77,6 +75,7 @@ impl Model {
             opts.advance(&mut done, (rows * cols) as u64, total);
             Ok(t)
         })?;
+        placement.up.finish()?;
         Self::finish(
             gpu,
             config,

@@ -22,6 +22,7 @@ use crate::gpu::Engine;
 use crate::gpu::kernels::{self, FillParams};
 use crate::gpu::registry::{Key, Layout};
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
+use crate::gpu::upload::Uploader;
 use crate::graph::Graph;
 use crate::loader::{self, Checkpoint, Weights};
 use crate::plan::{Caps, Fusions, Rule};
@@ -192,7 +193,7 @@ impl Model {
             }
             let dtype = stored_as(name, rows, opts.dtype);
             let mut read = crate::gpu::tensor::f32_rows_encoded(read, cols, dtype);
-            upload_tensor(&gpu, &placement, name, (rows, cols), dtype, &mut read)
+            upload_tensor(&placement, name, (rows, cols), dtype, &mut read)
         };
         let mut done = 0;
         let weights = loader::load_weights(ckpt, &config, |name, rows, cols, read| {
@@ -203,6 +204,7 @@ impl Model {
             opts.advance(&mut done, (rows * cols) as u64, total);
             Ok(t)
         })?;
+        placement.up.finish()?;
         Self::finish(
             gpu,
             config,
@@ -633,7 +635,9 @@ fn folded_row_sums(gpu: &Engine, weights: &mut Weights<GpuTensor>, zero: &wgpu::
 }
 
 /// Where a load stores its tensors.
-pub(crate) struct Placement {
+pub(crate) struct Placement<'a> {
+    /// Where the weights pass on their way to the GPU.
+    pub(crate) up: Uploader<'a>,
     /// The linear layers read textures.
     textures: bool,
     /// Rows of one weight texture at most.
@@ -644,10 +648,11 @@ pub(crate) struct Placement {
     tied: bool,
 }
 
-impl Placement {
-    pub(crate) fn new(gpu: &Engine, textures: bool, max_chunk_bytes: u64, tied: bool) -> Self {
+impl<'a> Placement<'a> {
+    pub(crate) fn new(gpu: &'a Engine, textures: bool, max_chunk_bytes: u64, tied: bool) -> Self {
         let max_rows = gpu.limits.max_texture_dimension_2d as usize;
         Placement {
+            up: Uploader::new(gpu),
             textures,
             max_rows,
             max_chunk_bytes,
@@ -660,7 +665,6 @@ impl Placement {
 /// texture layout, anything else as buffers, and a tied token table as both (the embedding
 /// reads buffers, the head textures).
 pub(crate) fn upload_tensor(
-    gpu: &Engine,
     p: &Placement,
     name: &str,
     (rows, cols): (usize, usize),
@@ -669,13 +673,13 @@ pub(crate) fn upload_tensor(
 ) -> Result<GpuTensor> {
     if p.textures && is_linear(name) {
         let chunks =
-            GpuTensor::upload_texture_encoded(gpu, name, rows, cols, dtype, p.max_rows, read)?;
+            GpuTensor::upload_texture_encoded(&p.up, name, rows, cols, dtype, p.max_rows, read)?;
         return Ok(GpuTensor::from_textures(rows, cols, dtype, chunks));
     }
-    let mut t = GpuTensor::upload_encoded(gpu, name, rows, cols, dtype, p.max_chunk_bytes, read)?;
+    let mut t = GpuTensor::upload_encoded(&p.up, name, rows, cols, dtype, p.max_chunk_bytes, read)?;
     if p.textures && p.tied && name == "wte.weight" {
         t.textures =
-            GpuTensor::upload_texture_encoded(gpu, name, rows, cols, dtype, p.max_rows, read)?;
+            GpuTensor::upload_texture_encoded(&p.up, name, rows, cols, dtype, p.max_rows, read)?;
     }
     Ok(t)
 }
