@@ -1798,6 +1798,60 @@ fn gelu_erf_epilogue_matches_cpu() {
     }
 }
 
+/// A tied token table held only as the head's weight textures (the texture layout): the
+/// embedding reads its rows from two textures split at row 20 (the second ending in a partial
+/// group of four rows), in every storage format, against the twin on the stored weights. Widths
+/// 64, 192 and 320 (192 and 320 leave a partial q8 and nibble scale texel); tokens in both
+/// textures, the last row included.
+#[test]
+fn embed_texture_matches_cpu() {
+    let h = Harness::new();
+    let v = 37;
+    for dtype in WeightDtype::ALL {
+        let code = [("WEIGHT_FORMAT", dtype.format().code() as f64)];
+        let pipe =
+            wgpt::gpu::kernels::entry_pipeline(&h.gpu, "embed", "embed_texture", None, &code);
+        for (t, c, pos0) in [(1, 64, 0), (7, 192, 5), (33, 320, 20)] {
+            let wte = random(v * c, 36, 1.0);
+            let wpe = random(64 * c, 37, 1.0);
+            let tokens: Vec<u32> = (0..t).map(|i| ((i * 11 + 36) % v) as u32).collect();
+            let want = reference::embed(&tokens, &stored_weights(&wte, dtype), &wpe, c, pos0);
+            let x = h.f32s(&vec![f32::NAN; t * c]);
+            for (r0, r1) in [(0, 20), (20, v)] {
+                let params = EmbedParams {
+                    positions: 1,
+                    ..EmbedParams::new(c as u32, r0 as u32, (r1 - r0) as u32, 1.0)
+                };
+                let tex =
+                    (h.gpu
+                        .weight_texture_init("wte", &wte[r0 * c..r1 * c], r1 - r0, c, dtype))
+                    .unwrap();
+                let view = tex.create_view(&Default::default());
+                let (step, u, tb, pb) = (
+                    h.step(t, 0, pos0),
+                    h.gpu.uniform("p", &params),
+                    h.u32s(&tokens),
+                    h.f32s(&wpe),
+                );
+                let r = vec![
+                    (0, step.as_entire_binding()),
+                    (1, u.as_entire_binding()),
+                    (2, tb.as_entire_binding()),
+                    (4, pb.as_entire_binding()),
+                    (5, x.as_entire_binding()),
+                    (7, wgpu::BindingResource::TextureView(&view)),
+                ];
+                let bg = bind_at(&h.gpu, &pipe, "embed_texture", r);
+                dispatch(&h, &pipe, &bg, (c as u32).div_ceil(64), t as u32);
+            }
+            // As the buffer embedding's block formats: one product with the scale (and q4's
+            // minimum), which a GPU may fuse, and one add: 1e-6 relative.
+            let d = close(&h.read(&x), &want, 1e-6);
+            println!("embed_texture {dtype:?} T={t} C={c} pos0={pos0}: max diff {d:e}");
+        }
+    }
+}
+
 /// Encoders' embedding: sequences packed in rows, each row at its position within its sequence.
 #[test]
 fn embed_packed_matches_cpu() {

@@ -25,8 +25,10 @@ fn embedding_above_max_binding_is_split_and_correct() {
     write_safetensors(dir.path(), &random_gpt2(v, n_ctx, c, l, inner, 7));
     let wte_mb = (v * c * 4) as f64 / 1048576.0;
 
+    // The buffer layout: in the texture layout a tied table is held as the head's textures.
     let opts = LoadOptions {
         max_chunk_bytes: (cap < max).then_some(cap),
+        layout: wgpt::WeightLayout::Buffer,
         ..Default::default()
     };
     let model = Model::load(gpu.clone(), dir.path(), &opts).unwrap();

@@ -166,6 +166,9 @@ impl<'a> Lower<'a> {
         else {
             unreachable!()
         };
+        if let Some((table, scale)) = tokens.filter(|(t, _)| t.chunks.is_empty()) {
+            return self.embed_texture(op, table, scale, step);
+        }
         let entry = if *packed { "embed_packed" } else { "embed" };
         let dtype = tokens.map_or(WeightDtype::F32, |(t, _)| t.dtype);
         let pipe = self.pipe(stored(Key::new("embed", entry), dtype));
@@ -210,6 +213,48 @@ impl<'a> Lower<'a> {
                     [Dim::Fixed((*width as u32).div_ceil(wg::EMBED)), Dim::Rows],
                     "embed",
                 )
+            })
+            .collect()
+    }
+
+    /// `embed` from a token table held only as the tied head's weight textures: one dispatch
+    /// per texture.
+    fn embed_texture(
+        &mut self,
+        op: &Op<&GpuTensor>,
+        table: &GpuTensor,
+        scale: f32,
+        step: &wgpu::Buffer,
+    ) -> Vec<Dispatch> {
+        let Op::Embed {
+            positions,
+            width,
+            out,
+            ..
+        } = op
+        else {
+            unreachable!()
+        };
+        let pipe = self.pipe(stored(Key::new("embed", "embed_texture"), table.dtype));
+        let pos = positions.map_or(&self.io.zero, |p| p.single());
+        (table.textures.iter())
+            .map(|ch| {
+                let params = EmbedParams {
+                    positions: positions.is_some() as u32,
+                    ..EmbedParams::new(*width as u32, ch.row0 as u32, ch.rows as u32, scale)
+                };
+                let u = self.gpu.uniform("embed", &params);
+                let r = vec![
+                    (0, step.as_entire_binding()),
+                    (1, u.as_entire_binding()),
+                    (2, self.io.tokens.as_entire_binding()),
+                    (4, pos.as_entire_binding()),
+                    (5, self.buf(*out).as_entire_binding()),
+                    (7, wgpu::BindingResource::TextureView(&ch.view)),
+                ];
+                let bind = kernels::bind_at(self.gpu, &pipe, "embed_texture", r);
+                let grid = [Dim::Fixed((*width as u32).div_ceil(wg::EMBED)), Dim::Rows];
+                Dispatch::new(pipe.clone(), bind, grid, "embed")
             })
             .collect()
     }

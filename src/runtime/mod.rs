@@ -348,26 +348,22 @@ impl Model {
                     tex
                 })
             };
-            if textures && is_linear(name) {
+            // The head is the token table: in the texture layout the embedding reads it there.
+            if textures && (is_linear(name) || name == "wte.weight") {
                 let textures = textured(&mut fill);
                 return Ok(GpuTensor::from_textures(rows, cols, dtype, textures));
             }
-            let mut t =
-                GpuTensor::with_chunks(name, rows, cols, dtype, max_chunk_bytes, |label, _, n| {
-                    Ok(fill(
-                        label,
-                        dtype.stored_rows(n),
-                        cols,
-                        row_bytes,
-                        values,
-                        dtype,
-                        false,
-                    ))
-                })?;
-            if textures && name == "wte.weight" {
-                t.textures = textured(&mut fill);
-            }
-            Ok(t)
+            GpuTensor::with_chunks(name, rows, cols, dtype, max_chunk_bytes, |label, _, n| {
+                Ok(fill(
+                    label,
+                    dtype.stored_rows(n),
+                    cols,
+                    row_bytes,
+                    values,
+                    dtype,
+                    false,
+                ))
+            })
         })?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
@@ -478,13 +474,7 @@ impl Model {
     /// Bytes of weights on the GPU.
     pub fn weight_bytes(&self) -> u64 {
         let w = &self.weights;
-        // The token table is held twice when the embedding reads buffers and a tied head textures.
-        let wte_textures = if w.wte.chunks.is_empty() || w.wte.textures.is_empty() {
-            0
-        } else {
-            w.wte.bytes()
-        };
-        w.all().map(GpuTensor::bytes).sum::<u64>() + wte_textures
+        w.all().map(GpuTensor::bytes).sum::<u64>()
     }
 
     /// Weight bytes one decode step reads: every block's matrices and vectors, the final
@@ -559,9 +549,11 @@ impl Model {
         names.join("+")
     }
 
-    /// Number of buffers the token embedding was split into (1 unless it exceeds one binding).
+    /// Number of pieces the token table is stored in: buffers (1 unless it exceeds one binding),
+    /// or, where a tied head holds it as textures (the texture layout), textures.
     pub fn wte_chunks(&self) -> usize {
-        self.weights.wte.chunks.len()
+        let wte = &self.weights.wte;
+        wte.chunks.len().max(wte.textures.len())
     }
 }
 
@@ -661,9 +653,9 @@ impl<'a> Placement<'a> {
     }
 }
 
-/// Uploads one tensor from rows encoded as `dtype`: a linear layer's matrix as textures in the
-/// texture layout, anything else as buffers, and a tied token table as both (the embedding
-/// reads buffers, the head textures).
+/// Uploads one tensor from rows encoded as `dtype`: a linear layer's matrix, and a tied token
+/// table (the head, which the embedding reads too), as textures in the texture layout, anything
+/// else as buffers.
 pub(crate) fn upload_tensor(
     p: &Placement,
     name: &str,
@@ -671,17 +663,13 @@ pub(crate) fn upload_tensor(
     dtype: WeightDtype,
     read: &mut crate::gpu::tensor::ReadEncoded,
 ) -> Result<GpuTensor> {
-    if p.textures && is_linear(name) {
+    let tied_table = p.tied && name == "wte.weight";
+    if p.textures && (is_linear(name) || tied_table) {
         let chunks =
             GpuTensor::upload_texture_encoded(&p.up, name, rows, cols, dtype, p.max_rows, read)?;
         return Ok(GpuTensor::from_textures(rows, cols, dtype, chunks));
     }
-    let mut t = GpuTensor::upload_encoded(&p.up, name, rows, cols, dtype, p.max_chunk_bytes, read)?;
-    if p.textures && p.tied && name == "wte.weight" {
-        t.textures =
-            GpuTensor::upload_texture_encoded(&p.up, name, rows, cols, dtype, p.max_rows, read)?;
-    }
-    Ok(t)
+    GpuTensor::upload_encoded(&p.up, name, rows, cols, dtype, p.max_chunk_bytes, read)
 }
 
 /// The storage of tensor `name`: the matrices the linear kernels and the embedding read take the
