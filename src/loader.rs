@@ -251,7 +251,8 @@ impl Checkpoint {
 
     /// Rows `row0 .. row0 + n` of tensor `name` in the kernels' layout (rows of `cols` values)
     /// as f32, appended to `out`: as stored, or for a Conv1D weight (stored [cols, rows], i.e.
-    /// [in, out]) transposed. Reads straight from the mapping; call [`Checkpoint::check`] first.
+    /// [in, out]) transposed. Reads straight from the mapping, and lets the OS drop the pages of
+    /// rows read as stored; call [`Checkpoint::check`] first.
     pub fn read_rows(
         &self,
         name: &str,
@@ -299,6 +300,10 @@ impl Checkpoint {
             }
         } else {
             out.extend((row0 * cols..(row0 + n) * cols).map(value));
+            // Rows are read in order, each once or nearly: their pages can go now, so a big
+            // tensor (a token table) is never resident whole. (A Conv1D block spans the tensor.)
+            let shard = &self.shards[e.shard].1;
+            shard.release(e.start + row0 * cols * size, e.start + (row0 + n) * cols * size);
         }
         Ok(())
     }

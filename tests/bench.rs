@@ -265,3 +265,45 @@ fn kernel_microbenchmarks_cover_every_family() {
     }
     assert!(wgpt::bench::kernels(&gpu, wgpt::gpu::tensor::WeightDtype::F32, false, 60).is_err());
 }
+
+/// Loading streams: a checkpoint's weights pass through one staging buffer and the file pages
+/// of rows read are given back, so what a load holds beyond the weights (`wgpt bench`'s split
+/// of peak host memory) is the process itself. A 120 MB f32 checkpoint, most of it a 96 MiB tied
+/// token table, costs at most 0.1x its size more than the 17 MB embedded model does (measured
+/// 92 MB against 105: less); with the table's pages kept until it is uploaded, 188 MB.
+#[test]
+fn loading_holds_little_beyond_the_weights() {
+    let rest = |args: &[&str]| {
+        let mut all = vec!["bench", "-p", "2", "-n", "1", "-r", "1", "--json"];
+        all.extend(args);
+        let o = wgpt(&all);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let stdout = String::from_utf8(o.stdout).unwrap();
+        let r: wgpt::bench::Report = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        let held = if r.adapter.device_type == "Cpu" {
+            r.weight_bytes
+        } else {
+            0
+        };
+        let peak = r.load_peak_rss_bytes.expect("peak memory reported");
+        (peak.saturating_sub(held), r.checkpoint_bytes.unwrap())
+    };
+    let (v, c, l, inner) = (24576, 1024, 1, 1024);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        gpt2_config_json(v, 16, c, l, 8, inner),
+    )
+    .unwrap();
+    write_safetensors(dir.path(), &random_gpt2(v, 16, c, l, inner, 3));
+    let (base, _) = rest(&[]);
+    let (big, file) = rest(&["--model", dir.path().to_str().unwrap()]);
+    let extra = big as f64 - base as f64;
+    println!(
+        "beyond the weights: {:.1} MB for the {:.1} MB checkpoint, {:.1} MB for the embedded model",
+        big as f64 / 1e6,
+        file as f64 / 1e6,
+        base as f64 / 1e6
+    );
+    assert!(extra <= 0.1 * file as f64, "{:.1} MB more", extra / 1e6);
+}
