@@ -266,7 +266,7 @@ fn kernel_microbenchmarks_cover_every_family() {
     assert!(wgpt::bench::kernels(&gpu, wgpt::gpu::tensor::WeightDtype::F32, false, 60).is_err());
 }
 
-/// Loading streams: a checkpoint's weights pass through one staging buffer and the file pages
+/// Loading streams: a checkpoint's weights pass through two staging buffers and the file pages
 /// of rows read are given back, so what a load holds beyond the weights (`wgpt bench`'s split
 /// of peak host memory) is the process itself. A 120 MB f32 checkpoint, most of it a 96 MiB tied
 /// token table, costs at most 0.1x its size more than the 17 MB embedded model does (measured

@@ -230,8 +230,8 @@ fn chat_with_the_gguf_answers_paris() {
 
 /// The memory target: peak host memory at load at most 1.3x the file, counted as
 /// `wgpt bench` counts it (the process's peak resident memory once loaded, less the weights
-/// where the adapter's "VRAM" is host memory too: lavapipe). Weights pass through one 4 MiB
-/// staging buffer and each block's file pages are dropped once read; before that the token
+/// where the adapter's "VRAM" is host memory too: lavapipe). Weights pass through two 4 MiB
+/// staging buffers and each block's file pages are dropped once read; before that the token
 /// table's two uploads (buffers for the embedding, textures for the tied head) staged whole
 /// copies and held the table's pages, and this measured 1.68x.
 #[test]

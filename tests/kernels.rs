@@ -1418,9 +1418,9 @@ fn texture_kv_append_and_attention_match_cpu() {
 }
 
 /// Weight textures are transposed (weight row n is texture column n) and a checkpoint streams
-/// into them in blocks of rows through the uploader's staging buffer: written in two blocks at an
-/// offset (a whole group of four rows, as q8 needs; 12 rows make a staging row of 192 bytes,
-/// padded to 256), through a staging buffer of 1 KiB that each block overflows (it is submitted,
+/// into them in blocks of rows through the uploader's staging buffers: written in two blocks at
+/// an offset (a whole group of four rows, as q8 needs; 12 rows make a staging row of 192 bytes,
+/// padded to 256), through staging buffers of 1 KiB that each block overflows (handed over,
 /// then grown), a texture gives the same outputs through matmul_texture as the CPU twin.
 #[test]
 fn weight_texture_written_in_blocks_matches_cpu() {
@@ -1448,15 +1448,24 @@ fn weight_texture_written_in_blocks_matches_cpu() {
     }
 }
 
-/// Buffer uploads through a 1 KiB staging buffer: pieces that fill it (submitted and reused),
-/// one bigger than it (grown), an odd-sized tail (padded to 4 bytes with zeros), bytes equal.
+/// Buffer uploads through two staging buffers of 1 KiB: pieces that fill one (handed over,
+/// then the other filled), the first taken back once the GPU has copied out of it, one piece
+/// bigger than a buffer (grown), an odd-sized tail (padded to 4 bytes with zeros): bytes equal.
 #[test]
 fn uploader_writes_buffers_exactly() {
     let h = Harness::new();
     let bytes: Vec<u8> = (0..4097u32).map(|i| (i * 7 + i / 256) as u8).collect();
     let dst = h.gpu.storage("dst", 4100);
     let up = Uploader::with_capacity(&h.gpu, 1024);
-    for (from, to) in [(0, 600), (600, 1000), (1000, 2400), (2400, 4097)] {
+    let pieces = [
+        (0, 600),
+        (600, 1000),
+        (1000, 1500),
+        (1500, 2000),
+        (2000, 3400),
+        (3400, 4097),
+    ];
+    for (from, to) in pieces {
         up.buffer(&dst, from as u64, &bytes[from..to]).unwrap();
     }
     up.finish().unwrap();
