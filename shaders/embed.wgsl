@@ -30,7 +30,8 @@ fn wte_at(r: u32, c: u32) -> f32 {
         let hw = rw + qn_high_word(b, p.C);
         let v = qn_at(wte[rw + c / 8u], vec2(wte[hw], wte[hw + select(0u, 1u, WEIGHT_FORMAT == FORMAT_Q6)]), i);
         let s = qn_scale_word(r, b, p.C);
-        let sm = qn_sm(bitcast<f32>(wte[s]), bitcast<f32>(wte[s + 4u]), i / 8u);
+        let pair = qn_pair(wte[s], wte[s + qn_second()]);
+        let sm = qn_sm(pair.x, pair.y, i / 8u);
         return v * sm.x + sm.y;
     }
     let i = r * p.C + c;
@@ -71,7 +72,7 @@ fn wte_texel_at(r: u32, c: u32) -> f32 {
         let b = c / Q4_BLOCK;
         let i = c % Q4_BLOCK;
         var h = vec2(0u);
-        if (WEIGHT_FORMAT == FORMAT_Q5) { h.x = textureLoad(wte_tex, vec2(r, p.C / 32u + b / 4u))[b % 4u]; }
+        if (qn_high_bits() == 1u) { h.x = textureLoad(wte_tex, vec2(r, p.C / 32u + b / 4u))[b % 4u]; }
         if (WEIGHT_FORMAT == FORMAT_Q6) {
             let t = textureLoad(wte_tex, vec2(r, p.C / 32u + b / 2u));
             h = select(t.xy, t.zw, b % 2u == 1u);
@@ -79,9 +80,9 @@ fn wte_texel_at(r: u32, c: u32) -> f32 {
         let v = qn_at(textureLoad(wte_tex, vec2(r, b))[i / 8u], h, i);
         let row = r - r % 4u + b % 4u;
         let t = qn_scale_texel(b, p.C);
-        let a = bitcast<f32>(textureLoad(wte_tex, vec2(row, t))[r % 4u]);
-        let m = bitcast<f32>(textureLoad(wte_tex, vec2(row, t + 1u))[r % 4u]);
-        let sm = qn_sm(a, m, i / 8u);
+        let first = textureLoad(wte_tex, vec2(row, t))[r % 4u];
+        let pair = qn_pair(first, textureLoad(wte_tex, vec2(row, t + qn_second() / 4u))[r % 4u]);
+        let sm = qn_sm(pair.x, pair.y, i / 8u);
         return v * sm.x + sm.y;
     }
     if (WEIGHT_FORMAT == FORMAT_F16) {

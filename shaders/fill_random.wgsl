@@ -36,14 +36,18 @@ fn fill_random(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         }
         return;
     }
-    if (WEIGHT_FORMAT == FORMAT_Q4 || WEIGHT_FORMAT == FORMAT_Q5 || WEIGHT_FORMAT == FORMAT_Q6) {
+    let half = WEIGHT_FORMAT == FORMAT_Q4H || WEIGHT_FORMAT == FORMAT_Q5H;
+    if (WEIGHT_FORMAT == FORMAT_Q4 || WEIGHT_FORMAT == FORMAT_Q5 || WEIGHT_FORMAT == FORMAT_Q6 || half) {
         // Nibble and high-bit planes: any word. Scale area: pairs of texels, q4 and q5 scales
-        // (so weights span +-scale) then minimums, q6 two texels of half scales.
+        // (so weights span +-scale) then minimums, q6 two texels of half scales; q4h and q5h
+        // one texel of (scale, minimum) f16 pairs.
         let values = select(i % p.row_words < p.q_words, i / p.row_words < p.q_rows, p.q_rows != 0u);
         let area = select(i % p.row_words - p.q_words, (i / p.row_words - p.q_rows) * 4u, p.q_rows != 0u);
-        let top = select(15.0, 31.0, WEIGHT_FORMAT == FORMAT_Q5);
+        let top = select(15.0, 31.0, WEIGHT_FORMAT == FORMAT_Q5 || WEIGHT_FORMAT == FORMAT_Q5H);
         if (values) {
             out[i] = r;
+        } else if (half) {
+            out[i] = pack2x16float(vec2(2.0 * p.scale / top, -p.scale));
         } else if (WEIGHT_FORMAT == FORMAT_Q6) {
             out[i] = bitcast<u32>(p.scale / 32.0);
         } else {

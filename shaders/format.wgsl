@@ -9,5 +9,7 @@ const FORMAT_Q8: u32 = 2u;
 const FORMAT_Q4: u32 = 3u;
 const FORMAT_Q5: u32 = 4u;
 const FORMAT_Q6: u32 = 5u;
+const FORMAT_Q4H: u32 = 6u;
+const FORMAT_Q5H: u32 = 7u;
 
 override WEIGHT_FORMAT: u32 = FORMAT_F32;

@@ -6,20 +6,56 @@
 // in the first), then a scale area of K / 128 pairs of texels (rounded up) in which row
 // 4 g + j holds, in pair i, two f32 of block 4 i + j for each of rows 4 g .. 4 g + 4 (the four
 // rows a kernel invocation computes take one fetch of each per block): q4 and q5 a scale s and a
-// minimum m, w = v s + m; q6 the scales of the block's halves of 16, w = (v - 32) s.
-// GGUF's Q4_0/Q4_1/Q4_K, Q5_0/Q5_1/Q5_K and Q6_K repack into them exactly. Matrices are padded to
-// whole groups of four rows, and chunks start at one.
+// minimum m, w = v s + m; q6 the scales of the block's halves of 16, w = (v - 32) s. q4h and
+// q5h hold the pair as two f16 in one word: a scale area of K / 128 single texels.
+// GGUF's Q4_0/Q4_1 (q4h), Q4_K, Q5_0/Q5_1 (q5h), Q5_K and Q6_K repack into them exactly. Matrices
+// are padded to whole groups of four rows, and chunks start at one.
 
 const Q4_BLOCK: u32 = 32u;
 
 // Whether the pipeline's weights are in a nibble format.
 fn is_nibbles() -> bool {
-    return WEIGHT_FORMAT == FORMAT_Q4 || WEIGHT_FORMAT == FORMAT_Q5 || WEIGHT_FORMAT == FORMAT_Q6;
+    return WEIGHT_FORMAT == FORMAT_Q4 || WEIGHT_FORMAT == FORMAT_Q5 || WEIGHT_FORMAT == FORMAT_Q6
+        || WEIGHT_FORMAT == FORMAT_Q4H || WEIGHT_FORMAT == FORMAT_Q5H;
+}
+
+// Whether a block's two values are f16 in one word (q4h, q5h), not two f32.
+fn qn_half() -> bool {
+    return WEIGHT_FORMAT == FORMAT_Q4H || WEIGHT_FORMAT == FORMAT_Q5H;
 }
 
 // Bits above the nibble.
 fn qn_high_bits() -> u32 {
-    return select(select(0u, 1u, WEIGHT_FORMAT == FORMAT_Q5), 2u, WEIGHT_FORMAT == FORMAT_Q6);
+    let five = WEIGHT_FORMAT == FORMAT_Q5 || WEIGHT_FORMAT == FORMAT_Q5H;
+    return select(select(0u, 1u, five), 2u, WEIGHT_FORMAT == FORMAT_Q6);
+}
+
+// Words of the scale area per 128 weights of a row: a texel of f16 pairs or two of f32.
+fn qn_scale_words() -> u32 {
+    return select(8u, 4u, qn_half());
+}
+
+// Words from a block's first scale word to its second (0: one word holds both).
+fn qn_second() -> u32 {
+    return select(4u, 0u, qn_half());
+}
+
+// A block's two values from its first scale word and its second.
+fn qn_pair(first: u32, second: u32) -> vec2<f32> {
+    if (qn_half()) { return unpack2x16float(first); }
+    return vec2(bitcast<f32>(first), bitcast<f32>(second));
+}
+
+// Four rows' two values (columns 0 and 1) from their scale texel and, for f32, the next.
+fn qn_pairs(first: vec4<u32>, second: vec4<u32>) -> mat2x4<f32> {
+    if (qn_half()) {
+        let a = unpack2x16float(first.x);
+        let b = unpack2x16float(first.y);
+        let c = unpack2x16float(first.z);
+        let d = unpack2x16float(first.w);
+        return mat2x4(vec4(a.x, b.x, c.x, d.x), vec4(a.y, b.y, c.y, d.y));
+    }
+    return mat2x4(bitcast<vec4<f32>>(first), bitcast<vec4<f32>>(second));
 }
 
 // Words of the high-bit plane of a row of k weights (whole texels).
@@ -29,19 +65,21 @@ fn qn_high_words(k: u32) -> u32 {
 
 // Words of one stored row of k weights.
 fn qn_row_words(k: u32) -> u32 {
-    return k / 8u + qn_high_words(k) + 8u * ((k + 127u) / 128u);
+    return k / 8u + qn_high_words(k) + qn_scale_words() * ((k + 127u) / 128u);
 }
 
 // The word (from the start of the chunk) holding the first f32 of block b of row n, rows of k;
-// the second is four words on.
+// the second is qn_second() words on.
 fn qn_scale_word(n: u32, b: u32, k: u32) -> u32 {
-    return (n - n % 4u + b % 4u) * qn_row_words(k) + k / 8u + qn_high_words(k) + 8u * (b / 4u) + n % 4u;
+    let area = k / 8u + qn_high_words(k) + qn_scale_words() * (b / 4u);
+    return (n - n % 4u + b % 4u) * qn_row_words(k) + area + n % 4u;
 }
 
 // The texel (along a weight texture's K axis) holding the first f32 of block b of the four rows
-// of a group, in row n0 + b % 4 of that group; the second f32 are in the next texel.
+// of a group, in row n0 + b % 4 of that group; the second f32 are in the next texel (q4h, q5h:
+// one texel holds both).
 fn qn_scale_texel(b: u32, k: u32) -> u32 {
-    return k / 32u + qn_high_words(k) / 4u + 2u * (b / 4u);
+    return k / 32u + qn_high_words(k) / 4u + qn_scale_words() / 4u * (b / 4u);
 }
 
 // The word (within its row) of block b's high bits (q5), or the first of its two (q6).
@@ -60,7 +98,7 @@ fn q4_hi(word: u32) -> vec4<f32> {
 // The high parts (times 16) of weights i0 .. i0 + 4 of a block (i0 a multiple of 4) from its
 // high words h (q5: h.x; q6: h.x for weights 0-15, h.y for 16-31), less q6's offset of 32.
 fn qn_high4(h: vec2<u32>, i0: u32) -> vec4<f32> {
-    if (WEIGHT_FORMAT == FORMAT_Q5) {
+    if (qn_high_bits() == 1u) {
         let bits = (vec4(h.x) >> (vec4(i0) + vec4(0u, 1u, 2u, 3u))) & vec4(1u);
         return vec4<f32>(bits) * 16.0;
     }

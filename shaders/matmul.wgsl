@@ -36,7 +36,8 @@ fn w4(n: u32, k4: u32) -> vec4<f32> {
         let h = high_words(rw, b);
         let v = select(qn_hi(word, h, j), qn_lo(word, h, j), k4 % 2u == 0u);
         let s = qn_scale_word(n, b, p.K);
-        let sm = qn_sm(bitcast<f32>(w[s]), bitcast<f32>(w[s + 4u]), j);
+        let pair = qn_pair(w[s], w[s + qn_second()]);
+        let sm = qn_sm(pair.x, pair.y, j);
         return v * sm.x + sm.y;
     }
     if (WEIGHT_FORMAT == FORMAT_F16) {
@@ -176,10 +177,8 @@ fn gemv_partial(m: u32, n0: u32, lane: u32) -> vec4<f32> {
                 if (j < 2u) { lo += d; } else { hi += d; }
             }
             let s = qn_scale_word(n0, b, p.K);
-            let sm = mat2x4(
-                vec4(bitcast<f32>(w[s]), bitcast<f32>(w[s + 1u]), bitcast<f32>(w[s + 2u]), bitcast<f32>(w[s + 3u])),
-                vec4(bitcast<f32>(w[s + 4u]), bitcast<f32>(w[s + 5u]), bitcast<f32>(w[s + 6u]), bitcast<f32>(w[s + 7u])),
-            );
+            let t = s + qn_second();
+            let sm = qn_pairs(vec4(w[s], w[s + 1u], w[s + 2u], w[s + 3u]), vec4(w[t], w[t + 1u], w[t + 2u], w[t + 3u]));
             c += qn_combine(lo, hi, dot(sx, one), sm);
         }
     } else {

@@ -50,12 +50,12 @@ fn block_scales(b: u32, n0: u32) -> vec4<f32> {
 fn qn_block_scales(b: u32, n0: u32) -> mat2x4<f32> {
     let t = qn_scale_texel(b, p.K);
     let r = n0 + b % 4u;
-    return mat2x4(bitcast<vec4<f32>>(wtexel(t, r)), bitcast<vec4<f32>>(wtexel(t + 1u, r)));
+    return qn_pairs(wtexel(t, r), wtexel(t + qn_second() / 4u, r));
 }
 
 // The high words of block b of nibble-format row n.
 fn qn_high_texel(b: u32, n: u32) -> vec2<u32> {
-    if (WEIGHT_FORMAT == FORMAT_Q5) { return vec2(wtexel(p.K / 32u + b / 4u, n)[b % 4u], 0u); }
+    if (qn_high_bits() == 1u) { return vec2(wtexel(p.K / 32u + b / 4u, n)[b % 4u], 0u); }
     if (WEIGHT_FORMAT == FORMAT_Q6) {
         let t = wtexel(p.K / 32u + b / 2u, n);
         return select(t.xy, t.zw, b % 2u == 1u);

@@ -508,7 +508,7 @@ fn q8_dtype_generates_and_refuses_odd_widths() {
         "q3",
     ]);
     assert!(
-        !o.status.success() && stderr(&o).contains("f32, f16, q8, q6, q5 or q4"),
+        !o.status.success() && stderr(&o).contains("f32, f16, q8, q6, q5, q4, q5h or q4h"),
         "{}",
         stderr(&o)
     );

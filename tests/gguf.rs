@@ -350,7 +350,7 @@ fn cli_reads_gguf_metadata() {
         "rotary (theta 100000)",
         "272 tensors: F32 x61, Q4_1 x210, Q8_0 x1",
         "chat         yes",
-        "on the GPU   F32 as f32, Q4_1 packed as q4, Q8_0 packed as q8",
+        "on the GPU   F32 as f32, Q4_1 packed as q4h, Q8_0 packed as q8",
     ] {
         assert!(out.contains(part), "{part:?} not in {out}");
     }

@@ -95,7 +95,8 @@ struct EncoderArgs {
     /// Adapter index or part of its name (see `wgpt info`).
     #[arg(long, env = "WGPT_ADAPTER")]
     adapter: Option<String>,
-    /// How weight matrices are stored on the GPU: f32, f16, q8, q6, q5 or q4.
+    /// How weight matrices are stored on the GPU: f32, f16, q8, q6, q5, q4, q5h or q4h (q4 and
+    /// q5 with f16 scales, as llama.cpp's Q4_1 and Q5_1).
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
     /// Where the linear layers' operands live: auto, buffer or texture.
@@ -147,7 +148,8 @@ struct BenchArgs {
     /// gpt2-xl, smollm2-135m, qwen2.5-0.5b, llama-3.2-1b.
     #[arg(long)]
     shape: Option<String>,
-    /// How weight matrices are stored on the GPU: f32, f16, q8, q6, q5 or q4.
+    /// How weight matrices are stored on the GPU: f32, f16, q8, q6, q5, q4, q5h or q4h (q4 and
+    /// q5 with f16 scales, as llama.cpp's Q4_1 and Q5_1).
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
     /// Where the linear layers' operands live: auto, buffer or texture.

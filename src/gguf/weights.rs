@@ -9,7 +9,7 @@ use super::dequant::{dequantize_block, f16_at, scale_min_k4};
 use super::{Gguf, TensorInfo};
 use crate::Result;
 use crate::config::{Config, Family};
-use crate::gpu::format::{Format, Q4, Q5, Q6, Q8};
+use crate::gpu::format::{Format, Q8};
 use crate::gpu::tensor::WeightDtype;
 
 /// The GPU format that holds ggml type `ty` exactly (BF16 widened to f32), or `None` for the
@@ -19,8 +19,10 @@ pub fn packed_as(ty: &str) -> Option<WeightDtype> {
         "F32" | "BF16" => WeightDtype::F32,
         "F16" => WeightDtype::F16,
         "Q8_0" => WeightDtype::Q8,
-        "Q4_0" | "Q4_1" | "Q4_K" => WeightDtype::Q4,
-        "Q5_0" | "Q5_1" | "Q5_K" => WeightDtype::Q5,
+        "Q4_0" | "Q4_1" => WeightDtype::Q4H,
+        "Q5_0" | "Q5_1" => WeightDtype::Q5H,
+        "Q4_K" => WeightDtype::Q4,
+        "Q5_K" => WeightDtype::Q5,
         "Q6_K" => WeightDtype::Q6,
         _ => return None,
     })
@@ -128,7 +130,8 @@ impl Gguf {
 /// f32. One range when the parts share a format (vectors are f32 whatever their parts are);
 /// one per part when they do not and lie one after another (a fused q/k/v of Q4_K, Q4_K and
 /// Q6_K: each kept packed, [`crate::gpu::tensor::GpuTensor::stack`]); interleaved parts (gate
-/// and up) of q4 and q5 in q5, which holds q4's blocks exactly, others in f32.
+/// and up) of q4, q5, q4h and q5h in the widest of them, which holds the others' blocks
+/// exactly, others in f32.
 fn runs(
     map: &[(usize, usize)],
     types: &[WeightDtype],
@@ -151,11 +154,20 @@ fn runs(
         }
         return (runs, false);
     }
-    let nibbles = [WeightDtype::Q4, WeightDtype::Q5];
-    match types.iter().all(|t| nibbles.contains(t)) {
-        true => (vec![(0, rows, WeightDtype::Q5)], false),
-        false => (vec![(0, rows, WeightDtype::F32)], true),
+    // q5 holds q4's blocks, and f32 scales f16 ones: the widest of q4, q5, q4h and q5h.
+    use WeightDtype::{Q4, Q4H, Q5, Q5H};
+    if !types.iter().all(|t| [Q4, Q5, Q4H, Q5H].contains(t)) {
+        return (vec![(0, rows, WeightDtype::F32)], true);
     }
+    let five = types.iter().any(|t| [Q5, Q5H].contains(t));
+    let half = types.iter().all(|t| [Q4H, Q5H].contains(t));
+    let dtype = match (five, half) {
+        (true, true) => Q5H,
+        (true, false) => Q5,
+        (false, true) => Q4H,
+        (false, false) => Q4,
+    };
+    (vec![(0, rows, dtype)], false)
 }
 
 impl Gguf {
@@ -325,12 +337,8 @@ impl Source<'_> {
                 });
                 out
             }
-            WeightDtype::Q4 | WeightDtype::Q5 | WeightDtype::Q6 => {
-                let f = match dtype {
-                    WeightDtype::Q4 => &Q4,
-                    WeightDtype::Q5 => &Q5,
-                    _ => &Q6,
-                };
+            _ if dtype.nibbles().is_some() => {
+                let f = dtype.nibbles().expect("a nibble format");
                 let mut out = f.zeroed(n, cols);
                 self.each_block(row0, n, |t, r, b, block| {
                     let (v, s, m) = nibble_block(t.ty.name, block, b % 8);

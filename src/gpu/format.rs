@@ -52,19 +52,43 @@ pub struct Q8;
 /// scale area of `cols / 128` 32-byte pairs of texels (rounded up) in which row `4 g + j`
 /// holds, in pair `i`, two f32 of block `4 i + j` for each of rows `4 g .. 4 g + 4`: q4 and q5
 /// a scale and a minimum, w = v s + m; q6 the scales of the block's two halves of 16,
-/// w = (v - 32) s. GGUF's Q4_0, Q4_1 and Q4_K repack into q4, Q5_0, Q5_1 and Q5_K into q5,
-/// Q6_K into q6, exactly (`crate::gguf`). `format_q4.wgsl` decodes them.
+/// w = (v - 32) s. q4h and q5h hold the pair as two f16 in one word, so their scale area is
+/// `cols / 128` single texels, row `4 g + j` holding in texel `i` the pair of block `4 i + j` of
+/// rows `4 g .. 4 g + 4` (scale in the low half). GGUF's Q4_0 and Q4_1 repack into q4h, Q4_K
+/// into q4, Q5_0 and Q5_1 into q5h, Q5_K into q5, Q6_K into q6, exactly (`crate::gguf`).
+/// `format_nibbles.wgsl` decodes them.
 pub struct Nibbles {
     /// Bits above the nibble: 0, 1 or 2.
     high: usize,
+    /// Scale and minimum in f16 (q4h, q5h), else f32.
+    half: bool,
 }
 
 /// 4-bit weights: [`Nibbles`] with no high plane (like llama.cpp's Q4_1).
-pub static Q4: Nibbles = Nibbles { high: 0 };
+pub static Q4: Nibbles = Nibbles {
+    high: 0,
+    half: false,
+};
 /// 5-bit weights: [`Nibbles`] with one high bit (like llama.cpp's Q5_1).
-pub static Q5: Nibbles = Nibbles { high: 1 };
+pub static Q5: Nibbles = Nibbles {
+    high: 1,
+    half: false,
+};
 /// 6-bit weights with a scale per 16: [`Nibbles`] with two high bits (like llama.cpp's Q6_K).
-pub static Q6: Nibbles = Nibbles { high: 2 };
+pub static Q6: Nibbles = Nibbles {
+    high: 2,
+    half: false,
+};
+/// [`Q4`] with f16 scales and minimums: llama.cpp's Q4_1 at its size.
+pub static Q4H: Nibbles = Nibbles {
+    high: 0,
+    half: true,
+};
+/// [`Q5`] with f16 scales and minimums: llama.cpp's Q5_1 at its size.
+pub static Q5H: Nibbles = Nibbles {
+    high: 1,
+    half: true,
+};
 
 /// Weights per q8 scale.
 pub const Q8_BLOCK: usize = 32;
@@ -83,6 +107,20 @@ impl WeightDtype {
             WeightDtype::Q4 => &Q4,
             WeightDtype::Q5 => &Q5,
             WeightDtype::Q6 => &Q6,
+            WeightDtype::Q4H => &Q4H,
+            WeightDtype::Q5H => &Q5H,
+        }
+    }
+
+    /// Its nibble format, if it is one.
+    pub fn nibbles(self) -> Option<&'static Nibbles> {
+        match self {
+            WeightDtype::Q4 => Some(&Q4),
+            WeightDtype::Q5 => Some(&Q5),
+            WeightDtype::Q6 => Some(&Q6),
+            WeightDtype::Q4H => Some(&Q4H),
+            WeightDtype::Q5H => Some(&Q5H),
+            _ => None,
         }
     }
 }
@@ -211,16 +249,37 @@ impl Nibbles {
         (cols * self.high).div_ceil(128) * 16
     }
 
+    /// Bytes of the scale area for each 128 weights of a row: a texel of f16 pairs, or a pair
+    /// of texels of f32.
+    fn scale_bytes(&self) -> usize {
+        if self.half { 16 } else { 32 }
+    }
+
     /// Where the first f32 of block `b` of row `r` sits in a matrix of rows of `cols` (the
-    /// second is 16 bytes on).
+    /// second is 16 bytes on), or its pair of f16.
     fn scale_at(&self, r: usize, b: usize, cols: usize) -> usize {
         let g = r / Q8_GROUP * Q8_GROUP;
         let area = cols / 2 + self.high_bytes(cols);
-        (g + b % Q8_GROUP) * self.row_bytes(cols) + area + 32 * (b / Q8_GROUP) + 4 * (r % Q8_GROUP)
+        let texel = self.scale_bytes() * (b / Q8_GROUP);
+        (g + b % Q8_GROUP) * self.row_bytes(cols) + area + texel + 4 * (r % Q8_GROUP)
+    }
+
+    /// The two values of block `b` of row `r`.
+    fn scales(&self, bytes: &[u8], r: usize, b: usize, cols: usize) -> (f32, f32) {
+        let at = self.scale_at(r, b, cols);
+        let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        match self.half {
+            true => {
+                let w = word(at);
+                let h = |bits: u32| half::f16::from_bits(bits as u16).to_f32();
+                (h(w & 0xffff), h(w >> 16))
+            }
+            false => (f32::from_bits(word(at)), f32::from_bits(word(at + 16))),
+        }
     }
 
     /// Stores block `b` of row `r`: its 32 values (below 2^(4 + high)) and its two f32 (q4, q5:
-    /// scale and minimum; q6: the halves' scales).
+    /// scale and minimum; q6: the halves' scales), rounded to f16 in q4h and q5h.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn put_block(&self, out: &mut [u8], cols: usize, r: usize, b: usize, v: &[u8; 32], s: f32, m: f32) {
         let row = r * self.row_bytes(cols);
@@ -242,6 +301,11 @@ impl Nibbles {
             out[at..at + 4].copy_from_slice(&w.to_le_bytes());
         }
         let sc = self.scale_at(r, b, cols);
+        if self.half {
+            let h = |x: f32| half::f16::from_f32(x).to_bits() as u32;
+            out[sc..sc + 4].copy_from_slice(&(h(s) | (h(m) << 16)).to_le_bytes());
+            return;
+        }
         out[sc..sc + 4].copy_from_slice(&s.to_le_bytes());
         out[sc + 16..sc + 20].copy_from_slice(&m.to_le_bytes());
     }
@@ -269,7 +333,12 @@ impl Nibbles {
         let top = ((16usize << self.high) - 1) as f32;
         let lo = w.iter().fold(f32::INFINITY, |m, &x| m.min(x));
         let hi = w.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let scale = (hi - lo) / top;
+        // q4h and q5h quantise against the f16 scale and minimum they store.
+        let stored = |x: f32| match self.half {
+            true => half::f16::from_f32(x).to_f32(),
+            false => x,
+        };
+        let (lo, scale) = (stored(lo), stored((hi - lo) / top));
         for (d, &x) in v.iter_mut().zip(w) {
             let q = if scale > 0.0 { ((x - lo) / scale).round() } else { 0.0 };
             *d = q.clamp(0.0, top) as u8;
@@ -297,10 +366,16 @@ impl Nibbles {
 
 impl Format for Nibbles {
     fn name(&self) -> &'static str {
-        ["q4", "q5", "q6"][self.high]
+        match self.half {
+            true => ["q4h", "q5h"][self.high],
+            false => ["q4", "q5", "q6"][self.high],
+        }
     }
     fn code(&self) -> u32 {
-        3 + self.high as u32
+        match self.half {
+            true => 6 + self.high as u32,
+            false => 3 + self.high as u32,
+        }
     }
     fn block(&self) -> usize {
         Q4_BLOCK
@@ -309,7 +384,7 @@ impl Format for Nibbles {
         Q8_GROUP
     }
     fn row_bytes(&self, cols: usize) -> usize {
-        cols / 2 + self.high_bytes(cols) + 32 * cols.div_ceil(Q8_GROUP * Q4_BLOCK)
+        cols / 2 + self.high_bytes(cols) + self.scale_bytes() * cols.div_ceil(Q8_GROUP * Q4_BLOCK)
     }
     fn value_bytes(&self, cols: usize) -> usize {
         cols / 2 + self.high_bytes(cols)
@@ -326,13 +401,12 @@ impl Format for Nibbles {
         out
     }
     fn decode(&self, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
-        let f32_at = |at: usize| f32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let mut out = Vec::with_capacity(rows * cols);
         for r in 0..rows {
             for c in 0..cols {
                 let (b, i) = (c / Q4_BLOCK, c % Q4_BLOCK);
                 let v = self.value(bytes, cols, r, b, i) as f32;
-                let (s, m) = (f32_at(self.scale_at(r, b, cols)), f32_at(self.scale_at(r, b, cols) + 16));
+                let (s, m) = self.scales(bytes, r, b, cols);
                 out.push(match self.high {
                     2 => (v - 32.0) * if i < 16 { s } else { m },
                     _ => v * s + m,
@@ -370,6 +444,8 @@ mod tests {
                 WeightDtype::Q4 => values.chunks(32).flat_map(|b| min_max_round_trip(b, 15.0)).collect(),
                 WeightDtype::Q5 => values.chunks(32).flat_map(|b| min_max_round_trip(b, 31.0)).collect(),
                 WeightDtype::Q6 => values.chunks(16).flat_map(symmetric_round_trip).collect(),
+                WeightDtype::Q4H => values.chunks(32).flat_map(|b| half_round_trip(b, 15.0)).collect(),
+                WeightDtype::Q5H => values.chunks(32).flat_map(|b| half_round_trip(b, 31.0)).collect(),
             };
             assert_eq!(got, want, "{}", f.name());
         }
@@ -384,6 +460,18 @@ mod tests {
         block
             .iter()
             .map(|&v| ((v - lo) / s).round().clamp(0.0, top) * s + lo)
+            .collect()
+    }
+
+    /// Q4_1's and Q5_1's quantisation with an f16 scale and minimum (ggml's own, as stored).
+    fn half_round_trip(block: &[f32], top: f32) -> Vec<f32> {
+        let h = |x: f32| half::f16::from_f32(x).to_f32();
+        let lo = block.iter().cloned().fold(f32::INFINITY, f32::min);
+        let hi = block.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let (s, m) = (h((hi - lo) / top), h(lo));
+        block
+            .iter()
+            .map(|&v| ((v - m) / s).round().clamp(0.0, top) * s + m)
             .collect()
     }
 

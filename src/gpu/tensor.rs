@@ -29,19 +29,26 @@ pub enum WeightDtype {
     Q5,
     /// 6-bit weights with a scale per 16 (like Q6_K, which loads into it exactly).
     Q6,
+    /// q4 with its scale and minimum in f16: 20 bytes per 32 weights, as Q4_1 (GGUF's Q4_0 and
+    /// Q4_1 load into it exactly, and at their files' size).
+    Q4H,
+    /// q5 with its scale and minimum in f16, as Q5_1 (GGUF's Q5_0 and Q5_1 load into it).
+    Q5H,
 }
 
 pub use crate::gpu::format::{Q8_BLOCK, Q8_GROUP};
 
 impl WeightDtype {
     /// Every storage format.
-    pub const ALL: [WeightDtype; 6] = [
+    pub const ALL: [WeightDtype; 8] = [
         WeightDtype::F32,
         WeightDtype::F16,
         WeightDtype::Q8,
         WeightDtype::Q4,
         WeightDtype::Q5,
         WeightDtype::Q6,
+        WeightDtype::Q4H,
+        WeightDtype::Q5H,
     ];
 
     /// Bytes one stored row of `cols` weights takes (for q8: the int8s and the padded scales).
@@ -54,7 +61,8 @@ impl WeightDtype {
         rows.next_multiple_of(self.format().group())
     }
 
-    /// `"f32"`, `"f16"`, `"q8"`, `"q6"`, `"q5"` or `"q4"`, the spelling [`FromStr`](std::str::FromStr) accepts.
+    /// `"f32"`, `"f16"`, `"q8"`, `"q6"`, `"q5"`, `"q4"`, `"q5h"` or `"q4h"`, the spelling
+    /// [`FromStr`](std::str::FromStr) accepts.
     pub fn name(self) -> &'static str {
         self.format().name()
     }
@@ -70,10 +78,12 @@ impl std::str::FromStr for WeightDtype {
             "q4" => Ok(WeightDtype::Q4),
             "q5" => Ok(WeightDtype::Q5),
             "q6" => Ok(WeightDtype::Q6),
+            "q4h" => Ok(WeightDtype::Q4H),
+            "q5h" => Ok(WeightDtype::Q5H),
             other => Err(Error::option(
                 "LoadOptions::dtype",
                 format!("{other:?}"),
-                "f32, f16, q8, q6, q5 or q4",
+                "f32, f16, q8, q6, q5, q4, q5h or q4h",
             )),
         }
     }
