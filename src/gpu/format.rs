@@ -65,30 +65,15 @@ pub struct Nibbles {
 }
 
 /// 4-bit weights: [`Nibbles`] with no high plane (like llama.cpp's Q4_1).
-pub static Q4: Nibbles = Nibbles {
-    high: 0,
-    half: false,
-};
+pub static Q4: Nibbles = Nibbles::new(0, false);
 /// 5-bit weights: [`Nibbles`] with one high bit (like llama.cpp's Q5_1).
-pub static Q5: Nibbles = Nibbles {
-    high: 1,
-    half: false,
-};
+pub static Q5: Nibbles = Nibbles::new(1, false);
 /// 6-bit weights with a scale per 16: [`Nibbles`] with two high bits (like llama.cpp's Q6_K).
-pub static Q6: Nibbles = Nibbles {
-    high: 2,
-    half: false,
-};
+pub static Q6: Nibbles = Nibbles::new(2, false);
 /// [`Q4`] with f16 scales and minimums: llama.cpp's Q4_1 at its size.
-pub static Q4H: Nibbles = Nibbles {
-    high: 0,
-    half: true,
-};
+pub static Q4H: Nibbles = Nibbles::new(0, true);
 /// [`Q5`] with f16 scales and minimums: llama.cpp's Q5_1 at its size.
-pub static Q5H: Nibbles = Nibbles {
-    high: 1,
-    half: true,
-};
+pub static Q5H: Nibbles = Nibbles::new(1, true);
 
 /// Weights per q8 scale.
 pub const Q8_BLOCK: usize = 32;
@@ -244,6 +229,10 @@ impl Format for Q8 {
 }
 
 impl Nibbles {
+    const fn new(high: usize, half: bool) -> Self {
+        Nibbles { high, half }
+    }
+
     /// Bytes of the high-bit plane of a row of `cols`, padded to whole texels.
     fn high_bytes(&self, cols: usize) -> usize {
         (cols * self.high).div_ceil(128) * 16
