@@ -636,7 +636,8 @@ pub(crate) struct Placement<'a> {
     max_rows: usize,
     /// Bytes of one buffer at most.
     max_chunk_bytes: u64,
-    /// The head is the token table (textures for the head, buffers for the embedding).
+    /// The head is the token table (in the texture layout the embedding reads the head's
+    /// textures).
     tied: bool,
 }
 
