@@ -328,21 +328,20 @@ impl Source<'_> {
 
     fn repacked(&self, dtype: WeightDtype, row0: usize, n: usize) -> Vec<u8> {
         let cols = self.cols;
+        if let Some(f) = dtype.nibbles() {
+            let mut out = f.zeroed(n, cols);
+            self.each_block(row0, n, |t, r, b, block| {
+                let (v, s, m) = nibble_block(t.ty.name, block, b % 8);
+                f.put_block(&mut out, cols, r, b, &v, s, m);
+            });
+            return out;
+        }
         match dtype {
             WeightDtype::Q8 => {
                 let mut out = vec![0u8; dtype.stored_rows(n) * Q8.row_bytes(cols)];
                 self.each_block(row0, n, |_, r, b, block| {
                     let (q, d) = q8_block(block);
                     Q8.put_block(&mut out, cols, r, b, &q, d);
-                });
-                out
-            }
-            _ if dtype.nibbles().is_some() => {
-                let f = dtype.nibbles().expect("a nibble format");
-                let mut out = f.zeroed(n, cols);
-                self.each_block(row0, n, |t, r, b, block| {
-                    let (v, s, m) = nibble_block(t.ty.name, block, b % 8);
-                    f.put_block(&mut out, cols, r, b, &v, s, m);
                 });
                 out
             }
