@@ -8,10 +8,11 @@
 // memory each: GELU after the MLP's up-projection, the residual add after the down-projections.
 // Encoders (BERT) use the erf form of GELU.
 
-// kv_c: for the decode GEMVs that touch the KV cache (gemv_texture_kv, gemv_texture_attention,
-// gemv_texture_append), C; else 0. ln_eps: the fused layer norm's epsilon (NORM in
-// matmul_texture_subgroup.wgsl).
-struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, kv_c: u32, ln_eps: f32, _c: u32 }
+// kv_c and kv_w: for the decode GEMVs that touch the KV cache (gemv_texture_kv,
+// gemv_texture_attention, gemv_texture_append), the queries' width NH HS (where the keys start
+// in a row of qkv) and the keys' NKV HS (the values follow them); else 0. ln_eps: the fused
+// layer norm's epsilon (NORM in matmul_texture_subgroup.wgsl).
+struct Params { K: u32, N: u32, ldo: u32, col0: u32, has_bias: u32, kv_c: u32, ln_eps: f32, kv_w: u32 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;        // (col0 + N)

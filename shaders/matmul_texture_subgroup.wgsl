@@ -305,14 +305,16 @@ fn gemv_texture_subgroup(
     if (n0 < p.N) { store4(gid.y, n0, sums, bias4(n0)); }
 }
 
-// gemv_texture_kv's KV cache, (slots * n_ctx rows, C / 4 texels), as attention_texture reads it.
+// gemv_texture_kv's KV cache, (slots * n_ctx rows, NKV HS / 4 texels), as attention_texture
+// reads it.
 @group(0) @binding(7) var k_cache: texture_storage_2d<rgba32float, write>;
 @group(0) @binding(8) var v_cache: texture_storage_2d<rgba32float, write>;
 
-// gemv_texture_subgroup for the attention's qkv projection (N = 3C over all weight chunks, C % 4
-// == 0, chunks starting at multiples of 4): outputs C .. 2C (the key) and 2C .. 3C (the value)
-// also go into the KV cache at the row's position, where kv_append_texture would copy them: on
-// lavapipe a dispatch costs ~0.1 ms, and decode ran 12 of them per token for that copy.
+// gemv_texture_subgroup for the attention's qkv projection (N = kv_c + 2 kv_w over all weight
+// chunks, both multiples of 4, chunks starting at multiples of 4): outputs kv_c .. kv_c + kv_w
+// (the key) and the kv_w after them (the value) also go into the KV cache at the row's position,
+// where kv_append_texture would copy them: on lavapipe a dispatch costs ~0.1 ms, and decode ran
+// 12 of them per token for that copy.
 @compute @workgroup_size(8)
 fn gemv_texture_kv(
     @builtin(global_invocation_id) gid: vec3<u32>,
@@ -324,12 +326,12 @@ fn gemv_texture_kv(
     if (n0 >= p.N) { return; }
     let b = bias4(n0);
     store4(m, n0, sums, b);
-    // Four outputs are one cache texel: a multiple of 4 past C, all in the key or the value.
+    // Four outputs are one cache texel: a multiple of 4 past kv_c, all in the key or the value.
     let col = p.col0 + n0;
     if (col >= p.kv_c) {
         let j = col - p.kv_c;
-        let at = vec2((j % p.kv_c) / 4u, slot_base(m) + position(m));
-        if (j < p.kv_c) {
+        let at = vec2((j % p.kv_w) / 4u, slot_base(m) + position(m));
+        if (j < p.kv_w) {
             textureStore(k_cache, at, sums + b);
         } else {
             textureStore(v_cache, at, sums + b);
@@ -371,25 +373,42 @@ fn gemv_texture_argmax(
 }
 
 // gemv_texture_attention: decode's qkv projection and the causal attention after it, in one
-// dispatch of one 8-lane workgroup per head (on lavapipe each dispatch costs ~0.1 ms of hand-off
-// between its threads; this saves one per layer). The workgroup computes its head's query, key
-// and value (3 HS outputs of the projection, 32 per pass: lane l holds texels l, l + 8, ... of
-// each, HS % 32 == 0) and stores them in qkv; then it attends over the cached keys 0 .. pos and
-// this step's own key with an online softmax, cached keys in blocks of 8: lane l scores key
-// j0 + l with the whole query (broadcast to every lane once), so a block's softmax is one vector
-// exp and two subgroup reductions; then each lane adds the block's values, weighted by the
-// broadcast probabilities, to its texels of the accumulator. The cache textures are read-only
-// here (one dispatch cannot read and write a texture): gemv_texture_append, the attention's
-// output projection, appends this step's key and value from qkv afterwards. One row (not
-// batched), weights in one texture chunk (N = 3C).
-@group(0) @binding(11) var k_past: texture_storage_2d<rgba32float, read>;  // (slots * n_ctx, C / 4)
-@group(0) @binding(12) var v_past: texture_storage_2d<rgba32float, read>;  // (slots * n_ctx, C / 4)
-@group(0) @binding(13) var<storage, read_write> att_y: array<vec4<f32>>;  // (1, C)
+// dispatch of one 8-lane workgroup per query head (on lavapipe each dispatch costs ~0.1 ms of
+// hand-off between its threads; this saves two per layer). The workgroup computes its head's
+// query and its key head's key and value (3 HS outputs of the projection, 32 per pass: lane l
+// holds texels l, l + 8, ... of each, HS % 32 == 0; the NH / NKV query heads of a key head each
+// compute that key and value, the first of them stores them), with ROPE rotates the query and
+// key (HS % 64 == 0: dims i and i + HS / 2 are in one lane's texels i / 4 and i / 4 + HS / 8),
+// and stores them in qkv; then it attends over the cached keys 0 .. pos and this step's own key
+// with an online softmax, cached keys in blocks of 8: lane l scores key j0 + l with the whole
+// query (broadcast to every lane once), so a block's softmax is one vector exp and two subgroup
+// reductions; then each lane adds the block's values, weighted by the broadcast probabilities,
+// to its texels of the accumulator. The cache textures are read-only here (one dispatch cannot
+// read and write a texture): gemv_texture_append, the attention's output projection, appends
+// this step's key and value from qkv afterwards. One row (not batched), weights in one texture
+// chunk (N = kv_c + 2 kv_w).
+@group(0) @binding(11) var k_past: texture_storage_2d<rgba32float, read>;  // (slots * n_ctx, NKV HS / 4)
+@group(0) @binding(12) var v_past: texture_storage_2d<rgba32float, read>;  // (slots * n_ctx, NKV HS / 4)
+@group(0) @binding(13) var<storage, read_write> att_y: array<vec4<f32>>;  // (1, NH HS)
+@group(0) @binding(15) var<uniform> inv_freq: array<vec4<f32>, 32>;      // (HS / 2) with ROPE
 
 // The head size, fixed per model (a constant bound unrolls the per-lane loops, keeping the
 // arrays' indices constant); HS / 32 texels per lane, at most MAX_HT.
 override HS: u32 = 64u;
 const MAX_HT: u32 = 8u;
+
+// Rotates pairs (a[i], a[i + HS / 64]) of a lane's texels, dims d .. d + 4 and their partners
+// HS / 2 on (d = 32 i + 4 lane), for position `pos`: rotary.wgsl's rotation.
+fn rotate_lane(a: ptr<function, array<vec4<f32>, MAX_HT>>, lane: u32, pos: u32) {
+    let half = HS / 64u;
+    for (var i = 0u; i < half; i++) {
+        let cs = cos_sin4(32u * i + 4u * lane, pos);
+        let x = (*a)[i];
+        let y = (*a)[i + half];
+        (*a)[i] = x * cs[0] - y * cs[1];
+        (*a)[i + half] = y * cs[0] + x * cs[1];
+    }
+}
 
 @compute @workgroup_size(8)
 fn gemv_texture_attention(
@@ -400,24 +419,35 @@ fn gemv_texture_attention(
     let lane = sg_lane % 8u;
     let ht = HS / 32u;
     let scale = inverseSqrt(f32(HS));
-    // This lane's texels of the head's query (scaled), key and value.
+    // The key head of query head h, and whether h is the first of its NH / NKV query heads.
+    let group = p.kv_c / p.kv_w;
+    let g = h / group;
+    let first = h % group == 0u;
+    // This lane's texels of the head's query, key and value, and where they go in qkv.
     var q: array<vec4<f32>, MAX_HT>;
     var k: array<vec4<f32>, MAX_HT>;
     var v: array<vec4<f32>, MAX_HT>;
     for (var i = 0u; i < ht; i++) {
-        let n0 = h * HS + 32u * i + 4u * lane;
-        let nq = gemv_sums(n0, 0u, lane);
-        let nk = gemv_sums(p.kv_c + n0, 0u, lane);
-        let nv = gemv_sums(2u * p.kv_c + n0, 0u, lane);
-        let bq = bias4(n0);
-        let bk = bias4(p.kv_c + n0);
-        let bv = bias4(2u * p.kv_c + n0);
-        store4(0u, n0, nq, bq);
-        store4(0u, p.kv_c + n0, nk, bk);
-        store4(0u, 2u * p.kv_c + n0, nv, bv);
-        q[i] = (nq + bq) * scale;
-        k[i] = nk + bk;
-        v[i] = nv + bv;
+        let o = 32u * i + 4u * lane;
+        let nq = h * HS + o;
+        let nk = p.kv_c + g * HS + o;
+        let nv = nk + p.kv_w;
+        q[i] = gemv_sums(nq, 0u, lane) + bias4(nq);
+        k[i] = gemv_sums(nk, 0u, lane) + bias4(nk);
+        v[i] = gemv_sums(nv, 0u, lane) + bias4(nv);
+    }
+    if (ROPE) {
+        rotate_lane(&q, lane, position(0u));
+        rotate_lane(&k, lane, position(0u));
+    }
+    for (var i = 0u; i < ht; i++) {
+        let o = 32u * i + 4u * lane;
+        store4(0u, h * HS + o, q[i], vec4(0.0));
+        if (first) {
+            store4(0u, p.kv_c + g * HS + o, k[i], vec4(0.0));
+            store4(0u, p.kv_c + p.kv_w + g * HS + o, v[i], vec4(0.0));
+        }
+        q[i] *= scale;
     }
     // The whole query in every lane: texel 8 i + l of the head from lane l.
     var qf: array<vec4<f32>, 64>;
@@ -431,7 +461,7 @@ fn gemv_texture_attention(
     var m = subgroupAdd(s0);
     var l = 1.0;
     var acc = v;
-    let xh = h * (HS / 4u);  // the head's first texel in a cache row
+    let xh = g * (HS / 4u);  // the key head's first texel in a cache row
     let x0 = xh + lane;      // this lane's
     let base = slot_base(0u);
     let n = position(0u);    // cached keys
@@ -461,13 +491,14 @@ fn gemv_texture_attention(
         }
         m = m_new;
     }
-    for (var i = 0u; i < ht; i++) { att_y[x0 + 8u * i] = acc[i] / l; }
+    let y0 = h * (HS / 4u) + lane;  // this lane's first texel of the head's output
+    for (var i = 0u; i < ht; i++) { att_y[y0 + 8u * i] = acc[i] / l; }
 }
 
 // gemv_texture_subgroup for the attention's output projection after gemv_texture_attention
-// (residual epilogue): invocation i < C / 4 also copies texel i of this step's key and value
-// from qkv into the KV cache at the row's position. One row; N = C in one weight chunk.
-@group(0) @binding(14) var<storage, read> qkv_row: array<vec4<f32>>;  // (1, 3C)
+// (residual epilogue): invocation i < kv_w / 4 also copies texel i of this step's key and value
+// from qkv into the KV cache at the row's position. One row; N >= kv_w in one weight chunk.
+@group(0) @binding(14) var<storage, read> qkv_row: array<vec4<f32>>;  // (1, kv_c + 2 kv_w)
 
 @compute @workgroup_size(8)
 fn gemv_texture_append(
@@ -477,10 +508,10 @@ fn gemv_texture_append(
     let n0 = gid.x * 4u;
     let sums = gemv_sums(n0, 0u, sg_lane % 8u);
     if (n0 < p.N) { store4(0u, n0, sums, bias4(n0)); }
-    let c4 = p.kv_c / 4u;
-    if (gid.x < c4) {
+    let k4 = p.kv_c / 4u + gid.x;
+    if (gid.x < p.kv_w / 4u) {
         let at = vec2(gid.x, slot_base(0u) + position(0u));
-        textureStore(k_cache, at, qkv_row[c4 + gid.x]);
-        textureStore(v_cache, at, qkv_row[2u * c4 + gid.x]);
+        textureStore(k_cache, at, qkv_row[k4]);
+        textureStore(v_cache, at, qkv_row[k4 + p.kv_w / 4u]);
     }
 }

@@ -1,9 +1,10 @@
 // Rotary position embeddings (transformers' `rotate_half` layout): in each query and key head,
-// dims i and i + HS/2 turn by the angle position × inv_freq[i]. Prepended to rope.wgsl, and to
+// dims i and i + HS/2 turn by the angle position × inv_freq[i]. Prepended to rope.wgsl, to
 // kv_append*.wgsl and attention*.wgsl, which rotate as they read with ROPE (the rope_attend
-// fusion). The kernel declares `qkv` (its rows of queries, keys, values) and the uniform
-// `inv_freq` (HS / 2 <= 128 frequencies, four per vec4: a uniform, so the attention stays within
-// the four storage buffers wgpt asks of an adapter).
+// fusion; rotary_qkv.wgsl after it), and to matmul_texture_subgroup.wgsl, whose fused decode
+// attention rotates what it computes (qkv_attend). The kernel declares the uniform `inv_freq`
+// (HS / 2 <= 128 frequencies, four per vec4: a uniform, so the attention stays within the four
+// storage buffers wgpt asks of an adapter).
 
 // The kernels that read q or k rotate them first (rope_attend); rope.wgsl ignores it.
 override ROPE: bool = false;
@@ -22,11 +23,12 @@ fn cos_sin(a: f32) -> vec2<f32> {
     return vec2(cos(x), sin(x));
 }
 
-// Dim d of the HS-wide head starting at qkv[at], rotated for position `pos`.
-fn rotated(at: u32, d: u32, hs: u32, pos: u32) -> f32 {
-    let half = hs / 2u;
-    let i = d % half;
-    let cs = cos_sin(f32(pos) * inv_freq[i / 4u][i % 4u]);
-    if (d < half) { return qkv[at + d] * cs.x - qkv[at + d + half] * cs.y; }
-    return qkv[at + d] * cs.x + qkv[at + d - half] * cs.y;
+// (cos, sin) of dims d0 .. d0 + 4 (d0 % 4 == 0, d0 + 4 <= HS / 2) at position `pos`, as columns.
+fn cos_sin4(d0: u32, pos: u32) -> mat2x4<f32> {
+    let a = f32(pos) * inv_freq[d0 / 4u];
+    let c0 = cos_sin(a.x);
+    let c1 = cos_sin(a.y);
+    let c2 = cos_sin(a.z);
+    let c3 = cos_sin(a.w);
+    return mat2x4(vec4(c0.x, c1.x, c2.x, c3.x), vec4(c0.y, c1.y, c2.y, c3.y));
 }

@@ -693,7 +693,7 @@ impl Micro<'_> {
                     has_bias: 1,
                     kv_c: 0,
                     ln_eps: 0.0,
-                    _pad: 0,
+                    kv_w: 0,
                 };
                 let (st, pu) = (self.step(t, 0), gpu.uniform("p", &params));
                 let few = t == 1;
@@ -862,9 +862,10 @@ impl Micro<'_> {
                 has_bias: 1,
                 kv_c: c,
                 ln_eps: 0.0,
-                _pad: 0,
+                kv_w: c,
             };
             let pu = gpu.uniform("p", &params);
+            let no_rope = gpu.uniform_zeroed("no_rope", 4 * crate::gpu::kernels::ROPE_FREQS as u64);
             for ctx in [1u32, 128, 512, 1024] {
                 let st = self.step(1, ctx - 1);
                 let r = vec![
@@ -879,6 +880,7 @@ impl Micro<'_> {
                     (11, Tex(&kv_tex[0])),
                     (12, Tex(&kv_tex[1])),
                     (13, att_y.as_entire_binding()),
+                    (15, no_rope.as_entire_binding()),
                 ];
                 let bg = bind_at(gpu, pipe, "bench", r);
                 let s = time_dispatch(self.gpu, pipe, &bg, (nh, 1), 20)?;

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use wgpt::gpu::kernels::{
-    ArgmaxParams, AttentionParams, EmbedParams, Epilogue, Kv, KvParams, LayerNormParams, LinearIo,
-    MatmulParams, Pipelines, SampleParams, Step, bind, bind_at, linear_binds, wg,
+    ArgmaxParams, AttentionParams, EmbedParams, Epilogue, Kv, KvParams, KvWidths, LayerNormParams,
+    LinearIo, MatmulParams, Pipelines, SampleParams, Step, bind, bind_at, linear_binds, wg,
 };
 use wgpt::gpu::tensor::{GpuTensor, TextureChunk, WeightDtype, encode};
 use wgpt::gpu::upload::Uploader;
@@ -238,7 +238,7 @@ fn matmul_and_gemv_match_cpu_including_column_chunks() {
                     has_bias: 1,
                     kv_c: 0,
                     ln_eps: 0.0,
-                    _pad: 0,
+                    kv_w: 0,
                 };
                 let chunk = h.f32s(&w[c0 * k..c1 * k]);
                 let bufs = [
@@ -510,7 +510,7 @@ fn linear_epilogues_match_cpu() {
                     has_bias: 1,
                     kv_c: 0,
                     ln_eps: 0.0,
-                    _pad: 0,
+                    kv_w: 0,
                 };
                 let out = h.f32s(&x0);
                 let bufs = [
@@ -603,7 +603,7 @@ fn f16_weights_match_cpu_on_rounded_weights() {
             has_bias: 1,
             kv_c: 0,
             ln_eps: 0.0,
-            _pad: 0,
+            kv_w: 0,
         };
         for (name, pipe) in linear_kernels(&p16, Epilogue::Store) {
             let out = h.f32s(&vec![f32::NAN; m * n]);
@@ -725,7 +725,7 @@ fn block_formats_match_cpu(h: &Harness, dtype: WeightDtype) {
                     has_bias: 1,
                     kv_c: 0,
                     ln_eps: 0.0,
-                    _pad: 0,
+                    kv_w: 0,
                 };
                 let chunk = h
                     .gpu
@@ -878,7 +878,10 @@ fn texture_gemv_kv_appends_to_cache() {
                 input_texture: Some(&at),
                 bias: (&bb, true),
                 out: &out,
-                kv: Some(Kv::Append([&views[0], &views[1]])),
+                kv: Some(Kv::Append {
+                    cache: [&views[0], &views[1]],
+                    widths: KvWidths::mha(c as u32),
+                }),
                 ln: None,
                 partials: None,
             };
@@ -973,6 +976,8 @@ fn texture_gemv_attention_matches_cpu() {
                     kv: Some(Kv::Attend {
                         cache: [&views[0], &views[1]],
                         att_y: &att_y,
+                        widths: KvWidths::mha(c as u32),
+                        inv_freq: None,
                     }),
                     ln: ln.then_some((&sb, eps)),
                     partials: None,
@@ -1031,6 +1036,7 @@ fn texture_gemv_attention_matches_cpu() {
                     kv: Some(Kv::Deferred {
                         cache: [&views[0], &views[1]],
                         qkv: &qkv,
+                        widths: KvWidths::mha(c as u32),
                     }),
                     ln: None,
                     partials: None,
@@ -1056,6 +1062,181 @@ fn texture_gemv_attention_matches_cpu() {
                      attention {da:e}; gemv_texture_append {dp:e}"
                 );
             }
+        }
+    }
+}
+
+/// gemv_texture_attention for the Llama family (grouped-query heads, the rope rotating the query
+/// and key in registers, the RMSNorm before it fused in) then gemv_texture_append, against the
+/// CPU twins: RMSNorm, the projection, the rope on the step's query and keys, attention over a
+/// cache of random earlier rows in the second slot, and the cache afterwards. Heads (NH, NKV,
+/// HS): MQA, SmolLM2's 9 of 3, 128-wide heads, and MHA with the rope; every weight format (f32
+/// without the norm, which its GEMV does not scale).
+#[test]
+fn texture_gemv_attention_with_rope_and_gqa_matches_cpu() {
+    use wgpt::gpu::kernels::{Extra, entry_pipeline, rope_uniform};
+    use wgpt::gpu::registry::Layout;
+    let h = Harness::new();
+    let gpu = &h.gpu;
+    let eps = 1e-5;
+    for (nh, nkv, hs, pos) in [
+        (3, 1, 64, 0),
+        (9, 3, 64, 7),
+        (4, 2, 128, 33),
+        (2, 2, 64, 16),
+    ] {
+        assert!(
+            wgpt::gpu::kernels::attends_in_gemv(gpu, Some(hs as u32)),
+            "lavapipe has it"
+        );
+        let heads = Heads { nh, nkv, hs };
+        let (q, kv, k) = (nh * hs, nkv * hs, nh * hs);
+        let n = heads.qkv();
+        let freqs: Vec<f32> = (0..hs / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hs as f32))
+            .collect();
+        let (slot, n_ctx) = (1usize, pos + 2);
+        let rows = 2 * n_ctx;
+        let x: Vec<f32> = random(k, 80, 3.0).iter().map(|v| v + 1.5).collect();
+        let gain: Vec<f32> = random(k, 81, 0.5).iter().map(|v| v + 1.0).collect();
+        let (w, b) = (random(n * k, 82, 0.2), random(n, 83, 1.0));
+        let (k_rows, v_rows) = (random(rows * kv, 84, 1.0), random(rows * kv, 85, 1.0));
+        let step = gpu.uniform(
+            "step",
+            &Step {
+                slot: slot as u32,
+                slot_rows: n_ctx as u32,
+                ..Step::new(1, 0, pos as u32)
+            },
+        );
+        let (xt, xu) = linear_input(&h, &x, 1, k);
+        let (bb, gb, fb) = (h.f32s(&b), h.f32s(&gain), rope_uniform(gpu, "f", &freqs));
+        for dtype in WeightDtype::ALL {
+            let norm = dtype != WeightDtype::F32;
+            let format = ("WEIGHT_FORMAT", dtype.format().code() as f64);
+            let norms = [("NORM", norm as u32 as f64), ("RMS", norm as u32 as f64)];
+            let attend = entry_pipeline(
+                gpu,
+                "matmul_texture_subgroup",
+                "gemv_texture_attention",
+                Some(Layout::Linear {
+                    textures: true,
+                    extra: Extra::Attend,
+                }),
+                &[&[format, ("HS", hs as f64), ("ROPE", 1.0)][..], &norms].concat(),
+            );
+            let stored = stored_weights(&w, dtype);
+            let wt = texture_tensor(
+                gpu.weight_texture_init("w", &w, n, k, dtype).unwrap(),
+                n,
+                k,
+                dtype,
+            );
+            let k_tex = gpu.texture_init("k", &k_rows, rows, kv);
+            let v_tex = gpu.texture_init("v", &v_rows, rows, kv);
+            let views = [&k_tex, &v_tex].map(|t| t.create_view(&Default::default()));
+            let (qkv, att_y) = (h.f32s(&vec![f32::NAN; n]), h.f32s(&vec![f32::NAN; q]));
+            let widths = KvWidths {
+                q: q as u32,
+                kv: kv as u32,
+            };
+            let io = LinearIo {
+                step: &step,
+                inp: &xu,
+                input_texture: Some(&xt),
+                bias: (&bb, true),
+                out: &qkv,
+                kv: Some(Kv::Attend {
+                    cache: [&views[0], &views[1]],
+                    att_y: &att_y,
+                    widths,
+                    inv_freq: Some(&fb),
+                }),
+                ln: norm.then_some((&gb, eps)),
+                partials: None,
+            };
+            for (bg, _) in linear_binds(gpu, &attend, &wt, &io) {
+                dispatch(&h, &attend, &bg, nh as u32, 1);
+            }
+            let xn = match norm {
+                true => reference::rms_norm(&x, &gain, k, eps),
+                false => x.clone(),
+            };
+            let mut want_qkv = reference::matmul(&xn, &stored, Some(&b), k, n);
+            reference::rope(&mut want_qkv, &freqs, heads, pos);
+            let got_qkv = h.read(&qkv);
+            // As texture_gemv_attention_matches_cpu: K terms of size <= ~|x| times weights <=
+            // 0.2 and the norm's statistics, 1e-4 of the largest output (the rotation's cos and
+            // sin add a few f32 roundings).
+            let dq = close(&got_qkv, &want_qkv, 1e-4);
+            let slot_rows = slot * n_ctx * kv..(slot * n_ctx + pos) * kv;
+            let (mut kc, mut vc) = (
+                k_rows[slot_rows.clone()].to_vec(),
+                v_rows[slot_rows].to_vec(),
+            );
+            kc.extend_from_slice(&got_qkv[q..q + kv]);
+            vc.extend_from_slice(&got_qkv[q + kv..]);
+            let want_att = reference::attention(&got_qkv, &kc, &vc, heads, pos);
+            // As texture_gemv_attention_matches_cpu: convex combinations, 1e-5 of the largest.
+            let da = close(&h.read(&att_y), &want_att, 1e-5);
+
+            // gemv_texture_append (N = C) copies the step's key and value into the cache.
+            let append = entry_pipeline(
+                gpu,
+                "matmul_texture_subgroup",
+                "gemv_texture_append",
+                Some(Layout::Linear {
+                    textures: true,
+                    extra: Extra::Deferred,
+                }),
+                &[format, ("EPILOGUE", Epilogue::Residual as u32 as f64)],
+            );
+            let w2 = random(k * q, 86, 1.0);
+            let wt2 = texture_tensor(
+                gpu.weight_texture_init("w2", &w2, k, q, dtype).unwrap(),
+                k,
+                q,
+                dtype,
+            );
+            let (b2, resid) = (random(k, 87, 1.0), random(k, 88, 1.0));
+            let mut want =
+                reference::matmul(&want_att, &stored_weights(&w2, dtype), Some(&b2), q, k);
+            want.iter_mut().zip(&resid).for_each(|(o, r)| *o += r);
+            let (at, au) = linear_input(&h, &want_att, 1, q);
+            let (bb2, out) = (h.f32s(&b2), h.f32s(&resid));
+            let io = LinearIo {
+                step: &step,
+                inp: &au,
+                input_texture: Some(&at),
+                bias: (&bb2, true),
+                out: &out,
+                kv: Some(Kv::Deferred {
+                    cache: [&views[0], &views[1]],
+                    qkv: &qkv,
+                    widths,
+                }),
+                ln: None,
+                partials: None,
+            };
+            for (bg, cols) in linear_binds(gpu, &append, &wt2, &io) {
+                dispatch(&h, &append, &bg, cols.div_ceil(4).div_ceil(8), 1);
+            }
+            // As texture_linear_kernels_match_cpu's residual: NH HS terms of size <= 1.
+            let dp = close(&h.read(&out), &want, 1e-5);
+            let row = slot * n_ctx + pos;
+            for (tex, before, part) in [(&k_tex, &k_rows, q), (&v_tex, &v_rows, q + kv)] {
+                let mut expect = before.clone();
+                expect[row * kv..(row + 1) * kv].copy_from_slice(&got_qkv[part..part + kv]);
+                assert_eq!(
+                    max_abs_diff(&read_texture(&h, tex), &expect),
+                    0.0,
+                    "cache at {part}"
+                );
+            }
+            println!(
+                "gemv_texture_attention ROPE NH={nh} NKV={nkv} HS={hs} pos={pos} {dtype:?}: \
+                 qkv {dq:e}, attention {da:e}; gemv_texture_append {dp:e}"
+            );
         }
     }
 }
@@ -1098,7 +1279,10 @@ fn texture_gemv_with_fused_norm_matches_cpu() {
                 (
                     "gemv_texture_kv",
                     kv_norm,
-                    Some(Kv::Append([&views[0], &views[1]])),
+                    Some(Kv::Append {
+                        cache: [&views[0], &views[1]],
+                        widths: KvWidths::mha(n as u32 / 3),
+                    }),
                 ),
             ] {
                 let out = norm_gemv(&h, pipe, &wt, &x, (&bb, (&sb, eps)), kv);
@@ -1777,7 +1961,7 @@ fn gelu_erf_epilogue_matches_cpu() {
             has_bias: 1,
             kv_c: 0,
             ln_eps: 0.0,
-            _pad: 0,
+            kv_w: 0,
         };
         let (step, pu, bb) = (h.step(m, 0, 0), h.gpu.uniform("p", &params), h.f32s(&b));
         for (name, pipe) in linear_kernels(&h.p, Epilogue::GeluErf) {

@@ -237,6 +237,57 @@ fn llama_rules_fire_and_can_be_switched_off() {
     }
 }
 
+/// qkv_attend on a rotary model with grouped-query heads (llama3-mqa: HS = 64, two query heads
+/// on one key head, llama3's rope scaling, every bias), texture layout: the decode GEMV runs the
+/// rope and the attention, the output projection appends to the cache; the same logits over a
+/// prefill and decode steps as with the rule off, the same greedy tokens as transformers, and
+/// two dispatches fewer per layer (kv_append and attention).
+#[test]
+fn qkv_attend_takes_the_rope_and_grouped_heads() {
+    let dir = fixture("llama3-mqa");
+    let e = expected(&dir);
+    let l = 2;
+    let run = |fuse: Fusions| {
+        let opts = LoadOptions {
+            layout: WeightLayout::Texture,
+            fuse: Some(fuse),
+            ..Default::default()
+        };
+        let model = Model::load(gpu(), &dir, &opts).unwrap();
+        let mut s = Session::new(&model).unwrap();
+        let mut logits = s.logits(&e.prompt_ids).unwrap();
+        let v = model.config.vocab_size;
+        let mut next = wgpt::reference::argmax(&logits[logits.len() - v..]);
+        for _ in 0..6 {
+            let row = s.logits(&[next]).unwrap();
+            next = wgpt::reference::argmax(&row);
+            logits.extend(row);
+        }
+        let fused = s.kernels(1).contains(&"gemv_texture_attention");
+        let greedy = greedy(&model, &e.prompt_ids, 16);
+        (logits, s.dispatches_per_token(), fused, greedy)
+    };
+    let (want, all, fused, tokens) = run(Fusions::all());
+    let (got, n, off, t) = run(Fusions::all().set(Rule::QkvAttend, false));
+    let diff = max_abs_diff(&got, &want);
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    println!(
+        "llama3-mqa: {all} dispatches per token with qkv_attend, {n} without; max |logit diff| = \
+         {diff:.2e} of logits up to {scale:.1}"
+    );
+    assert!(
+        fused && !off,
+        "qkv_attend fires on HS = 64 and only when on"
+    );
+    // The same f32 arithmetic in another order (the GEMV's sums, the online softmax's blocks,
+    // cos and sin of the same angles): a few f32 roundings of the logits' scale through two
+    // layers of C = 128.
+    assert!(diff < 1e-5 * scale, "{diff}");
+    assert_eq!(t, tokens);
+    assert_eq!(tokens, e.greedy_ids[..16], "transformers' greedy tokens");
+    assert_eq!(n, all + 2 * l, "kv_append and attention, per layer");
+}
+
 /// all-MiniLM-L6-v2 with every rule on and off: the same embeddings.
 #[test]
 fn encoder_rules_on_and_off_match() {

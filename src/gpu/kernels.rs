@@ -52,14 +52,14 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("gemv_subgroup" after "step", "activation", "format", "format_f16", "format_q8", "format_nibbles", "linear", "matmul"),
     kernel!("matmul_texture" after "step", "activation", "format", "format_f16", "format_q8", "format_nibbles", "linear"),
     // matmul_texture with inputs broadcast across subgroups (a module of its own, as above).
-    kernel!("matmul_texture_subgroup" after "step", "activation", "format", "format_f16", "format_q8", "format_nibbles", "softmax", "linear", "matmul_texture"),
+    kernel!("matmul_texture_subgroup" after "step", "rotary", "activation", "format", "format_f16", "format_q8", "format_nibbles", "softmax", "linear", "matmul_texture"),
     // A linear layer's epilogue as its own dispatch (plans without the epilogue fusion).
     kernel!("elementwise" after "step", "activation"),
-    kernel!("rope" after "step", "rotary"),
-    kernel!("kv_append" after "step", "rotary"),
-    kernel!("kv_append_texture" after "step", "rotary"),
-    kernel!("attention" after "step", "rotary", "softmax"),
-    kernel!("attention_texture" after "step", "rotary", "softmax"),
+    kernel!("rope" after "step", "rotary", "rotary_qkv"),
+    kernel!("kv_append" after "step", "rotary", "rotary_qkv"),
+    kernel!("kv_append_texture" after "step", "rotary", "rotary_qkv"),
+    kernel!("attention" after "step", "rotary", "rotary_qkv", "softmax"),
+    kernel!("attention_texture" after "step", "rotary", "rotary_qkv", "softmax"),
     kernel!("argmax"),
     kernel!("sample"),
     kernel!("fill_random" after "format"),
@@ -178,12 +178,12 @@ pub struct MatmulParams {
     pub col0: u32,
     /// 1: add `bias[col0 + n]`; 0: the bound bias is a placeholder.
     pub has_bias: u32,
-    /// C for the decode GEMVs that touch the KV cache ([`Kv`]); else 0.
+    /// NH HS, the queries' width, for the decode GEMVs that touch the KV cache ([`Kv`]); else 0.
     pub kv_c: u32,
     /// The fused layer norm's epsilon, for matmul_texture_subgroup.wgsl's NORM pipelines.
     pub ln_eps: f32,
-    /// Padding to 32 bytes.
-    pub _pad: u32,
+    /// NKV HS, the keys' width, for the decode GEMVs that touch the KV cache; else 0.
+    pub kv_w: u32,
 }
 
 /// What the linear kernels do with a result after the bias (linear.wgsl's EPILOGUE_*): an
@@ -506,54 +506,92 @@ pub struct LinearIo<'a> {
     pub partials: Option<&'a wgpu::Buffer>,
 }
 
+/// The parts of a qkv row a decode GEMV that touches the KV cache reads: the queries' width
+/// NH HS, then the keys' and the values' NKV HS each (a cache row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvWidths {
+    /// NH HS.
+    pub q: u32,
+    /// NKV HS.
+    pub kv: u32,
+}
+
+impl KvWidths {
+    /// Every query head with its own key and value head: C each (GPT-2's).
+    pub fn mha(c: u32) -> KvWidths {
+        KvWidths { q: c, kv: c }
+    }
+}
+
 /// What a decode GEMV does with the layer's KV cache (rgba32float textures, (slots * n_ctx,
-/// C / 4)) besides its own outputs.
+/// NKV HS / 4)) besides its own outputs.
 #[derive(Clone, Copy)]
 pub enum Kv<'a> {
-    /// gemv_texture_kv, the qkv projection (N = 3C): writes this row's key and value into the
-    /// cache (bindings 7, 8).
-    Append([&'a wgpu::TextureView; 2]),
-    /// gemv_texture_attention, the qkv projection (N = 3C) and the attention: reads the cache
-    /// (11, 12) and writes the attention's output `att_y` (1, C) (13).
+    /// gemv_texture_kv, the qkv projection: writes this row's key and value into the cache
+    /// (bindings 7, 8).
+    Append {
+        /// The layer's key and value cache.
+        cache: [&'a wgpu::TextureView; 2],
+        /// The qkv row's parts.
+        widths: KvWidths,
+    },
+    /// gemv_texture_attention, the qkv projection and the attention: reads the cache (11, 12)
+    /// and writes the attention's output `att_y` (1, NH HS) (13).
     Attend {
         /// The layer's key and value cache.
         cache: [&'a wgpu::TextureView; 2],
         /// The attention's output.
         att_y: &'a wgpu::Buffer,
+        /// The qkv row's parts.
+        widths: KvWidths,
+        /// A rotary model's frequencies (rotary.wgsl's `inv_freq`, 15), for the pipeline built
+        /// with ROPE; `None` binds a placeholder.
+        inv_freq: Option<&'a wgpu::Buffer>,
     },
-    /// gemv_texture_append, the attention's output projection (N = C): copies this row's key
-    /// and value from `qkv` (1, 3C) into the cache (7, 8; `qkv` at 14).
+    /// gemv_texture_append, the attention's output projection: copies this row's key and value
+    /// from `qkv` (1, (NH + 2 NKV) HS) into the cache (7, 8; `qkv` at 14).
     Deferred {
         /// The layer's key and value cache.
         cache: [&'a wgpu::TextureView; 2],
         /// The qkv projection's output, holding this row's key and value.
         qkv: &'a wgpu::Buffer,
+        /// The qkv row's parts.
+        widths: KvWidths,
     },
 }
 
 impl Kv<'_> {
-    /// C, from the weight of the projection that binds it.
-    fn c(&self, weight: &GpuTensor) -> u32 {
-        match self {
-            Kv::Append(_) | Kv::Attend { .. } => weight.rows as u32 / 3,
-            Kv::Deferred { .. } => weight.rows as u32,
+    /// The qkv row's parts.
+    fn widths(&self) -> KvWidths {
+        match *self {
+            Kv::Append { widths, .. } | Kv::Attend { widths, .. } | Kv::Deferred { widths, .. } => {
+                widths
+            }
         }
     }
 
-    /// Its bindings, numbered as matmul_texture_subgroup.wgsl declares them.
-    fn resources(&self) -> Vec<(u32, wgpu::BindingResource<'_>)> {
+    /// Its bindings, numbered as matmul_texture_subgroup.wgsl declares them; `no_rope` binds
+    /// an attention's frequencies where it has none (the pipeline built without ROPE).
+    fn resources<'b>(
+        &'b self,
+        no_rope: Option<&'b wgpu::Buffer>,
+    ) -> Vec<(u32, wgpu::BindingResource<'b>)> {
         let view = wgpu::BindingResource::TextureView;
         match *self {
-            Kv::Append([k, v]) => vec![(7, view(k)), (8, view(v))],
+            Kv::Append { cache: [k, v], .. } => vec![(7, view(k)), (8, view(v))],
             Kv::Attend {
                 cache: [k, v],
                 att_y,
-            } => vec![
-                (11, view(k)),
-                (12, view(v)),
-                (13, att_y.as_entire_binding()),
-            ],
-            Kv::Deferred { cache: [k, v], qkv } => {
+                inv_freq,
+                ..
+            } => {
+                let mut r = vec![(11, view(k)), (12, view(v)), (13, att_y.as_entire_binding())];
+                r.extend(inv_freq.or(no_rope).map(|f| (15, f.as_entire_binding())));
+                r
+            }
+            Kv::Deferred {
+                cache: [k, v], qkv, ..
+            } => {
                 vec![(7, view(k)), (8, view(v)), (14, qkv.as_entire_binding())]
             }
         }
@@ -576,12 +614,15 @@ pub fn linear_binds(
             ldo: weight.rows as u32,
             col0: row0 as u32,
             has_bias: io.bias.1 as u32,
-            kv_c: io.kv.map_or(0, |kv| kv.c(weight)),
+            kv_c: io.kv.map_or(0, |kv| kv.widths().q),
             ln_eps: io.ln.map_or(0.0, |(_, eps)| eps),
-            _pad: 0,
+            kv_w: io.kv.map_or(0, |kv| kv.widths().kv),
         };
         gpu.uniform("matmul", &p)
     };
+    // An attention without rotary frequencies binds zeros in their place.
+    let no_rope = matches!(io.kv, Some(Kv::Attend { inv_freq: None, .. }))
+        .then(|| gpu.uniform_zeroed("no_rope", 4 * ROPE_FREQS as u64));
     match io.input_texture {
         Some(input) => (weight.textures.iter())
             .map(|ch| {
@@ -598,7 +639,7 @@ pub fn linear_binds(
                 let mut numbered: Vec<(u32, wgpu::BindingResource)> =
                     (0..).zip(resources).collect();
                 if let Some(kv) = &io.kv {
-                    numbered.extend(kv.resources());
+                    numbered.extend(kv.resources(no_rope.as_ref()));
                 }
                 // The NORM row sums; other pipelines of the layout get the bias as a placeholder.
                 let row_sums = io.ln.map_or(io.bias.0, |(sums, _)| sums);
@@ -1055,6 +1096,7 @@ pub(crate) fn linear_layout_with(gpu: &Engine, textures: bool, extra: Extra) -> 
             cache(11, read_only),
             cache(12, read_only),
             entry(13, wgpu::BufferBindingType::Storage { read_only: false }),
+            entry(15, wgpu::BufferBindingType::Uniform),
         ]),
         Extra::Deferred => entries.extend([cache(7, write), cache(8, write), entry(14, read)]),
     }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use crate::gpu::Engine;
 use crate::gpu::kernels::{
-    self, AttentionParams, EmbedParams, Epilogue, Extra, Kv, KvParams, LayerNormParams, LinearIo,
-    PoolParams, WidthParams, wg,
+    self, AttentionParams, EmbedParams, Epilogue, Extra, Kv, KvParams, KvWidths, LayerNormParams,
+    LinearIo, PoolParams, WidthParams, wg,
 };
 use crate::gpu::registry::{Key, Layout};
 use crate::gpu::tensor::{GpuTensor, WeightDtype};
@@ -83,7 +83,7 @@ impl<'a> Lower<'a> {
         let mut rope = None;
         // A norm the next linear applies (fold_norm): its gain.
         let mut gain = None;
-        for (op, f) in ops.iter().zip(fuse) {
+        for (i, (op, f)) in ops.iter().zip(fuse).enumerate() {
             let step = &self.io.steps[head as usize];
             if f.skip {
                 match op {
@@ -98,7 +98,16 @@ impl<'a> Lower<'a> {
                 Op::Norm { .. } => out.push(self.norm(op, f, step)),
                 Op::Linear { .. } => {
                     let gain = gain.take().filter(|_| f.norm_of.is_some());
-                    out.extend(self.linear(op, f, bucket, step, gain));
+                    // A qkv projection attending with the rope after it (qkv_attend): its
+                    // frequencies.
+                    let rope = match (f.kv, ops.get(i + 1)) {
+                        (
+                            Some(KvFuse::Attend { rope: true, .. }),
+                            Some(Op::Rope { inv_freq, .. }),
+                        ) => Some(*inv_freq),
+                        _ => None,
+                    };
+                    out.extend(self.linear(op, f, bucket, step, (gain, rope)));
                 }
                 Op::Rope { .. } => out.push(self.rope(op, step)),
                 Op::Gate { .. } => out.push(self.gate(op, step)),
@@ -352,14 +361,15 @@ impl<'a> Lower<'a> {
     }
 
     /// `out = then(inp Wᵀ + b)`: one dispatch per row chunk of W, then the epilogue's own
-    /// dispatch when it is not fused.
+    /// dispatch when it is not fused. `norm_gain`: a folded RMSNorm's gain; `rope`: the
+    /// frequencies of the rope a fused attention applies.
     fn linear(
         &mut self,
         op: &Op<&GpuTensor>,
         f: &Fuse,
         bucket: Bucket,
         step: &wgpu::Buffer,
-        norm_gain: Option<&GpuTensor>,
+        (norm_gain, rope): (Option<&GpuTensor>, Option<&GpuTensor>),
     ) -> Vec<Dispatch> {
         let Op::Linear {
             inp,
@@ -405,7 +415,7 @@ impl<'a> Lower<'a> {
             input_texture: view.as_ref(),
             bias: (b.map_or(&self.io.zero, |b| b.single()), b.is_some()),
             out: result,
-            kv: f.kv.map(|kv| self.kv(kv)),
+            kv: f.kv.map(|kv| self.kv(kv, rope)),
             // A folded RMSNorm's GEMV takes the norm's gain (it scales its input), a layer
             // norm's the row sums of the weights its gain and bias were folded into.
             ln: f.norm_of.map(|(_, eps, kind)| match kind {
@@ -494,9 +504,12 @@ impl<'a> Lower<'a> {
             (true, Some(KvFuse::Append { .. }), _) => {
                 (normed(Key::new(sub, "gemv_texture_kv")), Extra::Kv)
             }
-            (true, Some(KvFuse::Attend { .. }), _) => {
+            (true, Some(KvFuse::Attend { rope, .. }), _) => {
                 let key = normed(Key::new(sub, "gemv_texture_attention"));
-                (key.with("HS", self.caps.head_size), Extra::Attend)
+                let key = key
+                    .with("HS", self.caps.head_size)
+                    .with("ROPE", rope as u32);
+                (key, Extra::Attend)
             }
             (true, Some(KvFuse::Deferred { .. }), _) => (
                 Key::new(sub, "gemv_texture_append").with("EPILOGUE", e),
@@ -526,21 +539,33 @@ impl<'a> Lower<'a> {
         (stored(key, dtype).layout(layout), gemv)
     }
 
-    /// The cache bindings of a fused decode GEMV.
-    fn kv(&self, kv: KvFuse) -> Kv<'a> {
+    /// The cache bindings of a fused decode GEMV (`rope`: the frequencies an attending one
+    /// rotates by).
+    fn kv(&self, kv: KvFuse, rope: Option<&'a GpuTensor>) -> Kv<'a> {
         let io: &'a Io = self.io;
         let KvCache::Textures { k, v } = &io.kv else {
             unreachable!("the KV fusions need the texture layout's cache")
         };
+        let d = self.dims;
+        let widths = KvWidths {
+            q: (d.n_head * d.head_size) as u32,
+            kv: (d.n_kv_head * d.head_size) as u32,
+        };
         match kv {
-            KvFuse::Append { layer } => Kv::Append([&k[layer], &v[layer]]),
-            KvFuse::Attend { layer, out } => Kv::Attend {
+            KvFuse::Append { layer } => Kv::Append {
+                cache: [&k[layer], &v[layer]],
+                widths,
+            },
+            KvFuse::Attend { layer, out, .. } => Kv::Attend {
                 cache: [&k[layer], &v[layer]],
                 att_y: self.buf(out),
+                widths,
+                inv_freq: rope.map(|t| t.single()),
             },
             KvFuse::Deferred { layer, qkv } => Kv::Deferred {
                 cache: [&k[layer], &v[layer]],
                 qkv: self.buf(qkv),
+                widths,
             },
         }
     }

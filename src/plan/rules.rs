@@ -18,8 +18,10 @@ pub enum Rule {
     Epilogue,
     /// Decode's qkv projection runs the attention too (gemv_texture_attention), and the
     /// attention's output projection appends the step's key and value to the cache
-    /// (gemv_texture_append). Texture layout, subgroups of 8, 32 <= HS <= 256, HS % 32 == 0,
-    /// both projections one texture chunk.
+    /// (gemv_texture_append); a rope between them runs there too (HS % 64 == 0), and grouped
+    /// query heads each compute their key head's key and value. Texture layout, subgroups of
+    /// 8, 32 <= HS <= 256, HS % 32 == 0, scores scaled by 1 / sqrt(HS), both projections one
+    /// texture chunk.
     QkvAttend,
     /// Decode's qkv projection appends the key and value to the cache (gemv_texture_kv), where
     /// the attention is not fused in. Texture layout, subgroups of 8, chunks of whole texels.
@@ -208,8 +210,9 @@ pub(crate) struct Fuse {
 pub(crate) enum KvFuse {
     /// The qkv projection writes layer `layer`'s key and value into the cache.
     Append { layer: usize },
-    /// The qkv projection runs the attention over the cache into `out`.
-    Attend { layer: usize, out: Act },
+    /// The qkv projection runs the attention over the cache into `out` (`rope`: and the rope
+    /// op between them, which the lowering finds after it).
+    Attend { layer: usize, out: Act, rope: bool },
     /// The output projection appends the key and value from `qkv`.
     Deferred { layer: usize, qkv: Act },
 }
@@ -285,26 +288,54 @@ fn attention_at(ops: &[Op<&GpuTensor>], i: usize) -> Option<(usize, Act, Act)> {
     }
 }
 
+/// [linear → qkv, rope(qkv), attention(cache layer) → out] at `i`: (layer, qkv, out).
+fn rope_attention_at(ops: &[Op<&GpuTensor>], i: usize) -> Option<(usize, Act, Act)> {
+    match (ops.get(i), ops.get(i + 1)) {
+        (Some(Op::Linear { out: q, .. }), Some(Op::Rope { qkv, .. })) if q == qkv => {
+            match ops.get(i + 2) {
+                Some(Op::Attention {
+                    qkv: read,
+                    out,
+                    keys: Keys::Cache { layer },
+                    ..
+                }) if read == qkv => Some((*layer, *qkv, *out)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 fn qkv_attend(ops: &[Op<&GpuTensor>], caps: &Caps, bucket: Bucket, fuse: &mut [Fuse]) {
     if !caps.attends() {
         return;
     }
     for i in 0..ops.len() {
-        let Some((layer, qkv, out)) = attention_at(ops, i) else {
-            continue;
+        // With a rope between, the kernel rotates a lane's dims and their partners HS / 2 on,
+        // which one lane holds where HS % 64 == 0.
+        let (rope, found) = match attention_at(ops, i) {
+            Some(found) => (false, found),
+            None => match rope_attention_at(ops, i) {
+                Some(found) if caps.head_size.is_multiple_of(64) => (true, found),
+                _ => continue,
+            },
         };
-        let (Some(w_qkv), Some(w_proj)) = (weight(&ops[i]), ops.get(i + 2).and_then(weight)) else {
+        let (layer, qkv, out) = found;
+        let at = i + 1 + rope as usize;
+        let (Some(w_qkv), Some(w_proj)) = (weight(&ops[i]), ops.get(at + 1).and_then(weight))
+        else {
             continue;
         };
         // The output projection reads the attention's output and adds to the stream; the
-        // fused kernel adds no position bias.
-        let next = matches!(ops[i + 2], Op::Linear { inp, then: Then::Add, .. } if inp == out)
-            && matches!(ops[i + 1], Op::Attention { bias: None, .. });
+        // fused kernel adds no position bias and scales by 1 / sqrt(HS).
+        let scale = 1.0 / (caps.head_size as f32).sqrt();
+        let next = matches!(ops[at + 1], Op::Linear { inp, then: Then::Add, .. } if inp == out)
+            && matches!(ops[at], Op::Attention { bias: None, scale: s, .. } if s == scale);
         let one = |w: &GpuTensor| w.textures.len() == 1 && decode_gemv(caps, bucket, w);
         if next && one(w_qkv) && one(w_proj) {
-            fuse[i].kv = Some(KvFuse::Attend { layer, out });
-            fuse[i + 1].skip = true;
-            fuse[i + 2].kv = Some(KvFuse::Deferred { layer, qkv });
+            fuse[i].kv = Some(KvFuse::Attend { layer, out, rope });
+            fuse[i + 1..=at].iter_mut().for_each(|f| f.skip = true);
+            fuse[at + 1].kv = Some(KvFuse::Deferred { layer, qkv });
         }
     }
 }
@@ -456,7 +487,8 @@ fn rope_attend(ops: &[Op<&GpuTensor>], fuse: &mut [Fuse]) {
             },
         ) = (&ops[i], &ops[i + 1])
         {
-            if qkv == read && !read_later(ops, i + 2, *qkv) {
+            // Not a rope qkv_attend took.
+            if qkv == read && !read_later(ops, i + 2, *qkv) && !fuse[i + 1].skip {
                 fuse[i].skip = true;
                 fuse[i + 1].rope = true;
             }
