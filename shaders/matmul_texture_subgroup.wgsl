@@ -224,15 +224,6 @@ fn norm4(n0: u32, sums: vec4<f32>, s1: f32, s2: f32) -> vec4<f32> {
     return rstd * (sums - mean * rs);
 }
 
-// Every lane's v, lane l's at index l (every lane must call it).
-fn lanes8(v: vec4<f32>) -> array<vec4<f32>, 8> {
-    return array(
-        subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u),
-        subgroupBroadcast(v, 3u), subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
-        subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u),
-    );
-}
-
 // The four outputs n0 .. n0 + 4 of row m before the bias, the lanes sharing the input as
 // described above (f16, q8). Every lane of the workgroup must call it (the broadcasts).
 fn gemv_sums(n0: u32, m: u32, lane: u32) -> vec4<f32> {
@@ -476,11 +467,7 @@ fn gemv_texture_attention(
         let corr = mc.y;
         let pj = exp(s - m_new);
         l = l * corr + subgroupAdd(pj);
-        let pb = array(
-            subgroupBroadcast(pj, 0u), subgroupBroadcast(pj, 1u), subgroupBroadcast(pj, 2u),
-            subgroupBroadcast(pj, 3u), subgroupBroadcast(pj, 4u), subgroupBroadcast(pj, 5u),
-            subgroupBroadcast(pj, 6u), subgroupBroadcast(pj, 7u),
-        );
+        let pb = lanes8_f32(pj);
         for (var i = 0u; i < ht; i++) {
             var a = acc[i] * corr;
             for (var jj = 0u; jj < 8u; jj++) {

@@ -2345,6 +2345,103 @@ fn gate_matches_cpu() {
     }
 }
 
+/// attention_texture_tile (a prefill's attention by tiles of 8 queries of one head, the lanes
+/// scoring 8 keys at a time) against the twin, with and without ROPE (the queries rotated as
+/// they are read; the cached keys as kv_append leaves them), in the second cache slot over
+/// earlier keys: T = 1, 7, 33 (a tile cut short), groups of 1 to 6 query heads, HS 32 and 64.
+#[test]
+fn attention_texture_tile_matches_cpu() {
+    use wgpt::gpu::kernels::{bind_resources, entry_pipeline};
+    let h = Harness::new();
+    let inv_freq = wgpt::config::Rope {
+        theta: 10000.0,
+        scaling: wgpt::config::RopeScaling::None,
+    };
+    // (T, NH, NKV, HS, pos0)
+    for (t, nh, nkv, hs, pos0) in [
+        (1, 3, 1, 64, 0),
+        (7, 6, 1, 32, 3),
+        (33, 9, 3, 64, 0),
+        (33, 5, 5, 64, 40),
+        (9, 2, 1, 32, 6),
+    ] {
+        let heads = Heads { nh, nkv, hs };
+        let (slot, n_ctx) = (1usize, pos0 + t + 3);
+        let freq = inv_freq.inv_freq(hs);
+        let qkv = random(t * heads.qkv(), 90, 2.0);
+        let (k0, v0) = (
+            random(2 * n_ctx * heads.kv(), 91, 1.0),
+            random(2 * n_ctx * heads.kv(), 92, 1.0),
+        );
+        let step = h.gpu.uniform(
+            "step",
+            &Step {
+                slot: slot as u32,
+                slot_rows: n_ctx as u32,
+                ..Step::new(t as u32, 0, pos0 as u32)
+            },
+        );
+        let params = AttentionParams {
+            nkv: nkv as u32,
+            ..AttentionParams::heads(nh as u32, hs as u32)
+        };
+        let (pu, qb, fb) = (
+            h.gpu.uniform("p", &params),
+            h.f32s(&qkv),
+            wgpt::gpu::kernels::rope_uniform(&h.gpu, "f", &freq),
+        );
+        for rope in [false, true] {
+            let mut rotated = qkv.clone();
+            if rope {
+                reference::rope(&mut rotated, &freq, heads, pos0);
+            }
+            // The slot's cache with this step's keys and values appended, as kv_append leaves it.
+            let slot_rows = slot * n_ctx * heads.kv()..(slot + 1) * n_ctx * heads.kv();
+            let (mut k, mut v) = (
+                k0[slot_rows.clone()].to_vec(),
+                v0[slot_rows.clone()].to_vec(),
+            );
+            reference::kv_append(&rotated, &mut k, &mut v, heads, pos0);
+            let want = reference::attention(&rotated, &k, &v, heads, pos0);
+            let (mut kall, mut vall) = (k0.clone(), v0.clone());
+            kall[slot_rows.clone()].copy_from_slice(&k);
+            vall[slot_rows].copy_from_slice(&v);
+            let tex = |data: &[f32]| {
+                (h.gpu.texture_init("kv", data, 2 * n_ctx, heads.kv()))
+                    .create_view(&Default::default())
+            };
+            let (kt, vt) = (tex(&kall), tex(&vall));
+            let view = wgpu::BindingResource::TextureView;
+            let out = h.f32s(&vec![f32::NAN; t * heads.q()]);
+            let c = [("HS", hs as f64), ("ROPE", rope as u8 as f64)];
+            let pipe = entry_pipeline(
+                &h.gpu,
+                "attention_texture_subgroup",
+                "attention_texture_tile",
+                None,
+                &c,
+            );
+            let res = vec![
+                step.as_entire_binding(),
+                pu.as_entire_binding(),
+                qb.as_entire_binding(),
+                view(&kt),
+                view(&vt),
+                out.as_entire_binding(),
+                fb.as_entire_binding(),
+            ];
+            let bg = bind_resources(&h.gpu, &pipe, "t", res);
+            dispatch(&h, &pipe, &bg, (t as u32).div_ceil(8), nh as u32);
+            // As attention_texture: convex combinations of values in [-1, 1] (the step's own up
+            // to ~2), an f32 online softmax against f64: 1e-5 of the largest value.
+            let d = close(&h.read(&out), &want, 1e-5);
+            println!(
+                "attention_texture_tile (rope: {rope}) T={t} NH={nh} NKV={nkv} HS={hs} pos0={pos0}: max diff {d:e}"
+            );
+        }
+    }
+}
+
 /// Grouped- and multi-query attention (NKV < NH, query head h reads key head h / (NH / NKV)),
 /// and heads whose total width is not C: kv_append and attention in both layouts against the
 /// twins, over keys already in the cache; and with ROPE (the rope_attend fusion), kv_append

@@ -52,7 +52,7 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("gemv_subgroup" after "step", "activation", "format", "format_f16", "format_q8", "format_nibbles", "linear", "matmul"),
     kernel!("matmul_texture" after "step", "activation", "format", "format_f16", "format_q8", "format_nibbles", "linear"),
     // matmul_texture with inputs broadcast across subgroups (a module of its own, as above).
-    kernel!("matmul_texture_subgroup" after "step", "rotary", "activation", "format", "format_f16", "format_q8", "format_nibbles", "softmax", "linear", "matmul_texture"),
+    kernel!("matmul_texture_subgroup" after "step", "rotary", "activation", "format", "format_f16", "format_q8", "format_nibbles", "softmax", "lanes8", "linear", "matmul_texture"),
     // A linear layer's epilogue as its own dispatch (plans without the epilogue fusion).
     kernel!("elementwise" after "step", "activation"),
     kernel!("rope" after "step", "rotary", "rotary_qkv"),
@@ -60,6 +60,7 @@ pub const KERNELS: &[KernelSource] = &[
     kernel!("kv_append_texture" after "step", "rotary", "rotary_qkv"),
     kernel!("attention" after "step", "rotary", "rotary_qkv", "softmax"),
     kernel!("attention_texture" after "step", "rotary", "rotary_qkv", "softmax"),
+    kernel!("attention_texture_subgroup" after "step", "rotary", "rotary_qkv", "softmax", "lanes8", "attention_texture"),
     kernel!("argmax"),
     kernel!("sample"),
     kernel!("fill_random" after "format"),

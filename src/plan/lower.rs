@@ -696,12 +696,16 @@ impl<'a> Lower<'a> {
             ops.push(self.kv_append(step, qkv, [k.clone(), v.clone()], rope));
         }
         let textures = self.caps.textures;
+        let mut entry = attention_entry(textures, *keys, bias.is_some(), bucket != Bucket::Decode);
+        let by_rows = entry == "attention_texture_rows";
         let family = match textures {
+            _ if by_rows && self.caps.attends_by_tiles() => {
+                entry = "attention_texture_tile";
+                "attention_texture_subgroup"
+            }
             true => "attention_texture",
             false => "attention",
         };
-        let entry = attention_entry(textures, *keys, bias.is_some(), bucket != Bucket::Decode);
-        let by_rows = entry == "attention_texture_rows";
         let key = Key::new(family, entry).with("HS", self.caps.head_size);
         let attend = self.pipe(key.with("ROPE", rope.is_some() as u32));
         let mut r = vec![

@@ -57,6 +57,8 @@ pub struct Caps {
     pub subgroups8: bool,
     /// HS, fixed in the attention pipelines.
     pub head_size: u32,
+    /// Steps may hold rows of several sequences (a batch's session), not one sequence's.
+    pub batched: bool,
 }
 
 impl Caps {
@@ -67,7 +69,14 @@ impl Caps {
             subgroup: gpu.device.features().contains(wgpu::Features::SUBGROUP),
             subgroups8: crate::gpu::kernels::subgroups_of_8(gpu),
             head_size: head_size as u32,
+            batched: false,
         }
+    }
+
+    /// Whether a one-sequence step of several rows attends by tiles of queries
+    /// (attention_texture_tile: HS 32 or 64).
+    pub fn attends_by_tiles(&self) -> bool {
+        self.textures && self.subgroups8 && !self.batched && [32, 64].contains(&self.head_size)
     }
 
     /// Whether decode's qkv projection can run the attention too: a head's 8-lane workgroup

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::gpu::kernels::{self, ArgmaxParams, MAX_TOP, SampleParams, Step};
 use crate::gpu::registry::Key;
 use crate::graph::Act;
-use crate::plan::{self, Bucket, Dim, Dispatch, Io, KvCache, Plan, Rule};
+use crate::plan::{self, Bucket, Caps, Dim, Dispatch, Io, KvCache, Plan, Rule};
 use crate::runtime::Model;
 use crate::runtime::sampler::Sampling;
 use crate::{Error, Result};
@@ -260,7 +260,11 @@ impl Session {
             cross: cross.clone(),
             ..act.io(model, &kv)
         };
-        let plan = Plan::new(gpu, &model.graph(), model.caps, model.fusions, &io());
+        let caps = Caps {
+            batched: slots > 1,
+            ..model.caps
+        };
+        let plan = Plan::new(gpu, &model.graph(), caps, model.fusions, &io());
         let encoder = (act.cross.as_ref()).map(|[_, kv_rows]| {
             super::seq2seq::EncoderPass::new(model, io(), kv_rows.clone(), t_max)
         });
