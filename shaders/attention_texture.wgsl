@@ -70,6 +70,17 @@ fn head_size() -> u32 { return select(p.HS, HS, HS != 0u); }
 // Floats per row of `qkv`: queries, keys and values side by side.
 fn qkv_stride() -> u32 { return (p.NH + 2u * p.NKV) * head_size(); }
 
+// Texel d of the query at qkv[qrow], rotated for position `pos` with ROPE.
+fn query_texel(qrow: u32, d: u32, pos: u32) -> vec4<f32> {
+    if (ROPE) {
+        let hs = head_size();
+        return vec4(rotated(qrow, 4u * d, hs, pos), rotated(qrow, 4u * d + 1u, hs, pos),
+                    rotated(qrow, 4u * d + 2u, hs, pos), rotated(qrow, 4u * d + 3u, hs, pos));
+    }
+    let i = qrow + 4u * d;
+    return vec4(qkv[i], qkv[i + 1u], qkv[i + 2u], qkv[i + 3u]);
+}
+
 // Query t of head h (its row `q_stride` floats from the last) over cache rows
 // base .. base + n_keys.
 fn attend(h: u32, t: u32, base: u32, n_keys: u32, bias: Bias, q_stride: u32) {
@@ -79,15 +90,7 @@ fn attend(h: u32, t: u32, base: u32, n_keys: u32, bias: Bias, q_stride: u32) {
     var q: array<vec4<f32>, MAX_HS4>;
     var acc: array<vec4<f32>, MAX_HS4>;
     for (var d = 0u; d < hs4; d++) {
-        let i = qrow + 4u * d;
-        var x = vec4(qkv[i], qkv[i + 1u], qkv[i + 2u], qkv[i + 3u]);
-        if (ROPE) {
-            let pos = position(t);
-            let hs = head_size();
-            x = vec4(rotated(qrow, 4u * d, hs, pos), rotated(qrow, 4u * d + 1u, hs, pos),
-                     rotated(qrow, 4u * d + 2u, hs, pos), rotated(qrow, 4u * d + 3u, hs, pos));
-        }
-        q[d] = x * p.scale;
+        q[d] = query_texel(qrow, d, position(t)) * p.scale;
         acc[d] = vec4(0.0);
     }
     var m = NEG;

@@ -65,16 +65,7 @@ fn attention_texture_tile(
     let tq = min(t0 + lane, step.rows - 1u);
     let qrow = tq * qkv_stride() + h * HS;
     var q: array<vec4<f32>, MAX_TILE_HS4>;
-    for (var d = 0u; d < hs4; d++) {
-        let i = qrow + 4u * d;
-        var x = vec4(qkv[i], qkv[i + 1u], qkv[i + 2u], qkv[i + 3u]);
-        if (ROPE) {
-            let pos = position(tq);
-            x = vec4(rotated(qrow, 4u * d, HS, pos), rotated(qrow, 4u * d + 1u, HS, pos),
-                     rotated(qrow, 4u * d + 2u, HS, pos), rotated(qrow, 4u * d + 3u, HS, pos));
-        }
-        q[d] = x * p.scale;
-    }
+    for (var d = 0u; d < hs4; d++) { q[d] = query_texel(qrow, d, position(tq)) * p.scale; }
     // Every lane holds the whole tile's queries: qa[r] is query t0 + r, from lane r. Every
     // array index here is a constant once the driver unrolls the loops: an index it cannot
     // resolve becomes a ladder over the whole array (on lavapipe, slow to compile and to run).
