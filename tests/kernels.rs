@@ -45,6 +45,14 @@ impl Harness {
         };
         self.gpu.uniform("kv", &p)
     }
+    /// The attention's parameters for these heads (scores scaled by 1 / sqrt(HS)).
+    fn attention_params(&self, h: Heads) -> wgpu::Buffer {
+        let p = AttentionParams {
+            nkv: h.nkv as u32,
+            ..AttentionParams::heads(h.nh as u32, h.hs as u32)
+        };
+        self.gpu.uniform("p", &p)
+    }
     /// A placeholder for a binding a kernel only reads under a constant that is off (ROPE's
     /// frequencies, a uniform).
     fn none(&self) -> wgpu::Buffer {
@@ -65,6 +73,15 @@ fn close(got: &[f32], want: &[f32], slack: f32) -> f32 {
     let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
     assert!(diff <= slack * scale, "max diff {diff} > {slack} * {scale}");
     diff
+}
+
+/// Llama 2's rotary frequencies for head size `hs` (theta 10000, no scaling).
+fn rope_freqs(hs: usize) -> Vec<f32> {
+    let rope = wgpt::config::Rope {
+        theta: 10000.0,
+        scaling: wgpt::config::RopeScaling::None,
+    };
+    rope.inv_freq(hs)
 }
 
 #[test]
@@ -917,6 +934,7 @@ fn texture_gemv_kv_appends_to_cache() {
 #[test]
 fn texture_gemv_attention_matches_cpu() {
     let h = Harness::new();
+    let no_rope = h.none();
     let eps = 1e-5;
     // (C, NH, position): no earlier keys, part of a block of 8, two whole blocks, four blocks
     // and one key.
@@ -977,7 +995,7 @@ fn texture_gemv_attention_matches_cpu() {
                         cache: [&views[0], &views[1]],
                         att_y: &att_y,
                         widths: KvWidths::mha(c as u32),
-                        inv_freq: None,
+                        inv_freq: &no_rope,
                     }),
                     ln: ln.then_some((&sb, eps)),
                     partials: None,
@@ -1092,9 +1110,7 @@ fn texture_gemv_attention_with_rope_and_gqa_matches_cpu() {
         let heads = Heads { nh, nkv, hs };
         let (q, kv, k) = (nh * hs, nkv * hs, nh * hs);
         let n = heads.qkv();
-        let freqs: Vec<f32> = (0..hs / 2)
-            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hs as f32))
-            .collect();
+        let freqs = rope_freqs(hs);
         let (slot, n_ctx) = (1usize, pos + 2);
         let rows = 2 * n_ctx;
         let x: Vec<f32> = random(k, 80, 3.0).iter().map(|v| v + 1.5).collect();
@@ -1150,7 +1166,7 @@ fn texture_gemv_attention_with_rope_and_gqa_matches_cpu() {
                     cache: [&views[0], &views[1]],
                     att_y: &att_y,
                     widths,
-                    inv_freq: Some(&fb),
+                    inv_freq: &fb,
                 }),
                 ln: norm.then_some((&gb, eps)),
                 partials: None,
@@ -2353,10 +2369,6 @@ fn gate_matches_cpu() {
 fn attention_texture_tile_matches_cpu() {
     use wgpt::gpu::kernels::{bind_resources, entry_pipeline};
     let h = Harness::new();
-    let inv_freq = wgpt::config::Rope {
-        theta: 10000.0,
-        scaling: wgpt::config::RopeScaling::None,
-    };
     // (T, NH, NKV, HS, pos0)
     for (t, nh, nkv, hs, pos0) in [
         (1, 3, 1, 64, 0),
@@ -2367,7 +2379,7 @@ fn attention_texture_tile_matches_cpu() {
     ] {
         let heads = Heads { nh, nkv, hs };
         let (slot, n_ctx) = (1usize, pos0 + t + 3);
-        let freq = inv_freq.inv_freq(hs);
+        let freq = rope_freqs(hs);
         let qkv = random(t * heads.qkv(), 90, 2.0);
         let (k0, v0) = (
             random(2 * n_ctx * heads.kv(), 91, 1.0),
@@ -2381,12 +2393,8 @@ fn attention_texture_tile_matches_cpu() {
                 ..Step::new(t as u32, 0, pos0 as u32)
             },
         );
-        let params = AttentionParams {
-            nkv: nkv as u32,
-            ..AttentionParams::heads(nh as u32, hs as u32)
-        };
         let (pu, qb, fb) = (
-            h.gpu.uniform("p", &params),
+            h.attention_params(heads),
             h.f32s(&qkv),
             wgpt::gpu::kernels::rope_uniform(&h.gpu, "f", &freq),
         );
@@ -2450,10 +2458,6 @@ fn attention_texture_tile_matches_cpu() {
 fn grouped_query_attention_matches_cpu() {
     use wgpt::gpu::kernels::{bind_resources, entry_pipeline};
     let h = Harness::new();
-    let inv_freq = wgpt::config::Rope {
-        theta: 10000.0,
-        scaling: wgpt::config::RopeScaling::None,
-    };
     // (T, NH, NKV, HS, pos0): groups of 2, 3 and 6, one query head per key head, HS = 12..64.
     for (t, nh, nkv, hs, pos0) in [
         (1, 4, 2, 16, 0),
@@ -2467,14 +2471,10 @@ fn grouped_query_attention_matches_cpu() {
         let k0 = random(n_ctx * heads.kv(), 55, 1.0);
         let v0 = random(n_ctx * heads.kv(), 56, 1.0);
         let qkv = random(t * heads.qkv(), 57, 2.0);
-        let freq = inv_freq.inv_freq(hs);
-        let params = AttentionParams {
-            nkv: nkv as u32,
-            ..AttentionParams::heads(nh as u32, hs as u32)
-        };
+        let freq = rope_freqs(hs);
         let (step, pu, qb, widths, fb) = (
             h.step(t, 0, pos0),
-            h.gpu.uniform("p", &params),
+            h.attention_params(heads),
             h.f32s(&qkv),
             h.kv_widths(heads),
             wgpt::gpu::kernels::rope_uniform(&h.gpu, "f", &freq),

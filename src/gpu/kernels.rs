@@ -545,9 +545,9 @@ pub enum Kv<'a> {
         att_y: &'a wgpu::Buffer,
         /// The qkv row's parts.
         widths: KvWidths,
-        /// A rotary model's frequencies (rotary.wgsl's `inv_freq`, 15), for the pipeline built
-        /// with ROPE; `None` binds a placeholder.
-        inv_freq: Option<&'a wgpu::Buffer>,
+        /// A rotary model's frequencies (rotary.wgsl's `inv_freq`, 15) for the pipeline built
+        /// with ROPE; any uniform of [`ROPE_FREQS`] floats for one without (never read).
+        inv_freq: &'a wgpu::Buffer,
     },
     /// gemv_texture_append, the attention's output projection: copies this row's key and value
     /// from `qkv` (1, (NH + 2 NKV) HS) into the cache (7, 8; `qkv` at 14).
@@ -571,12 +571,8 @@ impl Kv<'_> {
         }
     }
 
-    /// Its bindings, numbered as matmul_texture_subgroup.wgsl declares them; `no_rope` binds
-    /// an attention's frequencies where it has none (the pipeline built without ROPE).
-    fn resources<'b>(
-        &'b self,
-        no_rope: Option<&'b wgpu::Buffer>,
-    ) -> Vec<(u32, wgpu::BindingResource<'b>)> {
+    /// Its bindings, numbered as matmul_texture_subgroup.wgsl declares them.
+    fn resources(&self) -> Vec<(u32, wgpu::BindingResource<'_>)> {
         let view = wgpu::BindingResource::TextureView;
         match *self {
             Kv::Append { cache: [k, v], .. } => vec![(7, view(k)), (8, view(v))],
@@ -585,11 +581,12 @@ impl Kv<'_> {
                 att_y,
                 inv_freq,
                 ..
-            } => {
-                let mut r = vec![(11, view(k)), (12, view(v)), (13, att_y.as_entire_binding())];
-                r.extend(inv_freq.or(no_rope).map(|f| (15, f.as_entire_binding())));
-                r
-            }
+            } => vec![
+                (11, view(k)),
+                (12, view(v)),
+                (13, att_y.as_entire_binding()),
+                (15, inv_freq.as_entire_binding()),
+            ],
             Kv::Deferred {
                 cache: [k, v], qkv, ..
             } => {
@@ -621,9 +618,6 @@ pub fn linear_binds(
         };
         gpu.uniform("matmul", &p)
     };
-    // An attention without rotary frequencies binds zeros in their place.
-    let no_rope = matches!(io.kv, Some(Kv::Attend { inv_freq: None, .. }))
-        .then(|| gpu.uniform_zeroed("no_rope", 4 * ROPE_FREQS as u64));
     match io.input_texture {
         Some(input) => (weight.textures.iter())
             .map(|ch| {
@@ -640,7 +634,7 @@ pub fn linear_binds(
                 let mut numbered: Vec<(u32, wgpu::BindingResource)> =
                     (0..).zip(resources).collect();
                 if let Some(kv) = &io.kv {
-                    numbered.extend(kv.resources(no_rope.as_ref()));
+                    numbered.extend(kv.resources());
                 }
                 // The NORM row sums; other pipelines of the layout get the bias as a placeholder.
                 let row_sums = io.ln.map_or(io.bias.0, |(sums, _)| sums);

@@ -408,6 +408,7 @@ impl<'a> Lower<'a> {
             .collect();
         let input = self.caps.textures.then(|| self.texture(*inp));
         let view = input.map(|t| t.create_view(&Default::default()));
+        let no_rope = self.no_rope();
         let io = LinearIo {
             step,
             // A folded norm's GEMV standardises the norm's input itself.
@@ -415,7 +416,9 @@ impl<'a> Lower<'a> {
             input_texture: view.as_ref(),
             bias: (b.map_or(&self.io.zero, |b| b.single()), b.is_some()),
             out: result,
-            kv: f.kv.map(|kv| self.kv(kv, rope)),
+            kv: f
+                .kv
+                .map(|kv| self.kv(kv, rope.map_or(&no_rope, |t| t.single()))),
             // A folded RMSNorm's GEMV takes the norm's gain (it scales its input), a layer
             // norm's the row sums of the weights its gain and bias were folded into.
             ln: f.norm_of.map(|(_, eps, kind)| match kind {
@@ -539,9 +542,12 @@ impl<'a> Lower<'a> {
         (stored(key, dtype).layout(layout), gemv)
     }
 
-    /// The cache bindings of a fused decode GEMV (`rope`: the frequencies an attending one
-    /// rotates by).
-    fn kv(&self, kv: KvFuse, rope: Option<&'a GpuTensor>) -> Kv<'a> {
+    /// The cache bindings of a fused decode GEMV (`inv_freq`: the frequencies an attending one
+    /// rotates by, zeros for a pipeline without ROPE).
+    fn kv<'b>(&self, kv: KvFuse, inv_freq: &'b wgpu::Buffer) -> Kv<'b>
+    where
+        'a: 'b,
+    {
         let io: &'a Io = self.io;
         let KvCache::Textures { k, v } = &io.kv else {
             unreachable!("the KV fusions need the texture layout's cache")
@@ -560,7 +566,7 @@ impl<'a> Lower<'a> {
                 cache: [&k[layer], &v[layer]],
                 att_y: self.buf(out),
                 widths,
-                inv_freq: rope.map(|t| t.single()),
+                inv_freq,
             },
             KvFuse::Deferred { layer, qkv } => Kv::Deferred {
                 cache: [&k[layer], &v[layer]],
@@ -696,15 +702,14 @@ impl<'a> Lower<'a> {
             ops.push(self.kv_append(step, qkv, [k.clone(), v.clone()], rope));
         }
         let textures = self.caps.textures;
-        let mut entry = attention_entry(textures, *keys, bias.is_some(), bucket != Bucket::Decode);
+        let entry = attention_entry(textures, *keys, bias.is_some(), bucket != Bucket::Decode);
         let by_rows = entry == "attention_texture_rows";
-        let family = match textures {
+        let (family, entry) = match textures {
             _ if by_rows && self.caps.attends_by_tiles() => {
-                entry = "attention_texture_tile";
-                "attention_texture_subgroup"
+                ("attention_texture_subgroup", "attention_texture_tile")
             }
-            true => "attention_texture",
-            false => "attention",
+            true => ("attention_texture", entry),
+            false => ("attention", entry),
         };
         let key = Key::new(family, entry).with("HS", self.caps.head_size);
         let attend = self.pipe(key.with("ROPE", rope.is_some() as u32));

@@ -272,18 +272,23 @@ fn texels(w: &GpuTensor) -> bool {
         .all(|ch| ch.row0 % 4 == 0 && ch.rows % 4 == 0)
 }
 
+/// An attention over layer `layer`'s cache reading `qkv`: (layer, qkv, out).
+fn cache_attention(op: Option<&Op<&GpuTensor>>, qkv: Act) -> Option<(usize, Act, Act)> {
+    match op {
+        Some(Op::Attention {
+            qkv: read,
+            out,
+            keys: Keys::Cache { layer },
+            ..
+        }) if *read == qkv => Some((*layer, qkv, *out)),
+        _ => None,
+    }
+}
+
 /// [linear → qkv, attention(cache layer) → out] at `i`: (layer, qkv, out).
 fn attention_at(ops: &[Op<&GpuTensor>], i: usize) -> Option<(usize, Act, Act)> {
-    match (ops.get(i), ops.get(i + 1)) {
-        (
-            Some(Op::Linear { out: q, .. }),
-            Some(Op::Attention {
-                qkv,
-                out,
-                keys: Keys::Cache { layer },
-                ..
-            }),
-        ) if q == qkv => Some((*layer, *qkv, *out)),
+    match ops.get(i) {
+        Some(Op::Linear { out: q, .. }) => cache_attention(ops.get(i + 1), *q),
         _ => None,
     }
 }
@@ -292,15 +297,7 @@ fn attention_at(ops: &[Op<&GpuTensor>], i: usize) -> Option<(usize, Act, Act)> {
 fn rope_attention_at(ops: &[Op<&GpuTensor>], i: usize) -> Option<(usize, Act, Act)> {
     match (ops.get(i), ops.get(i + 1)) {
         (Some(Op::Linear { out: q, .. }), Some(Op::Rope { qkv, .. })) if q == qkv => {
-            match ops.get(i + 2) {
-                Some(Op::Attention {
-                    qkv: read,
-                    out,
-                    keys: Keys::Cache { layer },
-                    ..
-                }) if read == qkv => Some((*layer, *qkv, *out)),
-                _ => None,
-            }
+            cache_attention(ops.get(i + 2), *q)
         }
         _ => None,
     }
